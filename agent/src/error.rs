@@ -1,0 +1,44 @@
+//! The agent's errors, and the one place they become gRPC statuses.
+//!
+//! A socket call that failed is not an error here: it is an observation.
+//! These are failures of the *request*.
+
+use crate::holder::HolderError;
+use tonic::Status;
+
+/// Why the agent could not carry out a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// It names a holder, listener or connection that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// What it names is in the wrong state for it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Talking to a holder process failed.
+    #[error(transparent)]
+    Holder(#[from] HolderError),
+    /// A bug: the agent and a holder disagree.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<AgentError> for Status {
+    fn from(error: AgentError) -> Self {
+        let message = error.to_string();
+        match error {
+            AgentError::InvalidArgument(_) => Status::invalid_argument(message),
+            AgentError::NotFound(_) => Status::not_found(message),
+            AgentError::FailedPrecondition(_) | AgentError::Holder(HolderError::Gone(_)) => {
+                Status::failed_precondition(message)
+            }
+            AgentError::Holder(HolderError::Pipe { .. }) => Status::unavailable(message),
+            AgentError::Holder(HolderError::Spawn { .. }) | AgentError::Internal(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! The gRPC edge: validates requests into domain types, calls [`Agent`],
+//! translates the answers back. No socket or process logic lives here.
+
+use crate::agent::{Agent, Connection};
+use crate::error::AgentError;
+use crate::holder::protocol::SocketTarget;
+use crate::hostinfo::HostInfo;
+use crate::model::{
+    Call, CloseMode, ConnId, Event, EventKind, HolderExit, HolderId, Keepalive, Linger,
+    ListenerId, MESSAGE_HEADER_BYTES, Observation, Outcome, Payload, RecvMode, SocketOptions,
+};
+use crate::platform::{Current, Platform, wall_unix_ns};
+use faultlab_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// A timeout of 0 in a request means this.
+pub const DEFAULT_TIMEOUT_MS: u32 = 30_000;
+/// No call may wait longer than this.
+pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
+/// Largest literal payload or framed message.
+pub const MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest filler payload (a flat-out send still ends at its timeout).
+pub const MAX_FILLER_BYTES: u64 = 1 << 40;
+/// Largest linger time (Windows keeps it in 16 bits).
+pub const MAX_LINGER_SECONDS: u32 = 65_535;
+/// Keepalive probes: Linux allows at most 127.
+pub const MAX_KEEPALIVE_COUNT: u32 = 127;
+
+/// The tonic service of an agent.
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    /// Serve `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+fn invalid(message: String) -> AgentError {
+    AgentError::InvalidArgument(message)
+}
+
+fn address(field: &str, text: &str) -> Result<SocketAddr, AgentError> {
+    text.parse().map_err(|_| {
+        invalid(format!(
+            "{field}: {text:?} is not an address of the form ip:port (e.g. 198.18.0.1:7000 or [::1]:7000)"
+        ))
+    })
+}
+
+fn timeout(field: &str, millis: u32) -> Result<u32, AgentError> {
+    match millis {
+        0 => Ok(DEFAULT_TIMEOUT_MS),
+        too_long if too_long > MAX_TIMEOUT_MS => Err(invalid(format!(
+            "{field}: {too_long} ms is longer than the limit of {MAX_TIMEOUT_MS} ms"
+        ))),
+        ok => Ok(ok),
+    }
+}
+
+fn whole_seconds(field: &str, millis: u32) -> Result<Option<u32>, AgentError> {
+    match millis {
+        0 => Ok(None),
+        1..=999 => Err(invalid(format!(
+            "{field}: {millis} ms is under 1000 ms; the OS counts keepalive timers in whole seconds"
+        ))),
+        ok => Ok(Some(ok)),
+    }
+}
+
+fn buffer(field: &str, bytes: Option<u32>) -> Result<Option<u32>, AgentError> {
+    match bytes {
+        Some(0) => Err(invalid(format!("{field}: a buffer of 0 bytes cannot be set"))),
+        other => Ok(other),
+    }
+}
+
+impl TryFrom<Option<pb::SocketOptions>> for SocketOptions {
+    type Error = AgentError;
+
+    fn try_from(options: Option<pb::SocketOptions>) -> Result<Self, AgentError> {
+        let Some(options) = options else {
+            return Ok(Self::default());
+        };
+        let linger = match options.linger {
+            None => None,
+            Some(pb::Linger { enabled: false, .. }) => Some(Linger::Off),
+            Some(pb::Linger { seconds, .. }) if seconds > MAX_LINGER_SECONDS => {
+                return Err(invalid(format!(
+                    "options.linger.seconds: {seconds} is over the limit of {MAX_LINGER_SECONDS}"
+                )));
+            }
+            Some(pb::Linger { seconds, .. }) => Some(Linger::On { seconds }),
+        };
+        let keepalive = match options.keepalive {
+            None => None,
+            Some(pb::Keepalive { enabled: false, .. }) => Some(Keepalive::Off),
+            Some(keepalive) => {
+                if keepalive.count > MAX_KEEPALIVE_COUNT {
+                    return Err(invalid(format!(
+                        "options.keepalive.count: {} is over the limit of {MAX_KEEPALIVE_COUNT}",
+                        keepalive.count
+                    )));
+                }
+                Some(Keepalive::On {
+                    idle_ms: whole_seconds("options.keepalive.idle_ms", keepalive.idle_ms)?,
+                    interval_ms: whole_seconds(
+                        "options.keepalive.interval_ms",
+                        keepalive.interval_ms,
+                    )?,
+                    count: (keepalive.count > 0).then_some(keepalive.count),
+                })
+            }
+        };
+        Ok(Self {
+            linger,
+            keepalive,
+            user_timeout_ms: options.user_timeout_ms,
+            nodelay: options.nodelay,
+            send_buffer_bytes: buffer("options.send_buffer_bytes", options.send_buffer_bytes)?,
+            recv_buffer_bytes: buffer("options.recv_buffer_bytes", options.recv_buffer_bytes)?,
+        })
+    }
+}
+
+impl From<SocketOptions> for pb::SocketOptions {
+    fn from(options: SocketOptions) -> Self {
+        Self {
+            linger: options.linger.map(|linger| match linger {
+                Linger::Off => pb::Linger {
+                    enabled: false,
+                    seconds: 0,
+                },
+                Linger::On { seconds } => pb::Linger {
+                    enabled: true,
+                    seconds,
+                },
+            }),
+            keepalive: options.keepalive.map(|keepalive| match keepalive {
+                Keepalive::Off => pb::Keepalive::default(),
+                Keepalive::On {
+                    idle_ms,
+                    interval_ms,
+                    count,
+                } => pb::Keepalive {
+                    enabled: true,
+                    idle_ms: idle_ms.unwrap_or(0),
+                    interval_ms: interval_ms.unwrap_or(0),
+                    count: count.unwrap_or(0),
+                },
+            }),
+            user_timeout_ms: options.user_timeout_ms,
+            nodelay: options.nodelay,
+            send_buffer_bytes: options.send_buffer_bytes,
+            recv_buffer_bytes: options.recv_buffer_bytes,
+        }
+    }
+}
+
+fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentError> {
+    use pb::send_request::Payload as P;
+    match payload {
+        None => Err(invalid(
+            "payload: one of data, byte_count or messages is required".to_owned(),
+        )),
+        Some(P::Data(bytes)) if bytes.len() as u64 > MAX_MESSAGE_BYTES => Err(invalid(format!(
+            "data: {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+            bytes.len()
+        ))),
+        Some(P::Data(bytes)) => Ok(Payload::Bytes(bytes)),
+        Some(P::ByteCount(count)) if count > MAX_FILLER_BYTES => Err(invalid(format!(
+            "byte_count: {count} is over the limit of {MAX_FILLER_BYTES}"
+        ))),
+        Some(P::ByteCount(count)) => Ok(Payload::Filler(count)),
+        Some(P::Messages(messages)) => {
+            if messages.size < MESSAGE_HEADER_BYTES {
+                return Err(invalid(format!(
+                    "messages.size: {} is smaller than the {MESSAGE_HEADER_BYTES}-byte message header",
+                    messages.size
+                )));
+            }
+            if u64::from(messages.size) > MAX_MESSAGE_BYTES {
+                return Err(invalid(format!(
+                    "messages.size: {} is over the limit of {MAX_MESSAGE_BYTES}",
+                    messages.size
+                )));
+            }
+            if messages.interval_ms > MAX_TIMEOUT_MS {
+                return Err(invalid(format!(
+                    "messages.interval_ms: {} is over the limit of {MAX_TIMEOUT_MS}",
+                    messages.interval_ms
+                )));
+            }
+            Ok(Payload::Messages {
+                count: messages.count,
+                size: messages.size,
+                interval_ms: messages.interval_ms,
+            })
+        }
+    }
+}
+
+fn recv_mode(mode: i32) -> Result<RecvMode, AgentError> {
+    match pb::RecvMode::try_from(mode) {
+        Ok(pb::RecvMode::Once) => Ok(RecvMode::Once),
+        Ok(pb::RecvMode::All) => Ok(RecvMode::All),
+        _ => Err(invalid(format!(
+            "mode: {mode} is not RECV_MODE_ONCE (1) or RECV_MODE_ALL (2)"
+        ))),
+    }
+}
+
+fn close_mode(mode: i32) -> Result<CloseMode, AgentError> {
+    Ok(match pb::CloseMode::try_from(mode) {
+        Ok(pb::CloseMode::Graceful) => CloseMode::Graceful,
+        Ok(pb::CloseMode::Abort) => CloseMode::Abort,
+        Ok(pb::CloseMode::ShutdownWrite) => CloseMode::ShutdownWrite,
+        Ok(pb::CloseMode::ShutdownRead) => CloseMode::ShutdownRead,
+        Ok(pb::CloseMode::ShutdownBoth) => CloseMode::ShutdownBoth,
+        Ok(pb::CloseMode::WithUnread) => CloseMode::WithUnread,
+        Ok(pb::CloseMode::Unspecified) | Err(_) => {
+            return Err(invalid(format!(
+                "mode: {mode} is not a close mode (CLOSE_MODE_GRACEFUL = 1 ... CLOSE_MODE_WITH_UNREAD = 6)"
+            )));
+        }
+    })
+}
+
+impl From<Call> for pb::Call {
+    fn from(call: Call) -> Self {
+        match call {
+            Call::Connect => Self::Connect,
+            Call::Accept => Self::Accept,
+            Call::Send => Self::Send,
+            Call::Recv => Self::Recv,
+            Call::Close => Self::Close,
+            Call::Shutdown => Self::Shutdown,
+            Call::Watch => Self::Watch,
+        }
+    }
+}
+
+impl From<Outcome> for pb::Outcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Ok => Self::Ok,
+            Outcome::Eof => Self::Eof,
+            Outcome::Error => Self::Error,
+            Outcome::Timeout => Self::Timeout,
+        }
+    }
+}
+
+impl From<Observation> for pb::Observation {
+    fn from(observation: Observation) -> Self {
+        let error = observation.error.unwrap_or_else(|| crate::model::OsError {
+            code: 0,
+            name: String::new(),
+            message: String::new(),
+        });
+        Self {
+            call: pb::Call::from(observation.call).into(),
+            conn_id: observation.conn.0,
+            outcome: pb::Outcome::from(observation.outcome).into(),
+            bytes: observation.bytes,
+            messages: observation.messages,
+            os_error: error.code,
+            error_name: error.name,
+            error_message: error.message,
+            sigpipe: observation.sigpipe,
+            unread_bytes: observation.unread_bytes,
+            start_mono_ns: observation.start_mono_ns,
+            end_mono_ns: observation.end_mono_ns,
+            start_wall_unix_ns: observation.start_wall_unix_ns,
+            data: observation.data,
+        }
+    }
+}
+
+impl From<HolderExit> for pb::HolderExit {
+    fn from(exit: HolderExit) -> Self {
+        Self {
+            holder_id: exit.holder.0,
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            mono_ns: exit.mono_ns,
+            wall_unix_ns: exit.wall_unix_ns,
+        }
+    }
+}
+
+impl From<Event> for pb::Event {
+    fn from(event: Event) -> Self {
+        Self {
+            seq: event.seq,
+            mono_ns: event.mono_ns,
+            wall_unix_ns: event.wall_unix_ns,
+            kind: Some(match event.kind {
+                EventKind::HolderExited(exit) => pb::event::Kind::HolderExited(exit.into()),
+                EventKind::ConnectionEnded(observation) => {
+                    pb::event::Kind::ConnectionEnded(observation.into())
+                }
+            }),
+        }
+    }
+}
+
+impl From<Connection> for pb::ConnectReply {
+    fn from(connection: Connection) -> Self {
+        let text = |address: Option<SocketAddr>| address.map(|a| a.to_string()).unwrap_or_default();
+        Self {
+            conn_id: connection.conn.map_or(0, |conn| conn.0),
+            local_address: text(connection.local_address),
+            peer_address: text(connection.peer_address),
+            observation: Some(connection.observation.into()),
+        }
+    }
+}
+
+fn host_info(host: &HostInfo) -> pb::HostInfoReply {
+    pb::HostInfoReply {
+        hostname: host.hostname.clone(),
+        os_family: host.os_family.clone(),
+        os_version: host.os_version.clone(),
+        kernel_version: host.kernel_version.clone(),
+        arch: host.arch.clone(),
+        cpus: host.cpus,
+        memory_bytes: host.memory_bytes,
+        agent_version: host.agent_version.clone(),
+        boot_id: host.boot_id.clone(),
+        capabilities: host.capabilities.clone(),
+        mono_ns: Current::monotonic_ns(),
+        wall_unix_ns: wall_unix_ns(),
+        pid: host.pid,
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn host_info(&self, _: Request<pb::HostInfoRequest>) -> Reply<pb::HostInfoReply> {
+        Ok(Response::new(host_info(self.agent.host_info())))
+    }
+
+    async fn spawn_holder(
+        &self,
+        request: Request<pb::SpawnHolderRequest>,
+    ) -> Reply<pb::SpawnHolderReply> {
+        let (holder, pid) = self.agent.spawn_holder(request.into_inner().label)?;
+        Ok(Response::new(pb::SpawnHolderReply {
+            holder_id: holder.0,
+            pid,
+        }))
+    }
+
+    async fn exit_holder(&self, request: Request<pb::ExitHolderRequest>) -> Reply<pb::HolderExit> {
+        let request = request.into_inner();
+        let exit = self
+            .agent
+            .exit_holder(HolderId(request.holder_id), request.exit_code)
+            .await?;
+        Ok(Response::new(exit.into()))
+    }
+
+    async fn kill_holder(&self, request: Request<pb::KillHolderRequest>) -> Reply<pb::HolderExit> {
+        let exit = self
+            .agent
+            .kill_holder(HolderId(request.into_inner().holder_id))
+            .await?;
+        Ok(Response::new(exit.into()))
+    }
+
+    async fn listen(&self, request: Request<pb::ListenRequest>) -> Reply<pb::ListenReply> {
+        let request = request.into_inner();
+        let (listener, local) = self
+            .agent
+            .listen(
+                HolderId(request.holder_id),
+                address("address", &request.address)?,
+                if request.backlog == 0 { 128 } else { request.backlog },
+                request.options.try_into()?,
+            )
+            .await?;
+        Ok(Response::new(pb::ListenReply {
+            listener_id: listener.0,
+            local_address: local.to_string(),
+        }))
+    }
+
+    async fn accept(&self, request: Request<pb::AcceptRequest>) -> Reply<pb::ConnectReply> {
+        let request = request.into_inner();
+        let connection = self
+            .agent
+            .accept(
+                ListenerId(request.listener_id),
+                timeout("timeout_ms", request.timeout_ms)?,
+            )
+            .await?;
+        Ok(Response::new(connection.into()))
+    }
+
+    async fn dial(&self, request: Request<pb::ConnectRequest>) -> Reply<pb::ConnectReply> {
+        let request = request.into_inner();
+        let connection = self
+            .agent
+            .connect(
+                HolderId(request.holder_id),
+                address("address", &request.address)?,
+                request.options.try_into()?,
+                timeout("timeout_ms", request.timeout_ms)?,
+            )
+            .await?;
+        Ok(Response::new(connection.into()))
+    }
+
+    async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::Observation> {
+        let request = request.into_inner();
+        let observation = self
+            .agent
+            .send(
+                ConnId(request.conn_id),
+                payload(request.payload)?,
+                timeout("timeout_ms", request.timeout_ms)?,
+            )
+            .await?;
+        Ok(Response::new(observation.into()))
+    }
+
+    async fn recv(&self, request: Request<pb::RecvRequest>) -> Reply<pb::Observation> {
+        let request = request.into_inner();
+        let observation = self
+            .agent
+            .recv(
+                ConnId(request.conn_id),
+                recv_mode(request.mode)?,
+                request.max_bytes,
+                timeout("timeout_ms", request.timeout_ms)?,
+                request.return_data,
+            )
+            .await?;
+        Ok(Response::new(observation.into()))
+    }
+
+    async fn close(&self, request: Request<pb::CloseRequest>) -> Reply<pb::Observation> {
+        let request = request.into_inner();
+        let observation = self
+            .agent
+            .close(
+                ConnId(request.conn_id),
+                close_mode(request.mode)?,
+                timeout("timeout_ms", request.timeout_ms)?,
+            )
+            .await?;
+        Ok(Response::new(observation.into()))
+    }
+
+    async fn set_options(
+        &self,
+        request: Request<pb::SetOptionsRequest>,
+    ) -> Reply<pb::SocketOptions> {
+        let request = request.into_inner();
+        let target = match request.target {
+            Some(pb::set_options_request::Target::ConnId(id)) => SocketTarget::Conn(ConnId(id)),
+            Some(pb::set_options_request::Target::ListenerId(id)) => {
+                SocketTarget::Listener(ListenerId(id))
+            }
+            None => return Err(invalid("target: conn_id or listener_id is required".to_owned()).into()),
+        };
+        let read = self
+            .agent
+            .set_options(target, request.options.try_into()?)
+            .await?;
+        Ok(Response::new(read.into()))
+    }
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Reply<pb::WatchReply> {
+        self.agent
+            .watch(ConnId(request.into_inner().conn_id))
+            .await?;
+        Ok(Response::new(pb::WatchReply {}))
+    }
+
+    type EventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
+        let log = Arc::clone(self.agent.events());
+        let mut cursor = request.into_inner().since;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut newest = log.subscribe();
+            loop {
+                for event in log.since(cursor) {
+                    cursor = event.seq + 1;
+                    if tx.send(Ok(event.into())).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = newest.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn reset(&self, _: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
+        let killed = self.agent.reset().await;
+        Ok(Response::new(pb::ResetReply {
+            holders_killed: u32::try_from(killed).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_address_names_the_field_and_the_form() {
+        let Err(AgentError::InvalidArgument(message)) = address("address", "localhost") else {
+            panic!("a host name without port must be refused");
+        };
+        assert!(message.contains("address") && message.contains("ip:port"), "{message}");
+        assert!(address("address", "198.18.0.1:7000").is_ok());
+        assert!(address("address", "[::1]:7000").is_ok());
+    }
+
+    #[test]
+    fn timeouts_default_and_have_a_ceiling() {
+        assert_eq!(timeout("t", 0).ok(), Some(DEFAULT_TIMEOUT_MS));
+        assert_eq!(timeout("t", 5).ok(), Some(5));
+        assert!(timeout("t", MAX_TIMEOUT_MS + 1).is_err());
+    }
+
+    #[test]
+    fn keepalive_timers_under_a_second_are_refused() {
+        let options = Some(pb::SocketOptions {
+            keepalive: Some(pb::Keepalive {
+                enabled: true,
+                idle_ms: 500,
+                interval_ms: 1000,
+                count: 3,
+            }),
+            ..Default::default()
+        });
+        let Err(AgentError::InvalidArgument(message)) = SocketOptions::try_from(options) else {
+            panic!("500 ms keepalive idle must be refused");
+        };
+        assert!(message.contains("options.keepalive.idle_ms"), "{message}");
+    }
+
+    #[test]
+    fn options_survive_the_round_trip() -> Result<(), AgentError> {
+        let sent = pb::SocketOptions {
+            linger: Some(pb::Linger {
+                enabled: true,
+                seconds: 0,
+            }),
+            keepalive: Some(pb::Keepalive {
+                enabled: true,
+                idle_ms: 2000,
+                interval_ms: 1000,
+                count: 3,
+            }),
+            user_timeout_ms: Some(1500),
+            nodelay: Some(true),
+            send_buffer_bytes: Some(4096),
+            recv_buffer_bytes: None,
+        };
+        let domain = SocketOptions::try_from(Some(sent.clone()))?;
+        assert_eq!(domain.linger, Some(Linger::On { seconds: 0 }));
+        assert_eq!(pb::SocketOptions::from(domain), sent);
+        Ok(())
+    }
+
+    #[test]
+    fn messages_smaller_than_their_header_are_refused() {
+        let tiny = Some(pb::send_request::Payload::Messages(pb::Messages {
+            count: 1,
+            size: 4,
+            interval_ms: 0,
+        }));
+        assert!(matches!(payload(tiny), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(payload(None), Err(AgentError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn unspecified_and_unknown_modes_are_refused() {
+        assert!(recv_mode(0).is_err() && recv_mode(9).is_err());
+        assert!(close_mode(0).is_err() && close_mode(-1).is_err());
+        assert_eq!(close_mode(2).ok(), Some(CloseMode::Abort));
+    }
+}

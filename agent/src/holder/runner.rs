@@ -1,0 +1,62 @@
+//! The holder process: reads requests from stdin, runs each on the
+//! connection engine concurrently, writes replies and events to stdout.
+//!
+//! It exits when its stdin closes, so a holder never outlives its agent.
+
+use super::protocol::{Envelope, HolderMessage, HolderRequest};
+use crate::conn::Connections;
+use std::io;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Run the holder until the agent hangs up (or asks it to exit).
+pub fn run() -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve_pipe())
+}
+
+async fn serve_pipe() -> io::Result<()> {
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<HolderMessage>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(message) = outgoing.recv().await {
+            let mut line = serde_json::to_vec(&message)?;
+            line.push(b'\n');
+            stdout.write_all(&line).await?;
+            stdout.flush().await?;
+        }
+        io::Result::Ok(())
+    });
+    let engine = Arc::new(Connections::new(outbox.clone()));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let envelope: Envelope = match serde_json::from_str(&line) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(%error, "holder: unreadable request from the agent");
+                continue;
+            }
+        };
+        if let HolderRequest::Exit { code } = envelope.request {
+            // The point of this request: no destructor, no close(); the
+            // kernel cleans up after the process as after a crash.
+            std::process::exit(code);
+        }
+        let engine = Arc::clone(&engine);
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let reply = engine.handle(envelope.request).await;
+            let _ = outbox.send(HolderMessage::Reply {
+                id: envelope.id,
+                reply,
+            });
+        });
+    }
+    drop(outbox);
+    drop(engine);
+    writer.abort();
+    Ok(())
+}

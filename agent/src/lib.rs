@@ -1,0 +1,58 @@
+//! faultlab-agent: performs TCP connection faults on one lab host and
+//! reports what the socket API really said.
+//!
+//! # Layout
+//! - [`grpc`]: the gRPC edge; validates requests into [`model`] types.
+//! - [`agent`]: the domain service: holders, who owns which socket, routing.
+//! - [`holder`]: holder processes, where test sockets live, and the pipe to them.
+//! - [`conn`]: the connection engine run inside a holder: real sockets, observations.
+//! - [`events`]: the numbered event log (holder deaths, FIN/RST seen by watchers).
+//! - [`errno`]: portable names for Linux and Windows error codes.
+//! - [`hostinfo`]: what host this is.
+//! - [`platform`]: everything OS-specific, behind one trait.
+//! - [`error`]: request errors and their one mapping to `tonic::Status`.
+//!
+//! The binary is thin: it parses flags and calls [`serve`], or runs
+//! [`holder::runner::run`] when started as a holder.
+
+pub mod agent;
+pub mod conn;
+pub mod errno;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod holder;
+pub mod hostinfo;
+pub mod model;
+pub mod platform;
+
+pub use agent::{Agent, AgentConfig};
+pub use error::AgentError;
+
+use faultlab_proto::v1::agent_server::AgentServer;
+use std::future::Future;
+use std::sync::Arc;
+use tonic::transport::server::TcpIncoming;
+
+/// Serve the agent's gRPC API (and the standard gRPC health service) on
+/// `listener` until `shutdown` completes; then kill every holder.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let agent = Arc::new(Agent::new(config));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServer<grpc::AgentService>>()
+        .await;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(&agent))))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let killed = agent.reset().await;
+    tracing::info!(holders_killed = killed, "agent stopped");
+    served
+}

@@ -1,0 +1,85 @@
+//! The `faultlab-agent` binary: flags in, [`faultlab_agent::serve`] out.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use faultlab_agent::AgentConfig;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// A faultlab agent: opens, closes, aborts and breaks TCP connections on
+/// this host on a controller's request, and reports what the OS said.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address for the gRPC API. Port 0 picks a free port; the address in
+    /// use is printed on stdout as `listening on ADDRESS`.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Internal: run as a holder process, driven over stdin/stdout by an agent.
+    #[command(hide = true)]
+    Holder,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
+        None => serve(cli.listen),
+    }
+}
+
+fn serve(address: SocketAddr) -> anyhow::Result<()> {
+    let holder_exe = std::env::current_exe().context("cannot find this executable")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let local = listener.local_addr()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {local}")?;
+        stdout.flush()?;
+        tracing::info!(%local, "agent serving");
+        faultlab_agent::serve(listener, AgentConfig { holder_exe }, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what systemd and `kill` send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,109 @@
+//! Linux (and, where the calls exist, other Unix) backend.
+
+#![allow(unsafe_code)]
+
+use super::{Platform, keepalive_params, millis};
+use crate::model::Keepalive;
+use socket2::SockRef;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+/// The Linux backend.
+pub struct Linux;
+
+fn duration_ms(duration: std::time::Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Platform for Linux {
+    fn monotonic_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec for the duration of the
+        // call, and CLOCK_MONOTONIC is always supported on Linux.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        if rc != 0 {
+            return 0;
+        }
+        let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+    }
+
+    fn unread_bytes(socket: &SockRef<'_>) -> io::Result<u64> {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: the descriptor is a live socket borrowed for this call, and
+        // FIONREAD writes one c_int into `pending`, which outlives the call.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(u64::try_from(pending).unwrap_or(0))
+    }
+
+    fn set_keepalive(socket: &SockRef<'_>, keepalive: Keepalive) -> io::Result<()> {
+        match keepalive {
+            Keepalive::Off => socket.set_keepalive(false),
+            Keepalive::On {
+                idle_ms,
+                interval_ms,
+                count,
+            } => socket.set_tcp_keepalive(&keepalive_params(idle_ms, interval_ms, count)),
+        }
+    }
+
+    fn keepalive(socket: &SockRef<'_>) -> io::Result<Keepalive> {
+        if !socket.keepalive()? {
+            return Ok(Keepalive::Off);
+        }
+        Ok(Keepalive::On {
+            idle_ms: Some(duration_ms(socket.tcp_keepalive_time()?)),
+            interval_ms: Some(duration_ms(socket.tcp_keepalive_interval()?)),
+            count: Some(socket.tcp_keepalive_retries()?),
+        })
+    }
+
+    fn set_user_timeout(socket: &SockRef<'_>, millis_: u32) -> io::Result<()> {
+        let timeout = (millis_ > 0).then(|| millis(millis_));
+        socket.set_tcp_user_timeout(timeout)
+    }
+
+    fn user_timeout(socket: &SockRef<'_>) -> io::Result<Option<u32>> {
+        Ok(Some(socket.tcp_user_timeout()?.map_or(0, duration_ms)))
+    }
+
+    fn allow_address_reuse(socket: &socket2::Socket) -> io::Result<()> {
+        socket.set_reuse_address(true)
+    }
+
+    fn boot_id() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn exit_signal(status: &ExitStatus) -> Option<i32> {
+        status.signal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let first = Linux::monotonic_ns();
+        let second = Linux::monotonic_ns();
+        assert!(first > 0 && second >= first);
+    }
+
+    #[test]
+    fn the_boot_id_is_a_uuid() {
+        assert_eq!(Linux::boot_id().len(), 36);
+    }
+}

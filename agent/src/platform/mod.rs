@@ -1,0 +1,89 @@
+//! Everything that differs between operating systems, behind one trait.
+//!
+//! The rest of the agent calls [`Current`] and never uses `cfg`. Each backend
+//! is a zero-sized type implementing [`Platform`]; only this module and its
+//! backends may use `unsafe` (each block says why it is sound).
+
+use crate::model::Keepalive;
+use socket2::SockRef;
+use std::io;
+use std::process::ExitStatus;
+
+#[cfg(unix)]
+mod linux;
+#[cfg(windows)]
+mod windows;
+
+/// The backend for the OS this agent was built for.
+#[cfg(unix)]
+pub type Current = linux::Linux;
+/// The backend for the OS this agent was built for.
+#[cfg(windows)]
+pub type Current = windows::Windows;
+
+/// What the agent needs from the OS beyond what `socket2` and `tokio` offer.
+pub trait Platform {
+    /// The host's monotonic clock in nanoseconds, comparable across all
+    /// processes of the host (the agent and its holders).
+    fn monotonic_ns() -> u64;
+
+    /// Bytes waiting in the socket's receive buffer (FIONREAD).
+    fn unread_bytes(socket: &SockRef<'_>) -> io::Result<u64>;
+
+    /// Set SO_KEEPALIVE and its timers.
+    fn set_keepalive(socket: &SockRef<'_>, keepalive: Keepalive) -> io::Result<()>;
+
+    /// Read SO_KEEPALIVE and whatever timers the OS lets us read back.
+    fn keepalive(socket: &SockRef<'_>) -> io::Result<Keepalive>;
+
+    /// Set how long sent data may stay unacknowledged before the connection
+    /// is dropped (TCP_USER_TIMEOUT, TCP_MAXRT); 0 restores the default.
+    fn set_user_timeout(socket: &SockRef<'_>, millis: u32) -> io::Result<()>;
+
+    /// Read it back, when the OS allows.
+    fn user_timeout(socket: &SockRef<'_>) -> io::Result<Option<u32>>;
+
+    /// Let a listener bind a port that connections in TIME_WAIT still use
+    /// (SO_REUSEADDR on Unix; Windows allows it already, and its SO_REUSEADDR
+    /// would let two listeners share a port).
+    fn allow_address_reuse(socket: &socket2::Socket) -> io::Result<()>;
+
+    /// An id that changes on every boot of the host.
+    fn boot_id() -> String;
+
+    /// The signal that ended a process, if one did.
+    fn exit_signal(status: &ExitStatus) -> Option<i32>;
+}
+
+/// Wall clock in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Convert milliseconds from a request into a `Duration`.
+pub(crate) fn millis(ms: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(ms))
+}
+
+/// Build socket2's keepalive parameters from ours.
+pub(crate) fn keepalive_params(
+    idle_ms: Option<u32>,
+    interval_ms: Option<u32>,
+    count: Option<u32>,
+) -> socket2::TcpKeepalive {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(idle) = idle_ms {
+        params = params.with_time(millis(idle));
+    }
+    if let Some(interval) = interval_ms {
+        params = params.with_interval(millis(interval));
+    }
+    if let Some(count) = count {
+        params = params.with_retries(count);
+    }
+    params
+}

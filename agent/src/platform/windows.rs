@@ -1,0 +1,116 @@
+//! Windows backend (Winsock through windows-sys).
+
+#![allow(unsafe_code)]
+
+use super::{Platform, keepalive_params};
+use crate::model::Keepalive;
+use socket2::SockRef;
+use std::io;
+use std::os::windows::io::AsRawSocket;
+use std::process::ExitStatus;
+use windows_sys::Win32::Networking::WinSock::{
+    FIONREAD, IPPROTO_TCP, SOCKET, SOCKET_ERROR, TCP_MAXRT, WSAGetLastError, ioctlsocket,
+    setsockopt,
+};
+use windows_sys::Win32::System::Performance::{
+    QueryPerformanceCounter, QueryPerformanceFrequency,
+};
+
+/// The Windows backend.
+pub struct Windows;
+
+fn last_wsa_error() -> io::Error {
+    // SAFETY: WSAGetLastError only reads the calling thread's last error.
+    io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
+}
+
+impl Platform for Windows {
+    fn monotonic_ns() -> u64 {
+        let (mut counter, mut frequency) = (0i64, 0i64);
+        // SAFETY: both pointers are valid i64 locals for the duration of the calls;
+        // these calls cannot fail on Windows XP and later.
+        unsafe {
+            QueryPerformanceCounter(&mut counter);
+            QueryPerformanceFrequency(&mut frequency);
+        }
+        if frequency <= 0 {
+            return 0;
+        }
+        let nanos = i128::from(counter) * 1_000_000_000 / i128::from(frequency);
+        u64::try_from(nanos).unwrap_or(0)
+    }
+
+    fn unread_bytes(socket: &SockRef<'_>) -> io::Result<u64> {
+        let mut pending: u32 = 0;
+        // SAFETY: the socket is live for this call and FIONREAD writes one u32
+        // into `pending`, which outlives the call.
+        let rc = unsafe { ioctlsocket(socket.as_raw_socket() as SOCKET, FIONREAD, &mut pending) };
+        if rc == SOCKET_ERROR {
+            return Err(last_wsa_error());
+        }
+        Ok(u64::from(pending))
+    }
+
+    fn set_keepalive(socket: &SockRef<'_>, keepalive: Keepalive) -> io::Result<()> {
+        match keepalive {
+            Keepalive::Off => socket.set_keepalive(false),
+            Keepalive::On {
+                idle_ms,
+                interval_ms,
+                count,
+            } => socket.set_tcp_keepalive(&keepalive_params(idle_ms, interval_ms, count)),
+        }
+    }
+
+    fn keepalive(socket: &SockRef<'_>) -> io::Result<Keepalive> {
+        // Windows does not let the timers be read back.
+        Ok(if socket.keepalive()? {
+            Keepalive::On {
+                idle_ms: None,
+                interval_ms: None,
+                count: None,
+            }
+        } else {
+            Keepalive::Off
+        })
+    }
+
+    fn set_user_timeout(socket: &SockRef<'_>, millis: u32) -> io::Result<()> {
+        // TCP_MAXRT counts whole seconds; round up so a short timeout stays short
+        // but never becomes "no timeout". -1 would mean "forever"; 0 the default.
+        let seconds: i32 = i32::try_from(millis.div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: the socket is live; the option value is a valid i32 whose
+        // size is passed alongside it.
+        let rc = unsafe {
+            setsockopt(
+                socket.as_raw_socket() as SOCKET,
+                IPPROTO_TCP,
+                TCP_MAXRT,
+                (&seconds as *const i32).cast(),
+                std::mem::size_of::<i32>() as i32,
+            )
+        };
+        if rc == SOCKET_ERROR {
+            return Err(last_wsa_error());
+        }
+        Ok(())
+    }
+
+    fn user_timeout(_socket: &SockRef<'_>) -> io::Result<Option<u32>> {
+        Ok(None)
+    }
+
+    fn allow_address_reuse(_socket: &socket2::Socket) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn boot_id() -> String {
+        // Windows has no boot id; the boot time (seconds since the epoch)
+        // changes on every boot, which is all the controller needs.
+        format!("boot-{}", sysinfo::System::boot_time().unwrap_or(0))
+    }
+
+    fn exit_signal(_status: &ExitStatus) -> Option<i32> {
+        None
+    }
+}

@@ -1,0 +1,13 @@
+//! The gRPC contract between the faultlab controller and its agents.
+//!
+//! `faultlab.proto` is the source of truth; this crate only compiles it (with
+//! protox, so no system `protoc` is needed) and re-exports the generated
+//! tonic client, server and prost messages. Keep these types at the edges:
+//! the agent and the controller convert them into their own domain types.
+
+#![allow(missing_docs, clippy::all)]
+
+/// Version 1 of the contract (protobuf package `faultlab.v1`).
+pub mod v1 {
+    tonic::include_proto!("faultlab.v1");
+}
