@@ -51,7 +51,9 @@ pub struct Agent {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unexpected(reply: &HolderReply) -> AgentError {
@@ -222,7 +224,11 @@ impl Agent {
         }
     }
 
-    async fn observe(&self, conn: ConnId, request: HolderRequest) -> Result<Observation, AgentError> {
+    async fn observe(
+        &self,
+        conn: ConnId,
+        request: HolderRequest,
+    ) -> Result<Observation, AgentError> {
         let holder = self.owner_of(conn.0, "connection")?;
         match Self::call(&holder, request).await? {
             HolderReply::Observed(observation) => Ok(observation),
@@ -311,8 +317,10 @@ impl Agent {
     /// Kill every holder still running, forget all sockets, clear the event
     /// log. Returns how many holders were killed.
     pub async fn reset(&self) -> usize {
-        let holders: Vec<Arc<HolderProcess>> =
-            lock(&self.holders).drain().map(|(_, holder)| holder).collect();
+        let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
+            .drain()
+            .map(|(_, holder)| holder)
+            .collect();
         let mut killed = 0;
         for holder in holders {
             if holder.kill().await.is_ok() {

@@ -20,7 +20,11 @@ impl OsFamily {
     /// The family this agent was built for (other Unixes share most Linux names
     /// but not all numbers; they are named `ERRNO_<code>` when they differ).
     pub const fn current() -> Self {
-        if cfg!(windows) { Self::Windows } else { Self::Linux }
+        if cfg!(windows) {
+            Self::Windows
+        } else {
+            Self::Linux
+        }
     }
 }
 

@@ -6,8 +6,8 @@ use crate::error::AgentError;
 use crate::holder::protocol::SocketTarget;
 use crate::hostinfo::HostInfo;
 use crate::model::{
-    Call, CloseMode, ConnId, Event, EventKind, HolderExit, HolderId, Keepalive, Linger,
-    ListenerId, MESSAGE_HEADER_BYTES, Observation, Outcome, Payload, RecvMode, SocketOptions,
+    Call, CloseMode, ConnId, Event, EventKind, HolderExit, HolderId, Keepalive, Linger, ListenerId,
+    MESSAGE_HEADER_BYTES, Observation, Outcome, Payload, RecvMode, SocketOptions,
 };
 use crate::platform::{Current, Platform, wall_unix_ns};
 use faultlab_proto::v1 as pb;
@@ -78,7 +78,9 @@ fn whole_seconds(field: &str, millis: u32) -> Result<Option<u32>, AgentError> {
 
 fn buffer(field: &str, bytes: Option<u32>) -> Result<Option<u32>, AgentError> {
     match bytes {
-        Some(0) => Err(invalid(format!("{field}: a buffer of 0 bytes cannot be set"))),
+        Some(0) => Err(invalid(format!(
+            "{field}: a buffer of 0 bytes cannot be set"
+        ))),
         other => Ok(other),
     }
 }
@@ -386,7 +388,11 @@ impl pb::agent_server::Agent for AgentService {
             .listen(
                 HolderId(request.holder_id),
                 address("address", &request.address)?,
-                if request.backlog == 0 { 128 } else { request.backlog },
+                if request.backlog == 0 {
+                    128
+                } else {
+                    request.backlog
+                },
                 request.options.try_into()?,
             )
             .await?;
@@ -473,7 +479,11 @@ impl pb::agent_server::Agent for AgentService {
             Some(pb::set_options_request::Target::ListenerId(id)) => {
                 SocketTarget::Listener(ListenerId(id))
             }
-            None => return Err(invalid("target: conn_id or listener_id is required".to_owned()).into()),
+            None => {
+                return Err(
+                    invalid("target: conn_id or listener_id is required".to_owned()).into(),
+                );
+            }
         };
         let read = self
             .agent
@@ -530,7 +540,10 @@ mod tests {
         let Err(AgentError::InvalidArgument(message)) = address("address", "localhost") else {
             panic!("a host name without port must be refused");
         };
-        assert!(message.contains("address") && message.contains("ip:port"), "{message}");
+        assert!(
+            message.contains("address") && message.contains("ip:port"),
+            "{message}"
+        );
         assert!(address("address", "198.18.0.1:7000").is_ok());
         assert!(address("address", "[::1]:7000").is_ok());
     }
@@ -577,7 +590,7 @@ mod tests {
             send_buffer_bytes: Some(4096),
             recv_buffer_bytes: None,
         };
-        let domain = SocketOptions::try_from(Some(sent.clone()))?;
+        let domain = SocketOptions::try_from(Some(sent))?;
         assert_eq!(domain.linger, Some(Linger::On { seconds: 0 }));
         assert_eq!(pb::SocketOptions::from(domain), sent);
         Ok(())

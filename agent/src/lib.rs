@@ -49,7 +49,9 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(&agent))))
+        .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(
+            &agent,
+        ))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let killed = agent.reset().await;

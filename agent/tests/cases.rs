@@ -26,7 +26,10 @@ fn show(label: &str, observation: &pb::Observation) {
         observation.os_error,
         observation.sigpipe,
         observation.unread_bytes,
-        observation.end_mono_ns.saturating_sub(observation.start_mono_ns) / 1_000
+        observation
+            .end_mono_ns
+            .saturating_sub(observation.start_mono_ns)
+            / 1_000
     );
 }
 
@@ -41,7 +44,10 @@ async fn s2_graceful_close_delivers_every_message_then_eof() -> TestResult {
         .await?;
     assert_eq!(sent.outcome(), Outcome::Ok);
     assert_eq!(sent.messages, u64::from(MESSAGE_COUNT));
-    let closed = lab.client.close(lab.client_conn, CloseMode::Graceful).await?;
+    let closed = lab
+        .client
+        .close(lab.client_conn, CloseMode::Graceful)
+        .await?;
     assert_eq!(closed.outcome(), Outcome::Ok);
 
     let received = lab.server.recv_to_end(lab.server_conn).await?;
@@ -141,10 +147,15 @@ async fn s4_kill_while_sending_ends_in_eof_on_linux() -> TestResult {
 #[tokio::test]
 async fn s5_send_after_peer_close_fails_with_epipe() -> TestResult {
     let mut lab = Pair::connect().await?;
-    lab.client.close(lab.client_conn, CloseMode::Graceful).await?;
+    lab.client
+        .close(lab.client_conn, CloseMode::Graceful)
+        .await?;
     tokio::time::sleep(SETTLE).await;
 
-    let first = lab.server.send_data(lab.server_conn, b"are you there?").await?;
+    let first = lab
+        .server
+        .send_data(lab.server_conn, b"are you there?")
+        .await?;
     show("server send 1", &first);
     assert_eq!(first.outcome(), Outcome::Ok);
     tokio::time::sleep(SETTLE).await;
@@ -162,7 +173,9 @@ async fn s5_send_after_peer_close_fails_with_epipe() -> TestResult {
 #[tokio::test]
 async fn c1_second_send_after_server_close_fails_with_epipe() -> TestResult {
     let mut lab = Pair::connect().await?;
-    lab.server.close(lab.server_conn, CloseMode::Graceful).await?;
+    lab.server
+        .close(lab.server_conn, CloseMode::Graceful)
+        .await?;
     tokio::time::sleep(SETTLE).await;
 
     let first = lab.client.send_data(lab.client_conn, b"first").await?;
@@ -189,7 +202,9 @@ async fn c2_data_then_eof_survive_the_reset_on_linux() -> TestResult {
         .send_messages(lab.server_conn, MESSAGE_COUNT, MESSAGE_SIZE)
         .await?;
     assert_eq!(sent.outcome(), Outcome::Ok);
-    lab.server.close(lab.server_conn, CloseMode::Graceful).await?;
+    lab.server
+        .close(lab.server_conn, CloseMode::Graceful)
+        .await?;
     tokio::time::sleep(SETTLE).await;
 
     let provoking = lab.client.send_data(lab.client_conn, b"late").await?;
@@ -210,7 +225,10 @@ async fn c2_data_then_eof_survive_the_reset_on_linux() -> TestResult {
 async fn c3_close_with_unread_data_resets_the_peer() -> TestResult {
     let mut lab = Pair::connect().await?;
     lab.client.send_data(lab.client_conn, b"never read").await?;
-    let closed = lab.server.close(lab.server_conn, CloseMode::WithUnread).await?;
+    let closed = lab
+        .server
+        .close(lab.server_conn, CloseMode::WithUnread)
+        .await?;
     show("server close", &closed);
     assert_eq!(closed.outcome(), Outcome::Ok);
     assert_eq!(closed.unread_bytes, 10);
@@ -218,7 +236,10 @@ async fn c3_close_with_unread_data_resets_the_peer() -> TestResult {
     let received = lab.client.recv_to_end(lab.client_conn).await?;
     show("client recv", &received);
     assert_eq!(received.outcome(), Outcome::Error);
-    assert_eq!((received.os_error, received.error_name.as_str()), (104, "ECONNRESET"));
+    assert_eq!(
+        (received.os_error, received.error_name.as_str()),
+        (104, "ECONNRESET")
+    );
     Ok(())
 }
 
@@ -230,7 +251,10 @@ async fn c3_data_already_received_is_read_before_the_reset_on_linux() -> TestRes
     let mut lab = Pair::connect().await?;
     lab.server.send_data(lab.server_conn, &[7u8; 1000]).await?;
     lab.client.send_data(lab.client_conn, b"never read").await?;
-    let closed = lab.server.close(lab.server_conn, CloseMode::WithUnread).await?;
+    let closed = lab
+        .server
+        .close(lab.server_conn, CloseMode::WithUnread)
+        .await?;
     assert!(closed.unread_bytes > 0);
     tokio::time::sleep(SETTLE).await;
 
@@ -261,7 +285,11 @@ async fn a1_linger_abort_discards_queued_data_and_resets() -> TestResult {
         )
         .await?;
     show("server send", &sent);
-    assert_eq!(sent.outcome(), Outcome::Timeout, "the peer reads nothing: send must block");
+    assert_eq!(
+        sent.outcome(),
+        Outcome::Timeout,
+        "the peer reads nothing: send must block"
+    );
     let aborted = lab.server.close(lab.server_conn, CloseMode::Abort).await?;
     assert_eq!(aborted.outcome(), Outcome::Ok);
 
@@ -311,15 +339,23 @@ async fn a1_a_watcher_sees_the_reset_when_it_arrives() -> TestResult {
 async fn h1_half_close_still_receives_the_answer() -> TestResult {
     let mut lab = Pair::connect().await?;
     lab.client.send_data(lab.client_conn, b"request").await?;
-    let shut = lab.client.close(lab.client_conn, CloseMode::ShutdownWrite).await?;
+    let shut = lab
+        .client
+        .close(lab.client_conn, CloseMode::ShutdownWrite)
+        .await?;
     assert_eq!(shut.call(), pb::Call::Shutdown);
     assert_eq!(shut.outcome(), Outcome::Ok);
 
     let request = lab.server.recv_to_end(lab.server_conn).await?;
     assert_eq!((request.outcome(), request.bytes), (Outcome::Eof, 7));
-    let answer = lab.server.send_data(lab.server_conn, b"answer after your FIN").await?;
+    let answer = lab
+        .server
+        .send_data(lab.server_conn, b"answer after your FIN")
+        .await?;
     assert_eq!(answer.outcome(), Outcome::Ok);
-    lab.server.close(lab.server_conn, CloseMode::Graceful).await?;
+    lab.server
+        .close(lab.server_conn, CloseMode::Graceful)
+        .await?;
 
     let received = lab.client.recv_to_end(lab.client_conn).await?;
     show("client recv", &received);
@@ -339,7 +375,10 @@ async fn f1_connect_to_a_closed_port_is_refused() -> TestResult {
     let observation = dialled.observation.ok_or("no observation")?;
     show("client connect", &observation);
     assert_eq!(observation.call(), pb::Call::Connect);
-    assert_eq!((observation.os_error, observation.error_name.as_str()), (111, "ECONNREFUSED"));
+    assert_eq!(
+        (observation.os_error, observation.error_name.as_str()),
+        (111, "ECONNREFUSED")
+    );
     Ok(())
 }
 
@@ -349,9 +388,18 @@ async fn f1_connect_to_a_closed_port_is_refused() -> TestResult {
 async fn recv_all_stops_at_its_limit() -> TestResult {
     let mut lab = Pair::connect().await?;
     lab.client.send_messages(lab.client_conn, 10, 100).await?;
-    let part = lab.server.recv(lab.server_conn, MODE_ALL, 250, 5_000).await?;
+    let part = lab
+        .server
+        .recv(lab.server_conn, MODE_ALL, 250, 5_000)
+        .await?;
     assert_eq!((part.outcome(), part.bytes), (Outcome::Ok, 250));
-    let nothing_more = lab.server.recv(lab.server_conn, MODE_ALL, 1_000, 200).await?;
-    assert_eq!((nothing_more.outcome(), nothing_more.bytes), (Outcome::Timeout, 750));
+    let nothing_more = lab
+        .server
+        .recv(lab.server_conn, MODE_ALL, 1_000, 200)
+        .await?;
+    assert_eq!(
+        (nothing_more.outcome(), nothing_more.bytes),
+        (Outcome::Timeout, 750)
+    );
     Ok(())
 }

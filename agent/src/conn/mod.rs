@@ -11,7 +11,9 @@ mod options;
 
 pub use observe::{CallTimer, End};
 
-use crate::holder::protocol::{HolderMessage, HolderReply, HolderRequest, RefusalKind, SocketTarget};
+use crate::holder::protocol::{
+    HolderMessage, HolderReply, HolderRequest, RefusalKind, SocketTarget,
+};
 use crate::model::{
     Call, CloseMode, ConnId, EventKind, ListenerId, MESSAGE_HEADER_BYTES, Observation, Payload,
     RecvMode, SocketOptions,
@@ -67,7 +69,9 @@ struct Conn {
 
 impl Conn {
     fn watcher(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.watcher.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.watcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn is_watched(&self) -> bool {
@@ -83,7 +87,9 @@ pub struct Connections {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn deadline(timeout_ms: u32) -> Duration {
@@ -186,8 +192,12 @@ impl Connections {
         let cannot = |error: io::Error| {
             Refusal::precondition(format!("cannot listen on {address}: {error}"))
         };
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
-            .map_err(cannot)?;
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(cannot)?;
         Current::allow_address_reuse(&socket).map_err(cannot)?;
         options::apply(&SockRef::from(&socket), options).map_err(cannot)?;
         socket.bind(&address.into()).map_err(cannot)?;
@@ -209,9 +219,15 @@ impl Connections {
             Ok(Ok((stream, peer))) => {
                 let local = stream.local_addr().ok();
                 self.register(conn, stream);
-                connected(local, Some(peer), timer.finish(Call::Accept, conn, 0, End::Ok))
+                connected(
+                    local,
+                    Some(peer),
+                    timer.finish(Call::Accept, conn, 0, End::Ok),
+                )
             }
-            Ok(Err(error)) => failed_connection(timer.finish(Call::Accept, ConnId(0), 0, End::Error(error))),
+            Ok(Err(error)) => {
+                failed_connection(timer.finish(Call::Accept, ConnId(0), 0, End::Error(error)))
+            }
             Err(_) => failed_connection(timer.finish(Call::Accept, ConnId(0), 0, End::Timeout)),
         })
     }
@@ -229,8 +245,12 @@ impl Connections {
                 format!("cannot prepare a socket for {address}: {error}"),
             )
         };
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
-            .map_err(cannot)?;
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(cannot)?;
         options::apply(&SockRef::from(&socket), options).map_err(cannot)?;
         socket.set_nonblocking(true).map_err(cannot)?;
         let socket = TcpSocket::from_std_stream(socket.into());
@@ -243,7 +263,9 @@ impl Connections {
                 self.register(conn, stream);
                 connected(local, peer, timer.finish(Call::Connect, conn, 0, End::Ok))
             }
-            Ok(Err(error)) => failed_connection(timer.finish(Call::Connect, ConnId(0), 0, End::Error(error))),
+            Ok(Err(error)) => {
+                failed_connection(timer.finish(Call::Connect, ConnId(0), 0, End::Error(error)))
+            }
             Err(_) => failed_connection(timer.finish(Call::Connect, ConnId(0), 0, End::Timeout)),
         })
     }
@@ -307,7 +329,12 @@ impl Connections {
                 Ok(()) => End::Ok,
                 Err(error) => End::Error(error),
             };
-            return Ok(HolderReply::Observed(timer.finish(Call::Shutdown, id, 0, end)));
+            return Ok(HolderReply::Observed(timer.finish(
+                Call::Shutdown,
+                id,
+                0,
+                end,
+            )));
         }
         if mode == CloseMode::WithUnread {
             if conn.is_watched() {
@@ -316,7 +343,12 @@ impl Connections {
                 )));
             }
             if !wait_for_unread(&conn.stream, timeout_ms).await {
-                return Ok(HolderReply::Observed(timer.finish(Call::Close, id, 0, End::Timeout)));
+                return Ok(HolderReply::Observed(timer.finish(
+                    Call::Close,
+                    id,
+                    0,
+                    End::Timeout,
+                )));
             }
         }
         stop_watcher(&conn).await;
@@ -382,7 +414,9 @@ impl Connections {
             let end = receive(&reader.stream, RecvMode::All, u64::MAX, &mut received).await;
             let observation = timer.finish(Call::Watch, reader.id, received.bytes, end);
             // The agent may be gone; then nobody is left to tell.
-            let _ = outbox.send(HolderMessage::Event(EventKind::ConnectionEnded(observation)));
+            let _ = outbox.send(HolderMessage::Event(EventKind::ConnectionEnded(
+                observation,
+            )));
         }));
         Ok(HolderReply::Watching)
     }
@@ -458,14 +492,20 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], progress: &mut Progress) 
     Ok(())
 }
 
-async fn send_payload(stream: &TcpStream, payload: &Payload, progress: &mut Progress) -> io::Result<()> {
+async fn send_payload(
+    stream: &TcpStream,
+    payload: &Payload,
+    progress: &mut Progress,
+) -> io::Result<()> {
     match payload {
         Payload::Bytes(bytes) => write_all(stream, bytes, progress).await,
         Payload::Filler(count) => {
             let chunk = vec![b'.'; CHUNK_BYTES];
             let mut left = *count;
             while left > 0 {
-                let now = usize::try_from(left).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
+                let now = usize::try_from(left)
+                    .unwrap_or(CHUNK_BYTES)
+                    .min(CHUNK_BYTES);
                 write_all(stream, &chunk[..now], progress).await?;
                 left -= now as u64;
             }

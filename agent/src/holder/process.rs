@@ -41,7 +41,9 @@ pub enum HolderError {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<HolderReply>>>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running (or ended) holder process.
@@ -175,7 +177,10 @@ impl HolderProcess {
         let mut line = serde_json::to_vec(envelope).map_err(|error| error.to_string())?;
         line.push(b'\n');
         let mut stdin = self.stdin.lock().await;
-        stdin.write_all(&line).await.map_err(|error| error.to_string())?;
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(|error| error.to_string())?;
         stdin.flush().await.map_err(|error| error.to_string())
     }
 
@@ -243,7 +248,10 @@ async fn listen(
     let status = child.lock().await.wait().await;
     let exit = HolderExit {
         holder: id,
-        exit_code: status.as_ref().ok().and_then(std::process::ExitStatus::code),
+        exit_code: status
+            .as_ref()
+            .ok()
+            .and_then(std::process::ExitStatus::code),
         signal: status.as_ref().ok().and_then(Current::exit_signal),
         mono_ns: Current::monotonic_ns(),
         wall_unix_ns: wall_unix_ns(),

@@ -5,6 +5,7 @@
 
 use super::protocol::{Envelope, HolderMessage, HolderRequest};
 use crate::conn::Connections;
+use crate::platform::{Current, Platform, StdioPipes};
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,9 +20,10 @@ pub fn run() -> io::Result<()> {
 }
 
 async fn serve_pipe() -> io::Result<()> {
+    let StdioPipes { input, output } = Current::stdio_pipes();
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<HolderMessage>();
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
+        let mut stdout = output;
         while let Some(message) = outgoing.recv().await {
             let mut line = serde_json::to_vec(&message)?;
             line.push(b'\n');
@@ -31,7 +33,7 @@ async fn serve_pipe() -> io::Result<()> {
         io::Result::Ok(())
     });
     let engine = Arc::new(Connections::new(outbox.clone()));
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = BufReader::new(input).lines();
     while let Some(line) = lines.next_line().await? {
         let envelope: Envelope = match serde_json::from_str(&line) {
             Ok(envelope) => envelope,

@@ -2,7 +2,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, keepalive_params, millis};
+use super::{Platform, StdioPipes, keepalive_params, millis};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -88,6 +88,21 @@ impl Platform for Linux {
 
     fn exit_signal(status: &ExitStatus) -> Option<i32> {
         status.signal()
+    }
+
+    fn stdio_pipes() -> StdioPipes {
+        use std::os::fd::AsFd;
+        use tokio::net::unix::pipe;
+        let pipes = || -> io::Result<StdioPipes> {
+            let input = std::io::stdin().as_fd().try_clone_to_owned()?;
+            let output = std::io::stdout().as_fd().try_clone_to_owned()?;
+            Ok(StdioPipes {
+                input: Box::new(pipe::Receiver::from_owned_fd(input)?),
+                output: Box::new(pipe::Sender::from_owned_fd(output)?),
+            })
+        };
+        // Not pipes (started by hand from a terminal): use the portable way.
+        pipes().unwrap_or_else(|_| StdioPipes::portable())
     }
 }
 

@@ -53,6 +53,29 @@ pub trait Platform {
 
     /// The signal that ended a process, if one did.
     fn exit_signal(status: &ExitStatus) -> Option<i32>;
+
+    /// A holder's stdin and stdout as async streams, driven by the reactor
+    /// where the OS allows (tokio's own stdio goes through a thread pool,
+    /// which costs two thread hand-offs per request).
+    fn stdio_pipes() -> StdioPipes;
+}
+
+/// A process's stdin and stdout, ready for tokio.
+pub struct StdioPipes {
+    /// Standard input.
+    pub input: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    /// Standard output.
+    pub output: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+}
+
+impl StdioPipes {
+    /// tokio's portable stdio (through its blocking thread pool).
+    pub fn portable() -> Self {
+        Self {
+            input: Box::new(tokio::io::stdin()),
+            output: Box::new(tokio::io::stdout()),
+        }
+    }
 }
 
 /// Wall clock in nanoseconds since the Unix epoch (0 if the clock is before it).

@@ -2,7 +2,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, keepalive_params};
+use super::{Platform, StdioPipes, keepalive_params};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -12,9 +12,7 @@ use windows_sys::Win32::Networking::WinSock::{
     FIONREAD, IPPROTO_TCP, SOCKET, SOCKET_ERROR, TCP_MAXRT, WSAGetLastError, ioctlsocket,
     setsockopt,
 };
-use windows_sys::Win32::System::Performance::{
-    QueryPerformanceCounter, QueryPerformanceFrequency,
-};
+use windows_sys::Win32::System::Performance::{QueryPerformanceCounter, QueryPerformanceFrequency};
 
 /// The Windows backend.
 pub struct Windows;
@@ -112,5 +110,9 @@ impl Platform for Windows {
 
     fn exit_signal(_status: &ExitStatus) -> Option<i32> {
         None
+    }
+
+    fn stdio_pipes() -> StdioPipes {
+        StdioPipes::portable()
     }
 }

@@ -171,13 +171,25 @@ impl Host {
             size,
             interval_ms: 0,
         };
-        self.send(conn_id, pb::send_request::Payload::Messages(messages), 5_000)
-            .await
+        self.send(
+            conn_id,
+            pb::send_request::Payload::Messages(messages),
+            5_000,
+        )
+        .await
     }
 
-    pub async fn send_data(&mut self, conn_id: u64, data: &[u8]) -> Result<pb::Observation, tonic::Status> {
-        self.send(conn_id, pb::send_request::Payload::Data(data.to_vec()), 5_000)
-            .await
+    pub async fn send_data(
+        &mut self,
+        conn_id: u64,
+        data: &[u8],
+    ) -> Result<pb::Observation, tonic::Status> {
+        self.send(
+            conn_id,
+            pb::send_request::Payload::Data(data.to_vec()),
+            5_000,
+        )
+        .await
     }
 
     pub async fn recv(
@@ -205,7 +217,11 @@ impl Host {
         self.recv(conn_id, MODE_ALL, 0, 10_000).await
     }
 
-    pub async fn close(&mut self, conn_id: u64, mode: pb::CloseMode) -> Result<pb::Observation, tonic::Status> {
+    pub async fn close(
+        &mut self,
+        conn_id: u64,
+        mode: pb::CloseMode,
+    ) -> Result<pb::Observation, tonic::Status> {
         Ok(self
             .rpc
             .close(pb::CloseRequest {
@@ -230,10 +246,10 @@ impl Host {
             .into_inner();
         let found = tokio::time::timeout(within, async {
             while let Some(event) = events.message().await? {
-                if let Some(pb::event::Kind::ConnectionEnded(observation)) = event.kind {
-                    if observation.conn_id == conn_id {
-                        return Ok(Some(observation));
-                    }
+                if let Some(pb::event::Kind::ConnectionEnded(observation)) = event.kind
+                    && observation.conn_id == conn_id
+                {
+                    return Ok(Some(observation));
                 }
             }
             Ok::<_, tonic::Status>(None)
@@ -268,9 +284,17 @@ impl Pair {
         let server_holder = server.holder("server").await?;
         let (listener, address) = server.listen(server_holder, server_options).await?;
         let dialled = client.dial(client_holder, &address, client_options).await?;
-        assert_eq!(outcome(&dialled.observation), pb::Outcome::Ok, "{dialled:?}");
+        assert_eq!(
+            outcome(&dialled.observation),
+            pb::Outcome::Ok,
+            "{dialled:?}"
+        );
         let accepted = server.accept(listener).await?;
-        assert_eq!(outcome(&accepted.observation), pb::Outcome::Ok, "{accepted:?}");
+        assert_eq!(
+            outcome(&accepted.observation),
+            pb::Outcome::Ok,
+            "{accepted:?}"
+        );
         Ok(Self {
             client,
             server,

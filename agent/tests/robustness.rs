@@ -1,0 +1,430 @@
+//! Bad requests get clear errors, crashed holders are reported, and the
+//! agent outlives them all. Real agent processes on loopback.
+
+mod common;
+
+use common::{Host, MODE_ONCE, Pair, TestResult};
+use faultlab_proto::v1 as pb;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn expect_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    words: &[&str],
+) -> TestResult {
+    let status = match result {
+        Ok(value) => return Err(format!("expected {code:?}, got {value:?}").into()),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "{word:?} not in {status:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_ids_are_not_found() -> TestResult {
+    let mut host = Host::start().await?;
+    expect_status(
+        host.send_data(999, b"x").await,
+        Code::NotFound,
+        &["connection 999"],
+    )?;
+    expect_status(host.accept(998).await, Code::NotFound, &["listener 998"])?;
+    expect_status(
+        host.listen(997, None).await,
+        Code::NotFound,
+        &["holder 997"],
+    )?;
+    let killed = host
+        .rpc
+        .kill_holder(pb::KillHolderRequest { holder_id: 996 })
+        .await;
+    expect_status(killed, Code::NotFound, &["holder 996"])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_requests_are_invalid_arguments_that_name_the_field() -> TestResult {
+    let mut host = Host::start().await?;
+    let holder = host.holder("h").await?;
+    expect_status(
+        host.dial(holder, "example.org", None).await,
+        Code::InvalidArgument,
+        &["address", "ip:port"],
+    )?;
+    let bad_listen = host
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: holder,
+            address: "127.0.0.1:99999".to_owned(),
+            backlog: 1,
+            options: None,
+        })
+        .await;
+    expect_status(bad_listen, Code::InvalidArgument, &["address"])?;
+
+    let mut lab = Pair::connect().await?;
+    let conn = lab.client_conn;
+    expect_status(
+        lab.client.recv(conn, 0, 10, 100).await,
+        Code::InvalidArgument,
+        &["mode"],
+    )?;
+    expect_status(
+        lab.client.recv(conn, 7, 10, 100).await,
+        Code::InvalidArgument,
+        &["mode"],
+    )?;
+    let tiny = pb::send_request::Payload::Messages(pb::Messages {
+        count: 1,
+        size: 3,
+        interval_ms: 0,
+    });
+    expect_status(
+        lab.client.send(conn, tiny, 100).await,
+        Code::InvalidArgument,
+        &["messages.size"],
+    )?;
+    let no_payload = lab
+        .client
+        .rpc
+        .send(pb::SendRequest {
+            conn_id: conn,
+            payload: None,
+            timeout_ms: 0,
+        })
+        .await;
+    expect_status(no_payload, Code::InvalidArgument, &["payload"])?;
+    let forever = lab
+        .client
+        .send(conn, pb::send_request::Payload::ByteCount(1), u32::MAX)
+        .await;
+    expect_status(forever, Code::InvalidArgument, &["timeout_ms"])?;
+    let no_mode = lab
+        .client
+        .rpc
+        .close(pb::CloseRequest {
+            conn_id: conn,
+            mode: 0,
+            timeout_ms: 0,
+        })
+        .await;
+    expect_status(no_mode, Code::InvalidArgument, &["mode"])?;
+    let no_target = lab
+        .client
+        .rpc
+        .set_options(pb::SetOptionsRequest {
+            target: None,
+            options: None,
+        })
+        .await;
+    expect_status(no_target, Code::InvalidArgument, &["target"])?;
+    let sub_second_keepalive = lab
+        .client
+        .rpc
+        .set_options(pb::SetOptionsRequest {
+            target: Some(pb::set_options_request::Target::ConnId(conn)),
+            options: Some(pb::SocketOptions {
+                keepalive: Some(pb::Keepalive {
+                    enabled: true,
+                    idle_ms: 10,
+                    interval_ms: 0,
+                    count: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await;
+    expect_status(
+        sub_second_keepalive,
+        Code::InvalidArgument,
+        &["keepalive.idle_ms"],
+    )?;
+
+    // None of that broke the connection.
+    let sent = lab.client.send_data(conn, b"still fine").await?;
+    assert_eq!(sent.outcome(), pb::Outcome::Ok);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_failed_precondition() -> TestResult {
+    let mut host = Host::start().await?;
+    let holder = host.holder("h").await?;
+    let (_, address) = host.listen(holder, None).await?;
+    let again = host
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: holder,
+            address: address.clone(),
+            backlog: 1,
+            options: None,
+        })
+        .await;
+    expect_status(
+        again,
+        Code::FailedPrecondition,
+        &[address.as_str(), "in use"],
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn options_are_applied_and_read_back() -> TestResult {
+    let mut lab = Pair::connect().await?;
+    let read = lab
+        .client
+        .rpc
+        .set_options(pb::SetOptionsRequest {
+            target: Some(pb::set_options_request::Target::ConnId(lab.client_conn)),
+            options: Some(pb::SocketOptions {
+                linger: Some(pb::Linger {
+                    enabled: true,
+                    seconds: 0,
+                }),
+                keepalive: Some(pb::Keepalive {
+                    enabled: true,
+                    idle_ms: 2_000,
+                    interval_ms: 1_000,
+                    count: 3,
+                }),
+                user_timeout_ms: Some(1_500),
+                nodelay: Some(true),
+                send_buffer_bytes: Some(32 * 1024),
+                recv_buffer_bytes: None,
+            }),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        read.linger,
+        Some(pb::Linger {
+            enabled: true,
+            seconds: 0
+        })
+    );
+    assert_eq!(
+        read.keepalive,
+        Some(pb::Keepalive {
+            enabled: true,
+            idle_ms: 2_000,
+            interval_ms: 1_000,
+            count: 3
+        })
+    );
+    assert_eq!(read.user_timeout_ms, Some(1_500));
+    assert_eq!(read.nodelay, Some(true));
+    // Linux doubles SO_SNDBUF for its bookkeeping and reports the doubled value.
+    assert_eq!(read.send_buffer_bytes, Some(64 * 1024));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_holder_is_reported_and_the_agent_lives_on() -> TestResult {
+    let mut lab = Pair::connect().await?;
+    let killed = lab
+        .client
+        .rpc
+        .kill_holder(pb::KillHolderRequest {
+            holder_id: lab.client_holder,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((killed.exit_code, killed.signal), (None, Some(9)));
+
+    expect_status(
+        lab.client.send_data(lab.client_conn, b"x").await,
+        Code::FailedPrecondition,
+        &["signal 9", "connections are gone"],
+    )?;
+    let again = lab
+        .client
+        .rpc
+        .kill_holder(pb::KillHolderRequest {
+            holder_id: lab.client_holder,
+        })
+        .await;
+    expect_status(again, Code::FailedPrecondition, &["signal 9"])?;
+
+    let mut events = lab
+        .client
+        .rpc
+        .events(pb::EventsRequest { since: 0 })
+        .await?
+        .into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await??
+        .ok_or("no event")?;
+    let Some(pb::event::Kind::HolderExited(exit)) = event.kind else {
+        return Err(format!("expected a holder exit, got {event:?}").into());
+    };
+    assert_eq!((exit.holder_id, exit.signal), (lab.client_holder, Some(9)));
+
+    let info = lab
+        .client
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.pid, lab.client.process.pid());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_holder_that_dies_on_its_own_is_reported() -> TestResult {
+    let mut host = Host::start().await?;
+    let spawned = host
+        .rpc
+        .spawn_holder(pb::SpawnHolderRequest {
+            label: "crashy".to_owned(),
+        })
+        .await?
+        .into_inner();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &spawned.pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let mut events = host
+        .rpc
+        .events(pb::EventsRequest { since: 0 })
+        .await?
+        .into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await??
+        .ok_or("no event")?;
+    let Some(pb::event::Kind::HolderExited(exit)) = event.kind else {
+        return Err(format!("expected a holder exit, got {event:?}").into());
+    };
+    assert_eq!((exit.holder_id, exit.signal), (spawned.holder_id, Some(15)));
+    let info = host
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert!(!info.boot_id.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watched_connection_cannot_also_be_read() -> TestResult {
+    let mut lab = Pair::connect().await?;
+    let watch = pb::WatchRequest {
+        conn_id: lab.server_conn,
+    };
+    lab.server.rpc.watch(watch).await?;
+    expect_status(
+        lab.server.rpc.watch(watch).await,
+        Code::FailedPrecondition,
+        &["already watched"],
+    )?;
+    expect_status(
+        lab.server.recv(lab.server_conn, MODE_ONCE, 0, 100).await,
+        Code::FailedPrecondition,
+        &["watched"],
+    )?;
+    // Closing a watched connection stops its reader and really closes.
+    let closed = lab
+        .server
+        .close(lab.server_conn, pb::CloseMode::Graceful)
+        .await?;
+    assert_eq!(closed.outcome(), pb::Outcome::Ok);
+    let seen = lab.client.recv_to_end(lab.client_conn).await?;
+    assert_eq!(seen.outcome(), pb::Outcome::Eof);
+    expect_status(
+        lab.server
+            .close(lab.server_conn, pb::CloseMode::Graceful)
+            .await,
+        Code::NotFound,
+        &["connection"],
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_can_be_replayed_from_a_sequence_number() -> TestResult {
+    let mut host = Host::start().await?;
+    for label in ["a", "b"] {
+        let holder = host.holder(label).await?;
+        host.rpc
+            .kill_holder(pb::KillHolderRequest { holder_id: holder })
+            .await?;
+    }
+    let mut events = host
+        .rpc
+        .events(pb::EventsRequest { since: 2 })
+        .await?
+        .into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await??
+        .ok_or("no event")?;
+    assert_eq!(event.seq, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_kills_every_holder() -> TestResult {
+    let mut lab = Pair::connect().await?;
+    let extra = lab.client.holder("extra").await?;
+    let reset = lab
+        .client
+        .rpc
+        .reset(pb::ResetRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(reset.holders_killed, 2);
+    expect_status(
+        lab.client.listen(extra, None).await,
+        Code::NotFound,
+        &["holder"],
+    )?;
+    // The server saw the client's sockets closed by the kernel.
+    let seen = lab.server.recv_to_end(lab.server_conn).await?;
+    assert_eq!(seen.outcome(), pb::Outcome::Eof);
+    Ok(())
+}
+
+fn process_exists(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state letter is 'Z'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test]
+async fn holders_do_not_outlive_a_killed_agent() -> TestResult {
+    if !Path::new("/proc/self/stat").exists() {
+        return Err("this test reads /proc; run it on Linux".into());
+    }
+    let mut host = Host::start().await?;
+    let spawned = host
+        .rpc
+        .spawn_holder(pb::SpawnHolderRequest {
+            label: "orphan?".to_owned(),
+        })
+        .await?
+        .into_inner();
+    assert!(process_exists(spawned.pid));
+    host.process.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_exists(spawned.pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !process_exists(spawned.pid),
+        "holder {} outlived its agent",
+        spawned.pid
+    );
+    Ok(())
+}
