@@ -162,6 +162,18 @@ impl Agent {
         }
     }
 
+    /// Close a listener.
+    pub async fn stop_listening(&self, listener: ListenerId) -> Result<(), AgentError> {
+        let holder = self.owner_of(listener.0, "listener")?;
+        match Self::call(&holder, HolderRequest::StopListening { listener }).await? {
+            HolderReply::StoppedListening => {
+                lock(&self.owners).remove(&listener.0);
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// accept() on a listener.
     pub async fn accept(
         &self,

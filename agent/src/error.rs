@@ -6,6 +6,12 @@
 use crate::holder::HolderError;
 use tonic::Status;
 
+/// gRPC metadata key that tells a controller, without parsing the message,
+/// why a call failed: see [`HOLDER_GONE`].
+pub const ERROR_KIND_KEY: &str = "faultlab-error";
+/// `faultlab-error` value: the call was cut short because its holder process died.
+pub const HOLDER_GONE: &str = "holder-gone";
+
 /// Why the agent could not carry out a request.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -32,9 +38,15 @@ impl From<AgentError> for Status {
         match error {
             AgentError::InvalidArgument(_) => Status::invalid_argument(message),
             AgentError::NotFound(_) => Status::not_found(message),
-            AgentError::FailedPrecondition(_) | AgentError::Holder(HolderError::Gone(_)) => {
-                Status::failed_precondition(message)
+            AgentError::Holder(HolderError::Gone(_)) => {
+                let mut status = Status::failed_precondition(message);
+                status.metadata_mut().insert(
+                    ERROR_KIND_KEY,
+                    tonic::metadata::MetadataValue::from_static(HOLDER_GONE),
+                );
+                status
             }
+            AgentError::FailedPrecondition(_) => Status::failed_precondition(message),
             AgentError::Holder(HolderError::Pipe { .. }) => Status::unavailable(message),
             AgentError::Holder(HolderError::Spawn { .. }) | AgentError::Internal(_) => {
                 Status::internal(message)

@@ -402,6 +402,16 @@ impl pb::agent_server::Agent for AgentService {
         }))
     }
 
+    async fn stop_listening(
+        &self,
+        request: Request<pb::StopListeningRequest>,
+    ) -> Reply<pb::StopListeningReply> {
+        self.agent
+            .stop_listening(ListenerId(request.into_inner().listener_id))
+            .await?;
+        Ok(Response::new(pb::StopListeningReply {}))
+    }
+
     async fn accept(&self, request: Request<pb::AcceptRequest>) -> Reply<pb::ConnectReply> {
         let request = request.into_inner();
         let connection = self

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{MODE_ALL, Pair, TestResult, outcome, unused_port};
+use common::{MODE_ALL, Pair, TestResult, outcome};
 use faultlab_proto::v1 as pb;
 use pb::{CloseMode, Outcome};
 use std::time::Duration;
@@ -125,6 +125,11 @@ async fn s4_kill_while_sending_ends_in_eof_on_linux() -> TestResult {
     let status = interrupted.err().ok_or("a send cut by a kill must fail")?;
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("signal 9"), "{status:?}");
+    let kind = status.metadata().get("faultlab-error");
+    assert_eq!(
+        kind.and_then(|value| value.to_str().ok()),
+        Some("holder-gone")
+    );
 
     let ended = lab
         .server
@@ -368,7 +373,12 @@ async fn h1_half_close_still_receives_the_answer() -> TestResult {
 async fn f1_connect_to_a_closed_port_is_refused() -> TestResult {
     let mut host = common::Host::start().await?;
     let holder = host.holder("client").await?;
-    let address = format!("127.0.0.1:{}", unused_port()?);
+    let (listener, address) = host.listen(holder, None).await?;
+    host.rpc
+        .stop_listening(pb::StopListeningRequest {
+            listener_id: listener,
+        })
+        .await?;
     let dialled = host.dial(holder, &address, None).await?;
     assert_eq!(dialled.conn_id, 0);
     assert_eq!(outcome(&dialled.observation), Outcome::Error);

@@ -1,9 +1,20 @@
 //! faultlab: the controller that drives faultlab agents on lab hosts.
 //!
 //! # Layout
+//! - [`scenario`]: scenario files: the model, parsing and validation.
 //! - [`agents`]: connecting to agents and asking what hosts they run on.
-//!
-//! Scenarios, the engine, the seed suite and reports arrive with the
-//! controller issue; this crate already speaks the contract in `faultlab-proto`.
+//! - [`engine`]: binds roles to agents, plays timelines, judges outcomes.
+//! - [`suites`]: the built-in suites (the seed catalogue), compiled in.
+//! - [`inventory`]: which agents a lab has.
+//! - [`lab`]: the local default lab (agents on loopback, no setup).
+//! - [`history`]: every run kept in SQLite; list, show, diff.
+//! - [`report`]: the run's results and their renderings (terminal, JSON, JUnit).
 
 pub mod agents;
+pub mod engine;
+pub mod history;
+pub mod inventory;
+pub mod lab;
+pub mod report;
+pub mod scenario;
+pub mod suites;

@@ -1,8 +1,21 @@
-//! The `faultlab` command line.
+//! The `faultlab` command line: flags in, library calls out.
 
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock};
+use faultlab::history::{self, History};
+use faultlab::inventory::Inventory;
+use faultlab::lab::{self, LocalLab};
+use faultlab::report::{CaseReport, RunReport, junit, terminal};
+use faultlab::scenario::{self, Scenario};
+use faultlab::suites;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 
-/// faultlab: run TCP fault scenarios across lab hosts.
+/// faultlab: run TCP fault scenarios across lab hosts and see what each
+/// side's socket API really said.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -10,46 +23,443 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct HistoryArgs {
+    /// History database (default: $FAULTLAB_HISTORY, else ~/.local/share/faultlab/history.sqlite).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+}
+
+impl HistoryArgs {
+    fn open(&self) -> anyhow::Result<History> {
+        let path = self.history.clone().unwrap_or_else(history::default_path);
+        Ok(History::open(&path)?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Show each agent's host, OS, kernel, boot id and version.
+    /// Run scenarios: a built-in suite and/or files. With no inventory, on a
+    /// local lab of agents started on loopback.
+    Run {
+        /// A built-in suite (see `faultlab cases`).
+        #[arg(long)]
+        suite: Vec<String>,
+        /// Scenario files.
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Only these case ids (e.g. --case S2 --case C3).
+        #[arg(long = "case")]
+        cases: Vec<String>,
+        /// The lab's agents; without it a local lab is started.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// Run each case on every ordered choice of agents (the OS × OS matrix).
+        #[arg(long)]
+        all_bindings: bool,
+        /// Cases at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// What to print on stdout.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Also write JUnit XML here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        #[command(flatten)]
+        history: HistoryArgs,
+        /// Do not keep this run in the history.
+        #[arg(long)]
+        no_history: bool,
+        /// Fail on skipped cases too (by default only differs, error,
+        /// agent-lost and timeout fail the run).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Validate scenario files without running them; lists every error.
+    Check {
+        /// Scenario files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// List the cases of the built-in suites.
+    Cases,
+    /// Show each agent's host, OS, kernel, boot id, version and health.
     Agents {
         /// Agent addresses (host:port).
-        #[arg(required = true)]
         addresses: Vec<String>,
+        /// Or the agents of an inventory file.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+    },
+    /// The history of runs.
+    Runs {
+        #[command(subcommand)]
+        action: Option<RunsAction>,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Agents { addresses } => {
-            println!(
-                "{:<22} {:<16} {:<28} {:<22} {:<8} {:<38}",
-                "AGENT", "HOST", "OS", "KERNEL", "VERSION", "BOOT ID"
-            );
-            let mut unreachable = 0;
-            for address in &addresses {
-                match faultlab::agents::host_info(address).await {
-                    Ok(info) => println!(
-                        "{:<22} {:<16} {:<28} {:<22} {:<8} {:<38}",
-                        address,
-                        info.hostname,
-                        info.os_version,
-                        info.kernel_version,
-                        info.agent_version,
-                        info.boot_id
+#[derive(Subcommand)]
+enum RunsAction {
+    /// List the newest runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print a stored run again.
+    Show {
+        /// Run number or id.
+        run: String,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// The cases whose outcome changed between two runs.
+    Diff {
+        /// The earlier run.
+        a: String,
+        /// The later run.
+        b: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("faultlab: cannot start: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("faultlab: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Ok(true): success; Ok(false): the run found failures; Err: could not run.
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Run {
+            suite,
+            files,
+            cases,
+            inventory,
+            all_bindings,
+            parallel,
+            format,
+            junit,
+            history,
+            no_history,
+            strict,
+        } => {
+            let (label, scenarios) = load_scenarios(&suite, &files, &cases)?;
+            let report = run(
+                label,
+                scenarios,
+                inventory.as_deref(),
+                all_bindings,
+                parallel,
+            )
+            .await?;
+            print_report(&report, format)?;
+            if let Some(path) = junit {
+                let xml = junit::render(&report).context("cannot render JUnit XML")?;
+                std::fs::write(&path, xml)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if !no_history {
+                let number = history.open()?.save(&report)?;
+                eprintln!("kept as run {number} ({})", report.run_id);
+            }
+            Ok(report.passed(strict))
+        }
+        Command::Check { files } => {
+            let mut good = true;
+            for file in &files {
+                match read_scenario(file) {
+                    Ok(scenario) => println!(
+                        "{}: ok ({} {}, {} steps)",
+                        file.display(),
+                        scenario.id,
+                        scenario.name,
+                        scenario.steps.len()
                     ),
                     Err(error) => {
-                        unreachable += 1;
-                        println!("{address:<22} unreachable: {error}");
+                        good = false;
+                        eprintln!("{error:#}");
                     }
                 }
             }
-            if unreachable > 0 {
-                anyhow::bail!("{unreachable} of {} agents unreachable", addresses.len());
+            Ok(good)
+        }
+        Command::Cases => {
+            for name in suites::NAMES {
+                let scenarios = suites::load(name).unwrap_or(Ok(Vec::new()))?;
+                println!("suite {name}:");
+                for case in scenarios {
+                    let needs = if case.needs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  (needs {})", case.needs.join(", "))
+                    };
+                    println!("  {:<4} {:<30} {}{needs}", case.id, case.name, case.title);
+                }
             }
-            Ok(())
+            Ok(true)
+        }
+        Command::Agents {
+            addresses,
+            inventory,
+        } => agents(addresses, inventory.as_deref()).await,
+        Command::Runs { action, history } => {
+            let history = history.open()?;
+            match action.unwrap_or(RunsAction::List { limit: 20 }) {
+                RunsAction::List { limit } => {
+                    println!(
+                        "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
+                        "RUN", "ID", "SUITE", "OS PAIRS", "CASES", "EXPECTED", "FAILED", "SKIPPED"
+                    );
+                    for row in history.list(limit)? {
+                        println!(
+                            "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
+                            row.number,
+                            row.run_id,
+                            row.suite,
+                            row.os_pairs,
+                            row.total,
+                            row.expected,
+                            row.failed,
+                            row.skipped
+                        );
+                    }
+                }
+                RunsAction::Show { run, format } => print_report(&history.get(&run)?, format)?,
+                RunsAction::Diff { a, b } => {
+                    let changes = history.diff(&a, &b)?;
+                    if changes.is_empty() {
+                        println!("no case changed between {a} and {b}");
+                    }
+                    for change in changes {
+                        println!(
+                            "{}\n  {a}: {}\n  {b}: {}",
+                            change.case, change.before, change.after
+                        );
+                    }
+                }
+            }
+            Ok(true)
         }
     }
+}
+
+fn read_scenario(file: &Path) -> anyhow::Result<Scenario> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(scenario::parse(&file.display().to_string(), &text)?)
+}
+
+fn load_scenarios(
+    suite_names: &[String],
+    files: &[PathBuf],
+    only: &[String],
+) -> anyhow::Result<(String, Vec<Scenario>)> {
+    if suite_names.is_empty() && files.is_empty() {
+        bail!("nothing to run: give --suite seed and/or scenario files");
+    }
+    let mut scenarios = Vec::new();
+    let mut label = Vec::new();
+    for name in suite_names {
+        let Some(suite) = suites::load(name) else {
+            bail!(
+                "no built-in suite {name:?}; there is: {}",
+                suites::NAMES.join(", ")
+            );
+        };
+        scenarios.extend(suite?);
+        label.push(name.clone());
+    }
+    let mut errors = Vec::new();
+    for file in files {
+        match read_scenario(file) {
+            Ok(scenario) => scenarios.push(scenario),
+            Err(error) => errors.push(format!("{error:#}")),
+        }
+        label.push(file.display().to_string());
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    if !only.is_empty() {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|id| !scenarios.iter().any(|case| &case.id == *id))
+            .collect();
+        if !unknown.is_empty() {
+            bail!("no case {unknown:?} among the scenarios given");
+        }
+        scenarios.retain(|case| only.contains(&case.id));
+    }
+    Ok((label.join(","), scenarios))
+}
+
+async fn connect_all(
+    inventory: &Inventory,
+    clock: &RunClock,
+) -> anyhow::Result<Vec<Arc<AgentHandle>>> {
+    let mut agents = Vec::new();
+    for entry in &inventory.agents {
+        let agent = AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, clock)
+            .await
+            .with_context(|| format!("agent {}", entry.name))?;
+        agents.push(Arc::new(agent));
+    }
+    Ok(agents)
+}
+
+async fn run(
+    suite: String,
+    cases: Vec<Scenario>,
+    inventory: Option<&Path>,
+    all_bindings: bool,
+    parallel: usize,
+) -> anyhow::Result<RunReport> {
+    let roles = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
+    let (inventory, _local) = match inventory {
+        Some(path) => (Inventory::load(path)?, None),
+        None => {
+            let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
+            let local = LocalLab::start(&exe, roles.max(2))?;
+            eprintln!(
+                "local lab: {} agents on loopback ({})",
+                local.inventory.agents.len(),
+                exe.display()
+            );
+            (local.inventory.clone(), Some(local))
+        }
+    };
+    let clock = RunClock::start();
+    let agents = connect_all(&inventory, &clock).await?;
+    let plan = Plan {
+        suite,
+        cases,
+        agents,
+        all_bindings,
+        parallel,
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("faultlab: stopping: finishing nothing new, resetting the agents");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let total = plan
+        .cases
+        .iter()
+        .map(|case| engine::bindings(case.roles.len(), &plan.agents, plan.all_bindings).len())
+        .sum::<usize>();
+    let progress = Arc::new(Bars::new(total));
+    let report = engine::run(plan, clock, progress.clone(), stop).await;
+    progress.bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Progress on stderr (hidden when stderr is not a terminal).
+struct Bars {
+    bar: ProgressBar,
+}
+
+impl Bars {
+    fn new(total: usize) -> Self {
+        let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {msg}") {
+            bar.set_style(style);
+        }
+        Self { bar }
+    }
+}
+
+impl Progress for Bars {
+    fn started(&self, case: &Scenario, agents: &[String]) {
+        self.bar
+            .set_message(format!("{} {} on {}", case.id, case.name, agents.join("→")));
+    }
+
+    fn finished(&self, report: &CaseReport) {
+        self.bar.inc(1);
+        self.bar.println(format!(
+            "{:<4} {:<11} {}",
+            report.id,
+            report.verdict.as_str(),
+            report.name
+        ));
+    }
+}
+
+fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Table => print!("{}", terminal::render(report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
+    }
+    Ok(())
+}
+
+async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
+    let entries: Vec<(String, String)> = match inventory {
+        Some(path) => Inventory::load(path)?
+            .agents
+            .into_iter()
+            .map(|agent| (agent.name, agent.address))
+            .collect(),
+        None if addresses.is_empty() => bail!("give agent addresses or --inventory FILE"),
+        None => addresses
+            .into_iter()
+            .map(|address| (address.clone(), address))
+            .collect(),
+    };
+    println!(
+        "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} CAPABILITIES",
+        "AGENT", "ADDRESS", "HEALTH", "HOST", "OS", "KERNEL", "VERSION", "BOOT ID"
+    );
+    let mut unreachable = 0;
+    for (name, address) in &entries {
+        match faultlab::agents::host_info(address).await {
+            Ok(info) => println!(
+                "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
+                name,
+                address,
+                "ok",
+                info.hostname,
+                info.os_version,
+                info.kernel_version,
+                info.agent_version,
+                info.boot_id,
+                info.capabilities.join(",")
+            ),
+            Err(error) => {
+                unreachable += 1;
+                println!("{name:<14} {address:<22} {:<8} {error}", "down");
+            }
+        }
+    }
+    Ok(unreachable == 0)
 }

@@ -116,6 +116,7 @@ impl Connections {
                 backlog,
                 options,
             } => self.listen(listener, address, backlog, &options),
+            HolderRequest::StopListening { listener } => self.stop_listening(listener),
             HolderRequest::Accept {
                 listener,
                 conn,
@@ -209,6 +210,15 @@ impl Connections {
         let local_address = listener.local_addr().map_err(cannot)?;
         lock(&self.listeners).insert(id, Arc::new(listener));
         Ok(HolderReply::Listening { local_address })
+    }
+
+    fn stop_listening(&self, id: ListenerId) -> Handled {
+        let listener = lock(&self.listeners)
+            .remove(&id)
+            .ok_or_else(|| Refusal::new(RefusalKind::NotFound, format!("{id} is not open")))?;
+        // An accept in progress holds a reference; the socket closes when it ends.
+        drop(listener);
+        Ok(HolderReply::StoppedListening)
     }
 
     async fn accept(&self, listener: ListenerId, conn: ConnId, timeout_ms: u32) -> Handled {

@@ -44,6 +44,11 @@ pub enum HolderRequest {
         /// Applied before bind().
         options: SocketOptions,
     },
+    /// close() a listener.
+    StopListening {
+        /// Which one.
+        listener: ListenerId,
+    },
     /// accept().
     Accept {
         /// On which listener.
@@ -150,6 +155,8 @@ pub enum HolderReply {
     Options(SocketOptions),
     /// The background reader runs.
     Watching,
+    /// The listener is closed.
+    StoppedListening,
     /// The request could not be carried out.
     Refused {
         /// Why, as a category.

@@ -311,9 +311,3 @@ pub fn outcome(observation: &Option<pb::Observation>) -> pb::Outcome {
         .as_ref()
         .map_or(pb::Outcome::Unspecified, pb::Observation::outcome)
 }
-
-/// A port on 127.0.0.1 that nobody listens on (bound, then released).
-pub fn unused_port() -> Result<u16, std::io::Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}

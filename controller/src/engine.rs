@@ -1,0 +1,1301 @@
+//! Runs scenarios on agents: binds roles to agents, plays each case's
+//! timeline, checks what happened against the expectations for each host's
+//! OS, and turns it all into a [`RunReport`].
+//!
+//! Every step waits for the one before it (a barrier across hosts); the
+//! controller's clock is the run clock, and each agent's monotonic clock is
+//! mapped onto it through an offset measured at the start (NTP-style, the
+//! sample with the shortest round trip wins), so times from different hosts
+//! line up. A case that loses an agent or runs out of time ends alone; the
+//! run goes on.
+
+use crate::agents::{self, AgentsError};
+use crate::report::{
+    AgentReport, CaseReport, ObservationReport, RunReport, SCHEMA, Summary, Verdict,
+};
+use crate::scenario::{
+    Action, CloseMode, Expect, ExpectedOutcome, Options, Payload, Scenario, Step,
+};
+use faultlab_proto::v1 as pb;
+use pb::agent_client::AgentClient;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+/// Clock samples taken per agent to measure its offset.
+const CLOCK_SAMPLES: usize = 8;
+/// How long cleanup of one case's holders may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default wait of a `wait-end` step.
+const DEFAULT_WAIT_MS: u32 = 30_000;
+
+/// Nanoseconds since the run started, on the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct RunClock {
+    start: Instant,
+}
+
+impl RunClock {
+    /// Start now.
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    /// Now, in ns since the start.
+    pub fn now_ns(&self) -> i64 {
+        i64::try_from(self.start.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+}
+
+/// An agent of the run: its client, host and clock.
+pub struct AgentHandle {
+    /// Name in the inventory.
+    pub name: String,
+    /// gRPC address.
+    pub address: String,
+    /// Address listeners bind to and peers connect to.
+    pub test_ip: IpAddr,
+    /// Client (cheap to clone).
+    pub client: AgentClient<Channel>,
+    /// What it said about its host.
+    pub info: pb::HostInfoReply,
+    /// Agent monotonic ns minus run-clock ns.
+    pub clock_offset_ns: i64,
+    /// Round trip of the sample the offset came from.
+    pub clock_rtt_ns: u64,
+}
+
+impl AgentHandle {
+    /// Connect, ask for host info, and measure the clock offset.
+    pub async fn connect(
+        name: &str,
+        address: &str,
+        test_ip: Option<IpAddr>,
+        clock: &RunClock,
+    ) -> Result<Self, AgentsError> {
+        let mut client = agents::connect(address).await?;
+        let failed = |status| AgentsError::Call {
+            address: address.to_owned(),
+            status,
+        };
+        let mut best: Option<(u64, i64, pb::HostInfoReply)> = None;
+        for _ in 0..CLOCK_SAMPLES {
+            let sent = clock.now_ns();
+            let info = client
+                .host_info(pb::HostInfoRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner();
+            let received = clock.now_ns();
+            let rtt = u64::try_from(received - sent).unwrap_or(0);
+            let midpoint = sent + (received - sent) / 2;
+            let offset = i64::try_from(info.mono_ns).unwrap_or(i64::MAX) - midpoint;
+            if best.as_ref().is_none_or(|(best_rtt, _, _)| rtt < *best_rtt) {
+                best = Some((rtt, offset, info));
+            }
+        }
+        let Some((clock_rtt_ns, clock_offset_ns, info)) = best else {
+            return Err(failed(tonic::Status::internal("no clock sample")));
+        };
+        let test_ip = test_ip
+            .or_else(|| {
+                address
+                    .rsplit_once(':')
+                    .and_then(|(host, _)| host.trim_matches(['[', ']']).parse().ok())
+            })
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(Self {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            test_ip,
+            client,
+            info,
+            clock_offset_ns,
+            clock_rtt_ns,
+        })
+    }
+
+    /// An agent's monotonic time on the run clock.
+    fn run_ns(&self, mono_ns: u64) -> i64 {
+        i64::try_from(mono_ns).unwrap_or(i64::MAX) - self.clock_offset_ns
+    }
+
+    fn report(&self) -> AgentReport {
+        AgentReport {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            test_ip: self.test_ip.to_string(),
+            hostname: self.info.hostname.clone(),
+            os_family: self.info.os_family.clone(),
+            os_version: self.info.os_version.clone(),
+            kernel_version: self.info.kernel_version.clone(),
+            arch: self.info.arch.clone(),
+            agent_version: self.info.agent_version.clone(),
+            boot_id: self.info.boot_id.clone(),
+            capabilities: self.info.capabilities.clone(),
+            clock_offset_ns: self.clock_offset_ns,
+            clock_rtt_ns: self.clock_rtt_ns,
+        }
+    }
+}
+
+/// Told as cases start and finish (the terminal's progress bars).
+pub trait Progress: Send + Sync {
+    /// A case began.
+    fn started(&self, _case: &Scenario, _agents: &[String]) {}
+    /// A case ended.
+    fn finished(&self, _report: &CaseReport) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// What to run, where, how wide.
+pub struct Plan {
+    /// Suite name or file list, for the report.
+    pub suite: String,
+    /// The cases.
+    pub cases: Vec<Scenario>,
+    /// The agents.
+    pub agents: Vec<Arc<AgentHandle>>,
+    /// Run each case on every ordered choice of distinct agents for its
+    /// roles, instead of only the first ones.
+    pub all_bindings: bool,
+    /// Cases at once.
+    pub parallel: usize,
+}
+
+/// Role bindings for a case: agents in role order.
+pub fn bindings(
+    roles: usize,
+    agents: &[Arc<AgentHandle>],
+    all: bool,
+) -> Vec<Vec<Arc<AgentHandle>>> {
+    if roles == 0 || agents.len() < roles {
+        return Vec::new();
+    }
+    if !all {
+        return vec![agents[..roles].to_vec()];
+    }
+    let mut found = Vec::new();
+    let mut chosen: Vec<usize> = Vec::new();
+    fn choose(
+        roles: usize,
+        agents: &[Arc<AgentHandle>],
+        chosen: &mut Vec<usize>,
+        found: &mut Vec<Vec<Arc<AgentHandle>>>,
+    ) {
+        if chosen.len() == roles {
+            found.push(
+                chosen
+                    .iter()
+                    .map(|&index| Arc::clone(&agents[index]))
+                    .collect(),
+            );
+            return;
+        }
+        for index in 0..agents.len() {
+            if !chosen.contains(&index) {
+                chosen.push(index);
+                choose(roles, agents, chosen, found);
+                chosen.pop();
+            }
+        }
+    }
+    choose(roles, agents, &mut chosen, &mut found);
+    found
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// A run id: wall-clock time plus process id, readable and unique per host.
+fn run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!(
+        "{:x}-{:x}",
+        nanos / 1_000_000,
+        (nanos % 1_000_000) ^ u128::from(std::process::id())
+    )
+}
+
+/// Run every case of the plan on its bindings, `parallel` at a time, until
+/// done or `stop` turns true (then unfinished cases are reported as errors
+/// and every agent is reset).
+pub async fn run(
+    plan: Plan,
+    clock: RunClock,
+    progress: Arc<dyn Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> RunReport {
+    let started_unix_ms = wall_ms();
+    let gate = Arc::new(Semaphore::new(plan.parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut slots = Vec::new();
+    for case in &plan.cases {
+        for binding in bindings(case.roles.len(), &plan.agents, plan.all_bindings) {
+            let index = slots.len();
+            slots.push(None);
+            let case = case.clone();
+            let gate = Arc::clone(&gate);
+            let progress = Arc::clone(&progress);
+            tasks.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let names: Vec<String> = binding.iter().map(|agent| agent.name.clone()).collect();
+                progress.started(&case, &names);
+                let report = run_case(&case, &binding, clock).await;
+                progress.finished(&report);
+                (index, report)
+            });
+        }
+    }
+    let mut interrupted = false;
+    while !tasks.is_empty() {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok((index, report))) => slots[index] = Some(report),
+                Some(Err(error)) => tracing_free_note(&format!("a case task failed: {error}")),
+                None => break,
+            },
+            changed = stop.changed(), if !interrupted => {
+                if changed.is_err() || *stop.borrow() {
+                    interrupted = true;
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    if interrupted {
+        for agent in &plan.agents {
+            let mut client = agent.client.clone();
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, client.reset(pb::ResetRequest {})).await;
+        }
+    }
+    let mut cases = Vec::new();
+    let mut index = 0;
+    for case in &plan.cases {
+        for binding in bindings(case.roles.len(), &plan.agents, plan.all_bindings) {
+            let report = slots[index].take().unwrap_or_else(|| {
+                let mut report = empty_report(case, &binding);
+                report.verdict = Verdict::Error;
+                report.reason = Some("interrupted before it finished".to_owned());
+                report
+            });
+            cases.push(report);
+            index += 1;
+        }
+        if plan.agents.len() < case.roles.len() {
+            let mut report = empty_report(case, &plan.agents);
+            report.verdict = Verdict::Skipped;
+            report.reason = Some(format!(
+                "needs {} agents, the lab has {}",
+                case.roles.len(),
+                plan.agents.len()
+            ));
+            cases.push(report);
+        }
+    }
+    RunReport {
+        schema: SCHEMA.to_owned(),
+        run_id: run_id(),
+        started_unix_ms,
+        finished_unix_ms: wall_ms(),
+        suite: plan.suite,
+        agents: plan.agents.iter().map(|agent| agent.report()).collect(),
+        summary: Summary::of(&cases),
+        cases,
+    }
+}
+
+fn tracing_free_note(message: &str) {
+    eprintln!("faultlab: {message}");
+}
+
+fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
+    CaseReport {
+        id: case.id.clone(),
+        name: case.name.clone(),
+        title: case.title.clone(),
+        seed: case.seed.clone(),
+        roles: case
+            .roles
+            .iter()
+            .zip(binding)
+            .map(|(role, agent)| (role.clone(), agent.name.clone()))
+            .collect(),
+        os_pair: binding
+            .iter()
+            .map(|agent| agent.info.os_family.as_str())
+            .collect::<Vec<_>>()
+            .join("/"),
+        verdict: Verdict::Skipped,
+        reason: None,
+        differences: Vec::new(),
+        observations: Vec::new(),
+        duration_ms: 0,
+    }
+}
+
+/// Why a step could not be carried out.
+#[derive(Debug)]
+enum StepError {
+    /// The agent did not answer.
+    AgentLost(String),
+    /// The request failed.
+    Failed(String),
+}
+
+/// What a step's call returned, on the run clock.
+#[derive(Clone, Debug)]
+struct Outcome {
+    call: String,
+    outcome: ExpectedOutcome,
+    bytes: u64,
+    errno: i32,
+    errno_name: String,
+    sigpipe: bool,
+    unread_bytes: u64,
+    start_ns: i64,
+    end_ns: i64,
+}
+
+impl Outcome {
+    fn ok(call: &str, start_ns: i64, end_ns: i64) -> Self {
+        Self {
+            call: call.to_owned(),
+            outcome: ExpectedOutcome::Ok,
+            bytes: 0,
+            errno: 0,
+            errno_name: String::new(),
+            sigpipe: false,
+            unread_bytes: 0,
+            start_ns,
+            end_ns,
+        }
+    }
+
+    fn observed(agent: &AgentHandle, observation: &pb::Observation) -> Self {
+        let call = match observation.call() {
+            pb::Call::Connect => "connect",
+            pb::Call::Accept => "accept",
+            pb::Call::Send => "send",
+            pb::Call::Recv => "recv",
+            pb::Call::Close => "close",
+            pb::Call::Shutdown => "shutdown",
+            pb::Call::Watch => "watch",
+            pb::Call::Unspecified => "unknown",
+        };
+        let outcome = match observation.outcome() {
+            pb::Outcome::Ok | pb::Outcome::Unspecified => ExpectedOutcome::Ok,
+            pb::Outcome::Eof => ExpectedOutcome::Eof,
+            pb::Outcome::Error => ExpectedOutcome::Error,
+            pb::Outcome::Timeout => ExpectedOutcome::Timeout,
+        };
+        Self {
+            call: call.to_owned(),
+            outcome,
+            bytes: observation.bytes,
+            errno: observation.os_error,
+            errno_name: observation.error_name.clone(),
+            sigpipe: observation.sigpipe,
+            unread_bytes: observation.unread_bytes,
+            start_ns: agent.run_ns(observation.start_mono_ns),
+            end_ns: agent.run_ns(observation.end_mono_ns),
+        }
+    }
+}
+
+/// Names a case's steps gave to listeners and connections, and its holders.
+#[derive(Default)]
+struct Names {
+    holders: HashMap<String, u64>,
+    listeners: HashMap<String, (u64, SocketAddr, String)>,
+    conns: HashMap<String, (u64, String)>,
+}
+
+/// One case on one binding: what the steps share.
+struct CaseRun<'a> {
+    agents: HashMap<String, Arc<AgentHandle>>,
+    names: Names,
+    clock: RunClock,
+    results: Vec<(&'a Step, Outcome)>,
+    background: HashMap<String, tokio::task::JoinHandle<Result<Outcome, StepError>>>,
+}
+
+fn lost_or_failed(agent: &AgentHandle, status: &tonic::Status) -> StepError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            StepError::AgentLost(format!(
+                "agent {} ({}) stopped answering: {}",
+                agent.name,
+                agent.address,
+                status.message()
+            ))
+        }
+        _ => StepError::Failed(format!(
+            "agent {}: {}: {}",
+            agent.name,
+            code_name(status.code()),
+            status.message()
+        )),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+fn holder_gone(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get("faultlab-error")
+        .and_then(|value| value.to_str().ok())
+        == Some("holder-gone")
+}
+
+fn socket_options(options: &Options) -> Option<pb::SocketOptions> {
+    if options == &Options::default() {
+        return None;
+    }
+    Some(pb::SocketOptions {
+        linger: options.linger.map(|linger| pb::Linger {
+            enabled: linger.is_some(),
+            seconds: linger.unwrap_or(0),
+        }),
+        keepalive: options
+            .keepalive
+            .map(|(idle_ms, interval_ms, count)| pb::Keepalive {
+                enabled: true,
+                idle_ms,
+                interval_ms,
+                count,
+            }),
+        user_timeout_ms: options.user_timeout_ms,
+        nodelay: options.nodelay,
+        send_buffer_bytes: options.send_buffer_bytes,
+        recv_buffer_bytes: options.recv_buffer_bytes,
+    })
+}
+
+fn close_mode(mode: CloseMode) -> pb::CloseMode {
+    match mode {
+        CloseMode::Graceful => pb::CloseMode::Graceful,
+        CloseMode::Abort => pb::CloseMode::Abort,
+        CloseMode::ShutdownWrite => pb::CloseMode::ShutdownWrite,
+        CloseMode::ShutdownRead => pb::CloseMode::ShutdownRead,
+        CloseMode::ShutdownBoth => pb::CloseMode::ShutdownBoth,
+        CloseMode::WithUnread => pb::CloseMode::WithUnread,
+    }
+}
+
+/// Run one case on one binding (agents in role order).
+pub async fn run_case(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    clock: RunClock,
+) -> CaseReport {
+    let started = Instant::now();
+    let mut report = empty_report(case, binding);
+    for agent in binding {
+        if let Some(missing) = case
+            .needs
+            .iter()
+            .find(|need| !agent.info.capabilities.contains(need))
+        {
+            report.verdict = Verdict::Skipped;
+            report.reason = Some(format!(
+                "needs capability {missing:?}, which agent {} does not offer",
+                agent.name
+            ));
+            return report;
+        }
+    }
+    let mut run = CaseRun {
+        agents: case
+            .roles
+            .iter()
+            .cloned()
+            .zip(binding.iter().cloned())
+            .collect(),
+        names: Names::default(),
+        clock,
+        results: Vec::new(),
+        background: HashMap::new(),
+    };
+    let played =
+        tokio::time::timeout(Duration::from_millis(case.timeout_ms), play(case, &mut run)).await;
+    for (_, task) in run.background.drain() {
+        task.abort();
+    }
+    cleanup(&run).await;
+    report.observations = observations(&run, case);
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match played {
+        Err(_) => {
+            report.verdict = Verdict::Timeout;
+            report.reason = Some(format!(
+                "the case did not finish within {} ms",
+                case.timeout_ms
+            ));
+        }
+        Ok(Err(StepError::AgentLost(reason))) => {
+            report.verdict = Verdict::AgentLost;
+            report.reason = Some(reason);
+        }
+        Ok(Err(StepError::Failed(reason))) => {
+            report.verdict = Verdict::Error;
+            report.reason = Some(reason);
+        }
+        Ok(Ok(())) => {
+            let (checked, differences) = judge(&run);
+            report.differences = differences;
+            report.verdict = if !report.differences.is_empty() {
+                Verdict::Differs
+            } else if checked == 0 {
+                report
+                    .differences
+                    .push(format!("no expectation is written for {}", report.os_pair));
+                Verdict::Differs
+            } else {
+                Verdict::Expected
+            };
+        }
+    }
+    report
+}
+
+async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    for role in &case.roles {
+        let agent = Arc::clone(&run.agents[role]);
+        let mut client = agent.client.clone();
+        let spawned = client
+            .spawn_holder(pb::SpawnHolderRequest {
+                label: format!("{}/{role}", case.id),
+            })
+            .await
+            .map_err(|status| lost_or_failed(&agent, &status))?
+            .into_inner();
+        run.names.holders.insert(role.clone(), spawned.holder_id);
+    }
+    for step in &case.steps {
+        if let Action::Join { step: joined } = &step.action {
+            let task = run
+                .background
+                .remove(joined)
+                .ok_or_else(|| StepError::Failed(format!("{joined} is not running")))?;
+            let outcome = task
+                .await
+                .map_err(|error| StepError::Failed(format!("{joined}: {error}")))??;
+            let joined_step = case
+                .steps
+                .iter()
+                .find(|candidate| &candidate.name == joined)
+                .ok_or_else(|| StepError::Failed(format!("no step {joined}")))?;
+            run.results.push((joined_step, outcome));
+            continue;
+        }
+        let action = prepare(step, run)?;
+        if step.background {
+            run.background
+                .insert(step.name.clone(), tokio::spawn(action.perform()));
+        } else if let Some(outcome) = action.perform_and_record(&mut run.names).await? {
+            run.results.push((step, outcome));
+        }
+    }
+    let left: Vec<String> = run.background.keys().cloned().collect();
+    for name in left {
+        if let Some(task) = run.background.remove(&name) {
+            let outcome = task
+                .await
+                .map_err(|error| StepError::Failed(format!("{name}: {error}")))??;
+            if let Some(step) = case.steps.iter().find(|step| step.name == name) {
+                run.results.push((step, outcome));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A step with its names resolved to ids, ready to run on its own.
+struct Prepared {
+    agent: Arc<AgentHandle>,
+    clock: RunClock,
+    role: String,
+    call: Call,
+}
+
+enum Call {
+    Listen {
+        name: String,
+        holder: u64,
+        options: Option<pb::SocketOptions>,
+    },
+    StopListening {
+        listener: u64,
+    },
+    Connect {
+        name: String,
+        holder: u64,
+        address: SocketAddr,
+        options: Option<pb::SocketOptions>,
+        timeout_ms: u32,
+    },
+    Accept {
+        name: String,
+        listener: u64,
+        timeout_ms: u32,
+    },
+    Send(pb::SendRequest),
+    Recv(pb::RecvRequest),
+    Close(pb::CloseRequest),
+    SetOptions(pb::SetOptionsRequest),
+    Watch(u64),
+    WaitEnd {
+        conn: u64,
+        timeout_ms: u32,
+    },
+    Exit {
+        holder: u64,
+        code: i32,
+    },
+    Kill {
+        holder: u64,
+    },
+    Sleep(u64),
+    Unsupported(&'static str),
+}
+
+fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
+    let role = step.role.clone().unwrap_or_default();
+    let agent = match step.role.as_ref() {
+        Some(role) => Arc::clone(
+            run.agents
+                .get(role)
+                .ok_or_else(|| StepError::Failed(format!("role {role} is not bound")))?,
+        ),
+        // Steps without a role (sleep) run on the controller; any agent serves for the clock.
+        None => run
+            .agents
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| StepError::Failed("no agents".to_owned()))?,
+    };
+    let holder = || run.names.holders.get(&role).copied().unwrap_or(0);
+    let conn = |name: &str| {
+        run.names.conns.get(name).map(|(id, _)| *id).ok_or_else(|| {
+            StepError::Failed(format!(
+                "step {}: connection {name:?} was never opened",
+                step.name
+            ))
+        })
+    };
+    let listener = |name: &str| {
+        run.names.listeners.get(name).cloned().ok_or_else(|| {
+            StepError::Failed(format!(
+                "step {}: listener {name:?} was never opened",
+                step.name
+            ))
+        })
+    };
+    let call = match &step.action {
+        Action::Listen { listener, options } => Call::Listen {
+            name: listener.clone(),
+            holder: holder(),
+            options: socket_options(options),
+        },
+        Action::StopListening { listener: name } => Call::StopListening {
+            listener: listener(name)?.0,
+        },
+        Action::Connect {
+            to,
+            conn,
+            options,
+            timeout_ms,
+        } => Call::Connect {
+            name: conn.clone(),
+            holder: holder(),
+            address: listener(to)?.1,
+            options: socket_options(options),
+            timeout_ms: *timeout_ms,
+        },
+        Action::Accept {
+            listener: name,
+            conn,
+            timeout_ms,
+        } => Call::Accept {
+            name: conn.clone(),
+            listener: listener(name)?.0,
+            timeout_ms: *timeout_ms,
+        },
+        Action::Send {
+            conn: name,
+            payload,
+            timeout_ms,
+        } => Call::Send(pb::SendRequest {
+            conn_id: conn(name)?,
+            payload: Some(match payload {
+                Payload::Text(text) => pb::send_request::Payload::Data(text.clone().into_bytes()),
+                Payload::Bytes(count) => pb::send_request::Payload::ByteCount(*count),
+                Payload::Messages {
+                    count,
+                    size,
+                    interval_ms,
+                } => pb::send_request::Payload::Messages(pb::Messages {
+                    count: *count,
+                    size: *size,
+                    interval_ms: *interval_ms,
+                }),
+            }),
+            timeout_ms: *timeout_ms,
+        }),
+        Action::Recv {
+            conn: name,
+            all,
+            max_bytes,
+            timeout_ms,
+        } => Call::Recv(pb::RecvRequest {
+            conn_id: conn(name)?,
+            mode: if *all {
+                pb::RecvMode::All
+            } else {
+                pb::RecvMode::Once
+            } as i32,
+            max_bytes: *max_bytes,
+            timeout_ms: *timeout_ms,
+            return_data: false,
+        }),
+        Action::Close { conn: name, mode } => Call::Close(pb::CloseRequest {
+            conn_id: conn(name)?,
+            mode: close_mode(*mode) as i32,
+            timeout_ms: 0,
+        }),
+        Action::SetOptions {
+            conn: name,
+            options,
+        } => Call::SetOptions(pb::SetOptionsRequest {
+            target: Some(pb::set_options_request::Target::ConnId(conn(name)?)),
+            options: socket_options(options),
+        }),
+        Action::Watch { conn: name } => Call::Watch(conn(name)?),
+        Action::WaitEnd {
+            conn: name,
+            timeout_ms,
+        } => Call::WaitEnd {
+            conn: conn(name)?,
+            timeout_ms: if *timeout_ms == 0 {
+                DEFAULT_WAIT_MS
+            } else {
+                *timeout_ms
+            },
+        },
+        Action::Exit { code } => Call::Exit {
+            holder: holder(),
+            code: *code,
+        },
+        Action::Kill => Call::Kill { holder: holder() },
+        Action::Sleep { ms } => Call::Sleep(*ms),
+        Action::Join { .. } => Call::Unsupported("join"),
+        Action::Isolate { .. } | Action::Heal => Call::Unsupported("isolate"),
+        Action::Reboot { .. } => Call::Unsupported("reboot"),
+    };
+    Ok(Prepared {
+        agent,
+        clock: run.clock,
+        role,
+        call,
+    })
+}
+
+impl Prepared {
+    /// Run, and remember the names a listen/connect/accept defined.
+    async fn perform_and_record(self, names: &mut Names) -> Result<Option<Outcome>, StepError> {
+        let role = self.role.clone();
+        let defined = match &self.call {
+            Call::Listen { name, .. } | Call::Connect { name, .. } | Call::Accept { name, .. } => {
+                Some(name.clone())
+            }
+            // The name stays: its address is what a connect to a closed port needs.
+            Call::StopListening { .. } => None,
+            _ => None,
+        };
+        let is_listen = matches!(self.call, Call::Listen { .. });
+        let is_sleep = matches!(self.call, Call::Sleep(_));
+        let (outcome, new_id, address) = self.run().await?;
+        if let Some(name) = defined {
+            match (is_listen, new_id) {
+                (true, Some(id)) => {
+                    if let Some(address) = address {
+                        names.listeners.insert(name, (id, address, role));
+                    }
+                }
+                (false, Some(id)) => {
+                    names.conns.insert(name, (id, role));
+                }
+                _ => {}
+            }
+        }
+        Ok(if is_sleep { None } else { Some(outcome) })
+    }
+
+    /// Run on its own (a background step).
+    async fn perform(self) -> Result<Outcome, StepError> {
+        self.run().await.map(|(outcome, _, _)| outcome)
+    }
+
+    /// The call, its outcome, the id it created, the address it bound.
+    async fn run(self) -> Result<(Outcome, Option<u64>, Option<SocketAddr>), StepError> {
+        let agent = &self.agent;
+        let mut client = agent.client.clone();
+        let failed = |status: tonic::Status| lost_or_failed(agent, &status);
+        let start = self.clock.now_ns();
+        let ok = |call: &str, clock: &RunClock| Outcome::ok(call, start, clock.now_ns());
+        Ok(match self.call {
+            Call::Listen {
+                holder, options, ..
+            } => {
+                let reply = client
+                    .listen(pb::ListenRequest {
+                        holder_id: holder,
+                        address: SocketAddr::new(agent.test_ip, 0).to_string(),
+                        backlog: 128,
+                        options,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                let address = reply.local_address.parse().map_err(|_| {
+                    StepError::Failed(format!(
+                        "agent {} listens on {:?}, not an address",
+                        agent.name, reply.local_address
+                    ))
+                })?;
+                (
+                    ok("listen", &self.clock),
+                    Some(reply.listener_id),
+                    Some(address),
+                )
+            }
+            Call::StopListening { listener } => {
+                client
+                    .stop_listening(pb::StopListeningRequest {
+                        listener_id: listener,
+                    })
+                    .await
+                    .map_err(failed)?;
+                (ok("stop-listening", &self.clock), None, None)
+            }
+            Call::Connect {
+                holder,
+                address,
+                options,
+                timeout_ms,
+                ..
+            } => {
+                let reply = client
+                    .dial(pb::ConnectRequest {
+                        holder_id: holder,
+                        address: address.to_string(),
+                        options,
+                        timeout_ms,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                connected(agent, reply)?
+            }
+            Call::Accept {
+                listener,
+                timeout_ms,
+                ..
+            } => {
+                let reply = client
+                    .accept(pb::AcceptRequest {
+                        listener_id: listener,
+                        timeout_ms,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                connected(agent, reply)?
+            }
+            Call::Send(request) => observed(
+                agent,
+                client.send(request).await,
+                "send",
+                start,
+                &self.clock,
+            )?,
+            Call::Recv(request) => observed(
+                agent,
+                client.recv(request).await,
+                "recv",
+                start,
+                &self.clock,
+            )?,
+            Call::Close(request) => observed(
+                agent,
+                client.close(request).await,
+                "close",
+                start,
+                &self.clock,
+            )?,
+            Call::SetOptions(request) => {
+                client.set_options(request).await.map_err(failed)?;
+                (ok("set-options", &self.clock), None, None)
+            }
+            Call::Watch(conn_id) => {
+                client
+                    .watch(pb::WatchRequest { conn_id })
+                    .await
+                    .map_err(failed)?;
+                (ok("watch", &self.clock), None, None)
+            }
+            Call::WaitEnd { conn, timeout_ms } => (
+                wait_end(agent, conn, timeout_ms, start, &self.clock).await?,
+                None,
+                None,
+            ),
+            Call::Exit { holder, code } => {
+                let exit = client
+                    .exit_holder(pb::ExitHolderRequest {
+                        holder_id: holder,
+                        exit_code: code,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                (
+                    Outcome::ok("exit", start, agent.run_ns(exit.mono_ns)),
+                    None,
+                    None,
+                )
+            }
+            Call::Kill { holder } => {
+                let exit = client
+                    .kill_holder(pb::KillHolderRequest { holder_id: holder })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                (
+                    Outcome::ok("kill", start, agent.run_ns(exit.mono_ns)),
+                    None,
+                    None,
+                )
+            }
+            Call::Sleep(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (ok("sleep", &self.clock), None, None)
+            }
+            Call::Unsupported(what) => {
+                return Err(StepError::Failed(format!(
+                    "{what} is not available in this version of faultlab"
+                )));
+            }
+        })
+    }
+}
+
+type Ran = (Outcome, Option<u64>, Option<SocketAddr>);
+
+fn connected(agent: &AgentHandle, reply: pb::ConnectReply) -> Result<Ran, StepError> {
+    let observation = reply
+        .observation
+        .ok_or_else(|| StepError::Failed(format!("agent {} gave no observation", agent.name)))?;
+    let id = (reply.conn_id != 0).then_some(reply.conn_id);
+    Ok((Outcome::observed(agent, &observation), id, None))
+}
+
+fn observed(
+    agent: &AgentHandle,
+    result: Result<tonic::Response<pb::Observation>, tonic::Status>,
+    call: &str,
+    start: i64,
+    clock: &RunClock,
+) -> Result<Ran, StepError> {
+    match result {
+        Ok(reply) => Ok((Outcome::observed(agent, &reply.into_inner()), None, None)),
+        Err(status) if holder_gone(&status) => {
+            let mut outcome = Outcome::ok(call, start, clock.now_ns());
+            outcome.outcome = ExpectedOutcome::HolderGone;
+            Ok((outcome, None, None))
+        }
+        Err(status) => Err(lost_or_failed(agent, &status)),
+    }
+}
+
+async fn wait_end(
+    agent: &AgentHandle,
+    conn_id: u64,
+    timeout_ms: u32,
+    start: i64,
+    clock: &RunClock,
+) -> Result<Outcome, StepError> {
+    let mut client = agent.client.clone();
+    let mut events = client
+        .events(pb::EventsRequest { since: 0 })
+        .await
+        .map_err(|status| lost_or_failed(agent, &status))?
+        .into_inner();
+    let waited = tokio::time::timeout(Duration::from_millis(u64::from(timeout_ms)), async {
+        while let Some(event) = events
+            .message()
+            .await
+            .map_err(|status| lost_or_failed(agent, &status))?
+        {
+            if let Some(pb::event::Kind::ConnectionEnded(observation)) = event.kind
+                && observation.conn_id == conn_id
+            {
+                return Ok(Some(observation));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    match waited {
+        Ok(Ok(Some(observation))) => Ok(Outcome::observed(agent, &observation)),
+        Ok(Ok(None)) => Err(StepError::AgentLost(format!(
+            "agent {}: event stream ended",
+            agent.name
+        ))),
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            let mut outcome = Outcome::ok("watch", start, clock.now_ns());
+            outcome.outcome = ExpectedOutcome::Timeout;
+            Ok(outcome)
+        }
+    }
+}
+
+/// Kill the case's holders (their sockets close with them).
+async fn cleanup(run: &CaseRun<'_>) {
+    for (role, holder) in &run.names.holders {
+        if let Some(agent) = run.agents.get(role) {
+            let mut client = agent.client.clone();
+            let _ = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                client.kill_holder(pb::KillHolderRequest { holder_id: *holder }),
+            )
+            .await;
+        }
+    }
+}
+
+fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<ObservationReport> {
+    let mut reports: Vec<ObservationReport> = run
+        .results
+        .iter()
+        .map(|(step, outcome)| {
+            let role = step.role.clone().unwrap_or_default();
+            let agent = run.agents.get(&role);
+            let os = agent
+                .map(|agent| agent.info.os_family.clone())
+                .unwrap_or_default();
+            ObservationReport {
+                step: step.name.clone(),
+                host: agent.map(|agent| agent.name.clone()).unwrap_or_default(),
+                role,
+                call: outcome.call.clone(),
+                bytes: outcome.bytes,
+                outcome: outcome.outcome.as_str().to_owned(),
+                errno: outcome.errno,
+                errno_name: outcome.errno_name.clone(),
+                sigpipe: outcome.sigpipe,
+                unread_bytes: outcome.unread_bytes,
+                t_ns: outcome.start_ns,
+                duration_ns: u64::try_from(outcome.end_ns - outcome.start_ns).unwrap_or(0),
+                checked: step.expect.get(&os).map(|expect| {
+                    format!("{os} ({})", expect.source.as_deref().unwrap_or("measured"))
+                }),
+            }
+        })
+        .collect();
+    let order: HashMap<&str, usize> = case
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| (step.name.as_str(), index))
+        .collect();
+    reports.sort_by_key(|report| {
+        order
+            .get(report.step.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
+    reports
+}
+
+/// Check every step against the expectation for its host's OS: how many
+/// steps were checked, and what differed.
+fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
+    let by_name: BTreeMap<&str, &Outcome> = run
+        .results
+        .iter()
+        .map(|(step, outcome)| (step.name.as_str(), outcome))
+        .collect();
+    let mut checked = 0;
+    let mut differences = Vec::new();
+    for (step, outcome) in &run.results {
+        let Some(agent) = step.role.as_ref().and_then(|role| run.agents.get(role)) else {
+            continue;
+        };
+        let os = &agent.info.os_family;
+        let Some(expect) = step.expect.get(os) else {
+            continue;
+        };
+        checked += 1;
+        for difference in compare(expect, outcome, &by_name) {
+            differences.push(format!(
+                "{} ({} on {os}): {difference}",
+                step.name, outcome.call
+            ));
+        }
+    }
+    (checked, differences)
+}
+
+/// What differs between an expectation and an outcome, in words.
+fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(wanted) = expect.outcome
+        && wanted != outcome.outcome
+    {
+        let errno = if outcome.errno_name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", outcome.errno_name)
+        };
+        found.push(format!(
+            "outcome {}{errno}, expected {}",
+            outcome.outcome.as_str(),
+            wanted.as_str()
+        ));
+    }
+    if let Some(wanted) = &expect.error
+        && wanted != &outcome.errno_name
+    {
+        let got = if outcome.errno_name.is_empty() {
+            "none"
+        } else {
+            &outcome.errno_name
+        };
+        found.push(format!("error {got}, expected {wanted}"));
+    }
+    if let Some(wanted) = expect.sigpipe
+        && wanted != outcome.sigpipe
+    {
+        found.push(format!("sigpipe {}, expected {wanted}", outcome.sigpipe));
+    }
+    if let Some(wanted) = expect.bytes
+        && wanted != outcome.bytes
+    {
+        found.push(format!("{} bytes, expected {wanted}", outcome.bytes));
+    }
+    if let Some(minimum) = expect.bytes_min
+        && outcome.bytes < minimum
+    {
+        found.push(format!(
+            "{} bytes, expected at least {minimum}",
+            outcome.bytes
+        ));
+    }
+    if let Some(other) = &expect.bytes_below
+        && let Some(other_outcome) = steps.get(other.as_str())
+        && outcome.bytes >= other_outcome.bytes
+    {
+        found.push(format!(
+            "{} bytes, expected fewer than the {} of step {other}",
+            outcome.bytes, other_outcome.bytes
+        ));
+    }
+    if let Some(minimum) = expect.unread_bytes_min
+        && outcome.unread_bytes < minimum
+    {
+        found.push(format!(
+            "{} unread bytes, expected at least {minimum}",
+            outcome.unread_bytes
+        ));
+    }
+    if let (Some(within), Some(since)) = (expect.within_ms, &expect.since)
+        && let Some(reference) = steps.get(since.as_str())
+    {
+        let elapsed_ms = (outcome.end_ns - reference.start_ns) / 1_000_000;
+        if elapsed_ms > i64::try_from(within).unwrap_or(i64::MAX) {
+            found.push(format!(
+                "ended {elapsed_ms} ms after {since}, expected within {within} ms"
+            ));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: ExpectedOutcome, errno_name: &str, bytes: u64) -> Outcome {
+        Outcome {
+            call: "recv".to_owned(),
+            outcome: kind,
+            bytes,
+            errno: 0,
+            errno_name: errno_name.to_owned(),
+            sigpipe: false,
+            unread_bytes: 0,
+            start_ns: 0,
+            end_ns: 5_000_000,
+        }
+    }
+
+    #[test]
+    fn matching_outcomes_have_no_differences() {
+        let expect = Expect {
+            outcome: Some(ExpectedOutcome::Error),
+            error: Some("ECONNRESET".to_owned()),
+            bytes: Some(10),
+            ..Expect::default()
+        };
+        let got = outcome(ExpectedOutcome::Error, "ECONNRESET", 10);
+        assert!(compare(&expect, &got, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let expect = Expect {
+            outcome: Some(ExpectedOutcome::Error),
+            error: Some("ECONNABORTED".to_owned()),
+            bytes_min: Some(100),
+            within_ms: Some(1),
+            since: Some("kill".to_owned()),
+            ..Expect::default()
+        };
+        let kill = outcome(ExpectedOutcome::Ok, "", 0);
+        let steps = BTreeMap::from([("kill", &kill)]);
+        let got = outcome(ExpectedOutcome::Eof, "", 10);
+        let found = compare(&expect, &got, &steps);
+        assert_eq!(
+            found,
+            [
+                "outcome eof, expected error",
+                "error none, expected ECONNABORTED",
+                "10 bytes, expected at least 100",
+                "ended 5 ms after kill, expected within 1 ms"
+            ]
+        );
+    }
+}

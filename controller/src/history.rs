@@ -1,0 +1,300 @@
+//! Every run, kept in SQLite: list them, show one again, compare two (for
+//! instance the same suite on two kernels, or against Windows).
+//!
+//! One row per run holds its summary (for listing) and the full JSON report
+//! (the same document `--format json` prints), so nothing is lost and old
+//! runs re-render with the current code.
+
+use crate::report::{CaseReport, RunReport};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why the history could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// SQLite failed.
+    #[error("history database {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// Its directory could not be made.
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored report does not parse.
+    #[error("run {run} in the history is unreadable: {source}")]
+    Corrupt {
+        /// Which run.
+        run: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// No run has that number or id.
+    #[error("no run {0} in the history (faultlab runs lists them)")]
+    NoSuchRun(String),
+}
+
+/// A run as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    /// Number in this history (what `runs show` takes).
+    pub number: i64,
+    /// The run's id.
+    pub run_id: String,
+    /// Start, ms since the epoch.
+    pub started_unix_ms: i64,
+    /// Suite.
+    pub suite: String,
+    /// OS pairs that ran, comma-separated.
+    pub os_pairs: String,
+    /// Cases.
+    pub total: i64,
+    /// Expected ones.
+    pub expected: i64,
+    /// Everything else that did not pass (differs, error, agent-lost, timeout).
+    pub failed: i64,
+    /// Skipped ones.
+    pub skipped: i64,
+}
+
+/// A case whose result changed between two runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Case id and binding, e.g. "C2 [local-1→local-2]".
+    pub case: String,
+    /// In the first run: verdict and what it observed.
+    pub before: String,
+    /// In the second.
+    pub after: String,
+}
+
+/// The history database.
+pub struct History {
+    connection: Connection,
+    path: String,
+}
+
+/// `$FAULTLAB_HISTORY`, else `$XDG_DATA_HOME/faultlab/history.sqlite`, else
+/// `~/.local/share/faultlab/history.sqlite` (on Windows `%LOCALAPPDATA%`).
+pub fn default_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("FAULTLAB_HISTORY") {
+        return PathBuf::from(path);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("faultlab").join("history.sqlite")
+}
+
+impl History {
+    /// Open (and create if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| HistoryError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let database = |source| HistoryError::Database {
+            path: shown.clone(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(database)?;
+        connection
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS runs (
+                    number INTEGER PRIMARY KEY AUTOINCREMENT,
+                    run_id TEXT NOT NULL UNIQUE,
+                    started_unix_ms INTEGER NOT NULL,
+                    suite TEXT NOT NULL,
+                    os_pairs TEXT NOT NULL,
+                    total INTEGER NOT NULL,
+                    expected INTEGER NOT NULL,
+                    failed INTEGER NOT NULL,
+                    skipped INTEGER NOT NULL,
+                    report TEXT NOT NULL
+                );",
+            )
+            .map_err(database)?;
+        Ok(Self {
+            connection,
+            path: shown,
+        })
+    }
+
+    fn database(&self, source: rusqlite::Error) -> HistoryError {
+        HistoryError::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Keep a run; returns its number.
+    pub fn save(&self, report: &RunReport) -> Result<i64, HistoryError> {
+        let json = serde_json::to_string(report).map_err(|source| HistoryError::Corrupt {
+            run: report.run_id.clone(),
+            source,
+        })?;
+        let mut pairs: Vec<&str> = report
+            .cases
+            .iter()
+            .map(|case| case.os_pair.as_str())
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let s = &report.summary;
+        let failed = s.differs + s.error + s.agent_lost + s.timeout;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.connection
+            .execute(
+                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    report.run_id,
+                    report.started_unix_ms,
+                    report.suite,
+                    pairs.join(","),
+                    count(s.total),
+                    count(s.expected),
+                    count(failed),
+                    count(s.skipped),
+                    json
+                ],
+            )
+            .map_err(|source| self.database(source))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub fn list(&self, limit: usize) -> Result<Vec<RunRow>, HistoryError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT number, run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped
+                 FROM runs ORDER BY number DESC LIMIT ?1",
+            )
+            .map_err(|source| self.database(source))?;
+        let rows = statement
+            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                Ok(RunRow {
+                    number: row.get(0)?,
+                    run_id: row.get(1)?,
+                    started_unix_ms: row.get(2)?,
+                    suite: row.get(3)?,
+                    os_pairs: row.get(4)?,
+                    total: row.get(5)?,
+                    expected: row.get(6)?,
+                    failed: row.get(7)?,
+                    skipped: row.get(8)?,
+                })
+            })
+            .map_err(|source| self.database(source))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|source| self.database(source))
+    }
+
+    /// A run by its number or its id.
+    pub fn get(&self, run: &str) -> Result<RunReport, HistoryError> {
+        let json: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT report FROM runs WHERE run_id = ?1 OR CAST(number AS TEXT) = ?1",
+                params![run],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| self.database(source))?;
+        let json = json.ok_or_else(|| HistoryError::NoSuchRun(run.to_owned()))?;
+        serde_json::from_str(&json).map_err(|source| HistoryError::Corrupt {
+            run: run.to_owned(),
+            source,
+        })
+    }
+
+    /// The cases whose verdict or observations differ between runs `a` and `b`.
+    pub fn diff(&self, a: &str, b: &str) -> Result<Vec<Change>, HistoryError> {
+        Ok(changes(&self.get(a)?, &self.get(b)?))
+    }
+}
+
+/// A case's key across runs: its id and its binding's position among the
+/// case's bindings (so the same case on Linux and on Windows compares).
+fn keyed(report: &RunReport) -> BTreeMap<(String, usize), &CaseReport> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    report
+        .cases
+        .iter()
+        .map(|case| {
+            let position = seen.entry(case.id.clone()).or_default();
+            let key = (case.id.clone(), *position);
+            *position += 1;
+            (key, case)
+        })
+        .collect()
+}
+
+/// What a case came to, in one line: verdict, then each checked step's result.
+fn gist(case: &CaseReport) -> String {
+    let steps: Vec<String> = case
+        .observations
+        .iter()
+        .filter(|observation| observation.checked.is_some())
+        .map(|observation| {
+            let errno = if observation.errno_name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", observation.errno_name)
+            };
+            format!(
+                "{} {}{errno} {}B",
+                observation.step, observation.outcome, observation.bytes
+            )
+        })
+        .collect();
+    format!(
+        "{} [{}] {}",
+        case.verdict.as_str(),
+        case.os_pair,
+        steps.join("; ")
+    )
+}
+
+/// Cases whose gist differs between two reports (or that exist in one only).
+pub fn changes(before: &RunReport, after: &RunReport) -> Vec<Change> {
+    let (old, new) = (keyed(before), keyed(after));
+    let mut keys: Vec<&(String, usize)> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|key| {
+            let was = old
+                .get(key)
+                .map_or_else(|| "(not run)".to_owned(), |case| gist(case));
+            let is = new
+                .get(key)
+                .map_or_else(|| "(not run)".to_owned(), |case| gist(case));
+            let hosts = new
+                .get(key)
+                .or_else(|| old.get(key))
+                .map_or_else(String::new, |case| {
+                    case.roles.values().cloned().collect::<Vec<_>>().join("→")
+                });
+            (was != is).then(|| Change {
+                case: format!("{} [{hosts}]", key.0),
+                before: was,
+                after: is,
+            })
+        })
+        .collect()
+}

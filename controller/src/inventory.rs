@@ -1,0 +1,143 @@
+//! The inventory: which agents a lab has, by name.
+//!
+//! ```toml
+//! [[agent]]
+//! name = "linux-1"
+//! address = "198.18.0.2:7420"   # gRPC (management network)
+//! test_ip = "198.18.1.2"        # test traffic; defaults to the address's IP
+//! ```
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// One agent of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    /// Unique name.
+    pub name: String,
+    /// gRPC address (`host:port`).
+    pub address: String,
+    /// Address for test traffic, when not the gRPC address's IP.
+    pub test_ip: Option<IpAddr>,
+}
+
+/// The lab's agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// In the order roles are bound to them.
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<AgentEntry>,
+}
+
+/// Why an inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The file could not be read.
+    #[error("cannot read inventory {file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is malformed.
+    #[error("{file}:{line}:{column}: {message}")]
+    Malformed {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Inventory {
+    /// Read an inventory file.
+    pub fn load(path: &Path) -> Result<Self, InventoryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parse inventory text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, InventoryError> {
+        let malformed = |offset: usize, message: String| {
+            let before = &text[..offset.min(text.len())];
+            InventoryError::Malformed {
+                file: file.to_owned(),
+                line: before.matches('\n').count() + 1,
+                column: before
+                    .rfind('\n')
+                    .map_or(before.len(), |nl| before.len() - nl - 1)
+                    + 1,
+                message,
+            }
+        };
+        let inventory: Self = toml::from_str(text).map_err(|error| {
+            malformed(
+                error.span().map_or(0, |span| span.start),
+                error.message().trim().to_owned(),
+            )
+        })?;
+        let mut names = std::collections::HashSet::new();
+        for agent in &inventory.agents {
+            if !names.insert(&agent.name) {
+                let offset = text.find(&format!("\"{}\"", agent.name)).unwrap_or(0);
+                return Err(malformed(
+                    offset,
+                    format!("agent name {:?} is used twice", agent.name),
+                ));
+            }
+        }
+        Ok(inventory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_are_read_in_order() -> Result<(), InventoryError> {
+        let inventory = Inventory::parse(
+            "lab.toml",
+            "[[agent]]\nname = \"a\"\naddress = \"198.18.0.2:7420\"\ntest_ip = \"198.18.1.2\"\n\n[[agent]]\nname = \"b\"\naddress = \"198.18.0.3:7420\"\n",
+        )?;
+        let names: Vec<&str> = inventory.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            inventory.agents[0].test_ip,
+            Some(IpAddr::from([198, 18, 1, 2]))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let error = Inventory::parse("lab.toml", "[[agent]]\nname = \"a\"\nadress = \"x\"\n")
+            .err()
+            .map(|error| error.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.starts_with("lab.toml:3:1: unknown field `adress`"),
+            "{error}"
+        );
+        let twice = Inventory::parse(
+            "lab.toml",
+            "[[agent]]\nname = \"a\"\naddress = \"x:1\"\n[[agent]]\nname = \"a\"\naddress = \"y:1\"\n",
+        );
+        assert!(matches!(
+            twice,
+            Err(InventoryError::Malformed { line: 2, .. })
+        ));
+    }
+}

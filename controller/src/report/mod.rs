@@ -1,0 +1,204 @@
+//! What a run found, in the shape every output shares: the terminal table,
+//! JSON (`faultlab.run/1`, documented in README), JUnit XML and the history.
+
+pub mod junit;
+pub mod terminal;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Identifies the JSON layout; bump when a field changes meaning.
+pub const SCHEMA: &str = "faultlab.run/1";
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Unique id of the run.
+    pub run_id: String,
+    /// Wall clock at the start, ms since the Unix epoch.
+    pub started_unix_ms: i64,
+    /// Wall clock at the end.
+    pub finished_unix_ms: i64,
+    /// Which suite or files ran.
+    pub suite: String,
+    /// The agents, with their hosts.
+    pub agents: Vec<AgentReport>,
+    /// One entry per case and agent binding.
+    pub cases: Vec<CaseReport>,
+    /// Counts by verdict.
+    pub summary: Summary,
+}
+
+/// An agent as the run saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// Name in the inventory.
+    pub name: String,
+    /// gRPC address.
+    pub address: String,
+    /// Address used for test traffic.
+    pub test_ip: String,
+    /// Host name.
+    pub hostname: String,
+    /// "linux", "windows", ...
+    pub os_family: String,
+    /// Distribution / product and version.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Boot id.
+    pub boot_id: String,
+    /// Capabilities offered.
+    pub capabilities: Vec<String>,
+    /// Agent monotonic clock minus the run clock, ns (t_ns = agent mono − offset).
+    pub clock_offset_ns: i64,
+    /// Round trip of the best clock sample, ns (the offset's uncertainty is half of it).
+    pub clock_rtt_ns: u64,
+}
+
+/// The verdict on one case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Everything matched the expectations for the hosts' OSes.
+    Expected,
+    /// Something differed; `differences` says what.
+    Differs,
+    /// The case could not be carried out (a request failed).
+    Error,
+    /// Not run: its needs are not met (`reason`).
+    Skipped,
+    /// An agent stopped answering during the case.
+    AgentLost,
+    /// The case ran out of time.
+    Timeout,
+}
+
+impl Verdict {
+    /// As written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expected => "expected",
+            Self::Differs => "differs",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+            Self::AgentLost => "agent-lost",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// One case run on one binding of roles to agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseReport {
+    /// Case id, e.g. "S2".
+    pub id: String,
+    /// Slug.
+    pub name: String,
+    /// One line.
+    pub title: String,
+    /// What the seed article saw.
+    pub seed: Option<String>,
+    /// Role → agent name.
+    pub roles: BTreeMap<String, String>,
+    /// OS families in role order, joined by "/": "linux/windows".
+    pub os_pair: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why it was skipped, errored, lost or timed out.
+    pub reason: Option<String>,
+    /// What differed from the expectations.
+    pub differences: Vec<String>,
+    /// What each step's call returned, in order.
+    pub observations: Vec<ObservationReport>,
+    /// Wall time of the case.
+    pub duration_ms: u64,
+}
+
+/// What one step's call returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservationReport {
+    /// The step's name.
+    pub step: String,
+    /// The agent (host) that acted.
+    pub host: String,
+    /// The role.
+    pub role: String,
+    /// The call: connect, accept, send, recv, close, shutdown, watch, listen, exit, kill, ...
+    pub call: String,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// ok, eof, error, timeout, holder-gone.
+    pub outcome: String,
+    /// Raw OS error code (0 if none).
+    pub errno: i32,
+    /// Portable name ("ECONNRESET").
+    pub errno_name: String,
+    /// SIGPIPE would have been raised.
+    pub sigpipe: bool,
+    /// Unread bytes at close.
+    pub unread_bytes: u64,
+    /// Start of the call on the run clock (ns since the run started).
+    pub t_ns: i64,
+    /// How long the call took.
+    pub duration_ns: u64,
+    /// Which expectation was checked ("linux (measured)"), if any.
+    pub checked: Option<String>,
+}
+
+/// Counts by verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// All cases.
+    pub total: usize,
+    /// Verdict `expected`.
+    pub expected: usize,
+    /// Verdict `differs`.
+    pub differs: usize,
+    /// Verdict `error`.
+    pub error: usize,
+    /// Verdict `skipped`.
+    pub skipped: usize,
+    /// Verdict `agent-lost`.
+    pub agent_lost: usize,
+    /// Verdict `timeout`.
+    pub timeout: usize,
+}
+
+impl Summary {
+    /// Count the verdicts of `cases`.
+    pub fn of(cases: &[CaseReport]) -> Self {
+        let mut summary = Self {
+            total: cases.len(),
+            ..Self::default()
+        };
+        for case in cases {
+            *match case.verdict {
+                Verdict::Expected => &mut summary.expected,
+                Verdict::Differs => &mut summary.differs,
+                Verdict::Error => &mut summary.error,
+                Verdict::Skipped => &mut summary.skipped,
+                Verdict::AgentLost => &mut summary.agent_lost,
+                Verdict::Timeout => &mut summary.timeout,
+            } += 1;
+        }
+        summary
+    }
+}
+
+impl RunReport {
+    /// Whether the run passed: every case `expected`, or `skipped` unless
+    /// `strict` (a skipped case needs a capability the lab did not grant;
+    /// it says nothing about the software under test).
+    pub fn passed(&self, strict: bool) -> bool {
+        self.cases.iter().all(|case| {
+            case.verdict == Verdict::Expected || (!strict && case.verdict == Verdict::Skipped)
+        })
+    }
+}

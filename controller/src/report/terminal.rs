@@ -1,0 +1,139 @@
+//! The run as text for a terminal: one line per case, the differences under
+//! it, then the case × OS-pair matrix and the totals.
+
+use super::{CaseReport, RunReport, Verdict};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+fn verdict_cell(case: &CaseReport) -> String {
+    case.verdict.as_str().to_owned()
+}
+
+/// The full text report.
+pub fn render(report: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "run {}  ({})", report.run_id, report.suite);
+    for agent in &report.agents {
+        let _ = writeln!(
+            out,
+            "  agent {:<10} {:<22} {} {}, kernel {}, clock known to ±{} us",
+            agent.name,
+            agent.address,
+            agent.hostname,
+            agent.os_version,
+            agent.kernel_version,
+            agent.clock_rtt_ns / 2_000
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<4} {:<28} {:<18} {:<11} {:>8}  details",
+        "ID", "CASE", "HOSTS", "VERDICT", "TIME"
+    );
+    for case in &report.cases {
+        let hosts: Vec<&str> = case.roles.values().map(String::as_str).collect();
+        let detail = case
+            .reason
+            .clone()
+            .or_else(|| case.differences.first().cloned())
+            .unwrap_or_else(|| summary_line(case));
+        let _ = writeln!(
+            out,
+            "{:<4} {:<28} {:<18} {:<11} {:>6}ms  {}",
+            case.id,
+            case.name,
+            hosts.join("→"),
+            verdict_cell(case),
+            case.duration_ms,
+            detail
+        );
+        for more in case.differences.iter().skip(1) {
+            let _ = writeln!(out, "{:>77}{more}", "");
+        }
+    }
+    let _ = writeln!(out);
+    out.push_str(&matrix(report));
+    let s = &report.summary;
+    let _ = writeln!(
+        out,
+        "\n{} cases: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
+        s.total, s.expected, s.differs, s.error, s.skipped, s.agent_lost, s.timeout
+    );
+    out
+}
+
+/// What the decisive observation said, e.g. "recv: error ECONNRESET after 1000 B".
+fn summary_line(case: &CaseReport) -> String {
+    let decisive = case
+        .observations
+        .iter()
+        .rev()
+        .find(|observation| observation.checked.is_some());
+    decisive.map_or_else(String::new, |observation| {
+        let what = if observation.errno_name.is_empty() {
+            observation.outcome.clone()
+        } else {
+            format!("{} {}", observation.outcome, observation.errno_name)
+        };
+        format!(
+            "{} {}: {what}, {} B",
+            observation.role, observation.call, observation.bytes
+        )
+    })
+}
+
+/// Cases as rows, OS pairs as columns.
+pub fn matrix(report: &RunReport) -> String {
+    let pairs: BTreeSet<&str> = report
+        .cases
+        .iter()
+        .map(|case| case.os_pair.as_str())
+        .collect();
+    let mut rows: BTreeMap<&str, BTreeMap<&str, Vec<Verdict>>> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for case in &report.cases {
+        if !order.contains(&case.id.as_str()) {
+            order.push(&case.id);
+        }
+        rows.entry(&case.id)
+            .or_default()
+            .entry(&case.os_pair)
+            .or_default()
+            .push(case.verdict);
+    }
+    let mut out = String::new();
+    let _ = write!(out, "{:<6}", "CASE");
+    for pair in &pairs {
+        let _ = write!(out, " {pair:<16}");
+    }
+    let _ = writeln!(out);
+    for id in order {
+        let _ = write!(out, "{id:<6}");
+        for pair in &pairs {
+            let cell = rows.get(id).and_then(|row| row.get(pair)).map_or_else(
+                || "-".to_owned(),
+                |verdicts| worst(verdicts).as_str().to_owned(),
+            );
+            let _ = write!(out, " {cell:<16}");
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+/// The verdict that matters most when a cell holds several.
+fn worst(verdicts: &[Verdict]) -> Verdict {
+    verdicts
+        .iter()
+        .copied()
+        .max_by_key(|verdict| match verdict {
+            Verdict::Expected => 0,
+            Verdict::Skipped => 1,
+            Verdict::Differs => 2,
+            Verdict::Timeout => 3,
+            Verdict::AgentLost => 4,
+            Verdict::Error => 5,
+        })
+        .unwrap_or(Verdict::Skipped)
+}

@@ -1,0 +1,114 @@
+//! Built-in suites: scenario files compiled into the binary, so the seed
+//! suite runs with nothing but the executable.
+
+use crate::scenario::{self, Scenario, ScenarioErrors};
+
+/// The seed suite: every case of the catalogue (shared/CASES.md).
+const SEED: &[(&str, &str)] = &[
+    (
+        "seed/s1-cable-pull.toml",
+        include_str!("../suites/seed/s1-cable-pull.toml"),
+    ),
+    (
+        "seed/s2-graceful-close.toml",
+        include_str!("../suites/seed/s2-graceful-close.toml"),
+    ),
+    (
+        "seed/s3-exit-without-close.toml",
+        include_str!("../suites/seed/s3-exit-without-close.toml"),
+    ),
+    (
+        "seed/s4-kill-while-sending.toml",
+        include_str!("../suites/seed/s4-kill-while-sending.toml"),
+    ),
+    (
+        "seed/s5-send-after-peer-close.toml",
+        include_str!("../suites/seed/s5-send-after-peer-close.toml"),
+    ),
+    (
+        "seed/c1-send-after-server-close.toml",
+        include_str!("../suites/seed/c1-send-after-server-close.toml"),
+    ),
+    (
+        "seed/c2-send-then-close-then-client-sends.toml",
+        include_str!("../suites/seed/c2-send-then-close-then-client-sends.toml"),
+    ),
+    (
+        "seed/c3-close-with-unread-data.toml",
+        include_str!("../suites/seed/c3-close-with-unread-data.toml"),
+    ),
+    (
+        "seed/a1-linger-abort.toml",
+        include_str!("../suites/seed/a1-linger-abort.toml"),
+    ),
+    (
+        "seed/h1-half-close.toml",
+        include_str!("../suites/seed/h1-half-close.toml"),
+    ),
+    (
+        "seed/k1-keepalive-dead-peer.toml",
+        include_str!("../suites/seed/k1-keepalive-dead-peer.toml"),
+    ),
+    (
+        "seed/u1-user-timeout.toml",
+        include_str!("../suites/seed/u1-user-timeout.toml"),
+    ),
+    (
+        "seed/r1-peer-reboot.toml",
+        include_str!("../suites/seed/r1-peer-reboot.toml"),
+    ),
+    (
+        "seed/f1-refused.toml",
+        include_str!("../suites/seed/f1-refused.toml"),
+    ),
+    (
+        "seed/f2-connect-to-isolated.toml",
+        include_str!("../suites/seed/f2-connect-to-isolated.toml"),
+    ),
+];
+
+/// Names of the built-in suites.
+pub const NAMES: &[&str] = &["seed"];
+
+/// The scenarios of a built-in suite, or `None` if there is no such suite.
+pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
+    let files = match name {
+        "seed" => SEED,
+        _ => return None,
+    };
+    let mut scenarios = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in files {
+        match scenario::parse(file, text) {
+            Ok(scenario) => scenarios.push(scenario),
+            Err(ScenarioErrors(found)) => errors.extend(found),
+        }
+    }
+    Some(if errors.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(ScenarioErrors(errors))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_suite_parses_and_covers_the_catalogue() -> Result<(), ScenarioErrors> {
+        let scenarios = load("seed").ok_or_else(|| ScenarioErrors(Vec::new()))??;
+        let ids: Vec<&str> = scenarios
+            .iter()
+            .map(|scenario| scenario.id.as_str())
+            .collect();
+        for id in [
+            "S1", "S2", "S3", "S4", "S5", "C1", "C2", "C3", "A1", "H1", "K1", "U1", "R1", "F1",
+            "F2",
+        ] {
+            assert!(ids.contains(&id), "{id} is missing from the seed suite");
+        }
+        assert!(load("nope").is_none());
+        Ok(())
+    }
+}
