@@ -298,3 +298,92 @@ pub fn changes(before: &RunReport, after: &RunReport) -> Vec<Change> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ObservationReport, SCHEMA, Summary, Verdict};
+
+    fn report(run_id: &str, verdict: Verdict, errno_name: &str) -> RunReport {
+        let case = CaseReport {
+            id: "C2".to_owned(),
+            name: "send-close-then-client-sends".to_owned(),
+            title: String::new(),
+            seed: None,
+            roles: BTreeMap::from([("client".to_owned(), "a".to_owned())]),
+            os_pair: "linux/linux".to_owned(),
+            verdict,
+            reason: None,
+            differences: Vec::new(),
+            observations: vec![ObservationReport {
+                step: "client-reads".to_owned(),
+                host: "a".to_owned(),
+                role: "client".to_owned(),
+                call: "recv".to_owned(),
+                bytes: 100,
+                outcome: if errno_name.is_empty() {
+                    "eof"
+                } else {
+                    "error"
+                }
+                .to_owned(),
+                errno: 0,
+                errno_name: errno_name.to_owned(),
+                sigpipe: false,
+                unread_bytes: 0,
+                t_ns: 0,
+                duration_ns: 0,
+                checked: Some("linux (measured)".to_owned()),
+            }],
+            duration_ms: 1,
+        };
+        let cases = vec![case];
+        RunReport {
+            schema: SCHEMA.to_owned(),
+            run_id: run_id.to_owned(),
+            started_unix_ms: 1,
+            finished_unix_ms: 2,
+            suite: "seed".to_owned(),
+            agents: Vec::new(),
+            summary: Summary::of(&cases),
+            cases,
+        }
+    }
+
+    #[test]
+    fn runs_are_kept_listed_and_compared() -> Result<(), HistoryError> {
+        let path =
+            std::env::temp_dir().join(format!("faultlab-history-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let history = History::open(&path)?;
+        assert_eq!(history.save(&report("r1", Verdict::Expected, ""))?, 1);
+        assert_eq!(
+            history.save(&report("r2", Verdict::Differs, "ECONNABORTED"))?,
+            2
+        );
+        let listed = history.list(10)?;
+        assert_eq!(
+            listed.iter().map(|row| row.number).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        assert_eq!((listed[0].failed, listed[1].expected), (1, 1));
+        assert_eq!(history.get("r1")?.run_id, "r1");
+        assert_eq!(history.get("2")?.run_id, "r2");
+        assert!(matches!(history.get("9"), Err(HistoryError::NoSuchRun(_))));
+        let changes = history.diff("1", "2")?;
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].case, "C2 [a]");
+        assert_eq!(
+            changes[0].before,
+            "expected [linux/linux] client-reads eof 100B"
+        );
+        assert_eq!(
+            changes[0].after,
+            "differs [linux/linux] client-reads error ECONNABORTED 100B"
+        );
+        assert!(history.diff("1", "1")?.is_empty());
+        drop(history);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+}

@@ -98,6 +98,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
     },
+    /// Benchmarks on a local lab: fan-out skew over many agents, and the
+    /// seed suite's wall time against its inherent waits.
+    Bench {
+        /// Agents for the fan-out (pairs = agents / 2).
+        #[arg(long, default_value_t = 64)]
+        agents: usize,
+        /// The case the fan-out plays on every pair.
+        #[arg(long, default_value = "C1")]
+        case: String,
+        /// Times to repeat the sequential suite run.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The history of runs.
     Runs {
         #[command(subcommand)]
@@ -230,6 +243,11 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             addresses,
             inventory,
         } => agents(addresses, inventory.as_deref()).await,
+        Command::Bench {
+            agents,
+            case,
+            rounds,
+        } => bench(agents, &case, rounds).await,
         Command::Runs { action, history } => {
             let history = history.open()?;
             match action.unwrap_or(RunsAction::List { limit: 20 }) {
@@ -381,6 +399,50 @@ async fn run(
     let report = engine::run(plan, clock, progress.clone(), stop).await;
     progress.bar.finish_and_clear();
     Ok(report)
+}
+
+async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool> {
+    let seed = suites::load("seed").unwrap_or(Ok(Vec::new()))?;
+    let Some(fanned) = seed.iter().find(|scenario| scenario.id == case) else {
+        bail!("no seed case {case:?}");
+    };
+    let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
+    let local = LocalLab::start(&exe, agents.max(2))?;
+    let clock = RunClock::start();
+    let handles = connect_all(&local.inventory, &clock).await?;
+    let result = faultlab::bench::fanout(fanned, &handles, clock).await;
+    println!(
+        "fan-out: {} on {} pairs at once ({} agents): {} expected, {:.0} ms wall",
+        fanned.id,
+        result.pairs,
+        handles.len(),
+        result.expected,
+        result.wall_ms
+    );
+    for (what, spread) in [
+        (
+            "hand-off (step end on one host -> next step start on the other)",
+            &result.handoff,
+        ),
+        ("spread (same step's start across pairs)", &result.spread),
+    ] {
+        println!(
+            "  {what}: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} samples)",
+            spread.p50_us, spread.p99_us, spread.max_us, spread.samples
+        );
+    }
+    for round in 1..=rounds {
+        let timing = faultlab::bench::suite(&seed, &handles[..2], clock).await;
+        println!(
+            "suite round {round}: {} cases one at a time ({} expected): {:.0} ms wall, {} ms inherent waits: {:.2}x",
+            timing.cases,
+            timing.expected,
+            timing.wall_ms,
+            timing.inherent_ms,
+            timing.wall_ms / timing.inherent_ms.max(1) as f64
+        );
+    }
+    Ok(result.expected == result.pairs)
 }
 
 /// Progress on stderr (hidden when stderr is not a terminal).

@@ -1,0 +1,168 @@
+//! The `faultlab` binary as a user runs it: the README's main command, its
+//! JSON and JUnit outputs, the history, and `check` on a bad file.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A scratch directory for one test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("faultlab-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn faultlab(args: &[&str], history: &PathBuf) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(args)
+        .env("FAULTLAB_HISTORY", history)
+        .output()
+}
+
+#[test]
+fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
+    let scratch = Scratch::new("main")?;
+    let history = scratch.0.join("history.sqlite");
+    let junit = scratch.0.join("junit.xml");
+    let junit_arg = junit.display().to_string();
+    let out = faultlab(
+        &[
+            "run", "--suite", "seed", "--format", "json", "--junit", &junit_arg,
+        ],
+        &history,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../schema/run.schema.json"))?;
+    let validator = jsonschema::validator_for(&schema)?;
+    let problems: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(report["summary"]["expected"], 10);
+    assert_eq!(report["summary"]["skipped"], 5);
+    assert!(stderr.contains("kept as run 1"), "{stderr}");
+
+    let xml = std::fs::read_to_string(&junit)?;
+    assert_eq!(xml.matches("<testcase").count(), 15, "{xml}");
+    assert_eq!(xml.matches("<skipped").count(), 5, "{xml}");
+
+    let listed = faultlab(&["runs"], &history)?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("linux/linux"), "{listed}");
+    let shown = faultlab(&["runs", "show", "1", "--format", "json"], &history)?;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!(shown["run_id"], report["run_id"]);
+    let table = faultlab(&["runs", "show", "1"], &history)?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("C3   close-with-unread-data") && table.contains("ECONNRESET"),
+        "{table}"
+    );
+    let same = faultlab(&["runs", "diff", "1", "1"], &history)?;
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no case changed"));
+    let missing = faultlab(&["runs", "show", "42"], &history)?;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run 42"));
+    Ok(())
+}
+
+#[test]
+fn check_lists_every_error_with_its_place() -> TestResult {
+    let scratch = Scratch::new("check")?;
+    let bad = scratch.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "id = \"B1\"\nname = \"bad\"\ntitle = \"bad\"\nroles = [\"client\"]\n\n[[step]]\nrole = \"client\"\ndo = \"sned\"\n\n[[step]]\nrole = \"nobody\"\ndo = \"kill\"\nextra = 1\n",
+    )?;
+    let out = faultlab(
+        &["check", &bad.display().to_string()],
+        &scratch.0.join("h.sqlite"),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:8:1: step[1].do: unknown action \"sned\"")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:13:1: step[2].extra: unknown field `extra`"
+        )),
+        "{stderr}"
+    );
+
+    let good = faultlab(
+        &["check", "suites/seed/c3-close-with-unread-data.toml"],
+        &scratch.0.join("h.sqlite"),
+    )?;
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unknown_case_is_refused_before_anything_starts() -> TestResult {
+    let scratch = Scratch::new("unknown")?;
+    let out = faultlab(
+        &["run", "--suite", "seed", "--case", "Z9"],
+        &scratch.0.join("h.sqlite"),
+    )?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Z9"));
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_reports_what_it_has() -> TestResult {
+    let scratch = Scratch::new("interrupt")?;
+    let slow = scratch.0.join("slow.toml");
+    std::fs::write(
+        &slow,
+        "id = \"X2\"\nname = \"idle\"\ntitle = \"idles\"\nroles = [\"client\", \"server\"]\n\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"l\"\n\n[[step]]\ndo = \"sleep\"\nms = 20000\n",
+    )?;
+    let child = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--no-history", &slow.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let signalled = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    assert!(signalled.success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output()?;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("X2") && stdout.contains("interrupted before it finished"),
+        "{stdout}"
+    );
+    Ok(())
+}

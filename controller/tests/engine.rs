@@ -1,0 +1,280 @@
+//! The engine against real agents on loopback: the seed suite, a lost
+//! agent, a case out of time, a wrong expectation. The agents come from the
+//! workspace build (`cargo test --workspace` builds `faultlab-agent`).
+
+use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock};
+use faultlab::lab::{self, LocalLab};
+use faultlab::report::{RunReport, Verdict, junit};
+use faultlab::scenario::{self, Scenario};
+use faultlab::suites;
+use std::sync::Arc;
+use std::time::Duration;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn local_lab(agents: usize) -> Result<LocalLab, Box<dyn std::error::Error>> {
+    let exe = lab::find_agent().ok_or(
+        "faultlab-agent is not built: run `cargo test --workspace` (or cargo build -p faultlab-agent)",
+    )?;
+    Ok(LocalLab::start(&exe, agents)?)
+}
+
+async fn plan(
+    lab: &LocalLab,
+    clock: &RunClock,
+    cases: Vec<Scenario>,
+) -> Result<Plan, Box<dyn std::error::Error>> {
+    let mut agents = Vec::new();
+    for entry in &lab.inventory.agents {
+        agents.push(Arc::new(
+            AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, clock).await?,
+        ));
+    }
+    Ok(Plan {
+        suite: "test".to_owned(),
+        cases,
+        agents,
+        all_bindings: false,
+        parallel: 4,
+    })
+}
+
+async fn run(
+    lab: &LocalLab,
+    cases: Vec<Scenario>,
+) -> Result<RunReport, Box<dyn std::error::Error>> {
+    let clock = RunClock::start();
+    let plan = plan(lab, &clock, cases).await?;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    Ok(engine::run(plan, clock, Arc::new(Quiet), stop).await)
+}
+
+fn validate(report: &RunReport) -> TestResult {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../schema/run.schema.json"))?;
+    let validator = jsonschema::validator_for(&schema)?;
+    let document = serde_json::to_value(report)?;
+    let problems: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "report does not fit the schema: {problems:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_suite_comes_out_as_linux_really_behaves() -> TestResult {
+    let lab = local_lab(2)?;
+    let cases = suites::load("seed").ok_or("no seed suite")??;
+    let report = run(&lab, cases).await?;
+    for case in &report.cases {
+        let wanted =
+            if case.id.starts_with(['K', 'U', 'R']) || ["S1", "F2"].contains(&case.id.as_str()) {
+                Verdict::Skipped
+            } else {
+                Verdict::Expected
+            };
+        assert_eq!(
+            case.verdict, wanted,
+            "{} {}: {:?} {:?}",
+            case.id, case.name, case.reason, case.differences
+        );
+    }
+    assert_eq!(report.summary.expected, 10);
+    assert!(report.passed(false) && !report.passed(true));
+    validate(&report)?;
+    // Every expected case shows where its decisive call was checked.
+    let c3 = report
+        .cases
+        .iter()
+        .find(|case| case.id == "C3")
+        .ok_or("no C3")?;
+    let reset = c3
+        .observations
+        .iter()
+        .find(|observation| observation.step == "client-reads")
+        .ok_or("no client-reads")?;
+    assert_eq!(
+        (reset.errno, reset.errno_name.as_str()),
+        (104, "ECONNRESET")
+    );
+    assert_eq!(reset.checked.as_deref(), Some("linux (measured)"));
+    Ok(())
+}
+
+const SLOW: &str = r#"
+id = "X1"
+name = "slow"
+title = "A case that idles long enough for its server's agent to die"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+do = "sleep"
+ms = 1500
+
+[[step]]
+role = "server"
+do = "send"
+conn = "s"
+text = "too late"
+expect.linux = { outcome = "ok" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_ends_only_its_case() -> TestResult {
+    let lab = local_lab(2)?;
+    let slow = scenario::parse("slow.toml", SLOW)?;
+    let quick = suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .filter(|case| case.id == "S2")
+        .collect::<Vec<_>>();
+    let clock = RunClock::start();
+    let mut cases = vec![slow];
+    cases.extend(quick);
+    let plan = plan(&lab, &clock, cases).await?;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(engine::run(plan, clock, Arc::new(Quiet), stop));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let server_pid = lab.pids()[1];
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &server_pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let report = tokio::time::timeout(Duration::from_secs(30), running).await??;
+
+    let slow = report
+        .cases
+        .iter()
+        .find(|case| case.id == "X1")
+        .ok_or("no X1")?;
+    assert_eq!(slow.verdict, Verdict::AgentLost, "{slow:?}");
+    assert!(
+        slow.reason.as_deref().unwrap_or("").contains("local-2"),
+        "{slow:?}"
+    );
+    let quick = report
+        .cases
+        .iter()
+        .find(|case| case.id == "S2")
+        .ok_or("no S2")?;
+    assert_eq!(quick.verdict, Verdict::Expected, "{quick:?}");
+    validate(&report)?;
+    let xml = junit::render(&report)?;
+    assert!(xml.contains("agent-lost"), "{xml}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_out_of_time_is_a_timeout_and_its_holders_are_cleaned_up() -> TestResult {
+    let lab = local_lab(2)?;
+    let short = SLOW.replace("name = \"slow\"", "name = \"slow\"\ntimeout_ms = 300");
+    let report = run(&lab, vec![scenario::parse("short.toml", &short)?]).await?;
+    let case = &report.cases[0];
+    assert_eq!(case.verdict, Verdict::Timeout, "{case:?}");
+    assert!(
+        case.duration_ms < 1_500,
+        "the timeout must cut the 1.5 s sleep: {case:?}"
+    );
+    // The case's holders were killed: the agent has none left to reset.
+    let mut client = faultlab::agents::connect(&lab.inventory.agents[0].address).await?;
+    let reset = client
+        .reset(faultlab_proto::v1::ResetRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(reset.holders_killed, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_expectation_differs_and_says_how() -> TestResult {
+    let lab = local_lab(2)?;
+    let s2 = suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .find(|case| case.id == "S2")
+        .ok_or("no S2")?;
+    let mut wrong = s2.clone();
+    let reads = wrong
+        .steps
+        .iter_mut()
+        .find(|step| step.name == "server-reads")
+        .ok_or("no server-reads")?;
+    let linux = reads
+        .expect
+        .get_mut("linux")
+        .ok_or("no linux expectation")?;
+    linux.bytes = Some(99_999);
+    linux.error = Some("ECONNRESET".to_owned());
+    let report = run(&lab, vec![wrong]).await?;
+    let case = &report.cases[0];
+    assert_eq!(case.verdict, Verdict::Differs);
+    assert_eq!(
+        case.differences,
+        [
+            "server-reads (recv on linux): error none, expected ECONNRESET",
+            "server-reads (recv on linux): 100000 bytes, expected 99999"
+        ]
+    );
+    assert!(!report.passed(false));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
+    let lab = local_lab(3)?;
+    let s2: Vec<Scenario> = suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .filter(|case| case.id == "S2")
+        .collect();
+    let clock = RunClock::start();
+    let mut plan = plan(&lab, &clock, s2).await?;
+    plan.all_bindings = true;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let report = engine::run(plan, clock, Arc::new(Quiet), stop).await;
+    let mut pairs: Vec<String> = report
+        .cases
+        .iter()
+        .map(|case| format!("{}>{}", case.roles["client"], case.roles["server"]))
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            "local-1>local-2",
+            "local-1>local-3",
+            "local-2>local-1",
+            "local-2>local-3",
+            "local-3>local-1",
+            "local-3>local-2"
+        ]
+    );
+    assert!(
+        report
+            .cases
+            .iter()
+            .all(|case| case.verdict == Verdict::Expected)
+    );
+    Ok(())
+}
