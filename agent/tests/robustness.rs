@@ -253,18 +253,7 @@ async fn a_killed_holder_is_reported_and_the_agent_lives_on() -> TestResult {
         .await;
     expect_status(again, Code::FailedPrecondition, &["signal 9"])?;
 
-    let mut events = lab
-        .client
-        .rpc
-        .events(pb::EventsRequest { since: 0 })
-        .await?
-        .into_inner();
-    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
-        .await??
-        .ok_or("no event")?;
-    let Some(pb::event::Kind::HolderExited(exit)) = event.kind else {
-        return Err(format!("expected a holder exit, got {event:?}").into());
-    };
+    let exit = lab.client.first_holder_exit().await?;
     assert_eq!((exit.holder_id, exit.signal), (lab.client_holder, Some(9)));
 
     let info = lab
@@ -291,17 +280,7 @@ async fn a_holder_that_dies_on_its_own_is_reported() -> TestResult {
         .args(["-TERM", &spawned.pid.to_string()])
         .status()?;
     assert!(status.success());
-    let mut events = host
-        .rpc
-        .events(pb::EventsRequest { since: 0 })
-        .await?
-        .into_inner();
-    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
-        .await??
-        .ok_or("no event")?;
-    let Some(pb::event::Kind::HolderExited(exit)) = event.kind else {
-        return Err(format!("expected a holder exit, got {event:?}").into());
-    };
+    let exit = host.first_holder_exit().await?;
     assert_eq!((exit.holder_id, exit.signal), (spawned.holder_id, Some(15)));
     let info = host
         .rpc
@@ -356,15 +335,7 @@ async fn events_can_be_replayed_from_a_sequence_number() -> TestResult {
             .kill_holder(pb::KillHolderRequest { holder_id: holder })
             .await?;
     }
-    let mut events = host
-        .rpc
-        .events(pb::EventsRequest { since: 2 })
-        .await?
-        .into_inner();
-    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
-        .await??
-        .ok_or("no event")?;
-    assert_eq!(event.seq, 2);
+    assert_eq!(host.first_event(2).await?.seq, 2);
     Ok(())
 }
 

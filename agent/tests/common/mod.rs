@@ -233,6 +233,30 @@ impl Host {
             .into_inner())
     }
 
+    /// The first event numbered `since` or later (waits at most 5 s).
+    pub async fn first_event(
+        &mut self,
+        since: u64,
+    ) -> Result<pb::Event, Box<dyn std::error::Error>> {
+        let mut events = self
+            .rpc
+            .events(pb::EventsRequest { since })
+            .await?
+            .into_inner();
+        let event = tokio::time::timeout(Duration::from_secs(5), events.message()).await??;
+        event.ok_or_else(|| "the event stream ended".into())
+    }
+
+    /// The first event, which must be a holder's exit.
+    pub async fn first_holder_exit(
+        &mut self,
+    ) -> Result<pb::HolderExit, Box<dyn std::error::Error>> {
+        match self.first_event(0).await?.kind {
+            Some(pb::event::Kind::HolderExited(exit)) => Ok(exit),
+            other => Err(format!("expected a holder exit, got {other:?}").into()),
+        }
+    }
+
     /// The first `ConnectionEnded` event for `conn_id` (waits at most `within`).
     pub async fn connection_ended(
         &mut self,
