@@ -169,49 +169,52 @@ pub struct Plan {
     /// Run each case on every ordered choice of distinct agents for its
     /// roles, instead of only the first ones.
     pub all_bindings: bool,
+    /// Roles bound to named agents, for every case that has the role.
+    pub pinned: BTreeMap<String, String>,
     /// Cases at once.
     pub parallel: usize,
 }
 
-/// Role bindings for a case: agents in role order.
-pub fn bindings(
-    roles: usize,
-    agents: &[Arc<AgentHandle>],
-    all: bool,
-) -> Vec<Vec<Arc<AgentHandle>>> {
-    if roles == 0 || agents.len() < roles {
-        return Vec::new();
+impl Plan {
+    /// The bindings a case runs on: agents in role order. Pinned roles
+    /// (`--bind role=agent`) always get their agent; the others get the
+    /// first free agents, or every ordered choice of distinct agents when
+    /// `all_bindings`.
+    pub fn bindings(&self, case: &Scenario) -> Vec<Vec<Arc<AgentHandle>>> {
+        let mut found = Vec::new();
+        let mut chosen = Vec::new();
+        self.choose(case, &mut chosen, &mut found);
+        found
     }
-    if !all {
-        return vec![agents[..roles].to_vec()];
-    }
-    let mut found = Vec::new();
-    let mut chosen: Vec<usize> = Vec::new();
+
     fn choose(
-        roles: usize,
-        agents: &[Arc<AgentHandle>],
+        &self,
+        case: &Scenario,
         chosen: &mut Vec<usize>,
         found: &mut Vec<Vec<Arc<AgentHandle>>>,
     ) {
-        if chosen.len() == roles {
+        if !self.all_bindings && !found.is_empty() {
+            return;
+        }
+        let Some(role) = case.roles.get(chosen.len()) else {
             found.push(
                 chosen
                     .iter()
-                    .map(|&index| Arc::clone(&agents[index]))
+                    .map(|&index| Arc::clone(&self.agents[index]))
                     .collect(),
             );
             return;
-        }
-        for index in 0..agents.len() {
-            if !chosen.contains(&index) {
+        };
+        let pinned = self.pinned.get(role);
+        for index in 0..self.agents.len() {
+            let fits = pinned.is_none_or(|name| &self.agents[index].name == name);
+            if fits && !chosen.contains(&index) {
                 chosen.push(index);
-                choose(roles, agents, chosen, found);
+                self.choose(case, chosen, found);
                 chosen.pop();
             }
         }
     }
-    choose(roles, agents, &mut chosen, &mut found);
-    found
 }
 
 fn wall_ms() -> i64 {
@@ -248,7 +251,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut slots = Vec::new();
     for case in &plan.cases {
-        for binding in bindings(case.roles.len(), &plan.agents, plan.all_bindings) {
+        for binding in plan.bindings(case) {
             let index = slots.len();
             slots.push(None);
             let case = case.clone();
@@ -289,7 +292,23 @@ pub async fn run(
     let mut cases = Vec::new();
     let mut index = 0;
     for case in &plan.cases {
-        for binding in bindings(case.roles.len(), &plan.agents, plan.all_bindings) {
+        let bindings = plan.bindings(case);
+        if bindings.is_empty() {
+            let mut report = empty_report(case, &[]);
+            report.verdict = Verdict::Skipped;
+            report.reason = Some(format!(
+                "no way to bind roles {:?} to the lab's {} agents{}",
+                case.roles,
+                plan.agents.len(),
+                if plan.pinned.is_empty() {
+                    ""
+                } else {
+                    " as --bind asks"
+                }
+            ));
+            cases.push(report);
+        }
+        for binding in bindings {
             let report = slots[index].take().unwrap_or_else(|| {
                 let mut report = empty_report(case, &binding);
                 report.verdict = Verdict::Error;
@@ -298,16 +317,6 @@ pub async fn run(
             });
             cases.push(report);
             index += 1;
-        }
-        if plan.agents.len() < case.roles.len() {
-            let mut report = empty_report(case, &plan.agents);
-            report.verdict = Verdict::Skipped;
-            report.reason = Some(format!(
-                "needs {} agents, the lab has {}",
-                case.roles.len(),
-                plan.agents.len()
-            ));
-            cases.push(report);
         }
     }
     RunReport {

@@ -63,6 +63,9 @@ enum Command {
         /// Run each case on every ordered choice of agents (the OS × OS matrix).
         #[arg(long)]
         all_bindings: bool,
+        /// Bind a role to a named agent, e.g. --bind server=win-1 (repeatable).
+        #[arg(long, value_name = "ROLE=AGENT", value_parser = parse_binding)]
+        bind: Vec<(String, String)>,
         /// Cases at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
@@ -177,6 +180,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             cases,
             inventory,
             all_bindings,
+            bind,
             parallel,
             format,
             junit,
@@ -185,11 +189,13 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             strict,
         } => {
             let (label, scenarios) = load_scenarios(&suite, &files, &cases)?;
+            let pinned = bind.into_iter().collect();
             let report = run(
                 label,
                 scenarios,
                 inventory.as_deref(),
                 all_bindings,
+                pinned,
                 parallel,
             )
             .await?;
@@ -289,6 +295,15 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     }
 }
 
+fn parse_binding(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((role, agent)) if !role.is_empty() && !agent.is_empty() => {
+            Ok((role.to_owned(), agent.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not ROLE=AGENT")),
+    }
+}
+
 fn read_scenario(file: &Path) -> anyhow::Result<Scenario> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -358,6 +373,7 @@ async fn run(
     cases: Vec<Scenario>,
     inventory: Option<&Path>,
     all_bindings: bool,
+    pinned: std::collections::BTreeMap<String, String>,
     parallel: usize,
 ) -> anyhow::Result<RunReport> {
     let roles = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
@@ -376,11 +392,17 @@ async fn run(
     };
     let clock = RunClock::start();
     let agents = connect_all(&inventory, &clock).await?;
+    for (role, agent) in &pinned {
+        if !agents.iter().any(|handle| &handle.name == agent) {
+            bail!("--bind {role}={agent}: no agent named {agent:?} in the lab");
+        }
+    }
     let plan = Plan {
         suite,
         cases,
         agents,
         all_bindings,
+        pinned,
         parallel,
     };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -393,7 +415,7 @@ async fn run(
     let total = plan
         .cases
         .iter()
-        .map(|case| engine::bindings(case.roles.len(), &plan.agents, plan.all_bindings).len())
+        .map(|case| plan.bindings(case).len())
         .sum::<usize>();
     let progress = Arc::new(Bars::new(total));
     let report = engine::run(plan, clock, progress.clone(), stop).await;

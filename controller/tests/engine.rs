@@ -35,6 +35,7 @@ async fn plan(
         cases,
         agents,
         all_bindings: false,
+        pinned: Default::default(),
         parallel: 4,
     })
 }
