@@ -279,3 +279,35 @@ async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_role_always_gets_its_agent() -> TestResult {
+    let lab = local_lab(3)?;
+    let s2: Vec<Scenario> = suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .filter(|case| case.id == "S2")
+        .collect();
+    let clock = RunClock::start();
+    let mut plan = plan(&lab, &clock, s2).await?;
+    plan.pinned
+        .insert("server".to_owned(), "local-3".to_owned());
+    let names: Vec<Vec<String>> = plan
+        .bindings(&plan.cases[0])
+        .iter()
+        .map(|binding| binding.iter().map(|agent| agent.name.clone()).collect())
+        .collect();
+    assert_eq!(names, [["local-1", "local-3"]]);
+    plan.all_bindings = true;
+    assert_eq!(plan.bindings(&plan.cases[0]).len(), 2);
+    plan.pinned.insert("server".to_owned(), "nobody".to_owned());
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let report = engine::run(plan, clock, Arc::new(Quiet), stop).await;
+    assert_eq!(
+        report.cases[0].verdict,
+        Verdict::Skipped,
+        "{:?}",
+        report.cases[0]
+    );
+    Ok(())
+}
