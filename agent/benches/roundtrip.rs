@@ -62,9 +62,7 @@ impl Samples {
 async fn start_agent() -> BenchResult<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let config = AgentConfig {
-        holder_exe: PathBuf::from(env!("CARGO_BIN_EXE_faultlab-agent")),
-    };
+    let config = AgentConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_faultlab-agent")));
     tokio::spawn(faultlab_agent::serve(
         listener,
         config,

@@ -9,21 +9,70 @@ use crate::events::{DEFAULT_CAPACITY, EventLog};
 use crate::holder::HolderProcess;
 use crate::holder::protocol::{HolderReply, HolderRequest, RefusalKind, SocketTarget};
 use crate::hostinfo::HostInfo;
+use crate::isolate::{Direction, Isolation, Isolations, Mode};
 use crate::model::{
     CloseMode, ConnId, HolderExit, HolderId, ListenerId, Observation, Payload, RecvMode,
     SocketOptions,
 };
+use crate::platform::{Current, Platform};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Dangerous capabilities, all off unless the agent's configuration allows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Cutting the host off the network (and simulated reboots).
+    pub isolate: bool,
+    /// Really rebooting the host.
+    pub reboot: bool,
+}
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// The executable started as `<exe> holder` for each holder process.
     pub holder_exe: PathBuf,
+    /// What it may do beyond connections.
+    pub allow: Allow,
+    /// No isolation may last longer than this.
+    pub max_isolation_ms: u32,
+}
+
+impl AgentConfig {
+    /// Connections only, with the default isolation limit.
+    pub fn new(holder_exe: PathBuf) -> Self {
+        Self {
+            holder_exe,
+            allow: Allow::default(),
+            max_isolation_ms: DEFAULT_MAX_ISOLATION_MS,
+        }
+    }
+}
+
+/// Default ceiling of an isolation's deadline: 10 minutes.
+pub const DEFAULT_MAX_ISOLATION_MS: u32 = 600_000;
+/// An isolation that cuts the control channel starts this long after the
+/// agent has answered the request, so that the answer can leave.
+pub const CONTROL_CHANNEL_GRACE: Duration = Duration::from_millis(100);
+/// A simulated reboot's isolation outlives its planned end by this much, so
+/// a crash of the agent mid-reboot still heals soon after.
+const REBOOT_MARGIN: Duration = Duration::from_secs(2);
+
+/// What a simulated reboot did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebootReport {
+    /// Sockets that were reset (their RST dropped by the isolation).
+    pub sockets_aborted: u32,
+    /// Holder processes killed.
+    pub holders_killed: u32,
+    /// When the host went down (monotonic ns).
+    pub down_from_mono_ns: u64,
+    /// When it came back.
+    pub down_until_mono_ns: u64,
 }
 
 /// The result of accept() or connect().
@@ -48,6 +97,8 @@ pub struct Agent {
     owners: Mutex<HashMap<u64, HolderId>>,
     next_id: AtomicU64,
     events: Arc<EventLog>,
+    /// Isolation, when allowed and the firewall works; else why not.
+    isolations: Result<Arc<Isolations>, String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,16 +111,48 @@ fn unexpected(reply: &HolderReply) -> AgentError {
     AgentError::Internal(format!("holder gave an unexpected reply: {reply:?}"))
 }
 
+/// Clean up after an earlier life; then, if allowed, set up the firewall.
+fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isolations>, String> {
+    let Some(firewall) = Current::firewall() else {
+        return Err("isolation is not implemented on this OS yet".to_owned());
+    };
+    match firewall.clean_up() {
+        Ok(Some(removed)) => tracing::warn!(%removed, "removed what an earlier agent left"),
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%error, "no firewall to clean up"),
+    }
+    if !config.allow.isolate {
+        return Err("isolation is off on this agent: start it with --allow isolate".to_owned());
+    }
+    match firewall.prepare(control_port) {
+        Ok(()) => Ok(Arc::new(Isolations::new(firewall))),
+        Err(error) => {
+            tracing::error!(%error, "isolation is allowed but the firewall cannot be used");
+            Err(format!("isolation is allowed but unusable here: {error}"))
+        }
+    }
+}
+
 impl Agent {
-    /// A new agent with no holders.
-    pub fn new(config: AgentConfig) -> Self {
+    /// A new agent with no holders, serving on `control_port`. Removes what
+    /// an earlier agent left in the firewall, and sets up isolation if allowed.
+    pub fn new(config: AgentConfig, control_port: u16) -> Self {
+        let isolations = prepare_isolation(&config, control_port);
+        let mut capabilities = vec!["connections".to_owned()];
+        if isolations.is_ok() {
+            capabilities.push("isolate".to_owned());
+        }
+        if config.allow.reboot {
+            capabilities.push("reboot".to_owned());
+        }
         Self {
             config,
-            host: HostInfo::gather(),
+            host: HostInfo::gather(capabilities),
             holders: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             events: Arc::new(EventLog::new(DEFAULT_CAPACITY)),
+            isolations,
         }
     }
 
@@ -326,9 +409,119 @@ impl Agent {
         }
     }
 
-    /// Kill every holder still running, forget all sockets, clear the event
-    /// log. Returns how many holders were killed.
+    fn isolations(&self) -> Result<&Arc<Isolations>, AgentError> {
+        self.isolations.as_ref().map_err(|why| {
+            if self.config.allow.isolate {
+                AgentError::FailedPrecondition(why.clone())
+            } else {
+                AgentError::PermissionDenied(why.clone())
+            }
+        })
+    }
+
+    /// The longest deadline an isolation may have.
+    pub fn max_isolation(&self) -> Duration {
+        Duration::from_millis(u64::from(self.config.max_isolation_ms))
+    }
+
+    /// Cut traffic until the isolation's deadline; returns when it lifts.
+    pub fn isolate(&self, isolation: Isolation) -> Result<Instant, AgentError> {
+        if isolation.deadline > self.max_isolation() {
+            return Err(AgentError::InvalidArgument(format!(
+                "deadline_ms: {} is over this agent's limit of {} ms",
+                isolation.deadline.as_millis(),
+                self.config.max_isolation_ms
+            )));
+        }
+        let isolations = self.isolations()?;
+        if !isolation.include_control_channel {
+            return Ok(isolations.isolate(isolation)?);
+        }
+        // Cutting our own control channel now would keep this very reply
+        // from leaving: check it, answer, and cut a moment later.
+        isolations.check(&isolation)?;
+        let applies = Arc::clone(isolations);
+        let id = isolation.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CONTROL_CHANNEL_GRACE).await;
+            if let Err(error) = applies.isolate(isolation) {
+                tracing::error!(%id, %error, "isolation of the control channel failed");
+            }
+        });
+        Ok(Instant::now() + CONTROL_CHANNEL_GRACE)
+    }
+
+    /// Lift one isolation.
+    pub fn heal(&self, id: &str) -> Result<(), AgentError> {
+        Ok(self.isolations()?.heal(id)?)
+    }
+
+    /// Lift every isolation; returns how many there were.
+    pub fn heal_all(&self) -> Result<usize, AgentError> {
+        Ok(self.isolations()?.heal_all()?)
+    }
+
+    /// A simulated reboot: drop all test traffic, make every held socket
+    /// reset when its process dies, kill every holder (the resets die in the
+    /// drop), stay down for `down`, lift the drop. Peers then meet a stack
+    /// that has forgotten them.
+    pub async fn reboot_simulated(&self, down: Duration) -> Result<RebootReport, AgentError> {
+        let id = format!("simulated-reboot-{}", self.new_id());
+        self.isolate(Isolation {
+            id: id.clone(),
+            mode: Mode::Drop,
+            peer: None,
+            port: None,
+            direction: Direction::Both,
+            deadline: down + REBOOT_MARGIN,
+            include_control_channel: false,
+        })?;
+        let down_from_mono_ns = Current::monotonic_ns();
+        let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
+            .drain()
+            .map(|(_, holder)| holder)
+            .collect();
+        let mut sockets_aborted = 0;
+        let mut holders_killed = 0;
+        for holder in holders {
+            if let Ok(HolderReply::Armed { sockets }) = holder.call(HolderRequest::ArmAbort).await {
+                sockets_aborted += sockets;
+            }
+            if holder.kill().await.is_ok() {
+                holders_killed += 1;
+            }
+        }
+        lock(&self.owners).clear();
+        tokio::time::sleep(down).await;
+        self.heal(&id)?;
+        Ok(RebootReport {
+            sockets_aborted,
+            holders_killed,
+            down_from_mono_ns,
+            down_until_mono_ns: Current::monotonic_ns(),
+        })
+    }
+
+    /// Really reboot the host, if this agent is allowed to.
+    pub fn reboot(&self) -> Result<(), AgentError> {
+        if !self.config.allow.reboot {
+            return Err(AgentError::PermissionDenied(
+                "reboot is off on this agent: start it with --allow reboot".to_owned(),
+            ));
+        }
+        tracing::warn!("rebooting the host on request");
+        Current::reboot()
+            .map_err(|error| AgentError::FailedPrecondition(format!("cannot reboot: {error}")))
+    }
+
+    /// Kill every holder still running, forget all sockets, lift every
+    /// isolation, clear the event log. Returns how many holders were killed.
     pub async fn reset(&self) -> usize {
+        if let Ok(isolations) = &self.isolations
+            && let Err(error) = isolations.heal_all()
+        {
+            tracing::error!(%error, "reset could not lift every isolation");
+        }
         let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
             .drain()
             .map(|(_, holder)| holder)

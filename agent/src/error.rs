@@ -4,6 +4,7 @@
 //! These are failures of the *request*.
 
 use crate::holder::HolderError;
+use crate::isolate::{FirewallError, IsolateError};
 use tonic::Status;
 
 /// gRPC metadata key that tells a controller, without parsing the message,
@@ -24,6 +25,12 @@ pub enum AgentError {
     /// What it names is in the wrong state for it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The agent's configuration does not allow it.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// An isolation request failed.
+    #[error(transparent)]
+    Isolate(#[from] IsolateError),
     /// Talking to a holder process failed.
     #[error(transparent)]
     Holder(#[from] HolderError),
@@ -46,7 +53,17 @@ impl From<AgentError> for Status {
                 );
                 status
             }
-            AgentError::FailedPrecondition(_) => Status::failed_precondition(message),
+            AgentError::FailedPrecondition(_)
+            | AgentError::Isolate(
+                IsolateError::IdInUse(_)
+                | IsolateError::SameScope(_)
+                | IsolateError::Firewall(FirewallError::Unavailable(_)),
+            ) => Status::failed_precondition(message),
+            AgentError::Isolate(IsolateError::Unknown(_)) => Status::not_found(message),
+            AgentError::PermissionDenied(_) => Status::permission_denied(message),
+            AgentError::Isolate(IsolateError::Firewall(FirewallError::Refused(_))) => {
+                Status::internal(message)
+            }
             AgentError::Holder(HolderError::Pipe { .. }) => Status::unavailable(message),
             AgentError::Holder(HolderError::Spawn { .. }) | AgentError::Internal(_) => {
                 Status::internal(message)

@@ -5,6 +5,7 @@ use crate::agent::{Agent, Connection};
 use crate::error::AgentError;
 use crate::holder::protocol::SocketTarget;
 use crate::hostinfo::HostInfo;
+use crate::isolate::{Cidr, Direction, Isolation, Mode};
 use crate::model::{
     Call, CloseMode, ConnId, Event, EventKind, HolderExit, HolderId, Keepalive, Linger, ListenerId,
     MESSAGE_HEADER_BYTES, Observation, Outcome, Payload, RecvMode, SocketOptions,
@@ -82,6 +83,83 @@ fn buffer(field: &str, bytes: Option<u32>) -> Result<Option<u32>, AgentError> {
             "{field}: a buffer of 0 bytes cannot be set"
         ))),
         other => Ok(other),
+    }
+}
+
+/// Longest isolation id.
+const MAX_ID_CHARS: usize = 64;
+/// Default down time of a simulated reboot.
+const DEFAULT_DOWN_MS: u32 = 3_000;
+
+fn isolation_id(id: &str) -> Result<String, AgentError> {
+    let fits = !id.is_empty()
+        && id.len() <= MAX_ID_CHARS
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if fits {
+        Ok(id.to_owned())
+    } else {
+        Err(invalid(format!(
+            "id: {id:?} must be 1 to {MAX_ID_CHARS} letters, digits, '-', '_', '.' or ':'"
+        )))
+    }
+}
+
+impl TryFrom<pb::IsolateRequest> for Isolation {
+    type Error = AgentError;
+
+    fn try_from(request: pb::IsolateRequest) -> Result<Self, AgentError> {
+        let mode = match pb::IsolationMode::try_from(request.mode) {
+            Ok(pb::IsolationMode::Drop) => Mode::Drop,
+            Ok(pb::IsolationMode::Reject) => Mode::Reject,
+            _ => {
+                return Err(invalid(format!(
+                    "mode: {} is not ISOLATION_MODE_DROP (1) or ISOLATION_MODE_REJECT (2)",
+                    request.mode
+                )));
+            }
+        };
+        let direction = match pb::Direction::try_from(request.direction) {
+            Ok(pb::Direction::In) => Direction::In,
+            Ok(pb::Direction::Out) => Direction::Out,
+            Ok(pb::Direction::Both | pb::Direction::Unspecified) => Direction::Both,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "direction: {} is not a direction",
+                    request.direction
+                )));
+            }
+        };
+        let peer = match request.peer.as_str() {
+            "" => None,
+            text => Some(Cidr::parse(text).ok_or_else(|| {
+                invalid(format!(
+                    "peer: {text:?} is not an address or CIDR block (198.18.0.3, 198.18.0.0/24)"
+                ))
+            })?),
+        };
+        let port = match request.port {
+            0 => None,
+            port => Some(
+                u16::try_from(port).map_err(|_| invalid(format!("port: {port} is over 65535")))?,
+            ),
+        };
+        if request.deadline_ms == 0 {
+            return Err(invalid(
+                "deadline_ms: every isolation needs a deadline (the kernel lifts it then)"
+                    .to_owned(),
+            ));
+        }
+        Ok(Self {
+            id: isolation_id(&request.id)?,
+            mode,
+            peer,
+            port,
+            direction,
+            deadline: crate::platform::millis(request.deadline_ms),
+            include_control_channel: request.include_control_channel,
+        })
     }
 }
 
@@ -531,6 +609,61 @@ impl pb::agent_server::Agent for AgentService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn isolate(&self, request: Request<pb::IsolateRequest>) -> Reply<pb::IsolateReply> {
+        let isolation = Isolation::try_from(request.into_inner())?;
+        let id = isolation.id.clone();
+        let deadline = isolation.deadline;
+        self.agent.isolate(isolation)?;
+        let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::IsolateReply {
+            id,
+            expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+            expires_wall_unix_ns: wall_unix_ns()
+                .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
+        }))
+    }
+
+    async fn heal(&self, request: Request<pb::HealRequest>) -> Reply<pb::HealReply> {
+        let request = request.into_inner();
+        let healed = match (request.id.as_str(), request.all) {
+            ("", true) => self.agent.heal_all()?,
+            ("", false) => {
+                return Err(invalid("id: name the isolation to heal, or set all".to_owned()).into());
+            }
+            (id, false) => {
+                self.agent.heal(id)?;
+                1
+            }
+            (_, true) => return Err(invalid("give either id or all, not both".to_owned()).into()),
+        };
+        Ok(Response::new(pb::HealReply {
+            healed: u32::try_from(healed).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
+        let request = request.into_inner();
+        if !request.simulated {
+            self.agent.reboot()?;
+            return Ok(Response::new(pb::RebootReply::default()));
+        }
+        let down_ms = if request.down_ms == 0 {
+            DEFAULT_DOWN_MS
+        } else {
+            request.down_ms
+        };
+        let report = self
+            .agent
+            .reboot_simulated(crate::platform::millis(down_ms))
+            .await?;
+        Ok(Response::new(pb::RebootReply {
+            sockets_aborted: report.sockets_aborted,
+            holders_killed: report.holders_killed,
+            down_from_mono_ns: report.down_from_mono_ns,
+            down_until_mono_ns: report.down_until_mono_ns,
+        }))
     }
 
     async fn reset(&self, _: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {

@@ -33,8 +33,8 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    /// Ask the OS.
-    pub fn gather() -> Self {
+    /// Ask the OS; `capabilities` are what this agent offers.
+    pub fn gather(capabilities: Vec<String>) -> Self {
         let memory_bytes = System::new().map_or(0, |mut memory| {
             memory.refresh_memory();
             memory.total_memory()
@@ -50,7 +50,7 @@ impl HostInfo {
             memory_bytes,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             boot_id: Current::boot_id(),
-            capabilities: vec!["connections".to_owned()],
+            capabilities,
             pid: std::process::id(),
         }
     }

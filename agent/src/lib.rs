@@ -9,6 +9,7 @@
 //! - [`events`]: the numbered event log (holder deaths, FIN/RST seen by watchers).
 //! - [`errno`]: portable names for Linux and Windows error codes.
 //! - [`hostinfo`]: what host this is.
+//! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
 //!
@@ -23,10 +24,11 @@ pub mod events;
 pub mod grpc;
 pub mod holder;
 pub mod hostinfo;
+pub mod isolate;
 pub mod model;
 pub mod platform;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, Allow};
 pub use error::AgentError;
 
 use faultlab_proto::v1::agent_server::AgentServer;
@@ -41,7 +43,21 @@ pub async fn serve(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let agent = Arc::new(Agent::new(config));
+    let control_port = listener.local_addr().map_or(0, |address| address.port());
+    serve_agent(
+        listener,
+        Arc::new(Agent::new(config, control_port)),
+        shutdown,
+    )
+    .await
+}
+
+/// Serve an agent already made (its start-up clean-up done) on `listener`.
+pub async fn serve_agent(
+    listener: tokio::net::TcpListener,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AgentServer<grpc::AgentService>>()

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use faultlab_agent::AgentConfig;
+use faultlab_agent::{AgentConfig, Allow};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -17,6 +17,20 @@ struct Cli {
     /// use is printed on stdout as `listening on ADDRESS`.
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
+    /// Dangerous capabilities to allow (all off by default): `isolate`
+    /// (cut this host off the network, simulated reboots), `reboot` (really
+    /// reboot the host). Comma-separated.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    allow: Vec<Capability>,
+    /// No isolation may last longer than this.
+    #[arg(long, default_value_t = faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS)]
+    max_isolation_ms: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Capability {
+    Isolate,
+    Reboot,
 }
 
 #[derive(Subcommand)]
@@ -37,11 +51,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
-        None => serve(cli.listen),
+        None => {
+            let allow = Allow {
+                isolate: cli.allow.contains(&Capability::Isolate),
+                reboot: cli.allow.contains(&Capability::Reboot),
+            };
+            serve(cli.listen, allow, cli.max_isolation_ms)
+        }
     }
 }
 
-fn serve(address: SocketAddr) -> anyhow::Result<()> {
+fn serve(address: SocketAddr, allow: Allow, max_isolation_ms: u32) -> anyhow::Result<()> {
     let holder_exe = std::env::current_exe().context("cannot find this executable")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -52,11 +72,18 @@ fn serve(address: SocketAddr) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
         let local = listener.local_addr()?;
+        let config = AgentConfig {
+            holder_exe,
+            allow,
+            max_isolation_ms,
+        };
+        // Clean up after an earlier life before saying we are ready.
+        let agent = std::sync::Arc::new(faultlab_agent::Agent::new(config, local.port()));
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {local}")?;
         stdout.flush()?;
         tracing::info!(%local, "agent serving");
-        faultlab_agent::serve(listener, AgentConfig { holder_exe }, shutdown_signal()).await?;
+        faultlab_agent::serve_agent(listener, agent, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -399,3 +399,104 @@ async fn holders_do_not_outlive_a_killed_agent() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn dangerous_capabilities_are_off_unless_allowed_and_say_how_to_allow_them() -> TestResult {
+    let mut host = Host::start().await?;
+    let info = host
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.capabilities, ["connections"]);
+    let isolate = host
+        .rpc
+        .isolate(pb::IsolateRequest {
+            id: "x".to_owned(),
+            mode: pb::IsolationMode::Drop as i32,
+            deadline_ms: 1_000,
+            ..Default::default()
+        })
+        .await;
+    expect_status(isolate, Code::PermissionDenied, &["--allow isolate"])?;
+    let reboot = host
+        .rpc
+        .reboot(pb::RebootRequest {
+            simulated: false,
+            down_ms: 0,
+        })
+        .await;
+    expect_status(reboot, Code::PermissionDenied, &["--allow reboot"])?;
+    let simulated = host
+        .rpc
+        .reboot(pb::RebootRequest {
+            simulated: true,
+            down_ms: 100,
+        })
+        .await;
+    expect_status(simulated, Code::PermissionDenied, &["--allow isolate"])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_isolations_are_invalid_arguments() -> TestResult {
+    let mut host = Host::start().await?;
+    let base = pb::IsolateRequest {
+        id: "ok".to_owned(),
+        mode: pb::IsolationMode::Drop as i32,
+        deadline_ms: 1_000,
+        ..Default::default()
+    };
+    for (request, field) in [
+        (
+            pb::IsolateRequest {
+                deadline_ms: 0,
+                ..base.clone()
+            },
+            "deadline_ms",
+        ),
+        (
+            pb::IsolateRequest {
+                mode: 0,
+                ..base.clone()
+            },
+            "mode",
+        ),
+        (
+            pb::IsolateRequest {
+                id: "bad id!".to_owned(),
+                ..base.clone()
+            },
+            "id",
+        ),
+        (
+            pb::IsolateRequest {
+                peer: "10.0.0.0/99".to_owned(),
+                ..base.clone()
+            },
+            "peer",
+        ),
+        (
+            pb::IsolateRequest {
+                port: 70_000,
+                ..base.clone()
+            },
+            "port",
+        ),
+    ] {
+        expect_status(
+            host.rpc.isolate(request).await,
+            Code::InvalidArgument,
+            &[field],
+        )?;
+    }
+    let neither = host
+        .rpc
+        .heal(pb::HealRequest {
+            id: String::new(),
+            all: false,
+        })
+        .await;
+    expect_status(neither, Code::InvalidArgument, &["id"])?;
+    Ok(())
+}

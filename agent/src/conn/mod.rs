@@ -150,6 +150,7 @@ impl Connections {
             } => self.close(conn, mode, timeout_ms).await,
             HolderRequest::SetOptions { target, options } => self.set_options(target, &options),
             HolderRequest::Watch { conn } => self.watch(conn),
+            HolderRequest::ArmAbort => Ok(self.arm_abort()),
             HolderRequest::Exit { .. } => Err(Refusal::precondition(
                 "exit is carried out by the holder process, not its connections",
             )),
@@ -408,6 +409,21 @@ impl Connections {
             SocketTarget::Listener(id) => apply_and_read(SockRef::from(&*self.listener(id)?))?,
         };
         Ok(HolderReply::Options(read))
+    }
+
+    fn arm_abort(&self) -> HolderReply {
+        let conns = lock(&self.conns);
+        let armed = conns
+            .values()
+            .filter(|conn| {
+                SockRef::from(&conn.stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .is_ok()
+            })
+            .count();
+        HolderReply::Armed {
+            sockets: u32::try_from(armed).unwrap_or(u32::MAX),
+        }
     }
 
     fn watch(&self, id: ConnId) -> Handled {

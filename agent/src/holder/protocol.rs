@@ -112,6 +112,9 @@ pub enum HolderRequest {
         /// Which connection.
         conn: ConnId,
     },
+    /// Set SO_LINGER {on, 0} on every connection, so that the process's
+    /// death resets them all (a simulated reboot).
+    ArmAbort,
     /// Exit the process at once, closing nothing (the kernel closes the sockets).
     Exit {
         /// The exit code.
@@ -157,6 +160,11 @@ pub enum HolderReply {
     Watching,
     /// The listener is closed.
     StoppedListening,
+    /// This many connections will reset when the process dies.
+    Armed {
+        /// How many.
+        sockets: u32,
+    },
     /// The request could not be carried out.
     Refused {
         /// Why, as a category.

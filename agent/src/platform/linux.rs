@@ -90,6 +90,21 @@ impl Platform for Linux {
         status.signal()
     }
 
+    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>> {
+        Some(Box::new(crate::isolate::nftables::Nftables::default()))
+    }
+
+    fn reboot() -> io::Result<()> {
+        let status = std::process::Command::new("systemctl")
+            .arg("reboot")
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("systemctl reboot: {status}")))
+        }
+    }
+
     fn stdio_pipes() -> StdioPipes {
         use std::os::fd::AsFd;
         use tokio::net::unix::pipe;

@@ -54,6 +54,12 @@ pub trait Platform {
     /// The signal that ended a process, if one did.
     fn exit_signal(status: &ExitStatus) -> Option<i32>;
 
+    /// The packet filter isolation works through, where there is one.
+    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>>;
+
+    /// Reboot the host now (systemctl reboot / shutdown /r).
+    fn reboot() -> io::Result<()>;
+
     /// A holder's stdin and stdout as async streams, driven by the reactor
     /// where the OS allows (tokio's own stdio goes through a thread pool,
     /// which costs two thread hand-offs per request).

@@ -112,6 +112,22 @@ impl Platform for Windows {
         None
     }
 
+    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>> {
+        // The Windows Filtering Platform backend is not written yet.
+        None
+    }
+
+    fn reboot() -> io::Result<()> {
+        let status = std::process::Command::new("shutdown")
+            .args(["/r", "/t", "0"])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("shutdown /r: {status}")))
+        }
+    }
+
     fn stdio_pipes() -> StdioPipes {
         StdioPipes::portable()
     }

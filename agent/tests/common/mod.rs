@@ -24,9 +24,15 @@ impl AgentProcess {
     /// Start an agent on a free loopback port and wait (at most 10 s) for it
     /// to say where it listens.
     pub fn start() -> Result<Self, Box<dyn std::error::Error>> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_faultlab-agent"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_faultlab-agent"));
+        command.args(["--listen", "127.0.0.1:0"]);
+        Self::start_with(command)
+    }
+
+    /// Start an agent with a prepared command (e.g. inside a network namespace).
+    pub fn start_with(mut command: Command) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut child = command
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("agent stdout missing")?;
@@ -81,7 +87,11 @@ pub const MODE_ALL: i32 = pb::RecvMode::All as i32;
 
 impl Host {
     pub async fn start() -> Result<Self, Box<dyn std::error::Error>> {
-        let process = AgentProcess::start()?;
+        Self::attach(AgentProcess::start()?).await
+    }
+
+    /// A client for an agent already started.
+    pub async fn attach(process: AgentProcess) -> Result<Self, Box<dyn std::error::Error>> {
         let rpc = AgentClient::connect(format!("http://{}", process.address)).await?;
         Ok(Self { process, rpc })
     }
@@ -329,6 +339,8 @@ impl Pair {
         })
     }
 }
+
+pub mod netns;
 
 pub fn outcome(observation: &Option<pb::Observation>) -> pb::Outcome {
     observation

@@ -1,0 +1,363 @@
+//! The Linux backend: nftables, in a table of faultlab's own (`inet
+//! faultlab`), never touching any other table.
+//!
+//! The table holds one *set* per kind of isolation (drop/reject × in/out ×
+//! IPv4/IPv6 × whole-host/one-port × control-channel-included or not) and
+//! one rule per set. An isolation is a set *element* with a timeout, so the
+//! kernel removes it at the deadline with no process involved: an agent
+//! killed mid-fault still heals. The rules that exempt the agent's gRPC port
+//! come after the "control channel included" sets and before the others.
+//!
+//! Scripts are text fed to `nft -f -` in one transaction; every value in
+//! them comes from validated types (addresses, numbers), never from raw
+//! request strings. The ruleset is a pure function, tested without root.
+
+use super::{Cidr, Firewall, FirewallError, Isolation, Mode};
+use std::fmt::Write;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+/// The table's family and name.
+pub const TABLE: &str = "inet faultlab";
+
+/// One set of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SetKind {
+    mode: Mode,
+    inbound: bool,
+    v6: bool,
+    with_port: bool,
+    control_too: bool,
+}
+
+impl SetKind {
+    fn all() -> Vec<Self> {
+        let mut kinds = Vec::new();
+        for control_too in [true, false] {
+            for mode in [Mode::Drop, Mode::Reject] {
+                for inbound in [true, false] {
+                    for v6 in [false, true] {
+                        for with_port in [false, true] {
+                            kinds.push(Self {
+                                mode,
+                                inbound,
+                                v6,
+                                with_port,
+                                control_too,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        kinds
+    }
+
+    fn name(self) -> String {
+        format!(
+            "{}_{}_{}{}{}",
+            match self.mode {
+                Mode::Drop => "drop",
+                Mode::Reject => "reject",
+            },
+            if self.inbound { "in" } else { "out" },
+            if self.v6 { "v6" } else { "v4" },
+            if self.with_port { "_port" } else { "" },
+            if self.control_too { "_ctl" } else { "" },
+        )
+    }
+
+    fn set_definition(self) -> String {
+        let address = if self.v6 { "ipv6_addr" } else { "ipv4_addr" };
+        let key = if self.with_port {
+            format!("{address} . inet_service")
+        } else {
+            address.to_owned()
+        };
+        format!(
+            "  set {} {{ type {key}; flags interval, timeout; }}\n",
+            self.name()
+        )
+    }
+
+    /// The rule(s) that act on this set's elements.
+    fn rules(self) -> Vec<String> {
+        let (family, peer) = match (self.v6, self.inbound) {
+            (false, true) => ("ip", "saddr"),
+            (false, false) => ("ip", "daddr"),
+            (true, true) => ("ip6", "saddr"),
+            (true, false) => ("ip6", "daddr"),
+        };
+        let local_port = if self.inbound { "dport" } else { "sport" };
+        let matched = if self.with_port {
+            format!("{family} {peer} . th {local_port} @{}", self.name())
+        } else {
+            format!("{family} {peer} @{}", self.name())
+        };
+        match (self.mode, self.inbound) {
+            (Mode::Drop, _) => vec![format!("{matched} drop")],
+            (Mode::Reject, true) => vec![
+                format!("{matched} meta l4proto tcp reject with tcp reset"),
+                format!("{matched} reject with icmpx type admin-prohibited"),
+            ],
+            // The RST or ICMP error that an inbound reject sends goes out
+            // through this hook too: let it pass, or the peer hears nothing.
+            (Mode::Reject, false) => vec![
+                format!("{matched} tcp flags & rst == rst accept"),
+                format!("{matched} meta l4proto {{ icmp, ipv6-icmp }} accept"),
+                format!("{matched} meta l4proto tcp reject with tcp reset"),
+                format!("{matched} reject with icmpx type admin-prohibited"),
+            ],
+        }
+    }
+}
+
+/// The whole table, replacing any older one in the same transaction.
+pub fn table_script(control_port: u16) -> String {
+    let kinds = SetKind::all();
+    let mut script = format!("table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+    for kind in &kinds {
+        script.push_str(&kind.set_definition());
+    }
+    for inbound in [true, false] {
+        let (chain, hook, lo, control) = if inbound {
+            (
+                "input",
+                "input",
+                "iifname",
+                format!("tcp dport {control_port} accept"),
+            )
+        } else {
+            (
+                "output",
+                "output",
+                "oifname",
+                format!("tcp sport {control_port} accept"),
+            )
+        };
+        let _ = writeln!(
+            script,
+            "  chain {chain} {{\n    type filter hook {hook} priority -10; policy accept;\n    {lo} \"lo\" accept"
+        );
+        for control_too in [true, false] {
+            if !control_too {
+                let _ = writeln!(script, "    {control}");
+            }
+            for kind in kinds
+                .iter()
+                .filter(|kind| kind.inbound == inbound && kind.control_too == control_too)
+            {
+                for rule in kind.rules() {
+                    let _ = writeln!(script, "    {rule}");
+                }
+            }
+        }
+        script.push_str("  }\n");
+    }
+    script.push_str("}\n");
+    script
+}
+
+/// The (set, element) pairs an isolation consists of.
+fn elements(isolation: &Isolation) -> Vec<(String, String)> {
+    let peers: Vec<Cidr> = match isolation.peer {
+        Some(peer) => vec![peer],
+        None => vec![Cidr::everything(false), Cidr::everything(true)],
+    };
+    let mut found = Vec::new();
+    for inbound in [true, false] {
+        let wanted = if inbound {
+            isolation.direction.inbound()
+        } else {
+            isolation.direction.outbound()
+        };
+        if !wanted {
+            continue;
+        }
+        for peer in &peers {
+            let kind = SetKind {
+                mode: isolation.mode,
+                inbound,
+                v6: peer.address.is_ipv6(),
+                with_port: isolation.port.is_some(),
+                control_too: isolation.include_control_channel,
+            };
+            let element = match isolation.port {
+                Some(port) => format!("{peer} . {port}"),
+                None => peer.to_string(),
+            };
+            found.push((kind.name(), element));
+        }
+    }
+    found
+}
+
+/// The script that applies an isolation until its deadline.
+pub fn add_script(isolation: &Isolation) -> String {
+    let timeout_ms = isolation.deadline.as_millis().max(1);
+    elements(isolation)
+        .into_iter()
+        .map(|(set, element)| {
+            format!("add element {TABLE} {set} {{ {element} timeout {timeout_ms}ms }}\n")
+        })
+        .collect()
+}
+
+/// The scripts that lift an isolation, one element each (an element the
+/// kernel already expired must not fail the others).
+pub fn remove_scripts(isolation: &Isolation) -> Vec<String> {
+    elements(isolation)
+        .into_iter()
+        .map(|(set, element)| format!("delete element {TABLE} {set} {{ {element} }}\n"))
+        .collect()
+}
+
+/// nftables through the `nft` command.
+pub struct Nftables {
+    program: String,
+}
+
+impl Default for Nftables {
+    fn default() -> Self {
+        Self {
+            program: "nft".to_owned(),
+        }
+    }
+}
+
+impl Nftables {
+    fn run(&self, args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .stdin(if script.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| {
+                FirewallError::Unavailable(format!("cannot run {}: {error}", self.program))
+            })?;
+        if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|error| FirewallError::Unavailable(format!("nft: {error}")))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|error| FirewallError::Unavailable(format!("nft: {error}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else if stderr.contains("Operation not permitted") {
+            Err(FirewallError::Unavailable(format!(
+                "nft needs CAP_NET_ADMIN (root): {stderr}"
+            )))
+        } else {
+            Err(FirewallError::Refused(stderr))
+        }
+    }
+
+    /// Whether an error says the thing to delete is not there.
+    fn is_missing(error: &FirewallError) -> bool {
+        matches!(error, FirewallError::Refused(text) if text.contains("No such file or directory"))
+    }
+}
+
+impl Firewall for Nftables {
+    fn clean_up(&self) -> Result<Option<String>, FirewallError> {
+        let listed = match self.run(&["list", "table", "inet", "faultlab"], None) {
+            Ok(listed) => listed,
+            Err(error) if Self::is_missing(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let elements = listed.matches("expires").count();
+        self.run(&["delete", "table", "inet", "faultlab"], None)?;
+        Ok(Some(format!(
+            "table {TABLE} with {elements} active isolation entries"
+        )))
+    }
+
+    fn prepare(&self, control_port: u16) -> Result<(), FirewallError> {
+        self.run(&["-f", "-"], Some(&table_script(control_port)))
+            .map(drop)
+    }
+
+    fn add(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        self.run(&["-f", "-"], Some(&add_script(isolation)))
+            .map(drop)
+    }
+
+    fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        for script in remove_scripts(isolation) {
+            match self.run(&["-f", "-"], Some(&script)) {
+                Ok(_) => {}
+                Err(error) if Self::is_missing(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolate::Direction;
+    use std::time::Duration;
+
+    fn isolation(direction: Direction, peer: Option<&str>, port: Option<u16>) -> Isolation {
+        Isolation {
+            id: "x".to_owned(),
+            mode: Mode::Reject,
+            peer: peer.and_then(Cidr::parse),
+            port,
+            direction,
+            deadline: Duration::from_millis(2500),
+            include_control_channel: false,
+        }
+    }
+
+    #[test]
+    fn the_control_port_is_exempt_before_the_ordinary_sets() {
+        let script = table_script(7420);
+        let input = &script
+            [script.find("chain input").unwrap_or(0)..script.find("chain output").unwrap_or(0)];
+        let exempt = input.find("tcp dport 7420 accept").unwrap_or(usize::MAX);
+        assert!(input.find("@drop_in_v4_ctl drop").unwrap_or(usize::MAX) < exempt);
+        assert!(exempt < input.find("@drop_in_v4 drop").unwrap_or(0));
+        assert!(script.contains("tcp sport 7420 accept"));
+        assert!(script.contains(
+            "ip daddr . th sport @reject_out_v4_port meta l4proto tcp reject with tcp reset"
+        ));
+        assert!(script.starts_with("table inet faultlab\ndelete table inet faultlab\n"));
+        assert_eq!(script.matches("  set ").count(), 32);
+    }
+
+    #[test]
+    fn a_whole_host_isolation_covers_both_families_and_directions() {
+        let script = add_script(&isolation(Direction::Both, None, None));
+        assert_eq!(
+            script,
+            "add element inet faultlab reject_in_v4 { 0.0.0.0/0 timeout 2500ms }\n\
+             add element inet faultlab reject_in_v6 { ::/0 timeout 2500ms }\n\
+             add element inet faultlab reject_out_v4 { 0.0.0.0/0 timeout 2500ms }\n\
+             add element inet faultlab reject_out_v6 { ::/0 timeout 2500ms }\n"
+        );
+    }
+
+    #[test]
+    fn a_peer_and_port_isolation_is_one_element() {
+        let one = isolation(Direction::In, Some("198.18.0.3"), Some(7000));
+        assert_eq!(
+            add_script(&one),
+            "add element inet faultlab reject_in_v4_port { 198.18.0.3/32 . 7000 timeout 2500ms }\n"
+        );
+        assert_eq!(
+            remove_scripts(&one),
+            ["delete element inet faultlab reject_in_v4_port { 198.18.0.3/32 . 7000 }\n"]
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Lab hosts as network namespaces on this machine: each host has its own
+//! network stack (and nftables), joined to the others by a bridge, with
+//! addresses in 198.18.0.0/15 only. Everything is removed on drop.
+
+use super::{AgentProcess, Host};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// The control port agents listen on inside their namespace.
+pub const CONTROL_PORT: u16 = 7420;
+
+type Error = Box<dyn std::error::Error>;
+
+fn run(program: &str, args: &[&str]) -> Result<String, Error> {
+    let output = Command::new(program).args(args).output()?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into())
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+pub fn missing_preconditions() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|status| {
+            status
+                .lines()
+                .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("network-namespace tests need root (CI runs them as root)".to_owned());
+    }
+    for tool in ["ip", "nft"] {
+        if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+            return Some(format!(
+                "network-namespace tests need `{tool}` (apt-get install iproute2 nftables)"
+            ));
+        }
+    }
+    None
+}
+
+/// A bridge and some namespaces.
+pub struct NetLab {
+    base: String,
+    subnet: u8,
+    hosts: usize,
+}
+
+impl NetLab {
+    /// `hosts` namespaces on a fresh bridge and /24 of 198.18.0.0/15.
+    pub fn new(hosts: usize) -> Result<Self, Error> {
+        if let Some(why) = missing_preconditions() {
+            return Err(why.into());
+        }
+        let number = LABS.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let lab = Self {
+            base: format!("fl{}{number}", pid % 100_000),
+            subnet: u8::try_from((pid % 97 + number * 13) % 250 + 2).unwrap_or(2),
+            hosts,
+        };
+        let bridge = lab.bridge();
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", lab.gateway()),
+                "dev",
+                &bridge,
+            ],
+        )?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        for index in 0..hosts {
+            let ns = lab.namespace(index);
+            let veth = format!("{}v{index}", lab.base);
+            run("ip", &["netns", "add", &ns])?;
+            run(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            )?;
+            run("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
+            let address = format!("{}/24", lab.ip(index));
+            lab.exec(index, &["ip", "addr", "add", &address, "dev", "eth0"])?;
+            lab.exec(index, &["ip", "link", "set", "eth0", "up"])?;
+            lab.exec(index, &["ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(lab)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.base)
+    }
+
+    fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.subnet, 1)
+    }
+
+    /// Host `index`'s name.
+    pub fn namespace(&self, index: usize) -> String {
+        format!("{}h{index}", self.base)
+    }
+
+    /// Host `index`'s address.
+    pub fn ip(&self, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.subnet, u8::try_from(10 + index).unwrap_or(10))
+    }
+
+    /// Run a command inside host `index`.
+    pub fn exec(&self, index: usize, command: &[&str]) -> Result<String, Error> {
+        let ns = self.namespace(index);
+        let mut args = vec!["netns", "exec", ns.as_str()];
+        args.extend_from_slice(command);
+        run("ip", &args)
+    }
+
+    /// Start an agent inside host `index` with extra flags, and connect to it.
+    pub async fn agent(&self, index: usize, flags: &[&str]) -> Result<Host, Error> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace(index)])
+            .arg(env!("CARGO_BIN_EXE_faultlab-agent"))
+            .args(["--listen", &format!("{}:{CONTROL_PORT}", self.ip(index))])
+            .args(flags);
+        Host::attach(AgentProcess::start_with(command)?).await
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for index in 0..self.hosts {
+            let _ = run("ip", &["netns", "del", &self.namespace(index)]);
+        }
+        let _ = run("ip", &["link", "del", &self.bridge()]);
+    }
+}

@@ -1,0 +1,320 @@
+//! Isolation on real hosts: network namespaces made by each test (198.18.0.0/15
+//! only, removed after), agents inside them, nftables for real. Needs root;
+//! fails with a clear message otherwise.
+
+mod common;
+
+use common::netns::{CONTROL_PORT, NetLab};
+use common::{Host, TestResult, outcome};
+use faultlab_proto::v1 as pb;
+use pb::{IsolationMode, Outcome};
+use std::time::{Duration, Instant};
+
+fn isolate(id: &str, mode: IsolationMode, deadline_ms: u32) -> pb::IsolateRequest {
+    pb::IsolateRequest {
+        id: id.to_owned(),
+        mode: mode as i32,
+        peer: String::new(),
+        port: 0,
+        direction: pb::Direction::Both as i32,
+        deadline_ms,
+        include_control_channel: false,
+    }
+}
+
+/// Dial `address` from `host` with a short timeout: the observation's outcome and error name.
+async fn dial(
+    host: &mut Host,
+    holder: u64,
+    address: &str,
+    timeout_ms: u32,
+) -> Result<(Outcome, String), Box<dyn std::error::Error>> {
+    let reply = host
+        .rpc
+        .dial(pb::ConnectRequest {
+            holder_id: holder,
+            address: address.to_owned(),
+            options: None,
+            timeout_ms,
+        })
+        .await?
+        .into_inner();
+    let name = reply
+        .observation
+        .as_ref()
+        .map(|observation| observation.error_name.clone())
+        .unwrap_or_default();
+    Ok((outcome(&reply.observation), name))
+}
+
+/// Dial until the outcome is `wanted` (at most `within`); when it came.
+async fn dial_until(
+    host: &mut Host,
+    holder: u64,
+    address: &str,
+    wanted: Outcome,
+    within: Duration,
+) -> Result<Instant, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if dial(host, holder, address, 100).await?.0 == wanted {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{address} never gave {wanted:?} within {within:?}").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropping_host_times_connects_out_keeps_its_control_channel_and_heals_at_its_deadline()
+-> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let info = server
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert!(
+        info.capabilities.contains(&"isolate".to_owned()),
+        "{info:?}"
+    );
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let listening = server
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: server_holder,
+            address: format!("{}:7000", lab.ip(1)),
+            backlog: 8,
+            options: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        dial(&mut client, holder, &listening.local_address, 1_000)
+            .await?
+            .0,
+        Outcome::Ok
+    );
+
+    server
+        .rpc
+        .isolate(isolate("cut", IsolationMode::Drop, 2_000))
+        .await?;
+    let isolated_at = Instant::now();
+    assert_eq!(
+        dial(&mut client, holder, &listening.local_address, 500)
+            .await?
+            .0,
+        Outcome::Timeout
+    );
+    // The control channel is exempt: the agent answers while its host is cut off.
+    let during = server
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(during.pid, info.pid);
+    let healed_at = dial_until(
+        &mut client,
+        holder,
+        &listening.local_address,
+        Outcome::Ok,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let took = healed_at - isolated_at;
+    eprintln!(
+        "deadline 2000 ms, traffic flowed again after {} ms",
+        took.as_millis()
+    );
+    assert!(
+        took >= Duration::from_millis(1_900),
+        "healed too early: {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejecting_host_refuses_at_once_and_heal_lifts_it_early() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let address = format!("{}:7001", lab.ip(1));
+    server
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: server_holder,
+            address: address.clone(),
+            backlog: 8,
+            options: None,
+        })
+        .await?;
+    server
+        .rpc
+        .isolate(isolate("no", IsolationMode::Reject, 60_000))
+        .await?;
+    let started = Instant::now();
+    let refused = dial(&mut client, holder, &address, 2_000).await?;
+    assert_eq!(refused, (Outcome::Error, "ECONNREFUSED".to_owned()));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "reject must answer at once"
+    );
+    let healed = server
+        .rpc
+        .heal(pb::HealRequest {
+            id: "no".to_owned(),
+            all: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(healed.healed, 1);
+    assert_eq!(
+        dial(&mut client, holder, &address, 1_000).await?.0,
+        Outcome::Ok
+    );
+    let again = server
+        .rpc
+        .heal(pb::HealRequest {
+            id: "no".to_owned(),
+            all: false,
+        })
+        .await;
+    assert_eq!(
+        again.err().map(|status| status.code()),
+        Some(tonic::Code::NotFound)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolation_heals_at_its_deadline_with_no_agent_alive_and_a_restart_leaves_no_rules()
+-> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let holder = client.holder("client").await?;
+    let nobody = format!("{}:7002", lab.ip(1));
+    {
+        let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+        server
+            .rpc
+            .isolate(isolate("orphan", IsolationMode::Drop, 2_500))
+            .await?;
+        server.process.kill();
+    }
+    let killed_at = Instant::now();
+    // No agent, no listener: while isolated, silence; once the kernel lifts it, refusals.
+    assert_eq!(
+        dial(&mut client, holder, &nobody, 500).await?.0,
+        Outcome::Timeout
+    );
+    let healed_at = dial_until(
+        &mut client,
+        holder,
+        &nobody,
+        Outcome::Error,
+        Duration::from_secs(5),
+    )
+    .await?;
+    eprintln!(
+        "agent killed; kernel lifted the isolation {} ms later (deadline 2500 ms from isolate)",
+        (healed_at - killed_at).as_millis()
+    );
+
+    // A long isolation left behind by a crashed agent is removed by the next one.
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    server
+        .rpc
+        .isolate(isolate("left", IsolationMode::Drop, 60_000))
+        .await?;
+    server.process.kill();
+    let listed = lab.exec(1, &["nft", "list", "set", "inet", "faultlab", "drop_in_v4"])?;
+    assert!(listed.contains("0.0.0.0/0"), "{listed}");
+    let _restarted = lab.agent(1, &[]).await?;
+    let tables = lab.exec(1, &["nft", "list", "tables"])?;
+    assert!(
+        !tables.contains("faultlab"),
+        "a restarted agent without isolate leaves no table: {tables}"
+    );
+    assert_eq!(
+        dial(&mut client, holder, &nobody, 1_000).await?,
+        (Outcome::Error, "ECONNREFUSED".to_owned())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn including_the_control_channel_cuts_the_agent_until_the_deadline() -> TestResult {
+    let lab = NetLab::new(1)?;
+    let mut server = lab.agent(0, &["--allow", "isolate"]).await?;
+    let mut request = isolate("all", IsolationMode::Drop, 1_500);
+    request.include_control_channel = true;
+    let asked = Instant::now();
+    server.rpc.isolate(request).await?;
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "the reply must leave before the cut"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}:{CONTROL_PORT}", lab.ip(0)))?
+            .connect_timeout(Duration::from_millis(300));
+    assert!(
+        endpoint.connect().await.is_err(),
+        "the agent must be unreachable while cut off"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let channel = endpoint.connect().await?;
+    let mut back = pb::agent_client::AgentClient::new(channel);
+    back.host_info(pb::HostInfoRequest {}).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_reboot_leaves_peers_to_meet_a_reset() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let (listener, address) = server.listen(server_holder, None).await?;
+    let _ = listener;
+    let listening = server
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: server_holder,
+            address: format!("{}:7003", lab.ip(1)),
+            backlog: 8,
+            options: None,
+        })
+        .await?
+        .into_inner();
+    let _ = address;
+    let dialled = client.dial(holder, &listening.local_address, None).await?;
+    server.accept(listening.listener_id).await?;
+    let rebooted = server
+        .rpc
+        .reboot(pb::RebootRequest {
+            simulated: true,
+            down_ms: 1_000,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((rebooted.sockets_aborted, rebooted.holders_killed), (1, 1));
+    let down_ms = (rebooted.down_until_mono_ns - rebooted.down_from_mono_ns) / 1_000_000;
+    assert!(down_ms >= 1_000, "down for {down_ms} ms");
+
+    let sent = client.send_data(dialled.conn_id, b"still there?").await?;
+    assert_eq!(sent.outcome(), Outcome::Ok);
+    let answer = client.recv_to_end(dialled.conn_id).await?;
+    assert_eq!(
+        (answer.outcome(), answer.error_name.as_str()),
+        (Outcome::Error, "ECONNRESET")
+    );
+    Ok(())
+}
