@@ -630,7 +630,9 @@ impl pb::agent_server::Agent for AgentService {
         let healed = match (request.id.as_str(), request.all) {
             ("", true) => self.agent.heal_all()?,
             ("", false) => {
-                return Err(invalid("id: name the isolation to heal, or set all".to_owned()).into());
+                return Err(
+                    invalid("id: name the isolation to heal, or set all".to_owned()).into(),
+                );
             }
             (id, false) => {
                 self.agent.heal(id)?;

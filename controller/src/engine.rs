@@ -248,6 +248,9 @@ pub async fn run(
 ) -> RunReport {
     let started_unix_ms = wall_ms();
     let gate = Arc::new(Semaphore::new(plan.parallel.max(1)));
+    // Cases that cut hosts off or reboot them run alone: they would disturb
+    // any other case on the same hosts.
+    let alone = Arc::new(tokio::sync::RwLock::new(()));
     let mut tasks = JoinSet::new();
     let mut slots = Vec::new();
     for case in &plan.cases {
@@ -256,8 +259,18 @@ pub async fn run(
             slots.push(None);
             let case = case.clone();
             let gate = Arc::clone(&gate);
+            let alone = Arc::clone(&alone);
             let progress = Arc::clone(&progress);
             tasks.spawn(async move {
+                let exclusive = case
+                    .needs
+                    .iter()
+                    .any(|need| need == "isolate" || need == "reboot");
+                let (_shared, _sole) = if exclusive {
+                    (None, Some(alone.write_owned().await))
+                } else {
+                    (Some(alone.read_owned().await), None)
+                };
                 let _permit = gate.acquire_owned().await;
                 let names: Vec<String> = binding.iter().map(|agent| agent.name.clone()).collect();
                 progress.started(&case, &names);
@@ -435,10 +448,13 @@ struct Names {
     holders: HashMap<String, u64>,
     listeners: HashMap<String, (u64, SocketAddr, String)>,
     conns: HashMap<String, (u64, String)>,
+    /// Isolations this case made and has not healed: (role, id).
+    isolations: Vec<(String, String)>,
 }
 
 /// One case on one binding: what the steps share.
 struct CaseRun<'a> {
+    case_id: String,
     agents: HashMap<String, Arc<AgentHandle>>,
     names: Names,
     clock: RunClock,
@@ -535,6 +551,7 @@ pub async fn run_case(
         }
     }
     let mut run = CaseRun {
+        case_id: case.id.clone(),
         agents: case
             .roles
             .iter()
@@ -686,6 +703,12 @@ enum Call {
         holder: u64,
     },
     Sleep(u64),
+    Isolate(pb::IsolateRequest),
+    Heal(Vec<String>),
+    Reboot {
+        simulated: bool,
+        down_ms: u32,
+    },
     Unsupported(&'static str),
 }
 
@@ -820,8 +843,31 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
         Action::Kill => Call::Kill { holder: holder() },
         Action::Sleep { ms } => Call::Sleep(*ms),
         Action::Join { .. } => Call::Unsupported("join"),
-        Action::Isolate { .. } | Action::Heal => Call::Unsupported("isolate"),
-        Action::Reboot { .. } => Call::Unsupported("reboot"),
+        Action::Isolate { mode, deadline_ms } => Call::Isolate(pb::IsolateRequest {
+            id: format!("{}-{}-{:x}", run.case_id, step.name, run.clock.now_ns()),
+            mode: if mode == "reject" {
+                pb::IsolationMode::Reject
+            } else {
+                pb::IsolationMode::Drop
+            } as i32,
+            peer: String::new(),
+            port: 0,
+            direction: pb::Direction::Both as i32,
+            deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
+            include_control_channel: false,
+        }),
+        Action::Heal => Call::Heal(
+            run.names
+                .isolations
+                .iter()
+                .filter(|(owner, _)| owner == &role)
+                .map(|(_, id)| id.clone())
+                .collect(),
+        ),
+        Action::Reboot { simulated, down_ms } => Call::Reboot {
+            simulated: *simulated,
+            down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
+        },
     };
     Ok(Prepared {
         agent,
@@ -845,6 +891,11 @@ impl Prepared {
         };
         let is_listen = matches!(self.call, Call::Listen { .. });
         let is_sleep = matches!(self.call, Call::Sleep(_));
+        match &self.call {
+            Call::Isolate(request) => names.isolations.push((role.clone(), request.id.clone())),
+            Call::Heal(ids) => names.isolations.retain(|(_, id)| !ids.contains(id)),
+            _ => {}
+        }
         let (outcome, new_id, address) = self.run().await?;
         if let Some(name) = defined {
             match (is_listen, new_id) {
@@ -1011,6 +1062,29 @@ impl Prepared {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 (ok("sleep", &self.clock), None, None)
             }
+            Call::Isolate(request) => {
+                client.isolate(request).await.map_err(failed)?;
+                (ok("isolate", &self.clock), None, None)
+            }
+            Call::Heal(ids) => {
+                for id in ids {
+                    client
+                        .heal(pb::HealRequest { id, all: false })
+                        .await
+                        .map_err(failed)?;
+                }
+                (ok("heal", &self.clock), None, None)
+            }
+            Call::Reboot { simulated, down_ms } => {
+                client
+                    .reboot(pb::RebootRequest { simulated, down_ms })
+                    .await
+                    .map_err(failed)?;
+                if !simulated {
+                    wait_for_new_boot(agent).await?;
+                }
+                (ok("reboot", &self.clock), None, None)
+            }
             Call::Unsupported(what) => {
                 return Err(StepError::Failed(format!(
                     "{what} is not available in this version of faultlab"
@@ -1021,6 +1095,23 @@ impl Prepared {
 }
 
 type Ran = (Outcome, Option<u64>, Option<SocketAddr>);
+
+/// How often a controller asks a rebooting agent whether it is back.
+const REBOOT_POLL: Duration = Duration::from_secs(1);
+
+/// After a real reboot: wait until the agent answers with another boot id
+/// (the case's timeout bounds the wait).
+async fn wait_for_new_boot(agent: &AgentHandle) -> Result<(), StepError> {
+    loop {
+        tokio::time::sleep(REBOOT_POLL).await;
+        let mut client = agent.client.clone();
+        if let Ok(info) = client.host_info(pb::HostInfoRequest {}).await
+            && info.get_ref().boot_id != agent.info.boot_id
+        {
+            return Ok(());
+        }
+    }
+}
 
 fn connected(agent: &AgentHandle, reply: pb::ConnectReply) -> Result<Ran, StepError> {
     let observation = reply
@@ -1091,8 +1182,18 @@ async fn wait_end(
     }
 }
 
-/// Kill the case's holders (their sockets close with them).
+/// Lift the case's isolations and kill its holders (their sockets close with them).
 async fn cleanup(run: &CaseRun<'_>) {
+    for (role, id) in &run.names.isolations {
+        if let Some(agent) = run.agents.get(role) {
+            let mut client = agent.client.clone();
+            let heal = pb::HealRequest {
+                id: id.clone(),
+                all: false,
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, client.heal(heal)).await;
+        }
+    }
     for (role, holder) in &run.names.holders {
         if let Some(agent) = run.agents.get(role) {
             let mut client = agent.client.clone();

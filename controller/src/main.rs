@@ -114,6 +114,17 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Lift every isolation on every agent of an inventory (or the given addresses).
+    Heal {
+        /// Heal everything (required: there is no partial form yet).
+        #[arg(long, required = true)]
+        all: bool,
+        /// Agent addresses (host:port).
+        addresses: Vec<String>,
+        /// Or the agents of an inventory file.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+    },
     /// The history of runs.
     Runs {
         #[command(subcommand)]
@@ -254,6 +265,11 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             case,
             rounds,
         } => bench(agents, &case, rounds).await,
+        Command::Heal {
+            all: _,
+            addresses,
+            inventory,
+        } => heal_all(addresses, inventory.as_deref()).await,
         Command::Runs { action, history } => {
             let history = history.open()?;
             match action.unwrap_or(RunsAction::List { limit: 20 }) {
@@ -381,12 +397,26 @@ async fn run(
         Some(path) => (Inventory::load(path)?, None),
         None => {
             let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
-            let local = LocalLab::start(&exe, roles.max(2))?;
-            eprintln!(
-                "local lab: {} agents on loopback ({})",
-                local.inventory.agents.len(),
-                exe.display()
-            );
+            let local = match lab::netns_unavailable() {
+                None => {
+                    let local = LocalLab::start_netns(&exe, roles.max(2))?;
+                    eprintln!(
+                        "local lab: {} network-namespace hosts on {} ({})",
+                        local.inventory.agents.len(),
+                        local.subnet().unwrap_or_default(),
+                        exe.display()
+                    );
+                    local
+                }
+                Some(why) => {
+                    let local = LocalLab::start(&exe, roles.max(2))?;
+                    eprintln!(
+                        "local lab: {} agents on loopback ({why}: cases that cut hosts off are skipped; run as root for a lab of network namespaces)",
+                        local.inventory.agents.len()
+                    );
+                    local
+                }
+            };
             (local.inventory.clone(), Some(local))
         }
     };
@@ -507,8 +537,12 @@ fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
-    let entries: Vec<(String, String)> = match inventory {
+/// (name, address) of the agents named on the command line or in an inventory.
+fn agent_entries(
+    addresses: Vec<String>,
+    inventory: Option<&Path>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(match inventory {
         Some(path) => Inventory::load(path)?
             .agents
             .into_iter()
@@ -519,7 +553,36 @@ async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Res
             .into_iter()
             .map(|address| (address.clone(), address))
             .collect(),
-    };
+    })
+}
+
+async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
+    let mut all_healed = true;
+    for (name, address) in agent_entries(addresses, inventory)? {
+        let healed = async {
+            let mut client = faultlab::agents::connect(&address).await?;
+            let reply = client
+                .heal(faultlab_proto::v1::HealRequest {
+                    id: String::new(),
+                    all: true,
+                })
+                .await?;
+            anyhow::Ok(reply.into_inner().healed)
+        }
+        .await;
+        match healed {
+            Ok(count) => println!("{name:<14} {address:<22} healed {count} isolation(s)"),
+            Err(error) => {
+                all_healed = false;
+                println!("{name:<14} {address:<22} NOT HEALED: {error:#}");
+            }
+        }
+    }
+    Ok(all_healed)
+}
+
+async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
+    let entries = agent_entries(addresses, inventory)?;
     println!(
         "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} CAPABILITIES",
         "AGENT", "ADDRESS", "HEALTH", "HOST", "OS", "KERNEL", "VERSION", "BOOT ID"

@@ -254,8 +254,14 @@ impl Action {
     /// The capability an agent needs for this action, if beyond connections.
     pub fn capability(&self) -> Option<&'static str> {
         match self {
-            Self::Isolate { .. } | Self::Heal => Some("isolate"),
-            Self::Reboot { .. } => Some("reboot"),
+            Self::Isolate { .. }
+            | Self::Heal
+            | Self::Reboot {
+                simulated: true, ..
+            } => Some("isolate"),
+            Self::Reboot {
+                simulated: false, ..
+            } => Some("reboot"),
             _ => None,
         }
     }
