@@ -10,6 +10,7 @@ use crate::holder::HolderProcess;
 use crate::holder::protocol::{HolderReply, HolderRequest, RefusalKind, SocketTarget};
 use crate::hostinfo::HostInfo;
 use crate::isolate::{Direction, Isolation, Isolations, Mode};
+use crate::link::Links;
 use crate::model::{
     CloseMode, ConnId, HolderExit, HolderId, ListenerId, Observation, Payload, RecvMode,
     SocketOptions,
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 pub struct Allow {
     /// Cutting the host off the network (and simulated reboots).
     pub isolate: bool,
+    /// Taking network interfaces down.
+    pub link: bool,
     /// Really rebooting the host.
     pub reboot: bool,
 }
@@ -99,6 +102,8 @@ pub struct Agent {
     events: Arc<EventLog>,
     /// Isolation, when allowed and the firewall works; else why not.
     isolations: Result<Arc<Isolations>, String>,
+    /// Link control, when allowed and supported; else why not.
+    links: Result<Links, String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +147,16 @@ impl Agent {
         if isolations.is_ok() {
             capabilities.push("isolate".to_owned());
         }
+        let links = match (config.allow.link, Current::links(&config.holder_exe)) {
+            (false, _) => {
+                Err("link control is off on this agent: start it with --allow link".to_owned())
+            }
+            (true, None) => Err("link control is not implemented on this OS yet".to_owned()),
+            (true, Some(control)) => Ok(Links::new(control)),
+        };
+        if links.is_ok() {
+            capabilities.push("link".to_owned());
+        }
         if config.allow.reboot {
             capabilities.push("reboot".to_owned());
         }
@@ -153,6 +168,7 @@ impl Agent {
             next_id: AtomicU64::new(1),
             events: Arc::new(EventLog::new(DEFAULT_CAPACITY)),
             isolations,
+            links,
         }
     }
 
@@ -502,6 +518,45 @@ impl Agent {
         })
     }
 
+    fn links(&self) -> Result<&Links, AgentError> {
+        self.links.as_ref().map_err(|why| {
+            if self.config.allow.link {
+                AgentError::FailedPrecondition(why.clone())
+            } else {
+                AgentError::PermissionDenied(why.clone())
+            }
+        })
+    }
+
+    /// Take a link down until `deadline`; `control_address` is the local
+    /// address the request arrived on (its interface is refused unless allowed).
+    pub fn link_down(
+        &self,
+        interface: &str,
+        deadline: Duration,
+        control_address: Option<std::net::IpAddr>,
+        allow_control_interface: bool,
+    ) -> Result<Instant, AgentError> {
+        if deadline > self.max_isolation() {
+            return Err(AgentError::InvalidArgument(format!(
+                "deadline_ms: {} is over this agent's limit of {} ms",
+                deadline.as_millis(),
+                self.config.max_isolation_ms
+            )));
+        }
+        Ok(self.links()?.take_down(
+            interface,
+            deadline,
+            control_address,
+            allow_control_interface,
+        )?)
+    }
+
+    /// Bring a link back up now.
+    pub fn link_up(&self, interface: &str) -> Result<(), AgentError> {
+        Ok(self.links()?.bring_up(interface)?)
+    }
+
     /// Really reboot the host, if this agent is allowed to.
     pub fn reboot(&self) -> Result<(), AgentError> {
         if !self.config.allow.reboot {
@@ -521,6 +576,9 @@ impl Agent {
             && let Err(error) = isolations.heal_all()
         {
             tracing::error!(%error, "reset could not lift every isolation");
+        }
+        if let Ok(links) = &self.links {
+            links.bring_all_up();
         }
         let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
             .drain()

@@ -5,6 +5,7 @@
 
 use crate::holder::HolderError;
 use crate::isolate::{FirewallError, IsolateError};
+use crate::link::LinkError;
 use tonic::Status;
 
 /// gRPC metadata key that tells a controller, without parsing the message,
@@ -31,6 +32,9 @@ pub enum AgentError {
     /// An isolation request failed.
     #[error(transparent)]
     Isolate(#[from] IsolateError),
+    /// A link request failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// Talking to a holder process failed.
     #[error(transparent)]
     Holder(#[from] HolderError),
@@ -59,7 +63,12 @@ impl From<AgentError> for Status {
                 | IsolateError::SameScope(_)
                 | IsolateError::Firewall(FirewallError::Unavailable(_)),
             ) => Status::failed_precondition(message),
-            AgentError::Isolate(IsolateError::Unknown(_)) => Status::not_found(message),
+            AgentError::Isolate(IsolateError::Unknown(_))
+            | AgentError::Link(LinkError::NotDown(_)) => Status::not_found(message),
+            AgentError::Link(LinkError::BadName(_)) => Status::invalid_argument(message),
+            AgentError::Link(
+                LinkError::ControlInterface(_) | LinkError::AlreadyDown(_) | LinkError::System(_),
+            ) => Status::failed_precondition(message),
             AgentError::PermissionDenied(_) => Status::permission_denied(message),
             AgentError::Isolate(IsolateError::Firewall(FirewallError::Refused(_))) => {
                 Status::internal(message)

@@ -645,6 +645,33 @@ impl pb::agent_server::Agent for AgentService {
         }))
     }
 
+    async fn link_down(&self, request: Request<pb::LinkDownRequest>) -> Reply<pb::LinkDownReply> {
+        let control_address = request.local_addr().map(|address| address.ip());
+        let request = request.into_inner();
+        if request.deadline_ms == 0 {
+            return Err(invalid(
+                "deadline_ms: every link-down needs a deadline (a watchdog brings the link up then)".to_owned(),
+            )
+            .into());
+        }
+        let deadline = crate::platform::millis(request.deadline_ms);
+        self.agent.link_down(
+            &request.interface,
+            deadline,
+            control_address,
+            request.allow_control_interface,
+        )?;
+        let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::LinkDownReply {
+            expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+        }))
+    }
+
+    async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
+        self.agent.link_up(&request.into_inner().interface)?;
+        Ok(Response::new(pb::LinkUpReply {}))
+    }
+
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
         let request = request.into_inner();
         if !request.simulated {

@@ -10,6 +10,7 @@
 //! - [`errno`]: portable names for Linux and Windows error codes.
 //! - [`hostinfo`]: what host this is.
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
+//! - [`link`]: link down/up with a watchdog that outlives the agent.
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
 //!
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod holder;
 pub mod hostinfo;
 pub mod isolate;
+pub mod link;
 pub mod model;
 pub mod platform;
 

@@ -18,8 +18,8 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
     /// Dangerous capabilities to allow (all off by default): `isolate`
-    /// (cut this host off the network, simulated reboots), `reboot` (really
-    /// reboot the host). Comma-separated.
+    /// (cut this host off the network, simulated reboots), `link` (take
+    /// interfaces down), `reboot` (really reboot the host). Comma-separated.
     #[arg(long, value_delimiter = ',', value_enum)]
     allow: Vec<Capability>,
     /// No isolation may last longer than this.
@@ -30,6 +30,7 @@ struct Cli {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Capability {
     Isolate,
+    Link,
     Reboot,
 }
 
@@ -38,6 +39,14 @@ enum Command {
     /// Internal: run as a holder process, driven over stdin/stdout by an agent.
     #[command(hide = true)]
     Holder,
+    /// Internal: bring INTERFACE up after MILLIS (started by a link-down).
+    #[command(hide = true)]
+    LinkWatchdog {
+        /// The interface.
+        interface: String,
+        /// When.
+        millis: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,14 +60,28 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
+        Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
         None => {
             let allow = Allow {
                 isolate: cli.allow.contains(&Capability::Isolate),
+                link: cli.allow.contains(&Capability::Link),
                 reboot: cli.allow.contains(&Capability::Reboot),
             };
             serve(cli.listen, allow, cli.max_isolation_ms)
         }
     }
+}
+
+#[cfg(unix)]
+fn link_watchdog(interface: &str, millis: u64) -> anyhow::Result<()> {
+    let after = std::time::Duration::from_millis(millis);
+    faultlab_agent::link::iproute::watchdog_main(interface, after)
+        .with_context(|| format!("cannot bring {interface} back up"))
+}
+
+#[cfg(not(unix))]
+fn link_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
+    anyhow::bail!("link control is not implemented on this OS yet")
 }
 
 fn serve(address: SocketAddr, allow: Allow, max_isolation_ms: u32) -> anyhow::Result<()> {

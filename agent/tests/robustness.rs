@@ -435,6 +435,15 @@ async fn dangerous_capabilities_are_off_unless_allowed_and_say_how_to_allow_them
         })
         .await;
     expect_status(simulated, Code::PermissionDenied, &["--allow isolate"])?;
+    let link = host
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "eth9".to_owned(),
+            deadline_ms: 1_000,
+            allow_control_interface: false,
+        })
+        .await;
+    expect_status(link, Code::PermissionDenied, &["--allow link"])?;
     Ok(())
 }
 

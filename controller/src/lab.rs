@@ -107,7 +107,15 @@ impl Network {
 
     fn remove(&self) {
         for index in 0..self.hosts {
-            let _ = ip(&["netns", "del", &self.namespace(index)]);
+            // Orphaned sockets (closed, still sending FIN to a host that is
+            // gone) would keep the namespace, and its links, alive for minutes.
+            let namespace = self.namespace(index);
+            let _ = Command::new("ip")
+                .args([
+                    "netns", "exec", &namespace, "ss", "-K", "-t", "state", "all",
+                ])
+                .output();
+            let _ = ip(&["netns", "del", &namespace]);
         }
         let _ = ip(&["link", "del", &self.bridge()]);
     }

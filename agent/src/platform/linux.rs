@@ -94,6 +94,12 @@ impl Platform for Linux {
         Some(Box::new(crate::isolate::nftables::Nftables::default()))
     }
 
+    fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {
+        Some(Box::new(crate::link::iproute::IpRoute {
+            exe: exe.to_path_buf(),
+        }))
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("systemctl")
             .arg("reboot")

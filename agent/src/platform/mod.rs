@@ -57,6 +57,10 @@ pub trait Platform {
     /// The packet filter isolation works through, where there is one.
     fn firewall() -> Option<Box<dyn crate::isolate::Firewall>>;
 
+    /// Control of network interfaces (link down/up), where supported;
+    /// `exe` is the agent executable (its watchdog).
+    fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>>;
+
     /// Reboot the host now (systemctl reboot / shutdown /r).
     fn reboot() -> io::Result<()>;
 

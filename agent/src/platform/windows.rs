@@ -117,6 +117,11 @@ impl Platform for Windows {
         None
     }
 
+    fn links(_exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {
+        // netsh-based link control is not written yet.
+        None
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("shutdown")
             .args(["/r", "/t", "0"])

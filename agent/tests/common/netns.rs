@@ -120,6 +120,51 @@ impl NetLab {
         Ipv4Addr::new(198, 18, self.subnet, u8::try_from(10 + index).unwrap_or(10))
     }
 
+    /// A second link, `test0`, straight between hosts `a` and `b` (a test
+    /// network apart from the control network); returns their addresses on it.
+    pub fn add_test_link(&self, a: usize, b: usize) -> Result<(Ipv4Addr, Ipv4Addr), Error> {
+        let net = self.subnet.wrapping_add(1).max(2);
+        let (near, far) = (format!("{}t{a}", self.base), format!("{}t{b}", self.base));
+        run(
+            "ip",
+            &["link", "add", &near, "type", "veth", "peer", "name", &far],
+        )?;
+        let mut addresses = Vec::new();
+        for (index, name) in [(a, &near), (b, &far)] {
+            run(
+                "ip",
+                &["link", "set", name, "netns", &self.namespace(index)],
+            )?;
+            self.exec(index, &["ip", "link", "set", name, "name", "test0"])?;
+            let address = Ipv4Addr::new(198, 18, net, u8::try_from(10 + index).unwrap_or(10));
+            self.exec(
+                index,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{address}/24"),
+                    "dev",
+                    "test0",
+                ],
+            )?;
+            self.exec(index, &["ip", "link", "set", "test0", "up"])?;
+            addresses.push(address);
+        }
+        Ok((addresses[0], addresses[1]))
+    }
+
+    /// Whether `interface` of host `index` is administratively up.
+    pub fn link_is_up(&self, index: usize, interface: &str) -> Result<bool, Error> {
+        let shown = self.exec(index, &["ip", "-o", "link", "show", interface])?;
+        let flags = shown
+            .split('<')
+            .nth(1)
+            .and_then(|rest| rest.split('>').next())
+            .unwrap_or("");
+        Ok(flags.split(',').any(|flag| flag == "UP"))
+    }
+
     /// Run a command inside host `index`.
     pub fn exec(&self, index: usize, command: &[&str]) -> Result<String, Error> {
         let ns = self.namespace(index);
@@ -143,6 +188,9 @@ impl NetLab {
 impl Drop for NetLab {
     fn drop(&mut self) {
         for index in 0..self.hosts {
+            // Orphaned sockets (closed, still sending FIN to a host that is
+            // gone) would keep the namespace, and its links, alive for minutes.
+            let _ = self.exec(index, &["ss", "-K", "-t", "state", "all"]);
             let _ = run("ip", &["netns", "del", &self.namespace(index)]);
         }
         let _ = run("ip", &["link", "del", &self.bridge()]);

@@ -1,0 +1,149 @@
+//! Link down/up: a pulled cable on one interface, with a deadline.
+//!
+//! The kernel cannot hold a deadline for a link as it does for a firewall
+//! entry, so each "down" arms a watchdog: a small process, detached from the
+//! agent, that brings the link back up at the deadline. If the agent dies,
+//! the watchdog still does its job. The privileged part is [`LinkControl`].
+
+#[cfg(unix)]
+pub mod iproute;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest interface name (Linux IFNAMSIZ - 1).
+pub const MAX_INTERFACE_CHARS: usize = 15;
+
+/// Whether `name` can be an interface name (and is safe to pass on).
+pub fn valid_interface(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INTERFACE_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+/// A watchdog that will bring a link back up.
+pub trait Watchdog: Send {
+    /// Stop it (the link is being brought up now).
+    fn disarm(&mut self);
+    /// Whether it has done its job and ended.
+    fn finished(&mut self) -> bool;
+}
+
+/// The privileged side: the host's interfaces.
+pub trait LinkControl: Send + Sync {
+    /// Set the link administratively up or down.
+    fn set_up(&self, interface: &str, up: bool) -> Result<(), LinkError>;
+    /// The interface that holds `address`, if any.
+    fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError>;
+    /// Start a watchdog that brings `interface` up after `after`.
+    fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, LinkError>;
+}
+
+/// Why a link request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The name is not an interface name.
+    #[error("interface {0:?} is not a valid interface name")]
+    BadName(String),
+    /// The interface carries the control channel.
+    #[error(
+        "interface {0} carries this agent's control channel; set allow_control_interface to take it down anyway"
+    )]
+    ControlInterface(String),
+    /// It is already down by our hand.
+    #[error("interface {0} is already down; bring it up first")]
+    AlreadyDown(String),
+    /// We did not take it down.
+    #[error("interface {0} was not taken down by this agent")]
+    NotDown(String),
+    /// The OS refused.
+    #[error("{0}")]
+    System(String),
+}
+
+struct Down {
+    watchdog: Box<dyn Watchdog>,
+    expires: Instant,
+}
+
+/// The book of links this agent took down.
+pub struct Links {
+    control: Box<dyn LinkControl>,
+    down: Mutex<HashMap<String, Down>>,
+}
+
+impl Links {
+    /// Keep the book for `control`.
+    pub fn new(control: Box<dyn LinkControl>) -> Self {
+        Self {
+            control,
+            down: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn down(&self) -> MutexGuard<'_, HashMap<String, Down>> {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|_, entry| !entry.watchdog.finished());
+        down
+    }
+
+    /// Take `interface` down until `deadline`, unless it carries the control
+    /// channel (`control_address` is where this request arrived) and that is
+    /// not allowed. Returns when it comes back up.
+    pub fn take_down(
+        &self,
+        interface: &str,
+        deadline: Duration,
+        control_address: Option<IpAddr>,
+        allow_control_interface: bool,
+    ) -> Result<Instant, LinkError> {
+        if !valid_interface(interface) {
+            return Err(LinkError::BadName(interface.to_owned()));
+        }
+        if !allow_control_interface
+            && let Some(address) = control_address
+            && self.control.interface_of(address)?.as_deref() == Some(interface)
+        {
+            return Err(LinkError::ControlInterface(interface.to_owned()));
+        }
+        let mut down = self.down();
+        if down.contains_key(interface) {
+            return Err(LinkError::AlreadyDown(interface.to_owned()));
+        }
+        // Arm first: once the link is down, it must come back whatever happens.
+        let mut watchdog = self.control.arm(interface, deadline)?;
+        if let Err(error) = self.control.set_up(interface, false) {
+            watchdog.disarm();
+            return Err(error);
+        }
+        tracing::warn!(%interface, deadline_ms = deadline.as_millis(), "link down");
+        let expires = Instant::now() + deadline;
+        down.insert(interface.to_owned(), Down { watchdog, expires });
+        Ok(expires)
+    }
+
+    /// Bring `interface` back up now.
+    pub fn bring_up(&self, interface: &str) -> Result<(), LinkError> {
+        let mut entry = self
+            .down()
+            .remove(interface)
+            .ok_or_else(|| LinkError::NotDown(interface.to_owned()))?;
+        entry.watchdog.disarm();
+        self.control.set_up(interface, true)?;
+        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(entry.expires).as_millis(), "link up");
+        Ok(())
+    }
+
+    /// Bring every link this agent took down back up; returns how many.
+    pub fn bring_all_up(&self) -> usize {
+        let names: Vec<String> = self.down().keys().cloned().collect();
+        names
+            .iter()
+            .filter(|name| self.bring_up(name).is_ok())
+            .count()
+    }
+}

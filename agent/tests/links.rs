@@ -1,0 +1,172 @@
+//! Link down/up on real interfaces of network-namespace hosts (needs root).
+
+mod common;
+
+use common::netns::NetLab;
+use common::{TestResult, outcome};
+use faultlab_proto::v1 as pb;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+async fn wait_for_link(
+    lab: &NetLab,
+    host: usize,
+    up: bool,
+    within: Duration,
+) -> Result<Instant, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if lab.link_is_up(host, "test0")? == up {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!(
+        "test0 of host {host} never became {}",
+        if up { "up" } else { "down" }
+    )
+    .into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_goes_down_spares_the_control_interface_and_comes_back_even_without_its_agent()
+-> TestResult {
+    let lab = NetLab::new(2)?;
+    let (_, server_test_ip) = lab.add_test_link(0, 1)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "link"]).await?;
+    let info = server
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner();
+    assert!(info.capabilities.contains(&"link".to_owned()), "{info:?}");
+    let client_holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let address = format!("{server_test_ip}:7004");
+    server
+        .rpc
+        .listen(pb::ListenRequest {
+            holder_id: server_holder,
+            address: address.clone(),
+            backlog: 8,
+            options: None,
+        })
+        .await?;
+    let dial = |timeout_ms| pb::ConnectRequest {
+        holder_id: client_holder,
+        address: address.clone(),
+        options: None,
+        timeout_ms,
+    };
+    assert_eq!(
+        outcome(&client.rpc.dial(dial(1_000)).await?.into_inner().observation),
+        pb::Outcome::Ok
+    );
+
+    let control = server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "eth0".to_owned(),
+            deadline_ms: 1_000,
+            allow_control_interface: false,
+        })
+        .await;
+    let status = control
+        .err()
+        .ok_or("taking down the control interface must be refused")?;
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("control channel"), "{status:?}");
+
+    server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "test0".to_owned(),
+            deadline_ms: 1_500,
+            allow_control_interface: false,
+        })
+        .await?;
+    let downed = Instant::now();
+    assert!(!lab.link_is_up(1, "test0")?);
+    let cut = client
+        .rpc
+        .dial(dial(300))
+        .await?
+        .into_inner()
+        .observation
+        .ok_or("no observation")?;
+    eprintln!(
+        "connect over the pulled link: {:?} {}",
+        cut.outcome(),
+        cut.error_name
+    );
+    assert_ne!(cut.outcome(), pb::Outcome::Ok);
+    // The control channel (eth0) still answers.
+    server.rpc.host_info(pb::HostInfoRequest {}).await?;
+    // The watchdog outlives the agent.
+    server.process.kill();
+    let back = wait_for_link(&lab, 1, true, Duration::from_secs(5)).await?;
+    eprintln!(
+        "link back up {} ms after a 1500 ms link-down",
+        (back - downed).as_millis()
+    );
+    assert!(back - downed >= Duration::from_millis(1_400));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult {
+    let lab = NetLab::new(2)?;
+    lab.add_test_link(0, 1)?;
+    let mut server = lab.agent(1, &["--allow", "link"]).await?;
+    server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "test0".to_owned(),
+            deadline_ms: 60_000,
+            allow_control_interface: false,
+        })
+        .await?;
+    let again = server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "test0".to_owned(),
+            deadline_ms: 60_000,
+            allow_control_interface: false,
+        })
+        .await;
+    assert_eq!(
+        again.err().map(|status| status.code()),
+        Some(Code::FailedPrecondition)
+    );
+    server
+        .rpc
+        .link_up(pb::LinkUpRequest {
+            interface: "test0".to_owned(),
+        })
+        .await?;
+    assert!(lab.link_is_up(1, "test0")?);
+    let never = server
+        .rpc
+        .link_up(pb::LinkUpRequest {
+            interface: "eth0".to_owned(),
+        })
+        .await;
+    assert_eq!(
+        never.err().map(|status| status.code()),
+        Some(Code::NotFound)
+    );
+    let bad = server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "eth0; reboot".to_owned(),
+            deadline_ms: 1_000,
+            allow_control_interface: true,
+        })
+        .await;
+    assert_eq!(
+        bad.err().map(|status| status.code()),
+        Some(Code::InvalidArgument)
+    );
+    Ok(())
+}
