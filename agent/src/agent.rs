@@ -118,7 +118,7 @@ fn unexpected(reply: &HolderReply) -> AgentError {
 
 /// Clean up after an earlier life; then, if allowed, set up the firewall.
 fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isolations>, String> {
-    let Some(firewall) = Current::firewall() else {
+    let Some(firewall) = Current::firewall(&config.holder_exe) else {
         return Err("isolation is not implemented on this OS yet".to_owned());
     };
     match firewall.clean_up() {

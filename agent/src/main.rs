@@ -39,6 +39,14 @@ enum Command {
     /// Internal: run as a holder process, driven over stdin/stdout by an agent.
     #[command(hide = true)]
     Holder,
+    /// Internal: lift isolation ID after MILLIS (Windows; started by an isolate).
+    #[command(hide = true)]
+    IsolationWatchdog {
+        /// The isolation.
+        id: String,
+        /// When.
+        millis: u64,
+    },
     /// Internal: bring INTERFACE up after MILLIS (started by a link-down).
     #[command(hide = true)]
     LinkWatchdog {
@@ -61,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
         Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
+        Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
         None => {
             let allow = Allow {
                 isolate: cli.allow.contains(&Capability::Isolate),
@@ -70,6 +79,18 @@ fn main() -> anyhow::Result<()> {
             serve(cli.listen, allow, cli.max_isolation_ms)
         }
     }
+}
+
+#[cfg(windows)]
+fn isolation_watchdog(id: &str, millis: u64) -> anyhow::Result<()> {
+    let after = std::time::Duration::from_millis(millis);
+    faultlab_agent::isolate::windows_firewall::watchdog_main(id, after)
+        .with_context(|| format!("cannot lift isolation {id}"))
+}
+
+#[cfg(not(windows))]
+fn isolation_watchdog(_id: &str, _millis: u64) -> anyhow::Result<()> {
+    anyhow::bail!("isolations lift by themselves here (the kernel holds the deadline)")
 }
 
 #[cfg(unix)]

@@ -7,10 +7,12 @@
 //! otherwise; and at start the agent removes whatever an earlier life left.
 //!
 //! The privileged part is the [`Firewall`] trait; [`nftables`] is the Linux
-//! backend. [`Isolations`] keeps the book of what is active, by the ids the
+//! backend, [`windows_firewall`] the Windows one (compiled everywhere so its
+//! scripts are tested on Linux too; chosen in `platform/windows.rs`). [`Isolations`] keeps the book of what is active, by the ids the
 //! controller chose.
 
 pub mod nftables;
+pub mod windows_firewall;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -90,7 +90,7 @@ impl Platform for Linux {
         status.signal()
     }
 
-    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>> {
+    fn firewall(_exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
         Some(Box::new(crate::isolate::nftables::Nftables::default()))
     }
 

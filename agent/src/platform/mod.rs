@@ -54,8 +54,9 @@ pub trait Platform {
     /// The signal that ended a process, if one did.
     fn exit_signal(status: &ExitStatus) -> Option<i32>;
 
-    /// The packet filter isolation works through, where there is one.
-    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>>;
+    /// The packet filter isolation works through, where there is one;
+    /// `exe` is the agent executable (a watchdog where the OS needs one).
+    fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>>;
 
     /// Control of network interfaces (link down/up), where supported;
     /// `exe` is the agent executable (its watchdog).

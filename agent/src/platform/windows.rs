@@ -112,9 +112,10 @@ impl Platform for Windows {
         None
     }
 
-    fn firewall() -> Option<Box<dyn crate::isolate::Firewall>> {
-        // The Windows Filtering Platform backend is not written yet.
-        None
+    fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
+        Some(Box::new(crate::isolate::windows_firewall::WindowsFirewall::new(
+            exe.to_path_buf(),
+        )))
     }
 
     fn links(_exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {

@@ -1,0 +1,224 @@
+//! The Windows backend: Windows Defender Firewall rules in a group of
+//! faultlab's own (`faultlab`), made with PowerShell's NetSecurity cmdlets;
+//! no other rule is touched.
+//!
+//! Differences from Linux, said plainly:
+//! - Windows Firewall drops; it cannot answer with RST, so `reject` is refused.
+//! - Block rules win over allow rules, so the control port is exempted by
+//!   leaving it out of the blocked TCP port ranges.
+//! - No kernel deadline: each isolation arms a detached watchdog process
+//!   (`faultlab-agent isolation-watchdog ID MILLIS`) that removes its rules at
+//!   the deadline, even if the agent is gone.
+//!
+//! Every value in a script comes from validated types (ids of a safe
+//! alphabet, addresses, numbers), never from raw request strings.
+
+use super::{Firewall, FirewallError, Isolation, Mode};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The rule group faultlab owns.
+pub const GROUP: &str = "faultlab";
+
+fn powershell(script: &str) -> Result<String, FirewallError> {
+    let output = Command::new("powershell")
+        .args(["-NoProfile", "-NonInteractive", "-Command", script])
+        .output()
+        .map_err(|error| FirewallError::Unavailable(format!("cannot run powershell: {error}")))?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if output.status.success() && stderr.is_empty() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else if stderr.contains("Access is denied") {
+        Err(FirewallError::Unavailable(format!("firewall changes need an administrator: {stderr}")))
+    } else {
+        Err(FirewallError::Refused(stderr))
+    }
+}
+
+/// The rule names of an isolation start with this.
+fn rule_prefix(id: &str) -> String {
+    format!("faultlab-{id}-")
+}
+
+/// Remove every rule of isolation `id` (the watchdog's job, and heal's).
+pub fn remove_rules(id: &str) -> Result<(), FirewallError> {
+    powershell(&format!(
+        "Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | \
+         Where-Object {{ $_.DisplayName -like '{}*' }} | Remove-NetFirewallRule",
+        rule_prefix(id)
+    ))
+    .map(drop)
+}
+
+/// The watchdog process's whole life: wait, then remove the rules.
+pub fn watchdog_main(id: &str, after: Duration) -> Result<(), FirewallError> {
+    std::thread::sleep(after);
+    remove_rules(id)
+}
+
+/// TCP ports to block when `control_port` must stay open.
+fn ports_without(control_port: u16) -> String {
+    match control_port {
+        0 => "Any".to_owned(),
+        1 => "2-65535".to_owned(),
+        65535 => "1-65534".to_owned(),
+        port => format!("1-{},{}-65535", port - 1, port + 1),
+    }
+}
+
+/// The PowerShell that makes an isolation's rules.
+pub fn add_script(isolation: &Isolation, control_port: u16) -> String {
+    let remote = isolation
+        .peer
+        .map_or_else(|| "Any".to_owned(), |peer| peer.to_string());
+    let mut rules = Vec::new();
+    for (wanted, direction, short) in [
+        (isolation.direction.inbound(), "Inbound", "in"),
+        (isolation.direction.outbound(), "Outbound", "out"),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let tcp_ports = match (isolation.port, isolation.include_control_channel) {
+            (Some(port), _) => port.to_string(),
+            (None, true) => "Any".to_owned(),
+            (None, false) => ports_without(control_port),
+        };
+        let mut protocols = vec![("tcp", format!("-Protocol TCP -LocalPort {tcp_ports}"))];
+        match isolation.port {
+            Some(port) => protocols.push(("udp", format!("-Protocol UDP -LocalPort {port}"))),
+            None => {
+                protocols.push(("udp", "-Protocol UDP".to_owned()));
+                protocols.push(("icmp4", "-Protocol ICMPv4".to_owned()));
+                protocols.push(("icmp6", "-Protocol ICMPv6".to_owned()));
+            }
+        }
+        for (protocol, matching) in protocols {
+            rules.push(format!(
+                "New-NetFirewallRule -Group '{GROUP}' -DisplayName '{}{short}-{protocol}' \
+                 -Direction {direction} -Action Block -RemoteAddress {remote} {matching} | Out-Null",
+                rule_prefix(&isolation.id)
+            ));
+        }
+    }
+    rules.join("; ")
+}
+
+/// Windows Defender Firewall through PowerShell.
+pub struct WindowsFirewall {
+    exe: PathBuf,
+    control_port: Mutex<u16>,
+    watchdogs: Mutex<HashMap<String, Child>>,
+}
+
+impl WindowsFirewall {
+    /// `exe` is the agent executable, run as the watchdog.
+    pub fn new(exe: PathBuf) -> Self {
+        Self {
+            exe,
+            control_port: Mutex::new(0),
+            watchdogs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Firewall for WindowsFirewall {
+    fn clean_up(&self) -> Result<Option<String>, FirewallError> {
+        let count = powershell(&format!(
+            "@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count"
+        ))?;
+        let count: usize = count.trim().parse().unwrap_or(0);
+        if count == 0 {
+            return Ok(None);
+        }
+        powershell(&format!(
+            "Get-NetFirewallRule -Group '{GROUP}' | Remove-NetFirewallRule"
+        ))?;
+        Ok(Some(format!("{count} firewall rules of group {GROUP}")))
+    }
+
+    fn prepare(&self, control_port: u16) -> Result<(), FirewallError> {
+        powershell("Get-Command New-NetFirewallRule | Out-Null")?;
+        *self.control_port.lock().unwrap_or_else(|p| p.into_inner()) = control_port;
+        Ok(())
+    }
+
+    fn add(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        if isolation.mode == Mode::Reject {
+            return Err(FirewallError::Refused(
+                "Windows Firewall can only drop; reject (RST) is not available on Windows".to_owned(),
+            ));
+        }
+        let control_port = *self.control_port.lock().unwrap_or_else(|p| p.into_inner());
+        // Arm first: once the rules exist, they must go whatever happens.
+        let watchdog = Command::new(&self.exe)
+            .args([
+                "isolation-watchdog",
+                &isolation.id,
+                &isolation.deadline.as_millis().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| FirewallError::Unavailable(format!("cannot start the watchdog: {error}")))?;
+        self.watchdogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(isolation.id.clone(), watchdog);
+        powershell(&add_script(isolation, control_port)).map(drop)
+    }
+
+    fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        if let Some(mut watchdog) = self
+            .watchdogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&isolation.id)
+        {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        remove_rules(&isolation.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolate::{Cidr, Direction};
+
+    fn isolation(port: Option<u16>, include_control_channel: bool) -> Isolation {
+        Isolation {
+            id: "cut".to_owned(),
+            mode: Mode::Drop,
+            peer: Cidr::parse("198.18.0.3"),
+            port,
+            direction: Direction::Both,
+            deadline: Duration::from_secs(2),
+            include_control_channel,
+        }
+    }
+
+    #[test]
+    fn the_control_port_is_left_out_of_the_blocked_ranges() {
+        assert_eq!(ports_without(7420), "1-7419,7421-65535");
+        assert_eq!(ports_without(1), "2-65535");
+        let script = add_script(&isolation(None, false), 7420);
+        assert_eq!(script.matches("New-NetFirewallRule").count(), 8, "{script}");
+        assert!(script.contains("-DisplayName 'faultlab-cut-in-tcp' -Direction Inbound -Action Block -RemoteAddress 198.18.0.3/32 -Protocol TCP -LocalPort 1-7419,7421-65535"), "{script}");
+        assert!(script.contains("-DisplayName 'faultlab-cut-out-icmp6'"), "{script}");
+    }
+
+    #[test]
+    fn a_port_isolation_or_one_that_includes_the_control_channel_blocks_as_asked() {
+        let one_port = add_script(&isolation(Some(7000), false), 7420);
+        assert_eq!(one_port.matches("New-NetFirewallRule").count(), 4, "{one_port}");
+        assert!(one_port.contains("-Protocol TCP -LocalPort 7000"));
+        let everything = add_script(&isolation(None, true), 7420);
+        assert!(everything.contains("-Protocol TCP -LocalPort Any"));
+    }
+}
