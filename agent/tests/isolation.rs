@@ -320,3 +320,86 @@ async fn a_simulated_reboot_leaves_peers_to_meet_a_reset() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_or_one_port_can_be_cut_while_the_rest_flows() -> TestResult {
+    let lab = NetLab::new(3)?;
+    let mut server = lab.agent(0, &["--allow", "isolate"]).await?;
+    let mut cut_off = lab.agent(1, &[]).await?;
+    let mut bystander = lab.agent(2, &[]).await?;
+    let server_holder = server.holder("server").await?;
+    for port in [7005, 7006] {
+        server
+            .rpc
+            .listen(pb::ListenRequest {
+                holder_id: server_holder,
+                address: format!("{}:{port}", lab.ip(0)),
+                backlog: 8,
+                options: None,
+            })
+            .await?;
+    }
+    let (first, second) = (format!("{}:7005", lab.ip(0)), format!("{}:7006", lab.ip(0)));
+    let cut_holder = cut_off.holder("cut").await?;
+    let bystander_holder = bystander.holder("bystander").await?;
+
+    // One peer, inbound only: host 1 is silenced, host 2 is not.
+    server
+        .rpc
+        .isolate(pb::IsolateRequest {
+            peer: lab.ip(1).to_string(),
+            direction: pb::Direction::In as i32,
+            ..isolate("peer", IsolationMode::Drop, 30_000)
+        })
+        .await?;
+    assert_eq!(
+        dial(&mut cut_off, cut_holder, &first, 500).await?.0,
+        Outcome::Timeout
+    );
+    assert_eq!(
+        dial(&mut bystander, bystander_holder, &first, 500).await?.0,
+        Outcome::Ok
+    );
+    server
+        .rpc
+        .heal(pb::HealRequest {
+            id: "peer".to_owned(),
+            all: false,
+        })
+        .await?;
+    assert_eq!(
+        dial(&mut cut_off, cut_holder, &first, 500).await?.0,
+        Outcome::Ok
+    );
+
+    // One port, rejected: 7005 refuses everyone, 7006 still serves.
+    server
+        .rpc
+        .isolate(pb::IsolateRequest {
+            port: 7005,
+            ..isolate("port", IsolationMode::Reject, 30_000)
+        })
+        .await?;
+    assert_eq!(
+        dial(&mut bystander, bystander_holder, &first, 500).await?,
+        (Outcome::Error, "ECONNREFUSED".to_owned())
+    );
+    assert_eq!(
+        dial(&mut bystander, bystander_holder, &second, 500)
+            .await?
+            .0,
+        Outcome::Ok
+    );
+    let same = server
+        .rpc
+        .isolate(pb::IsolateRequest {
+            port: 7005,
+            ..isolate("port-again", IsolationMode::Reject, 30_000)
+        })
+        .await;
+    assert_eq!(
+        same.err().map(|status| status.code()),
+        Some(tonic::Code::FailedPrecondition)
+    );
+    Ok(())
+}

@@ -32,7 +32,9 @@ fn powershell(script: &str) -> Result<String, FirewallError> {
     if output.status.success() && stderr.is_empty() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else if stderr.contains("Access is denied") {
-        Err(FirewallError::Unavailable(format!("firewall changes need an administrator: {stderr}")))
+        Err(FirewallError::Unavailable(format!(
+            "firewall changes need an administrator: {stderr}"
+        )))
     } else {
         Err(FirewallError::Refused(stderr))
     }
@@ -149,7 +151,8 @@ impl Firewall for WindowsFirewall {
     fn add(&self, isolation: &Isolation) -> Result<(), FirewallError> {
         if isolation.mode == Mode::Reject {
             return Err(FirewallError::Refused(
-                "Windows Firewall can only drop; reject (RST) is not available on Windows".to_owned(),
+                "Windows Firewall can only drop; reject (RST) is not available on Windows"
+                    .to_owned(),
             ));
         }
         let control_port = *self.control_port.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,7 +167,9 @@ impl Firewall for WindowsFirewall {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|error| FirewallError::Unavailable(format!("cannot start the watchdog: {error}")))?;
+            .map_err(|error| {
+                FirewallError::Unavailable(format!("cannot start the watchdog: {error}"))
+            })?;
         self.watchdogs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -210,13 +215,20 @@ mod tests {
         let script = add_script(&isolation(None, false), 7420);
         assert_eq!(script.matches("New-NetFirewallRule").count(), 8, "{script}");
         assert!(script.contains("-DisplayName 'faultlab-cut-in-tcp' -Direction Inbound -Action Block -RemoteAddress 198.18.0.3/32 -Protocol TCP -LocalPort 1-7419,7421-65535"), "{script}");
-        assert!(script.contains("-DisplayName 'faultlab-cut-out-icmp6'"), "{script}");
+        assert!(
+            script.contains("-DisplayName 'faultlab-cut-out-icmp6'"),
+            "{script}"
+        );
     }
 
     #[test]
     fn a_port_isolation_or_one_that_includes_the_control_channel_blocks_as_asked() {
         let one_port = add_script(&isolation(Some(7000), false), 7420);
-        assert_eq!(one_port.matches("New-NetFirewallRule").count(), 4, "{one_port}");
+        assert_eq!(
+            one_port.matches("New-NetFirewallRule").count(),
+            4,
+            "{one_port}"
+        );
         assert!(one_port.contains("-Protocol TCP -LocalPort 7000"));
         let everything = add_script(&isolation(None, true), 7420);
         assert!(everything.contains("-Protocol TCP -LocalPort Any"));

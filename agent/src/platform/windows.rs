@@ -113,9 +113,9 @@ impl Platform for Windows {
     }
 
     fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
-        Some(Box::new(crate::isolate::windows_firewall::WindowsFirewall::new(
-            exe.to_path_buf(),
-        )))
+        Some(Box::new(
+            crate::isolate::windows_firewall::WindowsFirewall::new(exe.to_path_buf()),
+        ))
     }
 
     fn links(_exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {
