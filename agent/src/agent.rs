@@ -4,6 +4,7 @@
 //! Everything a client can ask of an agent is a method here, with validated
 //! domain types in and out; `grpc.rs` only translates.
 
+use crate::capture::{Captured, Captures, Filter};
 use crate::error::AgentError;
 use crate::events::{DEFAULT_CAPACITY, EventLog};
 use crate::holder::HolderProcess;
@@ -104,6 +105,10 @@ pub struct Agent {
     isolations: Result<Arc<Isolations>, String>,
     /// Link control, when allowed and supported; else why not.
     links: Result<Links, String>,
+    /// Running captures, when this host lets us capture; else why not.
+    captures: Result<Captures, String>,
+    /// The gRPC port, never captured.
+    control_port: u16,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +165,13 @@ impl Agent {
         if config.allow.reboot {
             capabilities.push("reboot".to_owned());
         }
+        // Capturing only reads; it is offered wherever the OS allows it.
+        let captures = Current::packet_socket()
+            .map(|_| Captures::default())
+            .map_err(|error| format!("packet capture is not possible here: {error}"));
+        if captures.is_ok() {
+            capabilities.push("capture".to_owned());
+        }
         Self {
             config,
             host: HostInfo::gather(capabilities),
@@ -169,6 +181,8 @@ impl Agent {
             events: Arc::new(EventLog::new(DEFAULT_CAPACITY)),
             isolations,
             links,
+            captures,
+            control_port,
         }
     }
 
@@ -557,6 +571,26 @@ impl Agent {
         Ok(self.links()?.bring_up(interface)?)
     }
 
+    fn captures(&self) -> Result<&Captures, AgentError> {
+        self.captures
+            .as_ref()
+            .map_err(|why| AgentError::FailedPrecondition(why.clone()))
+    }
+
+    /// Start capturing TCP segments on `ports` (all when empty), never the control port.
+    pub fn start_capture(&self, id: &str, ports: Vec<u16>) -> Result<(), AgentError> {
+        let filter = Filter {
+            ports,
+            exclude_ports: vec![self.control_port],
+        };
+        Ok(self.captures()?.start(id, filter)?)
+    }
+
+    /// Stop a capture; what it saw.
+    pub fn stop_capture(&self, id: &str) -> Result<Captured, AgentError> {
+        Ok(self.captures()?.stop(id)?)
+    }
+
     /// Really reboot the host, if this agent is allowed to.
     pub fn reboot(&self) -> Result<(), AgentError> {
         if !self.config.allow.reboot {
@@ -579,6 +613,9 @@ impl Agent {
         }
         if let Ok(links) = &self.links {
             links.bring_all_up();
+        }
+        if let Ok(captures) = &self.captures {
+            captures.stop_all();
         }
         let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
             .drain()

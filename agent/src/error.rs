@@ -3,6 +3,7 @@
 //! A socket call that failed is not an error here: it is an observation.
 //! These are failures of the *request*.
 
+use crate::capture::CaptureError;
 use crate::holder::HolderError;
 use crate::isolate::{FirewallError, IsolateError};
 use crate::link::LinkError;
@@ -35,6 +36,9 @@ pub enum AgentError {
     /// A link request failed.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A capture request failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
     /// Talking to a holder process failed.
     #[error(transparent)]
     Holder(#[from] HolderError),
@@ -66,6 +70,10 @@ impl From<AgentError> for Status {
             AgentError::Isolate(IsolateError::Unknown(_))
             | AgentError::Link(LinkError::NotDown(_)) => Status::not_found(message),
             AgentError::Link(LinkError::BadName(_)) => Status::invalid_argument(message),
+            AgentError::Capture(CaptureError::Unknown(_)) => Status::not_found(message),
+            AgentError::Capture(CaptureError::IdInUse(_) | CaptureError::Unavailable(_)) => {
+                Status::failed_precondition(message)
+            }
             AgentError::Link(
                 LinkError::ControlInterface(_) | LinkError::AlreadyDown(_) | LinkError::System(_),
             ) => Status::failed_precondition(message),

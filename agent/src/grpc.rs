@@ -672,6 +672,54 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(pb::LinkUpReply {}))
     }
 
+    async fn start_capture(
+        &self,
+        request: Request<pb::StartCaptureRequest>,
+    ) -> Reply<pb::StartCaptureReply> {
+        let request = request.into_inner();
+        let id = isolation_id(&request.id)?;
+        let ports = request
+            .ports
+            .iter()
+            .map(|&port| {
+                u16::try_from(port)
+                    .ok()
+                    .filter(|&port| port > 0)
+                    .ok_or_else(|| invalid(format!("ports: {port} is not a port (1 to 65535)")))
+            })
+            .collect::<Result<Vec<u16>, AgentError>>()?;
+        self.agent.start_capture(&id, ports)?;
+        Ok(Response::new(pb::StartCaptureReply {}))
+    }
+
+    async fn stop_capture(
+        &self,
+        request: Request<pb::StopCaptureRequest>,
+    ) -> Reply<pb::StopCaptureReply> {
+        // Joining the capture thread waits up to one poll period: off the reactor.
+        let agent = Arc::clone(&self.agent);
+        let id = request.into_inner().id;
+        let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
+            .await
+            .map_err(|error| Status::internal(format!("capture: {error}")))??;
+        Ok(Response::new(pb::StopCaptureReply {
+            segments: captured
+                .events
+                .into_iter()
+                .map(|event| pb::WireSegment {
+                    mono_ns: event.mono_ns,
+                    source: event.segment.source.to_string(),
+                    destination: event.segment.destination.to_string(),
+                    flags: event.segment.flag_letters(),
+                    seq: event.segment.seq,
+                    ack: event.segment.ack,
+                    payload: event.segment.payload,
+                })
+                .collect(),
+            dropped: captured.dropped,
+        }))
+    }
+
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
         let request = request.into_inner();
         if !request.simulated {

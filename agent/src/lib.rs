@@ -6,6 +6,7 @@
 //! - [`agent`]: the domain service: holders, who owns which socket, routing.
 //! - [`holder`]: holder processes, where test sockets live, and the pipe to them.
 //! - [`conn`]: the connection engine run inside a holder: real sockets, observations.
+//! - [`capture`]: wire evidence: the TCP segments a host really sent and received.
 //! - [`events`]: the numbered event log (holder deaths, FIN/RST seen by watchers).
 //! - [`errno`]: portable names for Linux and Windows error codes.
 //! - [`hostinfo`]: what host this is.
@@ -18,6 +19,7 @@
 //! [`holder::runner::run`] when started as a holder.
 
 pub mod agent;
+pub mod capture;
 pub mod conn;
 pub mod errno;
 pub mod error;

@@ -100,6 +100,25 @@ impl Platform for Linux {
         }))
     }
 
+    #[cfg(target_os = "linux")]
+    fn packet_socket() -> io::Result<socket2::Socket> {
+        // ETH_P_ALL in network byte order: every protocol; DGRAM strips the link header.
+        let every_protocol = i32::from(0x0003u16.to_be());
+        socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::from(every_protocol)),
+        )
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn packet_socket() -> io::Result<socket2::Socket> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture needs Linux",
+        ))
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("systemctl")
             .arg("reboot")

@@ -62,6 +62,10 @@ pub trait Platform {
     /// `exe` is the agent executable (its watchdog).
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>>;
 
+    /// A raw packet socket that sees every IP packet of the host, both
+    /// directions, without link-layer headers (needs CAP_NET_RAW).
+    fn packet_socket() -> io::Result<socket2::Socket>;
+
     /// Reboot the host now (systemctl reboot / shutdown /r).
     fn reboot() -> io::Result<()>;
 

@@ -123,6 +123,13 @@ impl Platform for Windows {
         None
     }
 
+    fn packet_socket() -> io::Result<socket2::Socket> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture is not implemented on Windows yet",
+        ))
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("shutdown")
             .args(["/r", "/t", "0"])

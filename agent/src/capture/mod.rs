@@ -1,0 +1,215 @@
+//! Wire evidence: the TCP segments a host really sent and received while a
+//! case ran, so a verdict can rest on the packets (a RST and no FIN, a FIN
+//! after all data), as the seed's author proved each claim with a capture.
+//!
+//! A capture is a thread reading a raw packet socket (every interface of the
+//! host, both directions), keeping the TCP segments whose ports match, each
+//! stamped with the host's monotonic clock, the same clock as observations.
+//! It is bounded in events and in lifetime, and needs CAP_NET_RAW.
+
+pub mod segment;
+
+use crate::platform::{Current, Platform};
+pub use segment::Segment;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// At most this many segments are kept per capture (the rest are counted).
+pub const MAX_EVENTS: usize = 100_000;
+/// A capture nobody stops ends by itself after this.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// How often the reader looks at its stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// The same segment seen again this soon is the loopback echo of itself.
+const ECHO_WINDOW_NS: u64 = 1_000_000;
+
+/// One segment and when this host saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireEvent {
+    /// Host monotonic clock.
+    pub mono_ns: u64,
+    /// The segment.
+    pub segment: Segment,
+}
+
+/// Which segments a capture keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Keep segments with one of these ports (either end); empty = all.
+    pub ports: Vec<u16>,
+    /// Never keep segments with one of these ports (the control channel).
+    pub exclude_ports: Vec<u16>,
+}
+
+impl Filter {
+    fn keeps(&self, segment: &Segment) -> bool {
+        let ports = [segment.source.port(), segment.destination.port()];
+        let excluded = ports.iter().any(|port| self.exclude_ports.contains(port));
+        let wanted = self.ports.is_empty() || ports.iter().any(|port| self.ports.contains(port));
+        wanted && !excluded
+    }
+}
+
+/// What a stopped capture found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Captured {
+    /// The segments, in the order seen.
+    pub events: Vec<WireEvent>,
+    /// Segments not kept because of [`MAX_EVENTS`].
+    pub dropped: u64,
+}
+
+/// Why a capture request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The id is in use.
+    #[error("capture {0:?} is already running")]
+    IdInUse(String),
+    /// No such capture.
+    #[error("no capture {0:?}")]
+    Unknown(String),
+    /// The packet socket could not be opened.
+    #[error("cannot capture here: {0}")]
+    Unavailable(String),
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    reader: JoinHandle<Captured>,
+}
+
+/// The captures running on this agent.
+#[derive(Default)]
+pub struct Captures {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Captures {
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start capturing segments that `filter` keeps.
+    pub fn start(&self, id: &str, filter: Filter) -> Result<(), CaptureError> {
+        let mut running = self.running();
+        if running.contains_key(id) {
+            return Err(CaptureError::IdInUse(id.to_owned()));
+        }
+        let socket = Current::packet_socket()
+            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
+        socket
+            .set_read_timeout(Some(POLL))
+            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let reader = std::thread::Builder::new()
+            .name(format!("capture-{id}"))
+            .spawn(move || read(&socket, &filter, &stopped))
+            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
+        running.insert(id.to_owned(), Running { stop, reader });
+        Ok(())
+    }
+
+    /// Stop a capture and hand over what it saw.
+    pub fn stop(&self, id: &str) -> Result<Captured, CaptureError> {
+        let capture = self
+            .running()
+            .remove(id)
+            .ok_or_else(|| CaptureError::Unknown(id.to_owned()))?;
+        capture.stop.store(true, Ordering::Relaxed);
+        capture
+            .reader
+            .join()
+            .map_err(|_| CaptureError::Unavailable("the capture thread failed".to_owned()))
+    }
+
+    /// Stop every capture (a reset), dropping what they saw.
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self.running().keys().cloned().collect();
+        for id in ids {
+            let _ = self.stop(&id);
+        }
+    }
+}
+
+fn read(socket: &socket2::Socket, filter: &Filter, stop: &AtomicBool) -> Captured {
+    let started = Instant::now();
+    let mut captured = Captured::default();
+    let mut buffer = vec![0u8; 65_536];
+    let mut reader = socket;
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
+        let length = match reader.read(&mut buffer) {
+            Ok(length) => length,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "capture stopped reading");
+                break;
+            }
+        };
+        let mono_ns = Current::monotonic_ns();
+        let Some(segment) = segment::parse(&buffer[..length]) else {
+            continue;
+        };
+        if !filter.keeps(&segment) {
+            continue;
+        }
+        let echo = captured.events.iter().rev().take(4).any(|seen| {
+            seen.segment == segment && mono_ns.saturating_sub(seen.mono_ns) < ECHO_WINDOW_NS
+        });
+        if echo {
+            continue;
+        }
+        if captured.events.len() < MAX_EVENTS {
+            captured.events.push(WireEvent { mono_ns, segment });
+        } else {
+            captured.dropped += 1;
+        }
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(source_port: u16, destination_port: u16) -> Segment {
+        Segment {
+            source: std::net::SocketAddr::from(([198, 18, 0, 10], source_port)),
+            destination: std::net::SocketAddr::from(([198, 18, 0, 11], destination_port)),
+            flags: segment::ACK,
+            seq: 1,
+            ack: 1,
+            payload: 0,
+        }
+    }
+
+    #[test]
+    fn the_filter_keeps_the_case_and_never_the_control_channel() {
+        let filter = Filter {
+            ports: vec![7000],
+            exclude_ports: vec![7420],
+        };
+        assert!(filter.keeps(&segment(40_000, 7000)));
+        assert!(filter.keeps(&segment(7000, 40_000)));
+        assert!(!filter.keeps(&segment(40_000, 8000)));
+        let everything_but_control = Filter {
+            ports: Vec::new(),
+            exclude_ports: vec![7420],
+        };
+        assert!(everything_but_control.keeps(&segment(1, 2)));
+        assert!(!everything_but_control.keeps(&segment(7420, 2)));
+    }
+}
