@@ -11,7 +11,7 @@
 
 use crate::agents::{self, AgentsError};
 use crate::report::{
-    AgentReport, CaseReport, ObservationReport, RunReport, SCHEMA, Summary, Verdict,
+    AgentReport, CaseReport, ObservationReport, RunReport, SCHEMA, Summary, Verdict, WireReport,
 };
 use crate::scenario::{
     Action, CloseMode, Expect, ExpectedOutcome, Options, Payload, Scenario, Step,
@@ -369,6 +369,8 @@ fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
         reason: None,
         differences: Vec::new(),
         observations: Vec::new(),
+        wire_evidence: false,
+        wire: Vec::new(),
         duration_ms: 0,
     }
 }
@@ -455,6 +457,10 @@ struct Names {
 /// One case on one binding: what the steps share.
 struct CaseRun<'a> {
     case_id: String,
+    /// The capture running on every agent of the case, when they all can.
+    capture: Option<String>,
+    /// What the captures saw on the case's connections.
+    wire: Vec<WireReport>,
     agents: HashMap<String, Arc<AgentHandle>>,
     names: Names,
     clock: RunClock,
@@ -551,6 +557,8 @@ pub async fn run_case(
         }
     }
     let mut run = CaseRun {
+        capture: None,
+        wire: Vec::new(),
         case_id: case.id.clone(),
         agents: case
             .roles
@@ -568,8 +576,12 @@ pub async fn run_case(
     for (_, task) in run.background.drain() {
         task.abort();
     }
+    // Before cleanup: the FINs and RSTs of killing the holders are not evidence.
+    collect_wire(&mut run).await;
     cleanup(&run).await;
     report.observations = observations(&run, case);
+    report.wire_evidence = run.capture.is_some();
+    report.wire = run.wire.clone();
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match played {
         Err(_) => {
@@ -605,7 +617,94 @@ pub async fn run_case(
     report
 }
 
+/// Start a capture on every agent of the case, if all of them can capture.
+async fn start_wire(run: &mut CaseRun<'_>) {
+    let agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    if agents.is_empty()
+        || !agents
+            .iter()
+            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"))
+    {
+        return;
+    }
+    let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());
+    let mut started: Vec<Arc<AgentHandle>> = Vec::new();
+    for agent in &agents {
+        let mut client = agent.client.clone();
+        let request = pb::StartCaptureRequest {
+            id: id.clone(),
+            ports: Vec::new(),
+        };
+        if client.start_capture(request).await.is_err() {
+            // No partial evidence: stop what started and go without.
+            for agent in started {
+                let mut client = agent.client.clone();
+                let _ = client
+                    .stop_capture(pb::StopCaptureRequest { id: id.clone() })
+                    .await;
+            }
+            return;
+        }
+        started.push(Arc::clone(agent));
+    }
+    run.capture = Some(id);
+}
+
+/// Stop the captures and keep the segments of the case's own connections
+/// (its listeners' ports), each on the run clock.
+async fn collect_wire(run: &mut CaseRun<'_>) {
+    let Some(id) = run.capture.clone() else {
+        return;
+    };
+    let ports: Vec<u16> = run
+        .names
+        .listeners
+        .values()
+        .map(|(_, address, _)| address.port())
+        .collect();
+    let port_of = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let mut seen = Vec::new();
+    let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    agents.dedup_by(|a, b| a.name == b.name);
+    for agent in agents {
+        let mut client = agent.client.clone();
+        let stopped = tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            client.stop_capture(pb::StopCaptureRequest { id: id.clone() }),
+        )
+        .await;
+        let Ok(Ok(reply)) = stopped else {
+            continue;
+        };
+        for segment in reply.into_inner().segments {
+            let ours = [&segment.source, &segment.destination]
+                .iter()
+                .any(|address| port_of(address).is_some_and(|port| ports.contains(&port)));
+            if ours {
+                seen.push(WireReport {
+                    host: agent.name.clone(),
+                    t_ns: agent.run_ns(segment.mono_ns),
+                    source: segment.source,
+                    destination: segment.destination,
+                    flags: segment.flags,
+                    seq: segment.seq,
+                    ack: segment.ack,
+                    payload: segment.payload,
+                });
+            }
+        }
+    }
+    seen.sort_by_key(|segment| segment.t_ns);
+    run.wire = seen;
+}
+
 async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    start_wire(run).await;
     for role in &case.roles {
         let agent = Arc::clone(&run.agents[role]);
         let mut client = agent.client.clone();
@@ -1269,7 +1368,22 @@ fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
             continue;
         };
         checked += 1;
-        for difference in compare(expect, outcome, &by_name) {
+        let mut found = compare(expect, outcome, &by_name);
+        if run.capture.is_some() && expect.checks_wire() {
+            // What this role's own host sent, as its own capture saw it.
+            let sent: Vec<&WireReport> = run
+                .wire
+                .iter()
+                .filter(|segment| {
+                    segment.host == agent.name
+                        && segment.source.rsplit_once(':').is_some_and(|(ip, _)| {
+                            ip.trim_matches(['[', ']']) == agent.test_ip.to_string()
+                        })
+                })
+                .collect();
+            found.extend(compare_wire(expect, outcome.start_ns, &sent));
+        }
+        for difference in found {
             differences.push(format!(
                 "{} ({} on {os}): {difference}",
                 step.name, outcome.call
@@ -1277,6 +1391,43 @@ fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
         }
     }
     (checked, differences)
+}
+
+/// What differs between the wire expectations and the segments the role's
+/// host sent (`sent`, in time order); `from_ns` is the step's start.
+fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) -> Vec<String> {
+    let mut found = Vec::new();
+    let since: Vec<&&WireReport> = sent
+        .iter()
+        .filter(|segment| segment.t_ns >= from_ns)
+        .collect();
+    for (wanted, flag, name) in [(expect.wire_rst, 'R', "RST"), (expect.wire_fin, 'F', "FIN")] {
+        if let Some(wanted) = wanted {
+            let seen = since.iter().any(|segment| segment.flags.contains(flag));
+            if seen != wanted {
+                found.push(if seen {
+                    format!("wire: this host sent a {name}, expected none")
+                } else {
+                    format!("wire: this host sent no {name}, expected one")
+                });
+            }
+        }
+    }
+    if let Some(wanted) = expect.wire_bytes_before_fin {
+        let fin = sent.iter().position(|segment| segment.flags.contains('F'));
+        let before: u64 = sent[..fin.map_or(sent.len(), |at| at + 1)]
+            .iter()
+            .map(|segment| u64::from(segment.payload))
+            .sum();
+        match fin {
+            None => found.push("wire: no FIN from this host".to_owned()),
+            Some(_) if before != wanted => found.push(format!(
+                "wire: {before} payload bytes before the FIN, expected {wanted}"
+            )),
+            Some(_) => {}
+        }
+    }
+    found
 }
 
 /// What differs between an expectation and an outcome, in words.

@@ -335,6 +335,8 @@ mod tests {
                 duration_ns: 0,
                 checked: Some("linux (measured)".to_owned()),
             }],
+            wire_evidence: false,
+            wire: Vec::new(),
             duration_ms: 1,
         };
         let cases = vec![case];

@@ -75,6 +75,9 @@ enum Command {
         /// Also write JUnit XML here.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// In the table, list each case's captured TCP segments.
+        #[arg(long)]
+        wire: bool,
         #[command(flatten)]
         history: HistoryArgs,
         /// Do not keep this run in the history.
@@ -149,6 +152,9 @@ enum RunsAction {
         /// Table or JSON.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// In the table, list each case's captured TCP segments.
+        #[arg(long)]
+        wire: bool,
     },
     /// The cases whose outcome changed between two runs.
     Diff {
@@ -195,6 +201,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             parallel,
             format,
             junit,
+            wire,
             history,
             no_history,
             strict,
@@ -210,7 +217,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 parallel,
             )
             .await?;
-            print_report(&report, format)?;
+            print_report(&report, format, wire)?;
             if let Some(path) = junit {
                 let xml = junit::render(&report).context("cannot render JUnit XML")?;
                 std::fs::write(&path, xml)
@@ -292,7 +299,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                         );
                     }
                 }
-                RunsAction::Show { run, format } => print_report(&history.get(&run)?, format)?,
+                RunsAction::Show { run, format, wire } => {
+                    print_report(&history.get(&run)?, format, wire)?;
+                }
                 RunsAction::Diff { a, b } => {
                     let changes = history.diff(&a, &b)?;
                     if changes.is_empty() {
@@ -529,9 +538,9 @@ impl Progress for Bars {
     }
 }
 
-fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
+fn print_report(report: &RunReport, format: Format, wire: bool) -> anyhow::Result<()> {
     match format {
-        Format::Table => print!("{}", terminal::render(report)),
+        Format::Table => print!("{}", terminal::render(report, wire)),
         Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
     }
     Ok(())

@@ -311,3 +311,47 @@ async fn a_pinned_role_always_gets_its_agent() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_expectations_are_judged_from_the_captures() -> TestResult {
+    if let Some(why) = lab::netns_unavailable() {
+        return Err(
+            format!("this test needs a network-namespace lab: {why} (CI runs it as root)").into(),
+        );
+    }
+    let exe = lab::find_agent().ok_or("faultlab-agent is not built: run cargo test --workspace")?;
+    let lab = LocalLab::start_netns(&exe, 2)?;
+    let mut a1 = suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .find(|case| case.id == "A1")
+        .ok_or("no A1")?;
+    let right = run(&lab, vec![a1.clone()]).await?;
+    let case = &right.cases[0];
+    assert!(case.wire_evidence, "{case:?}");
+    assert_eq!(case.verdict, Verdict::Expected, "{:?}", case.differences);
+    assert!(case.wire.iter().any(|segment| segment.flags.contains('R')));
+    validate(&right)?;
+
+    // Claim the abort sends a FIN and no RST: the wire says otherwise.
+    let abort = a1
+        .steps
+        .iter_mut()
+        .find(|step| step.name == "abort")
+        .ok_or("no abort")?;
+    let linux = abort
+        .expect
+        .get_mut("linux")
+        .ok_or("no linux expectation")?;
+    linux.wire_rst = Some(false);
+    linux.wire_fin = Some(true);
+    let wrong = run(&lab, vec![a1]).await?;
+    assert_eq!(
+        wrong.cases[0].differences,
+        [
+            "abort (close on linux): wire: this host sent a RST, expected none",
+            "abort (close on linux): wire: this host sent no FIN, expected one"
+        ]
+    );
+    Ok(())
+}

@@ -117,6 +117,11 @@ pub struct CaseReport {
     pub differences: Vec<String>,
     /// What each step's call returned, in order.
     pub observations: Vec<ObservationReport>,
+    /// Whether the agents captured the case's packets (wire expectations are
+    /// checked only then).
+    pub wire_evidence: bool,
+    /// The TCP segments each host saw on the case's connections, by time.
+    pub wire: Vec<WireReport>,
     /// Wall time of the case.
     pub duration_ms: u64,
 }
@@ -150,6 +155,27 @@ pub struct ObservationReport {
     pub duration_ns: u64,
     /// Which expectation was checked ("linux (measured)"), if any.
     pub checked: Option<String>,
+}
+
+/// One TCP segment as one host saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReport {
+    /// The agent (host) whose capture saw it.
+    pub host: String,
+    /// When, on the run clock.
+    pub t_ns: i64,
+    /// Sender address:port.
+    pub source: String,
+    /// Receiver address:port.
+    pub destination: String,
+    /// tcpdump-style flags: "S", "S.", "P.", "F.", "R" ...
+    pub flags: String,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack: u32,
+    /// Payload bytes.
+    pub payload: u32,
 }
 
 /// Counts by verdict.

@@ -9,8 +9,8 @@ fn verdict_cell(case: &CaseReport) -> String {
     case.verdict.as_str().to_owned()
 }
 
-/// The full text report.
-pub fn render(report: &RunReport) -> String {
+/// The full text report; with `wire`, each case's captured segments too.
+pub fn render(report: &RunReport, wire: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run {}  ({})", report.run_id, report.suite);
     for agent in &report.agents {
@@ -50,6 +50,20 @@ pub fn render(report: &RunReport) -> String {
         );
         for more in case.differences.iter().skip(1) {
             let _ = writeln!(out, "{:>77}{more}", "");
+        }
+        if wire {
+            for segment in &case.wire {
+                let _ = writeln!(
+                    out,
+                    "       {:>10.3} ms  {:<10} {:>21} > {:<21} {:<4} {} B",
+                    segment.t_ns as f64 / 1e6,
+                    segment.host,
+                    segment.source,
+                    segment.destination,
+                    segment.flags,
+                    segment.payload
+                );
+            }
         }
     }
     let _ = writeln!(out);

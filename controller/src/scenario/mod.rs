@@ -316,6 +316,19 @@ pub struct Expect {
     pub within_ms: Option<u64>,
     /// The step `within_ms` counts from.
     pub since: Option<String>,
+    /// Whether the role's host sends a RST from this step on (wire evidence).
+    pub wire_rst: Option<bool>,
+    /// Whether it sends a FIN from this step on.
+    pub wire_fin: Option<bool>,
+    /// Payload bytes the role's host sent on the case's connections before its first FIN.
+    pub wire_bytes_before_fin: Option<u64>,
     /// Where this expectation comes from ("measured", "seed", ...).
     pub source: Option<String>,
+}
+
+impl Expect {
+    /// Whether it says anything about the wire.
+    pub fn checks_wire(&self) -> bool {
+        self.wire_rst.is_some() || self.wire_fin.is_some() || self.wire_bytes_before_fin.is_some()
+    }
 }

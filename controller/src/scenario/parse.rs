@@ -308,6 +308,9 @@ struct ExpectSpec {
     unread_bytes_min: Option<u64>,
     within_ms: Option<u64>,
     since: Option<String>,
+    wire_rst: Option<bool>,
+    wire_fin: Option<bool>,
+    wire_bytes_before_fin: Option<u64>,
     source: Option<String>,
 }
 
@@ -648,6 +651,9 @@ fn expectation(spec: ExpectSpec) -> Expect {
         unread_bytes_min: spec.unread_bytes_min,
         within_ms: spec.within_ms,
         since: spec.since,
+        wire_rst: spec.wire_rst,
+        wire_fin: spec.wire_fin,
+        wire_bytes_before_fin: spec.wire_bytes_before_fin,
         source: spec.source,
     }
 }
