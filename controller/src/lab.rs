@@ -304,6 +304,12 @@ impl LocalLab {
         Ok(lab)
     }
 
+    /// The bridge joining the hosts, when the lab is made of namespaces
+    /// (where an independent capture can listen).
+    pub fn bridge(&self) -> Option<String> {
+        self.network.as_ref().map(Network::bridge)
+    }
+
     /// The lab's network, when it is made of namespaces: "198.18.X.0/24".
     pub fn subnet(&self) -> Option<String> {
         self.network
