@@ -247,7 +247,16 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> RunReport {
     let started_unix_ms = wall_ms();
-    let gate = Arc::new(Semaphore::new(plan.parallel.max(1)));
+    // Wire evidence needs quiet hosts: a neighbour's flood (S4 moves hundreds
+    // of MB) makes the kernel drop packets meant for a capture, and a verdict
+    // on a partial capture would be wrong. With captures, one case at a time.
+    let capturing = !plan.agents.is_empty()
+        && plan
+            .agents
+            .iter()
+            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"));
+    let parallel = if capturing { 1 } else { plan.parallel.max(1) };
+    let gate = Arc::new(Semaphore::new(parallel));
     // Cases that cut hosts off or reboot them run alone: they would disturb
     // any other case on the same hosts.
     let alone = Arc::new(tokio::sync::RwLock::new(()));
@@ -449,7 +458,8 @@ impl Outcome {
 struct Names {
     holders: HashMap<String, u64>,
     listeners: HashMap<String, (u64, SocketAddr, String)>,
-    conns: HashMap<String, (u64, String)>,
+    /// Connection name → (id, role, its local address).
+    conns: HashMap<String, (u64, String, Option<SocketAddr>)>,
     /// Isolations this case made and has not healed: (role, id).
     isolations: Vec<(String, String)>,
 }
@@ -829,12 +839,16 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
     };
     let holder = || run.names.holders.get(&role).copied().unwrap_or(0);
     let conn = |name: &str| {
-        run.names.conns.get(name).map(|(id, _)| *id).ok_or_else(|| {
-            StepError::Failed(format!(
-                "step {}: connection {name:?} was never opened",
-                step.name
-            ))
-        })
+        run.names
+            .conns
+            .get(name)
+            .map(|(id, _, _)| *id)
+            .ok_or_else(|| {
+                StepError::Failed(format!(
+                    "step {}: connection {name:?} was never opened",
+                    step.name
+                ))
+            })
     };
     let listener = |name: &str| {
         run.names.listeners.get(name).cloned().ok_or_else(|| {
@@ -1004,7 +1018,7 @@ impl Prepared {
                     }
                 }
                 (false, Some(id)) => {
-                    names.conns.insert(name, (id, role));
+                    names.conns.insert(name, (id, role, address));
                 }
                 _ => {}
             }
@@ -1217,7 +1231,8 @@ fn connected(agent: &AgentHandle, reply: pb::ConnectReply) -> Result<Ran, StepEr
         .observation
         .ok_or_else(|| StepError::Failed(format!("agent {} gave no observation", agent.name)))?;
     let id = (reply.conn_id != 0).then_some(reply.conn_id);
-    Ok((Outcome::observed(agent, &observation), id, None))
+    let local = reply.local_address.parse().ok();
+    Ok((Outcome::observed(agent, &observation), id, local))
 }
 
 fn observed(
@@ -1370,16 +1385,27 @@ fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
         checked += 1;
         let mut found = compare(expect, outcome, &by_name);
         if run.capture.is_some() && expect.checks_wire() {
-            // What this role's own host sent, as its own capture saw it.
+            // What this role's sockets sent, as its own host's capture saw it
+            // (by address and port: on loopback every host is 127.0.0.1).
+            let role = step.role.as_deref().unwrap_or_default();
+            let mine: Vec<String> = run
+                .names
+                .listeners
+                .values()
+                .filter(|(_, _, owner)| owner == role)
+                .map(|(_, address, _)| address.to_string())
+                .chain(
+                    run.names
+                        .conns
+                        .values()
+                        .filter(|(_, owner, _)| owner == role)
+                        .filter_map(|(_, _, local)| local.map(|address| address.to_string())),
+                )
+                .collect();
             let sent: Vec<&WireReport> = run
                 .wire
                 .iter()
-                .filter(|segment| {
-                    segment.host == agent.name
-                        && segment.source.rsplit_once(':').is_some_and(|(ip, _)| {
-                            ip.trim_matches(['[', ']']) == agent.test_ip.to_string()
-                        })
-                })
+                .filter(|segment| segment.host == agent.name && mine.contains(&segment.source))
                 .collect();
             found.extend(compare_wire(expect, outcome.start_ns, &sent));
         }

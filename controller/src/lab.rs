@@ -74,16 +74,22 @@ struct LocalAgent {
     _stdout: ChildStdout,
 }
 
-/// Namespaces and a bridge made for a lab, removed on drop.
+/// Namespaces and bridges made for a lab, removed on drop: a management
+/// network (`eth0`, the agents' gRPC) and a test network (`eth1`, the traffic
+/// under test), as a well-built physical lab has.
 struct Network {
     prefix: String,
     hosts: usize,
-    /// The lab's /24: 198.18.<subnet>.0.
-    subnet: u8,
+    /// The management /24: 198.18.<management>.0.
+    management: u8,
+    /// The test /24: 198.18.<test>.0.
+    test: u8,
 }
 
-/// Namespace and link names start with this, then the pid of the run.
+/// Namespace and link names of a run's lab start with this, then the pid.
 const NETNS_PREFIX: &str = "flr";
+/// Names of the lab of `faultlab lab up` start with this.
+const LAB_PREFIX: &str = "fll";
 /// The agents' gRPC port inside their namespaces.
 pub const NETNS_CONTROL_PORT: u16 = 7420;
 
@@ -92,32 +98,38 @@ impl Network {
         format!("{}h{index}", self.prefix)
     }
 
-    fn bridge(&self) -> String {
-        format!("{}br", self.prefix)
+    fn management_bridge(&self) -> String {
+        format!("{}mb", self.prefix)
     }
 
-    fn ip(&self, index: usize) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::new(
-            198,
-            18,
-            self.subnet,
-            u8::try_from(10 + index).unwrap_or(250),
-        )
+    fn test_bridge(&self) -> String {
+        format!("{}tb", self.prefix)
+    }
+
+    fn address(subnet: u8, index: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(198, 18, subnet, u8::try_from(10 + index).unwrap_or(250))
     }
 
     fn remove(&self) {
-        for index in 0..self.hosts {
-            // Orphaned sockets (closed, still sending FIN to a host that is
-            // gone) would keep the namespace, and its links, alive for minutes.
-            let namespace = self.namespace(index);
-            let _ = Command::new("ip")
-                .args([
-                    "netns", "exec", &namespace, "ss", "-K", "-t", "state", "all",
-                ])
-                .output();
-            let _ = ip(&["netns", "del", &namespace]);
-        }
-        let _ = ip(&["link", "del", &self.bridge()]);
+        remove_network(&self.prefix, self.hosts);
+    }
+}
+
+/// Remove a lab's namespaces (`<prefix>h0`...) and bridges, whatever is left of them.
+fn remove_network(prefix: &str, hosts: usize) {
+    for index in 0..hosts {
+        // Orphaned sockets (closed, still sending FIN to a host that is
+        // gone) would keep the namespace, and its links, alive for minutes.
+        let namespace = format!("{prefix}h{index}");
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", &namespace, "ss", "-K", "-t", "state", "all",
+            ])
+            .output();
+        let _ = ip(&["netns", "del", &namespace]);
+    }
+    for bridge in ["mb", "tb"] {
+        let _ = ip(&["link", "del", &format!("{prefix}{bridge}")]);
     }
 }
 
@@ -175,7 +187,9 @@ fn sweep_stale() {
             && !alive(pid)
         {
             let _ = ip(&["netns", "del", name]);
-            let _ = ip(&["link", "del", &format!("{NETNS_PREFIX}{pid}br")]);
+            for bridge in ["mb", "tb"] {
+                let _ = ip(&["link", "del", &format!("{NETNS_PREFIX}{pid}{bridge}")]);
+            }
         }
     }
 }
@@ -237,9 +251,23 @@ impl LocalLab {
         Ok(lab)
     }
 
-    /// Start `count` hosts as network namespaces on a bridge, each with an
-    /// agent allowed to isolate it (needs root, `ip` and `nft`).
+    /// Start `count` hosts as network namespaces, each with an agent allowed
+    /// to isolate it (needs root, `ip` and `nft`); removed on drop.
     pub fn start_netns(exe: &Path, count: usize) -> Result<Self, LabError> {
+        Self::build(
+            exe,
+            count,
+            format!("{NETNS_PREFIX}{}", std::process::id()),
+            None,
+        )
+    }
+
+    fn build(
+        exe: &Path,
+        count: usize,
+        prefix: String,
+        logs: Option<&Path>,
+    ) -> Result<Self, LabError> {
         if let Some(why) = netns_unavailable() {
             return Err(LabError::Network(why));
         }
@@ -249,54 +277,82 @@ impl LocalLab {
             network: None,
             inventory: Inventory::default(),
         };
-        let prefix = format!("{NETNS_PREFIX}{}", std::process::id());
-        let bridge = format!("{prefix}br");
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
         // From here on, dropping the lab removes what was made.
         lab.network = Some(Network {
             prefix,
             hosts: count,
-            subnet: 0,
+            management: 0,
+            test: 0,
         });
-        let subnet = claim_subnet(&bridge)?;
         let Some(network) = lab.network.as_mut() else {
             return Err(LabError::Network("lost the network".to_owned()));
         };
-        network.subnet = subnet;
+        for (bridge, is_test) in [
+            (network.management_bridge(), false),
+            (network.test_bridge(), true),
+        ] {
+            ip(&["link", "add", &bridge, "type", "bridge"])?;
+            let subnet = claim_subnet(&bridge)?;
+            if is_test {
+                network.test = subnet;
+            } else {
+                network.management = subnet;
+            }
+            ip(&["link", "set", &bridge, "up"])?;
+        }
         let network = &*network;
-        ip(&["link", "set", &bridge, "up"])?;
         let mut entries = Vec::new();
         let mut agents = Vec::new();
         for index in 0..count {
             let namespace = network.namespace(index);
-            let veth = format!("{}v{index}", network.prefix);
-            let address = network.ip(index);
             ip(&["netns", "add", &namespace])?;
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
-            ])?;
-            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
             let inside = |args: &[&str]| {
                 let mut all = vec!["netns", "exec", namespace.as_str(), "ip"];
                 all.extend_from_slice(args);
                 ip(&all)
             };
-            inside(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-            inside(&["link", "set", "eth0", "up"])?;
+            let management = Network::address(network.management, index);
+            let test = Network::address(network.test, index);
+            for (interface, bridge, address, tag) in [
+                ("eth0", network.management_bridge(), management, "m"),
+                ("eth1", network.test_bridge(), test, "t"),
+            ] {
+                let veth = format!("{}{tag}{index}", network.prefix);
+                ip(&[
+                    "link", "add", &veth, "type", "veth", "peer", "name", interface, "netns",
+                    &namespace,
+                ])?;
+                ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+                inside(&["addr", "add", &format!("{address}/24"), "dev", interface])?;
+                inside(&["link", "set", interface, "up"])?;
+            }
             inside(&["link", "set", "lo", "up"])?;
             let mut command = Command::new("ip");
             command.args(["netns", "exec", &namespace]).arg(exe).args([
                 "--listen",
-                &format!("{address}:{NETNS_CONTROL_PORT}"),
+                &format!("{management}:{NETNS_CONTROL_PORT}"),
                 "--allow",
-                "isolate",
+                "isolate,link",
             ]);
+            if let Some(logs) = logs {
+                let log = std::fs::File::create(logs.join(format!("host-{}.log", index + 1)))
+                    .map_err(|error| {
+                        LabError::Network(format!("cannot write the agent's log: {error}"))
+                    })?;
+                command.stderr(log);
+                #[cfg(unix)]
+                {
+                    // Its own process group: it outlives `faultlab lab up` and its terminal.
+                    use std::os::unix::process::CommandExt;
+                    command.process_group(0);
+                }
+            }
             let (agent, listening) = start_agent(exe, command)?;
             agents.push(agent);
             entries.push(AgentEntry {
                 name: format!("host-{}", index + 1),
                 address: listening,
-                test_ip: Some(address.into()),
+                test_ip: Some(test.into()),
             });
         }
         lab.agents = agents;
@@ -304,17 +360,20 @@ impl LocalLab {
         Ok(lab)
     }
 
-    /// The bridge joining the hosts, when the lab is made of namespaces
+    /// The test network's bridge, when the lab is made of namespaces
     /// (where an independent capture can listen).
     pub fn bridge(&self) -> Option<String> {
-        self.network.as_ref().map(Network::bridge)
+        self.network.as_ref().map(Network::test_bridge)
     }
 
-    /// The lab's network, when it is made of namespaces: "198.18.X.0/24".
+    /// The lab's networks, when it is made of namespaces.
     pub fn subnet(&self) -> Option<String> {
-        self.network
-            .as_ref()
-            .map(|network| format!("198.18.{}.0/24", network.subnet))
+        self.network.as_ref().map(|network| {
+            format!(
+                "management 198.18.{}.0/24, test 198.18.{}.0/24",
+                network.management, network.test
+            )
+        })
     }
 
     /// Process ids of the agents, in inventory order.
@@ -383,4 +442,125 @@ impl Drop for LocalLab {
             network.remove();
         }
     }
+}
+
+/// Where `faultlab lab up` keeps its state (inventory, agent pids, logs).
+pub const DEFAULT_STATE_DIR: &str = "/run/faultlab-lab";
+const INVENTORY_FILE: &str = "inventory.toml";
+const PIDS_FILE: &str = "agents.pids";
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn inventory_text(inventory: &Inventory) -> String {
+    let mut text =
+        String::from("# Written by `faultlab lab up`; removed by `faultlab lab down`.\n");
+    for agent in &inventory.agents {
+        text.push_str(&format!(
+            "\n[[agent]]\nname = \"{}\"\naddress = \"{}\"\n",
+            agent.name, agent.address
+        ));
+        if let Some(test_ip) = agent.test_ip {
+            text.push_str(&format!("test_ip = \"{test_ip}\"\n"));
+        }
+    }
+    text
+}
+
+/// Make a lab of `hosts` network-namespace hosts that outlives this
+/// process; returns the path of its inventory. Whatever an earlier lab left
+/// is removed first.
+pub fn lab_up(exe: &Path, hosts: usize, state: &Path) -> Result<PathBuf, LabError> {
+    lab_down(state)?;
+    let failed = |what: &str, error: std::io::Error| {
+        LabError::Network(format!("{what} {}: {error}", state.display()))
+    };
+    std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
+    let mut lab = LocalLab::build(exe, hosts, LAB_PREFIX.to_owned(), Some(state))?;
+    let inventory = state.join(INVENTORY_FILE);
+    std::fs::write(&inventory, inventory_text(&lab.inventory))
+        .map_err(|error| failed("cannot write to", error))?;
+    let pids: Vec<String> = lab
+        .agents
+        .iter()
+        .map(|agent| agent.child.id().to_string())
+        .collect();
+    std::fs::write(state.join(PIDS_FILE), pids.join("\n"))
+        .map_err(|error| failed("cannot write to", error))?;
+    // Detach: the agents and the network stay when `lab` is dropped.
+    lab.agents.clear();
+    lab.network = None;
+    Ok(inventory)
+}
+
+/// Stop the lab's agents (SIGTERM, so they reset their holders and lift
+/// their isolations; SIGKILL after 3 s) and remove every namespace and bridge
+/// of a `lab up` lab, also what a crashed one left. Returns what it removed.
+pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
+    let mut removed = Vec::new();
+    let pids: Vec<u32> = std::fs::read_to_string(state.join(PIDS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    for pid in pids.iter().copied().filter(|&pid| alive(pid)) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        removed.push(format!("agent {pid}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|&pid| alive(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids.iter().copied().filter(|&pid| alive(pid)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let namespaces = ip(&["netns", "list"]).unwrap_or_default();
+    let hosts = namespaces
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|name| name.strip_prefix(&format!("{LAB_PREFIX}h")))
+        .filter_map(|index| index.parse::<usize>().ok())
+        .map(|index| index + 1)
+        .max()
+        .unwrap_or(0);
+    if hosts > 0 {
+        removed.push(format!("{hosts} namespaces"));
+    }
+    remove_network(LAB_PREFIX, hosts);
+    for file in [INVENTORY_FILE, PIDS_FILE] {
+        let _ = std::fs::remove_file(state.join(file));
+    }
+    Ok(removed)
+}
+
+/// A `lab up` lab as its state files describe it.
+pub struct LabStatus {
+    /// Where its inventory is.
+    pub inventory_path: PathBuf,
+    /// Its agents.
+    pub inventory: Inventory,
+    /// Each agent process and whether it runs.
+    pub pids: Vec<(u32, bool)>,
+}
+
+/// The lab's state; `None` when no lab is up.
+pub fn lab_status(state: &Path) -> Option<LabStatus> {
+    let path = state.join(INVENTORY_FILE);
+    let inventory = Inventory::load(&path).ok()?;
+    let pids = std::fs::read_to_string(state.join(PIDS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .map(|pid| (pid, alive(pid)))
+        .collect();
+    Some(LabStatus {
+        inventory_path: path,
+        inventory,
+        pids,
+    })
 }

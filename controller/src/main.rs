@@ -117,6 +117,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A lab of network-namespace hosts on this machine that outlives the
+    /// command (needs root): up, down, status.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+        /// Where the lab's state is kept (inventory, agent pids, logs).
+        #[arg(long, value_name = "DIR", default_value = lab::DEFAULT_STATE_DIR, global = true)]
+        state: PathBuf,
+    },
     /// Lift every isolation on every agent of an inventory (or the given addresses).
     Heal {
         /// Heal everything (required: there is no partial form yet).
@@ -135,6 +144,21 @@ enum Command {
         #[command(flatten)]
         history: HistoryArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Make the hosts (management and test network, an agent in each) and
+    /// write their inventory.
+    Up {
+        /// How many hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+    },
+    /// Stop the agents and remove every namespace and bridge (also after a crash).
+    Down,
+    /// The lab's agents and their health.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -272,6 +296,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             case,
             rounds,
         } => bench(agents, &case, rounds).await,
+        Command::Lab { action, state } => lab_command(action, &state).await,
         Command::Heal {
             all: _,
             addresses,
@@ -563,6 +588,49 @@ fn agent_entries(
             .map(|address| (address.clone(), address))
             .collect(),
     })
+}
+
+async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
+    match action {
+        LabAction::Up { hosts } => {
+            if let Some(why) = lab::netns_unavailable() {
+                bail!("lab up makes network namespaces and needs root with ip and nft: {why}");
+            }
+            let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
+            let inventory = lab::lab_up(&exe, hosts.max(1), state)?;
+            println!("lab up: {hosts} hosts; inventory {}", inventory.display());
+            println!(
+                "run:    faultlab run --suite seed --inventory {}",
+                inventory.display()
+            );
+            Ok(true)
+        }
+        LabAction::Down => {
+            let removed = lab::lab_down(state)?;
+            if removed.is_empty() {
+                println!("lab down: nothing was up");
+            } else {
+                println!("lab down: removed {}", removed.join(", "));
+            }
+            Ok(true)
+        }
+        LabAction::Status => {
+            let Some(lab::LabStatus {
+                inventory_path: path,
+                inventory,
+                pids,
+            }) = lab::lab_status(state)
+            else {
+                println!("no lab is up (state {})", state.display());
+                return Ok(false);
+            };
+            println!("inventory {}", path.display());
+            let running = pids.iter().filter(|(_, alive)| *alive).count();
+            println!("{running} of {} agent processes running", pids.len());
+            let healthy = agents(Vec::new(), Some(&path)).await?;
+            Ok(healthy && running == inventory.agents.len())
+        }
+    }
 }
 
 async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {

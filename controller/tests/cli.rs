@@ -219,3 +219,77 @@ async fn heal_all_lifts_every_isolation_of_every_agent() -> TestResult {
     assert_eq!(nobody.status.code(), Some(1));
     Ok(())
 }
+
+#[test]
+fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() -> TestResult {
+    if let Some(why) = faultlab::lab::netns_unavailable() {
+        return Err(format!(
+            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
+        )
+        .into());
+    }
+    let scratch = Scratch::new("lab")?;
+    let state = scratch.0.join("state").display().to_string();
+    let history = scratch.0.join("h.sqlite");
+    let up = faultlab(&["lab", "up", "--hosts", "3", "--state", &state], &history)?;
+    assert_eq!(
+        up.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let status = faultlab(&["lab", "status", "--state", &state], &history)?;
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        listed.contains("3 of 3 agent processes running") && listed.matches(" ok ").count() == 3,
+        "{listed}"
+    );
+
+    let inventory = format!("{state}/inventory.toml");
+    let run = faultlab(
+        &[
+            "run",
+            "--suite",
+            "seed",
+            "--inventory",
+            &inventory,
+            "--format",
+            "json",
+        ],
+        &history,
+    )?;
+    let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    assert_eq!(report["summary"]["expected"], 15);
+    let cases = report["cases"].as_array().ok_or("no cases")?;
+    for case in cases {
+        assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
+        assert!(
+            case["wire"].as_array().is_some_and(|wire| !wire.is_empty()),
+            "{} has no segments",
+            case["id"]
+        );
+    }
+
+    assert_eq!(down.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("3 namespaces"));
+    let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains("fll"),
+        "namespaces left"
+    );
+    let links = Command::new("ip").args(["-o", "link"]).output()?;
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(": fll"),
+        "links left"
+    );
+    let again = faultlab(&["lab", "down", "--state", &state], &history)?;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing was up"));
+    Ok(())
+}

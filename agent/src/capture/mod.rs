@@ -24,6 +24,9 @@ pub const MAX_EVENTS: usize = 100_000;
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
 /// How often the reader looks at its stop flag.
 const POLL: Duration = Duration::from_millis(50);
+/// After a stop, the reader still drains what the kernel queued for it
+/// (it may lag behind a busy host), for at most this long.
+const DRAIN: Duration = Duration::from_millis(500);
 /// The same segment seen again this soon is the loopback echo of itself.
 const ECHO_WINDOW_NS: u64 = 1_000_000;
 
@@ -141,19 +144,30 @@ fn read(socket: &socket2::Socket, filter: &Filter, stop: &AtomicBool) -> Capture
     let mut captured = Captured::default();
     let mut buffer = vec![0u8; 65_536];
     let mut reader = socket;
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
+    let mut draining_until: Option<Instant> = None;
+    loop {
+        if draining_until.is_none() && stop.load(Ordering::Relaxed) {
+            draining_until = Some(Instant::now() + DRAIN);
+        }
+        let drained = draining_until.is_some_and(|until| Instant::now() >= until);
+        if drained || started.elapsed() >= MAX_LIFETIME {
+            break;
+        }
         let length = match reader.read(&mut buffer) {
             Ok(length) => length,
+            // Nothing queued: when stopping, everything has been read.
             Err(error)
                 if matches!(
                     error.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if draining_until.is_some() {
+                    break;
+                }
                 continue;
             }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => {
                 tracing::error!(%error, "capture stopped reading");
                 break;

@@ -13,6 +13,32 @@ use std::process::ExitStatus;
 /// The Linux backend.
 pub struct Linux;
 
+/// A classic-BPF program for the capture socket, run in the kernel: keep
+/// TCP over IPv4 or IPv6 only, and copy just the first 160 bytes of each
+/// packet (IP and TCP headers), so a flood of data costs the capture little.
+/// Offsets count from the IP header (the socket is SOCK_DGRAM).
+#[cfg(target_os = "linux")]
+const TCP_HEADERS_ONLY: [socket2::SockFilter; 10] = {
+    use socket2::SockFilter;
+    const LOAD_BYTE: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const AND: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const TCP: u32 = 6;
+    [
+        SockFilter::new(LOAD_BYTE, 0, 0, 0), // 0: A = version << 4 | ...
+        SockFilter::new(AND, 0, 0, 0xf0),    // 1: A = version << 4
+        SockFilter::new(JUMP_IF_EQUAL, 0, 2, 0x40), // 2: IPv4 ? 3 : 5
+        SockFilter::new(LOAD_BYTE, 0, 0, 9), // 3: A = IPv4 protocol
+        SockFilter::new(JUMP_IF_EQUAL, 3, 4, TCP), // 4: TCP ? 8 : 9
+        SockFilter::new(JUMP_IF_EQUAL, 0, 3, 0x60), // 5: IPv6 ? 6 : 9
+        SockFilter::new(LOAD_BYTE, 0, 0, 6), // 6: A = IPv6 next header
+        SockFilter::new(JUMP_IF_EQUAL, 0, 1, TCP), // 7: TCP ? 8 : 9
+        SockFilter::new(RETURN, 0, 0, 160),  // 8: keep 160 bytes
+        SockFilter::new(RETURN, 0, 0, 0),    // 9: drop
+    ]
+};
+
 fn duration_ms(duration: std::time::Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
@@ -104,11 +130,13 @@ impl Platform for Linux {
     fn packet_socket() -> io::Result<socket2::Socket> {
         // ETH_P_ALL in network byte order: every protocol; DGRAM strips the link header.
         let every_protocol = i32::from(0x0003u16.to_be());
-        socket2::Socket::new(
+        let socket = socket2::Socket::new(
             socket2::Domain::PACKET,
             socket2::Type::DGRAM,
             Some(socket2::Protocol::from(every_protocol)),
-        )
+        )?;
+        socket.attach_filter(&TCP_HEADERS_ONLY)?;
+        Ok(socket)
     }
 
     #[cfg(not(target_os = "linux"))]
