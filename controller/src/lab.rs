@@ -232,6 +232,12 @@ pub struct LocalLab {
 impl LocalLab {
     /// Start `count` agents from `exe` on 127.0.0.1 with free ports.
     pub fn start(exe: &Path, count: usize) -> Result<Self, LabError> {
+        Self::loopback(exe, count, None)
+    }
+
+    /// Loopback agents; with `logs`, detached (own process group, stderr to
+    /// a log file there) so that they can outlive this process.
+    fn loopback(exe: &Path, count: usize, logs: Option<&Path>) -> Result<Self, LabError> {
         let mut lab = Self {
             agents: Vec::new(),
             network: None,
@@ -240,6 +246,9 @@ impl LocalLab {
         for index in 1..=count {
             let mut command = Command::new(exe);
             command.args(["--listen", "127.0.0.1:0"]);
+            if let Some(logs) = logs {
+                detach(&mut command, &logs.join(format!("local-{index}.log")))?;
+            }
             let (agent, address) = start_agent(exe, command)?;
             lab.agents.push(agent);
             lab.inventory.agents.push(AgentEntry {
@@ -335,17 +344,7 @@ impl LocalLab {
                 "isolate,link",
             ]);
             if let Some(logs) = logs {
-                let log = std::fs::File::create(logs.join(format!("host-{}.log", index + 1)))
-                    .map_err(|error| {
-                        LabError::Network(format!("cannot write the agent's log: {error}"))
-                    })?;
-                command.stderr(log);
-                #[cfg(unix)]
-                {
-                    // Its own process group: it outlives `faultlab lab up` and its terminal.
-                    use std::os::unix::process::CommandExt;
-                    command.process_group(0);
-                }
+                detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;
             }
             let (agent, listening) = start_agent(exe, command)?;
             agents.push(agent);
@@ -380,6 +379,20 @@ impl LocalLab {
     pub fn pids(&self) -> Vec<u32> {
         self.agents.iter().map(|agent| agent.child.id()).collect()
     }
+}
+
+/// Let an agent outlive this process: its own process group (spared by the
+/// terminal's Ctrl-C), its log in a file.
+fn detach(command: &mut Command, log: &Path) -> Result<(), LabError> {
+    let log = std::fs::File::create(log)
+        .map_err(|error| LabError::Network(format!("cannot write {}: {error}", log.display())))?;
+    command.stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    Ok(())
 }
 
 fn start_agent(exe: &Path, mut command: Command) -> Result<(LocalAgent, String), LabError> {
@@ -444,8 +457,17 @@ impl Drop for LocalLab {
     }
 }
 
-/// Where `faultlab lab up` keeps its state (inventory, agent pids, logs).
-pub const DEFAULT_STATE_DIR: &str = "/run/faultlab-lab";
+/// Where `faultlab lab up` keeps its state (inventory, agent pids, logs):
+/// `/run/faultlab-lab` as root, else `$XDG_RUNTIME_DIR/faultlab-lab` (or the
+/// temporary directory).
+pub fn default_state_dir() -> PathBuf {
+    if netns_unavailable().is_none() {
+        return PathBuf::from("/run/faultlab-lab");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join("faultlab-lab")
+}
 const INVENTORY_FILE: &str = "inventory.toml";
 const PIDS_FILE: &str = "agents.pids";
 
@@ -477,7 +499,11 @@ pub fn lab_up(exe: &Path, hosts: usize, state: &Path) -> Result<PathBuf, LabErro
         LabError::Network(format!("{what} {}: {error}", state.display()))
     };
     std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
-    let mut lab = LocalLab::build(exe, hosts, LAB_PREFIX.to_owned(), Some(state))?;
+    let mut lab = if netns_unavailable().is_none() {
+        LocalLab::build(exe, hosts, LAB_PREFIX.to_owned(), Some(state))?
+    } else {
+        LocalLab::loopback(exe, hosts, Some(state))?
+    };
     let inventory = state.join(INVENTORY_FILE);
     std::fs::write(&inventory, inventory_text(&lab.inventory))
         .map_err(|error| failed("cannot write to", error))?;

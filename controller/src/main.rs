@@ -10,7 +10,16 @@ use faultlab::report::{CaseReport, RunReport, junit, terminal};
 use faultlab::scenario::{self, Scenario};
 use faultlab::suites;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// `println!` that returns the error instead of panicking when stdout is
+/// gone (`faultlab runs | head`): the caller ends quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -123,7 +132,7 @@ enum Command {
         #[command(subcommand)]
         action: LabAction,
         /// Where the lab's state is kept (inventory, agent pids, logs).
-        #[arg(long, value_name = "DIR", default_value = lab::DEFAULT_STATE_DIR, global = true)]
+        #[arg(long, value_name = "DIR", default_value_os_t = lab::default_state_dir(), global = true)]
         state: PathBuf,
     },
     /// Lift every isolation on every agent of an inventory (or the given addresses).
@@ -205,11 +214,20 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("faultlab: {error:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error is only that the reader of our output went away.
+fn stdout_closed(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Ok(true): success; Ok(false): the run found failures; Err: could not run.
@@ -257,7 +275,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let mut good = true;
             for file in &files {
                 match read_scenario(file) {
-                    Ok(scenario) => println!(
+                    Ok(scenario) => say!(
                         "{}: ok ({} {}, {} steps)",
                         file.display(),
                         scenario.id,
@@ -275,14 +293,14 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Cases => {
             for name in suites::NAMES {
                 let scenarios = suites::load(name).unwrap_or(Ok(Vec::new()))?;
-                println!("suite {name}:");
+                say!("suite {name}:");
                 for case in scenarios {
                     let needs = if case.needs.is_empty() {
                         String::new()
                     } else {
                         format!("  (needs {})", case.needs.join(", "))
                     };
-                    println!("  {:<4} {:<30} {}{needs}", case.id, case.name, case.title);
+                    say!("  {:<4} {:<30} {}{needs}", case.id, case.name, case.title);
                 }
             }
             Ok(true)
@@ -306,12 +324,19 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let history = history.open()?;
             match action.unwrap_or(RunsAction::List { limit: 20 }) {
                 RunsAction::List { limit } => {
-                    println!(
+                    say!(
                         "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
-                        "RUN", "ID", "SUITE", "OS PAIRS", "CASES", "EXPECTED", "FAILED", "SKIPPED"
+                        "RUN",
+                        "ID",
+                        "SUITE",
+                        "OS PAIRS",
+                        "CASES",
+                        "EXPECTED",
+                        "FAILED",
+                        "SKIPPED"
                     );
                     for row in history.list(limit)? {
-                        println!(
+                        say!(
                             "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
                             row.number,
                             row.run_id,
@@ -330,12 +355,14 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 RunsAction::Diff { a, b } => {
                     let changes = history.diff(&a, &b)?;
                     if changes.is_empty() {
-                        println!("no case changed between {a} and {b}");
+                        say!("no case changed between {a} and {b}");
                     }
                     for change in changes {
-                        println!(
+                        say!(
                             "{}\n  {a}: {}\n  {b}: {}",
-                            change.case, change.before, change.after
+                            change.case,
+                            change.before,
+                            change.after
                         );
                     }
                 }
@@ -497,7 +524,7 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
     let clock = RunClock::start();
     let handles = connect_all(&local.inventory, &clock).await?;
     let result = faultlab::bench::fanout(fanned, &handles, clock).await;
-    println!(
+    say!(
         "fan-out: {} on {} pairs at once ({} agents): {} expected, {:.0} ms wall",
         fanned.id,
         result.pairs,
@@ -512,14 +539,17 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
         ),
         ("spread (same step's start across pairs)", &result.spread),
     ] {
-        println!(
+        say!(
             "  {what}: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} samples)",
-            spread.p50_us, spread.p99_us, spread.max_us, spread.samples
+            spread.p50_us,
+            spread.p99_us,
+            spread.max_us,
+            spread.samples
         );
     }
     for round in 1..=rounds {
         let timing = faultlab::bench::suite(&seed, &handles[..2], clock).await;
-        println!(
+        say!(
             "suite round {round}: {} cases one at a time ({} expected): {:.0} ms wall, {} ms inherent waits: {:.2}x",
             timing.cases,
             timing.expected,
@@ -565,8 +595,8 @@ impl Progress for Bars {
 
 fn print_report(report: &RunReport, format: Format, wire: bool) -> anyhow::Result<()> {
     match format {
-        Format::Table => print!("{}", terminal::render(report, wire)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Format::Table => write!(std::io::stdout(), "{}", terminal::render(report, wire))?,
+        Format::Json => say!("{}", serde_json::to_string_pretty(report)?),
     }
     Ok(())
 }
@@ -593,13 +623,18 @@ fn agent_entries(
 async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
     match action {
         LabAction::Up { hosts } => {
-            if let Some(why) = lab::netns_unavailable() {
-                bail!("lab up makes network namespaces and needs root with ip and nft: {why}");
-            }
             let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
+            match lab::netns_unavailable() {
+                None => {
+                    say!("lab up: {hosts} network-namespace hosts (management and test networks)")
+                }
+                Some(why) => say!(
+                    "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
+                ),
+            }
             let inventory = lab::lab_up(&exe, hosts.max(1), state)?;
-            println!("lab up: {hosts} hosts; inventory {}", inventory.display());
-            println!(
+            say!("inventory {}", inventory.display());
+            say!(
                 "run:    faultlab run --suite seed --inventory {}",
                 inventory.display()
             );
@@ -608,9 +643,9 @@ async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
         LabAction::Down => {
             let removed = lab::lab_down(state)?;
             if removed.is_empty() {
-                println!("lab down: nothing was up");
+                say!("lab down: nothing was up");
             } else {
-                println!("lab down: removed {}", removed.join(", "));
+                say!("lab down: removed {}", removed.join(", "));
             }
             Ok(true)
         }
@@ -621,12 +656,12 @@ async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
                 pids,
             }) = lab::lab_status(state)
             else {
-                println!("no lab is up (state {})", state.display());
+                say!("no lab is up (state {})", state.display());
                 return Ok(false);
             };
-            println!("inventory {}", path.display());
+            say!("inventory {}", path.display());
             let running = pids.iter().filter(|(_, alive)| *alive).count();
-            println!("{running} of {} agent processes running", pids.len());
+            say!("{running} of {} agent processes running", pids.len());
             let healthy = agents(Vec::new(), Some(&path)).await?;
             Ok(healthy && running == inventory.agents.len())
         }
@@ -648,10 +683,10 @@ async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::R
         }
         .await;
         match healed {
-            Ok(count) => println!("{name:<14} {address:<22} healed {count} isolation(s)"),
+            Ok(count) => say!("{name:<14} {address:<22} healed {count} isolation(s)"),
             Err(error) => {
                 all_healed = false;
-                println!("{name:<14} {address:<22} NOT HEALED: {error:#}");
+                say!("{name:<14} {address:<22} NOT HEALED: {error:#}");
             }
         }
     }
@@ -660,14 +695,21 @@ async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::R
 
 async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
     let entries = agent_entries(addresses, inventory)?;
-    println!(
+    say!(
         "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} CAPABILITIES",
-        "AGENT", "ADDRESS", "HEALTH", "HOST", "OS", "KERNEL", "VERSION", "BOOT ID"
+        "AGENT",
+        "ADDRESS",
+        "HEALTH",
+        "HOST",
+        "OS",
+        "KERNEL",
+        "VERSION",
+        "BOOT ID"
     );
     let mut unreachable = 0;
     for (name, address) in &entries {
         match faultlab::agents::host_info(address).await {
-            Ok(info) => println!(
+            Ok(info) => say!(
                 "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
                 name,
                 address,
@@ -681,7 +723,7 @@ async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Res
             ),
             Err(error) => {
                 unreachable += 1;
-                println!("{name:<14} {address:<22} {:<8} {error}", "down");
+                say!("{name:<14} {address:<22} {:<8} {error}", "down");
             }
         }
     }
