@@ -566,6 +566,19 @@ impl Agent {
         )?)
     }
 
+    /// The interface named, or the one holding `address` when no name is given.
+    pub fn link_interface(&self, interface: &str, address: &str) -> Result<String, AgentError> {
+        if !interface.is_empty() {
+            return Ok(interface.to_owned());
+        }
+        let address: std::net::IpAddr = address.parse().map_err(|_| {
+            AgentError::InvalidArgument(format!(
+                "interface or address: give an interface name, or an IP address ({address:?} is neither)"
+            ))
+        })?;
+        Ok(self.links()?.interface_of(address)?)
+    }
+
     /// Bring a link back up now.
     pub fn link_up(&self, interface: &str) -> Result<(), AgentError> {
         Ok(self.links()?.bring_up(interface)?)

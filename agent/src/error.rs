@@ -68,7 +68,9 @@ impl From<AgentError> for Status {
                 | IsolateError::Firewall(FirewallError::Unavailable(_)),
             ) => Status::failed_precondition(message),
             AgentError::Isolate(IsolateError::Unknown(_))
-            | AgentError::Link(LinkError::NotDown(_)) => Status::not_found(message),
+            | AgentError::Link(LinkError::NotDown(_) | LinkError::NoInterface(_)) => {
+                Status::not_found(message)
+            }
             AgentError::Link(LinkError::BadName(_)) => Status::invalid_argument(message),
             AgentError::Capture(CaptureError::Unknown(_)) => Status::not_found(message),
             AgentError::Capture(CaptureError::IdInUse(_) | CaptureError::Unavailable(_)) => {

@@ -655,8 +655,11 @@ impl pb::agent_server::Agent for AgentService {
             .into());
         }
         let deadline = crate::platform::millis(request.deadline_ms);
+        let interface = self
+            .agent
+            .link_interface(&request.interface, &request.address)?;
         self.agent.link_down(
-            &request.interface,
+            &interface,
             deadline,
             control_address,
             request.allow_control_interface,
@@ -668,7 +671,11 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
-        self.agent.link_up(&request.into_inner().interface)?;
+        let request = request.into_inner();
+        let interface = self
+            .agent
+            .link_interface(&request.interface, &request.address)?;
+        self.agent.link_up(&interface)?;
         Ok(Response::new(pb::LinkUpReply {}))
     }
 

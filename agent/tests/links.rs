@@ -70,6 +70,7 @@ async fn a_link_goes_down_spares_the_control_interface_and_comes_back_even_witho
             interface: "eth0".to_owned(),
             deadline_ms: 1_000,
             allow_control_interface: false,
+            ..Default::default()
         })
         .await;
     let status = control
@@ -84,6 +85,7 @@ async fn a_link_goes_down_spares_the_control_interface_and_comes_back_even_witho
             interface: "test0".to_owned(),
             deadline_ms: 1_500,
             allow_control_interface: false,
+            ..Default::default()
         })
         .await?;
     let downed = Instant::now();
@@ -117,14 +119,45 @@ async fn a_link_goes_down_spares_the_control_interface_and_comes_back_even_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult {
     let lab = NetLab::new(2)?;
-    lab.add_test_link(0, 1)?;
+    let (_, test_address) = lab.add_test_link(0, 1)?;
     let mut server = lab.agent(1, &["--allow", "link"]).await?;
+    // By address: the interface that holds the host's test address.
+    server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            address: test_address.to_string(),
+            deadline_ms: 60_000,
+            ..Default::default()
+        })
+        .await?;
+    assert!(!lab.link_is_up(1, "test0")?);
+    server
+        .rpc
+        .link_up(pb::LinkUpRequest {
+            address: test_address.to_string(),
+            ..Default::default()
+        })
+        .await?;
+    assert!(lab.link_is_up(1, "test0")?);
+    let nowhere = server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            address: "198.18.255.254".to_owned(),
+            deadline_ms: 1_000,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        nowhere.err().map(|status| status.code()),
+        Some(Code::NotFound)
+    );
     server
         .rpc
         .link_down(pb::LinkDownRequest {
             interface: "test0".to_owned(),
             deadline_ms: 60_000,
             allow_control_interface: false,
+            ..Default::default()
         })
         .await?;
     let again = server
@@ -133,6 +166,7 @@ async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult
             interface: "test0".to_owned(),
             deadline_ms: 60_000,
             allow_control_interface: false,
+            ..Default::default()
         })
         .await;
     assert_eq!(
@@ -143,6 +177,7 @@ async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult
         .rpc
         .link_up(pb::LinkUpRequest {
             interface: "test0".to_owned(),
+            ..Default::default()
         })
         .await?;
     assert!(lab.link_is_up(1, "test0")?);
@@ -150,6 +185,7 @@ async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult
         .rpc
         .link_up(pb::LinkUpRequest {
             interface: "eth0".to_owned(),
+            ..Default::default()
         })
         .await;
     assert_eq!(
@@ -162,6 +198,7 @@ async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult
             interface: "eth0; reboot".to_owned(),
             deadline_ms: 1_000,
             allow_control_interface: true,
+            ..Default::default()
         })
         .await;
     assert_eq!(

@@ -449,6 +449,7 @@ async fn dangerous_capabilities_are_off_unless_allowed_and_say_how_to_allow_them
             interface: "eth9".to_owned(),
             deadline_ms: 1_000,
             allow_control_interface: false,
+            ..Default::default()
         })
         .await;
     expect_status(link, Code::PermissionDenied, &["--allow link"])?;

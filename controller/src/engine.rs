@@ -462,6 +462,8 @@ struct Names {
     conns: HashMap<String, (u64, String, Option<SocketAddr>)>,
     /// Isolations this case made and has not healed: (role, id).
     isolations: Vec<(String, String)>,
+    /// Roles whose test link this case took down and has not brought up.
+    links_down: Vec<String>,
 }
 
 /// One case on one binding: what the steps share.
@@ -818,6 +820,8 @@ enum Call {
         simulated: bool,
         down_ms: u32,
     },
+    LinkDown(pb::LinkDownRequest),
+    LinkUp(pb::LinkUpRequest),
     Unsupported(&'static str),
 }
 
@@ -977,6 +981,16 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
                 .map(|(_, id)| id.clone())
                 .collect(),
         ),
+        Action::LinkDown { deadline_ms } => Call::LinkDown(pb::LinkDownRequest {
+            interface: String::new(),
+            address: agent.test_ip.to_string(),
+            deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
+            allow_control_interface: false,
+        }),
+        Action::LinkUp => Call::LinkUp(pb::LinkUpRequest {
+            interface: String::new(),
+            address: agent.test_ip.to_string(),
+        }),
         Action::Reboot { simulated, down_ms } => Call::Reboot {
             simulated: *simulated,
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
@@ -1007,6 +1021,8 @@ impl Prepared {
         match &self.call {
             Call::Isolate(request) => names.isolations.push((role.clone(), request.id.clone())),
             Call::Heal(ids) => names.isolations.retain(|(_, id)| !ids.contains(id)),
+            Call::LinkDown(_) => names.links_down.push(role.clone()),
+            Call::LinkUp(_) => names.links_down.retain(|owner| owner != &role),
             _ => {}
         }
         let (outcome, new_id, address) = self.run().await?;
@@ -1198,6 +1214,14 @@ impl Prepared {
                 }
                 (ok("reboot", &self.clock), None, None)
             }
+            Call::LinkDown(request) => {
+                client.link_down(request).await.map_err(failed)?;
+                (ok("link-down", &self.clock), None, None)
+            }
+            Call::LinkUp(request) => {
+                client.link_up(request).await.map_err(failed)?;
+                (ok("link-up", &self.clock), None, None)
+            }
             Call::Unsupported(what) => {
                 return Err(StepError::Failed(format!(
                     "{what} is not available in this version of faultlab"
@@ -1296,8 +1320,19 @@ async fn wait_end(
     }
 }
 
-/// Lift the case's isolations and kill its holders (their sockets close with them).
+/// Lift the case's isolations, plug its cables back in, and kill its
+/// holders (their sockets close with them).
 async fn cleanup(run: &CaseRun<'_>) {
+    for role in &run.names.links_down {
+        if let Some(agent) = run.agents.get(role) {
+            let mut client = agent.client.clone();
+            let up = pb::LinkUpRequest {
+                interface: String::new(),
+                address: agent.test_ip.to_string(),
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, client.link_up(up)).await;
+        }
+    }
     for (role, id) in &run.names.isolations {
         if let Some(agent) = run.agents.get(role) {
             let mut client = agent.client.clone();

@@ -57,6 +57,9 @@ pub enum LinkError {
     /// It is already down by our hand.
     #[error("interface {0} is already down; bring it up first")]
     AlreadyDown(String),
+    /// No interface holds the address.
+    #[error("no interface holds address {0}")]
+    NoInterface(String),
     /// We did not take it down.
     #[error("interface {0} was not taken down by this agent")]
     NotDown(String),
@@ -124,6 +127,13 @@ impl Links {
         let expires = Instant::now() + deadline;
         down.insert(interface.to_owned(), Down { watchdog, expires });
         Ok(expires)
+    }
+
+    /// The interface that holds `address`.
+    pub fn interface_of(&self, address: IpAddr) -> Result<String, LinkError> {
+        self.control
+            .interface_of(address)?
+            .ok_or_else(|| LinkError::NoInterface(address.to_string()))
     }
 
     /// Bring `interface` back up now.

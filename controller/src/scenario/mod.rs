@@ -218,6 +218,14 @@ pub enum Action {
     },
     /// Lift the role's isolation (needs `isolate`).
     Heal,
+    /// Pull the cable of the role's test interface (the one holding its test
+    /// address) until a deadline (needs `link`).
+    LinkDown {
+        /// The link comes back by itself after this.
+        deadline_ms: u64,
+    },
+    /// Plug it back in.
+    LinkUp,
     /// Reboot the role's host, really or simulated (needs `reboot`).
     Reboot {
         /// Simulated: drop everything, forget sockets, come back.
@@ -247,6 +255,8 @@ impl Action {
             Self::Join { .. } => "join",
             Self::Isolate { .. } => "isolate",
             Self::Heal => "heal",
+            Self::LinkDown { .. } => "link-down",
+            Self::LinkUp => "link-up",
             Self::Reboot { .. } => "reboot",
         }
     }

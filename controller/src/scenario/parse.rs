@@ -471,6 +471,12 @@ fn drop_mode() -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DeadlineSpec {
+    deadline_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RebootSpec {
     #[serde(default = "yes")]
     simulated: bool,
@@ -488,7 +494,7 @@ fn default_down_ms() -> u64 {
 
 /// Every action keyword, for the error that lists them.
 const ACTIONS: &str = "listen, stop-listening, connect, accept, send, recv, close, set-options, \
-                       watch, wait-end, exit, kill, sleep, join, isolate, heal, reboot";
+                       watch, wait-end, exit, kill, sleep, join, isolate, heal, link-down, link-up, reboot";
 
 fn parse_step(
     index: usize,
@@ -594,6 +600,12 @@ fn parse_step(
             }
         }),
         "heal" => typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::Heal),
+        "link-down" => {
+            typed::<DeadlineSpec>(&own_table, span, &path, errors).map(|spec| Action::LinkDown {
+                deadline_ms: spec.deadline_ms,
+            })
+        }
+        "link-up" => typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::LinkUp),
         "reboot" => {
             typed::<RebootSpec>(&own_table, span, &path, errors).map(|spec| Action::Reboot {
                 simulated: spec.simulated,
