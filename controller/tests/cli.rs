@@ -293,3 +293,42 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing was up"));
     Ok(())
 }
+
+#[test]
+fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
+    if let Some(why) = faultlab::lab::netns_unavailable() {
+        return Err(format!(
+            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
+        )
+        .into());
+    }
+    let scratch = Scratch::new("crash")?;
+    let state = scratch.0.join("state");
+    let state_arg = state.display().to_string();
+    let history = scratch.0.join("h.sqlite");
+    let up = faultlab(
+        &["lab", "up", "--hosts", "2", "--state", &state_arg],
+        &history,
+    )?;
+    assert_eq!(
+        up.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // The crash: every agent killed -9, the state files lost.
+    let pids = std::fs::read_to_string(state.join("agents.pids"))?;
+    for pid in pids.lines() {
+        Command::new("kill").args(["-KILL", pid]).status()?;
+    }
+    std::fs::remove_dir_all(&state)?;
+    let down = faultlab(&["lab", "down", "--state", &state_arg], &history)?;
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("2 namespaces"),
+        "{}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+    let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("fll"));
+    Ok(())
+}
