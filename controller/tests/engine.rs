@@ -50,6 +50,15 @@ async fn run(
     Ok(engine::run(plan, clock, Arc::new(Quiet), stop).await)
 }
 
+/// One case of the built-in seed suite.
+fn seed_case(id: &str) -> Result<Scenario, Box<dyn std::error::Error>> {
+    suites::load("seed")
+        .ok_or("no seed suite")??
+        .into_iter()
+        .find(|case| case.id == id)
+        .ok_or_else(|| format!("no seed case {id}").into())
+}
+
 fn validate(report: &RunReport) -> TestResult {
     let schema: serde_json::Value =
         serde_json::from_str(include_str!("../schema/run.schema.json"))?;
@@ -145,11 +154,7 @@ expect.linux = { outcome = "ok" }
 async fn a_killed_agent_ends_only_its_case() -> TestResult {
     let lab = local_lab(2)?;
     let slow = scenario::parse("slow.toml", SLOW)?;
-    let quick = suites::load("seed")
-        .ok_or("no seed suite")??
-        .into_iter()
-        .filter(|case| case.id == "S2")
-        .collect::<Vec<_>>();
+    let quick = vec![seed_case("S2")?];
     let clock = RunClock::start();
     let mut cases = vec![slow];
     cases.extend(quick);
@@ -210,11 +215,7 @@ async fn a_case_out_of_time_is_a_timeout_and_its_holders_are_cleaned_up() -> Tes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_expectation_differs_and_says_how() -> TestResult {
     let lab = local_lab(2)?;
-    let s2 = suites::load("seed")
-        .ok_or("no seed suite")??
-        .into_iter()
-        .find(|case| case.id == "S2")
-        .ok_or("no S2")?;
+    let s2 = seed_case("S2")?;
     let mut wrong = s2.clone();
     let reads = wrong
         .steps
@@ -244,11 +245,7 @@ async fn a_wrong_expectation_differs_and_says_how() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
     let lab = local_lab(3)?;
-    let s2: Vec<Scenario> = suites::load("seed")
-        .ok_or("no seed suite")??
-        .into_iter()
-        .filter(|case| case.id == "S2")
-        .collect();
+    let s2 = vec![seed_case("S2")?];
     let clock = RunClock::start();
     let mut plan = plan(&lab, &clock, s2).await?;
     plan.all_bindings = true;
@@ -283,11 +280,7 @@ async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_role_always_gets_its_agent() -> TestResult {
     let lab = local_lab(3)?;
-    let s2: Vec<Scenario> = suites::load("seed")
-        .ok_or("no seed suite")??
-        .into_iter()
-        .filter(|case| case.id == "S2")
-        .collect();
+    let s2 = vec![seed_case("S2")?];
     let clock = RunClock::start();
     let mut plan = plan(&lab, &clock, s2).await?;
     plan.pinned
@@ -321,11 +314,7 @@ async fn wire_expectations_are_judged_from_the_captures() -> TestResult {
     }
     let exe = lab::find_agent().ok_or("faultlab-agent is not built: run cargo test --workspace")?;
     let lab = LocalLab::start_netns(&exe, 2)?;
-    let mut a1 = suites::load("seed")
-        .ok_or("no seed suite")??
-        .into_iter()
-        .find(|case| case.id == "A1")
-        .ok_or("no A1")?;
+    let mut a1 = seed_case("A1")?;
     let right = run(&lab, vec![a1.clone()]).await?;
     let case = &right.cases[0];
     assert!(case.wire_evidence, "{case:?}");
