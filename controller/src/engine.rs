@@ -1381,6 +1381,7 @@ fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<ObservationReport> {
                 checked: step.expect.get(&os).map(|expect| {
                     format!("{os} ({})", expect.source.as_deref().unwrap_or("measured"))
                 }),
+                expected: step.expect.get(&os).map(Expect::summary),
             }
         })
         .collect();

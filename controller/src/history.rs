@@ -334,6 +334,7 @@ mod tests {
                 t_ns: 0,
                 duration_ns: 0,
                 checked: Some("linux (measured)".to_owned()),
+                expected: Some("eof".to_owned()),
             }],
             wire_evidence: false,
             wire: Vec::new(),

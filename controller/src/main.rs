@@ -87,6 +87,9 @@ enum Command {
         /// In the table, list each case's captured TCP segments.
         #[arg(long)]
         wire: bool,
+        /// Also write the self-contained HTML report (ladder diagrams) here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         history: HistoryArgs,
         /// Do not keep this run in the history.
@@ -145,6 +148,20 @@ enum Command {
         /// Or the agents of an inventory file.
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
+    },
+    /// A stored run as a self-contained HTML report (with ladder diagrams)
+    /// or as Markdown for a ticket.
+    Report {
+        /// Run number or id (see `faultlab runs`).
+        run: String,
+        /// Write the HTML report here.
+        #[arg(long, value_name = "FILE", required_unless_present = "markdown")]
+        html: Option<PathBuf>,
+        /// Print Markdown on stdout.
+        #[arg(long)]
+        markdown: bool,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
     /// The history of runs.
     Runs {
@@ -244,6 +261,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             format,
             junit,
             wire,
+            html,
             history,
             no_history,
             strict,
@@ -260,6 +278,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             )
             .await?;
             print_report(&report, format, wire)?;
+            if let Some(path) = html {
+                write_html(&report, &path)?;
+            }
             if let Some(path) = junit {
                 let xml = junit::render(&report).context("cannot render JUnit XML")?;
                 std::fs::write(&path, xml)
@@ -315,6 +336,22 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             rounds,
         } => bench(agents, &case, rounds).await,
         Command::Lab { action, state } => lab_command(action, &state).await,
+        Command::Report {
+            run,
+            html,
+            markdown,
+            history,
+        } => {
+            let report = history.open()?.get(&run)?;
+            if let Some(path) = html {
+                write_html(&report, &path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            if markdown {
+                say!("{}", faultlab::report::html::markdown(&report));
+            }
+            Ok(true)
+        }
         Command::Heal {
             all: _,
             addresses,
@@ -591,6 +628,11 @@ impl Progress for Bars {
             report.name
         ));
     }
+}
+
+fn write_html(report: &RunReport, path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, faultlab::report::html::render(report))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_report(report: &RunReport, format: Format, wire: bool) -> anyhow::Result<()> {

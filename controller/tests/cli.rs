@@ -6,6 +6,16 @@ use std::process::{Command, Output};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// `faultlab lab up` makes the one lab of a machine (it replaces any other),
+/// so the tests that bring it up take turns.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A scratch directory for one test, removed at the end.
 struct Scratch(PathBuf);
 
@@ -228,6 +238,7 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
         )
         .into());
     }
+    let _turn = lab_turn();
     let scratch = Scratch::new("lab")?;
     let state = scratch.0.join("state").display().to_string();
     let history = scratch.0.join("h.sqlite");
@@ -302,6 +313,7 @@ fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
         )
         .into());
     }
+    let _turn = lab_turn();
     let scratch = Scratch::new("crash")?;
     let state = scratch.0.join("state");
     let state_arg = state.display().to_string();

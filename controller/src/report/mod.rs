@@ -1,7 +1,9 @@
 //! What a run found, in the shape every output shares: the terminal table,
 //! JSON (`faultlab.run/1`, documented in README), JUnit XML and the history.
 
+pub mod html;
 pub mod junit;
+pub mod ladder;
 pub mod terminal;
 
 use serde::{Deserialize, Serialize};
@@ -155,6 +157,8 @@ pub struct ObservationReport {
     pub duration_ns: u64,
     /// Which expectation was checked ("linux (measured)"), if any.
     pub checked: Option<String>,
+    /// What that expectation asked, in words.
+    pub expected: Option<String>,
 }
 
 /// One TCP segment as one host saw it.

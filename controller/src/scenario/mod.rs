@@ -337,6 +337,47 @@ pub struct Expect {
 }
 
 impl Expect {
+    /// The expectation in a few words, e.g. "error ECONNRESET, 1000 B, no FIN".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        match (self.outcome, &self.error) {
+            (Some(outcome), Some(error)) => parts.push(format!("{} {error}", outcome.as_str())),
+            (Some(outcome), None) => parts.push(outcome.as_str().to_owned()),
+            (None, Some(error)) => parts.push(error.clone()),
+            (None, None) => {}
+        }
+        if let Some(bytes) = self.bytes {
+            parts.push(format!("{bytes} B"));
+        }
+        if let Some(bytes) = self.bytes_min {
+            parts.push(format!("≥ {bytes} B"));
+        }
+        if let Some(step) = &self.bytes_below {
+            parts.push(format!("< bytes of {step}"));
+        }
+        if let Some(sigpipe) = self.sigpipe {
+            parts.push(if sigpipe { "SIGPIPE" } else { "no SIGPIPE" }.to_owned());
+        }
+        if let Some(bytes) = self.unread_bytes_min {
+            parts.push(format!("≥ {bytes} B unread"));
+        }
+        if let (Some(within), Some(since)) = (self.within_ms, &self.since) {
+            parts.push(format!("within {within} ms of {since}"));
+        }
+        for (wanted, name) in [(self.wire_rst, "RST"), (self.wire_fin, "FIN")] {
+            if let Some(wanted) = wanted {
+                parts.push(format!(
+                    "{} {name} on the wire",
+                    if wanted { "a" } else { "no" }
+                ));
+            }
+        }
+        if let Some(bytes) = self.wire_bytes_before_fin {
+            parts.push(format!("FIN after {bytes} B"));
+        }
+        parts.join(", ")
+    }
+
     /// Whether it says anything about the wire.
     pub fn checks_wire(&self) -> bool {
         self.wire_rst.is_some() || self.wire_fin.is_some() || self.wire_bytes_before_fin.is_some()

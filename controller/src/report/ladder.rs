@@ -1,0 +1,601 @@
+//! The ladder (sequence) diagram of one case, as coordinates: hosts as
+//! vertical lanes, time flowing down, each socket call as a mark on its
+//! host's lane, each SYN/FIN/RST (and a few data segments) as an arrow from
+//! the sender's lane to the receiver's, and the delay between a FIN/RST
+//! arriving and the call that noticed it as a bracket.
+//!
+//! Rows are moments, not a linear time scale: a case mixes microseconds and
+//! 50 ms sleeps, so every distinct moment gets a row and the axis says its
+//! time. Moments within [`SAME_MOMENT_NS`] share a row (two hosts at once).
+//! This is a pure function so tests can check it without a browser.
+
+use super::{ObservationReport, WireReport};
+
+/// Events closer than this are drawn on one row.
+pub const SAME_MOMENT_NS: i64 = 50_000;
+/// At most this many data segments are drawn; more are summed up in a note.
+pub const MAX_DATA_ARROWS: usize = 8;
+const TOP: f64 = 50.0;
+const ROW: f64 = 26.0;
+const LEFT: f64 = 110.0;
+const LANE_GAP: f64 = 340.0;
+
+/// A host lane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lane {
+    /// Its x.
+    pub x: f64,
+    /// "client · host-1".
+    pub title: String,
+}
+
+/// What kind of thing a mark or an arrow is (its CSS class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A call that succeeded.
+    Ok,
+    /// A call that ended in EOF.
+    Eof,
+    /// A call that failed or timed out.
+    Error,
+    /// A SYN.
+    Syn,
+    /// A FIN.
+    Fin,
+    /// A RST.
+    Rst,
+    /// Data.
+    Data,
+}
+
+impl Kind {
+    /// CSS class name.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Eof => "eof",
+            Self::Error => "error",
+            Self::Syn => "syn",
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::Data => "data",
+        }
+    }
+}
+
+/// A call on a lane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mark {
+    /// Lane x.
+    pub x: f64,
+    /// Row y.
+    pub y: f64,
+    /// "recv → error ECONNRESET, 1000 B".
+    pub text: String,
+    /// Its kind.
+    pub kind: Kind,
+}
+
+/// A segment from one lane to another.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arrow {
+    /// From.
+    pub x1: f64,
+    /// From.
+    pub y1: f64,
+    /// To.
+    pub x2: f64,
+    /// To.
+    pub y2: f64,
+    /// "R." or "P. 1000 B".
+    pub text: String,
+    /// Its kind.
+    pub kind: Kind,
+}
+
+/// The time from a FIN/RST arriving to the call that noticed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bracket {
+    /// Just left of the lane.
+    pub x: f64,
+    /// The arrival.
+    pub y1: f64,
+    /// The detection.
+    pub y2: f64,
+    /// "+0.512 ms".
+    pub text: String,
+}
+
+/// An axis tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tick {
+    /// Row y.
+    pub y: f64,
+    /// "12.345 ms".
+    pub text: String,
+}
+
+/// The whole diagram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ladder {
+    /// SVG width.
+    pub width: f64,
+    /// SVG height.
+    pub height: f64,
+    /// Lanes, in role order.
+    pub lanes: Vec<Lane>,
+    /// One per row.
+    pub ticks: Vec<Tick>,
+    /// Calls.
+    pub marks: Vec<Mark>,
+    /// Segments.
+    pub arrows: Vec<Arrow>,
+    /// Detection delays.
+    pub brackets: Vec<Bracket>,
+    /// What was left out.
+    pub notes: Vec<String>,
+}
+
+/// A lane to draw: the host's name, its role, and its test address (to
+/// tell who sent a segment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Agent name.
+    pub name: String,
+    /// Role in the case.
+    pub role: String,
+    /// Test address.
+    pub ip: String,
+}
+
+fn kind_of_flags(flags: &str) -> Kind {
+    if flags.contains('R') {
+        Kind::Rst
+    } else if flags.contains('F') {
+        Kind::Fin
+    } else if flags.contains('S') {
+        Kind::Syn
+    } else {
+        Kind::Data
+    }
+}
+
+fn ip_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map_or(address, |(ip, _)| ip)
+        .trim_matches(['[', ']'])
+}
+
+/// Lay out a case: `hosts` in role order, its observations and wire segments.
+pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireReport]) -> Ladder {
+    let lane_x = |index: usize| LEFT + 80.0 + LANE_GAP * index as f64;
+    let lane_of_host = |name: &str| hosts.iter().position(|host| host.name == name);
+    // Sender/receiver lanes by address only when addresses tell hosts apart
+    // (on loopback every host is 127.0.0.1).
+    let distinct = {
+        let mut ips: Vec<&str> = hosts.iter().map(|host| host.ip.as_str()).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips.len() == hosts.len()
+    };
+    let lane_of_ip = |ip: &str| {
+        if distinct {
+            hosts.iter().position(|host| host.ip == ip)
+        } else {
+            None
+        }
+    };
+
+    // Pair each segment as sent (seen by the sender's host) with itself as
+    // received (seen by the receiver's host), whatever their order: clock
+    // offsets are known only to a fraction of a millisecond.
+    struct Flight<'a> {
+        sent: Option<&'a WireReport>,
+        received: Option<&'a WireReport>,
+        from: Option<usize>,
+        to: Option<usize>,
+    }
+    let same = |a: &WireReport, b: &WireReport| {
+        a.source == b.source
+            && a.destination == b.destination
+            && a.flags == b.flags
+            && a.seq == b.seq
+            && a.ack == b.ack
+            && a.payload == b.payload
+    };
+    let mut flights: Vec<Flight<'_>> = Vec::new();
+    for segment in wire {
+        let from = lane_of_ip(ip_of(&segment.source));
+        let to = lane_of_ip(ip_of(&segment.destination));
+        let seen_at = lane_of_host(&segment.host);
+        let received = seen_at.is_some() && seen_at == to && from.is_some();
+        let sent = seen_at.is_some() && seen_at == from && to.is_some();
+        if received || sent {
+            let twin = flights.iter_mut().find(|flight| {
+                let other = if received {
+                    flight.sent
+                } else {
+                    flight.received
+                };
+                let open = if received {
+                    flight.received.is_none()
+                } else {
+                    flight.sent.is_none()
+                };
+                open && other.is_some_and(|other| same(other, segment))
+            });
+            match (twin, received) {
+                (Some(flight), true) => flight.received = Some(segment),
+                (Some(flight), false) => flight.sent = Some(segment),
+                (None, true) => flights.push(Flight {
+                    sent: None,
+                    received: Some(segment),
+                    from,
+                    to,
+                }),
+                (None, false) => flights.push(Flight {
+                    sent: Some(segment),
+                    received: None,
+                    from,
+                    to,
+                }),
+            }
+        } else {
+            // Lanes cannot be told apart: show it where it was seen.
+            flights.push(Flight {
+                sent: Some(segment),
+                received: None,
+                from: seen_at,
+                to: seen_at,
+            });
+        }
+    }
+    // Every SYN/FIN/RST is drawn; data only when there is little of it.
+    let is_data = |flight: &Flight<'_>| {
+        flight
+            .sent
+            .or(flight.received)
+            .is_some_and(|segment| kind_of_flags(&segment.flags) == Kind::Data)
+    };
+    let payload = |flight: &Flight<'_>| {
+        flight
+            .sent
+            .or(flight.received)
+            .map_or(0, |segment| segment.payload)
+    };
+    let data_flights = flights
+        .iter()
+        .filter(|flight| is_data(flight) && payload(flight) > 0)
+        .count();
+    let mut notes = Vec::new();
+    if data_flights > MAX_DATA_ARROWS * 2 {
+        let bytes: u64 = flights
+            .iter()
+            .filter(|flight| is_data(flight))
+            .map(|flight| u64::from(payload(flight)))
+            .sum();
+        notes.push(format!(
+            "{data_flights} data segments ({bytes} B) not drawn"
+        ));
+        flights.retain(|flight| !is_data(flight));
+    } else {
+        flights.retain(|flight| !is_data(flight) || payload(flight) > 0);
+    }
+
+    // Every moment that needs a row.
+    let mut moments: Vec<i64> = observations
+        .iter()
+        .map(|observation| observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0))
+        .collect();
+    for flight in &flights {
+        moments.extend(flight.sent.map(|segment| segment.t_ns));
+        moments.extend(flight.received.map(|segment| segment.t_ns));
+    }
+    moments.sort_unstable();
+    let mut rows: Vec<i64> = Vec::new();
+    for moment in moments {
+        if rows
+            .last()
+            .is_none_or(|last| moment - last > SAME_MOMENT_NS)
+        {
+            rows.push(moment);
+        }
+    }
+    let row_of = |t: i64| {
+        let index = rows.partition_point(|row| *row <= t).saturating_sub(1);
+        TOP + ROW * index as f64
+    };
+    let origin = rows.first().copied().unwrap_or(0);
+    let ticks = rows
+        .iter()
+        .map(|row| Tick {
+            y: row_of(*row),
+            text: format!("{:.3} ms", (row - origin) as f64 / 1e6),
+        })
+        .collect();
+
+    let marks = observations
+        .iter()
+        .filter_map(|observation| {
+            let lane = lane_of_host(&observation.host)?;
+            let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0);
+            let kind = match observation.outcome.as_str() {
+                "ok" => Kind::Ok,
+                "eof" => Kind::Eof,
+                _ => Kind::Error,
+            };
+            let errno = if observation.errno_name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", observation.errno_name)
+            };
+            let bytes = if observation.bytes > 0 {
+                format!(", {} B", observation.bytes)
+            } else {
+                String::new()
+            };
+            Some(Mark {
+                x: lane_x(lane),
+                y: row_of(end),
+                text: format!(
+                    "{} → {}{errno}{bytes}",
+                    observation.call, observation.outcome
+                ),
+                kind,
+            })
+        })
+        .collect();
+
+    let arrows = flights
+        .iter()
+        .filter_map(|flight| {
+            let segment = flight.sent.or(flight.received)?;
+            let (from, to) = (flight.from?, flight.to?);
+            let y1 = flight
+                .sent
+                .map_or_else(|| row_of(segment.t_ns), |sent| row_of(sent.t_ns));
+            let y2 = flight.received.map_or(y1, |received| row_of(received.t_ns));
+            let kind = kind_of_flags(&segment.flags);
+            let text = if segment.payload > 0 {
+                format!("{} {} B", segment.flags, segment.payload)
+            } else {
+                segment.flags.clone()
+            };
+            Some(Arrow {
+                x1: lane_x(from),
+                y1,
+                x2: lane_x(to),
+                y2,
+                text,
+                kind,
+            })
+        })
+        .collect();
+
+    // Detection: a FIN/RST arriving at a host, then the call there that ended with EOF/error.
+    let mut brackets = Vec::new();
+    for observation in observations {
+        let wanted = match observation.outcome.as_str() {
+            "eof" => 'F',
+            "error" if observation.errno_name == "ECONNRESET" => 'R',
+            _ => continue,
+        };
+        let Some(lane) = lane_of_host(&observation.host) else {
+            continue;
+        };
+        let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0);
+        let arrival = flights
+            .iter()
+            .filter(|flight| flight.to == Some(lane) && flight.from != Some(lane))
+            .filter_map(|flight| flight.received)
+            .filter(|segment| {
+                segment.flags.contains(wanted) && segment.t_ns <= end + SAME_MOMENT_NS
+            })
+            .map(|segment| segment.t_ns)
+            .max();
+        if let Some(arrived) = arrival {
+            brackets.push(Bracket {
+                x: lane_x(lane) - 14.0,
+                y1: row_of(arrived),
+                y2: row_of(end),
+                text: format!("+{:.3} ms", (end - arrived).max(0) as f64 / 1e6),
+            });
+        }
+    }
+
+    let width = lane_x(hosts.len().saturating_sub(1)) + 260.0;
+    let height = TOP + ROW * rows.len().max(1) as f64 + 20.0;
+    Ladder {
+        width,
+        height,
+        lanes: hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| Lane {
+                x: lane_x(index),
+                title: format!("{} · {}", host.role, host.name),
+            })
+            .collect(),
+        ticks,
+        marks,
+        arrows,
+        brackets,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, role: &str, ip: &str) -> Host {
+        Host {
+            name: name.to_owned(),
+            role: role.to_owned(),
+            ip: ip.to_owned(),
+        }
+    }
+
+    fn observation(
+        host: &str,
+        call: &str,
+        outcome: &str,
+        errno: &str,
+        t_ns: i64,
+    ) -> ObservationReport {
+        ObservationReport {
+            step: call.to_owned(),
+            host: host.to_owned(),
+            role: String::new(),
+            call: call.to_owned(),
+            bytes: 0,
+            outcome: outcome.to_owned(),
+            errno: 0,
+            errno_name: errno.to_owned(),
+            sigpipe: false,
+            unread_bytes: 0,
+            t_ns,
+            duration_ns: 0,
+            checked: None,
+            expected: None,
+        }
+    }
+
+    fn segment(
+        seen_by: &str,
+        source: &str,
+        destination: &str,
+        flags: &str,
+        t_ns: i64,
+    ) -> WireReport {
+        WireReport {
+            host: seen_by.to_owned(),
+            t_ns,
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            flags: flags.to_owned(),
+            seq: 1,
+            ack: 1,
+            payload: 0,
+        }
+    }
+
+    fn two_hosts() -> Vec<Host> {
+        vec![
+            host("a", "client", "198.18.1.10"),
+            host("b", "server", "198.18.1.11"),
+        ]
+    }
+
+    #[test]
+    fn an_abort_is_a_red_arrow_from_the_server_and_a_bracket_to_the_read_that_saw_it() {
+        let observations = [
+            observation("b", "close", "ok", "", 1_000_000),
+            observation("a", "recv", "error", "ECONNRESET", 1_600_000),
+        ];
+        let wire = [
+            segment(
+                "b",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "R.",
+                1_010_000,
+            ),
+            segment(
+                "a",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "R.",
+                1_100_000,
+            ),
+        ];
+        let ladder = layout(&two_hosts(), &observations, &wire);
+        assert_eq!(ladder.lanes.len(), 2);
+        assert_eq!(ladder.arrows.len(), 1, "the two sightings are one flight");
+        let reset = &ladder.arrows[0];
+        assert_eq!((reset.kind, reset.text.as_str()), (Kind::Rst, "R."));
+        assert!(
+            reset.x1 > reset.x2,
+            "from the server lane (right) to the client lane (left)"
+        );
+        assert!(reset.y2 > reset.y1, "it arrives after it leaves");
+        assert_eq!(ladder.brackets.len(), 1);
+        assert_eq!(ladder.brackets[0].text, "+0.500 ms");
+        assert!(
+            ladder
+                .marks
+                .iter()
+                .any(|mark| mark.text == "recv → error ECONNRESET" && mark.kind == Kind::Error)
+        );
+        // Rows are in time order and labelled from the first moment.
+        assert_eq!(
+            ladder.ticks.first().map(|tick| tick.text.as_str()),
+            Some("0.000 ms")
+        );
+        assert!(ladder.ticks.windows(2).all(|pair| pair[1].y > pair[0].y));
+    }
+
+    #[test]
+    fn a_segment_received_before_it_was_sent_by_the_clocks_is_still_one_arrow() {
+        let wire = [
+            segment("b", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_000_000),
+            segment("a", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_200_000),
+        ];
+        let ladder = layout(&two_hosts(), &[], &wire);
+        assert_eq!(ladder.arrows.len(), 1);
+        assert!(
+            ladder.arrows[0].x1 < ladder.arrows[0].x2,
+            "from the client lane to the server lane"
+        );
+    }
+
+    #[test]
+    fn simultaneous_events_on_two_hosts_share_a_row() {
+        let observations = [
+            observation("a", "send", "ok", "", 5_000_000),
+            observation("b", "send", "ok", "", 5_020_000),
+            observation("b", "recv", "eof", "", 9_000_000),
+        ];
+        let ladder = layout(&two_hosts(), &observations, &[]);
+        assert_eq!(ladder.ticks.len(), 2);
+        assert_eq!(ladder.marks[0].y, ladder.marks[1].y);
+        assert!(ladder.marks[2].y > ladder.marks[0].y);
+    }
+
+    #[test]
+    fn without_wire_evidence_there_are_marks_only() {
+        let observations = [observation("a", "connect", "error", "ECONNREFUSED", 1)];
+        let ladder = layout(&two_hosts(), &observations, &[]);
+        assert!(ladder.arrows.is_empty() && ladder.brackets.is_empty());
+        assert_eq!(ladder.marks.len(), 1);
+        assert!(ladder.height > 0.0 && ladder.width > ladder.lanes[1].x);
+    }
+
+    #[test]
+    fn many_data_segments_are_summed_up_not_drawn() {
+        let mut wire = Vec::new();
+        for index in 0..40 {
+            let mut data = segment(
+                "a",
+                "198.18.1.10:40000",
+                "198.18.1.11:7000",
+                ".",
+                index * 1_000,
+            );
+            data.payload = 1448;
+            wire.push(data);
+        }
+        wire.push(segment(
+            "a",
+            "198.18.1.10:40000",
+            "198.18.1.11:7000",
+            "F.",
+            50_000_000,
+        ));
+        let ladder = layout(&two_hosts(), &[], &wire);
+        assert_eq!(ladder.arrows.len(), 1);
+        assert_eq!(ladder.arrows[0].kind, Kind::Fin);
+        assert_eq!(ladder.notes, ["40 data segments (57920 B) not drawn"]);
+    }
+}
