@@ -368,6 +368,92 @@ pub fn markdown(report: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{AgentReport, SCHEMA, Summary};
+    use std::collections::BTreeMap;
+
+    fn case(id: &str, os_pair: &str, verdict: Verdict, differences: &[&str]) -> CaseReport {
+        CaseReport {
+            id: id.to_owned(),
+            name: "case".to_owned(),
+            title: "a case".to_owned(),
+            seed: None,
+            roles: BTreeMap::from([("client".to_owned(), "a".to_owned())]),
+            os_pair: os_pair.to_owned(),
+            verdict,
+            reason: None,
+            differences: differences.iter().map(|d| (*d).to_owned()).collect(),
+            observations: Vec::new(),
+            wire_evidence: false,
+            wire: Vec::new(),
+            duration_ms: 3,
+        }
+    }
+
+    fn report(cases: Vec<CaseReport>) -> RunReport {
+        RunReport {
+            schema: SCHEMA.to_owned(),
+            run_id: "r1".to_owned(),
+            started_unix_ms: 0,
+            finished_unix_ms: 5,
+            suite: "seed".to_owned(),
+            agents: Vec::<AgentReport>::new(),
+            summary: Summary::of(&cases),
+            cases,
+        }
+    }
+
+    #[test]
+    fn the_page_has_the_matrix_a_comparison_across_os_pairs_and_a_ladder_per_case() {
+        let page = render(&report(vec![
+            case("C2", "linux/linux", Verdict::Expected, &[]),
+            case(
+                "C2",
+                "windows/linux",
+                Verdict::Differs,
+                &["client-reads (recv on windows): outcome eof, expected error"],
+            ),
+        ]));
+        assert!(page.contains("id=\"matrix\""));
+        assert!(
+            page.contains("id=\"comparison\""),
+            "two OS pairs: a comparison table"
+        );
+        assert_eq!(page.matches("<svg class=\"ladder\"").count(), 2);
+        assert!(page.contains("href=\"#case-1\"") && page.contains("class=\"differs\""));
+        assert!(page.contains("outcome eof, expected error"));
+        let one_pair = render(&report(vec![case(
+            "S2",
+            "linux/linux",
+            Verdict::Expected,
+            &[],
+        )]));
+        assert!(!one_pair.contains("id=\"comparison\""));
+    }
+
+    #[test]
+    fn markdown_is_a_table_with_the_differences_under_it() {
+        let text = markdown(&report(vec![
+            case("S2", "linux/linux", Verdict::Expected, &[]),
+            case(
+                "C3",
+                "linux/linux",
+                Verdict::Differs,
+                &["close (close on linux): wire: this host sent no RST, expected one"],
+            ),
+        ]));
+        assert!(
+            text.contains("| S2 case | a | linux/linux | expected |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| C3 case | a | linux/linux | **differs** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- close (close on linux): wire: this host sent no RST, expected one"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn dates_are_civil_utc() {
