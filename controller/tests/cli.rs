@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// `faultlab lab up` makes the one lab of a machine (it replaces any other),
-/// so the tests that bring it up take turns.
+/// and a whole seed suite wants quiet hosts (its captures and timing bounds
+/// suffer when another suite floods the same two cores): those tests take turns.
 static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
@@ -42,6 +43,7 @@ fn faultlab(args: &[&str], history: &PathBuf) -> std::io::Result<Output> {
 
 #[test]
 fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
+    let _turn = lab_turn();
     let scratch = Scratch::new("main")?;
     let history = scratch.0.join("history.sqlite");
     let junit = scratch.0.join("junit.xml");
@@ -53,8 +55,23 @@ fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
         &history,
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let unexpected: Vec<String> = report["cases"]
+        .as_array()
+        .map(|cases| {
+            cases
+                .iter()
+                .filter(|case| case["verdict"] != "expected" && case["verdict"] != "skipped")
+                .map(|case| {
+                    format!(
+                        "{} {}: {} {}",
+                        case["id"], case["verdict"], case["reason"], case["differences"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{unexpected:#?}\n{stderr}");
     let schema: serde_json::Value =
         serde_json::from_str(include_str!("../schema/run.schema.json"))?;
     let validator = jsonschema::validator_for(&schema)?;
