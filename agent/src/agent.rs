@@ -17,11 +17,12 @@ use crate::model::{
     SocketOptions,
 };
 use crate::platform::{Current, Platform};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Dangerous capabilities, all off unless the agent's configuration allows them.
@@ -109,12 +110,6 @@ pub struct Agent {
     captures: Result<Captures, String>,
     /// The gRPC port, never captured.
     control_port: u16,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unexpected(reply: &HolderReply) -> AgentError {

@@ -37,9 +37,7 @@ impl EventLog {
     }
 
     fn log(&self) -> MutexGuard<'_, Log> {
-        self.log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.log)
     }
 
     /// Append an event, stamped now; returns its sequence number.

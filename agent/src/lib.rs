@@ -31,6 +31,7 @@ pub mod isolate;
 pub mod link;
 pub mod model;
 pub mod platform;
+mod sync;
 
 pub use agent::{Agent, AgentConfig, Allow};
 pub use error::AgentError;

@@ -93,7 +93,7 @@ pub struct Captures {
 
 impl Captures {
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.running)
     }
 
     /// Start capturing segments that `filter` keeps.

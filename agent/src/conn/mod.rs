@@ -19,6 +19,7 @@ use crate::model::{
     RecvMode, SocketOptions,
 };
 use crate::platform::{Current, Platform, millis};
+use crate::sync::lock;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::collections::HashMap;
 use std::io;
@@ -69,9 +70,7 @@ struct Conn {
 
 impl Conn {
     fn watcher(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.watcher
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.watcher)
     }
 
     fn is_watched(&self) -> bool {
@@ -84,12 +83,6 @@ pub struct Connections {
     listeners: Mutex<HashMap<ListenerId, Arc<TcpListener>>>,
     conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     outbox: UnboundedSender<HolderMessage>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn deadline(timeout_ms: u32) -> Duration {

@@ -5,11 +5,12 @@ use super::protocol::{Envelope, HolderMessage, HolderReply, HolderRequest};
 use crate::events::EventLog;
 use crate::model::{EventKind, HolderExit, HolderId};
 use crate::platform::{Current, Platform, wall_unix_ns};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
@@ -39,12 +40,6 @@ pub enum HolderError {
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<HolderReply>>>>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A running (or ended) holder process.
 pub struct HolderProcess {

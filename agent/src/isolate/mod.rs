@@ -189,7 +189,7 @@ impl Isolations {
     }
 
     fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = crate::sync::lock(&self.active);
         let now = Instant::now();
         active.retain(|_, entry| entry.expires > now);
         active

@@ -144,7 +144,7 @@ impl Firewall for WindowsFirewall {
 
     fn prepare(&self, control_port: u16) -> Result<(), FirewallError> {
         powershell("Get-Command New-NetFirewallRule | Out-Null")?;
-        *self.control_port.lock().unwrap_or_else(|p| p.into_inner()) = control_port;
+        *crate::sync::lock(&self.control_port) = control_port;
         Ok(())
     }
 
@@ -155,7 +155,7 @@ impl Firewall for WindowsFirewall {
                     .to_owned(),
             ));
         }
-        let control_port = *self.control_port.lock().unwrap_or_else(|p| p.into_inner());
+        let control_port = *crate::sync::lock(&self.control_port);
         // Arm first: once the rules exist, they must go whatever happens.
         let watchdog = Command::new(&self.exe)
             .args([
@@ -170,20 +170,13 @@ impl Firewall for WindowsFirewall {
             .map_err(|error| {
                 FirewallError::Unavailable(format!("cannot start the watchdog: {error}"))
             })?;
-        self.watchdogs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(isolation.id.clone(), watchdog);
+        crate::sync::lock(&self.watchdogs).insert(isolation.id.clone(), watchdog);
         powershell(&add_script(isolation, control_port)).map(drop)
     }
 
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
-        if let Some(mut watchdog) = self
-            .watchdogs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&isolation.id)
-        {
+        let watchdog = crate::sync::lock(&self.watchdogs).remove(&isolation.id);
+        if let Some(mut watchdog) = watchdog {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }

@@ -89,7 +89,7 @@ impl Links {
     }
 
     fn down(&self) -> MutexGuard<'_, HashMap<String, Down>> {
-        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let mut down = crate::sync::lock(&self.down);
         down.retain(|_, entry| !entry.watchdog.finished());
         down
     }
