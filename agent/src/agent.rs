@@ -116,6 +116,16 @@ fn unexpected(reply: &HolderReply) -> AgentError {
     AgentError::Internal(format!("holder gave an unexpected reply: {reply:?}"))
 }
 
+/// Why a capability cannot be used: not allowed by the configuration
+/// (PermissionDenied, naming the flag), or allowed but not workable here.
+fn unavailable(allowed: bool, why: &str) -> AgentError {
+    if allowed {
+        AgentError::FailedPrecondition(why.to_owned())
+    } else {
+        AgentError::PermissionDenied(why.to_owned())
+    }
+}
+
 /// Clean up after an earlier life; then, if allowed, set up the firewall.
 fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isolations>, String> {
     let Some(firewall) = Current::firewall(&config.holder_exe) else {
@@ -435,13 +445,9 @@ impl Agent {
     }
 
     fn isolations(&self) -> Result<&Arc<Isolations>, AgentError> {
-        self.isolations.as_ref().map_err(|why| {
-            if self.config.allow.isolate {
-                AgentError::FailedPrecondition(why.clone())
-            } else {
-                AgentError::PermissionDenied(why.clone())
-            }
-        })
+        self.isolations
+            .as_ref()
+            .map_err(|why| unavailable(self.config.allow.isolate, why))
     }
 
     /// The longest deadline an isolation may have.
@@ -528,13 +534,9 @@ impl Agent {
     }
 
     fn links(&self) -> Result<&Links, AgentError> {
-        self.links.as_ref().map_err(|why| {
-            if self.config.allow.link {
-                AgentError::FailedPrecondition(why.clone())
-            } else {
-                AgentError::PermissionDenied(why.clone())
-            }
-        })
+        self.links
+            .as_ref()
+            .map_err(|why| unavailable(self.config.allow.link, why))
     }
 
     /// Take a link down until `deadline`; `control_address` is the local
