@@ -262,6 +262,9 @@ pub async fn run(
     let alone = Arc::new(tokio::sync::RwLock::new(()));
     let mut tasks = JoinSet::new();
     let mut slots = Vec::new();
+    // A task that fails (a bug) must still end as its own case's error.
+    let mut slot_of_task = HashMap::new();
+    let mut failures: HashMap<usize, String> = HashMap::new();
     for case in &plan.cases {
         for binding in plan.bindings(case) {
             let index = slots.len();
@@ -270,7 +273,7 @@ pub async fn run(
             let gate = Arc::clone(&gate);
             let alone = Arc::clone(&alone);
             let progress = Arc::clone(&progress);
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let exclusive = case
                     .needs
                     .iter()
@@ -287,6 +290,7 @@ pub async fn run(
                 progress.finished(&report);
                 (index, report)
             });
+            slot_of_task.insert(task.id(), index);
         }
     }
     let mut interrupted = false;
@@ -294,7 +298,12 @@ pub async fn run(
         tokio::select! {
             joined = tasks.join_next() => match joined {
                 Some(Ok((index, report))) => slots[index] = Some(report),
-                Some(Err(error)) => tracing_free_note(&format!("a case task failed: {error}")),
+                Some(Err(error)) if !error.is_cancelled() => {
+                    if let Some(index) = slot_of_task.get(&error.id()) {
+                        failures.insert(*index, format!("the case's task failed: {error}"));
+                    }
+                }
+                Some(Err(_)) => {}
                 None => break,
             },
             changed = stop.changed(), if !interrupted => {
@@ -334,7 +343,11 @@ pub async fn run(
             let report = slots[index].take().unwrap_or_else(|| {
                 let mut report = empty_report(case, &binding);
                 report.verdict = Verdict::Error;
-                report.reason = Some("interrupted before it finished".to_owned());
+                report.reason = Some(
+                    failures
+                        .remove(&index)
+                        .unwrap_or_else(|| "interrupted before it finished".to_owned()),
+                );
                 report
             });
             cases.push(report);
@@ -351,10 +364,6 @@ pub async fn run(
         summary: Summary::of(&cases),
         cases,
     }
-}
-
-fn tracing_free_note(message: &str) {
-    eprintln!("faultlab: {message}");
 }
 
 fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
