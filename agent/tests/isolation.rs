@@ -85,15 +85,8 @@ async fn a_dropping_host_times_connects_out_keeps_its_control_channel_and_heals_
     let holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
     let listening = server
-        .rpc
-        .listen(pb::ListenRequest {
-            holder_id: server_holder,
-            address: format!("{}:7000", lab.ip(1)),
-            backlog: 8,
-            options: None,
-        })
-        .await?
-        .into_inner();
+        .listen_on(server_holder, format!("{}:7000", lab.ip(1)))
+        .await?;
     assert_eq!(
         dial(&mut client, holder, &listening.local_address, 1_000)
             .await?
@@ -147,15 +140,7 @@ async fn a_rejecting_host_refuses_at_once_and_heal_lifts_it_early() -> TestResul
     let holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
     let address = format!("{}:7001", lab.ip(1));
-    server
-        .rpc
-        .listen(pb::ListenRequest {
-            holder_id: server_holder,
-            address: address.clone(),
-            backlog: 8,
-            options: None,
-        })
-        .await?;
+    server.listen_on(server_holder, address.clone()).await?;
     server
         .rpc
         .isolate(isolate("no", IsolationMode::Reject, 60_000))
@@ -284,19 +269,9 @@ async fn a_simulated_reboot_leaves_peers_to_meet_a_reset() -> TestResult {
     let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
     let holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
-    let (listener, address) = server.listen(server_holder, None).await?;
-    let _ = listener;
     let listening = server
-        .rpc
-        .listen(pb::ListenRequest {
-            holder_id: server_holder,
-            address: format!("{}:7003", lab.ip(1)),
-            backlog: 8,
-            options: None,
-        })
-        .await?
-        .into_inner();
-    let _ = address;
+        .listen_on(server_holder, format!("{}:7003", lab.ip(1)))
+        .await?;
     let dialled = client.dial(holder, &listening.local_address, None).await?;
     server.accept(listening.listener_id).await?;
     let rebooted = server
@@ -330,13 +305,7 @@ async fn one_peer_or_one_port_can_be_cut_while_the_rest_flows() -> TestResult {
     let server_holder = server.holder("server").await?;
     for port in [7005, 7006] {
         server
-            .rpc
-            .listen(pb::ListenRequest {
-                holder_id: server_holder,
-                address: format!("{}:{port}", lab.ip(0)),
-                backlog: 8,
-                options: None,
-            })
+            .listen_on(server_holder, format!("{}:{port}", lab.ip(0)))
             .await?;
     }
     let (first, second) = (format!("{}:7005", lab.ip(0)), format!("{}:7006", lab.ip(0)));

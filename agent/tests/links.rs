@@ -44,15 +44,7 @@ async fn a_link_goes_down_spares_the_control_interface_and_comes_back_even_witho
     let client_holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
     let address = format!("{server_test_ip}:7004");
-    server
-        .rpc
-        .listen(pb::ListenRequest {
-            holder_id: server_holder,
-            address: address.clone(),
-            backlog: 8,
-            options: None,
-        })
-        .await?;
+    server.listen_on(server_holder, address.clone()).await?;
     let dial = |timeout_ms| pb::ConnectRequest {
         holder_id: client_holder,
         address: address.clone(),

@@ -59,15 +59,8 @@ async fn connected(
     let client_holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
     let listening = server
-        .rpc
-        .listen(pb::ListenRequest {
-            holder_id: server_holder,
-            address: format!("{}:{port}", lab.ip(1)),
-            backlog: 8,
-            options: None,
-        })
-        .await?
-        .into_inner();
+        .listen_on(server_holder, format!("{}:{port}", lab.ip(1)))
+        .await?;
     let dialled = client
         .dial(client_holder, &listening.local_address, None)
         .await?;

@@ -124,6 +124,24 @@ impl Host {
         Ok((reply.listener_id, reply.local_address))
     }
 
+    /// Listen on a given address (e.g. a namespace host's test address).
+    pub async fn listen_on(
+        &mut self,
+        holder_id: u64,
+        address: String,
+    ) -> Result<pb::ListenReply, tonic::Status> {
+        Ok(self
+            .rpc
+            .listen(pb::ListenRequest {
+                holder_id,
+                address,
+                backlog: 8,
+                options: None,
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn dial(
         &mut self,
         holder_id: u64,
