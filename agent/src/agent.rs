@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// Dangerous capabilities, all off unless the agent's configuration allows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -245,7 +246,13 @@ impl Agent {
         holder: &HolderProcess,
         request: HolderRequest,
     ) -> Result<HolderReply, AgentError> {
-        match holder.call(request).await? {
+        let span = crate::spans::holder_call(holder, &request);
+        let reply = holder.call(request).instrument(span.clone()).await;
+        match &reply {
+            Ok(reply) => crate::spans::record(&span, reply),
+            Err(error) => faultlab_telemetry::fail(&span, &error.to_string()),
+        }
+        match reply? {
             HolderReply::Refused { kind, message } => Err(match kind {
                 RefusalKind::NotFound => AgentError::NotFound(message),
                 RefusalKind::FailedPrecondition => AgentError::FailedPrecondition(message),

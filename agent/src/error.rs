@@ -50,6 +50,8 @@ pub enum AgentError {
 impl From<AgentError> for Status {
     fn from(error: AgentError) -> Self {
         let message = error.to_string();
+        // The request's span (if traced) says why it failed.
+        faultlab_telemetry::fail(&tracing::Span::current(), &message);
         match error {
             AgentError::InvalidArgument(_) => Status::invalid_argument(message),
             AgentError::NotFound(_) => Status::not_found(message),

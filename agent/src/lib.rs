@@ -13,6 +13,7 @@
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`link`]: link down/up with a watchdog that outlives the agent.
 //! - [`platform`]: everything OS-specific, behind one trait.
+//! - [`spans`]: trace spans of the socket calls holders make.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
 //!
 //! The binary is thin: it parses flags and calls [`serve`], or runs
@@ -31,6 +32,7 @@ pub mod isolate;
 pub mod link;
 pub mod model;
 pub mod platform;
+pub mod spans;
 mod sync;
 
 pub use agent::{Agent, AgentConfig, Allow};
@@ -67,8 +69,12 @@ pub async fn serve_agent(
     health
         .set_serving::<AgentServer<grpc::AgentService>>()
         .await;
+    let server = listener
+        .local_addr()
+        .map_or_else(|_| String::new(), |address| address.to_string());
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
+        .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
         .add_service(health_service)
         .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(
             &agent,

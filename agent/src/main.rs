@@ -25,6 +25,8 @@ struct Cli {
     /// No isolation may last longer than this.
     #[arg(long, default_value_t = faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS)]
     max_isolation_ms: u32,
+    #[command(flatten)]
+    otlp: faultlab_telemetry::OtlpArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,15 +60,27 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // Only the serving agent exports traces; holders and watchdogs are its
+    // helpers, and their work appears in the agent's spans.
+    let mut telemetry = match cli.command {
+        None => faultlab_telemetry::Telemetry::start("faultlab-agent", &cli.otlp)?,
+        Some(_) => faultlab_telemetry::Telemetry::off(),
+    };
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        );
+    tracing_subscriber::registry()
+        .with(log)
+        .with(telemetry.layer())
         .init();
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
         Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
         Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
@@ -78,7 +92,9 @@ fn main() -> anyhow::Result<()> {
             };
             serve(cli.listen, allow, cli.max_isolation_ms)
         }
-    }
+    };
+    telemetry.shutdown();
+    result
 }
 
 #[cfg(windows)]

@@ -137,6 +137,18 @@ impl CloseMode {
     pub fn releases_socket(self) -> bool {
         matches!(self, Self::Graceful | Self::Abort | Self::WithUnread)
     }
+
+    /// How traces name it.
+    pub fn call_name(self) -> &'static str {
+        match self {
+            Self::Graceful => "close",
+            Self::Abort => "close-abort",
+            Self::ShutdownWrite => "shutdown-write",
+            Self::ShutdownRead => "shutdown-read",
+            Self::ShutdownBoth => "shutdown-both",
+            Self::WithUnread => "close-with-unread",
+        }
+    }
 }
 
 /// Which socket call an observation is about.

@@ -3,7 +3,12 @@
 use faultlab_proto::v1 as pb;
 use pb::agent_client::AgentClient;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A client of one agent; each request carries the caller's trace context,
+/// so the agent's spans join the run's trace.
+pub type Client = AgentClient<InterceptedService<Channel, faultlab_telemetry::TraceContext>>;
 
 /// How long a controller waits to reach an agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,7 +43,7 @@ pub enum AgentsError {
 }
 
 /// Connect to the agent at `address` (`host:port`, or a full `http://` URI).
-pub async fn connect(address: &str) -> Result<AgentClient<Channel>, AgentsError> {
+pub async fn connect(address: &str) -> Result<Client, AgentsError> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -58,7 +63,10 @@ pub async fn connect(address: &str) -> Result<AgentClient<Channel>, AgentsError>
             address: address.to_owned(),
             source,
         })?;
-    Ok(AgentClient::new(channel))
+    Ok(AgentClient::with_interceptor(
+        channel,
+        faultlab_telemetry::TraceContext,
+    ))
 }
 
 /// What host the agent at `address` runs on.

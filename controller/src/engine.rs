@@ -17,14 +17,13 @@ use crate::scenario::{
     Action, CloseMode, Expect, ExpectedOutcome, Options, Payload, Scenario, Step,
 };
 use faultlab_proto::v1 as pb;
-use pb::agent_client::AgentClient;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+use tracing::{Instrument as _, Span};
 
 /// Clock samples taken per agent to measure its offset.
 const CLOCK_SAMPLES: usize = 8;
@@ -37,6 +36,7 @@ const DEFAULT_WAIT_MS: u32 = 30_000;
 #[derive(Clone, Copy, Debug)]
 pub struct RunClock {
     start: Instant,
+    start_wall: SystemTime,
 }
 
 impl RunClock {
@@ -44,12 +44,23 @@ impl RunClock {
     pub fn start() -> Self {
         Self {
             start: Instant::now(),
+            start_wall: SystemTime::now(),
         }
     }
 
     /// Now, in ns since the start.
     pub fn now_ns(&self) -> i64 {
         i64::try_from(self.start.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// The controller's wall clock at run-clock time `t_ns`.
+    pub fn wall(&self, t_ns: i64) -> SystemTime {
+        let offset = Duration::from_nanos(t_ns.unsigned_abs());
+        if t_ns >= 0 {
+            self.start_wall + offset
+        } else {
+            self.start_wall - offset
+        }
     }
 }
 
@@ -62,7 +73,7 @@ pub struct AgentHandle {
     /// Address listeners bind to and peers connect to.
     pub test_ip: IpAddr,
     /// Client (cheap to clone).
-    pub client: AgentClient<Channel>,
+    pub client: agents::Client,
     /// What it said about its host.
     pub info: pb::HostInfoReply,
     /// Agent monotonic ns minus run-clock ns.
@@ -160,6 +171,8 @@ impl Progress for Quiet {}
 
 /// What to run, where, how wide.
 pub struct Plan {
+    /// The run's id ([`new_run_id`]).
+    pub run_id: String,
     /// Suite name or file list, for the report.
     pub suite: String,
     /// The cases.
@@ -226,7 +239,7 @@ fn wall_ms() -> i64 {
 }
 
 /// A run id: wall-clock time plus process id, readable and unique per host.
-fn run_id() -> String {
+pub fn new_run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
@@ -240,6 +253,9 @@ fn run_id() -> String {
 /// Run every case of the plan on its bindings, `parallel` at a time, until
 /// done or `stop` turns true (then unfinished cases are reported as errors
 /// and every agent is reset).
+///
+/// The caller's current span is the run's span (see [`run_span`]): each
+/// case's span, and through the agents every host's spans, hang under it.
 pub async fn run(
     plan: Plan,
     clock: RunClock,
@@ -265,6 +281,7 @@ pub async fn run(
     // A task that fails (a bug) must still end as its own case's error.
     let mut slot_of_task = HashMap::new();
     let mut failures: HashMap<usize, String> = HashMap::new();
+    let run_span = Span::current();
     for case in &plan.cases {
         for binding in plan.bindings(case) {
             let index = slots.len();
@@ -273,23 +290,28 @@ pub async fn run(
             let gate = Arc::clone(&gate);
             let alone = Arc::clone(&alone);
             let progress = Arc::clone(&progress);
-            let task = tasks.spawn(async move {
-                let exclusive = case
-                    .needs
-                    .iter()
-                    .any(|need| need == "isolate" || need == "reboot");
-                let (_shared, _sole) = if exclusive {
-                    (None, Some(alone.write_owned().await))
-                } else {
-                    (Some(alone.read_owned().await), None)
-                };
-                let _permit = gate.acquire_owned().await;
-                let names: Vec<String> = binding.iter().map(|agent| agent.name.clone()).collect();
-                progress.started(&case, &names);
-                let report = run_case(&case, &binding, clock).await;
-                progress.finished(&report);
-                (index, report)
-            });
+            let run_span = run_span.clone();
+            let task = tasks.spawn(
+                async move {
+                    let exclusive = case
+                        .needs
+                        .iter()
+                        .any(|need| need == "isolate" || need == "reboot");
+                    let (_shared, _sole) = if exclusive {
+                        (None, Some(alone.write_owned().await))
+                    } else {
+                        (Some(alone.read_owned().await), None)
+                    };
+                    let _permit = gate.acquire_owned().await;
+                    let names: Vec<String> =
+                        binding.iter().map(|agent| agent.name.clone()).collect();
+                    progress.started(&case, &names);
+                    let report = run_case(&case, &binding, clock).await;
+                    progress.finished(&report);
+                    (index, report)
+                }
+                .instrument(run_span),
+            );
             slot_of_task.insert(task.id(), index);
         }
     }
@@ -354,16 +376,47 @@ pub async fn run(
             index += 1;
         }
     }
+    let summary = Summary::of(&cases);
+    faultlab_telemetry::annotate(
+        &run_span,
+        [
+            faultlab_telemetry::Attribute::new("faultlab.cases", count(summary.total)),
+            faultlab_telemetry::Attribute::new("faultlab.expected", count(summary.expected)),
+            faultlab_telemetry::Attribute::new(
+                "faultlab.failed",
+                count(summary.differs + summary.error + summary.agent_lost + summary.timeout),
+            ),
+            faultlab_telemetry::Attribute::new("faultlab.skipped", count(summary.skipped)),
+        ],
+    );
     RunReport {
         schema: SCHEMA.to_owned(),
-        run_id: run_id(),
+        run_id: plan.run_id,
         started_unix_ms,
         finished_unix_ms: wall_ms(),
         suite: plan.suite,
         agents: plan.agents.iter().map(|agent| agent.report()).collect(),
-        summary: Summary::of(&cases),
+        summary,
         cases,
+        trace_id: faultlab_telemetry::trace_id(&run_span),
+        trace_url: None,
     }
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The span of a whole run: enter it (or instrument with it) before
+/// connecting to the agents and calling [`run`], so that every request of
+/// the run is in one trace.
+pub fn run_span(run_id: &str, suite: &str) -> Span {
+    tracing::info_span!(
+        "run",
+        otel.name = %format!("faultlab run {suite}"),
+        faultlab.run.id = %run_id,
+        faultlab.suite = %suite,
+    )
 }
 
 fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
@@ -390,6 +443,8 @@ fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
         wire_evidence: false,
         wire: Vec::new(),
         duration_ms: 0,
+        span_id: None,
+        trace_url: None,
     }
 }
 
@@ -555,12 +610,64 @@ fn close_mode(mode: CloseMode) -> pb::CloseMode {
     }
 }
 
-/// Run one case on one binding (agents in role order).
+/// Run one case on one binding (agents in role order), in a span of its
+/// own under the current one.
 pub async fn run_case(
     case: &Scenario,
     binding: &[Arc<AgentHandle>],
     clock: RunClock,
 ) -> CaseReport {
+    let span = tracing::info_span!(
+        "case",
+        otel.name = %format!("{} {}", case.id, case.name),
+        faultlab.case.id = %case.id,
+        faultlab.case.title = %case.title,
+    );
+    let mut unfinished = Unfinished(Some(span.clone()));
+    let mut report = play_case(case, binding, clock)
+        .instrument(span.clone())
+        .await;
+    unfinished.0 = None;
+    report.span_id = faultlab_telemetry::span_id(&span);
+    let agents: Vec<&str> = report.roles.values().map(String::as_str).collect();
+    faultlab_telemetry::annotate(
+        &span,
+        [
+            faultlab_telemetry::Attribute::new("faultlab.os_pair", report.os_pair.clone()),
+            faultlab_telemetry::Attribute::new("faultlab.agents", agents.join(",")),
+            faultlab_telemetry::Attribute::new("faultlab.verdict", report.verdict.as_str()),
+        ],
+    );
+    if !matches!(report.verdict, Verdict::Expected | Verdict::Skipped) {
+        let why = report
+            .reason
+            .clone()
+            .unwrap_or_else(|| report.differences.join("; "));
+        faultlab_telemetry::fail(&span, &format!("{}: {why}", report.verdict.as_str()));
+    }
+    report
+}
+
+/// Marks a case's span as interrupted if the case is dropped before it
+/// ends (Ctrl-C aborts the case's task).
+struct Unfinished(Option<Span>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            faultlab_telemetry::annotate(
+                &span,
+                [faultlab_telemetry::Attribute::new(
+                    "faultlab.verdict",
+                    Verdict::Error.as_str(),
+                )],
+            );
+            faultlab_telemetry::fail(&span, "error: interrupted before it finished");
+        }
+    }
+}
+
+async fn play_case(case: &Scenario, binding: &[Arc<AgentHandle>], clock: RunClock) -> CaseReport {
     let started = Instant::now();
     let mut report = empty_report(case, binding);
     for agent in binding {
@@ -721,7 +828,49 @@ async fn collect_wire(run: &mut CaseRun<'_>) {
         }
     }
     seen.sort_by_key(|segment| segment.t_ns);
+    trace_wire(run, &seen);
     run.wire = seen;
+}
+
+/// Put each FIN and RST the captures saw on the case's span (the current
+/// one), at the moment it was seen, naming the step that had last started
+/// then: in a trace viewer the packet sits next to the call that caused it.
+fn trace_wire(run: &CaseRun<'_>, seen: &[WireReport]) {
+    if !faultlab_telemetry::enabled() {
+        return;
+    }
+    let span = Span::current();
+    for segment in seen {
+        let name = if segment.flags.contains('R') {
+            "RST on the wire"
+        } else if segment.flags.contains('F') {
+            "FIN on the wire"
+        } else {
+            continue;
+        };
+        let after_step = run
+            .results
+            .iter()
+            .filter(|(_, outcome)| outcome.start_ns <= segment.t_ns)
+            .max_by_key(|(_, outcome)| outcome.start_ns)
+            .map_or_else(String::new, |(step, _)| step.name.clone());
+        faultlab_telemetry::event_at(
+            &span,
+            name,
+            run.clock.wall(segment.t_ns),
+            vec![
+                faultlab_telemetry::Attribute::new("faultlab.wire.host", segment.host.clone()),
+                faultlab_telemetry::Attribute::new("faultlab.wire.source", segment.source.clone()),
+                faultlab_telemetry::Attribute::new(
+                    "faultlab.wire.destination",
+                    segment.destination.clone(),
+                ),
+                faultlab_telemetry::Attribute::new("faultlab.wire.flags", segment.flags.clone()),
+                faultlab_telemetry::Attribute::new("faultlab.wire.seq", i64::from(segment.seq)),
+                faultlab_telemetry::Attribute::new("faultlab.wire.after_step", after_step),
+            ],
+        );
+    }
 }
 
 async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepError> {
@@ -783,6 +932,8 @@ struct Prepared {
     clock: RunClock,
     role: String,
     call: Call,
+    /// The step's span, under the case's.
+    span: Span,
 }
 
 enum Call {
@@ -1005,11 +1156,21 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
         },
     };
+    let span = tracing::info_span!(
+        "step",
+        otel.name = %format!("{}: {} on {}", step.name, step.action.keyword(), agent.name),
+        faultlab.step = %step.name,
+        faultlab.call = step.action.keyword(),
+        faultlab.role = %role,
+        faultlab.agent = %agent.name,
+        faultlab.background = step.background,
+    );
     Ok(Prepared {
         agent,
         clock: run.clock,
         role,
         call,
+        span,
     })
 }
 
@@ -1056,8 +1217,39 @@ impl Prepared {
         self.run().await.map(|(outcome, _, _)| outcome)
     }
 
-    /// The call, its outcome, the id it created, the address it bound.
+    /// [`Self::call`] in the step's span, which learns how it ended.
     async fn run(self) -> Result<(Outcome, Option<u64>, Option<SocketAddr>), StepError> {
+        let span = self.span.clone();
+        let result = self.request().instrument(span.clone()).await;
+        match &result {
+            Ok((outcome, _, _)) => {
+                let mut attributes = vec![
+                    faultlab_telemetry::Attribute::new(
+                        "faultlab.outcome",
+                        outcome.outcome.as_str(),
+                    ),
+                    faultlab_telemetry::Attribute::new(
+                        "faultlab.bytes",
+                        i64::try_from(outcome.bytes).unwrap_or(i64::MAX),
+                    ),
+                ];
+                if !outcome.errno_name.is_empty() {
+                    attributes.push(faultlab_telemetry::Attribute::new(
+                        "faultlab.errno_name",
+                        outcome.errno_name.clone(),
+                    ));
+                }
+                faultlab_telemetry::annotate(&span, attributes);
+            }
+            Err(StepError::AgentLost(why) | StepError::Failed(why)) => {
+                faultlab_telemetry::fail(&span, why);
+            }
+        }
+        result
+    }
+
+    /// The call, its outcome, the id it created, the address it bound.
+    async fn request(self) -> Result<(Outcome, Option<u64>, Option<SocketAddr>), StepError> {
         let agent = &self.agent;
         let mut client = agent.client.clone();
         let failed = |status: tonic::Status| lost_or_failed(agent, &status);

@@ -63,6 +63,8 @@ pub struct RunRow {
     pub failed: i64,
     /// Skipped ones.
     pub skipped: i64,
+    /// The run's trace id, when traces were exported.
+    pub trace_id: Option<String>,
 }
 
 /// A case whose result changed between two runs.
@@ -127,6 +129,16 @@ impl History {
                 );",
             )
             .map_err(database)?;
+        // Databases made before traces existed get the column.
+        let has_trace_id = connection
+            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'trace_id'")
+            .and_then(|mut statement| statement.exists([]))
+            .map_err(database)?;
+        if !has_trace_id {
+            connection
+                .execute_batch("ALTER TABLE runs ADD COLUMN trace_id TEXT;")
+                .map_err(database)?;
+        }
         Ok(Self {
             connection,
             path: shown,
@@ -158,8 +170,8 @@ impl History {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.connection
             .execute(
-                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report, trace_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     report.run_id,
                     report.started_unix_ms,
@@ -169,7 +181,8 @@ impl History {
                     count(s.expected),
                     count(failed),
                     count(s.skipped),
-                    json
+                    json,
+                    report.trace_id
                 ],
             )
             .map_err(|source| self.database(source))?;
@@ -181,7 +194,7 @@ impl History {
         let mut statement = self
             .connection
             .prepare(
-                "SELECT number, run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped
+                "SELECT number, run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, trace_id
                  FROM runs ORDER BY number DESC LIMIT ?1",
             )
             .map_err(|source| self.database(source))?;
@@ -197,6 +210,7 @@ impl History {
                     expected: row.get(6)?,
                     failed: row.get(7)?,
                     skipped: row.get(8)?,
+                    trace_id: row.get(9)?,
                 })
             })
             .map_err(|source| self.database(source))?;
@@ -339,6 +353,8 @@ mod tests {
             wire_evidence: false,
             wire: Vec::new(),
             duration_ms: 1,
+            span_id: None,
+            trace_url: None,
         };
         let cases = vec![case];
         RunReport {
@@ -350,7 +366,41 @@ mod tests {
             agents: Vec::new(),
             summary: Summary::of(&cases),
             cases,
+            trace_id: None,
+            trace_url: None,
         }
+    }
+
+    #[test]
+    fn a_database_from_before_traces_gets_the_column() -> Result<(), Box<dyn std::error::Error>> {
+        let path = std::env::temp_dir().join(format!(
+            "faultlab-history-old-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let old = Connection::open(&path)?;
+        old.execute_batch(
+            "CREATE TABLE runs (
+                number INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,
+                started_unix_ms INTEGER NOT NULL, suite TEXT NOT NULL, os_pairs TEXT NOT NULL,
+                total INTEGER NOT NULL, expected INTEGER NOT NULL, failed INTEGER NOT NULL,
+                skipped INTEGER NOT NULL, report TEXT NOT NULL);",
+        )?;
+        let json = serde_json::to_string(&report("old", Verdict::Expected, ""))?;
+        old.execute(
+            "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report)
+             VALUES ('old', 1, 'seed', 'linux/linux', 1, 1, 0, 0, ?1)",
+            params![json],
+        )?;
+        drop(old);
+        let history = History::open(&path)?;
+        history.save(&report("new", Verdict::Expected, ""))?;
+        let listed = history.list(10)?;
+        assert_eq!(listed.len(), 2);
+        assert_eq!(history.get("old")?.run_id, "old");
+        drop(history);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
     }
 
     #[test]
@@ -359,7 +409,9 @@ mod tests {
             std::env::temp_dir().join(format!("faultlab-history-{}.sqlite", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let history = History::open(&path)?;
-        assert_eq!(history.save(&report("r1", Verdict::Expected, ""))?, 1);
+        let mut traced = report("r1", Verdict::Expected, "");
+        traced.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+        assert_eq!(history.save(&traced)?, 1);
         assert_eq!(
             history.save(&report("r2", Verdict::Differs, "ECONNABORTED"))?,
             2
@@ -370,6 +422,10 @@ mod tests {
             [2, 1]
         );
         assert_eq!((listed[0].failed, listed[1].expected), (1, 1));
+        assert_eq!(
+            (listed[0].trace_id.as_deref(), listed[1].trace_id.as_deref()),
+            (None, Some("4bf92f3577b34da6a3ce929d0e0e4736"))
+        );
         assert_eq!(history.get("r1")?.run_id, "r1");
         assert_eq!(history.get("2")?.run_id, "r2");
         assert!(matches!(history.get("9"), Err(HistoryError::NoSuchRun(_))));
@@ -386,6 +442,8 @@ mod tests {
         );
         assert!(history.diff("1", "1")?.is_empty());
         drop(history);
+        // Opening again (the column exists now) keeps everything.
+        assert_eq!(History::open(&path)?.list(10)?.len(), 2);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an agent may take to say where it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,7 +249,7 @@ impl LocalLab {
             if let Some(logs) = logs {
                 detach(&mut command, &logs.join(format!("local-{index}.log")))?;
             }
-            let (agent, address) = start_agent(exe, command)?;
+            let (agent, address) = start_agent(exe, command, None)?;
             lab.agents.push(agent);
             lab.inventory.agents.push(AgentEntry {
                 name: format!("local-{index}"),
@@ -346,7 +346,8 @@ impl LocalLab {
             if let Some(logs) = logs {
                 detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;
             }
-            let (agent, listening) = start_agent(exe, command)?;
+            let gateway = std::net::Ipv4Addr::new(198, 18, network.management, 1);
+            let (agent, listening) = start_agent(exe, command, Some(gateway.into()))?;
             agents.push(agent);
             entries.push(AgentEntry {
                 name: format!("host-{}", index + 1),
@@ -395,7 +396,13 @@ fn detach(command: &mut Command, log: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
-fn start_agent(exe: &Path, mut command: Command) -> Result<(LocalAgent, String), LabError> {
+/// Start an agent; it traces where this process does (`gateway`: this
+/// host's address on the agent's network, when that is another namespace).
+fn start_agent(
+    exe: &Path,
+    mut command: Command,
+    gateway: Option<std::net::IpAddr>,
+) -> Result<(LocalAgent, String), LabError> {
     let failed = |reason: String| LabError::Start {
         exe: exe.display().to_string(),
         reason,
@@ -405,6 +412,7 @@ fn start_agent(exe: &Path, mut command: Command) -> Result<(LocalAgent, String),
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_owned()),
         )
+        .envs(faultlab_telemetry::child_environment(gateway))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -445,9 +453,23 @@ fn start_agent(exe: &Path, mut command: Command) -> Result<(LocalAgent, String),
     ))
 }
 
+/// How long agents get to stop by themselves (and send their last spans).
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(6);
+
 impl Drop for LocalLab {
     fn drop(&mut self) {
+        // SIGTERM first: an agent then kills its holders and flushes its
+        // traces; SIGKILL for any that has not ended after the grace time.
+        for agent in &self.agents {
+            let _ = Command::new("kill")
+                .args(["-TERM", &agent.child.id().to_string()])
+                .output();
+        }
+        let deadline = Instant::now() + AGENT_STOP_GRACE;
         for agent in &mut self.agents {
+            while matches!(agent.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = agent.child.kill();
             let _ = agent.child.wait();
         }

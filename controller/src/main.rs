@@ -22,6 +22,7 @@ macro_rules! say {
 }
 use std::process::ExitCode;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// faultlab: run TCP fault scenarios across lab hosts and see what each
 /// side's socket API really said.
@@ -30,6 +31,8 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    otlp: faultlab_telemetry::OtlpArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,6 +52,27 @@ impl HistoryArgs {
     fn open(&self) -> anyhow::Result<History> {
         let path = self.history.clone().unwrap_or_else(history::default_path);
         Ok(History::open(&path)?)
+    }
+}
+
+#[derive(clap::Args)]
+struct TraceUrlArgs {
+    /// Link each case to its trace: a URL in which {trace_id} and {span_id}
+    /// are replaced, e.g. http://localhost:16686/trace/{trace_id}?uiFind={span_id}
+    /// (Jaeger). Default: $FAULTLAB_TRACE_URL.
+    #[arg(long, value_name = "TEMPLATE")]
+    trace_url: Option<String>,
+}
+
+impl TraceUrlArgs {
+    fn link(&self, report: &mut RunReport) {
+        let template = self
+            .trace_url
+            .clone()
+            .or_else(|| std::env::var("FAULTLAB_TRACE_URL").ok());
+        if let Some(template) = template.filter(|template| !template.is_empty()) {
+            report.link_traces(&template);
+        }
     }
 }
 
@@ -99,6 +123,8 @@ enum Command {
         /// agent-lost and timeout fail the run).
         #[arg(long)]
         strict: bool,
+        #[command(flatten)]
+        trace_url: TraceUrlArgs,
     },
     /// Validate scenario files without running them; lists every error.
     Check {
@@ -162,6 +188,8 @@ enum Command {
         markdown: bool,
         #[command(flatten)]
         history: HistoryArgs,
+        #[command(flatten)]
+        trace_url: TraceUrlArgs,
     },
     /// The history of runs.
     Runs {
@@ -216,7 +244,30 @@ enum RunsAction {
 }
 
 fn main() -> ExitCode {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
+    // Spans are flushed when `telemetry` drops, after the run, on every exit.
+    let telemetry = match faultlab_telemetry::Telemetry::start("faultlab", &cli.otlp) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("faultlab: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Warnings only (e.g. that traces are not being delivered): stdout is the report's.
+    let warnings = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        );
+    tracing_subscriber::registry()
+        .with(warnings)
+        .with(telemetry.layer())
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,7 +279,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
@@ -236,7 +287,10 @@ fn main() -> ExitCode {
             eprintln!("faultlab: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    drop(runtime);
+    drop(telemetry);
+    code
 }
 
 /// Whether an error is only that the reader of our output went away.
@@ -265,10 +319,11 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             history,
             no_history,
             strict,
+            trace_url,
         } => {
             let (label, scenarios) = load_scenarios(&suite, &files, &cases)?;
             let pinned = bind.into_iter().collect();
-            let report = run(
+            let mut report = run(
                 label,
                 scenarios,
                 inventory.as_deref(),
@@ -277,6 +332,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 parallel,
             )
             .await?;
+            trace_url.link(&mut report);
             print_report(&report, format, wire)?;
             if let Some(path) = html {
                 write_html(&report, &path)?;
@@ -288,7 +344,12 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             }
             if !no_history {
                 let number = history.open()?.save(&report)?;
-                eprintln!("kept as run {number} ({})", report.run_id);
+                match &report.trace_id {
+                    Some(trace) => {
+                        eprintln!("kept as run {number} ({}), trace {trace}", report.run_id)
+                    }
+                    None => eprintln!("kept as run {number} ({})", report.run_id),
+                }
             }
             Ok(report.passed(strict))
         }
@@ -341,8 +402,10 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             html,
             markdown,
             history,
+            trace_url,
         } => {
-            let report = history.open()?.get(&run)?;
+            let mut report = history.open()?.get(&run)?;
+            trace_url.link(&mut report);
             if let Some(path) = html {
                 write_html(&report, &path)?;
                 eprintln!("wrote {}", path.display());
@@ -362,7 +425,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             match action.unwrap_or(RunsAction::List { limit: 20 }) {
                 RunsAction::List { limit } => {
                     say!(
-                        "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
+                        "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  TRACE",
                         "RUN",
                         "ID",
                         "SUITE",
@@ -374,7 +437,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                     );
                     for row in history.list(limit)? {
                         say!(
-                            "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}",
+                            "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  {}",
                             row.number,
                             row.run_id,
                             row.suite,
@@ -382,7 +445,8 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                             row.total,
                             row.expected,
                             row.failed,
-                            row.skipped
+                            row.skipped,
+                            row.trace_id.as_deref().unwrap_or("-")
                         );
                     }
                 }
@@ -518,14 +582,22 @@ async fn run(
             (local.inventory.clone(), Some(local))
         }
     };
+    let run_id = engine::new_run_id();
+    let span = engine::run_span(&run_id, &suite);
+    if let Some(trace) = faultlab_telemetry::trace_id(&span) {
+        eprintln!("run {run_id}: trace {trace}");
+    }
     let clock = RunClock::start();
-    let agents = connect_all(&inventory, &clock).await?;
+    let agents = connect_all(&inventory, &clock)
+        .instrument(span.clone())
+        .await?;
     for (role, agent) in &pinned {
         if !agents.iter().any(|handle| &handle.name == agent) {
             bail!("--bind {role}={agent}: no agent named {agent:?} in the lab");
         }
     }
     let plan = Plan {
+        run_id,
         suite,
         cases,
         agents,
@@ -546,7 +618,9 @@ async fn run(
         .map(|case| plan.bindings(case).len())
         .sum::<usize>();
     let progress = Arc::new(Bars::new(total));
-    let report = engine::run(plan, clock, progress.clone(), stop).await;
+    let report = engine::run(plan, clock, progress.clone(), stop)
+        .instrument(span)
+        .await;
     progress.bar.finish_and_clear();
     Ok(report)
 }

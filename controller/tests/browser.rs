@@ -62,6 +62,7 @@ async fn the_html_report_renders_in_a_real_browser() -> TestResult {
         .collect();
     let count = cases.len();
     let plan = Plan {
+        run_id: faultlab::engine::new_run_id(),
         suite: "seed".to_owned(),
         cases,
         agents,

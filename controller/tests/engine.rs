@@ -31,6 +31,7 @@ async fn plan(
         ));
     }
     Ok(Plan {
+        run_id: faultlab::engine::new_run_id(),
         suite: "test".to_owned(),
         cases,
         agents,

@@ -111,6 +111,7 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
         .filter(|case| ["A1", "C3", "S2"].contains(&case.id.as_str()))
         .collect();
     let plan = Plan {
+        run_id: faultlab::engine::new_run_id(),
         suite: "wire".to_owned(),
         cases,
         agents,

@@ -122,6 +122,25 @@ pub enum HolderRequest {
     },
 }
 
+impl HolderRequest {
+    /// The socket call (or holder action) this request makes, for traces.
+    pub fn call_name(&self) -> &'static str {
+        match self {
+            Self::Listen { .. } => "listen",
+            Self::StopListening { .. } => "stop-listening",
+            Self::Accept { .. } => "accept",
+            Self::Connect { .. } => "connect",
+            Self::Send { .. } => "send",
+            Self::Recv { .. } => "recv",
+            Self::Close { mode, .. } => mode.call_name(),
+            Self::SetOptions { .. } => "set-options",
+            Self::Watch { .. } => "watch",
+            Self::ArmAbort => "arm-abort",
+            Self::Exit { .. } => "exit",
+        }
+    }
+}
+
 /// Why a holder could not carry out a request (not a socket error: those
 /// are observations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

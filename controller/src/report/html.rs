@@ -206,7 +206,13 @@ fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
                 (case.id) " " (case.name) " — "
                 span class=(case.verdict.as_str()) { (case.verdict.as_str()) }
             }
-            p { (case.title) br; span.muted { (hosts.join(", ")) " · " (case.os_pair) " · " (case.duration_ms) " ms" } }
+            p {
+                (case.title) br;
+                span.muted {
+                    (hosts.join(", ")) " · " (case.os_pair) " · " (case.duration_ms) " ms"
+                    @if let Some(url) = &case.trace_url { " · " a.trace href=(url) { "trace" } }
+                }
+            }
             @if let Some(seed) = &case.seed { p.muted { "Seed: " (seed) } }
             @if let Some(reason) = &case.reason { p { b { "Why: " } (reason) } }
             @if !case.differences.is_empty() {
@@ -342,11 +348,13 @@ pub fn markdown(report: &RunReport) -> String {
         } else {
             format!("**{}**", case.verdict.as_str())
         };
+        let id = match &case.trace_url {
+            Some(url) => format!("[{} {}]({url})", case.id, case.name),
+            None => format!("{} {}", case.id, case.name),
+        };
         let _ = writeln!(
             out,
-            "| {} {} | {} | {} | {verdict} | {} |",
-            case.id,
-            case.name,
+            "| {id} | {} | {} | {verdict} | {} |",
             hosts.join(" → "),
             case.os_pair,
             gist(case).replace('|', "\\|")
@@ -386,6 +394,8 @@ mod tests {
             wire_evidence: false,
             wire: Vec::new(),
             duration_ms: 3,
+            span_id: None,
+            trace_url: None,
         }
     }
 
@@ -399,7 +409,26 @@ mod tests {
             agents: Vec::<AgentReport>::new(),
             summary: Summary::of(&cases),
             cases,
+            trace_id: None,
+            trace_url: None,
         }
+    }
+
+    #[test]
+    fn cases_link_to_their_trace_when_the_run_was_traced() {
+        let mut traced = report(vec![case("S2", "linux/linux", Verdict::Expected, &[])]);
+        traced.cases[0].span_id = Some("00f067aa0ba902b7".to_owned());
+        let untraced = traced.clone();
+        traced.link_traces("http://localhost:16686/trace/{trace_id}?uiFind={span_id}");
+        assert_eq!(traced.trace_url, None, "no trace id: nothing to link");
+        traced.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+        traced.link_traces("http://localhost:16686/trace/{trace_id}?uiFind={span_id}");
+        let url =
+            "http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736?uiFind=00f067aa0ba902b7";
+        assert_eq!(traced.cases[0].trace_url.as_deref(), Some(url));
+        assert!(render(&traced).contains(&format!("href=\"{}\"", url.replace('&', "&amp;"))));
+        assert!(markdown(&traced).contains(&format!("[S2 case]({url})")));
+        assert!(!render(&untraced).contains("class=\"trace\""));
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct RunReport {
     pub cases: Vec<CaseReport>,
     /// Counts by verdict.
     pub summary: Summary,
+    /// The run's OpenTelemetry trace id (hex), when traces were exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The run's trace in a trace viewer ([`RunReport::link_traces`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
 }
 
 /// An agent as the run saw it.
@@ -126,6 +132,12 @@ pub struct CaseReport {
     pub wire: Vec<WireReport>,
     /// Wall time of the case.
     pub duration_ms: u64,
+    /// The case's span id (hex) in the run's trace, when traces were exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The case in a trace viewer ([`RunReport::link_traces`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
 }
 
 /// What one step's call returned.
@@ -223,6 +235,26 @@ impl Summary {
 }
 
 impl RunReport {
+    /// Point the run and each case at a trace viewer: `template` is a URL
+    /// in which `{trace_id}` and `{span_id}` are replaced (for the run,
+    /// `{span_id}` is empty), e.g. Jaeger's
+    /// `http://localhost:16686/trace/{trace_id}?uiFind={span_id}`.
+    /// Nothing changes when the run has no trace id.
+    pub fn link_traces(&mut self, template: &str) {
+        let Some(trace_id) = self.trace_id.clone() else {
+            return;
+        };
+        let link = |span_id: &str| {
+            template
+                .replace("{trace_id}", &trace_id)
+                .replace("{span_id}", span_id)
+        };
+        self.trace_url = Some(link(""));
+        for case in &mut self.cases {
+            case.trace_url = case.span_id.as_deref().map(link);
+        }
+    }
+
     /// Whether the run passed: every case `expected`, or `skipped` unless
     /// `strict` (a skipped case needs a capability the lab did not grant;
     /// it says nothing about the software under test).

@@ -13,6 +13,16 @@ fn verdict_cell(case: &CaseReport) -> String {
 pub fn render(report: &RunReport, wire: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run {}  ({})", report.run_id, report.suite);
+    if let Some(trace) = &report.trace_id {
+        let _ = writeln!(
+            out,
+            "  trace {trace}{}",
+            report
+                .trace_url
+                .as_ref()
+                .map_or_else(String::new, |url| format!("  {url}"))
+        );
+    }
     for agent in &report.agents {
         let _ = writeln!(
             out,
