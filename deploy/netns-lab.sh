@@ -52,7 +52,7 @@ up() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set eth1 up
     ip -n "$ns" link set lo up
-    setsid ip netns exec "$ns" "$agent" --listen "$m:7420" --allow isolate,link \
+    setsid ip netns exec "$ns" "$agent" --listen "$m:7420" --insecure --allow isolate,link \
       > /dev/null 2> "$STATE/host-$((i + 1)).log" < /dev/null &
     echo $! >> "$STATE/agents.pids"
     printf '\n[[agent]]\nname = "host-%d"\naddress = "%s:7420"\ntest_ip = "%s"\n' \

@@ -26,15 +26,30 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-/// Dangerous capabilities, all off unless the agent's configuration allows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What an agent may do: connections unless turned off, dangerous
+/// capabilities only when the configuration allows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allow {
+    /// Holders and their sockets (on by default).
+    pub connections: bool,
     /// Cutting the host off the network (and simulated reboots).
     pub isolate: bool,
     /// Taking network interfaces down.
     pub link: bool,
     /// Really rebooting the host.
     pub reboot: bool,
+}
+
+impl Default for Allow {
+    /// Connections only.
+    fn default() -> Self {
+        Self {
+            connections: true,
+            isolate: false,
+            link: false,
+            reboot: false,
+        }
+    }
 }
 
 /// How an agent is set up.
@@ -138,7 +153,7 @@ fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isol
         Err(error) => tracing::debug!(%error, "no firewall to clean up"),
     }
     if !config.allow.isolate {
-        return Err("isolation is off on this agent: start it with --allow isolate".to_owned());
+        return Err("isolation is off on this agent: set allow.isolate = true in its config, or start it with --allow isolate".to_owned());
     }
     match firewall.prepare(control_port) {
         Ok(()) => Ok(Arc::new(Isolations::new(firewall))),
@@ -154,13 +169,16 @@ impl Agent {
     /// an earlier agent left in the firewall, and sets up isolation if allowed.
     pub fn new(config: AgentConfig, control_port: u16) -> Self {
         let isolations = prepare_isolation(&config, control_port);
-        let mut capabilities = vec!["connections".to_owned()];
+        let mut capabilities = Vec::new();
+        if config.allow.connections {
+            capabilities.push("connections".to_owned());
+        }
         if isolations.is_ok() {
             capabilities.push("isolate".to_owned());
         }
         let links = match (config.allow.link, Current::links(&config.holder_exe)) {
             (false, _) => {
-                Err("link control is off on this agent: start it with --allow link".to_owned())
+                Err("link control is off on this agent: set allow.link = true in its config, or start it with --allow link".to_owned())
             }
             (true, None) => Err("link control is not implemented on this OS yet".to_owned()),
             (true, Some(control)) => Ok(Links::new(control)),
@@ -208,6 +226,12 @@ impl Agent {
 
     /// Start a holder process.
     pub fn spawn_holder(&self, label: String) -> Result<(HolderId, u32), AgentError> {
+        if !self.config.allow.connections {
+            return Err(AgentError::PermissionDenied(
+                "connections are off on this agent: set allow.connections = true in its config"
+                    .to_owned(),
+            ));
+        }
         let id = HolderId(self.new_id());
         let holder =
             HolderProcess::spawn(&self.config.holder_exe, id, label, Arc::clone(&self.events))?;
@@ -612,7 +636,7 @@ impl Agent {
     pub fn reboot(&self) -> Result<(), AgentError> {
         if !self.config.allow.reboot {
             return Err(AgentError::PermissionDenied(
-                "reboot is off on this agent: start it with --allow reboot".to_owned(),
+                "reboot is off on this agent: set allow.reboot = true in its config, or start it with --allow reboot".to_owned(),
             ));
         }
         tracing::warn!("rebooting the host on request");

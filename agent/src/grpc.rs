@@ -2,6 +2,7 @@
 //! translates the answers back. No socket or process logic lives here.
 
 use crate::agent::{Agent, Connection};
+use crate::audit::Audit;
 use crate::error::AgentError;
 use crate::holder::protocol::SocketTarget;
 use crate::hostinfo::HostInfo;
@@ -435,156 +436,228 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::SpawnHolderRequest>,
     ) -> Reply<pb::SpawnHolderReply> {
-        let (holder, pid) = self.agent.spawn_holder(request.into_inner().label)?;
-        Ok(Response::new(pb::SpawnHolderReply {
-            holder_id: holder.0,
-            pid,
-        }))
+        let audit = Audit::of(&request, "SpawnHolder");
+        let result: Reply<pb::SpawnHolderReply> = async move {
+            let (holder, pid) = self.agent.spawn_holder(request.into_inner().label)?;
+            Ok(Response::new(pb::SpawnHolderReply {
+                holder_id: holder.0,
+                pid,
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn exit_holder(&self, request: Request<pb::ExitHolderRequest>) -> Reply<pb::HolderExit> {
-        let request = request.into_inner();
-        let exit = self
-            .agent
-            .exit_holder(HolderId(request.holder_id), request.exit_code)
-            .await?;
-        Ok(Response::new(exit.into()))
+        let audit = Audit::of(&request, "ExitHolder");
+        let result: Reply<pb::HolderExit> = async move {
+            let request = request.into_inner();
+            let exit = self
+                .agent
+                .exit_holder(HolderId(request.holder_id), request.exit_code)
+                .await?;
+            Ok(Response::new(exit.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn kill_holder(&self, request: Request<pb::KillHolderRequest>) -> Reply<pb::HolderExit> {
-        let exit = self
-            .agent
-            .kill_holder(HolderId(request.into_inner().holder_id))
-            .await?;
-        Ok(Response::new(exit.into()))
+        let audit = Audit::of(&request, "KillHolder");
+        let result: Reply<pb::HolderExit> = async move {
+            let exit = self
+                .agent
+                .kill_holder(HolderId(request.into_inner().holder_id))
+                .await?;
+            Ok(Response::new(exit.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn listen(&self, request: Request<pb::ListenRequest>) -> Reply<pb::ListenReply> {
-        let request = request.into_inner();
-        let (listener, local) = self
-            .agent
-            .listen(
-                HolderId(request.holder_id),
-                address("address", &request.address)?,
-                if request.backlog == 0 {
-                    128
-                } else {
-                    request.backlog
-                },
-                request.options.try_into()?,
-            )
-            .await?;
-        Ok(Response::new(pb::ListenReply {
-            listener_id: listener.0,
-            local_address: local.to_string(),
-        }))
+        let audit = Audit::of(&request, "Listen");
+        let result: Reply<pb::ListenReply> = async move {
+            let request = request.into_inner();
+            let (listener, local) = self
+                .agent
+                .listen(
+                    HolderId(request.holder_id),
+                    address("address", &request.address)?,
+                    if request.backlog == 0 {
+                        128
+                    } else {
+                        request.backlog
+                    },
+                    request.options.try_into()?,
+                )
+                .await?;
+            Ok(Response::new(pb::ListenReply {
+                listener_id: listener.0,
+                local_address: local.to_string(),
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn stop_listening(
         &self,
         request: Request<pb::StopListeningRequest>,
     ) -> Reply<pb::StopListeningReply> {
-        self.agent
-            .stop_listening(ListenerId(request.into_inner().listener_id))
-            .await?;
-        Ok(Response::new(pb::StopListeningReply {}))
+        let audit = Audit::of(&request, "StopListening");
+        let result: Reply<pb::StopListeningReply> = async move {
+            self.agent
+                .stop_listening(ListenerId(request.into_inner().listener_id))
+                .await?;
+            Ok(Response::new(pb::StopListeningReply {}))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn accept(&self, request: Request<pb::AcceptRequest>) -> Reply<pb::ConnectReply> {
-        let request = request.into_inner();
-        let connection = self
-            .agent
-            .accept(
-                ListenerId(request.listener_id),
-                timeout("timeout_ms", request.timeout_ms)?,
-            )
-            .await?;
-        Ok(Response::new(connection.into()))
+        let audit = Audit::of(&request, "Accept");
+        let result: Reply<pb::ConnectReply> = async move {
+            let request = request.into_inner();
+            let connection = self
+                .agent
+                .accept(
+                    ListenerId(request.listener_id),
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(connection.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn dial(&self, request: Request<pb::ConnectRequest>) -> Reply<pb::ConnectReply> {
-        let request = request.into_inner();
-        let connection = self
-            .agent
-            .connect(
-                HolderId(request.holder_id),
-                address("address", &request.address)?,
-                request.options.try_into()?,
-                timeout("timeout_ms", request.timeout_ms)?,
-            )
-            .await?;
-        Ok(Response::new(connection.into()))
+        let audit = Audit::of(&request, "Dial");
+        let result: Reply<pb::ConnectReply> = async move {
+            let request = request.into_inner();
+            let connection = self
+                .agent
+                .connect(
+                    HolderId(request.holder_id),
+                    address("address", &request.address)?,
+                    request.options.try_into()?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(connection.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::Observation> {
-        let request = request.into_inner();
-        let observation = self
-            .agent
-            .send(
-                ConnId(request.conn_id),
-                payload(request.payload)?,
-                timeout("timeout_ms", request.timeout_ms)?,
-            )
-            .await?;
-        Ok(Response::new(observation.into()))
+        let audit = Audit::of(&request, "Send");
+        let result: Reply<pb::Observation> = async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .send(
+                    ConnId(request.conn_id),
+                    payload(request.payload)?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn recv(&self, request: Request<pb::RecvRequest>) -> Reply<pb::Observation> {
-        let request = request.into_inner();
-        let observation = self
-            .agent
-            .recv(
-                ConnId(request.conn_id),
-                recv_mode(request.mode)?,
-                request.max_bytes,
-                timeout("timeout_ms", request.timeout_ms)?,
-                request.return_data,
-            )
-            .await?;
-        Ok(Response::new(observation.into()))
+        let audit = Audit::of(&request, "Recv");
+        let result: Reply<pb::Observation> = async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .recv(
+                    ConnId(request.conn_id),
+                    recv_mode(request.mode)?,
+                    request.max_bytes,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                    request.return_data,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Reply<pb::Observation> {
-        let request = request.into_inner();
-        let observation = self
-            .agent
-            .close(
-                ConnId(request.conn_id),
-                close_mode(request.mode)?,
-                timeout("timeout_ms", request.timeout_ms)?,
-            )
-            .await?;
-        Ok(Response::new(observation.into()))
+        let audit = Audit::of(&request, "Close");
+        let result: Reply<pb::Observation> = async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .close(
+                    ConnId(request.conn_id),
+                    close_mode(request.mode)?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn set_options(
         &self,
         request: Request<pb::SetOptionsRequest>,
     ) -> Reply<pb::SocketOptions> {
-        let request = request.into_inner();
-        let target = match request.target {
-            Some(pb::set_options_request::Target::ConnId(id)) => SocketTarget::Conn(ConnId(id)),
-            Some(pb::set_options_request::Target::ListenerId(id)) => {
-                SocketTarget::Listener(ListenerId(id))
-            }
-            None => {
-                return Err(
-                    invalid("target: conn_id or listener_id is required".to_owned()).into(),
-                );
-            }
-        };
-        let read = self
-            .agent
-            .set_options(target, request.options.try_into()?)
-            .await?;
-        Ok(Response::new(read.into()))
+        let audit = Audit::of(&request, "SetOptions");
+        let result: Reply<pb::SocketOptions> = async move {
+            let request = request.into_inner();
+            let target = match request.target {
+                Some(pb::set_options_request::Target::ConnId(id)) => SocketTarget::Conn(ConnId(id)),
+                Some(pb::set_options_request::Target::ListenerId(id)) => {
+                    SocketTarget::Listener(ListenerId(id))
+                }
+                None => {
+                    return Err(
+                        invalid("target: conn_id or listener_id is required".to_owned()).into(),
+                    );
+                }
+            };
+            let read = self
+                .agent
+                .set_options(target, request.options.try_into()?)
+                .await?;
+            Ok(Response::new(read.into()))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Reply<pb::WatchReply> {
-        self.agent
-            .watch(ConnId(request.into_inner().conn_id))
-            .await?;
-        Ok(Response::new(pb::WatchReply {}))
+        let audit = Audit::of(&request, "Watch");
+        let result: Reply<pb::WatchReply> = async move {
+            self.agent
+                .watch(ConnId(request.into_inner().conn_id))
+                .await?;
+            Ok(Response::new(pb::WatchReply {}))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     type EventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -612,149 +685,199 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn isolate(&self, request: Request<pb::IsolateRequest>) -> Reply<pb::IsolateReply> {
-        let isolation = Isolation::try_from(request.into_inner())?;
-        let id = isolation.id.clone();
-        let deadline = isolation.deadline;
-        self.agent.isolate(isolation)?;
-        let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
-        Ok(Response::new(pb::IsolateReply {
-            id,
-            expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
-            expires_wall_unix_ns: wall_unix_ns()
-                .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
-        }))
+        let audit = Audit::of(&request, "Isolate");
+        let result: Reply<pb::IsolateReply> = async move {
+            let isolation = Isolation::try_from(request.into_inner())?;
+            let id = isolation.id.clone();
+            let deadline = isolation.deadline;
+            self.agent.isolate(isolation)?;
+            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+            Ok(Response::new(pb::IsolateReply {
+                id,
+                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+                expires_wall_unix_ns: wall_unix_ns()
+                    .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn heal(&self, request: Request<pb::HealRequest>) -> Reply<pb::HealReply> {
-        let request = request.into_inner();
-        let healed = match (request.id.as_str(), request.all) {
-            ("", true) => self.agent.heal_all()?,
-            ("", false) => {
-                return Err(
-                    invalid("id: name the isolation to heal, or set all".to_owned()).into(),
-                );
-            }
-            (id, false) => {
-                self.agent.heal(id)?;
-                1
-            }
-            (_, true) => return Err(invalid("give either id or all, not both".to_owned()).into()),
-        };
-        Ok(Response::new(pb::HealReply {
-            healed: u32::try_from(healed).unwrap_or(u32::MAX),
-        }))
+        let audit = Audit::of(&request, "Heal");
+        let result: Reply<pb::HealReply> = async move {
+            let request = request.into_inner();
+            let healed = match (request.id.as_str(), request.all) {
+                ("", true) => self.agent.heal_all()?,
+                ("", false) => {
+                    return Err(
+                        invalid("id: name the isolation to heal, or set all".to_owned()).into(),
+                    );
+                }
+                (id, false) => {
+                    self.agent.heal(id)?;
+                    1
+                }
+                (_, true) => {
+                    return Err(invalid("give either id or all, not both".to_owned()).into());
+                }
+            };
+            Ok(Response::new(pb::HealReply {
+                healed: u32::try_from(healed).unwrap_or(u32::MAX),
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn link_down(&self, request: Request<pb::LinkDownRequest>) -> Reply<pb::LinkDownReply> {
-        let control_address = request.local_addr().map(|address| address.ip());
-        let request = request.into_inner();
-        if request.deadline_ms == 0 {
-            return Err(invalid(
-                "deadline_ms: every link-down needs a deadline (a watchdog brings the link up then)".to_owned(),
-            )
-            .into());
+        let audit = Audit::of(&request, "LinkDown");
+        let result: Reply<pb::LinkDownReply> = async move {
+            let control_address = request.local_addr().map(|address| address.ip());
+            let request = request.into_inner();
+            if request.deadline_ms == 0 {
+                return Err(invalid(
+                    "deadline_ms: every link-down needs a deadline (a watchdog brings the link up then)".to_owned(),
+                )
+                .into());
+            }
+            let deadline = crate::platform::millis(request.deadline_ms);
+            let interface = self
+                .agent
+                .link_interface(&request.interface, &request.address)?;
+            self.agent.link_down(
+                &interface,
+                deadline,
+                control_address,
+                request.allow_control_interface,
+            )?;
+            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+            Ok(Response::new(pb::LinkDownReply {
+                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+            }))
         }
-        let deadline = crate::platform::millis(request.deadline_ms);
-        let interface = self
-            .agent
-            .link_interface(&request.interface, &request.address)?;
-        self.agent.link_down(
-            &interface,
-            deadline,
-            control_address,
-            request.allow_control_interface,
-        )?;
-        let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
-        Ok(Response::new(pb::LinkDownReply {
-            expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
-        }))
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
-        let request = request.into_inner();
-        let interface = self
-            .agent
-            .link_interface(&request.interface, &request.address)?;
-        self.agent.link_up(&interface)?;
-        Ok(Response::new(pb::LinkUpReply {}))
+        let audit = Audit::of(&request, "LinkUp");
+        let result: Reply<pb::LinkUpReply> = async move {
+            let request = request.into_inner();
+            let interface = self
+                .agent
+                .link_interface(&request.interface, &request.address)?;
+            self.agent.link_up(&interface)?;
+            Ok(Response::new(pb::LinkUpReply {}))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn start_capture(
         &self,
         request: Request<pb::StartCaptureRequest>,
     ) -> Reply<pb::StartCaptureReply> {
-        let request = request.into_inner();
-        let id = isolation_id(&request.id)?;
-        let ports = request
-            .ports
-            .iter()
-            .map(|&port| {
-                u16::try_from(port)
-                    .ok()
-                    .filter(|&port| port > 0)
-                    .ok_or_else(|| invalid(format!("ports: {port} is not a port (1 to 65535)")))
-            })
-            .collect::<Result<Vec<u16>, AgentError>>()?;
-        self.agent.start_capture(&id, ports)?;
-        Ok(Response::new(pb::StartCaptureReply {}))
+        let audit = Audit::of(&request, "StartCapture");
+        let result: Reply<pb::StartCaptureReply> = async move {
+            let request = request.into_inner();
+            let id = isolation_id(&request.id)?;
+            let ports = request
+                .ports
+                .iter()
+                .map(|&port| {
+                    u16::try_from(port)
+                        .ok()
+                        .filter(|&port| port > 0)
+                        .ok_or_else(|| invalid(format!("ports: {port} is not a port (1 to 65535)")))
+                })
+                .collect::<Result<Vec<u16>, AgentError>>()?;
+            self.agent.start_capture(&id, ports)?;
+            Ok(Response::new(pb::StartCaptureReply {}))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn stop_capture(
         &self,
         request: Request<pb::StopCaptureRequest>,
     ) -> Reply<pb::StopCaptureReply> {
-        // Joining the capture thread waits up to one poll period: off the reactor.
-        let agent = Arc::clone(&self.agent);
-        let id = request.into_inner().id;
-        let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
-            .await
-            .map_err(|error| Status::internal(format!("capture: {error}")))??;
-        Ok(Response::new(pb::StopCaptureReply {
-            segments: captured
-                .events
-                .into_iter()
-                .map(|event| pb::WireSegment {
-                    mono_ns: event.mono_ns,
-                    source: event.segment.source.to_string(),
-                    destination: event.segment.destination.to_string(),
-                    flags: event.segment.flag_letters(),
-                    seq: event.segment.seq,
-                    ack: event.segment.ack,
-                    payload: event.segment.payload,
-                })
-                .collect(),
-            dropped: captured.dropped,
-        }))
+        let audit = Audit::of(&request, "StopCapture");
+        let result: Reply<pb::StopCaptureReply> = async move {
+            // Joining the capture thread waits up to one poll period: off the reactor.
+            let agent = Arc::clone(&self.agent);
+            let id = request.into_inner().id;
+            let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
+                .await
+                .map_err(|error| Status::internal(format!("capture: {error}")))??;
+            Ok(Response::new(pb::StopCaptureReply {
+                segments: captured
+                    .events
+                    .into_iter()
+                    .map(|event| pb::WireSegment {
+                        mono_ns: event.mono_ns,
+                        source: event.segment.source.to_string(),
+                        destination: event.segment.destination.to_string(),
+                        flags: event.segment.flag_letters(),
+                        seq: event.segment.seq,
+                        ack: event.segment.ack,
+                        payload: event.segment.payload,
+                    })
+                    .collect(),
+                dropped: captured.dropped,
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
-        let request = request.into_inner();
-        if !request.simulated {
-            self.agent.reboot()?;
-            return Ok(Response::new(pb::RebootReply::default()));
+        let audit = Audit::of(&request, "Reboot");
+        let result: Reply<pb::RebootReply> = async move {
+            let request = request.into_inner();
+            if !request.simulated {
+                self.agent.reboot()?;
+                return Ok(Response::new(pb::RebootReply::default()));
+            }
+            let down_ms = if request.down_ms == 0 {
+                DEFAULT_DOWN_MS
+            } else {
+                request.down_ms
+            };
+            let report = self
+                .agent
+                .reboot_simulated(crate::platform::millis(down_ms))
+                .await?;
+            Ok(Response::new(pb::RebootReply {
+                sockets_aborted: report.sockets_aborted,
+                holders_killed: report.holders_killed,
+                down_from_mono_ns: report.down_from_mono_ns,
+                down_until_mono_ns: report.down_until_mono_ns,
+            }))
         }
-        let down_ms = if request.down_ms == 0 {
-            DEFAULT_DOWN_MS
-        } else {
-            request.down_ms
-        };
-        let report = self
-            .agent
-            .reboot_simulated(crate::platform::millis(down_ms))
-            .await?;
-        Ok(Response::new(pb::RebootReply {
-            sockets_aborted: report.sockets_aborted,
-            holders_killed: report.holders_killed,
-            down_from_mono_ns: report.down_from_mono_ns,
-            down_until_mono_ns: report.down_until_mono_ns,
-        }))
+        .await;
+        audit.record(&result);
+        result
     }
 
-    async fn reset(&self, _: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
-        let killed = self.agent.reset().await;
-        Ok(Response::new(pb::ResetReply {
-            holders_killed: u32::try_from(killed).unwrap_or(u32::MAX),
-        }))
+    async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
+        let audit = Audit::of(&request, "Reset");
+        let result: Reply<pb::ResetReply> = async move {
+            let killed = self.agent.reset().await;
+            Ok(Response::new(pb::ResetReply {
+                holders_killed: u32::try_from(killed).unwrap_or(u32::MAX),
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
     }
 }
 

@@ -15,11 +15,15 @@
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`spans`]: trace spans of the socket calls holders make.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
+//! - [`tls`]: mutual TLS, and who the caller is.
+//! - [`settings`]: the configuration file, and who may reach the agent.
+//! - [`audit`]: one log line per call that changes something.
 //!
 //! The binary is thin: it parses flags and calls [`serve`], or runs
 //! [`holder::runner::run`] when started as a holder.
 
 pub mod agent;
+pub mod audit;
 pub mod capture;
 pub mod conn;
 pub mod errno;
@@ -32,8 +36,10 @@ pub mod isolate;
 pub mod link;
 pub mod model;
 pub mod platform;
+pub mod settings;
 pub mod spans;
 mod sync;
+pub mod tls;
 
 pub use agent::{Agent, AgentConfig, Allow};
 pub use error::AgentError;
@@ -54,15 +60,18 @@ pub async fn serve(
     serve_agent(
         listener,
         Arc::new(Agent::new(config, control_port)),
+        None,
         shutdown,
     )
     .await
 }
 
-/// Serve an agent already made (its start-up clean-up done) on `listener`.
+/// Serve an agent already made (its start-up clean-up done) on `listener`,
+/// over mutual TLS when `tls` is given.
 pub async fn serve_agent(
     listener: tokio::net::TcpListener,
     agent: Arc<Agent>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,7 +82,11 @@ pub async fn serve_agent(
         .local_addr()
         .map_or_else(|_| String::new(), |address| address.to_string());
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
         .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
         .add_service(health_service)
         .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(

@@ -2,9 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use faultlab_agent::settings::Settings;
+use faultlab_agent::tls::TlsFiles;
 use faultlab_agent::{AgentConfig, Allow};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// A faultlab agent: opens, closes, aborts and breaks TCP connections on
 /// this host on a controller's request, and reports what the OS said.
@@ -13,20 +16,44 @@ use std::net::SocketAddr;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Address for the gRPC API. Port 0 picks a free port; the address in
-    /// use is printed on stdout as `listening on ADDRESS`.
-    #[arg(long, default_value = "127.0.0.1:7420")]
-    listen: SocketAddr,
-    /// Dangerous capabilities to allow (all off by default): `isolate`
-    /// (cut this host off the network, simulated reboots), `link` (take
-    /// interfaces down), `reboot` (really reboot the host). Comma-separated.
-    #[arg(long, value_delimiter = ',', value_enum)]
-    allow: Vec<Capability>,
-    /// No isolation may last longer than this.
-    #[arg(long, default_value_t = faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS)]
-    max_isolation_ms: u32,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(flatten)]
     otlp: faultlab_telemetry::OtlpArgs,
+}
+
+/// How to serve: a config file and the flags that override it.
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML: listen, insecure, max_isolation_ms, [allow],
+    /// [tls]); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for the gRPC API (default 127.0.0.1:7420). Port 0 picks a
+    /// free port; the address in use is printed on stdout as `listening on ADDRESS`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Dangerous capabilities to allow (all off by default): `isolate`
+    /// (cut this host off the network, simulated reboots), `link` (take
+    /// interfaces down), `reboot` (really reboot the host). Comma-separated;
+    /// replaces the config's list.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    allow: Option<Vec<Capability>>,
+    /// No isolation may last longer than this (default 600000).
+    #[arg(long)]
+    max_isolation_ms: Option<u32>,
+    /// This agent's TLS certificate (PEM); with --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA that client certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Serve without TLS on an address other than loopback (a network you trust).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,7 +64,30 @@ enum Capability {
 }
 
 #[derive(Subcommand)]
+enum ServiceAction {
+    /// Install the Windows service (automatic start) that runs this
+    /// executable with CONFIG.
+    Install {
+        /// The agent's configuration file (absolute path).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Stop and remove the Windows service.
+    Uninstall,
+    /// Run as the service (what the Service Control Manager starts).
+    Run {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// The agent as a Windows service: install, uninstall, run.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Internal: run as a holder process, driven over stdin/stdout by an agent.
     #[command(hide = true)]
     Holder,
@@ -66,12 +116,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Only the serving agent exports traces; holders and watchdogs are its
     // helpers, and their work appears in the agent's spans.
-    let mut telemetry = match cli.command {
-        None => faultlab_telemetry::Telemetry::start("faultlab-agent", &cli.otlp)?,
-        Some(_) => faultlab_telemetry::Telemetry::off(),
+    let serving = matches!(
+        cli.command,
+        None | Some(Command::Service {
+            action: ServiceAction::Run { .. }
+        })
+    );
+    let mut telemetry = if serving {
+        faultlab_telemetry::Telemetry::start("faultlab-agent", &cli.otlp)?
+    } else {
+        faultlab_telemetry::Telemetry::off()
     };
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -84,14 +143,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
         Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
         Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
-        None => {
-            let allow = Allow {
-                isolate: cli.allow.contains(&Capability::Isolate),
-                link: cli.allow.contains(&Capability::Link),
-                reboot: cli.allow.contains(&Capability::Reboot),
-            };
-            serve(cli.listen, allow, cli.max_isolation_ms)
-        }
+        Some(Command::Service { action }) => service(action),
+        None => settings(&cli.serve).and_then(|serving| serve(serving, shutdown_signal())),
     };
     telemetry.shutdown();
     result
@@ -121,7 +174,98 @@ fn link_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
     anyhow::bail!("link control is not implemented on this OS yet")
 }
 
-fn serve(address: SocketAddr, allow: Allow, max_isolation_ms: u32) -> anyhow::Result<()> {
+/// What the agent is to be: the config file, then the flags over it.
+struct Serving {
+    address: SocketAddr,
+    allow: Allow,
+    max_isolation_ms: u32,
+    tls: Option<TlsFiles>,
+}
+
+fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
+    let file = match &cli.config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    let mut allow = Allow::from(file.allow);
+    if let Some(flags) = &cli.allow {
+        allow.isolate = flags.contains(&Capability::Isolate);
+        allow.link = flags.contains(&Capability::Link);
+        allow.reboot = flags.contains(&Capability::Reboot);
+    }
+    let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => file.tls,
+    };
+    let address = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7420)));
+    if faultlab_agent::settings::check_exposure(
+        address,
+        tls.is_some(),
+        cli.insecure || file.insecure,
+    )? {
+        tracing::warn!(
+            %address,
+            "INSECURE: serving without TLS off loopback; anyone who reaches {address} can make this host's connections fail{}",
+            if allow.isolate || allow.link || allow.reboot {
+                " and cut it off the network"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Serving {
+        address,
+        allow,
+        max_isolation_ms: cli
+            .max_isolation_ms
+            .or(file.max_isolation_ms)
+            .unwrap_or(faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS),
+        tls,
+    })
+}
+
+#[cfg(windows)]
+fn service(action: ServiceAction) -> anyhow::Result<()> {
+    use faultlab_agent::platform::windows_service;
+    match action {
+        ServiceAction::Install { config } => {
+            windows_service::install(&config).context("cannot install the service")
+        }
+        ServiceAction::Uninstall => {
+            windows_service::uninstall().context("cannot remove the service")
+        }
+        ServiceAction::Run { serve: args } => {
+            let serving = settings(&args)?;
+            let runner: windows_service::Runner =
+                Box::new(move |stop| serve(serving, stop).map_err(|error| format!("{error:#}")));
+            windows_service::run(runner).context("cannot run as a service (only the Service Control Manager can start `service run`)")
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn service(_action: ServiceAction) -> anyhow::Result<()> {
+    anyhow::bail!("Windows services exist only on Windows; on Linux see deploy/systemd")
+}
+
+fn serve(
+    serving: Serving,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Serving {
+        address,
+        allow,
+        max_isolation_ms,
+        tls,
+    } = serving;
+    let tls = tls.map(|files| files.server_config()).transpose()?;
     let holder_exe = std::env::current_exe().context("cannot find this executable")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,7 +287,7 @@ fn serve(address: SocketAddr, allow: Allow, max_isolation_ms: u32) -> anyhow::Re
         writeln!(stdout, "listening on {local}")?;
         stdout.flush()?;
         tracing::info!(%local, "agent serving");
-        faultlab_agent::serve_agent(listener, agent, shutdown_signal()).await?;
+        faultlab_agent::serve_agent(listener, agent, tls, shutdown).await?;
         Ok(())
     })
 }

@@ -1,10 +1,12 @@
-//! Connecting to agents and asking each what host it runs on.
+//! Connecting to agents (over mutual TLS when the lab has a CA) and asking
+//! each what host it runs on.
 
 use faultlab_proto::v1 as pb;
 use pb::agent_client::AgentClient;
+use std::path::PathBuf;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A client of one agent; each request carries the caller's trace context,
 /// so the agent's spans join the run's trace.
@@ -13,9 +15,101 @@ pub type Client = AgentClient<InterceptedService<Channel, faultlab_telemetry::Tr
 /// How long a controller waits to reach an agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The controller's side of mutual TLS (inventory `[tls]`, or `--tls-*`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The CA agents' certificates must chain to.
+    pub ca: PathBuf,
+    /// The controller's certificate, shown to agents.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// Reaches agents: in plain text, or over mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Connector {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Connector {
+    /// Plain text (agents on loopback, or started with `--insecure`).
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// Mutual TLS with these files (read now, so a missing file is said at once).
+    pub fn with_tls(tls: &ClientTls) -> Result<Self, AgentsError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| AgentsError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        Ok(Self { tls: Some(config) })
+    }
+
+    /// Connect to the agent at `address` (`host:port`, or a full URI).
+    pub async fn connect(&self, address: &str) -> Result<Client, AgentsError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let uri = if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("{scheme}://{address}")
+        };
+        let failed = |source| AgentsError::Address {
+            address: address.to_owned(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(failed)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(failed)?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| AgentsError::Unreachable {
+                address: address.to_owned(),
+                source,
+            })?;
+        Ok(AgentClient::with_interceptor(
+            channel,
+            faultlab_telemetry::TraceContext,
+        ))
+    }
+
+    /// What host the agent at `address` runs on.
+    pub async fn host_info(&self, address: &str) -> Result<pb::HostInfoReply, AgentsError> {
+        let mut client = self.connect(address).await?;
+        client
+            .host_info(pb::HostInfoRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| AgentsError::Call {
+                address: address.to_owned(),
+                status,
+            })
+    }
+}
+
 /// Why an agent could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
+    /// A TLS file could not be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The address is not a usable endpoint.
     #[error("agent address {address:?}: {source}")]
     Address {
@@ -24,8 +118,8 @@ pub enum AgentsError {
         /// Why tonic refused it.
         source: tonic::transport::Error,
     },
-    /// Nobody answered.
-    #[error("cannot reach the agent at {address}: {source}")]
+    /// Nobody answered, or the TLS handshake failed.
+    #[error("cannot reach the agent at {address}: {}", causes(source))]
     Unreachable {
         /// As given.
         address: String,
@@ -42,42 +136,19 @@ pub enum AgentsError {
     },
 }
 
-/// Connect to the agent at `address` (`host:port`, or a full `http://` URI).
-pub async fn connect(address: &str) -> Result<Client, AgentsError> {
-    let uri = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|source| AgentsError::Address {
-            address: address.to_owned(),
-            source,
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| AgentsError::Unreachable {
-            address: address.to_owned(),
-            source,
-        })?;
-    Ok(AgentClient::with_interceptor(
-        channel,
-        faultlab_telemetry::TraceContext,
-    ))
+/// An error with its causes, for messages ("transport error" alone says nothing).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
-/// What host the agent at `address` runs on.
-pub async fn host_info(address: &str) -> Result<pb::HostInfoReply, AgentsError> {
-    let mut client = connect(address).await?;
-    client
-        .host_info(pb::HostInfoRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| AgentsError::Call {
-            address: address.to_owned(),
-            status,
-        })
+/// Connect in plain text to the agent at `address` (see [`Connector`]).
+pub async fn connect(address: &str) -> Result<Client, AgentsError> {
+    Connector::plain().connect(address).await
 }

@@ -85,12 +85,13 @@ pub struct AgentHandle {
 impl AgentHandle {
     /// Connect, ask for host info, and measure the clock offset.
     pub async fn connect(
+        connector: &agents::Connector,
         name: &str,
         address: &str,
         test_ip: Option<IpAddr>,
         clock: &RunClock,
     ) -> Result<Self, AgentsError> {
-        let mut client = agents::connect(address).await?;
+        let mut client = connector.connect(address).await?;
         let failed = |status| AgentsError::Call {
             address: address.to_owned(),
             status,

@@ -5,8 +5,14 @@
 //! name = "linux-1"
 //! address = "198.18.0.2:7420"   # gRPC (management network)
 //! test_ip = "198.18.1.2"        # test traffic; defaults to the address's IP
+//!
+//! [tls]                          # mutual TLS to every agent (paths relative to this file)
+//! ca = "certs/ca.pem"            # agents' certificates must chain to it
+//! cert = "certs/controller.pem"  # the controller's own certificate
+//! key = "certs/controller.key"
 //! ```
 
+use crate::agents::ClientTls;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,6 +36,8 @@ pub struct Inventory {
     /// In the order roles are bound to them.
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentEntry>,
+    /// How to reach them over mutual TLS.
+    pub tls: Option<ClientTls>,
 }
 
 /// Why an inventory could not be read.
@@ -65,7 +73,16 @@ impl Inventory {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&file, &text)
+        let mut inventory = Self::parse(&file, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(tls) = inventory.tls.as_mut() {
+            for file in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+        Ok(inventory)
     }
 
     /// Parse inventory text; `file` names it in errors.

@@ -342,6 +342,8 @@ impl LocalLab {
                 &format!("{management}:{NETNS_CONTROL_PORT}"),
                 "--allow",
                 "isolate,link",
+                // The management bridge has no way out of this machine.
+                "--insecure",
             ]);
             if let Some(logs) = logs {
                 detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;

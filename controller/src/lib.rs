@@ -13,6 +13,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod certs;
 pub mod engine;
 pub mod history;
 pub mod inventory;

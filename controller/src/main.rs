@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use faultlab::agents::{ClientTls, Connector};
 use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock};
 use faultlab::history::{self, History};
 use faultlab::inventory::Inventory;
@@ -33,6 +34,40 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     otlp: faultlab_telemetry::OtlpArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Mutual TLS to the agents; overrides the inventory's `[tls]`.
+#[derive(clap::Args, Clone, Default)]
+struct TlsArgs {
+    /// The CA the agents' certificates chain to (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// The controller's certificate (PEM), e.g. from `faultlab certs issue controller`.
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// How to reach the agents of `inventory` (flags first, then its `[tls]`).
+    fn connector(&self, inventory: Option<&Inventory>) -> anyhow::Result<Connector> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => inventory.and_then(|inventory| inventory.tls.clone()),
+        };
+        Ok(match tls {
+            Some(tls) => Connector::with_tls(&tls)?,
+            None => Connector::plain(),
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,12 +226,48 @@ enum Command {
         #[command(flatten)]
         trace_url: TraceUrlArgs,
     },
+    /// A lab certificate authority for mutual TLS between controller and
+    /// agents: `certs init`, then `certs issue NAME` per agent and controller.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+        /// Where the CA and the certificates live.
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "faultlab-certs",
+            global = true
+        )]
+        dir: PathBuf,
+    },
     /// The history of runs.
     Runs {
         #[command(subcommand)]
         action: Option<RunsAction>,
         #[command(flatten)]
         history: HistoryArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Make the CA (ca.pem, ca.key); refuses to overwrite.
+    Init {
+        /// The CA's name.
+        #[arg(long, default_value = "faultlab lab CA")]
+        name: String,
+    },
+    /// Make NAME.pem and NAME.key, signed by the CA, good as server and client.
+    Issue {
+        /// Certificate name: an agent (audit logs show it) or "controller".
+        name: String,
+        /// Addresses and DNS names the certificate is valid for (repeatable;
+        /// default NAME): an agent's must include the address the controller dials.
+        #[arg(long = "san", value_name = "ADDRESS|NAME")]
+        sans: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = faultlab::certs::DEFAULT_DAYS)]
+        days: i64,
     },
 }
 
@@ -259,6 +330,8 @@ fn main() -> ExitCode {
     // Warnings only (e.g. that traces are not being delivered): stdout is the report's.
     let warnings = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -279,7 +352,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command, cli.tls)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
@@ -302,7 +375,7 @@ fn stdout_closed(error: &anyhow::Error) -> bool {
 }
 
 /// Ok(true): success; Ok(false): the run found failures; Err: could not run.
-async fn dispatch(command: Command) -> anyhow::Result<bool> {
+async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
     match command {
         Command::Run {
             suite,
@@ -327,6 +400,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 label,
                 scenarios,
                 inventory.as_deref(),
+                &tls,
                 all_bindings,
                 pinned,
                 parallel,
@@ -390,7 +464,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Agents {
             addresses,
             inventory,
-        } => agents(addresses, inventory.as_deref()).await,
+        } => agents(addresses, inventory.as_deref(), &tls).await,
         Command::Bench {
             agents,
             case,
@@ -419,7 +493,29 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             all: _,
             addresses,
             inventory,
-        } => heal_all(addresses, inventory.as_deref()).await,
+        } => heal_all(addresses, inventory.as_deref(), &tls).await,
+        Command::Certs { action, dir } => {
+            match action {
+                CertsAction::Init { name } => {
+                    let ca = faultlab::certs::init(&dir, &name)?;
+                    say!(
+                        "made CA {} (keep {} private)",
+                        ca.display(),
+                        dir.join(faultlab::certs::CA_KEY).display()
+                    );
+                }
+                CertsAction::Issue { name, sans, days } => {
+                    let (cert, key) = faultlab::certs::issue(
+                        &dir,
+                        &name,
+                        &sans,
+                        faultlab::certs::Validity::days(days),
+                    )?;
+                    say!("issued {} and {}", cert.display(), key.display());
+                }
+            }
+            Ok(true)
+        }
         Command::Runs { action, history } => {
             let history = history.open()?;
             match action.unwrap_or(RunsAction::List { limit: 20 }) {
@@ -534,13 +630,15 @@ fn load_scenarios(
 
 async fn connect_all(
     inventory: &Inventory,
+    connector: &Connector,
     clock: &RunClock,
 ) -> anyhow::Result<Vec<Arc<AgentHandle>>> {
     let mut agents = Vec::new();
     for entry in &inventory.agents {
-        let agent = AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, clock)
-            .await
-            .with_context(|| format!("agent {}", entry.name))?;
+        let agent =
+            AgentHandle::connect(connector, &entry.name, &entry.address, entry.test_ip, clock)
+                .await
+                .with_context(|| format!("agent {}", entry.name))?;
         agents.push(Arc::new(agent));
     }
     Ok(agents)
@@ -550,6 +648,7 @@ async fn run(
     suite: String,
     cases: Vec<Scenario>,
     inventory: Option<&Path>,
+    tls: &TlsArgs,
     all_bindings: bool,
     pinned: std::collections::BTreeMap<String, String>,
     parallel: usize,
@@ -588,7 +687,12 @@ async fn run(
         eprintln!("run {run_id}: trace {trace}");
     }
     let clock = RunClock::start();
-    let agents = connect_all(&inventory, &clock)
+    let connector = if _local.is_some() {
+        Connector::plain()
+    } else {
+        tls.connector(Some(&inventory))?
+    };
+    let agents = connect_all(&inventory, &connector, &clock)
         .instrument(span.clone())
         .await?;
     for (role, agent) in &pinned {
@@ -633,7 +737,7 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
     let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
     let local = LocalLab::start(&exe, agents.max(2))?;
     let clock = RunClock::start();
-    let handles = connect_all(&local.inventory, &clock).await?;
+    let handles = connect_all(&local.inventory, &Connector::plain(), &clock).await?;
     let result = faultlab::bench::fanout(fanned, &handles, clock).await;
     say!(
         "fan-out: {} on {} pairs at once ({} agents): {} expected, {:.0} ms wall",
@@ -718,21 +822,31 @@ fn print_report(report: &RunReport, format: Format, wire: bool) -> anyhow::Resul
 }
 
 /// (name, address) of the agents named on the command line or in an inventory.
+/// The agents named by addresses or an inventory, and how to reach them.
 fn agent_entries(
     addresses: Vec<String>,
     inventory: Option<&Path>,
-) -> anyhow::Result<Vec<(String, String)>> {
+    tls: &TlsArgs,
+) -> anyhow::Result<(Vec<(String, String)>, Connector)> {
     Ok(match inventory {
-        Some(path) => Inventory::load(path)?
-            .agents
-            .into_iter()
-            .map(|agent| (agent.name, agent.address))
-            .collect(),
+        Some(path) => {
+            let inventory = Inventory::load(path)?;
+            let connector = tls.connector(Some(&inventory))?;
+            let entries = inventory
+                .agents
+                .into_iter()
+                .map(|agent| (agent.name, agent.address))
+                .collect();
+            (entries, connector)
+        }
         None if addresses.is_empty() => bail!("give agent addresses or --inventory FILE"),
-        None => addresses
-            .into_iter()
-            .map(|address| (address.clone(), address))
-            .collect(),
+        None => (
+            addresses
+                .into_iter()
+                .map(|address| (address.clone(), address))
+                .collect(),
+            tls.connector(None)?,
+        ),
     })
 }
 
@@ -778,17 +892,22 @@ async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
             say!("inventory {}", path.display());
             let running = pids.iter().filter(|(_, alive)| *alive).count();
             say!("{running} of {} agent processes running", pids.len());
-            let healthy = agents(Vec::new(), Some(&path)).await?;
+            let healthy = agents(Vec::new(), Some(&path), &TlsArgs::default()).await?;
             Ok(healthy && running == inventory.agents.len())
         }
     }
 }
 
-async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
+async fn heal_all(
+    addresses: Vec<String>,
+    inventory: Option<&Path>,
+    tls: &TlsArgs,
+) -> anyhow::Result<bool> {
     let mut all_healed = true;
-    for (name, address) in agent_entries(addresses, inventory)? {
+    let (entries, connector) = agent_entries(addresses, inventory, tls)?;
+    for (name, address) in entries {
         let healed = async {
-            let mut client = faultlab::agents::connect(&address).await?;
+            let mut client = connector.connect(&address).await?;
             let reply = client
                 .heal(faultlab_proto::v1::HealRequest {
                     id: String::new(),
@@ -809,8 +928,12 @@ async fn heal_all(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::R
     Ok(all_healed)
 }
 
-async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Result<bool> {
-    let entries = agent_entries(addresses, inventory)?;
+async fn agents(
+    addresses: Vec<String>,
+    inventory: Option<&Path>,
+    tls: &TlsArgs,
+) -> anyhow::Result<bool> {
+    let (entries, connector) = agent_entries(addresses, inventory, tls)?;
     say!(
         "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} CAPABILITIES",
         "AGENT",
@@ -824,7 +947,7 @@ async fn agents(addresses: Vec<String>, inventory: Option<&Path>) -> anyhow::Res
     );
     let mut unreachable = 0;
     for (name, address) in &entries {
-        match faultlab::agents::host_info(address).await {
+        match connector.host_info(address).await {
             Ok(info) => say!(
                 "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
                 name,

@@ -52,7 +52,14 @@ async fn the_html_report_renders_in_a_real_browser() -> TestResult {
     let mut agents = Vec::new();
     for entry in &lab.inventory.agents {
         agents.push(Arc::new(
-            AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, &clock).await?,
+            AgentHandle::connect(
+                &faultlab::agents::Connector::plain(),
+                &entry.name,
+                &entry.address,
+                entry.test_ip,
+                &clock,
+            )
+            .await?,
         ));
     }
     let cases: Vec<_> = suites::load("seed")

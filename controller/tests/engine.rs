@@ -27,7 +27,14 @@ async fn plan(
     let mut agents = Vec::new();
     for entry in &lab.inventory.agents {
         agents.push(Arc::new(
-            AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, clock).await?,
+            AgentHandle::connect(
+                &faultlab::agents::Connector::plain(),
+                &entry.name,
+                &entry.address,
+                entry.test_ip,
+                clock,
+            )
+            .await?,
         ));
     }
     Ok(Plan {

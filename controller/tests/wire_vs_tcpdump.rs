@@ -89,7 +89,14 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
     let mut agents = Vec::new();
     for entry in &lab.inventory.agents {
         agents.push(Arc::new(
-            AgentHandle::connect(&entry.name, &entry.address, entry.test_ip, &clock).await?,
+            AgentHandle::connect(
+                &faultlab::agents::Connector::plain(),
+                &entry.name,
+                &entry.address,
+                entry.test_ip,
+                &clock,
+            )
+            .await?,
         ));
     }
     // Each agent's wall clock minus its monotonic clock, to put evidence on tcpdump's clock.

@@ -13,6 +13,8 @@ use std::process::ExitStatus;
 mod linux;
 #[cfg(windows)]
 mod windows;
+#[cfg(windows)]
+pub mod windows_service;
 
 /// The backend for the OS this agent was built for.
 #[cfg(unix)]

@@ -180,6 +180,8 @@ impl NetLab {
             .args(["netns", "exec", &self.namespace(index)])
             .arg(env!("CARGO_BIN_EXE_faultlab-agent"))
             .args(["--listen", &format!("{}:{CONTROL_PORT}", self.ip(index))])
+            // The lab's bridge has no way out of this machine.
+            .arg("--insecure")
             .args(flags);
         Host::attach(AgentProcess::start_with(command)?).await
     }

@@ -1,0 +1,198 @@
+//! The agent's configuration file (TOML), and the rules on how an agent
+//! may be exposed. Flags override the file; without either, an agent
+//! listens on loopback and can only open, use and close connections.
+//!
+//! ```toml
+//! listen = "198.18.0.2:7420"
+//! max_isolation_ms = 600000
+//!
+//! [allow]             # what this agent may do
+//! connections = true  # open, send, receive, close, abort (default on)
+//! isolate = false     # cut the host off the network, simulated reboots
+//! link = false        # take interfaces down
+//! reboot = false      # really reboot the host
+//!
+//! [tls]               # mutual TLS: required off loopback unless insecure = true
+//! cert = "agent.pem"  # paths relative to this file
+//! key = "agent.key"
+//! ca = "ca.pem"       # client certificates must chain to it
+//! ```
+
+use crate::agent::Allow;
+use crate::tls::TlsFiles;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The configuration file's contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// gRPC address.
+    pub listen: Option<SocketAddr>,
+    /// Serve without TLS off loopback.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Ceiling of any isolation's deadline.
+    pub max_isolation_ms: Option<u32>,
+    /// Capabilities.
+    #[serde(default)]
+    pub allow: AllowSettings,
+    /// Mutual TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[allow]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowSettings {
+    /// Connections (holders and their sockets).
+    pub connections: bool,
+    /// Isolation and simulated reboots.
+    pub isolate: bool,
+    /// Link down/up.
+    pub link: bool,
+    /// Real reboots.
+    pub reboot: bool,
+}
+
+impl Default for AllowSettings {
+    fn default() -> Self {
+        Self {
+            connections: true,
+            isolate: false,
+            link: false,
+            reboot: false,
+        }
+    }
+}
+
+impl From<AllowSettings> for Allow {
+    fn from(settings: AllowSettings) -> Self {
+        Self {
+            connections: settings.connections,
+            isolate: settings.isolate,
+            link: settings.link,
+            reboot: settings.reboot,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration (toml names line, column and key).
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// The agent would be reachable by anyone without TLS.
+    #[error(
+        "refusing to serve on {0} without TLS: anyone who reaches it could cut this host off the network. Give [tls] in the config (or --tls-cert, --tls-key, --tls-ca; `faultlab certs` makes them), or --insecure for a network you trust"
+    )]
+    Exposed(SocketAddr),
+}
+
+impl Settings {
+    /// Read a configuration file; relative TLS paths are taken from its directory.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut settings: Self = toml::from_str(&text).map_err(|error| SettingsError::Invalid {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(tls) = settings.tls.as_mut() {
+            for file in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// Whether an agent may serve on `listen`: with TLS always; without, only
+/// on loopback, or anywhere when `insecure` (then `Ok(true)`: warn loudly).
+pub fn check_exposure(
+    listen: SocketAddr,
+    tls: bool,
+    insecure: bool,
+) -> Result<bool, SettingsError> {
+    match (tls, listen.ip().is_loopback(), insecure) {
+        (true, _, _) | (false, true, _) => Ok(false),
+        (false, false, true) => Ok(true),
+        (false, false, false) => Err(SettingsError::Exposed(listen)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_or_tls_or_an_explicit_insecure_may_serve() {
+        let lab: SocketAddr = ([198, 18, 0, 2], 7420).into();
+        let local: SocketAddr = ([127, 0, 0, 1], 7420).into();
+        assert!(matches!(check_exposure(local, false, false), Ok(false)));
+        assert!(matches!(check_exposure(lab, true, false), Ok(false)));
+        assert!(matches!(check_exposure(lab, false, true), Ok(true)));
+        let refused = check_exposure(lab, false, false).map_err(|error| error.to_string());
+        assert!(refused.is_err_and(
+            |message| message.contains("198.18.0.2:7420") && message.contains("--insecure")
+        ));
+    }
+
+    #[test]
+    fn a_config_file_is_read_with_defaults_and_its_errors_are_placed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("faultlab-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("agent.toml");
+        // An absolute path stays as it is ("/etc/..." is not absolute on Windows).
+        let absolute = dir.join("elsewhere").join("ca.pem");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"198.18.0.2:7420\"\n[allow]\nisolate = true\n[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nca = '{}'\n",
+                absolute.display()
+            ),
+        )?;
+        let settings = Settings::load(&file)?;
+        assert_eq!(settings.listen, Some(([198, 18, 0, 2], 7420).into()));
+        assert!(settings.allow.connections && settings.allow.isolate && !settings.allow.reboot);
+        let tls = settings.tls.ok_or("no tls")?;
+        assert_eq!(tls.cert, dir.join("a.pem"));
+        assert_eq!(tls.ca, absolute);
+        std::fs::write(
+            &file,
+            "listen = \"198.18.0.2:7420\"\n[allow]\nisolat = true\n",
+        )?;
+        let error = Settings::load(&file).map_err(|error| error.to_string());
+        assert!(
+            error
+                .as_ref()
+                .is_err_and(|message| message.contains("agent.toml")
+                    && message.contains("line 3")
+                    && message.contains("isolat")),
+            "{error:?}"
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install the faultlab agent as a systemd service.
+#
+#   deploy/systemd/install.sh AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot]
+#
+# CERT_DIR holds ca.pem and HOSTNAME.pem/.key (`faultlab certs issue
+# HOSTNAME --san ADDRESS`). With --prefix, files go under DIR and nothing
+# is started (no user, no systemctl): for packaging and for the tests.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+prefix=/ allow_reboot=0 args=()
+while (($#)); do
+  case $1 in
+  --prefix) prefix=$2; shift 2 ;;
+  --allow-reboot) allow_reboot=1; shift ;;
+  *) args+=("$1"); shift ;;
+  esac
+done
+((${#args[@]} == 1 || ${#args[@]} == 3)) || {
+  echo "usage: $0 AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot]" >&2
+  exit 2
+}
+binary=${args[0]}
+root=${prefix%/}
+install -D -m 0755 "$binary" "$root/usr/local/bin/faultlab-agent"
+install -D -m 0644 "$here/faultlab-agent.service" "$root/etc/systemd/system/faultlab-agent.service"
+install -d -m 0750 "$root/etc/faultlab"
+[ -e "$root/etc/faultlab/agent.toml" ] || install -m 0640 "$here/agent.toml" "$root/etc/faultlab/agent.toml"
+if ((${#args[@]} == 3)); then
+  certs=${args[1]} host=${args[2]}
+  install -m 0644 "$certs/ca.pem" "$root/etc/faultlab/ca.pem"
+  install -m 0644 "$certs/$host.pem" "$root/etc/faultlab/agent.pem"
+  install -m 0640 "$certs/$host.key" "$root/etc/faultlab/agent.key"
+fi
+if ((allow_reboot)); then
+  install -D -m 0644 "$here/allow-reboot.conf" "$root/etc/systemd/system/faultlab-agent.service.d/allow-reboot.conf"
+  install -D -m 0644 "$here/50-faultlab-reboot.rules" "$root/etc/polkit-1/rules.d/50-faultlab-reboot.rules"
+fi
+if [ "$prefix" = / ]; then
+  getent passwd faultlab >/dev/null ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin faultlab
+  chgrp faultlab /etc/faultlab /etc/faultlab/agent.toml
+  [ -e /etc/faultlab/agent.key ] && chgrp faultlab /etc/faultlab/agent.key
+  systemctl daemon-reload
+  systemctl enable --now faultlab-agent.service
+  echo "faultlab-agent installed and started; edit /etc/faultlab/agent.toml, then: systemctl restart faultlab-agent"
+else
+  echo "faultlab-agent installed under $prefix (nothing started)"
+fi
