@@ -74,6 +74,8 @@ impl AgentConfig {
     }
 }
 
+/// Ended holders remembered (so a late request learns how one ended).
+pub const ENDED_HOLDERS_KEPT: usize = 64;
 /// Default ceiling of an isolation's deadline: 10 minutes.
 pub const DEFAULT_MAX_ISOLATION_MS: u32 = 600_000;
 /// An isolation that cuts the control channel starts this long after the
@@ -237,8 +239,35 @@ impl Agent {
             HolderProcess::spawn(&self.config.holder_exe, id, label, Arc::clone(&self.events))?;
         let pid = holder.pid();
         tracing::info!(%id, label = holder.label(), pid, "holder started");
+        self.forget_old_holders();
+        // A new case begins: what the last one's capture held is free now.
+        Current::return_free_memory();
         lock(&self.holders).insert(id, Arc::new(holder));
         Ok((id, pid))
+    }
+
+    /// Keep the newest [`ENDED_HOLDERS_KEPT`] ended holders (a late request
+    /// about one still learns how it ended); forget older ones and their
+    /// sockets, so that an agent running for weeks does not grow.
+    fn forget_old_holders(&self) {
+        let mut holders = lock(&self.holders);
+        let mut ended: Vec<(u64, HolderId)> = holders
+            .values()
+            .filter_map(|holder| holder.exited().map(|exit| (exit.mono_ns, holder.id())))
+            .collect();
+        if ended.len() <= ENDED_HOLDERS_KEPT {
+            return;
+        }
+        ended.sort_unstable();
+        let forgotten: Vec<HolderId> = ended[..ended.len() - ENDED_HOLDERS_KEPT]
+            .iter()
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &forgotten {
+            holders.remove(id);
+        }
+        drop(holders);
+        lock(&self.owners).retain(|_, owner| !forgotten.contains(owner));
     }
 
     fn holder(&self, id: HolderId) -> Result<Arc<HolderProcess>, AgentError> {

@@ -46,7 +46,8 @@ pub struct HolderProcess {
     id: HolderId,
     label: String,
     pid: u32,
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    /// The request pipe; closed (None) once the holder has ended.
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     pending: Pending,
     next_request: AtomicU64,
     child: Arc<tokio::sync::Mutex<Child>>,
@@ -79,10 +80,12 @@ impl HolderProcess {
         let pid = child.id().unwrap_or(0);
         let pending: Pending = Arc::default();
         let child = Arc::new(tokio::sync::Mutex::new(child));
+        let stdin = Arc::new(tokio::sync::Mutex::new(Some(stdin)));
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(listen(
             id,
             stdout,
+            Arc::clone(&stdin),
             Arc::clone(&pending),
             Arc::clone(&child),
             exit_tx,
@@ -92,7 +95,7 @@ impl HolderProcess {
             id,
             label,
             pid,
-            stdin: tokio::sync::Mutex::new(stdin),
+            stdin,
             pending,
             next_request: AtomicU64::new(1),
             child,
@@ -172,6 +175,9 @@ impl HolderProcess {
         let mut line = serde_json::to_vec(envelope).map_err(|error| error.to_string())?;
         line.push(b'\n');
         let mut stdin = self.stdin.lock().await;
+        let stdin = stdin
+            .as_mut()
+            .ok_or_else(|| "the holder has ended".to_owned())?;
         stdin
             .write_all(&line)
             .await
@@ -214,6 +220,7 @@ impl HolderProcess {
 async fn listen(
     id: HolderId,
     stdout: ChildStdout,
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     pending: Pending,
     child: Arc<tokio::sync::Mutex<Child>>,
     exit_tx: watch::Sender<Option<HolderExit>>,
@@ -241,6 +248,8 @@ async fn listen(
         }
     }
     let status = child.lock().await.wait().await;
+    // Nobody will read the request pipe again: close our end.
+    stdin.lock().await.take();
     let exit = HolderExit {
         holder: id,
         exit_code: status

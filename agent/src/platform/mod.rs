@@ -56,6 +56,11 @@ pub trait Platform {
     /// The signal that ended a process, if one did.
     fn exit_signal(status: &ExitStatus) -> Option<i32>;
 
+    /// Give memory freed since the last call back to the OS. A case's
+    /// capture can briefly hold 100 000 segments; without this the C
+    /// allocator keeps that peak, and a long-lived agent drifts upwards.
+    fn return_free_memory();
+
     /// The packet filter isolation works through, where there is one;
     /// `exe` is the agent executable (a watchdog where the OS needs one).
     fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>>;

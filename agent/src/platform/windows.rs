@@ -112,6 +112,10 @@ impl Platform for Windows {
         None
     }
 
+    fn return_free_memory() {
+        // The Windows heap gives large free blocks back by itself.
+    }
+
     fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
         Some(Box::new(
             crate::isolate::windows_firewall::WindowsFirewall::new(exe.to_path_buf()),
