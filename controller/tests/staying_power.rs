@@ -173,8 +173,10 @@ async fn two_hundred_cases_in_a_row_leak_nothing() -> TestResult {
     eprintln!("{count} cases in {took:?}; agents before {before:?}, after {after:?}");
     for (before, after) in before.iter().zip(&after) {
         assert_eq!(after.children, 0, "holder processes left behind");
+        // A leak is one per case (200 here); a descriptor or two come and
+        // go with the controller's connections and the capture sockets.
         assert!(
-            after.fds <= before.fds,
+            after.fds <= before.fds + 2,
             "file descriptors grew from {} to {}",
             before.fds,
             after.fds
