@@ -75,9 +75,9 @@ impl Connector {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| AgentsError::Unreachable {
+            .map_err(|cause| AgentsError::Unreachable {
                 address: address.to_owned(),
-                source,
+                cause,
             })?;
         Ok(AgentClient::with_interceptor(
             channel,
@@ -102,6 +102,14 @@ impl Connector {
 /// Why an agent could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
+    /// What went wrong with the inventory's agent `name`.
+    #[error("agent {name}: {error}")]
+    Agent {
+        /// Its name in the inventory.
+        name: String,
+        /// What went wrong (in the message, so not a `source`: said once).
+        error: Box<AgentsError>,
+    },
     /// A TLS file could not be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
@@ -119,12 +127,12 @@ pub enum AgentsError {
         source: tonic::transport::Error,
     },
     /// Nobody answered, or the TLS handshake failed.
-    #[error("cannot reach the agent at {address}: {}", causes(source))]
+    #[error("cannot reach the agent at {address}: {}", causes(cause))]
     Unreachable {
         /// As given.
         address: String,
         /// What failed.
-        source: tonic::transport::Error,
+        cause: tonic::transport::Error,
     },
     /// The agent answered with an error.
     #[error("agent at {address}: {status}")]

@@ -133,6 +133,26 @@ impl AgentHandle {
         })
     }
 
+    /// Connect to every agent of `inventory`, in its order.
+    pub async fn connect_all(
+        connector: &agents::Connector,
+        inventory: &crate::inventory::Inventory,
+        clock: &RunClock,
+    ) -> Result<Vec<Arc<Self>>, AgentsError> {
+        let mut handles = Vec::new();
+        for entry in &inventory.agents {
+            let handle =
+                Self::connect(connector, &entry.name, &entry.address, entry.test_ip, clock)
+                    .await
+                    .map_err(|error| AgentsError::Agent {
+                        name: entry.name.clone(),
+                        error: Box::new(error),
+                    })?;
+            handles.push(Arc::new(handle));
+        }
+        Ok(handles)
+    }
+
     /// An agent's monotonic time on the run clock.
     fn run_ns(&self, mono_ns: u64) -> i64 {
         i64::try_from(mono_ns).unwrap_or(i64::MAX) - self.clock_offset_ns

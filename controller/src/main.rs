@@ -628,22 +628,6 @@ fn load_scenarios(
     Ok((label.join(","), scenarios))
 }
 
-async fn connect_all(
-    inventory: &Inventory,
-    connector: &Connector,
-    clock: &RunClock,
-) -> anyhow::Result<Vec<Arc<AgentHandle>>> {
-    let mut agents = Vec::new();
-    for entry in &inventory.agents {
-        let agent =
-            AgentHandle::connect(connector, &entry.name, &entry.address, entry.test_ip, clock)
-                .await
-                .with_context(|| format!("agent {}", entry.name))?;
-        agents.push(Arc::new(agent));
-    }
-    Ok(agents)
-}
-
 async fn run(
     suite: String,
     cases: Vec<Scenario>,
@@ -692,7 +676,7 @@ async fn run(
     } else {
         tls.connector(Some(&inventory))?
     };
-    let agents = connect_all(&inventory, &connector, &clock)
+    let agents = AgentHandle::connect_all(&connector, &inventory, &clock)
         .instrument(span.clone())
         .await?;
     for (role, agent) in &pinned {
@@ -737,7 +721,7 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
     let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
     let local = LocalLab::start(&exe, agents.max(2))?;
     let clock = RunClock::start();
-    let handles = connect_all(&local.inventory, &Connector::plain(), &clock).await?;
+    let handles = AgentHandle::connect_all(&Connector::plain(), &local.inventory, &clock).await?;
     let result = faultlab::bench::fanout(fanned, &handles, clock).await;
     say!(
         "fan-out: {} on {} pairs at once ({} agents): {} expected, {:.0} ms wall",

@@ -49,19 +49,12 @@ async fn the_html_report_renders_in_a_real_browser() -> TestResult {
         Some(_) => LocalLab::start(&exe, 2)?,
     };
     let clock = RunClock::start();
-    let mut agents = Vec::new();
-    for entry in &lab.inventory.agents {
-        agents.push(Arc::new(
-            AgentHandle::connect(
-                &faultlab::agents::Connector::plain(),
-                &entry.name,
-                &entry.address,
-                entry.test_ip,
-                &clock,
-            )
-            .await?,
-        ));
-    }
+    let agents = AgentHandle::connect_all(
+        &faultlab::agents::Connector::plain(),
+        &lab.inventory,
+        &clock,
+    )
+    .await?;
     let cases: Vec<_> = suites::load("seed")
         .ok_or("no seed suite")??
         .into_iter()

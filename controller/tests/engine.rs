@@ -24,19 +24,9 @@ async fn plan(
     clock: &RunClock,
     cases: Vec<Scenario>,
 ) -> Result<Plan, Box<dyn std::error::Error>> {
-    let mut agents = Vec::new();
-    for entry in &lab.inventory.agents {
-        agents.push(Arc::new(
-            AgentHandle::connect(
-                &faultlab::agents::Connector::plain(),
-                &entry.name,
-                &entry.address,
-                entry.test_ip,
-                clock,
-            )
-            .await?,
-        ));
-    }
+    let agents =
+        AgentHandle::connect_all(&faultlab::agents::Connector::plain(), &lab.inventory, clock)
+            .await?;
     Ok(Plan {
         run_id: faultlab::engine::new_run_id(),
         suite: "test".to_owned(),

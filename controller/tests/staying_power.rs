@@ -46,19 +46,7 @@ async fn run(
     parallel: usize,
 ) -> Result<RunReport, Box<dyn std::error::Error>> {
     let clock = RunClock::start();
-    let mut agents = Vec::new();
-    for entry in &lab.inventory.agents {
-        agents.push(Arc::new(
-            AgentHandle::connect(
-                &Connector::plain(),
-                &entry.name,
-                &entry.address,
-                entry.test_ip,
-                &clock,
-            )
-            .await?,
-        ));
-    }
+    let agents = AgentHandle::connect_all(&Connector::plain(), &lab.inventory, &clock).await?;
     let plan = Plan {
         run_id: engine::new_run_id(),
         suite: "staying-power".to_owned(),

@@ -86,19 +86,12 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
     assert!(said.contains("listening"), "tcpdump: {said}");
 
     let clock = RunClock::start();
-    let mut agents = Vec::new();
-    for entry in &lab.inventory.agents {
-        agents.push(Arc::new(
-            AgentHandle::connect(
-                &faultlab::agents::Connector::plain(),
-                &entry.name,
-                &entry.address,
-                entry.test_ip,
-                &clock,
-            )
-            .await?,
-        ));
-    }
+    let agents = AgentHandle::connect_all(
+        &faultlab::agents::Connector::plain(),
+        &lab.inventory,
+        &clock,
+    )
+    .await?;
     // Each agent's wall clock minus its monotonic clock, to put evidence on tcpdump's clock.
     let mut wall_minus_mono = std::collections::HashMap::new();
     for agent in &agents {
