@@ -28,7 +28,9 @@ use tracing::Instrument as _;
 
 /// What an agent may do: connections unless turned off, dangerous
 /// capabilities only when the configuration allows them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// It is also the config file's `[allow]` table (missing keys: the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Allow {
     /// Holders and their sockets (on by default).
     pub connections: bool,

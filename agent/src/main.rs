@@ -187,7 +187,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),
     };
-    let mut allow = Allow::from(file.allow);
+    let mut allow = file.allow;
     if let Some(flags) = &cli.allow {
         allow.isolate = flags.contains(&Capability::Isolate);
         allow.link = flags.contains(&Capability::Link);

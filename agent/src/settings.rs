@@ -37,45 +37,9 @@ pub struct Settings {
     pub max_isolation_ms: Option<u32>,
     /// Capabilities.
     #[serde(default)]
-    pub allow: AllowSettings,
+    pub allow: Allow,
     /// Mutual TLS.
     pub tls: Option<TlsFiles>,
-}
-
-/// The `[allow]` table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AllowSettings {
-    /// Connections (holders and their sockets).
-    pub connections: bool,
-    /// Isolation and simulated reboots.
-    pub isolate: bool,
-    /// Link down/up.
-    pub link: bool,
-    /// Real reboots.
-    pub reboot: bool,
-}
-
-impl Default for AllowSettings {
-    fn default() -> Self {
-        Self {
-            connections: true,
-            isolate: false,
-            link: false,
-            reboot: false,
-        }
-    }
-}
-
-impl From<AllowSettings> for Allow {
-    fn from(settings: AllowSettings) -> Self {
-        Self {
-            connections: settings.connections,
-            isolate: settings.isolate,
-            link: settings.link,
-            reboot: settings.reboot,
-        }
-    }
 }
 
 /// Why the configuration cannot be used.
