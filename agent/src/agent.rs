@@ -17,6 +17,8 @@ use crate::model::{
     SocketOptions,
 };
 use crate::platform::{Current, Platform};
+use crate::process::{ProcessAction, ProcessOutcome, ProcessTarget, Processes};
+use crate::sockets::{ConnectionFilter, Sockets, TcpConnection};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +42,9 @@ pub struct Allow {
     pub link: bool,
     /// Really rebooting the host.
     pub reboot: bool,
+    /// Acting on other programs of the host (the application under test):
+    /// kill, stop, continue, restart, and aborting their connections.
+    pub process: bool,
 }
 
 impl Default for Allow {
@@ -50,6 +55,7 @@ impl Default for Allow {
             isolate: false,
             link: false,
             reboot: false,
+            process: false,
         }
     }
 }
@@ -63,6 +69,8 @@ pub struct AgentConfig {
     pub allow: Allow,
     /// No isolation may last longer than this.
     pub max_isolation_ms: u32,
+    /// Process name → the command that starts it again.
+    pub restart_commands: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -72,6 +80,7 @@ impl AgentConfig {
             holder_exe,
             allow: Allow::default(),
             max_isolation_ms: DEFAULT_MAX_ISOLATION_MS,
+            restart_commands: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -130,6 +139,10 @@ pub struct Agent {
     captures: Result<Captures, String>,
     /// The gRPC port, never captured.
     control_port: u16,
+    /// The host's TCP connections, every program's.
+    sockets: Sockets,
+    /// The host's other programs.
+    processes: Processes,
 }
 
 fn unexpected(reply: &HolderReply) -> AgentError {
@@ -200,6 +213,10 @@ impl Agent {
         if captures.is_ok() {
             capabilities.push("capture".to_owned());
         }
+        if config.allow.process {
+            capabilities.push("process".to_owned());
+        }
+        let processes = Processes::new(config.restart_commands.clone());
         Self {
             config,
             host: HostInfo::gather(capabilities),
@@ -211,6 +228,8 @@ impl Agent {
             links,
             captures,
             control_port,
+            sockets: Sockets::new(Current::socket_table()),
+            processes,
         }
     }
 
@@ -565,6 +584,7 @@ impl Agent {
             mode: Mode::Drop,
             peer: None,
             port: None,
+            peer_port: None,
             direction: Direction::Both,
             deadline: down + REBOOT_MARGIN,
             include_control_channel: false,
@@ -661,6 +681,60 @@ impl Agent {
     /// Stop a capture; what it saw.
     pub fn stop_capture(&self, id: &str) -> Result<Captured, AgentError> {
         Ok(self.captures()?.stop(id)?)
+    }
+
+    /// The host's TCP connections that `filter` means (any program's).
+    pub fn list_connections(
+        &self,
+        filter: &ConnectionFilter,
+    ) -> Result<Vec<TcpConnection>, AgentError> {
+        Ok(self.sockets.list(filter)?)
+    }
+
+    fn process_allowed(&self, what: &str) -> Result<(), AgentError> {
+        if self.config.allow.process {
+            Ok(())
+        } else {
+            Err(AgentError::PermissionDenied(format!(
+                "{what} is off on this agent: set allow.process = true in its config, or start it with --allow process"
+            )))
+        }
+    }
+
+    /// Destroy connections of other programs (never listeners); the ones destroyed.
+    pub fn abort_connections(
+        &self,
+        filter: &ConnectionFilter,
+    ) -> Result<Vec<TcpConnection>, AgentError> {
+        self.process_allowed("aborting other programs' connections")?;
+        if !filter.is_narrow() {
+            return Err(AgentError::InvalidArgument(
+                "filter: give a local port, a local address or a remote; faultlab does not abort every connection of a host".to_owned(),
+            ));
+        }
+        let aborted = self.sockets.abort(filter)?;
+        tracing::warn!(
+            count = aborted.len(),
+            "aborted connections of other programs"
+        );
+        Ok(aborted)
+    }
+
+    /// Kill, stop, continue or restart a program of this host (never the
+    /// agent or its holders).
+    pub fn process_fault(
+        &self,
+        target: &ProcessTarget,
+        action: ProcessAction,
+    ) -> Result<ProcessOutcome, AgentError> {
+        self.process_allowed("acting on other programs")?;
+        let holders: Vec<u32> = lock(&self.holders)
+            .values()
+            .map(|holder| holder.pid())
+            .collect();
+        let outcome = self.processes.act(target, action, &holders)?;
+        tracing::warn!(?target, action = action.name(), pids = ?outcome.pids, new_pid = ?outcome.new_pid, "process fault");
+        Ok(outcome)
     }
 
     /// Really reboot the host, if this agent is allowed to.

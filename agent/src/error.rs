@@ -7,6 +7,8 @@ use crate::capture::CaptureError;
 use crate::holder::HolderError;
 use crate::isolate::{FirewallError, IsolateError};
 use crate::link::LinkError;
+use crate::process::ProcessError;
+use crate::sockets::SocketsError;
 use tonic::Status;
 
 /// gRPC metadata key that tells a controller, without parsing the message,
@@ -39,6 +41,12 @@ pub enum AgentError {
     /// A capture request failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// Reading or changing the host's connection table failed.
+    #[error(transparent)]
+    Sockets(#[from] SocketsError),
+    /// A process fault failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     /// Talking to a holder process failed.
     #[error(transparent)]
     Holder(#[from] HolderError),
@@ -82,6 +90,14 @@ impl From<AgentError> for Status {
                 LinkError::ControlInterface(_) | LinkError::AlreadyDown(_) | LinkError::System(_),
             ) => Status::failed_precondition(message),
             AgentError::PermissionDenied(_) => Status::permission_denied(message),
+            AgentError::Process(ProcessError::Invalid(_)) => Status::invalid_argument(message),
+            AgentError::Process(ProcessError::NotFound(_)) => Status::not_found(message),
+            AgentError::Process(ProcessError::Refused(_))
+            | AgentError::Sockets(SocketsError::Unsupported(_)) => {
+                Status::failed_precondition(message)
+            }
+            AgentError::Process(ProcessError::System(_))
+            | AgentError::Sockets(SocketsError::System(_)) => Status::internal(message),
             AgentError::Isolate(IsolateError::Firewall(FirewallError::Refused(_))) => {
                 Status::internal(message)
             }

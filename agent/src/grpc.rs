@@ -12,6 +12,8 @@ use crate::model::{
     MESSAGE_HEADER_BYTES, Observation, Outcome, Payload, RecvMode, SocketOptions,
 };
 use crate::platform::{Current, Platform, wall_unix_ns};
+use crate::process::{ProcessAction, ProcessTarget};
+use crate::sockets::{ConnectionFilter, Remote, TcpConnection};
 use faultlab_proto::v1 as pb;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -146,6 +148,18 @@ impl TryFrom<pb::IsolateRequest> for Isolation {
                 u16::try_from(port).map_err(|_| invalid(format!("port: {port} is over 65535")))?,
             ),
         };
+        let peer_port = match request.peer_port {
+            0 => None,
+            port => Some(
+                u16::try_from(port)
+                    .map_err(|_| invalid(format!("peer_port: {port} is over 65535")))?,
+            ),
+        };
+        if peer_port.is_some() && port.is_none() {
+            return Err(invalid(
+                "peer_port: give the local port too (a flow is peer address, peer port and local port)".to_owned(),
+            ));
+        }
         if request.deadline_ms == 0 {
             return Err(invalid(
                 "deadline_ms: every isolation needs a deadline (the kernel lifts it then)"
@@ -157,6 +171,7 @@ impl TryFrom<pb::IsolateRequest> for Isolation {
             mode,
             peer,
             port,
+            peer_port,
             direction,
             deadline: crate::platform::millis(request.deadline_ms),
             include_control_channel: request.include_control_channel,
@@ -250,7 +265,7 @@ fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentE
     use pb::send_request::Payload as P;
     match payload {
         None => Err(invalid(
-            "payload: one of data, byte_count or messages is required".to_owned(),
+            "payload: one of data, byte_count, messages or template is required".to_owned(),
         )),
         Some(P::Data(bytes)) if bytes.len() as u64 > MAX_MESSAGE_BYTES => Err(invalid(format!(
             "data: {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
@@ -284,6 +299,25 @@ fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentE
                 count: messages.count,
                 size: messages.size,
                 interval_ms: messages.interval_ms,
+            })
+        }
+        Some(P::Template(template)) => {
+            if template.text.is_empty() || template.text.len() as u64 > MAX_MESSAGE_BYTES {
+                return Err(invalid(format!(
+                    "template.text: {} bytes; give 1 to {MAX_MESSAGE_BYTES}",
+                    template.text.len()
+                )));
+            }
+            if template.interval_ms > MAX_TIMEOUT_MS {
+                return Err(invalid(format!(
+                    "template.interval_ms: {} is over the limit of {MAX_TIMEOUT_MS}",
+                    template.interval_ms
+                )));
+            }
+            Ok(Payload::Template {
+                text: template.text,
+                count: template.count,
+                interval_ms: template.interval_ms,
             })
         }
     }
@@ -404,6 +438,88 @@ impl From<Connection> for pb::ConnectReply {
             observation: Some(connection.observation.into()),
         }
     }
+}
+
+impl From<TcpConnection> for pb::TcpConnection {
+    fn from(connection: TcpConnection) -> Self {
+        Self {
+            local_address: connection.local.to_string(),
+            remote_address: connection.remote.to_string(),
+            // Our numbering is the contract's.
+            state: connection.state as i32,
+            state_name: connection.state.name().to_owned(),
+            recv_queue: connection.recv_queue,
+            send_queue: connection.send_queue,
+        }
+    }
+}
+
+fn connection_filter(
+    filter: Option<&pb::ConnectionFilter>,
+) -> Result<ConnectionFilter, AgentError> {
+    let Some(filter) = filter else {
+        return Ok(ConnectionFilter::default());
+    };
+    let local_port = match filter.local_port {
+        0 => None,
+        port => Some(
+            u16::try_from(port)
+                .map_err(|_| invalid(format!("filter.local_port: {port} is over 65535")))?,
+        ),
+    };
+    let local = match filter.local.as_str() {
+        "" => None,
+        text => Some(address("filter.local", text)?),
+    };
+    let remote = match filter.remote.as_str() {
+        "" => None,
+        text => Some(match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => Remote::Address(ip),
+            Err(_) => Remote::Socket(text.parse().map_err(|_| {
+                invalid(format!(
+                    "filter.remote: {text:?} is not an address (198.18.1.2) or ip:port"
+                ))
+            })?),
+        }),
+    };
+    Ok(ConnectionFilter {
+        local_port,
+        local,
+        remote,
+        include_listening: filter.include_listening,
+    })
+}
+
+fn process_request(
+    request: &pb::ProcessFaultRequest,
+) -> Result<(ProcessTarget, ProcessAction), AgentError> {
+    use pb::process_fault_request::Target;
+    let target = match &request.target {
+        Some(Target::Pid(0)) | None => {
+            return Err(invalid(
+                "target: give a pid, a process name or a systemd unit".to_owned(),
+            ));
+        }
+        Some(Target::Pid(pid)) => ProcessTarget::Pid(*pid),
+        Some(Target::Name(name)) if name.is_empty() || name.len() > 255 => {
+            return Err(invalid(format!("name: {name:?} is not a process name")));
+        }
+        Some(Target::Name(name)) => ProcessTarget::Name(name.clone()),
+        Some(Target::Unit(unit)) => ProcessTarget::Unit(unit.clone()),
+    };
+    let action = match pb::ProcessAction::try_from(request.action) {
+        Ok(pb::ProcessAction::Kill) => ProcessAction::Kill,
+        Ok(pb::ProcessAction::Stop) => ProcessAction::Stop,
+        Ok(pb::ProcessAction::Continue) => ProcessAction::Continue,
+        Ok(pb::ProcessAction::Restart) => ProcessAction::Restart,
+        _ => {
+            return Err(invalid(format!(
+                "action: {} is not KILL (1), STOP (2), CONTINUE (3) or RESTART (4)",
+                request.action
+            )));
+        }
+    };
+    Ok((target, action))
 }
 
 fn host_info(host: &HostInfo) -> pb::HostInfoReply {
@@ -860,6 +976,64 @@ impl pb::agent_server::Agent for AgentService {
                 holders_killed: report.holders_killed,
                 down_from_mono_ns: report.down_from_mono_ns,
                 down_until_mono_ns: report.down_until_mono_ns,
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Reply<pb::ListConnectionsReply> {
+        let filter = connection_filter(request.get_ref().filter.as_ref())?;
+        let connections = self.agent.list_connections(&filter)?;
+        Ok(Response::new(pb::ListConnectionsReply {
+            connections: connections.into_iter().map(Into::into).collect(),
+            mono_ns: Current::monotonic_ns(),
+        }))
+    }
+
+    async fn abort_connections(
+        &self,
+        request: Request<pb::AbortConnectionsRequest>,
+    ) -> Reply<pb::AbortConnectionsReply> {
+        let audit = Audit::of(&request, "AbortConnections");
+        let result: Reply<pb::AbortConnectionsReply> = async move {
+            let request = request.into_inner();
+            let Some(filter) = request.filter.as_ref() else {
+                return Err(invalid("filter: required".to_owned()).into());
+            };
+            let filter = connection_filter(Some(filter))?;
+            let aborted = self.agent.abort_connections(&filter)?;
+            Ok(Response::new(pb::AbortConnectionsReply {
+                aborted: aborted.into_iter().map(Into::into).collect(),
+                mono_ns: Current::monotonic_ns(),
+            }))
+        }
+        .await;
+        audit.record(&result);
+        result
+    }
+
+    async fn process_fault(
+        &self,
+        request: Request<pb::ProcessFaultRequest>,
+    ) -> Reply<pb::ProcessFaultReply> {
+        let audit = Audit::of(&request, "ProcessFault");
+        let result: Reply<pb::ProcessFaultReply> = async move {
+            let request = request.into_inner();
+            let (target, action) = process_request(&request)?;
+            let agent = std::sync::Arc::clone(&self.agent);
+            // A restart waits for the old process to go: off the reactor.
+            let outcome = tokio::task::spawn_blocking(move || agent.process_fault(&target, action))
+                .await
+                .map_err(|error| AgentError::Internal(error.to_string()))??;
+            Ok(Response::new(pb::ProcessFaultReply {
+                pids: outcome.pids,
+                new_pid: outcome.new_pid.unwrap_or(0),
+                mono_ns: Current::monotonic_ns(),
             }))
         }
         .await;

@@ -35,10 +35,15 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
     /// Dangerous capabilities to allow (all off by default): `isolate`
     /// (cut this host off the network, simulated reboots), `link` (take
-    /// interfaces down), `reboot` (really reboot the host). Comma-separated;
-    /// replaces the config's list.
+    /// interfaces down), `reboot` (really reboot the host), `process` (kill,
+    /// stop, continue, restart other programs and abort their connections).
+    /// Comma-separated; replaces the config's list.
     #[arg(long, value_delimiter = ',', value_enum)]
     allow: Option<Vec<Capability>>,
+    /// How to start a program again after a restart fault, as NAME=COMMAND
+    /// (repeatable; run through the shell); adds to the config's [restart].
+    #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = restart_command)]
+    restart: Vec<(String, String)>,
     /// No isolation may last longer than this (default 600000).
     #[arg(long)]
     max_isolation_ms: Option<u32>,
@@ -61,6 +66,16 @@ enum Capability {
     Isolate,
     Link,
     Reboot,
+    Process,
+}
+
+fn restart_command(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_owned(), command.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not NAME=COMMAND")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,6 +194,7 @@ struct Serving {
     address: SocketAddr,
     allow: Allow,
     max_isolation_ms: u32,
+    restart_commands: std::collections::BTreeMap<String, String>,
     tls: Option<TlsFiles>,
 }
 
@@ -192,7 +208,10 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
         allow.isolate = flags.contains(&Capability::Isolate);
         allow.link = flags.contains(&Capability::Link);
         allow.reboot = flags.contains(&Capability::Reboot);
+        allow.process = flags.contains(&Capability::Process);
     }
+    let mut restart_commands = file.restart.clone();
+    restart_commands.extend(cli.restart.iter().cloned());
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -213,7 +232,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
         tracing::warn!(
             %address,
             "INSECURE: serving without TLS off loopback; anyone who reaches {address} can make this host's connections fail{}",
-            if allow.isolate || allow.link || allow.reboot {
+            if allow.isolate || allow.link || allow.reboot || allow.process {
                 " and cut it off the network"
             } else {
                 ""
@@ -227,6 +246,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
             .max_isolation_ms
             .or(file.max_isolation_ms)
             .unwrap_or(faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS),
+        restart_commands,
         tls,
     })
 }
@@ -263,6 +283,7 @@ fn serve(
         address,
         allow,
         max_isolation_ms,
+        restart_commands,
         tls,
     } = serving;
     let tls = tls.map(|files| files.server_config()).transpose()?;
@@ -280,6 +301,7 @@ fn serve(
             holder_exe,
             allow,
             max_isolation_ms,
+            restart_commands,
         };
         // Clean up after an earlier life before saying we are ready.
         let agent = std::sync::Arc::new(faultlab_agent::Agent::new(config, local.port()));

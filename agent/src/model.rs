@@ -101,6 +101,35 @@ pub enum Payload {
         /// Pause between messages; 0 = flat out.
         interval_ms: u32,
     },
+    /// An application's own message, `count` times; every `{seq}` in it
+    /// becomes the message's sequence number (0, 1, 2, ...).
+    Template {
+        /// The message.
+        text: Vec<u8>,
+        /// How many.
+        count: u64,
+        /// Pause between messages; 0 = flat out.
+        interval_ms: u32,
+    },
+}
+
+/// What a template's `{seq}` placeholder is replaced with.
+pub const SEQUENCE_PLACEHOLDER: &[u8] = b"{seq}";
+
+/// A template with its placeholders filled for message `sequence`.
+pub fn fill_template(text: &[u8], sequence: u64, into: &mut Vec<u8>) {
+    into.clear();
+    let number = sequence.to_string();
+    let mut rest = text;
+    while let Some(at) = rest
+        .windows(SEQUENCE_PLACEHOLDER.len())
+        .position(|window| window == SEQUENCE_PLACEHOLDER)
+    {
+        into.extend_from_slice(&rest[..at]);
+        into.extend_from_slice(number.as_bytes());
+        rest = &rest[at + SEQUENCE_PLACEHOLDER.len()..];
+    }
+    into.extend_from_slice(rest);
 }
 
 /// Size of a framed message's header.
@@ -268,4 +297,18 @@ pub struct Event {
     pub wall_unix_ns: i64,
     /// What happened.
     pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_template;
+
+    #[test]
+    fn a_template_gets_its_sequence_number_wherever_it_asks() {
+        let mut message = Vec::new();
+        fill_template(b"PING {seq} of {seq}\n", 42, &mut message);
+        assert_eq!(message, b"PING 42 of 42\n");
+        fill_template(b"no placeholder {se", 7, &mut message);
+        assert_eq!(message, b"no placeholder {se");
+    }
 }

@@ -11,6 +11,10 @@
 //! isolate = false     # cut the host off the network, simulated reboots
 //! link = false        # take interfaces down
 //! reboot = false      # really reboot the host
+//! process = false     # kill/stop/continue/restart other programs, abort their connections
+//!
+//! [restart]           # how a restart fault starts a program again, by process name
+//! "echo_server.py" = "python3 /opt/echo_server.py --port 7000"
 //!
 //! [tls]               # mutual TLS: required off loopback unless insecure = true
 //! cert = "agent.pem"  # paths relative to this file
@@ -40,6 +44,9 @@ pub struct Settings {
     pub allow: Allow,
     /// Mutual TLS.
     pub tls: Option<TlsFiles>,
+    /// Process name → the command that starts it again after a restart fault.
+    #[serde(default)]
+    pub restart: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the configuration cannot be used.

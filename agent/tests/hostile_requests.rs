@@ -23,6 +23,21 @@ enum Hostile {
     Heal(pb::HealRequest),
     LinkDown(pb::LinkDownRequest),
     Capture(pb::StartCaptureRequest),
+    Connections(pb::ListConnectionsRequest),
+    Abort(pb::AbortConnectionsRequest),
+    Process(pb::ProcessFaultRequest),
+}
+
+fn filter() -> impl Strategy<Value = Option<pb::ConnectionFilter>> {
+    let text = "\\PC{0,24}";
+    proptest::option::of((any::<u32>(), text, text, any::<bool>()).prop_map(
+        |(local_port, remote, local, include_listening)| pb::ConnectionFilter {
+            local_port,
+            remote,
+            local,
+            include_listening,
+        },
+    ))
 }
 
 fn options() -> impl Strategy<Value = Option<pb::SocketOptions>> {
@@ -56,6 +71,18 @@ fn options() -> impl Strategy<Value = Option<pb::SocketOptions>> {
 fn payload() -> impl Strategy<Value = Option<pb::send_request::Payload>> {
     proptest::option::of(prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..32).prop_map(pb::send_request::Payload::Data),
+        (
+            proptest::collection::vec(any::<u8>(), 0..32),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(text, count, interval_ms)| {
+                pb::send_request::Payload::Template(pb::Template {
+                    text,
+                    count,
+                    interval_ms,
+                })
+            }),
         any::<u64>().prop_map(pb::send_request::Payload::ByteCount),
         (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(count, size, interval_ms)| {
             pb::send_request::Payload::Messages(pb::Messages {
@@ -142,6 +169,7 @@ fn hostile() -> impl Strategy<Value = Hostile> {
                         mode,
                         peer,
                         port,
+                        peer_port: port.rotate_left(16),
                         direction,
                         deadline_ms,
                         include_control_channel,
@@ -161,6 +189,18 @@ fn hostile() -> impl Strategy<Value = Hostile> {
         ),
         (text, proptest::collection::vec(any::<u32>(), 0..4))
             .prop_map(|(id, ports)| Hostile::Capture(pb::StartCaptureRequest { id, ports })),
+        filter().prop_map(|filter| Hostile::Connections(pb::ListConnectionsRequest { filter })),
+        filter().prop_map(|filter| Hostile::Abort(pb::AbortConnectionsRequest { filter })),
+        (0u8..4, any::<u32>(), text, any::<i32>()).prop_map(|(kind, pid, name, action)| {
+            use pb::process_fault_request::Target;
+            let target = match kind {
+                0 => None,
+                1 => Some(Target::Pid(pid)),
+                2 => Some(Target::Name(name)),
+                _ => Some(Target::Unit(name)),
+            };
+            Hostile::Process(pb::ProcessFaultRequest { target, action })
+        }),
     ]
 }
 
@@ -190,6 +230,9 @@ fn random_requests_get_clear_errors_and_the_agent_lives_on()
                 Hostile::Heal(request) => rpc.heal(request).await.map(drop),
                 Hostile::LinkDown(request) => rpc.link_down(request).await.map(drop),
                 Hostile::Capture(request) => rpc.start_capture(request).await.map(drop),
+                Hostile::Connections(request) => rpc.list_connections(request).await.map(drop),
+                Hostile::Abort(request) => rpc.abort_connections(request).await.map(drop),
+                Hostile::Process(request) => rpc.process_fault(request).await.map(drop),
             }
         });
         match answered {

@@ -18,6 +18,7 @@ fn isolate(id: &str, mode: IsolationMode, deadline_ms: u32) -> pb::IsolateReques
         port: 0,
         direction: pb::Direction::Both as i32,
         deadline_ms,
+        peer_port: 0,
         include_control_channel: false,
     }
 }

@@ -16,6 +16,7 @@ use crate::report::{
 use crate::scenario::{
     Action, CloseMode, Expect, ExpectedOutcome, Options, Payload, Scenario, Step,
 };
+use crate::targets::Target;
 use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -177,6 +178,62 @@ impl AgentHandle {
     }
 }
 
+/// An application under test, placed in the lab.
+pub struct TargetHandle {
+    /// What it is.
+    pub target: Target,
+    /// Where clients reach it.
+    pub address: SocketAddr,
+    /// The agent on its host, if any.
+    pub host: Option<Arc<AgentHandle>>,
+}
+
+impl TargetHandle {
+    /// Place `target` among the lab's `agents` (its host may be named by an agent's name).
+    pub fn place(target: Target, agents: &[Arc<AgentHandle>]) -> Result<Self, String> {
+        let by_name = |name: &str| agents.iter().find(|agent| agent.name == name);
+        let address = target
+            .address(|name| by_name(name).map(|agent| agent.test_ip))
+            .ok_or_else(|| {
+                format!(
+                    "target {:?}: no agent {:?} in the lab to take the address of",
+                    target.name,
+                    match &target.host {
+                        crate::targets::TargetHost::Agent(name) => name.as_str(),
+                        crate::targets::TargetHost::Ip(_) => "",
+                    }
+                )
+            })?;
+        let host = match &target.agent {
+            Some(name) => Some(Arc::clone(by_name(name).ok_or_else(|| {
+                format!(
+                    "target {:?}: no agent {name:?} in the lab (its host's agent)",
+                    target.name
+                )
+            })?)),
+            None => None,
+        };
+        Ok(Self {
+            target,
+            address,
+            host,
+        })
+    }
+
+    fn label(&self) -> String {
+        if self.target.name == self.address.to_string()
+            || self
+                .target
+                .name
+                .ends_with(&format!(":{}", self.address.port()))
+        {
+            format!("app {}", self.address)
+        } else {
+            format!("app {} ({})", self.target.name, self.address)
+        }
+    }
+}
+
 /// Told as cases start and finish (the terminal's progress bars).
 pub trait Progress: Send + Sync {
     /// A case began.
@@ -205,15 +262,18 @@ pub struct Plan {
     pub all_bindings: bool,
     /// Roles bound to named agents, for every case that has the role.
     pub pinned: BTreeMap<String, String>,
+    /// Roles played by applications under test, for every case that has the role.
+    pub targets: BTreeMap<String, Arc<TargetHandle>>,
     /// Cases at once.
     pub parallel: usize,
 }
 
 impl Plan {
-    /// The bindings a case runs on: agents in role order. Pinned roles
-    /// (`--bind role=agent`) always get their agent; the others get the
-    /// first free agents, or every ordered choice of distinct agents when
-    /// `all_bindings`.
+    /// The bindings a case runs on: agents for the roles no application
+    /// plays, in role order. Pinned roles (`--bind role=agent`) always get
+    /// their agent; the others get the first free agents (not the agents on
+    /// an application's host), or every ordered choice of distinct agents
+    /// when `all_bindings`.
     pub fn bindings(&self, case: &Scenario) -> Vec<Vec<Arc<AgentHandle>>> {
         let mut found = Vec::new();
         let mut chosen = Vec::new();
@@ -230,7 +290,12 @@ impl Plan {
         if !self.all_bindings && !found.is_empty() {
             return;
         }
-        let Some(role) = case.roles.get(chosen.len()) else {
+        let agent_roles: Vec<&String> = case
+            .roles
+            .iter()
+            .filter(|role| !self.targets.contains_key(*role))
+            .collect();
+        let Some(role) = agent_roles.get(chosen.len()) else {
             found.push(
                 chosen
                     .iter()
@@ -239,15 +304,37 @@ impl Plan {
             );
             return;
         };
-        let pinned = self.pinned.get(role);
+        let pinned = self.pinned.get(*role);
+        let hosts_an_application = |agent: &AgentHandle| {
+            self.targets.values().any(|target| {
+                target
+                    .host
+                    .as_ref()
+                    .is_some_and(|host| host.name == agent.name)
+            })
+        };
         for index in 0..self.agents.len() {
-            let fits = pinned.is_none_or(|name| &self.agents[index].name == name);
+            let fits = match pinned {
+                Some(name) => &self.agents[index].name == name,
+                None => !hosts_an_application(&self.agents[index]),
+            };
             if fits && !chosen.contains(&index) {
                 chosen.push(index);
                 self.choose(case, chosen, found);
                 chosen.pop();
             }
         }
+    }
+}
+
+impl Plan {
+    /// The applications that play roles of `case`.
+    pub fn targets_of(&self, case: &Scenario) -> BTreeMap<String, Arc<TargetHandle>> {
+        self.targets
+            .iter()
+            .filter(|(role, _)| case.roles.contains(role))
+            .map(|(role, target)| (role.clone(), Arc::clone(target)))
+            .collect()
     }
 }
 
@@ -304,20 +391,25 @@ pub async fn run(
     let mut failures: HashMap<usize, String> = HashMap::new();
     let run_span = Span::current();
     for case in &plan.cases {
+        let targets = plan.targets_of(case);
         for binding in plan.bindings(case) {
             let index = slots.len();
             slots.push(None);
             let case = case.clone();
+            let targets = targets.clone();
             let gate = Arc::clone(&gate);
             let alone = Arc::clone(&alone);
             let progress = Arc::clone(&progress);
             let run_span = run_span.clone();
             let task = tasks.spawn(
                 async move {
-                    let exclusive = case
-                        .needs
-                        .iter()
-                        .any(|need| need == "isolate" || need == "reboot");
+                    // So do cases with an application: its probe counts
+                    // every socket of its port.
+                    let exclusive = !targets.is_empty()
+                        || case
+                            .needs
+                            .iter()
+                            .any(|need| need == "isolate" || need == "reboot");
                     let (_shared, _sole) = if exclusive {
                         (None, Some(alone.write_owned().await))
                     } else {
@@ -327,7 +419,7 @@ pub async fn run(
                     let names: Vec<String> =
                         binding.iter().map(|agent| agent.name.clone()).collect();
                     progress.started(&case, &names);
-                    let report = run_case(&case, &binding, clock).await;
+                    let report = run_case_on(&case, &binding, &targets, clock).await;
                     progress.finished(&report);
                     (index, report)
                 }
@@ -367,8 +459,9 @@ pub async fn run(
     let mut index = 0;
     for case in &plan.cases {
         let bindings = plan.bindings(case);
+        let targets = plan.targets_of(case);
         if bindings.is_empty() {
-            let mut report = empty_report(case, &[]);
+            let mut report = empty_report(case, &[], &targets);
             report.verdict = Verdict::Skipped;
             report.reason = Some(format!(
                 "no way to bind roles {:?} to the lab's {} agents{}",
@@ -384,7 +477,7 @@ pub async fn run(
         }
         for binding in bindings {
             let report = slots[index].take().unwrap_or_else(|| {
-                let mut report = empty_report(case, &binding);
+                let mut report = empty_report(case, &binding, &targets);
                 report.verdict = Verdict::Error;
                 report.reason = Some(
                     failures
@@ -440,21 +533,46 @@ pub fn run_span(run_id: &str, suite: &str) -> Span {
     )
 }
 
-fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
+/// Who plays each role: an agent (by name and OS) or an application.
+fn cast(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> Vec<(String, String, String)> {
+    let mut agents = binding.iter();
+    case.roles
+        .iter()
+        .filter_map(|role| match targets.get(role) {
+            Some(target) => Some((role.clone(), target.label(), "app".to_owned())),
+            None => agents.next().map(|agent| {
+                (
+                    role.clone(),
+                    agent.name.clone(),
+                    agent.info.os_family.clone(),
+                )
+            }),
+        })
+        .collect()
+}
+
+fn empty_report(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> CaseReport {
+    let cast = cast(case, binding, targets);
     CaseReport {
         id: case.id.clone(),
         name: case.name.clone(),
         title: case.title.clone(),
         seed: case.seed.clone(),
-        roles: case
-            .roles
+        roles: cast
             .iter()
-            .zip(binding)
-            .map(|(role, agent)| (role.clone(), agent.name.clone()))
+            .map(|(role, player, _)| (role.clone(), player.clone()))
             .collect(),
-        os_pair: binding
+        os_pair: cast
             .iter()
-            .map(|agent| agent.info.os_family.as_str())
+            .map(|(_, _, os)| os.as_str())
             .collect::<Vec<_>>()
             .join("/"),
         verdict: Verdict::Skipped,
@@ -466,6 +584,8 @@ fn empty_report(case: &Scenario, binding: &[Arc<AgentHandle>]) -> CaseReport {
         duration_ms: 0,
         span_id: None,
         trace_url: None,
+        probes: Vec::new(),
+        unchecked: Vec::new(),
     }
 }
 
@@ -549,6 +669,13 @@ struct Names {
     isolations: Vec<(String, String)>,
     /// Roles whose test link this case took down and has not brought up.
     links_down: Vec<String>,
+    /// Connection name → the listener address it connected to.
+    dialed: HashMap<String, SocketAddr>,
+    /// Roles whose application this case froze and has not thawed.
+    frozen: Vec<String>,
+    /// Sends whose payload became a target's messages: (bytes the scenario
+    /// meant, bytes actually sent), so "all of it" expectations still hold.
+    byte_rewrites: Vec<(u64, u64)>,
 }
 
 /// One case on one binding: what the steps share.
@@ -558,7 +685,12 @@ struct CaseRun<'a> {
     capture: Option<String>,
     /// What the captures saw on the case's connections.
     wire: Vec<WireReport>,
+    /// Each role's agent (for a role an application plays: the agent on its host, if any).
     agents: HashMap<String, Arc<AgentHandle>>,
+    /// Roles played by applications.
+    targets: BTreeMap<String, Arc<TargetHandle>>,
+    /// Steps not judged, and why.
+    unchecked: BTreeMap<String, String>,
     names: Names,
     clock: RunClock,
     results: Vec<(&'a Step, Outcome)>,
@@ -638,6 +770,17 @@ pub async fn run_case(
     binding: &[Arc<AgentHandle>],
     clock: RunClock,
 ) -> CaseReport {
+    run_case_on(case, binding, &BTreeMap::new(), clock).await
+}
+
+/// [`run_case`] with some roles played by applications (`targets`);
+/// `binding` holds agents for the other roles, in role order.
+pub async fn run_case_on(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+    clock: RunClock,
+) -> CaseReport {
     let span = tracing::info_span!(
         "case",
         otel.name = %format!("{} {}", case.id, case.name),
@@ -645,7 +788,7 @@ pub async fn run_case(
         faultlab.case.title = %case.title,
     );
     let mut unfinished = Unfinished(Some(span.clone()));
-    let mut report = play_case(case, binding, clock)
+    let mut report = play_case(case, binding, targets, clock)
         .instrument(span.clone())
         .await;
     unfinished.0 = None;
@@ -688,15 +831,102 @@ impl Drop for Unfinished {
     }
 }
 
-async fn play_case(case: &Scenario, binding: &[Arc<AgentHandle>], clock: RunClock) -> CaseReport {
+/// Whether the application playing `role` can do that role's steps: its
+/// faults need an agent on its host with the capability, and process
+/// faults need the target to name its process.
+fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> Result<(), String> {
+    for step in case
+        .steps
+        .iter()
+        .filter(|step| step.role.as_deref() == Some(role))
+    {
+        let needs_process = matches!(
+            step.action,
+            Action::Kill | Action::Stop | Action::Continue | Action::Restart
+        );
+        let capability = if needs_process {
+            Some("process")
+        } else {
+            step.action.capability()
+        };
+        if matches!(
+            step.action,
+            Action::Reboot {
+                simulated: true,
+                ..
+            }
+        ) {
+            return Err(format!(
+                "step {}: a simulated reboot forgets only the agent's own sockets; the application's would survive it (a real reboot needs `reboot`)",
+                step.name
+            ));
+        }
+        let Some(capability) = capability else {
+            continue;
+        };
+        let Some(host) = &target.host else {
+            return Err(format!(
+                "step {} ({}) needs an agent on the host of application {} (agent = ... in its target)",
+                step.name,
+                step.action.keyword(),
+                target.target.name
+            ));
+        };
+        if !host.info.capabilities.iter().any(|c| c == capability) {
+            return Err(format!(
+                "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer",
+                step.name, host.name
+            ));
+        }
+        if needs_process && target.target.process.is_none() {
+            return Err(format!(
+                "step {} ({}) needs the application's process: give process = {{ name = ... }} in target {}",
+                step.name,
+                step.action.keyword(),
+                target.target.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn play_case(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+    clock: RunClock,
+) -> CaseReport {
     let started = Instant::now();
-    let mut report = empty_report(case, binding);
-    for agent in binding {
-        if let Some(missing) = case
-            .needs
+    let mut report = empty_report(case, binding, targets);
+    for (role, target) in targets {
+        if let Err(why) = application_can_play(case, role, target) {
+            report.verdict = Verdict::Skipped;
+            report.reason = Some(why);
+            return report;
+        }
+    }
+    if let Some(application) = &case.application
+        && !targets.contains_key(application)
+    {
+        report.verdict = Verdict::Skipped;
+        report.reason = Some(format!(
+            "role {application} is for an application under test: bind one with --target {application}=..."
+        ));
+        return report;
+    }
+    // Each agent must offer what its own role's steps use.
+    let agent_roles = case
+        .roles
+        .iter()
+        .filter(|role| !targets.contains_key(*role));
+    for (role, agent) in agent_roles.zip(binding) {
+        let missing = case
+            .steps
             .iter()
-            .find(|need| !agent.info.capabilities.contains(need))
-        {
+            .filter(|step| step.role.as_ref() == Some(role))
+            .filter_map(|step| step.action.capability())
+            .find(|need| !agent.info.capabilities.iter().any(|c| c == need));
+        if let Some(missing) = missing {
             report.verdict = Verdict::Skipped;
             report.reason = Some(format!(
                 "needs capability {missing:?}, which agent {} does not offer",
@@ -705,21 +935,35 @@ async fn play_case(case: &Scenario, binding: &[Arc<AgentHandle>], clock: RunCloc
             return report;
         }
     }
+    // Each role's agent: its own, or the agent on its application's host.
+    let mut agents = HashMap::new();
+    let mut free = binding.iter();
+    for role in &case.roles {
+        let agent = match targets.get(role) {
+            Some(target) => target.host.clone(),
+            None => free.next().cloned(),
+        };
+        if let Some(agent) = agent {
+            agents.insert(role.clone(), agent);
+        }
+    }
     let mut run = CaseRun {
         capture: None,
         wire: Vec::new(),
         case_id: case.id.clone(),
-        agents: case
-            .roles
-            .iter()
-            .cloned()
-            .zip(binding.iter().cloned())
-            .collect(),
+        agents,
+        targets: targets.clone(),
+        unchecked: BTreeMap::new(),
         names: Names::default(),
         clock,
         results: Vec::new(),
         background: HashMap::new(),
     };
+    // What the applications' ports held before: a probe judges what the case left.
+    let mut baselines = BTreeMap::new();
+    for (role, target) in targets {
+        baselines.insert(role.clone(), crate::probe::baseline(target).await);
+    }
     let played =
         tokio::time::timeout(Duration::from_millis(case.timeout_ms), play(case, &mut run)).await;
     for (_, task) in run.background.drain() {
@@ -728,6 +972,37 @@ async fn play_case(case: &Scenario, binding: &[Arc<AgentHandle>], clock: RunCloc
     // Before cleanup: the FINs and RSTs of killing the holders are not evidence.
     collect_wire(&mut run).await;
     cleanup(&run).await;
+    // After cleanup: the case's clients are gone, its isolations lifted and
+    // its frozen applications thawed; what is left is the application's doing.
+    for (role, target) in targets {
+        if let Some(from) = binding.first().or(target.host.as_ref()) {
+            report
+                .probes
+                .push(crate::probe::probe(role, target, from, baselines.get(role)).await);
+        }
+    }
+    report.unchecked = run
+        .unchecked
+        .iter()
+        .map(|(step, why)| format!("{step}: {why}"))
+        .collect();
+    if run.capture.is_some() && !targets.is_empty() {
+        for (step, _) in &run.results {
+            let agent_role = step
+                .role
+                .as_ref()
+                .is_some_and(|role| !targets.contains_key(role));
+            if agent_role
+                && !run.unchecked.contains_key(&step.name)
+                && step.expect.values().any(Expect::checks_wire)
+            {
+                report.unchecked.push(format!(
+                    "{}: its wire expectation is not checked: facing an application, a FIN or RST depends on what the application sent",
+                    step.name
+                ));
+            }
+        }
+    }
     report.observations = observations(&run, case);
     report.wire_evidence = run.capture.is_some();
     report.wire = run.wire.clone();
@@ -749,7 +1024,13 @@ async fn play_case(case: &Scenario, binding: &[Arc<AgentHandle>], clock: RunCloc
             report.reason = Some(reason);
         }
         Ok(Ok(())) => {
-            let (checked, differences) = judge(&run);
+            let (mut checked, mut differences) = judge(&run);
+            for probe in &report.probes {
+                checked += 1;
+                differences.extend(probe.problems.iter().map(|problem| {
+                    format!("probe of {} ({}): {problem}", probe.role, probe.target)
+                }));
+            }
             report.differences = differences;
             report.verdict = if !report.differences.is_empty() {
                 Verdict::Differs
@@ -897,7 +1178,12 @@ fn trace_wire(run: &CaseRun<'_>, seen: &[WireReport]) {
 async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepError> {
     start_wire(run).await;
     for role in &case.roles {
-        let agent = Arc::clone(&run.agents[role]);
+        if run.targets.contains_key(role) {
+            continue;
+        }
+        let Some(agent) = run.agents.get(role).cloned() else {
+            return Err(StepError::Failed(format!("role {role} is not bound")));
+        };
         let mut client = agent.client.clone();
         let spawned = client
             .spawn_holder(pb::SpawnHolderRequest {
@@ -925,7 +1211,45 @@ async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepE
             run.results.push((joined_step, outcome));
             continue;
         }
+        if let Some(target) = step.role.as_ref().and_then(|role| run.targets.get(role))
+            && let Some(active) = played_by_application(&step.action)
+        {
+            if let Action::Listen { listener, .. } = &step.action {
+                run.names.listeners.insert(
+                    listener.clone(),
+                    (0, target.address, step.role.clone().unwrap_or_default()),
+                );
+            }
+            if active {
+                // From here the scenario needs the server to act as scripted
+                // (send, close, stop listening); an application does what it
+                // does. The rest of the timeline would observe nothing the
+                // scenario means: stop here and let the probe judge.
+                run.unchecked.insert(
+                    step.name.clone(),
+                    format!(
+                        "the application plays {} its own way: this step and the ones after it were not played",
+                        step.action.keyword()
+                    ),
+                );
+                for (_, task) in run.background.drain() {
+                    task.abort();
+                }
+                return Ok(());
+            }
+            if !step.expect.is_empty() {
+                run.unchecked.insert(
+                    step.name.clone(),
+                    "played by the application: its calls are its own (the probe judges it)"
+                        .to_owned(),
+                );
+            }
+            continue;
+        }
         let action = prepare(step, run)?;
+        if let Some(rewrite) = action.byte_rewrite {
+            run.names.byte_rewrites.push(rewrite);
+        }
         if step.background {
             run.background
                 .insert(step.name.clone(), tokio::spawn(action.perform()));
@@ -947,6 +1271,87 @@ async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepE
     Ok(())
 }
 
+/// For a role an application plays: whether the step is the application's
+/// own socket call (faultlab neither makes nor sees it), and if so whether
+/// it is one the application decides to do (`Some(true)`: send, close, ...)
+/// rather than one that just happens (`Some(false)`: listen, accept, recv).
+/// `None`: a fault the agent on its host carries out.
+fn played_by_application(action: &Action) -> Option<bool> {
+    match action {
+        Action::Listen { .. }
+        | Action::Accept { .. }
+        | Action::Recv { .. }
+        | Action::Watch { .. }
+        | Action::WaitEnd { .. } => Some(false),
+        Action::Send { .. }
+        | Action::Close { .. }
+        | Action::SetOptions { .. }
+        | Action::StopListening { .. }
+        | Action::Exit { .. }
+        | Action::Connect { .. } => Some(true),
+        _ => None,
+    }
+}
+
+/// The flow of connection `conn` as the host of `role` sees it: (its end, the other end).
+fn flow(run: &CaseRun<'_>, role: &str, conn: &str) -> Result<(SocketAddr, SocketAddr), StepError> {
+    let (_, owner, local) = run
+        .names
+        .conns
+        .get(conn)
+        .ok_or_else(|| StepError::Failed(format!("connection {conn:?} was never opened")))?;
+    let (Some(local), Some(listener)) = (local, run.names.dialed.get(conn)) else {
+        return Err(StepError::Failed(format!(
+            "the flow of {conn:?} is not known: name the connecting side's connection"
+        )));
+    };
+    Ok(if owner == role {
+        (*local, *listener)
+    } else {
+        (*listener, *local)
+    })
+}
+
+/// A send on a connection to an application with messages of its own:
+/// the scenario's messages or filler become that many of the application's.
+fn application_payload(
+    run: &CaseRun<'_>,
+    conn: &str,
+    payload: &Payload,
+) -> Option<(pb::send_request::Payload, u64, u64)> {
+    let dialed = run.names.dialed.get(conn)?;
+    let template = run
+        .targets
+        .values()
+        .find(|target| target.address == *dialed)?
+        .target
+        .payload
+        .clone()?;
+    let (count, interval_ms, meant) = match payload {
+        Payload::Text(_) => return None,
+        Payload::Messages {
+            count,
+            size,
+            interval_ms,
+        } => (
+            u64::from(*count),
+            *interval_ms,
+            u64::from(*count) * u64::from(*size),
+        ),
+        Payload::Bytes(bytes) => ((bytes / template.len().max(1) as u64).max(1), 0, *bytes),
+    };
+    let sent = crate::targets::template_bytes(&template, count);
+    Some((
+        pb::send_request::Payload::Template(pb::Template {
+            text: template,
+            count,
+            interval_ms,
+        }),
+        meant,
+        sent,
+    ))
+}
+
 /// A step with its names resolved to ids, ready to run on its own.
 struct Prepared {
     agent: Arc<AgentHandle>,
@@ -955,6 +1360,8 @@ struct Prepared {
     call: Call,
     /// The step's span, under the case's.
     span: Span,
+    /// A send whose payload became an application's messages: (meant, sent) bytes.
+    byte_rewrite: Option<(u64, u64)>,
 }
 
 enum Call {
@@ -1003,6 +1410,8 @@ enum Call {
     },
     LinkDown(pb::LinkDownRequest),
     LinkUp(pb::LinkUpRequest),
+    Abort(pb::AbortConnectionsRequest),
+    Process(pb::ProcessFaultRequest),
     Unsupported(&'static str),
 }
 
@@ -1043,7 +1452,58 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
             ))
         })
     };
+    let target = run.targets.get(&role);
+    let process_request = |action: pb::ProcessAction| -> Call {
+        use crate::targets::ProcessSpec;
+        use pb::process_fault_request::Target as Which;
+        let which = target
+            .and_then(|target| target.target.process.as_ref())
+            .map(|process| match process {
+                ProcessSpec::Name(name) => Which::Name(name.clone()),
+                ProcessSpec::Pid(pid) => Which::Pid(*pid),
+                ProcessSpec::Unit(unit) => Which::Unit(unit.clone()),
+            });
+        match which {
+            Some(which) => Call::Process(pb::ProcessFaultRequest {
+                target: Some(which),
+                action: action as i32,
+            }),
+            None => Call::Unsupported(
+                "stop, continue and restart (they act on an application's process)",
+            ),
+        }
+    };
+    let mut byte_rewrite = None;
     let call = match &step.action {
+        Action::Kill if target.is_some() => process_request(pb::ProcessAction::Kill),
+        Action::Stop => process_request(pb::ProcessAction::Stop),
+        Action::Continue => process_request(pb::ProcessAction::Continue),
+        Action::Restart => process_request(pb::ProcessAction::Restart),
+        Action::AbortConnections { conn } => {
+            let filter = match (conn, target) {
+                (Some(conn), _) => {
+                    let (local, remote) = flow(run, &role, conn)?;
+                    pb::ConnectionFilter {
+                        local: local.to_string(),
+                        remote: remote.to_string(),
+                        ..pb::ConnectionFilter::default()
+                    }
+                }
+                (None, Some(target)) => pb::ConnectionFilter {
+                    local_port: u32::from(target.address.port()),
+                    ..pb::ConnectionFilter::default()
+                },
+                (None, None) => {
+                    return Err(StepError::Failed(format!(
+                        "step {}: name the connection whose flow to abort (conn = ...)",
+                        step.name
+                    )));
+                }
+            };
+            Call::Abort(pb::AbortConnectionsRequest {
+                filter: Some(filter),
+            })
+        }
         Action::Listen { listener, options } => Call::Listen {
             name: listener.clone(),
             holder: holder(),
@@ -1073,6 +1533,20 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
             listener: listener(name)?.0,
             timeout_ms: *timeout_ms,
         },
+        Action::Send {
+            conn: name,
+            payload,
+            timeout_ms,
+        } if application_payload(run, name, payload).is_some() => {
+            let (payload, meant, sent) = application_payload(run, name, payload)
+                .ok_or_else(|| StepError::Failed("the application's payload vanished".into()))?;
+            byte_rewrite = Some((meant, sent));
+            Call::Send(pb::SendRequest {
+                conn_id: conn(name)?,
+                payload: Some(payload),
+                timeout_ms: *timeout_ms,
+            })
+        }
         Action::Send {
             conn: name,
             payload,
@@ -1141,19 +1615,30 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
         Action::Kill => Call::Kill { holder: holder() },
         Action::Sleep { ms } => Call::Sleep(*ms),
         Action::Join { .. } => Call::Unsupported("join"),
-        Action::Isolate { mode, deadline_ms } => Call::Isolate(pb::IsolateRequest {
-            id: format!("{}-{}-{:x}", run.case_id, step.name, run.clock.now_ns()),
-            mode: if mode == "reject" {
-                pb::IsolationMode::Reject
-            } else {
-                pb::IsolationMode::Drop
-            } as i32,
-            peer: String::new(),
-            port: 0,
-            direction: pb::Direction::Both as i32,
-            deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
-            include_control_channel: false,
-        }),
+        Action::Isolate {
+            mode,
+            deadline_ms,
+            conn,
+        } => {
+            let flow = conn
+                .as_ref()
+                .map(|conn| flow(run, &role, conn))
+                .transpose()?;
+            Call::Isolate(pb::IsolateRequest {
+                id: format!("{}-{}-{:x}", run.case_id, step.name, run.clock.now_ns()),
+                mode: if mode == "reject" {
+                    pb::IsolationMode::Reject
+                } else {
+                    pb::IsolationMode::Drop
+                } as i32,
+                peer: flow.map_or_else(String::new, |(_, remote)| remote.ip().to_string()),
+                port: flow.map_or(0, |(local, _)| u32::from(local.port())),
+                peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
+                direction: pb::Direction::Both as i32,
+                deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
+                include_control_channel: false,
+            })
+        }
         Action::Heal => Call::Heal(
             run.names
                 .isolations
@@ -1192,6 +1677,7 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
         role,
         call,
         span,
+        byte_rewrite,
     })
 }
 
@@ -1210,6 +1696,15 @@ impl Prepared {
         let is_listen = matches!(self.call, Call::Listen { .. });
         let is_sleep = matches!(self.call, Call::Sleep(_));
         match &self.call {
+            Call::Connect { name, address, .. } => {
+                names.dialed.insert(name.clone(), *address);
+            }
+            Call::Process(request) => {
+                names.frozen.retain(|frozen| frozen != &role);
+                if request.action == pb::ProcessAction::Stop as i32 {
+                    names.frozen.push(role.clone());
+                }
+            }
             Call::Isolate(request) => names.isolations.push((role.clone(), request.id.clone())),
             Call::Heal(ids) => names.isolations.retain(|(_, id)| !ids.contains(id)),
             Call::LinkDown(_) => names.links_down.push(role.clone()),
@@ -1444,9 +1939,40 @@ impl Prepared {
                 client.link_up(request).await.map_err(failed)?;
                 (ok("link-up", &self.clock), None, None)
             }
+            Call::Abort(request) => {
+                let reply = client
+                    .abort_connections(request)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                let mut outcome =
+                    Outcome::ok("abort-connections", start, agent.run_ns(reply.mono_ns));
+                // How many connections went: the scenario can expect it.
+                outcome.bytes = reply.aborted.len() as u64;
+                (outcome, None, None)
+            }
+            Call::Process(request) => {
+                let call = match pb::ProcessAction::try_from(request.action) {
+                    Ok(pb::ProcessAction::Kill) => "kill",
+                    Ok(pb::ProcessAction::Stop) => "stop",
+                    Ok(pb::ProcessAction::Continue) => "continue",
+                    Ok(pb::ProcessAction::Restart) => "restart",
+                    _ => "process",
+                };
+                let reply = client
+                    .process_fault(request)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                (
+                    Outcome::ok(call, start, agent.run_ns(reply.mono_ns)),
+                    None,
+                    None,
+                )
+            }
             Call::Unsupported(what) => {
                 return Err(StepError::Failed(format!(
-                    "{what} is not available in this version of faultlab"
+                    "{what} is not available for this role"
                 )));
             }
         })
@@ -1545,6 +2071,27 @@ async fn wait_end(
 /// Lift the case's isolations, plug its cables back in, and kill its
 /// holders (their sockets close with them).
 async fn cleanup(run: &CaseRun<'_>) {
+    for role in &run.names.frozen {
+        let process = run
+            .targets
+            .get(role)
+            .and_then(|target| target.target.process.clone());
+        if let (Some(agent), Some(process)) = (run.agents.get(role), process) {
+            use crate::targets::ProcessSpec;
+            use pb::process_fault_request::Target as Which;
+            let which = match process {
+                ProcessSpec::Name(name) => Which::Name(name),
+                ProcessSpec::Pid(pid) => Which::Pid(pid),
+                ProcessSpec::Unit(unit) => Which::Unit(unit),
+            };
+            let mut client = agent.client.clone();
+            let thaw = pb::ProcessFaultRequest {
+                target: Some(which),
+                action: pb::ProcessAction::Continue as i32,
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, client.process_fault(thaw)).await;
+        }
+    }
     for role in &run.names.links_down {
         if let Some(agent) = run.agents.get(role) {
             let mut client = agent.client.clone();
@@ -1640,9 +2187,21 @@ fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
         let Some(expect) = step.expect.get(os) else {
             continue;
         };
+        if run.unchecked.contains_key(&step.name) {
+            continue;
+        }
+        let expect = &with_application_bytes(expect, &run.names.byte_rewrites);
         checked += 1;
         let mut found = compare(expect, outcome, &by_name);
-        if run.capture.is_some() && expect.checks_wire() {
+        // Facing an application, an agent's FIN or RST depends on what the
+        // application sent meanwhile (a close with its unread reply is a
+        // RST): the scripted wire expectations hold only between agents.
+        let facing_application = !run.targets.is_empty()
+            && !step
+                .role
+                .as_ref()
+                .is_some_and(|role| run.targets.contains_key(role));
+        if run.capture.is_some() && expect.checks_wire() && !facing_application {
             // What this role's sockets sent, as its own host's capture saw it
             // (by address and port: on loopback every host is 127.0.0.1).
             let role = step.role.as_deref().unwrap_or_default();
@@ -1675,6 +2234,25 @@ fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
         }
     }
     (checked, differences)
+}
+
+/// An expectation of "all of it" (the bytes a scenario's send meant) made
+/// to mean all of what was sent when an application's messages replaced
+/// the scenario's.
+fn with_application_bytes(expect: &Expect, rewrites: &[(u64, u64)]) -> Expect {
+    let rewrite = |bytes: Option<u64>| {
+        bytes.map(|bytes| {
+            rewrites
+                .iter()
+                .find(|(meant, _)| *meant == bytes)
+                .map_or(bytes, |(_, sent)| *sent)
+        })
+    };
+    Expect {
+        bytes: rewrite(expect.bytes),
+        wire_bytes_before_fin: rewrite(expect.wire_bytes_before_fin),
+        ..expect.clone()
+    }
 }
 
 /// What differs between the wire expectations and the segments the role's

@@ -355,6 +355,8 @@ mod tests {
             duration_ms: 1,
             span_id: None,
             trace_url: None,
+            probes: Vec::new(),
+            unchecked: Vec::new(),
         };
         let cases = vec![case];
         RunReport {

@@ -6,6 +6,10 @@
 //! address = "198.18.0.2:7420"   # gRPC (management network)
 //! test_ip = "198.18.1.2"        # test traffic; defaults to the address's IP
 //!
+//! [[target]]                     # an application under test (see `targets`)
+//! name = "echo"
+//! address = "tcp://linux-1:7000"
+//!
 //! [tls]                          # mutual TLS to every agent (paths relative to this file)
 //! ca = "certs/ca.pem"            # agents' certificates must chain to it
 //! cert = "certs/controller.pem"  # the controller's own certificate
@@ -13,6 +17,7 @@
 //! ```
 
 use crate::agents::ClientTls;
+use crate::targets::{Target, TargetEntry, TargetError};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
@@ -38,6 +43,12 @@ pub struct Inventory {
     pub agents: Vec<AgentEntry>,
     /// How to reach them over mutual TLS.
     pub tls: Option<ClientTls>,
+    /// Applications under test (see [`crate::targets`]).
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetEntry>,
+    /// The directory of the file it was read from (payload files are relative to it).
+    #[serde(skip)]
+    pub base: std::path::PathBuf,
 }
 
 /// Why an inventory could not be read.
@@ -75,6 +86,7 @@ impl Inventory {
         })?;
         let mut inventory = Self::parse(&file, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        inventory.base = base.to_owned();
         if let Some(tls) = inventory.tls.as_mut() {
             for file in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
                 if file.is_relative() {
@@ -106,6 +118,16 @@ impl Inventory {
             )
         })?;
         let mut names = std::collections::HashSet::new();
+        for target in &inventory.targets {
+            if !names.insert(&target.name) {
+                let offset = text.find(&format!("\"{}\"", target.name)).unwrap_or(0);
+                return Err(malformed(
+                    offset,
+                    format!("target name {:?} is used twice", target.name),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
         for agent in &inventory.agents {
             if !names.insert(&agent.name) {
                 let offset = text.find(&format!("\"{}\"", agent.name)).unwrap_or(0);
@@ -116,6 +138,16 @@ impl Inventory {
             }
         }
         Ok(inventory)
+    }
+}
+
+impl Inventory {
+    /// Its targets, checked.
+    pub fn targets(&self) -> Result<Vec<Target>, TargetError> {
+        self.targets
+            .iter()
+            .map(|entry| Target::from_entry(entry, &self.base))
+            .collect()
     }
 }
 

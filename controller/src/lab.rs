@@ -221,6 +221,34 @@ fn claim_subnet(bridge: &str) -> Result<u8, LabError> {
     ))
 }
 
+/// What a lab's agents may do beyond the lab's defaults (loopback agents:
+/// connections; namespace hosts: also isolate and link).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentGrants {
+    /// Act on other programs (process faults, aborting their connections).
+    pub process: bool,
+    /// Restart commands by process name (`--restart NAME=COMMAND`).
+    pub restart: Vec<(String, String)>,
+}
+
+impl AgentGrants {
+    fn arguments(&self, mut allow: Vec<&str>) -> Vec<String> {
+        if self.process {
+            allow.push("process");
+        }
+        let mut arguments = Vec::new();
+        if !allow.is_empty() {
+            arguments.push("--allow".to_owned());
+            arguments.push(allow.join(","));
+        }
+        for (name, command) in &self.restart {
+            arguments.push("--restart".to_owned());
+            arguments.push(format!("{name}={command}"));
+        }
+        arguments
+    }
+}
+
 /// Agents on this machine, stopped (and their network removed) on drop.
 pub struct LocalLab {
     agents: Vec<LocalAgent>,
@@ -232,12 +260,22 @@ pub struct LocalLab {
 impl LocalLab {
     /// Start `count` agents from `exe` on 127.0.0.1 with free ports.
     pub fn start(exe: &Path, count: usize) -> Result<Self, LabError> {
-        Self::loopback(exe, count, None)
+        Self::loopback(exe, count, None, &AgentGrants::default())
+    }
+
+    /// [`Self::start`] with agents granted more.
+    pub fn start_with(exe: &Path, count: usize, grants: &AgentGrants) -> Result<Self, LabError> {
+        Self::loopback(exe, count, None, grants)
     }
 
     /// Loopback agents; with `logs`, detached (own process group, stderr to
     /// a log file there) so that they can outlive this process.
-    fn loopback(exe: &Path, count: usize, logs: Option<&Path>) -> Result<Self, LabError> {
+    fn loopback(
+        exe: &Path,
+        count: usize,
+        logs: Option<&Path>,
+        grants: &AgentGrants,
+    ) -> Result<Self, LabError> {
         let mut lab = Self {
             agents: Vec::new(),
             network: None,
@@ -246,6 +284,7 @@ impl LocalLab {
         for index in 1..=count {
             let mut command = Command::new(exe);
             command.args(["--listen", "127.0.0.1:0"]);
+            command.args(grants.arguments(Vec::new()));
             if let Some(logs) = logs {
                 detach(&mut command, &logs.join(format!("local-{index}.log")))?;
             }
@@ -263,12 +302,30 @@ impl LocalLab {
     /// Start `count` hosts as network namespaces, each with an agent allowed
     /// to isolate it (needs root, `ip` and `nft`); removed on drop.
     pub fn start_netns(exe: &Path, count: usize) -> Result<Self, LabError> {
+        Self::start_netns_with(exe, count, &AgentGrants::default())
+    }
+
+    /// [`Self::start_netns`] with agents granted more.
+    pub fn start_netns_with(
+        exe: &Path,
+        count: usize,
+        grants: &AgentGrants,
+    ) -> Result<Self, LabError> {
         Self::build(
             exe,
             count,
             format!("{NETNS_PREFIX}{}", std::process::id()),
             None,
+            grants,
         )
+    }
+
+    /// The network namespace of host `index` (0-based), when the lab is made of them.
+    pub fn namespace(&self, index: usize) -> Option<String> {
+        self.network
+            .as_ref()
+            .filter(|network| index < network.hosts)
+            .map(|network| network.namespace(index))
     }
 
     fn build(
@@ -276,6 +333,7 @@ impl LocalLab {
         count: usize,
         prefix: String,
         logs: Option<&Path>,
+        grants: &AgentGrants,
     ) -> Result<Self, LabError> {
         if let Some(why) = netns_unavailable() {
             return Err(LabError::Network(why));
@@ -340,11 +398,10 @@ impl LocalLab {
             command.args(["netns", "exec", &namespace]).arg(exe).args([
                 "--listen",
                 &format!("{management}:{NETNS_CONTROL_PORT}"),
-                "--allow",
-                "isolate,link",
                 // The management bridge has no way out of this machine.
                 "--insecure",
             ]);
+            command.args(grants.arguments(vec!["isolate", "link"]));
             if let Some(logs) = logs {
                 detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;
             }
@@ -517,16 +574,21 @@ fn inventory_text(inventory: &Inventory) -> String {
 /// Make a lab of `hosts` network-namespace hosts that outlives this
 /// process; returns the path of its inventory. Whatever an earlier lab left
 /// is removed first.
-pub fn lab_up(exe: &Path, hosts: usize, state: &Path) -> Result<PathBuf, LabError> {
+pub fn lab_up(
+    exe: &Path,
+    hosts: usize,
+    state: &Path,
+    grants: &AgentGrants,
+) -> Result<PathBuf, LabError> {
     lab_down(state)?;
     let failed = |what: &str, error: std::io::Error| {
         LabError::Network(format!("{what} {}: {error}", state.display()))
     };
     std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
     let mut lab = if netns_unavailable().is_none() {
-        LocalLab::build(exe, hosts, LAB_PREFIX.to_owned(), Some(state))?
+        LocalLab::build(exe, hosts, LAB_PREFIX.to_owned(), Some(state), grants)?
     } else {
-        LocalLab::loopback(exe, hosts, Some(state))?
+        LocalLab::loopback(exe, hosts, Some(state), grants)?
     };
     let inventory = state.join(INVENTORY_FILE);
     std::fs::write(&inventory, inventory_text(&lab.inventory))
@@ -613,4 +675,28 @@ pub fn lab_status(state: &Path) -> Option<LabStatus> {
         inventory,
         pids,
     })
+}
+
+/// The network namespace of host `host` (1-based) of a `lab up` lab, or
+/// `None` for a loopback lab (its agents run on this host itself).
+pub fn lab_namespace(state: &Path, host: usize) -> Result<Option<String>, LabError> {
+    let status = lab_status(state).ok_or_else(|| {
+        LabError::Network(format!("no lab is up (no state in {})", state.display()))
+    })?;
+    if host == 0 || host > status.inventory.agents.len() {
+        return Err(LabError::Network(format!(
+            "the lab has hosts 1 to {}, not {host}",
+            status.inventory.agents.len()
+        )));
+    }
+    let namespace = format!("{LAB_PREFIX}h{}", host - 1);
+    let exists = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .any(|name| name == namespace)
+        });
+    Ok(exists.then_some(namespace))
 }

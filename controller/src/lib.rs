@@ -18,6 +18,8 @@ pub mod engine;
 pub mod history;
 pub mod inventory;
 pub mod lab;
+pub mod probe;
 pub mod report;
 pub mod scenario;
 pub mod suites;
+pub mod targets;

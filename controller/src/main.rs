@@ -3,13 +3,14 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use faultlab::agents::{ClientTls, Connector};
-use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock};
+use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
 use faultlab::history::{self, History};
 use faultlab::inventory::Inventory;
 use faultlab::lab::{self, LocalLab};
 use faultlab::report::{CaseReport, RunReport, junit, terminal};
 use faultlab::scenario::{self, Scenario};
 use faultlab::suites;
+use faultlab::targets::Target;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,14 @@ enum Command {
         /// Bind a role to a named agent, e.g. --bind server=win-1 (repeatable).
         #[arg(long, value_name = "ROLE=AGENT", value_parser = parse_binding)]
         bind: Vec<(String, String)>,
+        /// Let an application play a role: a target of the inventory or of
+        /// --targets by name, or tcp://HOST:PORT (HOST: an IP, or an agent's
+        /// name for its test address), e.g. --target server=tcp://127.0.0.1:7000.
+        #[arg(long, value_name = "ROLE=TARGET", value_parser = parse_binding)]
+        target: Vec<(String, String)>,
+        /// Targets (`[[target]]` tables) from this file too.
+        #[arg(long, value_name = "FILE")]
+        targets: Option<PathBuf>,
         /// Cases at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
@@ -279,6 +288,22 @@ enum LabAction {
         /// How many hosts.
         #[arg(long, default_value_t = 3)]
         hosts: usize,
+        /// Let the agents act on other programs (process faults on an
+        /// application, aborting its connections).
+        #[arg(long)]
+        allow_process: bool,
+        /// How the agents restart a program, as NAME=COMMAND (repeatable).
+        #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = parse_binding)]
+        restart: Vec<(String, String)>,
+    },
+    /// Run a command on a lab host (inside its network namespace), e.g. the
+    /// application under test: `faultlab lab exec 2 -- python3 server.py`.
+    Exec {
+        /// The host's number (1 = host-1).
+        host: usize,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Stop the agents and remove every namespace and bridge (also after a crash).
     Down,
@@ -384,6 +409,8 @@ async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
             inventory,
             all_bindings,
             bind,
+            target,
+            targets,
             parallel,
             format,
             junit,
@@ -399,7 +426,11 @@ async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
             let mut report = run(
                 label,
                 scenarios,
-                inventory.as_deref(),
+                Lab {
+                    inventory: inventory.as_deref(),
+                    targets: targets.as_deref(),
+                    roles: target,
+                },
                 &tls,
                 all_bindings,
                 pinned,
@@ -628,18 +659,84 @@ fn load_scenarios(
     Ok((label.join(","), scenarios))
 }
 
+/// Where a run happens: the agents, and the applications that play roles.
+struct Lab<'a> {
+    inventory: Option<&'a Path>,
+    targets: Option<&'a Path>,
+    /// Role → a target's name, or tcp://HOST:PORT.
+    roles: Vec<(String, String)>,
+}
+
+/// The targets the run binds to roles, from the inventory, the --targets
+/// file and the command line.
+fn chosen_targets(
+    inventory: &Inventory,
+    file: Option<&Path>,
+    roles: &[(String, String)],
+) -> anyhow::Result<Vec<(String, Target)>> {
+    let mut defined = inventory.targets()?;
+    if let Some(file) = file {
+        let extra = Inventory::load(file)?;
+        if !extra.agents.is_empty() {
+            bail!(
+                "{}: agents belong in --inventory; a --targets file holds [[target]] tables only",
+                file.display()
+            );
+        }
+        defined.extend(extra.targets()?);
+    }
+    let mut chosen = Vec::new();
+    for (role, spec) in roles {
+        let target = match defined.iter().find(|target| &target.name == spec) {
+            Some(target) => target.clone(),
+            None if spec.contains(':') => Target::inline(spec)?,
+            None => bail!(
+                "--target {role}={spec}: no target named {spec:?} (define it under [[target]], or give tcp://HOST:PORT)"
+            ),
+        };
+        chosen.push((role.clone(), target));
+    }
+    Ok(chosen)
+}
+
 async fn run(
     suite: String,
     cases: Vec<Scenario>,
-    inventory: Option<&Path>,
+    lab: Lab<'_>,
     tls: &TlsArgs,
     all_bindings: bool,
     pinned: std::collections::BTreeMap<String, String>,
     parallel: usize,
 ) -> anyhow::Result<RunReport> {
     let roles = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
-    let (inventory, _local) = match inventory {
-        Some(path) => (Inventory::load(path)?, None),
+    let given = match lab.inventory {
+        Some(path) => Some(Inventory::load(path)?),
+        None => None,
+    };
+    let mut targets = chosen_targets(
+        given.as_ref().unwrap_or(&Inventory::default()),
+        lab.targets,
+        &lab.roles,
+    )?;
+    let (inventory, _local) = match given {
+        Some(inventory) => (inventory, None),
+        // The application runs on this very host: so do the agents.
+        None if !targets.is_empty() => {
+            let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
+            let local = LocalLab::start(&exe, roles.max(2))?;
+            eprintln!(
+                "local lab: {} agents on loopback, on the application's host (the last one counts its sockets)",
+                local.inventory.agents.len()
+            );
+            if let Some(last) = local.inventory.agents.last() {
+                for (_, target) in &mut targets {
+                    if target.agent.is_none() {
+                        target.agent = Some(last.name.clone());
+                    }
+                }
+            }
+            (local.inventory.clone(), Some(local))
+        }
         None => {
             let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
             let local = match lab::netns_unavailable() {
@@ -684,7 +781,25 @@ async fn run(
             bail!("--bind {role}={agent}: no agent named {agent:?} in the lab");
         }
     }
+    let mut placed = std::collections::BTreeMap::new();
+    for (role, target) in targets {
+        let handle = TargetHandle::place(target, &agents).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "role {role}: application {} at {}{}",
+            handle.target.name,
+            handle.address,
+            handle
+                .host
+                .as_ref()
+                .map_or_else(String::new, |host| format!(
+                    ", its host's agent {}",
+                    host.name
+                ))
+        );
+        placed.insert(role, Arc::new(handle));
+    }
     let plan = Plan {
+        targets: placed,
         run_id,
         suite,
         cases,
@@ -836,7 +951,11 @@ fn agent_entries(
 
 async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
     match action {
-        LabAction::Up { hosts } => {
+        LabAction::Up {
+            hosts,
+            allow_process,
+            restart,
+        } => {
             let exe = lab::find_agent().ok_or(lab::LabError::NoAgent)?;
             match lab::netns_unavailable() {
                 None => {
@@ -846,13 +965,36 @@ async fn lab_command(action: LabAction, state: &Path) -> anyhow::Result<bool> {
                     "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
                 ),
             }
-            let inventory = lab::lab_up(&exe, hosts.max(1), state)?;
+            let grants = lab::AgentGrants {
+                process: allow_process,
+                restart,
+            };
+            let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants)?;
             say!("inventory {}", inventory.display());
             say!(
                 "run:    faultlab run --suite seed --inventory {}",
                 inventory.display()
             );
             Ok(true)
+        }
+        LabAction::Exec { host, command } => {
+            let namespace = lab::lab_namespace(state, host)?;
+            let mut process = match &namespace {
+                Some(namespace) => {
+                    let mut process = std::process::Command::new("ip");
+                    process.args(["netns", "exec", namespace]).args(&command);
+                    process
+                }
+                None => {
+                    let mut process = std::process::Command::new(&command[0]);
+                    process.args(&command[1..]);
+                    process
+                }
+            };
+            let status = process
+                .status()
+                .with_context(|| format!("cannot run {:?}", command.join(" ")))?;
+            Ok(status.success())
         }
         LabAction::Down => {
             let removed = lab::lab_down(state)?;

@@ -67,13 +67,36 @@ const SEED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Faults done to an application under test (`--target server=...`): its
+/// host aborting a flow, its process frozen, killed and restarted, one of
+/// its flows cut.
+const APP: &[(&str, &str)] = &[
+    (
+        "app/x1-abort-flow.toml",
+        include_str!("../suites/app/x1-abort-flow.toml"),
+    ),
+    (
+        "app/x2-frozen-server.toml",
+        include_str!("../suites/app/x2-frozen-server.toml"),
+    ),
+    (
+        "app/x3-crash-restart.toml",
+        include_str!("../suites/app/x3-crash-restart.toml"),
+    ),
+    (
+        "app/x4-one-flow-cut.toml",
+        include_str!("../suites/app/x4-one-flow-cut.toml"),
+    ),
+];
+
 /// Names of the built-in suites.
-pub const NAMES: &[&str] = &["seed"];
+pub const NAMES: &[&str] = &["seed", "app"];
 
 /// The scenarios of a built-in suite, or `None` if there is no such suite.
 pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
     let files = match name {
         "seed" => SEED,
+        "app" => APP,
         _ => return None,
     };
     let mut scenarios = Vec::new();
@@ -109,6 +132,12 @@ mod tests {
             assert!(ids.contains(&id), "{id} is missing from the seed suite");
         }
         assert!(load("nope").is_none());
+        let app = load("app").ok_or_else(|| ScenarioErrors(Vec::new()))??;
+        assert!(
+            app.iter()
+                .all(|case| case.application.as_deref() == Some("server")),
+            "every app case needs an application to play its server"
+        );
         Ok(())
     }
 }

@@ -68,6 +68,7 @@ async fn the_html_report_renders_in_a_real_browser() -> TestResult {
         agents,
         all_bindings: false,
         pinned: Default::default(),
+        targets: std::collections::BTreeMap::new(),
         parallel: 1,
     };
     let (_stop, stop) = tokio::sync::watch::channel(false);

@@ -34,6 +34,7 @@ async fn plan(
         agents,
         all_bindings: false,
         pinned: Default::default(),
+        targets: std::collections::BTreeMap::new(),
         parallel: 4,
     })
 }

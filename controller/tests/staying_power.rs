@@ -54,6 +54,7 @@ async fn run(
         agents,
         all_bindings: false,
         pinned: Default::default(),
+        targets: std::collections::BTreeMap::new(),
         parallel,
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);

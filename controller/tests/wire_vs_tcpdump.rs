@@ -117,6 +117,7 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
         agents,
         all_bindings: false,
         pinned: Default::default(),
+        targets: std::collections::BTreeMap::new(),
         parallel: 1,
     };
     let (_stop, stop) = tokio::sync::watch::channel(false);

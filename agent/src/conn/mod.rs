@@ -547,6 +547,22 @@ async fn send_payload(
             }
             Ok(())
         }
+        Payload::Template {
+            text,
+            count,
+            interval_ms,
+        } => {
+            let mut message = Vec::with_capacity(text.len() + 20);
+            for sequence in 0..*count {
+                crate::model::fill_template(text, sequence, &mut message);
+                write_all(stream, &message, progress).await?;
+                progress.messages += 1;
+                if *interval_ms > 0 && sequence + 1 < *count {
+                    tokio::time::sleep(millis(*interval_ms)).await;
+                }
+            }
+            Ok(())
+        }
     }
 }
 

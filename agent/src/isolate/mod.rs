@@ -106,6 +106,9 @@ pub struct Isolation {
     pub peer: Option<Cidr>,
     /// Only this local port; `None` = all traffic.
     pub port: Option<u16>,
+    /// Only this port at the peer's end (with one peer address and `port`:
+    /// exactly one flow, a 4-tuple).
+    pub peer_port: Option<u16>,
     /// In, out or both.
     pub direction: Direction,
     /// Lifts by itself after this.
@@ -117,11 +120,21 @@ pub struct Isolation {
 impl Isolation {
     /// What it matches, without its id and deadline: two isolations with the
     /// same scope would share firewall entries, so only one may be active.
-    fn scope(&self) -> (Mode, Option<Cidr>, Option<u16>, Direction, bool) {
+    fn scope(
+        &self,
+    ) -> (
+        Mode,
+        Option<Cidr>,
+        Option<u16>,
+        Option<u16>,
+        Direction,
+        bool,
+    ) {
         (
             self.mode,
             self.peer,
             self.port,
+            self.peer_port,
             self.direction,
             self.include_control_channel,
         )
@@ -288,6 +301,7 @@ mod tests {
             mode: Mode::Drop,
             peer: None,
             port: None,
+            peer_port: None,
             direction: Direction::Both,
             deadline: Duration::from_millis(deadline_ms),
             include_control_channel: false,

@@ -2,7 +2,8 @@
 //! faultlab`), never touching any other table.
 //!
 //! The table holds one *set* per kind of isolation (drop/reject × in/out ×
-//! IPv4/IPv6 × whole-host/one-port × control-channel-included or not) and
+//! IPv4/IPv6 × whole-host/one-port/one-flow × control-channel-included or
+//! not) and
 //! one rule per set. An isolation is a set *element* with a timeout, so the
 //! kernel removes it at the deadline with no process involved: an agent
 //! killed mid-fault still heals. The rules that exempt the agent's gRPC port
@@ -26,8 +27,29 @@ struct SetKind {
     mode: Mode,
     inbound: bool,
     v6: bool,
-    with_port: bool,
+    key: Key,
     control_too: bool,
+}
+
+/// What a set's elements match besides the peer's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    /// Every port.
+    Host,
+    /// One local port.
+    Port,
+    /// One local port and one peer port: a single flow.
+    Flow,
+}
+
+impl Key {
+    fn of(isolation: &Isolation) -> Self {
+        match (isolation.port, isolation.peer_port) {
+            (None, _) => Self::Host,
+            (Some(_), None) => Self::Port,
+            (Some(_), Some(_)) => Self::Flow,
+        }
+    }
 }
 
 impl SetKind {
@@ -37,12 +59,12 @@ impl SetKind {
             for mode in [Mode::Drop, Mode::Reject] {
                 for inbound in [true, false] {
                     for v6 in [false, true] {
-                        for with_port in [false, true] {
+                        for key in [Key::Host, Key::Port, Key::Flow] {
                             kinds.push(Self {
                                 mode,
                                 inbound,
                                 v6,
-                                with_port,
+                                key,
                                 control_too,
                             });
                         }
@@ -62,17 +84,21 @@ impl SetKind {
             },
             if self.inbound { "in" } else { "out" },
             if self.v6 { "v6" } else { "v4" },
-            if self.with_port { "_port" } else { "" },
+            match self.key {
+                Key::Host => "",
+                Key::Port => "_port",
+                Key::Flow => "_flow",
+            },
             if self.control_too { "_ctl" } else { "" },
         )
     }
 
     fn set_definition(self) -> String {
         let address = if self.v6 { "ipv6_addr" } else { "ipv4_addr" };
-        let key = if self.with_port {
-            format!("{address} . inet_service")
-        } else {
-            address.to_owned()
+        let key = match self.key {
+            Key::Host => address.to_owned(),
+            Key::Port => format!("{address} . inet_service"),
+            Key::Flow => format!("{address} . inet_service . inet_service"),
         };
         format!(
             "  set {} {{ type {key}; flags interval, timeout; }}\n",
@@ -88,11 +114,18 @@ impl SetKind {
             (true, true) => ("ip6", "saddr"),
             (true, false) => ("ip6", "daddr"),
         };
-        let local_port = if self.inbound { "dport" } else { "sport" };
-        let matched = if self.with_port {
-            format!("{family} {peer} . th {local_port} @{}", self.name())
+        let (local_port, peer_port) = if self.inbound {
+            ("dport", "sport")
         } else {
-            format!("{family} {peer} @{}", self.name())
+            ("sport", "dport")
+        };
+        let matched = match self.key {
+            Key::Host => format!("{family} {peer} @{}", self.name()),
+            Key::Port => format!("{family} {peer} . th {local_port} @{}", self.name()),
+            Key::Flow => format!(
+                "{family} {peer} . th {local_port} . th {peer_port} @{}",
+                self.name()
+            ),
         };
         match (self.mode, self.inbound) {
             (Mode::Drop, _) => vec![format!("{matched} drop")],
@@ -179,12 +212,13 @@ fn elements(isolation: &Isolation) -> Vec<(String, String)> {
                 mode: isolation.mode,
                 inbound,
                 v6: peer.address.is_ipv6(),
-                with_port: isolation.port.is_some(),
+                key: Key::of(isolation),
                 control_too: isolation.include_control_channel,
             };
-            let element = match isolation.port {
-                Some(port) => format!("{peer} . {port}"),
-                None => peer.to_string(),
+            let element = match (isolation.port, isolation.peer_port) {
+                (Some(port), Some(peer_port)) => format!("{peer} . {port} . {peer_port}"),
+                (Some(port), None) => format!("{peer} . {port}"),
+                (None, _) => peer.to_string(),
             };
             found.push((kind.name(), element));
         }
@@ -314,6 +348,7 @@ mod tests {
             mode: Mode::Reject,
             peer: peer.and_then(Cidr::parse),
             port,
+            peer_port: None,
             direction,
             deadline: Duration::from_millis(2500),
             include_control_channel: false,
@@ -333,7 +368,7 @@ mod tests {
             "ip daddr . th sport @reject_out_v4_port meta l4proto tcp reject with tcp reset"
         ));
         assert!(script.starts_with("table inet faultlab\ndelete table inet faultlab\n"));
-        assert_eq!(script.matches("  set ").count(), 32);
+        assert_eq!(script.matches("  set ").count(), 48);
     }
 
     #[test]
@@ -359,5 +394,20 @@ mod tests {
             remove_scripts(&one),
             ["delete element inet faultlab reject_in_v4_port { 198.18.0.3/32 . 7000 }\n"]
         );
+    }
+
+    #[test]
+    fn a_flow_isolation_matches_both_ports_in_each_direction() {
+        let mut flow = isolation(Direction::Both, Some("198.18.1.2"), Some(7000));
+        flow.peer_port = Some(45678);
+        assert_eq!(
+            add_script(&flow),
+            "add element inet faultlab reject_in_v4_flow { 198.18.1.2/32 . 7000 . 45678 timeout 2500ms }\n\
+             add element inet faultlab reject_out_v4_flow { 198.18.1.2/32 . 7000 . 45678 timeout 2500ms }\n"
+        );
+        let script = table_script(7420);
+        assert!(script.contains("ip saddr . th dport . th sport @reject_in_v4_flow"));
+        assert!(script.contains("ip daddr . th sport . th dport @reject_out_v4_flow"));
+        assert!(script.contains("type ipv4_addr . inet_service . inet_service;"));
     }
 }

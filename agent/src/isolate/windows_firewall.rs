@@ -89,9 +89,18 @@ pub fn add_script(isolation: &Isolation, control_port: u16) -> String {
             (None, true) => "Any".to_owned(),
             (None, false) => ports_without(control_port),
         };
-        let mut protocols = vec![("tcp", format!("-Protocol TCP -LocalPort {tcp_ports}"))];
+        let remote_port = isolation
+            .peer_port
+            .map_or_else(String::new, |port| format!(" -RemotePort {port}"));
+        let mut protocols = vec![(
+            "tcp",
+            format!("-Protocol TCP -LocalPort {tcp_ports}{remote_port}"),
+        )];
         match isolation.port {
-            Some(port) => protocols.push(("udp", format!("-Protocol UDP -LocalPort {port}"))),
+            Some(port) => protocols.push((
+                "udp",
+                format!("-Protocol UDP -LocalPort {port}{remote_port}"),
+            )),
             None => {
                 protocols.push(("udp", "-Protocol UDP".to_owned()));
                 protocols.push(("icmp4", "-Protocol ICMPv4".to_owned()));
@@ -195,6 +204,7 @@ mod tests {
             mode: Mode::Drop,
             peer: Cidr::parse("198.18.0.3"),
             port,
+            peer_port: None,
             direction: Direction::Both,
             deadline: Duration::from_secs(2),
             include_control_channel,

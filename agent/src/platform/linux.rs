@@ -156,6 +156,10 @@ impl Platform for Linux {
         ))
     }
 
+    fn socket_table() -> Box<dyn crate::sockets::SocketTable> {
+        Box::new(crate::sockets::procfs::ProcTable)
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("systemctl")
             .arg("reboot")

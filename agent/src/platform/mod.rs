@@ -15,6 +15,8 @@ mod linux;
 mod windows;
 #[cfg(windows)]
 pub mod windows_service;
+#[cfg(windows)]
+mod windows_tcp_table;
 
 /// The backend for the OS this agent was built for.
 #[cfg(unix)]
@@ -72,6 +74,9 @@ pub trait Platform {
     /// A raw packet socket that sees every IP packet of the host, both
     /// directions, without link-layer headers (needs CAP_NET_RAW).
     fn packet_socket() -> io::Result<socket2::Socket>;
+
+    /// The host's table of TCP connections (every program's).
+    fn socket_table() -> Box<dyn crate::sockets::SocketTable>;
 
     /// Reboot the host now (systemctl reboot / shutdown /r).
     fn reboot() -> io::Result<()>;

@@ -134,6 +134,10 @@ impl Platform for Windows {
         ))
     }
 
+    fn socket_table() -> Box<dyn crate::sockets::SocketTable> {
+        Box::new(super::windows_tcp_table::IpHelperTable)
+    }
+
     fn reboot() -> io::Result<()> {
         let status = std::process::Command::new("shutdown")
             .args(["/r", "/t", "0"])

@@ -396,6 +396,8 @@ mod tests {
             duration_ms: 3,
             span_id: None,
             trace_url: None,
+            probes: Vec::new(),
+            unchecked: Vec::new(),
         }
     }
 

@@ -138,6 +138,39 @@ pub struct CaseReport {
     /// The case in a trace viewer ([`RunReport::link_traces`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_url: Option<String>,
+    /// Health probes of the applications under test, after the case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeReport>,
+    /// Steps whose expectations were not checked, and why (an application
+    /// played a role: what it did is its own business, and the probe judges it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<String>,
+}
+
+/// Whether an application survived a case and freed its connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// The role the application played.
+    pub role: String,
+    /// The target's name.
+    pub target: String,
+    /// Its address.
+    pub address: String,
+    /// The agent that made the fresh connection.
+    pub from: String,
+    /// Whether the fresh connection (and request/reply, if any) succeeded.
+    pub healthy: bool,
+    /// How long connecting took, ms.
+    pub connect_ms: Option<u64>,
+    /// The reply received (text, at most 200 characters).
+    pub reply: Option<String>,
+    /// Sockets of the application's port by state (listeners left out),
+    /// from the agent on its host, once within bounds or at the time bound.
+    pub sockets: BTreeMap<String, u32>,
+    /// What was wrong; empty when the probe passed.
+    pub problems: Vec<String>,
+    /// How long the probe took, ms.
+    pub duration_ms: u64,
 }
 
 /// What one step's call returned.

@@ -14,7 +14,7 @@ pub use parse::{ScenarioError, ScenarioErrors, parse};
 use std::collections::BTreeMap;
 
 /// Capabilities a scenario may need from its agents beyond connections.
-pub const KNOWN_CAPABILITIES: &[&str] = &["isolate", "link", "reboot"];
+pub const KNOWN_CAPABILITIES: &[&str] = &["isolate", "link", "reboot", "process"];
 
 /// OS families an expectation can be written for (as agents report them).
 pub const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
@@ -30,8 +30,12 @@ pub struct Scenario {
     pub title: String,
     /// What the seed article observed, for the report.
     pub seed: Option<String>,
-    /// Capabilities every agent of the case needs.
+    /// Capabilities the case's steps need (each role's agent must offer
+    /// those its own steps use).
     pub needs: Vec<String>,
+    /// A role only an application under test can play (`--target`): its
+    /// steps are faults done to the application, not socket calls.
+    pub application: Option<String>,
     /// The whole case must end within this.
     pub timeout_ms: u64,
     /// Role names, in the order they are bound to agents.
@@ -209,13 +213,30 @@ pub enum Action {
         /// The background step's name.
         step: String,
     },
-    /// Cut the role's host off the test network (needs `isolate`).
+    /// Cut the role's host off the test network (needs `isolate`), or
+    /// only the flow of one connection.
     Isolate {
         /// "drop" or "reject".
         mode: String,
         /// The isolation lifts by itself after this.
         deadline_ms: u64,
+        /// Only this connection's flow (its 4-tuple), seen from the role's host.
+        conn: Option<String>,
     },
+    /// Destroy sockets on the role's host as a broken middlebox would (the
+    /// peer gets a RST, the owning program ECONNABORTED): the flow of one
+    /// connection, or with no `conn` every connection of the role's
+    /// application port (needs `process`).
+    AbortConnections {
+        /// The connection whose flow to abort (either end's name).
+        conn: Option<String>,
+    },
+    /// Freeze the role's process (SIGSTOP): its kernel still ACKs (needs `process`).
+    Stop,
+    /// Thaw it (SIGCONT) (needs `process`).
+    Continue,
+    /// Restart the role's process with its configured command (needs `process`).
+    Restart,
     /// Lift the role's isolation (needs `isolate`).
     Heal,
     /// Pull the cable of the role's test interface (the one holding its test
@@ -258,6 +279,10 @@ impl Action {
             Self::LinkDown { .. } => "link-down",
             Self::LinkUp => "link-up",
             Self::Reboot { .. } => "reboot",
+            Self::AbortConnections { .. } => "abort-connections",
+            Self::Stop => "stop",
+            Self::Continue => "continue",
+            Self::Restart => "restart",
         }
     }
 
@@ -272,6 +297,10 @@ impl Action {
             Self::Reboot {
                 simulated: false, ..
             } => Some("reboot"),
+            Self::LinkDown { .. } | Self::LinkUp => Some("link"),
+            Self::AbortConnections { .. } | Self::Stop | Self::Continue | Self::Restart => {
+                Some("process")
+            }
             _ => None,
         }
     }

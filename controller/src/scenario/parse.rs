@@ -160,6 +160,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
         title: header.title,
         seed: header.seed,
         needs: header.needs,
+        application: header.application,
         timeout_ms: header.timeout_ms.unwrap_or(DEFAULT_CASE_TIMEOUT_MS),
         roles: header.roles,
         steps: parsed_steps.iter().map(|(step, _)| step.clone()).collect(),
@@ -249,6 +250,7 @@ struct Header {
     #[serde(default)]
     needs: Vec<String>,
     timeout_ms: Option<u64>,
+    application: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +465,13 @@ struct IsolateSpec {
     #[serde(default = "drop_mode")]
     mode: String,
     deadline_ms: u64,
+    conn: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortSpec {
+    conn: Option<String>,
 }
 
 fn drop_mode() -> String {
@@ -494,7 +503,8 @@ fn default_down_ms() -> u64 {
 
 /// Every action keyword, for the error that lists them.
 const ACTIONS: &str = "listen, stop-listening, connect, accept, send, recv, close, set-options, \
-                       watch, wait-end, exit, kill, sleep, join, isolate, heal, link-down, link-up, reboot";
+                       watch, wait-end, exit, kill, sleep, join, isolate, heal, link-down, link-up, reboot, \
+                       abort-connections, stop, continue, restart";
 
 fn parse_step(
     index: usize,
@@ -589,6 +599,7 @@ fn parse_step(
                 Some(Action::Isolate {
                     mode: spec.mode,
                     deadline_ms: spec.deadline_ms,
+                    conn: spec.conn,
                 })
             } else {
                 errors.at(
@@ -600,6 +611,13 @@ fn parse_step(
             }
         }),
         "heal" => typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::Heal),
+        "abort-connections" => typed::<AbortSpec>(&own_table, span, &path, errors)
+            .map(|spec| Action::AbortConnections { conn: spec.conn }),
+        "stop" => typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::Stop),
+        "continue" => {
+            typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::Continue)
+        }
+        "restart" => typed::<NothingSpec>(&own_table, span, &path, errors).map(|_| Action::Restart),
         "link-down" => {
             typed::<DeadlineSpec>(&own_table, span, &path, errors).map(|spec| Action::LinkDown {
                 deadline_ms: spec.deadline_ms,
@@ -786,6 +804,16 @@ fn check_references(
             );
         }
     }
+    if let Some(application) = &scenario.application
+        && !scenario.roles.contains(application)
+    {
+        let span = key_span(document, "application", &whole);
+        errors.at(
+            &span,
+            "application",
+            format!("role {application:?} is not in roles {:?}", scenario.roles),
+        );
+    }
     for need in &scenario.needs {
         if !KNOWN_CAPABILITIES.contains(&need.as_str()) {
             let span = key_span(document, "needs", &whole);
@@ -898,7 +926,13 @@ fn check_references(
             | Action::Close { conn, .. }
             | Action::SetOptions { conn, .. }
             | Action::Watch { conn }
-            | Action::WaitEnd { conn, .. } => use_conn(conn, "conn", &mut problems),
+            | Action::WaitEnd { conn, .. }
+            | Action::Isolate {
+                conn: Some(conn), ..
+            }
+            | Action::AbortConnections { conn: Some(conn) } => {
+                use_conn(conn, "conn", &mut problems);
+            }
             Action::Join { step: joined } if !background.contains(&joined.as_str()) => {
                 problems.push((
                     at("step"),
