@@ -181,14 +181,16 @@ fn sweep_stale() {
         .lines()
         .filter_map(|line| line.split_whitespace().next())
     {
-        if let Some(pid) = name
+        // "flr<pid>h<index>", or "flr<pid>x<n>h<index>" for a process's later labs.
+        if let Some(lab) = name
             .strip_prefix(NETNS_PREFIX)
             .and_then(|rest| rest.split('h').next())
+            && let Some(pid) = lab.split('x').next()
             && !alive(pid)
         {
             let _ = ip(&["netns", "del", name]);
             for bridge in ["mb", "tb"] {
-                let _ = ip(&["link", "del", &format!("{NETNS_PREFIX}{pid}{bridge}")]);
+                let _ = ip(&["link", "del", &format!("{NETNS_PREFIX}{lab}{bridge}")]);
             }
         }
     }
@@ -311,13 +313,14 @@ impl LocalLab {
         count: usize,
         grants: &AgentGrants,
     ) -> Result<Self, LabError> {
-        Self::build(
-            exe,
-            count,
-            format!("{NETNS_PREFIX}{}", std::process::id()),
-            None,
-            grants,
-        )
+        // Interface names have 15 characters at most: "flr<pid>[x<n>]m<index>".
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = match n {
+            0 => format!("{NETNS_PREFIX}{}", std::process::id()),
+            n => format!("{NETNS_PREFIX}{}x{}", std::process::id(), n % 10),
+        };
+        Self::build(exe, count, prefix, None, grants)
     }
 
     /// The network namespace of host `index` (0-based), when the lab is made of them.

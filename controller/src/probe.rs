@@ -28,7 +28,7 @@ pub type SocketCounts = BTreeMap<String, u32>;
 /// The application's sockets before a case, when an agent on its host can count them.
 pub async fn baseline(target: &TargetHandle) -> SocketCounts {
     match &target.host {
-        Some(host) => count_sockets(target, host).await.unwrap_or_default(),
+        Some(host) => count_sockets(target, host, None).await.unwrap_or_default(),
         None => SocketCounts::new(),
     }
 }
@@ -71,7 +71,8 @@ pub async fn probe(
     if let Some(host) = &target.host {
         let deadline = started + bound;
         let empty = SocketCounts::new();
-        match settled_sockets(target, host, deadline, before.unwrap_or(&empty)).await {
+        let own = report.own_address.as_deref();
+        match settled_sockets(target, host, deadline, before.unwrap_or(&empty), own).await {
             Ok((counts, problems)) => {
                 report.sockets = counts;
                 report.problems.extend(problems);
@@ -144,6 +145,7 @@ async fn exchange(
         return Err(format!("a fresh connection failed: {why}"));
     }
     report.connect_ms = Some(u64::try_from(connecting.elapsed().as_millis()).unwrap_or(0));
+    report.own_address = Some(reply.local_address.clone());
     let conn_id = reply.conn_id;
     if let Some(payload) = &target.target.payload {
         let sent = client
@@ -218,7 +220,11 @@ async fn exchange(
 }
 
 /// The port's sockets by state, listeners left out.
-async fn count_sockets(target: &TargetHandle, host: &AgentHandle) -> Result<SocketCounts, String> {
+async fn count_sockets(
+    target: &TargetHandle,
+    host: &AgentHandle,
+    leave_out: Option<&str>,
+) -> Result<SocketCounts, String> {
     let mut client = host.client.clone();
     let listed = client
         .list_connections(pb::ListConnectionsRequest {
@@ -238,7 +244,9 @@ async fn count_sockets(target: &TargetHandle, host: &AgentHandle) -> Result<Sock
         .into_inner();
     let mut counts = SocketCounts::new();
     for connection in listed.connections {
-        *counts.entry(connection.state_name).or_default() += 1;
+        if Some(connection.remote_address.as_str()) != leave_out {
+            *counts.entry(connection.state_name).or_default() += 1;
+        }
     }
     Ok(counts)
 }
@@ -250,10 +258,11 @@ async fn settled_sockets(
     host: &AgentHandle,
     deadline: Instant,
     before: &SocketCounts,
+    leave_out: Option<&str>,
 ) -> Result<(SocketCounts, Vec<String>), String> {
     let started = Instant::now();
     loop {
-        let counts = count_sockets(target, host).await?;
+        let counts = count_sockets(target, host, leave_out).await?;
         let over: Vec<String> = target
             .target
             .probe
@@ -270,7 +279,7 @@ async fn settled_sockets(
                         host.name,
                         started.elapsed().as_millis(),
                         if earlier > 0 {
-                            format!("; {earlier} were there before it")
+                            format!("; {earlier} before the case")
                         } else {
                             String::new()
                         }

@@ -236,6 +236,19 @@ fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
                     }
                 }
             }
+            @for probe in &case.probes {
+                p {
+                    b { "Probe of " (probe.role) " (" (probe.target) ", " (probe.address) "): " }
+                    @if probe.healthy { "answered" } @else { "did not answer" }
+                    @if let Some(ms) = probe.connect_ms { ", connected in " (ms) " ms" }
+                    @if let Some(reply) = &probe.reply { ", reply " code { (reply.chars().take(60).collect::<String>()) } }
+                    @if !probe.sockets.is_empty() {
+                        ". Its port's sockets: "
+                        (probe.sockets.iter().map(|(state, count)| format!("{count} {state}")).collect::<Vec<_>>().join(", "))
+                    }
+                }
+            }
+            @for note in &case.unchecked { p.muted { "Not checked: " (note) } }
             @if !case.wire_evidence { p.muted { "No wire evidence (the agents could not capture)." } }
             @for note in &ladder.notes { p.muted { (note) } }
             (PreEscaped(svg(&ladder)))

@@ -164,6 +164,9 @@ pub struct ProbeReport {
     pub connect_ms: Option<u64>,
     /// The reply received (text, at most 200 characters).
     pub reply: Option<String>,
+    /// The probe's own end of its connection (left out of the socket counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_address: Option<String>,
     /// Sockets of the application's port by state (listeners left out),
     /// from the agent on its host, once within bounds or at the time bound.
     pub sockets: BTreeMap<String, u32>,

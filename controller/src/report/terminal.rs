@@ -47,7 +47,14 @@ pub fn render(report: &RunReport, wire: bool) -> String {
             .reason
             .clone()
             .or_else(|| case.differences.first().cloned())
-            .unwrap_or_else(|| summary_line(case));
+            .unwrap_or_else(|| {
+                let line = summary_line(case);
+                match (line.is_empty(), probe_line(case)) {
+                    (_, None) => line,
+                    (true, Some(probe)) => probe,
+                    (false, Some(probe)) => format!("{line}; {probe}"),
+                }
+            });
         let _ = writeln!(
             out,
             "{:<4} {:<28} {:<18} {:<11} {:>6}ms  {}",
@@ -105,6 +112,19 @@ fn summary_line(case: &CaseReport) -> String {
             observation.role, observation.call, observation.bytes
         )
     })
+}
+
+/// The probes in a few words, e.g. "probe: server answered in 4 ms".
+fn probe_line(case: &CaseReport) -> Option<String> {
+    let parts: Vec<String> = case
+        .probes
+        .iter()
+        .map(|probe| match (probe.healthy, probe.connect_ms) {
+            (true, Some(ms)) => format!("probe: {} answered in {ms} ms", probe.role),
+            _ => format!("probe: {} did not answer", probe.role),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// Cases as rows, OS pairs as columns.
