@@ -482,10 +482,14 @@ async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
                 let scenarios = suites::load(name).unwrap_or(Ok(Vec::new()))?;
                 say!("suite {name}:");
                 for case in scenarios {
-                    let needs = if case.needs.is_empty() {
+                    let mut needs = case.needs.clone();
+                    if let Some(role) = &case.application {
+                        needs.push(format!("an application as {role}"));
+                    }
+                    let needs = if needs.is_empty() {
                         String::new()
                     } else {
-                        format!("  (needs {})", case.needs.join(", "))
+                        format!("  (needs {})", needs.join(", "))
                     };
                     say!("  {:<4} {:<30} {}{needs}", case.id, case.name, case.title);
                 }

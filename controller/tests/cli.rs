@@ -175,6 +175,41 @@ fn an_unknown_case_is_refused_before_anything_starts() -> TestResult {
 }
 
 #[test]
+fn a_bad_target_is_named_before_anything_starts() -> TestResult {
+    let scratch = Scratch::new("targets")?;
+    let history = scratch.0.join("h.sqlite");
+    let targets = scratch.0.join("app.toml");
+    std::fs::write(
+        &targets,
+        "[[target]]\nname = \"echo\"\naddress = \"tcp://127.0.0.1:7000\"\nreply = \"(\"\n",
+    )?;
+    let targets = targets.display().to_string();
+    for (args, said) in [
+        (
+            vec!["--target", "server=udp://198.18.1.2:7000"],
+            "udp:// is not supported",
+        ),
+        (
+            vec!["--target", "server=nosuch"],
+            "no target named \"nosuch\"",
+        ),
+        (
+            vec!["--targets", &targets, "--target", "server=echo"],
+            "target \"echo\": reply",
+        ),
+    ] {
+        let mut all = vec!["run", "--suite", "seed", "--no-history"];
+        all.extend(args);
+        let out = faultlab(&all, &history)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(said), "{all:?}: {stderr}");
+        assert!(!stderr.contains("local lab"), "nothing starts: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
 fn ctrl_c_stops_the_run_and_reports_what_it_has() -> TestResult {
     let scratch = Scratch::new("interrupt")?;
     let slow = scratch.0.join("slow.toml");

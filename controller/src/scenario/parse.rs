@@ -1117,6 +1117,35 @@ expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
     }
 
     #[test]
+    fn application_faults_name_their_role_and_connection() {
+        let text = format!(
+            "{GOOD}\n[[step]]\nrole = \"server\"\ndo = \"abort-connections\"\nconn = \"nope\"\n"
+        )
+        .replace(
+            "roles = [",
+            "application = \"db\"\nneeds = [\"process\"]\nroles = [",
+        );
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        assert!(fields.contains(&"application"), "{errors:#?}");
+        assert!(
+            fields.iter().any(|field| field.ends_with(".conn")),
+            "{errors:#?}"
+        );
+        let fixed = text
+            .replace("application = \"db\"", "application = \"server\"")
+            .replace("conn = \"nope\"", "");
+        let scenario = parse("ok.toml", &fixed).map_err(|errors| format!("{errors:?}"));
+        assert!(scenario.is_ok_and(|scenario| {
+            scenario.application.as_deref() == Some("server")
+                && scenario
+                    .steps
+                    .iter()
+                    .any(|step| step.action == Action::AbortConnections { conn: None })
+        }));
+    }
+
+    #[test]
     fn isolation_needs_its_capability_declared() {
         let text =
             format!("{GOOD}\n[[step]]\nrole = \"client\"\ndo = \"isolate\"\ndeadline_ms = 5000\n");
