@@ -1312,6 +1312,34 @@ fn flow(run: &CaseRun<'_>, role: &str, conn: &str) -> Result<(SocketAddr, Socket
     })
 }
 
+/// An application's process as the contract names it.
+fn process_target(process: &crate::targets::ProcessSpec) -> pb::process_fault_request::Target {
+    use crate::targets::ProcessSpec;
+    use pb::process_fault_request::Target;
+    match process {
+        ProcessSpec::Name(name) => Target::Name(name.clone()),
+        ProcessSpec::Pid(pid) => Target::Pid(*pid),
+        ProcessSpec::Unit(unit) => Target::Unit(unit.clone()),
+    }
+}
+
+/// What a scenario's send puts on the wire, as the contract says it.
+fn scenario_payload(payload: &Payload) -> pb::send_request::Payload {
+    match payload {
+        Payload::Text(text) => pb::send_request::Payload::Data(text.clone().into_bytes()),
+        Payload::Bytes(count) => pb::send_request::Payload::ByteCount(*count),
+        Payload::Messages {
+            count,
+            size,
+            interval_ms,
+        } => pb::send_request::Payload::Messages(pb::Messages {
+            count: *count,
+            size: *size,
+            interval_ms: *interval_ms,
+        }),
+    }
+}
+
 /// A send on a connection to an application with messages of its own:
 /// the scenario's messages or filler become that many of the application's.
 fn application_payload(
@@ -1454,15 +1482,9 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
     };
     let target = run.targets.get(&role);
     let process_request = |action: pb::ProcessAction| -> Call {
-        use crate::targets::ProcessSpec;
-        use pb::process_fault_request::Target as Which;
         let which = target
             .and_then(|target| target.target.process.as_ref())
-            .map(|process| match process {
-                ProcessSpec::Name(name) => Which::Name(name.clone()),
-                ProcessSpec::Pid(pid) => Which::Pid(*pid),
-                ProcessSpec::Unit(unit) => Which::Unit(unit.clone()),
-            });
+            .map(process_target);
         match which {
             Some(which) => Call::Process(pb::ProcessFaultRequest {
                 target: Some(which),
@@ -1537,37 +1559,20 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
             conn: name,
             payload,
             timeout_ms,
-        } if application_payload(run, name, payload).is_some() => {
-            let (payload, meant, sent) = application_payload(run, name, payload)
-                .ok_or_else(|| StepError::Failed("the application's payload vanished".into()))?;
-            byte_rewrite = Some((meant, sent));
+        } => {
+            let payload = match application_payload(run, name, payload) {
+                Some((theirs, meant, sent)) => {
+                    byte_rewrite = Some((meant, sent));
+                    theirs
+                }
+                None => scenario_payload(payload),
+            };
             Call::Send(pb::SendRequest {
                 conn_id: conn(name)?,
                 payload: Some(payload),
                 timeout_ms: *timeout_ms,
             })
         }
-        Action::Send {
-            conn: name,
-            payload,
-            timeout_ms,
-        } => Call::Send(pb::SendRequest {
-            conn_id: conn(name)?,
-            payload: Some(match payload {
-                Payload::Text(text) => pb::send_request::Payload::Data(text.clone().into_bytes()),
-                Payload::Bytes(count) => pb::send_request::Payload::ByteCount(*count),
-                Payload::Messages {
-                    count,
-                    size,
-                    interval_ms,
-                } => pb::send_request::Payload::Messages(pb::Messages {
-                    count: *count,
-                    size: *size,
-                    interval_ms: *interval_ms,
-                }),
-            }),
-            timeout_ms: *timeout_ms,
-        }),
         Action::Recv {
             conn: name,
             all,
@@ -2077,16 +2082,9 @@ async fn cleanup(run: &CaseRun<'_>) {
             .get(role)
             .and_then(|target| target.target.process.clone());
         if let (Some(agent), Some(process)) = (run.agents.get(role), process) {
-            use crate::targets::ProcessSpec;
-            use pb::process_fault_request::Target as Which;
-            let which = match process {
-                ProcessSpec::Name(name) => Which::Name(name),
-                ProcessSpec::Pid(pid) => Which::Pid(pid),
-                ProcessSpec::Unit(unit) => Which::Unit(unit),
-            };
             let mut client = agent.client.clone();
             let thaw = pb::ProcessFaultRequest {
-                target: Some(which),
+                target: Some(process_target(&process)),
                 action: pb::ProcessAction::Continue as i32,
             };
             let _ = tokio::time::timeout(CLEANUP_TIMEOUT, client.process_fault(thaw)).await;

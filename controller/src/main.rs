@@ -186,6 +186,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
     },
+    /// Each agent's host's TCP connections (every program's) with their
+    /// states: what an application left behind, e.g. in CLOSE-WAIT.
+    Connections {
+        /// Agent addresses (host:port).
+        addresses: Vec<String>,
+        /// Or the agents of an inventory file.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// Only connections with this local port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only connections with this remote address (or address:port).
+        #[arg(long)]
+        remote: Option<String>,
+        /// Listening sockets too.
+        #[arg(long)]
+        listening: bool,
+    },
     /// Benchmarks on a local lab: fan-out skew over many agents, and the
     /// seed suite's wall time against its inherent waits.
     Bench {
@@ -495,6 +513,21 @@ async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
                 }
             }
             Ok(true)
+        }
+        Command::Connections {
+            addresses,
+            inventory,
+            port,
+            remote,
+            listening,
+        } => {
+            let filter = faultlab_proto::v1::ConnectionFilter {
+                local_port: port.map_or(0, u32::from),
+                remote: remote.unwrap_or_default(),
+                local: String::new(),
+                include_listening: listening,
+            };
+            connections(addresses, inventory.as_deref(), &tls, filter).await
         }
         Command::Agents {
             addresses,
@@ -1056,6 +1089,57 @@ async fn heal_all(
         }
     }
     Ok(all_healed)
+}
+
+async fn connections(
+    addresses: Vec<String>,
+    inventory: Option<&Path>,
+    tls: &TlsArgs,
+    filter: faultlab_proto::v1::ConnectionFilter,
+) -> anyhow::Result<bool> {
+    let (entries, connector) = agent_entries(addresses, inventory, tls)?;
+    say!(
+        "{:<14} {:<11} {:<28} {:<28} {:>8} {:>8}",
+        "AGENT",
+        "STATE",
+        "LOCAL",
+        "REMOTE",
+        "RECV-Q",
+        "SEND-Q"
+    );
+    let mut all_answered = true;
+    for (name, address) in entries {
+        let listed = async {
+            let mut client = connector.connect(&address).await?;
+            let reply = client
+                .list_connections(faultlab_proto::v1::ListConnectionsRequest {
+                    filter: Some(filter.clone()),
+                })
+                .await?;
+            anyhow::Ok(reply.into_inner().connections)
+        }
+        .await;
+        match listed {
+            Ok(found) => {
+                for connection in found {
+                    say!(
+                        "{:<14} {:<11} {:<28} {:<28} {:>8} {:>8}",
+                        name,
+                        connection.state_name,
+                        connection.local_address,
+                        connection.remote_address,
+                        connection.recv_queue,
+                        connection.send_queue
+                    );
+                }
+            }
+            Err(error) => {
+                all_answered = false;
+                say!("{name:<14} UNREACHABLE: {error:#}");
+            }
+        }
+    }
+    Ok(all_answered)
 }
 
 async fn agents(
