@@ -16,6 +16,20 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
+/// This process's resident memory now and at its peak, in KiB (Linux:
+/// VmRSS and VmHWM of /proc/self/status; `None` elsewhere).
+pub fn own_memory_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// Percentiles of a set of samples, in µs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spread {

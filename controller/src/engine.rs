@@ -1101,14 +1101,22 @@ async fn collect_wire(run: &mut CaseRun<'_>) {
     let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     agents.dedup_by(|a, b| a.name == b.name);
+    // Every host stops at once: each stop waits for its capture to drain.
+    let mut stopping = JoinSet::new();
     for agent in agents {
-        let mut client = agent.client.clone();
-        let stopped = tokio::time::timeout(
-            CLEANUP_TIMEOUT,
-            client.stop_capture(pb::StopCaptureRequest { id: id.clone() }),
-        )
-        .await;
-        let Ok(Ok(reply)) = stopped else {
+        let id = id.clone();
+        stopping.spawn(async move {
+            let mut client = agent.client.clone();
+            let stopped = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                client.stop_capture(pb::StopCaptureRequest { id }),
+            )
+            .await;
+            (agent, stopped)
+        });
+    }
+    while let Some(joined) = stopping.join_next().await {
+        let Ok((agent, Ok(Ok(reply)))) = joined else {
             continue;
         };
         for segment in reply.into_inner().segments {

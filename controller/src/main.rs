@@ -898,6 +898,14 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
             spread.samples
         );
     }
+    if let Some((rss, peak)) = faultlab::bench::own_memory_kib() {
+        say!(
+            "controller memory with {} agents connected: RSS {:.1} MiB, peak {:.1} MiB",
+            handles.len(),
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+    }
     for round in 1..=rounds {
         let timing = faultlab::bench::suite(&seed, &handles[..2], clock).await;
         say!(

@@ -23,10 +23,14 @@ pub const MAX_EVENTS: usize = 100_000;
 /// A capture nobody stops ends by itself after this.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
 /// How often the reader looks at its stop flag.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(20);
 /// After a stop, the reader still drains what the kernel queued for it
 /// (it may lag behind a busy host), for at most this long.
 const DRAIN: Duration = Duration::from_millis(500);
+/// While draining, a read that waits this long finds the queue empty: the
+/// kernel queues a packet for the capture as it sends or receives it, so
+/// nothing the host did before the stop arrives later.
+const DRAIN_QUIET: Duration = Duration::from_millis(1);
 /// The same segment seen again this soon is the loopback echo of itself.
 const ECHO_WINDOW_NS: u64 = 1_000_000;
 
@@ -148,6 +152,8 @@ fn read(socket: &socket2::Socket, filter: &Filter, stop: &AtomicBool) -> Capture
     loop {
         if draining_until.is_none() && stop.load(Ordering::Relaxed) {
             draining_until = Some(Instant::now() + DRAIN);
+            // Each case waits for its captures to stop: do not wait a poll period more.
+            let _ = socket.set_read_timeout(Some(DRAIN_QUIET));
         }
         let drained = draining_until.is_some_and(|until| Instant::now() >= until);
         if drained || started.elapsed() >= MAX_LIFETIME {
