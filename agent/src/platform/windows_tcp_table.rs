@@ -116,3 +116,39 @@ fn rows(buffer: &[u64]) -> Vec<TcpConnection> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn this_hosts_table_has_the_listener_and_connection_we_open()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let client = TcpStream::connect(address)?;
+        let (_server, _) = listener.accept()?;
+        let found = IpHelperTable.list()?;
+        assert!(
+            found
+                .iter()
+                .any(|c| c.local == address && c.state == TcpState::Listen),
+            "{address} listening is not in {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|c| c.local == client.local_addr().unwrap_or(address)
+                    && c.remote == address
+                    && c.state == TcpState::Established),
+            "the client's connection is not in {found:?}"
+        );
+        let refused = IpHelperTable.destroy(&found[0]);
+        assert!(
+            refused.is_err_and(|error| error.kind() == io::ErrorKind::Unsupported),
+            "Windows cannot abort another program's connection: it must say so"
+        );
+        Ok(())
+    }
+}
