@@ -102,6 +102,24 @@ pub struct TargetEntry {
     pub probe: ProbeSpec,
 }
 
+impl TargetEntry {
+    /// A target at `address` with nothing else said: no payload, no reply
+    /// pattern, no process, the default probe.
+    pub fn new(name: &str, address: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            agent: None,
+            payload: None,
+            payload_hex: None,
+            payload_file: None,
+            reply: None,
+            process: None,
+            probe: ProbeSpec::default(),
+        }
+    }
+}
+
 /// Where a target is, before the lab's agents are known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetHost {
@@ -274,20 +292,7 @@ impl Target {
 
     /// A target given inline: `tcp://HOST:PORT`, defaults for the rest.
     pub fn inline(address: &str) -> Result<Self, TargetError> {
-        Self::from_entry(
-            &TargetEntry {
-                name: address.to_owned(),
-                address: address.to_owned(),
-                agent: None,
-                payload: None,
-                payload_hex: None,
-                payload_file: None,
-                reply: None,
-                process: None,
-                probe: ProbeSpec::default(),
-            },
-            Path::new("."),
-        )
+        Self::from_entry(&TargetEntry::new(address, address), Path::new("."))
     }
 
     /// Its address, given the lab's agents' test addresses by name.
@@ -348,17 +353,10 @@ mod tests {
 
     #[test]
     fn an_entry_is_checked_field_by_field() -> Result<(), TargetError> {
-        let mut entry = TargetEntry {
-            name: "echo".into(),
-            address: "tcp://lab-2:7000".into(),
-            agent: None,
-            payload: None,
-            payload_hex: Some("50 49 4e 47".into()),
-            payload_file: None,
-            reply: Some("^PING [0-9]+".into()),
-            process: Some(ProcessSpec::Name("echo_server.py".into())),
-            probe: ProbeSpec::default(),
-        };
+        let mut entry = TargetEntry::new("echo", "tcp://lab-2:7000");
+        entry.payload_hex = Some("50 49 4e 47".into());
+        entry.reply = Some("^PING [0-9]+".into());
+        entry.process = Some(ProcessSpec::Name("echo_server.py".into()));
         let target = Target::from_entry(&entry, Path::new("."))?;
         assert_eq!(target.payload.as_deref(), Some(&b"PING"[..]));
         assert_eq!(target.agent.as_deref(), Some("lab-2"));

@@ -4,12 +4,14 @@
 //! seed cases S2–S5 and the app suite X1–X4 run against it; a server that
 //! leaks CLOSE-WAIT is caught by the probe. Needs root (CI runs it so).
 
+mod common;
+
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock, TargetHandle};
 use faultlab::lab::{self, AgentGrants, LocalLab};
 use faultlab::report::{CaseReport, RunReport, Verdict};
 use faultlab::scenario::Scenario;
 use faultlab::suites;
-use faultlab::targets::{ProbeSpec, ProcessSpec, Target, TargetEntry};
+use faultlab::targets::{ProcessSpec, Target, TargetEntry};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -97,20 +99,6 @@ impl Drop for Apps {
     }
 }
 
-fn target(name: &str, address: &str) -> TargetEntry {
-    TargetEntry {
-        name: name.to_owned(),
-        address: address.to_owned(),
-        agent: None,
-        payload: None,
-        payload_hex: None,
-        payload_file: None,
-        reply: None,
-        process: None,
-        probe: ProbeSpec::default(),
-    }
-}
-
 fn cases(suite: &str, ids: &[&str]) -> Result<Vec<Scenario>, Box<dyn std::error::Error>> {
     Ok(suites::load(suite)
         .ok_or("no such suite")??
@@ -165,14 +153,7 @@ fn step_t_ns(case: &CaseReport, step: &str) -> Result<i64, String> {
 
 /// The report, probes and notes included, is what the JSON schema says.
 fn fits_the_schema(report: &RunReport) -> TestResult {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/run.schema.json"))?;
-    let validator = jsonschema::validator_for(&schema)?;
-    let document = serde_json::to_value(report)?;
-    let problems: Vec<String> = validator
-        .iter_errors(&document)
-        .map(|error| format!("{} at {}", error, error.instance_path()))
-        .collect();
+    let problems = common::schema_problems(&serde_json::to_value(report)?)?;
     assert!(
         problems.is_empty(),
         "report does not fit the schema: {problems:#?}"
@@ -208,7 +189,7 @@ async fn the_seed_and_app_cases_run_against_a_real_echo_server() -> TestResult {
         &["python3", &script, "--listen", "0.0.0.0:7000"],
     )?;
     assert!(said.starts_with("listening on"), "{said}");
-    let mut echo = target("echo", "tcp://host-2:7000");
+    let mut echo = TargetEntry::new("echo", "tcp://host-2:7000");
     echo.payload = Some("PING {seq}\n".to_owned());
     echo.reply = Some("^PING 0\n".to_owned());
     echo.process = Some(ProcessSpec::Name(apps.script_name()));
@@ -337,7 +318,7 @@ async fn a_leaky_server_is_caught_and_a_third_party_server_passes() -> TestResul
         &server_host,
         &["python3", &script, "--listen", "0.0.0.0:7001", "--leak"],
     )?;
-    let mut leaky = target("leaky", "tcp://host-2:7001");
+    let mut leaky = TargetEntry::new("leaky", "tcp://host-2:7001");
     leaky.probe.timeout_ms = 1500;
     let report = run_against(&lab, &leaky, cases("seed", &["S5"])?).await?;
     let s5 = case(&report, "S5")?;
@@ -359,7 +340,7 @@ async fn a_leaky_server_is_caught_and_a_third_party_server_passes() -> TestResul
         &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
     )?;
     assert!(said.contains("8000"), "{said}");
-    let mut http = target("http.server", "tcp://host-2:8000");
+    let mut http = TargetEntry::new("http.server", "tcp://host-2:8000");
     http.payload = Some("GET / HTTP/1.0\r\n\r\n".to_owned());
     http.reply = Some("^HTTP/1\\.[01] 200".to_owned());
     // Cases where the client does not pipeline requests: an HTTP/1.0 server

@@ -1,6 +1,8 @@
 //! The `faultlab` binary as a user runs it: the README's main command, its
 //! JSON and JUnit outputs, the history, and `check` on a bad file.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -72,13 +74,7 @@ fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
         })
         .unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{unexpected:#?}\n{stderr}");
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/run.schema.json"))?;
-    let validator = jsonschema::validator_for(&schema)?;
-    let problems: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| e.to_string())
-        .collect();
+    let problems = common::schema_problems(&report)?;
     assert!(problems.is_empty(), "{problems:#?}");
     // As root the local lab is made of network namespaces and every case runs;
     // otherwise the five that cut hosts off are skipped.

@@ -2,6 +2,8 @@
 //! agent, a case out of time, a wrong expectation. The agents come from the
 //! workspace build (`cargo test --workspace` builds `faultlab-agent`).
 
+mod common;
+
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock};
 use faultlab::lab::{self, LocalLab};
 use faultlab::report::{RunReport, Verdict, junit};
@@ -59,14 +61,7 @@ fn seed_case(id: &str) -> Result<Scenario, Box<dyn std::error::Error>> {
 }
 
 fn validate(report: &RunReport) -> TestResult {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/run.schema.json"))?;
-    let validator = jsonschema::validator_for(&schema)?;
-    let document = serde_json::to_value(report)?;
-    let problems: Vec<String> = validator
-        .iter_errors(&document)
-        .map(|error| format!("{} at {}", error, error.instance_path()))
-        .collect();
+    let problems = common::schema_problems(&serde_json::to_value(report)?)?;
     assert!(
         problems.is_empty(),
         "report does not fit the schema: {problems:#?}"
