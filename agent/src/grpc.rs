@@ -261,6 +261,16 @@ impl From<SocketOptions> for pb::SocketOptions {
     }
 }
 
+/// A pause between messages: no longer than any call may wait.
+fn pause(field: &str, millis: u32) -> Result<u32, AgentError> {
+    if millis > MAX_TIMEOUT_MS {
+        return Err(invalid(format!(
+            "{field}: {millis} is over the limit of {MAX_TIMEOUT_MS}"
+        )));
+    }
+    Ok(millis)
+}
+
 fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentError> {
     use pb::send_request::Payload as P;
     match payload {
@@ -289,16 +299,10 @@ fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentE
                     messages.size
                 )));
             }
-            if messages.interval_ms > MAX_TIMEOUT_MS {
-                return Err(invalid(format!(
-                    "messages.interval_ms: {} is over the limit of {MAX_TIMEOUT_MS}",
-                    messages.interval_ms
-                )));
-            }
             Ok(Payload::Messages {
                 count: messages.count,
                 size: messages.size,
-                interval_ms: messages.interval_ms,
+                interval_ms: pause("messages.interval_ms", messages.interval_ms)?,
             })
         }
         Some(P::Template(template)) => {
@@ -308,16 +312,10 @@ fn payload(payload: Option<pb::send_request::Payload>) -> Result<Payload, AgentE
                     template.text.len()
                 )));
             }
-            if template.interval_ms > MAX_TIMEOUT_MS {
-                return Err(invalid(format!(
-                    "template.interval_ms: {} is over the limit of {MAX_TIMEOUT_MS}",
-                    template.interval_ms
-                )));
-            }
             Ok(Payload::Template {
                 text: template.text,
                 count: template.count,
-                interval_ms: template.interval_ms,
+                interval_ms: pause("template.interval_ms", template.interval_ms)?,
             })
         }
     }
