@@ -18,6 +18,7 @@
 //! - [`tls`]: mutual TLS, and who the caller is.
 //! - [`settings`]: the configuration file, and who may reach the agent.
 //! - [`audit`]: one log line per call that changes something.
+//! - [`schedule`]: requests that name the moment they act (steps released together).
 //!
 //! The binary is thin: it parses flags and calls [`serve`], or runs
 //! [`holder::runner::run`] when started as a holder.
@@ -37,6 +38,7 @@ pub mod link;
 pub mod model;
 pub mod platform;
 pub mod process;
+pub mod schedule;
 pub mod settings;
 pub mod sockets;
 pub mod spans;
@@ -90,6 +92,9 @@ pub async fn serve_agent(
     }
     let served = builder
         .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
+        .layer(tower::filter::AsyncFilterLayer::new(
+            schedule::hold::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(
             &agent,

@@ -518,3 +518,57 @@ async fn malformed_isolations_are_invalid_arguments() -> TestResult {
     expect_status(neither, Code::InvalidArgument, &["id"])?;
     Ok(())
 }
+
+/// A scheduled start (`faultlab-start-at`): the send waits for its moment on
+/// the host's clock, and a malformed or too distant moment is refused.
+#[tokio::test]
+async fn a_scheduled_send_acts_at_its_moment_and_bad_moments_are_refused() -> TestResult {
+    let mut pair = Pair::connect().await?;
+    let now = pair
+        .client
+        .rpc
+        .host_info(pb::HostInfoRequest {})
+        .await?
+        .into_inner()
+        .mono_ns;
+    let scheduled = |start: String| {
+        let mut request = tonic::Request::new(pb::SendRequest {
+            conn_id: pair.client_conn,
+            payload: Some(pb::send_request::Payload::Data(b"x".to_vec())),
+            timeout_ms: 1_000,
+        });
+        if let Ok(value) = start.parse() {
+            request
+                .metadata_mut()
+                .insert(faultlab_proto::START_AT_METADATA, value);
+        }
+        request
+    };
+    let start_at = now + 300_000_000;
+    let sent = pair
+        .client
+        .rpc
+        .send(scheduled(start_at.to_string()))
+        .await?
+        .into_inner();
+    assert_eq!(sent.bytes, 1, "{sent:?}");
+    assert!(
+        sent.start_mono_ns >= start_at,
+        "acted {} µs before its moment",
+        (start_at - sent.start_mono_ns) / 1_000
+    );
+    expect_status(
+        pair.client.rpc.send(scheduled("soon".into())).await,
+        Code::InvalidArgument,
+        &["faultlab-start-at", "\"soon\""],
+    )?;
+    expect_status(
+        pair.client
+            .rpc
+            .send(scheduled((now + 60_000_000_000).to_string()))
+            .await,
+        Code::InvalidArgument,
+        &["at most 10 s ahead"],
+    )?;
+    Ok(())
+}

@@ -5,6 +5,10 @@
 //!   next step on the other (what a barrier between hosts costs), and
 //!   *spread*, how far apart the pairs start the same step (how evenly a
 //!   release reaches every agent).
+//! - **release**: one case whose roles are every agent, connected in pairs;
+//!   then every agent sends one byte, all released together (`with`): how
+//!   far apart the agents really act (the barrier skew), next to
+//!   the machine's own floor: as many bare processes woken at one moment.
 //! - **suite**: the wall time of a suite run one case at a time, against
 //!   the waits its scenarios ask for (sleeps, and sends or waits meant to
 //!   time out): what the engine adds on top.
@@ -131,6 +135,128 @@ pub async fn fanout(case: &Scenario, agents: &[Arc<AgentHandle>], clock: RunCloc
     }
 }
 
+/// What a release measured.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// Agents that acted at the released moment.
+    pub agents: usize,
+    /// The case's verdict (every send must be `ok`).
+    pub verdict: crate::report::Verdict,
+    /// Why, when it is not `expected`.
+    pub problems: Vec<String>,
+    /// Each agent's start of its send, from the earliest.
+    pub skew: Spread,
+}
+
+/// The release case for `agents` agents (an even number): pairs connect
+/// one after the other, then every agent sends one byte at one moment.
+pub fn release_case(agents: usize) -> Result<Scenario, crate::scenario::ScenarioErrors> {
+    let pairs = agents / 2;
+    let roles: Vec<String> = (0..pairs)
+        .flat_map(|pair| [format!("\"c{pair}\""), format!("\"s{pair}\"")])
+        .collect();
+    let mut text = format!(
+        "id = \"B1\"\nname = \"release\"\ntitle = \"Every agent sends one byte at one released moment\"\ntimeout_ms = 300000\nroles = [{}]\n",
+        roles.join(", ")
+    );
+    for pair in 0..pairs {
+        text.push_str(&format!(
+            "\n[[step]]\nrole = \"s{pair}\"\ndo = \"listen\"\nas = \"l{pair}\"\n\n[[step]]\nrole = \"c{pair}\"\ndo = \"connect\"\nto = \"l{pair}\"\nas = \"c{pair}\"\n\n[[step]]\nrole = \"s{pair}\"\ndo = \"accept\"\nlistener = \"l{pair}\"\nas = \"s{pair}\"\n"
+        ));
+    }
+    for pair in 0..pairs {
+        for (role, conn) in [
+            (format!("c{pair}"), format!("c{pair}")),
+            (format!("s{pair}"), format!("s{pair}")),
+        ] {
+            let with = if pair == 0 && role.starts_with('c') {
+                String::new()
+            } else {
+                "with = \"send-c0\"\n".to_owned()
+            };
+            text.push_str(&format!(
+                "\n[[step]]\nname = \"send-{role}\"\nrole = \"{role}\"\ndo = \"send\"\nconn = \"{conn}\"\ntext = \"x\"\n{with}expect.linux = {{ outcome = \"ok\", bytes = 1 }}\n"
+            ));
+        }
+    }
+    crate::scenario::parse("release.toml", &text)
+}
+
+/// Run the release case on `agents` (an even number of them).
+pub async fn release(case: &Scenario, agents: &[Arc<AgentHandle>], clock: RunClock) -> Release {
+    let report = run_case(case, &agents[..case.roles.len()], clock).await;
+    let starts: Vec<i64> = report
+        .observations
+        .iter()
+        .filter(|observation| observation.step.starts_with("send-"))
+        .map(|observation| observation.t_ns)
+        .collect();
+    let earliest = starts.iter().copied().min().unwrap_or(0);
+    Release {
+        agents: starts.len(),
+        verdict: report.verdict,
+        problems: report
+            .reason
+            .into_iter()
+            .chain(report.differences)
+            .collect(),
+        skew: Spread::of(starts.iter().map(|start| start - earliest).collect()),
+    }
+}
+
+/// The machine's floor for a release: `count` bare processes (`exe
+/// bench-wake`, see [`wake_at`]) all woken at one moment; how far apart
+/// they ran. Agents on one host cannot act closer together than this.
+pub fn wake_floor(exe: &std::path::Path, count: usize) -> std::io::Result<Spread> {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    // Starting the processes takes about a millisecond each.
+    let lead = Duration::from_millis(200)
+        + Duration::from_millis(2) * u32::try_from(count).unwrap_or(u32::MAX);
+    let at = (SystemTime::now() + lead)
+        .duration_since(UNIX_EPOCH)
+        .map_err(std::io::Error::other)?
+        .as_nanos();
+    let mut children = Vec::with_capacity(count);
+    for _ in 0..count {
+        children.push(
+            std::process::Command::new(exe)
+                .args(["bench-wake", &at.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?,
+        );
+    }
+    let mut lateness = Vec::with_capacity(count);
+    for child in children {
+        let output = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        lateness.push(
+            text.trim().parse::<i64>().map_err(|_| {
+                std::io::Error::other(format!("bench-wake printed {text:?}, not ns"))
+            })?,
+        );
+    }
+    let earliest = lateness.iter().copied().min().unwrap_or(0);
+    Ok(Spread::of(
+        lateness.iter().map(|late| late - earliest).collect(),
+    ))
+}
+
+/// A floor process's part: sleep until the wall-clock moment `at_unix_ns`
+/// (the clock all processes share), and say how late it woke, in ns.
+pub fn wake_at(at_unix_ns: u128) -> i128 {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    };
+    let left = at_unix_ns.saturating_sub(now());
+    std::thread::sleep(Duration::from_nanos(
+        u64::try_from(left).unwrap_or(u64::MAX),
+    ));
+    i128::try_from(now()).unwrap_or(i128::MAX) - i128::try_from(at_unix_ns).unwrap_or(i128::MAX)
+}
+
 /// The waits a scenario asks for, in ms: sleeps, and the timeouts of steps
 /// whose Linux expectation is a timeout (they end only at their deadline).
 pub fn inherent_wait_ms(case: &Scenario) -> u64 {
@@ -198,5 +324,37 @@ pub async fn suite(
         expected,
         inherent_ms: runnable.iter().map(|case| inherent_wait_ms(case)).sum(),
         wall_ms: started.elapsed().as_secs_f64() * 1_000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_case_releases_every_agent_together()
+    -> Result<(), crate::scenario::ScenarioErrors> {
+        let case = release_case(256)?;
+        assert_eq!(case.roles.len(), 256);
+        let released: Vec<&str> = case
+            .steps
+            .iter()
+            .filter(|step| step.with.as_deref() == Some("send-c0"))
+            .map(|step| step.role.as_deref().unwrap_or_default())
+            .collect();
+        // Every agent but the first sender names it; none twice.
+        assert_eq!(released.len(), 255);
+        let distinct: std::collections::HashSet<&str> = released.iter().copied().collect();
+        assert_eq!(distinct.len(), 255);
+        Ok(())
+    }
+
+    #[test]
+    fn percentiles_come_from_the_sorted_samples() {
+        let spread = Spread::of((1..=100).rev().map(|us| us * 1_000).collect());
+        assert_eq!(
+            (spread.p50_us, spread.p99_us, spread.max_us),
+            (51.0, 99.0, 100.0)
+        );
     }
 }

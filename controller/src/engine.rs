@@ -18,7 +18,7 @@ use crate::scenario::{
 };
 use crate::targets::Target;
 use faultlab_proto::v1 as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,11 @@ const CLOCK_SAMPLES: usize = 8;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default wait of a `wait-end` step.
 const DEFAULT_WAIT_MS: u32 = 30_000;
+/// Steps released together are sent this long, plus two round trips of the
+/// slowest agent, plus [`RELEASE_PER_STEP`] each, before they act.
+const RELEASE_MARGIN: Duration = Duration::from_millis(2);
+/// The controller's own cost of sending one more step of a release.
+const RELEASE_PER_STEP: Duration = Duration::from_micros(100);
 
 /// Nanoseconds since the run started, on the controller.
 #[derive(Clone, Copy, Debug)]
@@ -1202,7 +1207,30 @@ async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepE
             .into_inner();
         run.names.holders.insert(role.clone(), spawned.holder_id);
     }
-    for step in &case.steps {
+    let mut released: HashSet<&str> = HashSet::new();
+    for (index, step) in case.steps.iter().enumerate() {
+        if released.contains(step.name.as_str()) {
+            continue;
+        }
+        let together: Vec<&'a Step> = std::iter::once(step)
+            .chain(
+                case.steps[index + 1..]
+                    .iter()
+                    .take_while(|next| next.with.as_deref() == Some(step.name.as_str())),
+            )
+            .collect();
+        // An application's calls are its own: its steps are not released.
+        if together.len() > 1
+            && together.iter().all(|step| {
+                step.role
+                    .as_ref()
+                    .is_none_or(|role| !run.targets.contains_key(role))
+            })
+        {
+            released.extend(together.iter().map(|step| step.name.as_str()));
+            play_together(&together, run).await?;
+            continue;
+        }
         if let Action::Join { step: joined } = &step.action {
             let task = run
                 .background
@@ -1277,6 +1305,50 @@ async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepE
         }
     }
     Ok(())
+}
+
+/// Steps released together: each agent is told the same moment on its own
+/// clock, ahead of it; the timeline goes on once every step has ended.
+async fn play_together<'a>(steps: &[&'a Step], run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    let mut actions = Vec::with_capacity(steps.len());
+    for step in steps {
+        let action = prepare(step, run)?;
+        if let Some(rewrite) = action.byte_rewrite {
+            run.names.byte_rewrites.push(rewrite);
+        }
+        actions.push(action);
+    }
+    let lead = i64::try_from(release_lead(&actions).as_nanos()).unwrap_or(i64::MAX);
+    let release_ns = run.clock.now_ns().saturating_add(lead);
+    let mut running = Vec::with_capacity(actions.len());
+    for mut action in actions {
+        action.start_at = Some(StartAt {
+            run_ns: release_ns,
+            mono_ns: u64::try_from(release_ns.saturating_add(action.agent.clock_offset_ns))
+                .unwrap_or(0),
+        });
+        let naming = action.note(&mut run.names);
+        running.push((naming, tokio::spawn(action.run())));
+    }
+    let mut first_error = None;
+    for ((naming, task), step) in running.into_iter().zip(steps) {
+        let ran = task
+            .await
+            .map_err(|error| StepError::Failed(format!("{}: {error}", step.name)))
+            .and_then(|ran| ran);
+        match ran {
+            Ok(ran) => {
+                if let Some(outcome) = naming.define(&mut run.names, ran) {
+                    run.results.push((step, outcome));
+                }
+            }
+            // Every step is awaited before the first failure ends the case.
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// For a role an application plays: whether the step is the application's
@@ -1398,6 +1470,43 @@ struct Prepared {
     span: Span,
     /// A send whose payload became an application's messages: (meant, sent) bytes.
     byte_rewrite: Option<(u64, u64)>,
+    /// When released together with other steps: the moment it acts.
+    start_at: Option<StartAt>,
+}
+
+/// The moment steps released together act: on the run clock, and on the
+/// clock of the agent that acts (what it is told).
+#[derive(Clone, Copy, Debug)]
+struct StartAt {
+    run_ns: i64,
+    mono_ns: u64,
+}
+
+/// `message` as a request that acts at `at` (the agent holds it until then).
+fn scheduled<T>(at: Option<StartAt>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(at) = at
+        && let Ok(value) = at.mono_ns.to_string().parse()
+    {
+        request
+            .metadata_mut()
+            .insert(faultlab_proto::START_AT_METADATA, value);
+    }
+    request
+}
+
+/// How long before the moment steps released together act the controller
+/// sends them: enough for every request to arrive first. A request that
+/// arrives late acts at once, and its start shows it.
+fn release_lead(steps: &[Prepared]) -> Duration {
+    let slowest_rtt_ns = steps
+        .iter()
+        .map(|step| step.agent.clock_rtt_ns)
+        .max()
+        .unwrap_or(0);
+    RELEASE_MARGIN
+        + Duration::from_nanos(slowest_rtt_ns.saturating_mul(2))
+        + RELEASE_PER_STEP * u32::try_from(steps.len()).unwrap_or(u32::MAX)
 }
 
 enum Call {
@@ -1691,23 +1800,23 @@ fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepError> {
         call,
         span,
         byte_rewrite,
+        start_at: None,
     })
 }
 
 impl Prepared {
     /// Run, and remember the names a listen/connect/accept defined.
     async fn perform_and_record(self, names: &mut Names) -> Result<Option<Outcome>, StepError> {
+        let naming = self.note(names);
+        let ran = self.run().await?;
+        Ok(naming.define(names, ran))
+    }
+
+    /// Book what the step is about to change (isolations, frozen
+    /// applications, links down: cleanup must undo them even if it fails),
+    /// and say which name it will define.
+    fn note(&self, names: &mut Names) -> Naming {
         let role = self.role.clone();
-        let defined = match &self.call {
-            Call::Listen { name, .. } | Call::Connect { name, .. } | Call::Accept { name, .. } => {
-                Some(name.clone())
-            }
-            // The name stays: its address is what a connect to a closed port needs.
-            Call::StopListening { .. } => None,
-            _ => None,
-        };
-        let is_listen = matches!(self.call, Call::Listen { .. });
-        let is_sleep = matches!(self.call, Call::Sleep(_));
         match &self.call {
             Call::Connect { name, address, .. } => {
                 names.dialed.insert(name.clone(), *address);
@@ -1724,21 +1833,19 @@ impl Prepared {
             Call::LinkUp(_) => names.links_down.retain(|owner| owner != &role),
             _ => {}
         }
-        let (outcome, new_id, address) = self.run().await?;
-        if let Some(name) = defined {
-            match (is_listen, new_id) {
-                (true, Some(id)) => {
-                    if let Some(address) = address {
-                        names.listeners.insert(name, (id, address, role));
-                    }
-                }
-                (false, Some(id)) => {
-                    names.conns.insert(name, (id, role, address));
-                }
-                _ => {}
-            }
+        Naming {
+            // A stop-listening keeps the name: its address is what a
+            // connect to a closed port needs.
+            defined: match &self.call {
+                Call::Listen { name, .. }
+                | Call::Connect { name, .. }
+                | Call::Accept { name, .. } => Some(name.clone()),
+                _ => None,
+            },
+            is_listen: matches!(self.call, Call::Listen { .. }),
+            is_sleep: matches!(self.call, Call::Sleep(_)),
+            role,
         }
-        Ok(if is_sleep { None } else { Some(outcome) })
     }
 
     /// Run on its own (a background step).
@@ -1782,19 +1889,24 @@ impl Prepared {
         let agent = &self.agent;
         let mut client = agent.client.clone();
         let failed = |status: tonic::Status| lost_or_failed(agent, &status);
-        let start = self.clock.now_ns();
+        let at = self.start_at;
+        // A step released at a scheduled moment starts then, not when asked.
+        let start = at.map_or(self.clock.now_ns(), |at| at.run_ns.max(self.clock.now_ns()));
         let ok = |call: &str, clock: &RunClock| Outcome::ok(call, start, clock.now_ns());
         Ok(match self.call {
             Call::Listen {
                 holder, options, ..
             } => {
                 let reply = client
-                    .listen(pb::ListenRequest {
-                        holder_id: holder,
-                        address: SocketAddr::new(agent.test_ip, 0).to_string(),
-                        backlog: 128,
-                        options,
-                    })
+                    .listen(scheduled(
+                        at,
+                        pb::ListenRequest {
+                            holder_id: holder,
+                            address: SocketAddr::new(agent.test_ip, 0).to_string(),
+                            backlog: 128,
+                            options,
+                        },
+                    ))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1812,9 +1924,12 @@ impl Prepared {
             }
             Call::StopListening { listener } => {
                 client
-                    .stop_listening(pb::StopListeningRequest {
-                        listener_id: listener,
-                    })
+                    .stop_listening(scheduled(
+                        at,
+                        pb::StopListeningRequest {
+                            listener_id: listener,
+                        },
+                    ))
                     .await
                     .map_err(failed)?;
                 (ok("stop-listening", &self.clock), None, None)
@@ -1827,12 +1942,15 @@ impl Prepared {
                 ..
             } => {
                 let reply = client
-                    .dial(pb::ConnectRequest {
-                        holder_id: holder,
-                        address: address.to_string(),
-                        options,
-                        timeout_ms,
-                    })
+                    .dial(scheduled(
+                        at,
+                        pb::ConnectRequest {
+                            holder_id: holder,
+                            address: address.to_string(),
+                            options,
+                            timeout_ms,
+                        },
+                    ))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1844,10 +1962,13 @@ impl Prepared {
                 ..
             } => {
                 let reply = client
-                    .accept(pb::AcceptRequest {
-                        listener_id: listener,
-                        timeout_ms,
-                    })
+                    .accept(scheduled(
+                        at,
+                        pb::AcceptRequest {
+                            listener_id: listener,
+                            timeout_ms,
+                        },
+                    ))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1855,32 +1976,35 @@ impl Prepared {
             }
             Call::Send(request) => observed(
                 agent,
-                client.send(request).await,
+                client.send(scheduled(at, request)).await,
                 "send",
                 start,
                 &self.clock,
             )?,
             Call::Recv(request) => observed(
                 agent,
-                client.recv(request).await,
+                client.recv(scheduled(at, request)).await,
                 "recv",
                 start,
                 &self.clock,
             )?,
             Call::Close(request) => observed(
                 agent,
-                client.close(request).await,
+                client.close(scheduled(at, request)).await,
                 "close",
                 start,
                 &self.clock,
             )?,
             Call::SetOptions(request) => {
-                client.set_options(request).await.map_err(failed)?;
+                client
+                    .set_options(scheduled(at, request))
+                    .await
+                    .map_err(failed)?;
                 (ok("set-options", &self.clock), None, None)
             }
             Call::Watch(conn_id) => {
                 client
-                    .watch(pb::WatchRequest { conn_id })
+                    .watch(scheduled(at, pb::WatchRequest { conn_id }))
                     .await
                     .map_err(failed)?;
                 (ok("watch", &self.clock), None, None)
@@ -1892,10 +2016,13 @@ impl Prepared {
             ),
             Call::Exit { holder, code } => {
                 let exit = client
-                    .exit_holder(pb::ExitHolderRequest {
-                        holder_id: holder,
-                        exit_code: code,
-                    })
+                    .exit_holder(scheduled(
+                        at,
+                        pb::ExitHolderRequest {
+                            holder_id: holder,
+                            exit_code: code,
+                        },
+                    ))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1907,7 +2034,7 @@ impl Prepared {
             }
             Call::Kill { holder } => {
                 let exit = client
-                    .kill_holder(pb::KillHolderRequest { holder_id: holder })
+                    .kill_holder(scheduled(at, pb::KillHolderRequest { holder_id: holder }))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1922,13 +2049,16 @@ impl Prepared {
                 (ok("sleep", &self.clock), None, None)
             }
             Call::Isolate(request) => {
-                client.isolate(request).await.map_err(failed)?;
+                client
+                    .isolate(scheduled(at, request))
+                    .await
+                    .map_err(failed)?;
                 (ok("isolate", &self.clock), None, None)
             }
             Call::Heal(ids) => {
                 for id in ids {
                     client
-                        .heal(pb::HealRequest { id, all: false })
+                        .heal(scheduled(at, pb::HealRequest { id, all: false }))
                         .await
                         .map_err(failed)?;
                 }
@@ -1936,7 +2066,7 @@ impl Prepared {
             }
             Call::Reboot { simulated, down_ms } => {
                 client
-                    .reboot(pb::RebootRequest { simulated, down_ms })
+                    .reboot(scheduled(at, pb::RebootRequest { simulated, down_ms }))
                     .await
                     .map_err(failed)?;
                 if !simulated {
@@ -1945,16 +2075,22 @@ impl Prepared {
                 (ok("reboot", &self.clock), None, None)
             }
             Call::LinkDown(request) => {
-                client.link_down(request).await.map_err(failed)?;
+                client
+                    .link_down(scheduled(at, request))
+                    .await
+                    .map_err(failed)?;
                 (ok("link-down", &self.clock), None, None)
             }
             Call::LinkUp(request) => {
-                client.link_up(request).await.map_err(failed)?;
+                client
+                    .link_up(scheduled(at, request))
+                    .await
+                    .map_err(failed)?;
                 (ok("link-up", &self.clock), None, None)
             }
             Call::Abort(request) => {
                 let reply = client
-                    .abort_connections(request)
+                    .abort_connections(scheduled(at, request))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1973,7 +2109,7 @@ impl Prepared {
                     _ => "process",
                 };
                 let reply = client
-                    .process_fault(request)
+                    .process_fault(scheduled(at, request))
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -1993,6 +2129,34 @@ impl Prepared {
 }
 
 type Ran = (Outcome, Option<u64>, Option<SocketAddr>);
+
+/// The name a step defines, known once it has run.
+struct Naming {
+    role: String,
+    defined: Option<String>,
+    is_listen: bool,
+    is_sleep: bool,
+}
+
+impl Naming {
+    /// Remember what the step defined; its outcome, unless it was a sleep.
+    fn define(self, names: &mut Names, (outcome, new_id, address): Ran) -> Option<Outcome> {
+        if let Some(name) = self.defined {
+            match (self.is_listen, new_id) {
+                (true, Some(id)) => {
+                    if let Some(address) = address {
+                        names.listeners.insert(name, (id, address, self.role));
+                    }
+                }
+                (false, Some(id)) => {
+                    names.conns.insert(name, (id, self.role, address));
+                }
+                _ => {}
+            }
+        }
+        (!self.is_sleep).then_some(outcome)
+    }
+}
 
 /// How often a controller asks a rebooting agent whether it is back.
 const REBOOT_POLL: Duration = Duration::from_secs(1);

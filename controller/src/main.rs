@@ -217,6 +217,13 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// One process of the bench's wake-up floor: sleep until a wall-clock
+    /// moment, print how late it woke (ns).
+    #[command(hide = true)]
+    BenchWake {
+        /// The moment, in ns since the Unix epoch.
+        at_unix_ns: u128,
+    },
     /// A lab of network-namespace hosts on this machine that outlives the
     /// command (needs root): up, down, status.
     Lab {
@@ -538,6 +545,15 @@ async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
             case,
             rounds,
         } => bench(agents, &case, rounds).await,
+        Command::BenchWake { at_unix_ns } => {
+            let late = faultlab::bench::wake_at(at_unix_ns);
+            let mut out = std::io::stdout();
+            writeln!(out, "{late}")?;
+            out.flush()?;
+            // Exiting is work too: stay until the others have woken.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            Ok(true)
+        }
         Command::Lab { action, state } => lab_command(action, &state).await,
         Command::Report {
             run,
@@ -898,6 +914,31 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
             spread.samples
         );
     }
+    let pairs = handles.len() / 2;
+    let release_case = faultlab::bench::release_case(pairs * 2)
+        .map_err(|errors| anyhow::anyhow!("the release case does not parse: {errors}"))?;
+    let release = faultlab::bench::release(&release_case, &handles, clock).await;
+    say!(
+        "release: {} agents act at one released moment ({:?}{}): skew p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        release.agents,
+        release.verdict,
+        if release.problems.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", release.problems.join("; "))
+        },
+        release.skew.p50_us,
+        release.skew.p99_us,
+        release.skew.max_us
+    );
+    let floor = faultlab::bench::wake_floor(&std::env::current_exe()?, release.agents.max(2))?;
+    say!(
+        "  floor: {} bare processes woken at one moment on this machine: spread p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        floor.samples,
+        floor.p50_us,
+        floor.p99_us,
+        floor.max_us
+    );
     if let Some((rss, peak)) = faultlab::bench::own_memory_kib() {
         say!(
             "controller memory with {} agents connected: RSS {:.1} MiB, peak {:.1} MiB",
@@ -917,7 +958,7 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
             timing.wall_ms / timing.inherent_ms.max(1) as f64
         );
     }
-    Ok(result.expected == result.pairs)
+    Ok(result.expected == result.pairs && release.verdict == faultlab::report::Verdict::Expected)
 }
 
 /// Progress on stderr (hidden when stderr is not a terminal).

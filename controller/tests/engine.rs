@@ -338,3 +338,69 @@ async fn wire_expectations_are_judged_from_the_captures() -> TestResult {
     );
     Ok(())
 }
+
+/// Two hosts, one released moment: the client's read and the server's
+/// answer start together. Played one after the other, the read would time
+/// out before the answer was sent.
+const TOGETHER: &str = r#"
+id = "T1"
+name = "released-together"
+title = "A read and the answer it waits for start at one moment"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+name = "read"
+role = "client"
+do = "recv"
+conn = "c"
+mode = "once"
+timeout_ms = 1500
+expect.linux = { outcome = "ok", bytes = 6 }
+
+[[step]]
+name = "answer"
+role = "server"
+do = "send"
+conn = "s"
+text = "answer"
+with = "read"
+expect.linux = { outcome = "ok", bytes = 6 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_released_together_start_at_one_moment() -> TestResult {
+    let lab = local_lab(2)?;
+    let report = run(&lab, vec![scenario::parse("together.toml", TOGETHER)?]).await?;
+    let case = &report.cases[0];
+    assert_eq!(case.verdict, Verdict::Expected, "{case:#?}");
+    let at = |step: &str| {
+        case.observations
+            .iter()
+            .find(|observation| observation.step == step)
+            .ok_or_else(|| format!("no observation of {step}"))
+    };
+    let (read, answer) = (at("read")?, at("answer")?);
+    // The answer started before the read ended (it is what ended it).
+    assert!(
+        answer.t_ns < read.t_ns + i64::try_from(read.duration_ns)?,
+        "{read:?} {answer:?}"
+    );
+    Ok(())
+}

@@ -7,6 +7,10 @@
 
 #![allow(missing_docs, clippy::all)]
 
+/// Metadata key of a scheduled start: the moment (the agent host's
+/// monotonic ns, in decimal) at which the agent acts on the request.
+pub const START_AT_METADATA: &str = "faultlab-start-at";
+
 /// Version 1 of the contract (protobuf package `faultlab.v1`).
 pub mod v1 {
     tonic::include_proto!("faultlab.v1");

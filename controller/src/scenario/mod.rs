@@ -5,7 +5,10 @@
 //! each step starts when the one before it has finished, on whichever host
 //! its role is bound to, so every step boundary is a barrier across hosts.
 //! A step marked `background` runs on while later steps go on (a flat-out
-//! send that a kill interrupts); `join` waits for it.
+//! send that a kill interrupts); `join` waits for it. Steps marked
+//! `with = "<step>"` start at the same moment as that step, on whatever
+//! hosts they run (a scheduled start: see the agent's `schedule` module),
+//! and the timeline goes on once all of them have ended.
 
 mod parse;
 
@@ -57,6 +60,9 @@ pub struct Step {
     pub action: Action,
     /// Run on while the next steps start.
     pub background: bool,
+    /// Start at the same moment as this earlier step (the first of a run of
+    /// steps released together).
+    pub with: Option<String>,
     /// Expectations by OS family ("linux", "windows").
     pub expect: BTreeMap<String, Expect>,
     /// Line in the file.

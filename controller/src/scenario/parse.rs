@@ -262,11 +262,12 @@ struct Common {
     name: Option<String>,
     #[serde(default)]
     background: bool,
+    with: Option<String>,
     #[serde(default)]
     expect: BTreeMap<String, ExpectSpec>,
 }
 
-const COMMON_KEYS: &[&str] = &["role", "do", "name", "background", "expect"];
+const COMMON_KEYS: &[&str] = &["role", "do", "name", "background", "with", "expect"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +659,7 @@ fn parse_step(
         role: common.role,
         action,
         background: common.background,
+        with: common.with,
         expect,
         line,
     };
@@ -828,7 +830,16 @@ fn check_references(
     let mut conns = HashSet::new();
     let mut names: Vec<&str> = Vec::new();
     let mut background: Vec<&str> = Vec::new();
+    // Names a step defines become usable once its group (steps released
+    // together) has ended: they are only known after it.
+    let mut defined_listeners: Vec<String> = Vec::new();
+    let mut defined_conns: Vec<String> = Vec::new();
+    let mut previous: Option<&Step> = None;
     for (index, (step, table)) in steps.iter().enumerate() {
+        if step.with.is_none() {
+            listeners.extend(defined_listeners.drain(..));
+            conns.extend(defined_conns.drain(..));
+        }
         let path = format!("step[{}]", index + 1);
         let step_span = table.keys().next().map_or(whole.clone(), Spanned::span);
         let at = |key: &str| key_span(table, key, &step_span);
@@ -884,6 +895,34 @@ fn check_references(
                 "only send, recv, wait-end and sleep can run in the background".to_owned(),
             ));
         }
+        if let Some(with) = &step.with {
+            let lead = previous.map(|before| before.with.as_ref().unwrap_or(&before.name));
+            let released_together = |candidate: &Step| {
+                !candidate.background
+                    && !matches!(candidate.action, Action::Sleep { .. } | Action::Join { .. })
+            };
+            if lead != Some(with) {
+                problems.push((
+                    at("with"),
+                    field("with"),
+                    match lead {
+                        Some(lead) => format!(
+                            "{with:?} is not the step this one can start with: steps released together follow each other, each naming the first of them ({lead:?})"
+                        ),
+                        None => format!("{with:?}: the first step starts with nothing"),
+                    },
+                ));
+            } else if !released_together(step)
+                || previous.is_some_and(|before| !released_together(before))
+            {
+                problems.push((
+                    at("with"),
+                    field("with"),
+                    "background, sleep and join steps are not released together with others"
+                        .to_owned(),
+                ));
+            }
+        }
         if let Some(capability) = step.action.capability()
             && !scenario.needs.iter().any(|need| need == capability)
         {
@@ -903,7 +942,7 @@ fn check_references(
         };
         match &step.action {
             Action::Listen { listener, .. } => {
-                listeners.insert(listener.clone());
+                defined_listeners.push(listener.clone());
             }
             Action::StopListening { listener } | Action::Accept { listener, .. }
                 if !listeners.contains(listener) =>
@@ -943,7 +982,7 @@ fn check_references(
             _ => {}
         }
         if let Action::Connect { conn, .. } | Action::Accept { conn, .. } = &step.action {
-            conns.insert(conn.clone());
+            defined_conns.push(conn.clone());
         }
         for (os, expect) in &step.expect {
             let expect_span = at("expect");
@@ -983,6 +1022,7 @@ fn check_references(
         if step.background {
             background.push(&step.name);
         }
+        previous = Some(step);
     }
 }
 
@@ -1106,6 +1146,42 @@ expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
             "{errors:#?}"
         );
         assert!(errors.iter().all(|error| error.line > 1));
+    }
+
+    #[test]
+    fn steps_released_together_follow_their_first() -> Result<(), ScenarioErrors> {
+        let together = "\n[[step]]\nname = \"both\"\nrole = \"server\"\ndo = \"send\"\nconn = \"s\"\ntext = \"x\"\nwith = \"second\"\n";
+        let scenario = parse("ok.toml", &format!("{GOOD}{together}"))?;
+        assert_eq!(scenario.steps[4].with.as_deref(), Some("second"));
+        // A third naming the first, not the second of the run, is fine too.
+        let third = together.replace("\"both\"", "\"third\"");
+        parse("ok.toml", &format!("{GOOD}{together}{third}"))?;
+
+        let errors = errors_of(&format!(
+            "{GOOD}{}",
+            together.replace("with = \"second\"", "with = \"1-listen\"")
+        ));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(
+            (errors[0].field.as_str(), errors[0].line),
+            ("step[5].with", 40)
+        );
+        assert!(errors[0].message.contains("(\"second\")"), "{errors:#?}");
+
+        // A connection made by the first step is not there yet for the others.
+        let early = "\n[[step]]\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c2\"\n\n[[step]]\nrole = \"client\"\ndo = \"send\"\nconn = \"c2\"\ntext = \"x\"\nwith = \"6-connect\"\n";
+        let errors = errors_of(&format!("{GOOD}{together}{early}"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "step[7].conn");
+
+        let sleeping = "\n[[step]]\ndo = \"sleep\"\nms = 5\nwith = \"second\"\n";
+        let errors = errors_of(&format!("{GOOD}{sleeping}"));
+        assert!(
+            errors.iter().any(|error| error.field == "step[5].with"
+                && error.message.contains("not released together")),
+            "{errors:#?}"
+        );
+        Ok(())
     }
 
     #[test]
