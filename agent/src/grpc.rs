@@ -924,7 +924,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Reply<pb::StopCaptureReply> {
         let audit = Audit::of(&request, "StopCapture");
         let result: Reply<pb::StopCaptureReply> = async move {
-            // Joining the capture thread waits up to one poll period: off the reactor.
+            // Waiting for the capture thread to hand over blocks: off the reactor.
             let agent = Arc::clone(&self.agent);
             let id = request.into_inner().id;
             let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))

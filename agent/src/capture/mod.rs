@@ -12,25 +12,27 @@ pub mod segment;
 use crate::platform::{Current, Platform};
 pub use segment::Segment;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// At most this many segments are kept per capture (the rest are counted).
 pub const MAX_EVENTS: usize = 100_000;
 /// A capture nobody stops ends by itself after this.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// How often the reader looks at its stop flag.
-const POLL: Duration = Duration::from_millis(20);
+/// How often an idle reader looks at its lifetime (a stop wakes it at once).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// After a stop, the reader still drains what the kernel queued for it
 /// (it may lag behind a busy host), for at most this long.
 const DRAIN: Duration = Duration::from_millis(500);
-/// While draining, a read that waits this long finds the queue empty: the
-/// kernel queues a packet for the capture as it sends or receives it, so
-/// nothing the host did before the stop arrives later.
+/// Once the queue is empty after a stop, the reader waits this long for a
+/// straggler (a loopback packet's receive side runs a moment after its
+/// send) and then ends: the kernel queues a packet for the capture as the
+/// host sends or receives it, so nothing done before the stop comes later.
 const DRAIN_QUIET: Duration = Duration::from_millis(1);
+/// Packets read between two looks at the stop flag.
+const BATCH: usize = 1024;
 /// The same segment seen again this soon is the loopback echo of itself.
 const ECHO_WINDOW_NS: u64 = 1_000_000;
 
@@ -86,7 +88,12 @@ pub enum CaptureError {
 
 struct Running {
     stop: Arc<AtomicBool>,
-    reader: JoinHandle<Captured>,
+    /// A byte written here wakes the reader at once.
+    wake: socket2::Socket,
+    /// What the reader saw, sent when it stops. Not the thread's join:
+    /// closing a packet socket waits for an RCU grace period (10–20 ms
+    /// measured here), which the reader spends after handing over.
+    handed_over: std::sync::mpsc::Receiver<Captured>,
 }
 
 /// The captures running on this agent.
@@ -106,18 +113,29 @@ impl Captures {
         if running.contains_key(id) {
             return Err(CaptureError::IdInUse(id.to_owned()));
         }
-        let socket = Current::packet_socket()
-            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
-        socket
-            .set_read_timeout(Some(POLL))
-            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
+        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
+        let socket = Current::packet_socket().map_err(unavailable)?;
+        socket.set_nonblocking(true).map_err(unavailable)?;
+        let (wake, woken) = Current::wake_pair().map_err(unavailable)?;
+        woken.set_nonblocking(true).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        let reader = std::thread::Builder::new()
+        let (hand_over, handed_over) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
             .name(format!("capture-{id}"))
-            .spawn(move || read(&socket, &filter, &stopped))
-            .map_err(|error| CaptureError::Unavailable(error.to_string()))?;
-        running.insert(id.to_owned(), Running { stop, reader });
+            .spawn(move || {
+                let _ = hand_over.send(read(&socket, &woken, &filter, &stopped));
+                // `socket` closes here, after the hand-over.
+            })
+            .map_err(unavailable)?;
+        running.insert(
+            id.to_owned(),
+            Running {
+                stop,
+                wake,
+                handed_over,
+            },
+        );
         Ok(())
     }
 
@@ -128,9 +146,11 @@ impl Captures {
             .remove(id)
             .ok_or_else(|| CaptureError::Unknown(id.to_owned()))?;
         capture.stop.store(true, Ordering::Relaxed);
+        // If the byte cannot be written the reader still ends, within IDLE_WAIT.
+        let _ = (&capture.wake).write(&[1]);
         capture
-            .reader
-            .join()
+            .handed_over
+            .recv()
             .map_err(|_| CaptureError::Unavailable("the capture thread failed".to_owned()))
     }
 
@@ -143,41 +163,70 @@ impl Captures {
     }
 }
 
-fn read(socket: &socket2::Socket, filter: &Filter, stop: &AtomicBool) -> Captured {
+/// The reader thread: everything queued is read as it comes; a stop wakes
+/// it, it reads what is queued (bounded by [`DRAIN`]), gives stragglers one
+/// [`DRAIN_QUIET`], and hands over. Traffic after the stop (the control
+/// channel carrying other hosts' captures) does not keep it reading.
+fn read(
+    socket: &socket2::Socket,
+    woken: &socket2::Socket,
+    filter: &Filter,
+    stop: &AtomicBool,
+) -> Captured {
     let started = Instant::now();
     let mut captured = Captured::default();
     let mut buffer = vec![0u8; 65_536];
-    let mut reader = socket;
     let mut draining_until: Option<Instant> = None;
-    loop {
-        if draining_until.is_none() && stop.load(Ordering::Relaxed) {
-            draining_until = Some(Instant::now() + DRAIN);
-            // Each case waits for its captures to stop: do not wait a poll period more.
-            let _ = socket.set_read_timeout(Some(DRAIN_QUIET));
-        }
-        let drained = draining_until.is_some_and(|until| Instant::now() >= until);
-        if drained || started.elapsed() >= MAX_LIFETIME {
-            break;
-        }
-        let length = match reader.read(&mut buffer) {
-            Ok(length) => length,
-            // Nothing queued: when stopping, everything has been read.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if draining_until.is_some() {
-                    break;
-                }
-                continue;
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+    let mut waited_for_stragglers = false;
+    while started.elapsed() < MAX_LIFETIME {
+        let emptied = match read_queued(socket, filter, &mut buffer, &mut captured) {
+            Ok(emptied) => emptied,
             Err(error) => {
                 tracing::error!(%error, "capture stopped reading");
                 break;
             }
+        };
+        let wait = match draining_until {
+            None if stop.load(Ordering::Relaxed) => {
+                draining_until = Some(Instant::now() + DRAIN);
+                // The wake-up byte: read it, or every wait would end at once.
+                let _ = (&*woken).read(&mut [0u8; 8]);
+                continue;
+            }
+            None => IDLE_WAIT,
+            Some(until) if Instant::now() >= until || (emptied && waited_for_stragglers) => {
+                break;
+            }
+            Some(_) if emptied => {
+                waited_for_stragglers = true;
+                DRAIN_QUIET
+            }
+            Some(_) => continue,
+        };
+        if let Err(error) = Current::wait_readable(socket, woken, wait) {
+            tracing::error!(%error, "capture stopped waiting");
+            break;
+        }
+    }
+    captured
+}
+
+/// Read what the kernel has queued (the socket is non-blocking), keeping
+/// the segments `filter` keeps; at most [`BATCH`] packets, so that a flood
+/// cannot keep the reader from its stop. True when the queue is empty.
+fn read_queued(
+    socket: &socket2::Socket,
+    filter: &Filter,
+    buffer: &mut [u8],
+    captured: &mut Captured,
+) -> std::io::Result<bool> {
+    let mut reader = socket;
+    for _ in 0..BATCH {
+        let length = match reader.read(buffer) {
+            Ok(length) => length,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
         };
         let mono_ns = Current::monotonic_ns();
         let Some(segment) = segment::parse(&buffer[..length]) else {
@@ -198,7 +247,7 @@ fn read(socket: &socket2::Socket, filter: &Filter, stop: &AtomicBool) -> Capture
             captured.dropped += 1;
         }
     }
-    captured
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -156,6 +156,35 @@ impl Platform for Linux {
         ))
     }
 
+    fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)> {
+        socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+    }
+
+    fn wait_readable(
+        socket: &socket2::Socket,
+        wake: &socket2::Socket,
+        timeout: std::time::Duration,
+    ) -> io::Result<bool> {
+        let mut fds = [socket.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of
+        // the call, and its length is passed with it.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            return if error.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(error)
+            };
+        }
+        Ok(fds[0].revents & libc::POLLIN != 0)
+    }
+
     fn socket_table() -> Box<dyn crate::sockets::SocketTable> {
         Box::new(crate::sockets::procfs::ProcTable)
     }

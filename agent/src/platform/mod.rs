@@ -75,6 +75,20 @@ pub trait Platform {
     /// directions, without link-layer headers (needs CAP_NET_RAW).
     fn packet_socket() -> io::Result<socket2::Socket>;
 
+    /// A pair of connected sockets: a byte written to the first makes the
+    /// second readable, which wakes a [`Platform::wait_readable`] at once.
+    fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)>;
+
+    /// Wait until `socket` or `wake` is readable, or `timeout` has passed;
+    /// true when `socket` is. Precise to the millisecond (unlike a socket's
+    /// read timeout, which the kernel counts in scheduler ticks: 1 ms waited
+    /// 8 ms on a 250 Hz kernel).
+    fn wait_readable(
+        socket: &socket2::Socket,
+        wake: &socket2::Socket,
+        timeout: std::time::Duration,
+    ) -> io::Result<bool>;
+
     /// The host's table of TCP connections (every program's).
     fn socket_table() -> Box<dyn crate::sockets::SocketTable>;
 

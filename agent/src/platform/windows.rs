@@ -134,6 +134,24 @@ impl Platform for Windows {
         ))
     }
 
+    fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture is not implemented on Windows yet",
+        ))
+    }
+
+    fn wait_readable(
+        _socket: &socket2::Socket,
+        _wake: &socket2::Socket,
+        _timeout: std::time::Duration,
+    ) -> io::Result<bool> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture is not implemented on Windows yet",
+        ))
+    }
+
     fn socket_table() -> Box<dyn crate::sockets::SocketTable> {
         Box::new(super::windows_tcp_table::IpHelperTable)
     }
