@@ -125,9 +125,12 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    use faultlab_agent::platform::{Current, Platform as _};
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // Before any thread starts (holders and watchdogs too: same binary).
+    Current::one_allocator_arena();
     let cli = Cli::parse();
     // Only the serving agent exports traces; holders and watchdogs are its
     // helpers, and their work appears in the agent's spans.

@@ -125,6 +125,15 @@ impl Platform for Linux {
         }
     }
 
+    fn one_allocator_arena() {
+        // SAFETY: mallopt only sets a glibc tunable; it takes no pointers and
+        // is called before any other thread exists.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+
     fn firewall(_exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
         Some(Box::new(crate::isolate::nftables::Nftables::default()))
     }

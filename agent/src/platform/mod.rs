@@ -63,6 +63,15 @@ pub trait Platform {
     /// allocator keeps that peak, and a long-lived agent drifts upwards.
     fn return_free_memory();
 
+    /// Called first thing in `main`, before any thread: keep the C
+    /// allocator to one arena. glibc gives each new thread (runtime
+    /// workers, capture readers, the blocking pool) an arena of its own, up
+    /// to 8 per core, each keeping about 1.2 MB after use: an agent grew
+    /// from 11.5 to 15.2 MB over 400 cases that way, and from 8.4 to 8.6 MB
+    /// with one arena. The agent allocates too little for contention to
+    /// matter.
+    fn one_allocator_arena();
+
     /// The packet filter isolation works through, where there is one;
     /// `exe` is the agent executable (a watchdog where the OS needs one).
     fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>>;

@@ -116,6 +116,10 @@ impl Platform for Windows {
         // The Windows heap gives large free blocks back by itself.
     }
 
+    fn one_allocator_arena() {
+        // One process heap already, with per-thread caches of its own.
+    }
+
     fn firewall(exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
         Some(Box::new(
             crate::isolate::windows_firewall::WindowsFirewall::new(exe.to_path_buf()),
