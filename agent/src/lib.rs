@@ -92,9 +92,7 @@ pub async fn serve_agent(
     }
     let served = builder
         .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
-        .layer(tower::filter::AsyncFilterLayer::new(
-            schedule::hold::<tonic::body::Body>,
-        ))
+        .layer(schedule::ScheduleLayer)
         .add_service(health_service)
         .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(
             &agent,

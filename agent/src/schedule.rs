@@ -8,6 +8,8 @@
 //!
 //! The wait is a layer in front of every RPC (a scheduled start is a
 //! property of the call, like its deadline), so handlers know nothing of it.
+//! For the calls a holder makes, the layer hands the moment on and the
+//! holder waits: at the moment one process wakes instead of two.
 //! The last stretch of the wait is a thread sleep (a high-resolution timer),
 //! not the runtime's timer: Tokio's timer ticks by the millisecond, counted
 //! from each process's own start, which alone would spread hosts up to a
@@ -71,15 +73,96 @@ pub async fn wait_until(start_ns: u64) {
     }
 }
 
-/// The layer's check: hold a request until its scheduled start; refuse a
-/// malformed one with `INVALID_ARGUMENT`.
-pub async fn hold<B>(
-    request: tonic::codegen::http::Request<B>,
-) -> Result<tonic::codegen::http::Request<B>, Status> {
-    if let Some(start_ns) = start_at(request.headers(), Current::monotonic_ns())? {
-        wait_until(start_ns).await;
+/// Calls a holder makes: a scheduled moment goes with the request to the
+/// holder, which waits for it itself, so at the moment only the holder
+/// wakes, not the agent and then the holder.
+const MADE_BY_HOLDERS: &[&str] = &[
+    "Listen",
+    "StopListening",
+    "Accept",
+    "Dial",
+    "Send",
+    "Recv",
+    "Close",
+    "SetOptions",
+    "ExitHolder",
+];
+
+tokio::task_local! {
+    /// The moment of the request being served, when a holder makes its call.
+    static FOR_HOLDER: Option<u64>;
+}
+
+/// The scheduled moment the holder should act at, inside a request whose
+/// call a holder makes ([`MADE_BY_HOLDERS`]).
+pub fn moment_for_holder() -> Option<u64> {
+    FOR_HOLDER.try_with(|moment| *moment).ok().flatten()
+}
+
+/// Whether a request path (`/faultlab.v1.Agent/Send`) is a call a holder makes.
+fn made_by_holder(path: &str) -> bool {
+    path.strip_prefix("/faultlab.v1.Agent/")
+        .is_some_and(|method| MADE_BY_HOLDERS.contains(&method))
+}
+
+/// The layer in front of every RPC: refuses a malformed moment with
+/// `INVALID_ARGUMENT`; holds any other request until its moment, except
+/// calls a holder makes, whose moment is handed to the holder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScheduleLayer;
+
+impl<S> tower::Layer<S> for ScheduleLayer {
+    type Service = Scheduled<S>;
+
+    fn layer(&self, inner: S) -> Scheduled<S> {
+        Scheduled { inner }
     }
-    Ok(request)
+}
+
+/// [`ScheduleLayer`]'s service.
+#[derive(Clone, Debug)]
+pub struct Scheduled<S> {
+    inner: S,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Scheduled<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(context).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        // The ready service serves this request; its clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let start =
+                start_at(request.headers(), Current::monotonic_ns()).map_err(BoxError::from)?;
+            let by_holder = start.is_some() && made_by_holder(request.uri().path());
+            if let (Some(start_ns), false) = (start, by_holder) {
+                wait_until(start_ns).await;
+            }
+            FOR_HOLDER
+                .scope(start.filter(|_| by_holder), inner.call(request))
+                .await
+                .map_err(Into::into)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +205,24 @@ mod tests {
             matches!(&far, Err(status) if status.message().contains("11.0 s ahead")),
             "{far:?}"
         );
+    }
+
+    #[test]
+    fn only_socket_calls_are_made_by_holders() {
+        assert!(made_by_holder("/faultlab.v1.Agent/Send"));
+        assert!(made_by_holder("/faultlab.v1.Agent/ExitHolder"));
+        assert!(!made_by_holder("/faultlab.v1.Agent/KillHolder"));
+        assert!(!made_by_holder("/faultlab.v1.Agent/Isolate"));
+        assert!(!made_by_holder("/grpc.health.v1.Health/Check"));
+    }
+
+    #[tokio::test]
+    async fn the_moment_reaches_a_holder_only_inside_its_request() {
+        assert_eq!(moment_for_holder(), None);
+        let seen = FOR_HOLDER
+            .scope(Some(42), async { moment_for_holder() })
+            .await;
+        assert_eq!(seen, Some(42));
     }
 
     #[tokio::test]

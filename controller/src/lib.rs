@@ -8,7 +8,7 @@
 //! - [`inventory`]: which agents a lab has.
 //! - [`lab`]: the local default lab (agents on loopback, no setup).
 //! - [`history`]: every run kept in SQLite; list, show, diff.
-//! - [`bench`]: benchmarks of the engine (fan-out skew, suite overhead).
+//! - [`bench`](mod@bench): benchmarks of the engine (barrier release and fan-out skew, suite overhead).
 //! - [`report`]: the run's results and their renderings (terminal, JSON, JUnit).
 
 pub mod agents;

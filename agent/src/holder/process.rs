@@ -131,7 +131,12 @@ impl HolderProcess {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&self.pending).insert(id, reply_tx);
-        if let Err(error) = self.write(&Envelope { id, request }).await {
+        let envelope = Envelope {
+            id,
+            request,
+            start_at_mono_ns: crate::schedule::moment_for_holder(),
+        };
+        if let Err(error) = self.write(&envelope).await {
             lock(&self.pending).remove(&id);
             return Err(self.gone_or(error));
         }
@@ -149,8 +154,12 @@ impl HolderProcess {
             return Err(HolderError::Gone(exit));
         }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let request = HolderRequest::Exit { code };
-        if let Err(error) = self.write(&Envelope { id, request }).await {
+        let envelope = Envelope {
+            id,
+            request: HolderRequest::Exit { code },
+            start_at_mono_ns: crate::schedule::moment_for_holder(),
+        };
+        if let Err(error) = self.write(&envelope).await {
             return Err(self.gone_or(error));
         }
         Ok(self.wait_exit().await)

@@ -18,6 +18,10 @@ pub struct Envelope {
     pub id: u64,
     /// The request.
     pub request: HolderRequest,
+    /// A scheduled start (host monotonic ns): the holder makes the call
+    /// then, not on arrival (see the agent's `schedule` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_mono_ns: Option<u64>,
 }
 
 /// The socket on which options are set.
@@ -224,10 +228,19 @@ mod tests {
                 },
                 timeout_ms: 1000,
             },
+            start_at_mono_ns: None,
         };
         let line = serde_json::to_string(&sent)?;
         assert!(!line.contains('\n'));
+        // No scheduled start: not even a key (older holders read it too).
+        assert!(!line.contains("start_at"), "{line}");
         assert_eq!(serde_json::from_str::<Envelope>(&line)?, sent);
+        let scheduled = Envelope {
+            start_at_mono_ns: Some(5_000_000_000),
+            ..sent
+        };
+        let line = serde_json::to_string(&scheduled)?;
+        assert_eq!(serde_json::from_str::<Envelope>(&line)?, scheduled);
         Ok(())
     }
 }

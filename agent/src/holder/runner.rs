@@ -43,6 +43,9 @@ async fn serve_pipe() -> io::Result<()> {
             }
         };
         if let HolderRequest::Exit { code } = envelope.request {
+            if let Some(start_ns) = envelope.start_at_mono_ns {
+                crate::schedule::wait_until(start_ns).await;
+            }
             // The point of this request: no destructor, no close(); the
             // kernel cleans up after the process as after a crash.
             std::process::exit(code);
@@ -50,6 +53,9 @@ async fn serve_pipe() -> io::Result<()> {
         let engine = Arc::clone(&engine);
         let outbox = outbox.clone();
         tokio::spawn(async move {
+            if let Some(start_ns) = envelope.start_at_mono_ns {
+                crate::schedule::wait_until(start_ns).await;
+            }
             let reply = engine.handle(envelope.request).await;
             let _ = outbox.send(HolderMessage::Reply {
                 id: envelope.id,

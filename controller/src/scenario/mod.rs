@@ -52,7 +52,7 @@ pub struct Scenario {
 /// One step of the timeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
-    /// Unique in the scenario; given, or "<index>-<action>".
+    /// Unique in the scenario; given, or `<index>-<action>`.
     pub name: String,
     /// The role that acts (none for `sleep` and `join`).
     pub role: Option<String>,

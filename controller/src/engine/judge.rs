@@ -1,0 +1,267 @@
+//! What happened against what was expected: each step's outcome against
+//! the expectation for its host's OS, and the observations for the report.
+
+use super::wire::compare_wire;
+use super::*;
+
+pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<ObservationReport> {
+    let mut reports: Vec<ObservationReport> = run
+        .results
+        .iter()
+        .map(|(step, outcome)| {
+            let role = step.role.clone().unwrap_or_default();
+            let agent = run.agents.get(&role);
+            let os = agent
+                .map(|agent| agent.info.os_family.clone())
+                .unwrap_or_default();
+            ObservationReport {
+                step: step.name.clone(),
+                host: agent.map(|agent| agent.name.clone()).unwrap_or_default(),
+                role,
+                call: outcome.call.clone(),
+                bytes: outcome.bytes,
+                outcome: outcome.outcome.as_str().to_owned(),
+                errno: outcome.errno,
+                errno_name: outcome.errno_name.clone(),
+                sigpipe: outcome.sigpipe,
+                unread_bytes: outcome.unread_bytes,
+                t_ns: outcome.start_ns,
+                duration_ns: u64::try_from(outcome.end_ns - outcome.start_ns).unwrap_or(0),
+                checked: step.expect.get(&os).map(|expect| {
+                    format!("{os} ({})", expect.source.as_deref().unwrap_or("measured"))
+                }),
+                expected: step.expect.get(&os).map(Expect::summary),
+            }
+        })
+        .collect();
+    let order: HashMap<&str, usize> = case
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| (step.name.as_str(), index))
+        .collect();
+    reports.sort_by_key(|report| {
+        order
+            .get(report.step.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
+    reports
+}
+
+/// Check every step against the expectation for its host's OS: how many
+/// steps were checked, and what differed.
+pub(super) fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
+    let by_name: BTreeMap<&str, &Outcome> = run
+        .results
+        .iter()
+        .map(|(step, outcome)| (step.name.as_str(), outcome))
+        .collect();
+    let mut checked = 0;
+    let mut differences = Vec::new();
+    for (step, outcome) in &run.results {
+        let Some(agent) = step.role.as_ref().and_then(|role| run.agents.get(role)) else {
+            continue;
+        };
+        let os = &agent.info.os_family;
+        let Some(expect) = step.expect.get(os) else {
+            continue;
+        };
+        if run.unchecked.contains_key(&step.name) {
+            continue;
+        }
+        let expect = &with_application_bytes(expect, &run.names.byte_rewrites);
+        checked += 1;
+        let mut found = compare(expect, outcome, &by_name);
+        // Facing an application, an agent's FIN or RST depends on what the
+        // application sent meanwhile (a close with its unread reply is a
+        // RST): the scripted wire expectations hold only between agents.
+        let facing_application = !run.targets.is_empty()
+            && !step
+                .role
+                .as_ref()
+                .is_some_and(|role| run.targets.contains_key(role));
+        if run.capture.is_some() && expect.checks_wire() && !facing_application {
+            // What this role's sockets sent, as its own host's capture saw it
+            // (by address and port: on loopback every host is 127.0.0.1).
+            let role = step.role.as_deref().unwrap_or_default();
+            let mine: Vec<String> = run
+                .names
+                .listeners
+                .values()
+                .filter(|(_, _, owner)| owner == role)
+                .map(|(_, address, _)| address.to_string())
+                .chain(
+                    run.names
+                        .conns
+                        .values()
+                        .filter(|(_, owner, _)| owner == role)
+                        .filter_map(|(_, _, local)| local.map(|address| address.to_string())),
+                )
+                .collect();
+            let sent: Vec<&WireReport> = run
+                .wire
+                .iter()
+                .filter(|segment| segment.host == agent.name && mine.contains(&segment.source))
+                .collect();
+            found.extend(compare_wire(expect, outcome.start_ns, &sent));
+        }
+        for difference in found {
+            differences.push(format!(
+                "{} ({} on {os}): {difference}",
+                step.name, outcome.call
+            ));
+        }
+    }
+    (checked, differences)
+}
+
+/// An expectation of "all of it" (the bytes a scenario's send meant) made
+/// to mean all of what was sent when an application's messages replaced
+/// the scenario's.
+fn with_application_bytes(expect: &Expect, rewrites: &[(u64, u64)]) -> Expect {
+    let rewrite = |bytes: Option<u64>| {
+        bytes.map(|bytes| {
+            rewrites
+                .iter()
+                .find(|(meant, _)| *meant == bytes)
+                .map_or(bytes, |(_, sent)| *sent)
+        })
+    };
+    Expect {
+        bytes: rewrite(expect.bytes),
+        wire_bytes_before_fin: rewrite(expect.wire_bytes_before_fin),
+        ..expect.clone()
+    }
+}
+
+/// What differs between an expectation and an outcome, in words.
+fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(wanted) = expect.outcome
+        && wanted != outcome.outcome
+    {
+        let errno = if outcome.errno_name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", outcome.errno_name)
+        };
+        found.push(format!(
+            "outcome {}{errno}, expected {}",
+            outcome.outcome.as_str(),
+            wanted.as_str()
+        ));
+    }
+    if let Some(wanted) = &expect.error
+        && wanted != &outcome.errno_name
+    {
+        let got = if outcome.errno_name.is_empty() {
+            "none"
+        } else {
+            &outcome.errno_name
+        };
+        found.push(format!("error {got}, expected {wanted}"));
+    }
+    if let Some(wanted) = expect.sigpipe
+        && wanted != outcome.sigpipe
+    {
+        found.push(format!("sigpipe {}, expected {wanted}", outcome.sigpipe));
+    }
+    if let Some(wanted) = expect.bytes
+        && wanted != outcome.bytes
+    {
+        found.push(format!("{} bytes, expected {wanted}", outcome.bytes));
+    }
+    if let Some(minimum) = expect.bytes_min
+        && outcome.bytes < minimum
+    {
+        found.push(format!(
+            "{} bytes, expected at least {minimum}",
+            outcome.bytes
+        ));
+    }
+    if let Some(other) = &expect.bytes_below
+        && let Some(other_outcome) = steps.get(other.as_str())
+        && outcome.bytes >= other_outcome.bytes
+    {
+        found.push(format!(
+            "{} bytes, expected fewer than the {} of step {other}",
+            outcome.bytes, other_outcome.bytes
+        ));
+    }
+    if let Some(minimum) = expect.unread_bytes_min
+        && outcome.unread_bytes < minimum
+    {
+        found.push(format!(
+            "{} unread bytes, expected at least {minimum}",
+            outcome.unread_bytes
+        ));
+    }
+    if let (Some(within), Some(since)) = (expect.within_ms, &expect.since)
+        && let Some(reference) = steps.get(since.as_str())
+    {
+        let elapsed_ms = (outcome.end_ns - reference.start_ns) / 1_000_000;
+        if elapsed_ms > i64::try_from(within).unwrap_or(i64::MAX) {
+            found.push(format!(
+                "ended {elapsed_ms} ms after {since}, expected within {within} ms"
+            ));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: ExpectedOutcome, errno_name: &str, bytes: u64) -> Outcome {
+        Outcome {
+            call: "recv".to_owned(),
+            outcome: kind,
+            bytes,
+            errno: 0,
+            errno_name: errno_name.to_owned(),
+            sigpipe: false,
+            unread_bytes: 0,
+            start_ns: 0,
+            end_ns: 5_000_000,
+        }
+    }
+
+    #[test]
+    fn matching_outcomes_have_no_differences() {
+        let expect = Expect {
+            outcome: Some(ExpectedOutcome::Error),
+            error: Some("ECONNRESET".to_owned()),
+            bytes: Some(10),
+            ..Expect::default()
+        };
+        let got = outcome(ExpectedOutcome::Error, "ECONNRESET", 10);
+        assert!(compare(&expect, &got, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let expect = Expect {
+            outcome: Some(ExpectedOutcome::Error),
+            error: Some("ECONNABORTED".to_owned()),
+            bytes_min: Some(100),
+            within_ms: Some(1),
+            since: Some("kill".to_owned()),
+            ..Expect::default()
+        };
+        let kill = outcome(ExpectedOutcome::Ok, "", 0);
+        let steps = BTreeMap::from([("kill", &kill)]);
+        let got = outcome(ExpectedOutcome::Eof, "", 10);
+        let found = compare(&expect, &got, &steps);
+        assert_eq!(
+            found,
+            [
+                "outcome eof, expected error",
+                "error none, expected ECONNABORTED",
+                "10 bytes, expected at least 100",
+                "ended 5 ms after kill, expected within 1 ms"
+            ]
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Wire evidence of a case: a capture on every agent before the first step,
+//! stopped on all of them at once after the last; the case's own segments
+//! kept on the run clock, and the wire expectations judged against them.
+
+use super::*;
+
+/// Start a capture on every agent of the case, if all of them can capture.
+pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
+    let agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    if agents.is_empty()
+        || !agents
+            .iter()
+            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"))
+    {
+        return;
+    }
+    let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());
+    let mut started: Vec<Arc<AgentHandle>> = Vec::new();
+    for agent in &agents {
+        let mut client = agent.client.clone();
+        let request = pb::StartCaptureRequest {
+            id: id.clone(),
+            ports: Vec::new(),
+        };
+        if client.start_capture(request).await.is_err() {
+            // No partial evidence: stop what started and go without.
+            for agent in started {
+                let mut client = agent.client.clone();
+                let _ = client
+                    .stop_capture(pb::StopCaptureRequest { id: id.clone() })
+                    .await;
+            }
+            return;
+        }
+        started.push(Arc::clone(agent));
+    }
+    run.capture = Some(id);
+}
+
+/// Stop the captures and keep the segments of the case's own connections
+/// (its listeners' ports), each on the run clock.
+pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
+    let Some(id) = run.capture.clone() else {
+        return;
+    };
+    let ports: Vec<u16> = run
+        .names
+        .listeners
+        .values()
+        .map(|(_, address, _)| address.port())
+        .collect();
+    let port_of = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let mut seen = Vec::new();
+    let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    agents.dedup_by(|a, b| a.name == b.name);
+    // Every host stops at once: each stop waits for its capture to drain.
+    let mut stopping = JoinSet::new();
+    for agent in agents {
+        let id = id.clone();
+        stopping.spawn(async move {
+            let mut client = agent.client.clone();
+            let stopped = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                client.stop_capture(pb::StopCaptureRequest { id }),
+            )
+            .await;
+            (agent, stopped)
+        });
+    }
+    while let Some(joined) = stopping.join_next().await {
+        let Ok((agent, Ok(Ok(reply)))) = joined else {
+            continue;
+        };
+        for segment in reply.into_inner().segments {
+            let ours = [&segment.source, &segment.destination]
+                .iter()
+                .any(|address| port_of(address).is_some_and(|port| ports.contains(&port)));
+            if ours {
+                seen.push(WireReport {
+                    host: agent.name.clone(),
+                    t_ns: agent.run_ns(segment.mono_ns),
+                    source: segment.source,
+                    destination: segment.destination,
+                    flags: segment.flags,
+                    seq: segment.seq,
+                    ack: segment.ack,
+                    payload: segment.payload,
+                });
+            }
+        }
+    }
+    seen.sort_by_key(|segment| segment.t_ns);
+    trace_wire(run, &seen);
+    run.wire = seen;
+}
+
+/// Put each FIN and RST the captures saw on the case's span (the current
+/// one), at the moment it was seen, naming the step that had last started
+/// then: in a trace viewer the packet sits next to the call that caused it.
+fn trace_wire(run: &CaseRun<'_>, seen: &[WireReport]) {
+    if !faultlab_telemetry::enabled() {
+        return;
+    }
+    let span = Span::current();
+    for segment in seen {
+        let name = if segment.flags.contains('R') {
+            "RST on the wire"
+        } else if segment.flags.contains('F') {
+            "FIN on the wire"
+        } else {
+            continue;
+        };
+        let after_step = run
+            .results
+            .iter()
+            .filter(|(_, outcome)| outcome.start_ns <= segment.t_ns)
+            .max_by_key(|(_, outcome)| outcome.start_ns)
+            .map_or_else(String::new, |(step, _)| step.name.clone());
+        faultlab_telemetry::event_at(
+            &span,
+            name,
+            run.clock.wall(segment.t_ns),
+            vec![
+                faultlab_telemetry::Attribute::new("faultlab.wire.host", segment.host.clone()),
+                faultlab_telemetry::Attribute::new("faultlab.wire.source", segment.source.clone()),
+                faultlab_telemetry::Attribute::new(
+                    "faultlab.wire.destination",
+                    segment.destination.clone(),
+                ),
+                faultlab_telemetry::Attribute::new("faultlab.wire.flags", segment.flags.clone()),
+                faultlab_telemetry::Attribute::new("faultlab.wire.seq", i64::from(segment.seq)),
+                faultlab_telemetry::Attribute::new("faultlab.wire.after_step", after_step),
+            ],
+        );
+    }
+}
+
+/// What differs between the wire expectations and the segments the role's
+/// host sent (`sent`, in time order); `from_ns` is the step's start.
+pub(super) fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) -> Vec<String> {
+    let mut found = Vec::new();
+    let since: Vec<&&WireReport> = sent
+        .iter()
+        .filter(|segment| segment.t_ns >= from_ns)
+        .collect();
+    for (wanted, flag, name) in [(expect.wire_rst, 'R', "RST"), (expect.wire_fin, 'F', "FIN")] {
+        if let Some(wanted) = wanted {
+            let seen = since.iter().any(|segment| segment.flags.contains(flag));
+            if seen != wanted {
+                found.push(if seen {
+                    format!("wire: this host sent a {name}, expected none")
+                } else {
+                    format!("wire: this host sent no {name}, expected one")
+                });
+            }
+        }
+    }
+    if let Some(wanted) = expect.wire_bytes_before_fin {
+        let fin = sent.iter().position(|segment| segment.flags.contains('F'));
+        let before: u64 = sent[..fin.map_or(sent.len(), |at| at + 1)]
+            .iter()
+            .map(|segment| u64::from(segment.payload))
+            .sum();
+        match fin {
+            None => found.push("wire: no FIN from this host".to_owned()),
+            Some(_) if before != wanted => found.push(format!(
+                "wire: {before} payload bytes before the FIN, expected {wanted}"
+            )),
+            Some(_) => {}
+        }
+    }
+    found
+}
