@@ -146,6 +146,8 @@ pub struct Release {
     pub problems: Vec<String>,
     /// Each agent's start of its send, from the earliest.
     pub skew: Spread,
+    /// Each agent's start of its send, from the released moment.
+    pub lateness: Spread,
 }
 
 /// The release case for `agents` agents (an even number): pairs connect
@@ -185,11 +187,19 @@ pub fn release_case(agents: usize) -> Result<Scenario, crate::scenario::Scenario
 /// Run the release case on `agents` (an even number of them).
 pub async fn release(case: &Scenario, agents: &[Arc<AgentHandle>], clock: RunClock) -> Release {
     let report = run_case(case, &agents[..case.roles.len()], clock).await;
-    let starts: Vec<i64> = report
+    let sends: Vec<&crate::report::ObservationReport> = report
         .observations
         .iter()
         .filter(|observation| observation.step.starts_with("send-"))
-        .map(|observation| observation.t_ns)
+        .collect();
+    let starts: Vec<i64> = sends.iter().map(|observation| observation.t_ns).collect();
+    let lateness: Vec<i64> = sends
+        .iter()
+        .filter_map(|observation| {
+            observation
+                .released_ns
+                .map(|moment| (observation.t_ns - moment).max(0))
+        })
         .collect();
     let earliest = starts.iter().copied().min().unwrap_or(0);
     Release {
@@ -201,6 +211,7 @@ pub async fn release(case: &Scenario, agents: &[Arc<AgentHandle>], clock: RunClo
             .chain(report.differences)
             .collect(),
         skew: Spread::of(starts.iter().map(|start| start - earliest).collect()),
+        lateness: Spread::of(lateness),
     }
 }
 

@@ -349,6 +349,7 @@ mod tests {
                 duration_ns: 0,
                 checked: Some("linux (measured)".to_owned()),
                 expected: Some("eof".to_owned()),
+                released_ns: None,
             }],
             wire_evidence: false,
             wire: Vec::new(),

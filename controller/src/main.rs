@@ -931,6 +931,12 @@ async fn bench(agents: usize, case: &str, rounds: usize) -> anyhow::Result<bool>
         release.skew.p99_us,
         release.skew.max_us
     );
+    say!(
+        "  after the moment (clock offsets included): p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        release.lateness.p50_us,
+        release.lateness.p99_us,
+        release.lateness.max_us
+    );
     let floor = faultlab::bench::wake_floor(&std::env::current_exe()?, release.agents.max(2))?;
     say!(
         "  floor: {} bare processes woken at one moment on this machine: spread p50 {:.0} us, p99 {:.0} us, max {:.0} us",

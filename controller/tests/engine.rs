@@ -402,5 +402,12 @@ async fn steps_released_together_start_at_one_moment() -> TestResult {
         answer.t_ns < read.t_ns + i64::try_from(read.duration_ns)?,
         "{read:?} {answer:?}"
     );
+    // Both carry the one moment they were released at; the others none.
+    assert!(read.released_ns.is_some(), "{read:?}");
+    assert_eq!(read.released_ns, answer.released_ns);
+    assert!(at("3-accept")?.released_ns.is_none());
+    validate(&report)?;
+    let table = faultlab::report::terminal::render(&report, false);
+    assert!(table.contains("released: 2 steps"), "{table}");
     Ok(())
 }

@@ -31,6 +31,7 @@ pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<Observatio
                     format!("{os} ({})", expect.source.as_deref().unwrap_or("measured"))
                 }),
                 expected: step.expect.get(&os).map(Expect::summary),
+                released_ns: run.released.get(step.name.as_str()).copied(),
             }
         })
         .collect();

@@ -49,8 +49,12 @@ const DEFAULT_WAIT_MS: u32 = 30_000;
 /// Steps released together are sent this long, plus two round trips of the
 /// slowest agent, plus [`RELEASE_PER_STEP`] each, before they act.
 const RELEASE_MARGIN: Duration = Duration::from_millis(2);
-/// The controller's own cost of sending one more step of a release.
-const RELEASE_PER_STEP: Duration = Duration::from_micros(100);
+/// What one more step of a release costs until it reaches its holder. With
+/// 256 agents and the controller on one 2-core machine, 100 µs let the last
+/// requests arrive just after the moment; from 300 µs on, all of them came
+/// ≥ 54 ms early and the skew did not change (it is the wake-up, not the
+/// delivery).
+const RELEASE_PER_STEP: Duration = Duration::from_micros(200);
 
 /// Nanoseconds since the run started, on the controller.
 #[derive(Clone, Copy, Debug)]
@@ -713,6 +717,8 @@ struct CaseRun<'a> {
     names: Names,
     clock: RunClock,
     results: Vec<(&'a Step, Outcome)>,
+    /// Steps released together → the moment they were to act (run clock).
+    released: HashMap<String, i64>,
     background: HashMap<String, tokio::task::JoinHandle<Result<Outcome, StepError>>>,
 }
 
@@ -976,6 +982,7 @@ async fn play_case(
         names: Names::default(),
         clock,
         results: Vec::new(),
+        released: HashMap::new(),
         background: HashMap::new(),
     };
     // What the applications' ports held before: a probe judges what the case left.
@@ -1198,6 +1205,9 @@ async fn play_together<'a>(steps: &[&'a Step], run: &mut CaseRun<'a>) -> Result<
     }
     let lead = i64::try_from(release_lead(&actions).as_nanos()).unwrap_or(i64::MAX);
     let release_ns = run.clock.now_ns().saturating_add(lead);
+    for step in steps {
+        run.released.insert(step.name.clone(), release_ns);
+    }
     let mut running = Vec::with_capacity(actions.len());
     for mut action in actions {
         action.release_at(release_ns);

@@ -459,6 +459,7 @@ mod tests {
             duration_ns: 0,
             checked: None,
             expected: None,
+            released_ns: None,
         }
     }
 

@@ -207,6 +207,11 @@ pub struct ObservationReport {
     pub checked: Option<String>,
     /// What that expectation asked, in words.
     pub expected: Option<String>,
+    /// For a step released together with others (`with`): the moment they
+    /// were all to act, on the run clock. `t_ns` minus this is how late
+    /// this one really acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_ns: Option<i64>,
 }
 
 /// One TCP segment as one host saw it.

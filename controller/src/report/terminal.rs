@@ -49,11 +49,16 @@ pub fn render(report: &RunReport, wire: bool) -> String {
             .or_else(|| case.differences.first().cloned())
             .unwrap_or_else(|| {
                 let line = summary_line(case);
-                match (line.is_empty(), probe_line(case)) {
-                    (_, None) => line,
-                    (true, Some(probe)) => probe,
-                    (false, Some(probe)) => format!("{line}; {probe}"),
-                }
+                [probe_line(case), release_line(case)]
+                    .into_iter()
+                    .flatten()
+                    .fold(line, |line, more| {
+                        if line.is_empty() {
+                            more
+                        } else {
+                            format!("{line}; {more}")
+                        }
+                    })
             });
         let _ = writeln!(
             out,
@@ -125,6 +130,26 @@ fn probe_line(case: &CaseReport) -> Option<String> {
         })
         .collect();
     (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// How closely steps released together kept their moment, e.g.
+/// "released: 2 steps, latest +3 µs".
+fn release_line(case: &CaseReport) -> Option<String> {
+    let late: Vec<i64> = case
+        .observations
+        .iter()
+        .filter_map(|observation| {
+            observation
+                .released_ns
+                .map(|moment| observation.t_ns - moment)
+        })
+        .collect();
+    let latest = late.iter().copied().max()?;
+    Some(format!(
+        "released: {} steps, latest {:+} µs",
+        late.len(),
+        latest / 1_000
+    ))
 }
 
 /// Cases as rows, OS pairs as columns.
