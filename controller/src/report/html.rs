@@ -224,7 +224,12 @@ fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
                     tr class=[differing.contains(observation.step.as_str()).then_some("diff")] {
                         td { (observation.step) }
                         td { (observation.host) " (" (observation.role) ")" }
-                        td { (observation.call) }
+                        td {
+                            (observation.call)
+                            @if let Some(moment) = observation.released_ns {
+                                br; span.muted { "released together, " (format!("{:+}", (observation.t_ns - moment) / 1_000)) " µs" }
+                            }
+                        }
                         td { (observation.expected.clone().unwrap_or_else(|| "—".to_owned())) }
                         td {
                             (observation.outcome)
@@ -444,6 +449,31 @@ mod tests {
         assert!(render(&traced).contains(&format!("href=\"{}\"", url.replace('&', "&amp;"))));
         assert!(markdown(&traced).contains(&format!("[S2 case]({url})")));
         assert!(!render(&untraced).contains("class=\"trace\""));
+    }
+
+    #[test]
+    fn a_released_step_says_how_late_it_acted() {
+        let mut run = report(vec![case("T1", "linux/linux", Verdict::Expected, &[])]);
+        run.cases[0]
+            .observations
+            .push(crate::report::ObservationReport {
+                step: "answer".to_owned(),
+                host: "a".to_owned(),
+                role: "server".to_owned(),
+                call: "send".to_owned(),
+                bytes: 6,
+                outcome: "ok".to_owned(),
+                errno: 0,
+                errno_name: String::new(),
+                sigpipe: false,
+                unread_bytes: 0,
+                t_ns: 5_003_000,
+                duration_ns: 1_000,
+                checked: None,
+                expected: None,
+                released_ns: Some(5_000_000),
+            });
+        assert!(render(&run).contains("released together, +3 µs"));
     }
 
     #[test]
