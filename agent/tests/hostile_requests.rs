@@ -204,6 +204,28 @@ fn hostile() -> impl Strategy<Value = Hostile> {
     ]
 }
 
+/// A scheduled start (`faultlab-start-at`) that never waits: none, the
+/// past, too far ahead, or not a number.
+fn start_at() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        4 => Just(None),
+        1 => Just(Some("0".to_owned())),
+        1 => (11_000_000_000u64..=u64::MAX).prop_map(|far| Some(far.to_string())),
+        1 => "[ -~]{0,24}".prop_map(Some),
+    ]
+}
+
+/// `message` with `start_at` as its scheduled start, if it makes a header.
+fn scheduled<T>(message: T, start_at: &Option<String>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = start_at.as_deref().and_then(|value| value.parse().ok()) {
+        request
+            .metadata_mut()
+            .insert(faultlab_proto::START_AT_METADATA, value);
+    }
+    request
+}
+
 #[test]
 fn random_requests_get_clear_errors_and_the_agent_lives_on()
 -> Result<(), Box<dyn std::error::Error>> {
@@ -216,23 +238,44 @@ fn random_requests_get_clear_errors_and_the_agent_lives_on()
         cases: 400,
         ..Config::default()
     });
-    let outcome = runner.run(&hostile(), |request| {
+    let outcome = runner.run(&(hostile(), start_at()), |(request, start_at)| {
         let mut rpc = host.rpc.clone();
         let answered: Result<(), tonic::Status> = runtime.block_on(async move {
             match request {
-                Hostile::Send(request) => rpc.send(request).await.map(drop),
-                Hostile::Recv(request) => rpc.recv(request).await.map(drop),
-                Hostile::Close(request) => rpc.close(request).await.map(drop),
-                Hostile::Dial(request) => rpc.dial(request).await.map(drop),
-                Hostile::Listen(request) => rpc.listen(request).await.map(drop),
-                Hostile::Options(request) => rpc.set_options(request).await.map(drop),
-                Hostile::Isolate(request) => rpc.isolate(request).await.map(drop),
-                Hostile::Heal(request) => rpc.heal(request).await.map(drop),
-                Hostile::LinkDown(request) => rpc.link_down(request).await.map(drop),
-                Hostile::Capture(request) => rpc.start_capture(request).await.map(drop),
-                Hostile::Connections(request) => rpc.list_connections(request).await.map(drop),
-                Hostile::Abort(request) => rpc.abort_connections(request).await.map(drop),
-                Hostile::Process(request) => rpc.process_fault(request).await.map(drop),
+                Hostile::Send(request) => rpc.send(scheduled(request, &start_at)).await.map(drop),
+                Hostile::Recv(request) => rpc.recv(scheduled(request, &start_at)).await.map(drop),
+                Hostile::Close(request) => rpc.close(scheduled(request, &start_at)).await.map(drop),
+                Hostile::Dial(request) => rpc.dial(scheduled(request, &start_at)).await.map(drop),
+                Hostile::Listen(request) => {
+                    rpc.listen(scheduled(request, &start_at)).await.map(drop)
+                }
+                Hostile::Options(request) => rpc
+                    .set_options(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
+                Hostile::Isolate(request) => {
+                    rpc.isolate(scheduled(request, &start_at)).await.map(drop)
+                }
+                Hostile::Heal(request) => rpc.heal(scheduled(request, &start_at)).await.map(drop),
+                Hostile::LinkDown(request) => {
+                    rpc.link_down(scheduled(request, &start_at)).await.map(drop)
+                }
+                Hostile::Capture(request) => rpc
+                    .start_capture(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
+                Hostile::Connections(request) => rpc
+                    .list_connections(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
+                Hostile::Abort(request) => rpc
+                    .abort_connections(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
+                Hostile::Process(request) => rpc
+                    .process_fault(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
             }
         });
         match answered {
