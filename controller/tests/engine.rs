@@ -146,17 +146,28 @@ expect.linux = { outcome = "ok" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_ends_only_its_case() -> TestResult {
-    let lab = local_lab(2)?;
-    let slow = scenario::parse("slow.toml", SLOW)?;
+    // The slow case's server is pinned to the third agent, which dies; the
+    // quick case never uses it, whichever runs first (as root, with
+    // captures, cases run one at a time in no fixed order).
+    let lab = local_lab(3)?;
+    let victim = SLOW
+        .replace(
+            "roles = [\"client\", \"server\"]",
+            "roles = [\"client\", \"victim\"]",
+        )
+        .replace("role = \"server\"", "role = \"victim\"");
+    let slow = scenario::parse("slow.toml", &victim)?;
     let quick = vec![seed_case("S2")?];
     let clock = RunClock::start();
     let mut cases = vec![slow];
     cases.extend(quick);
-    let plan = plan(&lab, &clock, cases).await?;
+    let mut plan = plan(&lab, &clock, cases).await?;
+    plan.pinned
+        .insert("victim".to_owned(), "local-3".to_owned());
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(engine::run(plan, clock, Arc::new(Quiet), stop));
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let server_pid = lab.pids()[1];
+    let server_pid = lab.pids()[2];
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &server_pid.to_string()])
         .status()?;
@@ -170,7 +181,7 @@ async fn a_killed_agent_ends_only_its_case() -> TestResult {
         .ok_or("no X1")?;
     assert_eq!(slow.verdict, Verdict::AgentLost, "{slow:?}");
     assert!(
-        slow.reason.as_deref().unwrap_or("").contains("local-2"),
+        slow.reason.as_deref().unwrap_or("").contains("local-3"),
         "{slow:?}"
     );
     let quick = report
