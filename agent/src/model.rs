@@ -132,8 +132,7 @@ pub fn fill_template(text: &[u8], sequence: u64, into: &mut Vec<u8>) {
     into.extend_from_slice(rest);
 }
 
-/// Size of a framed message's header.
-pub const MESSAGE_HEADER_BYTES: u32 = 8;
+pub use faultlab_proto::{CloseMode, MESSAGE_HEADER_BYTES};
 
 /// How a recv call reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,42 +141,6 @@ pub enum RecvMode {
     Once,
     /// Read until the byte limit, EOF, an error or the timeout.
     All,
-}
-
-/// How a connection is ended (or half-ended).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CloseMode {
-    /// close(): FIN after queued data (RST if unread data is pending).
-    Graceful,
-    /// SO_LINGER {on, 0} then close(): RST.
-    Abort,
-    /// shutdown(SHUT_WR): FIN, the socket still receives.
-    ShutdownWrite,
-    /// shutdown(SHUT_RD).
-    ShutdownRead,
-    /// shutdown(SHUT_RDWR).
-    ShutdownBoth,
-    /// Wait until unread data sits in the receive buffer, then close().
-    WithUnread,
-}
-
-impl CloseMode {
-    /// Whether this mode releases the socket (as opposed to a shutdown).
-    pub fn releases_socket(self) -> bool {
-        matches!(self, Self::Graceful | Self::Abort | Self::WithUnread)
-    }
-
-    /// How traces name it.
-    pub fn call_name(self) -> &'static str {
-        match self {
-            Self::Graceful => "close",
-            Self::Abort => "close-abort",
-            Self::ShutdownWrite => "shutdown-write",
-            Self::ShutdownRead => "shutdown-read",
-            Self::ShutdownBoth => "shutdown-both",
-            Self::WithUnread => "close-with-unread",
-        }
-    }
 }
 
 /// Which socket call an observation is about.

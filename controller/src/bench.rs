@@ -15,7 +15,7 @@
 
 use crate::engine::{AgentHandle, RunClock, run_case};
 use crate::report::CaseReport;
-use crate::scenario::{Action, ExpectedOutcome, Scenario};
+use crate::scenario::{Action, ExpectedOutcome, Scenario, SocketCall, Timing};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -277,15 +277,13 @@ pub fn inherent_wait_ms(case: &Scenario) -> u64 {
             let times_out = step.expect.get("linux").and_then(|expect| expect.outcome)
                 == Some(ExpectedOutcome::Timeout);
             match &step.action {
-                Action::Sleep { ms } => *ms,
-                Action::Send { timeout_ms, .. } | Action::Recv { timeout_ms, .. } if times_out => {
-                    u64::from(*timeout_ms)
-                }
-                Action::WaitEnd { timeout_ms, .. } | Action::Connect { timeout_ms, .. }
-                    if times_out =>
-                {
-                    u64::from(*timeout_ms)
-                }
+                Action::Timing(Timing::Sleep { ms }) => *ms,
+                Action::Socket(
+                    SocketCall::Send { timeout_ms, .. }
+                    | SocketCall::Recv { timeout_ms, .. }
+                    | SocketCall::WaitEnd { timeout_ms, .. }
+                    | SocketCall::Connect { timeout_ms, .. },
+                ) if times_out => u64::from(*timeout_ms),
                 _ => 0,
             }
         })

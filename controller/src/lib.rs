@@ -18,7 +18,6 @@ pub mod engine;
 pub mod history;
 pub mod inventory;
 pub mod lab;
-pub mod probe;
 pub mod report;
 pub mod scenario;
 pub mod suites;

@@ -4,12 +4,18 @@
 //! protox, so no system `protoc` is needed) and re-exports the generated
 //! tonic client, server and prost messages. Keep these types at the edges:
 //! the agent and the controller convert them into their own domain types.
+//! The few words both sides share beyond the messages (close modes, the
+//! framed message header) are defined once, in [`vocabulary`].
 
 #![allow(missing_docs, clippy::all)]
 
 /// Metadata key of a scheduled start: the moment (the agent host's
 /// monotonic ns, in decimal) at which the agent acts on the request.
 pub const START_AT_METADATA: &str = "faultlab-start-at";
+
+mod vocabulary;
+
+pub use vocabulary::{CloseMode, MESSAGE_HEADER_BYTES};
 
 /// Version 1 of the contract (protobuf package `faultlab.v1`).
 pub mod v1 {

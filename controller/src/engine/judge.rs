@@ -1,8 +1,11 @@
 //! What happened against what was expected: each step's outcome against
 //! the expectation for its host's OS, and the observations for the report.
 
+use super::state::{CaseRun, Outcome};
 use super::wire::compare_wire;
-use super::*;
+use crate::report::{ObservationReport, WireReport};
+use crate::scenario::{Expect, Scenario};
+use std::collections::{BTreeMap, HashMap};
 
 pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<ObservationReport> {
     let mut reports: Vec<ObservationReport> = run
@@ -86,20 +89,7 @@ pub(super) fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
             // What this role's sockets sent, as its own host's capture saw it
             // (by address and port: on loopback every host is 127.0.0.1).
             let role = step.role.as_deref().unwrap_or_default();
-            let mine: Vec<String> = run
-                .names
-                .listeners
-                .values()
-                .filter(|(_, _, owner)| owner == role)
-                .map(|(_, address, _)| address.to_string())
-                .chain(
-                    run.names
-                        .conns
-                        .values()
-                        .filter(|(_, owner, _)| owner == role)
-                        .filter_map(|(_, _, local)| local.map(|address| address.to_string())),
-                )
-                .collect();
+            let mine = run.names.addresses_of(role);
             let sent: Vec<&WireReport> = run
                 .wire
                 .iter()
@@ -214,6 +204,7 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::ExpectedOutcome;
 
     fn outcome(kind: ExpectedOutcome, errno_name: &str, bytes: u64) -> Outcome {
         Outcome {

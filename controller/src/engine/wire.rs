@@ -2,7 +2,15 @@
 //! stopped on all of them at once after the last; the case's own segments
 //! kept on the run clock, and the wire expectations judged against them.
 
-use super::*;
+use super::case::CLEANUP_TIMEOUT;
+use super::handles::AgentHandle;
+use super::state::CaseRun;
+use crate::report::WireReport;
+use crate::scenario::Expect;
+use faultlab_proto::v1 as pb;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tracing::Span;
 
 /// Start a capture on every agent of the case, if all of them can capture.
 pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
@@ -47,7 +55,7 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
         .names
         .listeners
         .values()
-        .map(|(_, address, _)| address.port())
+        .map(|listener| listener.address.port())
         .collect();
     let port_of = |address: &str| {
         address

@@ -11,7 +11,7 @@
 //! (against a count taken before it) is within the target's bounds, or the
 //! time bound passes. Sockets an earlier case left are that case's finding.
 
-use crate::engine::{AgentHandle, TargetHandle};
+use super::handles::{AgentHandle, TargetHandle};
 use crate::report::ProbeReport;
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;

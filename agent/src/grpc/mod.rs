@@ -1,0 +1,508 @@
+//! The gRPC edge: thin handlers that validate each request into domain
+//! types ([`convert`]), call [`Agent`], and translate the answer back. No
+//! socket or process logic lives here. Every call that changes something on
+//! the host goes through [`audited`], which leaves its audit line.
+
+mod convert;
+
+pub use convert::{
+    DEFAULT_TIMEOUT_MS, MAX_FILLER_BYTES, MAX_KEEPALIVE_COUNT, MAX_LINGER_SECONDS,
+    MAX_MESSAGE_BYTES, MAX_TIMEOUT_MS,
+};
+
+use crate::agent::Agent;
+use crate::audit::Audit;
+use crate::error::AgentError;
+use crate::holder::protocol::SocketTarget;
+use crate::isolate::Isolation;
+use crate::model::{ConnId, HolderId, ListenerId};
+use crate::platform::{Current, Platform, wall_unix_ns};
+use convert::{
+    DEFAULT_DOWN_MS, address, close_mode, connection_filter, host_info, invalid, isolation_id,
+    payload, process_request, recv_mode, timeout,
+};
+use faultlab_proto::v1 as pb;
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The tonic service of an agent.
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    /// Serve `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Run one call that changes the host, leaving its audit line: who asked
+/// for `rpc`, what, and how it ended.
+async fn audited<T: Debug, R, F>(
+    request: Request<T>,
+    rpc: &'static str,
+    call: impl FnOnce(Request<T>) -> F,
+) -> Reply<R>
+where
+    F: Future<Output = Reply<R>>,
+{
+    let audit = Audit::of(&request, rpc);
+    let result = call(request).await;
+    audit.record(&result);
+    result
+}
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn host_info(&self, _: Request<pb::HostInfoRequest>) -> Reply<pb::HostInfoReply> {
+        Ok(Response::new(host_info(self.agent.host_info())))
+    }
+
+    async fn spawn_holder(
+        &self,
+        request: Request<pb::SpawnHolderRequest>,
+    ) -> Reply<pb::SpawnHolderReply> {
+        audited(request, "SpawnHolder", |request| async move {
+            let (holder, pid) = self.agent.spawn_holder(request.into_inner().label)?;
+            Ok(Response::new(pb::SpawnHolderReply {
+                holder_id: holder.0,
+                pid,
+            }))
+        })
+        .await
+    }
+
+    async fn exit_holder(&self, request: Request<pb::ExitHolderRequest>) -> Reply<pb::HolderExit> {
+        audited(request, "ExitHolder", |request| async move {
+            let request = request.into_inner();
+            let exit = self
+                .agent
+                .exit_holder(HolderId(request.holder_id), request.exit_code)
+                .await?;
+            Ok(Response::new(exit.into()))
+        })
+        .await
+    }
+
+    async fn kill_holder(&self, request: Request<pb::KillHolderRequest>) -> Reply<pb::HolderExit> {
+        audited(request, "KillHolder", |request| async move {
+            let exit = self
+                .agent
+                .kill_holder(HolderId(request.into_inner().holder_id))
+                .await?;
+            Ok(Response::new(exit.into()))
+        })
+        .await
+    }
+
+    async fn listen(&self, request: Request<pb::ListenRequest>) -> Reply<pb::ListenReply> {
+        audited(request, "Listen", |request| async move {
+            let request = request.into_inner();
+            let (listener, local) = self
+                .agent
+                .listen(
+                    HolderId(request.holder_id),
+                    address("address", &request.address)?,
+                    if request.backlog == 0 {
+                        128
+                    } else {
+                        request.backlog
+                    },
+                    request.options.try_into()?,
+                )
+                .await?;
+            Ok(Response::new(pb::ListenReply {
+                listener_id: listener.0,
+                local_address: local.to_string(),
+            }))
+        })
+        .await
+    }
+
+    async fn stop_listening(
+        &self,
+        request: Request<pb::StopListeningRequest>,
+    ) -> Reply<pb::StopListeningReply> {
+        audited(request, "StopListening", |request| async move {
+            self.agent
+                .stop_listening(ListenerId(request.into_inner().listener_id))
+                .await?;
+            Ok(Response::new(pb::StopListeningReply {}))
+        })
+        .await
+    }
+
+    async fn accept(&self, request: Request<pb::AcceptRequest>) -> Reply<pb::ConnectReply> {
+        audited(request, "Accept", |request| async move {
+            let request = request.into_inner();
+            let connection = self
+                .agent
+                .accept(
+                    ListenerId(request.listener_id),
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(connection.into()))
+        })
+        .await
+    }
+
+    async fn dial(&self, request: Request<pb::ConnectRequest>) -> Reply<pb::ConnectReply> {
+        audited(request, "Dial", |request| async move {
+            let request = request.into_inner();
+            let connection = self
+                .agent
+                .connect(
+                    HolderId(request.holder_id),
+                    address("address", &request.address)?,
+                    request.options.try_into()?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(connection.into()))
+        })
+        .await
+    }
+
+    async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::Observation> {
+        audited(request, "Send", |request| async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .send(
+                    ConnId(request.conn_id),
+                    payload(request.payload)?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        })
+        .await
+    }
+
+    async fn recv(&self, request: Request<pb::RecvRequest>) -> Reply<pb::Observation> {
+        audited(request, "Recv", |request| async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .recv(
+                    ConnId(request.conn_id),
+                    recv_mode(request.mode)?,
+                    request.max_bytes,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                    request.return_data,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        })
+        .await
+    }
+
+    async fn close(&self, request: Request<pb::CloseRequest>) -> Reply<pb::Observation> {
+        audited(request, "Close", |request| async move {
+            let request = request.into_inner();
+            let observation = self
+                .agent
+                .close(
+                    ConnId(request.conn_id),
+                    close_mode(request.mode)?,
+                    timeout("timeout_ms", request.timeout_ms)?,
+                )
+                .await?;
+            Ok(Response::new(observation.into()))
+        })
+        .await
+    }
+
+    async fn set_options(
+        &self,
+        request: Request<pb::SetOptionsRequest>,
+    ) -> Reply<pb::SocketOptions> {
+        audited(request, "SetOptions", |request| async move {
+            let request = request.into_inner();
+            let target = match request.target {
+                Some(pb::set_options_request::Target::ConnId(id)) => SocketTarget::Conn(ConnId(id)),
+                Some(pb::set_options_request::Target::ListenerId(id)) => {
+                    SocketTarget::Listener(ListenerId(id))
+                }
+                None => {
+                    return Err(
+                        invalid("target: conn_id or listener_id is required".to_owned()).into(),
+                    );
+                }
+            };
+            let read = self
+                .agent
+                .set_options(target, request.options.try_into()?)
+                .await?;
+            Ok(Response::new(read.into()))
+        })
+        .await
+    }
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Reply<pb::WatchReply> {
+        audited(request, "Watch", |request| async move {
+            self.agent
+                .watch(ConnId(request.into_inner().conn_id))
+                .await?;
+            Ok(Response::new(pb::WatchReply {}))
+        })
+        .await
+    }
+
+    type EventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Reply<Self::EventsStream> {
+        let log = Arc::clone(self.agent.events());
+        let mut cursor = request.into_inner().since;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut newest = log.subscribe();
+            loop {
+                for event in log.since(cursor) {
+                    cursor = event.seq + 1;
+                    if tx.send(Ok(event.into())).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = newest.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn isolate(&self, request: Request<pb::IsolateRequest>) -> Reply<pb::IsolateReply> {
+        audited(request, "Isolate", |request| async move {
+            let isolation = Isolation::try_from(request.into_inner())?;
+            let id = isolation.id.clone();
+            let deadline = isolation.deadline;
+            self.agent.isolate(isolation)?;
+            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+            Ok(Response::new(pb::IsolateReply {
+                id,
+                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+                expires_wall_unix_ns: wall_unix_ns()
+                    .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
+            }))
+        })
+        .await
+    }
+
+    async fn heal(&self, request: Request<pb::HealRequest>) -> Reply<pb::HealReply> {
+        audited(request, "Heal", |request| async move {
+            let request = request.into_inner();
+            let healed = match (request.id.as_str(), request.all) {
+                ("", true) => self.agent.heal_all()?,
+                ("", false) => {
+                    return Err(
+                        invalid("id: name the isolation to heal, or set all".to_owned()).into(),
+                    );
+                }
+                (id, false) => {
+                    self.agent.heal(id)?;
+                    1
+                }
+                (_, true) => {
+                    return Err(invalid("give either id or all, not both".to_owned()).into());
+                }
+            };
+            Ok(Response::new(pb::HealReply {
+                healed: u32::try_from(healed).unwrap_or(u32::MAX),
+            }))
+        })
+        .await
+    }
+
+    async fn link_down(&self, request: Request<pb::LinkDownRequest>) -> Reply<pb::LinkDownReply> {
+        audited(request, "LinkDown", |request| async move {
+            let control_address = request.local_addr().map(|address| address.ip());
+            let request = request.into_inner();
+            if request.deadline_ms == 0 {
+                return Err(invalid(
+                    "deadline_ms: every link-down needs a deadline (a watchdog brings the link up then)".to_owned(),
+                )
+                .into());
+            }
+            let deadline = crate::platform::millis(request.deadline_ms);
+            let interface = self
+                .agent
+                .link_interface(&request.interface, &request.address)?;
+            self.agent.link_down(
+                &interface,
+                deadline,
+                control_address,
+                request.allow_control_interface,
+            )?;
+            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+            Ok(Response::new(pb::LinkDownReply {
+                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+            }))
+        })
+        .await
+    }
+
+    async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
+        audited(request, "LinkUp", |request| async move {
+            let request = request.into_inner();
+            let interface = self
+                .agent
+                .link_interface(&request.interface, &request.address)?;
+            self.agent.link_up(&interface)?;
+            Ok(Response::new(pb::LinkUpReply {}))
+        })
+        .await
+    }
+
+    async fn start_capture(
+        &self,
+        request: Request<pb::StartCaptureRequest>,
+    ) -> Reply<pb::StartCaptureReply> {
+        audited(request, "StartCapture", |request| async move {
+            let request = request.into_inner();
+            let id = isolation_id(&request.id)?;
+            let ports = request
+                .ports
+                .iter()
+                .map(|&port| {
+                    u16::try_from(port)
+                        .ok()
+                        .filter(|&port| port > 0)
+                        .ok_or_else(|| invalid(format!("ports: {port} is not a port (1 to 65535)")))
+                })
+                .collect::<Result<Vec<u16>, AgentError>>()?;
+            self.agent.start_capture(&id, ports)?;
+            Ok(Response::new(pb::StartCaptureReply {}))
+        })
+        .await
+    }
+
+    async fn stop_capture(
+        &self,
+        request: Request<pb::StopCaptureRequest>,
+    ) -> Reply<pb::StopCaptureReply> {
+        audited(request, "StopCapture", |request| async move {
+            // Waiting for the capture thread to hand over blocks: off the reactor.
+            let agent = Arc::clone(&self.agent);
+            let id = request.into_inner().id;
+            let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
+                .await
+                .map_err(|error| Status::internal(format!("capture: {error}")))??;
+            Ok(Response::new(pb::StopCaptureReply {
+                segments: captured
+                    .events
+                    .into_iter()
+                    .map(|event| pb::WireSegment {
+                        mono_ns: event.mono_ns,
+                        source: event.segment.source.to_string(),
+                        destination: event.segment.destination.to_string(),
+                        flags: event.segment.flag_letters(),
+                        seq: event.segment.seq,
+                        ack: event.segment.ack,
+                        payload: event.segment.payload,
+                    })
+                    .collect(),
+                dropped: captured.dropped,
+            }))
+        })
+        .await
+    }
+
+    async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
+        audited(request, "Reboot", |request| async move {
+            let request = request.into_inner();
+            if !request.simulated {
+                self.agent.reboot()?;
+                return Ok(Response::new(pb::RebootReply::default()));
+            }
+            let down_ms = if request.down_ms == 0 {
+                DEFAULT_DOWN_MS
+            } else {
+                request.down_ms
+            };
+            let report = self
+                .agent
+                .reboot_simulated(crate::platform::millis(down_ms))
+                .await?;
+            Ok(Response::new(pb::RebootReply {
+                sockets_aborted: report.sockets_aborted,
+                holders_killed: report.holders_killed,
+                down_from_mono_ns: report.down_from_mono_ns,
+                down_until_mono_ns: report.down_until_mono_ns,
+            }))
+        })
+        .await
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Reply<pb::ListConnectionsReply> {
+        let filter = connection_filter(request.get_ref().filter.as_ref())?;
+        let connections = self.agent.list_connections(&filter)?;
+        Ok(Response::new(pb::ListConnectionsReply {
+            connections: connections.into_iter().map(Into::into).collect(),
+            mono_ns: Current::monotonic_ns(),
+        }))
+    }
+
+    async fn abort_connections(
+        &self,
+        request: Request<pb::AbortConnectionsRequest>,
+    ) -> Reply<pb::AbortConnectionsReply> {
+        audited(request, "AbortConnections", |request| async move {
+            let request = request.into_inner();
+            let Some(filter) = request.filter.as_ref() else {
+                return Err(invalid("filter: required".to_owned()).into());
+            };
+            let filter = connection_filter(Some(filter))?;
+            let aborted = self.agent.abort_connections(&filter)?;
+            Ok(Response::new(pb::AbortConnectionsReply {
+                aborted: aborted.into_iter().map(Into::into).collect(),
+                mono_ns: Current::monotonic_ns(),
+            }))
+        })
+        .await
+    }
+
+    async fn process_fault(
+        &self,
+        request: Request<pb::ProcessFaultRequest>,
+    ) -> Reply<pb::ProcessFaultReply> {
+        audited(request, "ProcessFault", |request| async move {
+            let request = request.into_inner();
+            let (target, action) = process_request(&request)?;
+            let agent = std::sync::Arc::clone(&self.agent);
+            // A restart waits for the old process to go: off the reactor.
+            let outcome = tokio::task::spawn_blocking(move || agent.process_fault(&target, action))
+                .await
+                .map_err(|error| AgentError::Internal(error.to_string()))??;
+            Ok(Response::new(pb::ProcessFaultReply {
+                pids: outcome.pids,
+                new_pid: outcome.new_pid.unwrap_or(0),
+                mono_ns: Current::monotonic_ns(),
+            }))
+        })
+        .await
+    }
+
+    async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
+        audited(request, "Reset", |_| async move {
+            let killed = self.agent.reset().await;
+            Ok(Response::new(pb::ResetReply {
+                holders_killed: u32::try_from(killed).unwrap_or(u32::MAX),
+            }))
+        })
+        .await
+    }
+}

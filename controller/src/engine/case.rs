@@ -1,0 +1,454 @@
+//! One case on one binding, from start to report: whether it can be played
+//! at all, which agent acts for each role, the timeline in a span of its
+//! own, the undoing of what it did, the application probes, and the
+//! verdict.
+
+use super::handles::{AgentHandle, RunClock, TargetHandle};
+use super::judge::{judge, observations};
+use super::probe::{self, SocketCounts};
+use super::state::{CaseRun, Names, StepError};
+use super::timeline::play;
+use super::wire::collect_wire;
+use crate::report::{CaseReport, Verdict};
+use crate::scenario::{Action, Expect, NetworkFault, Scenario};
+use crate::targets::ProcessSpec;
+use faultlab_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{Instrument as _, Span};
+
+/// How long undoing one of a case's faults, or killing one holder, may take.
+pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run one case on one binding (agents in role order), in a span of its
+/// own under the current one.
+pub async fn run_case(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    clock: RunClock,
+) -> CaseReport {
+    run_case_on(case, binding, &BTreeMap::new(), clock).await
+}
+
+/// [`run_case`] with some roles played by applications (`targets`);
+/// `binding` holds agents for the other roles, in role order.
+pub async fn run_case_on(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+    clock: RunClock,
+) -> CaseReport {
+    let span = tracing::info_span!(
+        "case",
+        otel.name = %format!("{} {}", case.id, case.name),
+        faultlab.case.id = %case.id,
+        faultlab.case.title = %case.title,
+    );
+    let mut unfinished = Unfinished(Some(span.clone()));
+    let mut report = play_case(case, binding, targets, clock)
+        .instrument(span.clone())
+        .await;
+    unfinished.0 = None;
+    report.span_id = faultlab_telemetry::span_id(&span);
+    let agents: Vec<&str> = report.roles.values().map(String::as_str).collect();
+    faultlab_telemetry::annotate(
+        &span,
+        [
+            faultlab_telemetry::Attribute::new("faultlab.os_pair", report.os_pair.clone()),
+            faultlab_telemetry::Attribute::new("faultlab.agents", agents.join(",")),
+            faultlab_telemetry::Attribute::new("faultlab.verdict", report.verdict.as_str()),
+        ],
+    );
+    if !matches!(report.verdict, Verdict::Expected | Verdict::Skipped) {
+        let why = report
+            .reason
+            .clone()
+            .unwrap_or_else(|| report.differences.join("; "));
+        faultlab_telemetry::fail(&span, &format!("{}: {why}", report.verdict.as_str()));
+    }
+    report
+}
+
+/// Marks a case's span as interrupted if the case is dropped before it
+/// ends (Ctrl-C aborts the case's task).
+struct Unfinished(Option<Span>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            faultlab_telemetry::annotate(
+                &span,
+                [faultlab_telemetry::Attribute::new(
+                    "faultlab.verdict",
+                    Verdict::Error.as_str(),
+                )],
+            );
+            faultlab_telemetry::fail(&span, "error: interrupted before it finished");
+        }
+    }
+}
+
+async fn play_case(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+    clock: RunClock,
+) -> CaseReport {
+    let started = Instant::now();
+    let mut report = empty_report(case, binding, targets);
+    if let Err(why) = playable(case, binding, targets) {
+        report.verdict = Verdict::Skipped;
+        report.reason = Some(why);
+        return report;
+    }
+    let mut run = CaseRun {
+        case_id: case.id.clone(),
+        capture: None,
+        wire: Vec::new(),
+        agents: role_agents(case, binding, targets),
+        targets: targets.clone(),
+        unchecked: BTreeMap::new(),
+        names: Names::default(),
+        clock,
+        results: Vec::new(),
+        released: HashMap::new(),
+        background: HashMap::new(),
+    };
+    // What the applications' ports held before: a probe judges what the case left.
+    let mut baselines = BTreeMap::new();
+    for (role, target) in targets {
+        baselines.insert(role.clone(), probe::baseline(target).await);
+    }
+    let played =
+        tokio::time::timeout(Duration::from_millis(case.timeout_ms), play(case, &mut run)).await;
+    for (_, task) in run.background.drain() {
+        task.abort();
+    }
+    // Before cleanup: the FINs and RSTs of killing the holders are not evidence.
+    collect_wire(&mut run).await;
+    cleanup(&run).await;
+    // After cleanup: the case's clients are gone, its isolations lifted and
+    // its frozen applications thawed; what is left is the application's doing.
+    report.probes = probes(binding, targets, &baselines).await;
+    report.unchecked = unchecked(&run);
+    report.observations = observations(&run, case);
+    report.wire_evidence = run.capture.is_some();
+    report.wire = run.wire.clone();
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match played {
+        Err(_) => {
+            report.verdict = Verdict::Timeout;
+            report.reason = Some(format!(
+                "the case did not finish within {} ms",
+                case.timeout_ms
+            ));
+        }
+        Ok(Err(StepError::AgentLost(reason))) => {
+            report.verdict = Verdict::AgentLost;
+            report.reason = Some(reason);
+        }
+        Ok(Err(StepError::Failed(reason))) => {
+            report.verdict = Verdict::Error;
+            report.reason = Some(reason);
+        }
+        Ok(Ok(())) => give_verdict(&mut report, &run),
+    }
+    report
+}
+
+/// Why the case cannot be played on this binding, if it cannot.
+fn playable(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> Result<(), String> {
+    for (role, target) in targets {
+        application_can_play(case, role, target)?;
+    }
+    if let Some(application) = &case.application
+        && !targets.contains_key(application)
+    {
+        return Err(format!(
+            "role {application} is for an application under test: bind one with --target {application}=..."
+        ));
+    }
+    // Each agent must offer what its own role's steps use.
+    let agent_roles = case
+        .roles
+        .iter()
+        .filter(|role| !targets.contains_key(*role));
+    for (role, agent) in agent_roles.zip(binding) {
+        let missing = case
+            .steps
+            .iter()
+            .filter(|step| step.role.as_ref() == Some(role))
+            .filter_map(|step| step.action.capability())
+            .find(|need| !agent.info.capabilities.iter().any(|c| c == need));
+        if let Some(missing) = missing {
+            return Err(format!(
+                "needs capability {missing:?}, which agent {} does not offer",
+                agent.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the application playing `role` can do that role's steps: its
+/// faults need an agent on its host with the capability, and process
+/// faults need the target to name its process.
+fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> Result<(), String> {
+    let steps = case
+        .steps
+        .iter()
+        .filter(|step| step.role.as_deref() == Some(role));
+    for step in steps {
+        let on_the_process =
+            matches!(&step.action, Action::Process(fault) if fault.acts_on_the_process());
+        if let Action::Network(NetworkFault::Reboot {
+            simulated: true, ..
+        }) = step.action
+        {
+            return Err(format!(
+                "step {}: a simulated reboot forgets only the agent's own sockets; the application's would survive it (a real reboot needs `reboot`)",
+                step.name
+            ));
+        }
+        let capability = if on_the_process {
+            Some("process")
+        } else {
+            step.action.capability()
+        };
+        let Some(capability) = capability else {
+            continue;
+        };
+        let Some(host) = &target.host else {
+            return Err(format!(
+                "step {} ({}) needs an agent on the host of application {} (agent = ... in its target)",
+                step.name,
+                step.action.keyword(),
+                target.target.name
+            ));
+        };
+        if !host.info.capabilities.iter().any(|c| c == capability) {
+            return Err(format!(
+                "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer",
+                step.name, host.name
+            ));
+        }
+        if on_the_process && target.target.process.is_none() {
+            return Err(format!(
+                "step {} ({}) needs the application's process: give process = {{ name = ... }} in target {}",
+                step.name,
+                step.action.keyword(),
+                target.target.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each role's agent: its own, or the agent on its application's host.
+fn role_agents(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> HashMap<String, Arc<AgentHandle>> {
+    let mut agents = HashMap::new();
+    let mut free = binding.iter();
+    for role in &case.roles {
+        let agent = match targets.get(role) {
+            Some(target) => target.host.clone(),
+            None => free.next().cloned(),
+        };
+        if let Some(agent) = agent {
+            agents.insert(role.clone(), agent);
+        }
+    }
+    agents
+}
+
+/// Probe every application after the case, from the case's first agent
+/// (or the agent on its host).
+async fn probes(
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+    baselines: &BTreeMap<String, SocketCounts>,
+) -> Vec<crate::report::ProbeReport> {
+    let mut reports = Vec::new();
+    for (role, target) in targets {
+        if let Some(from) = binding.first().or(target.host.as_ref()) {
+            reports.push(probe::probe(role, target, from, baselines.get(role)).await);
+        }
+    }
+    reports
+}
+
+/// The steps not judged, and why; facing an application, also the wire
+/// expectations of the agents' steps (a FIN or RST then depends on what
+/// the application sent).
+fn unchecked(run: &CaseRun<'_>) -> Vec<String> {
+    let mut unchecked: Vec<String> = run
+        .unchecked
+        .iter()
+        .map(|(step, why)| format!("{step}: {why}"))
+        .collect();
+    if run.capture.is_none() || run.targets.is_empty() {
+        return unchecked;
+    }
+    for (step, _) in &run.results {
+        let agent_role = step
+            .role
+            .as_ref()
+            .is_some_and(|role| !run.targets.contains_key(role));
+        if agent_role
+            && !run.unchecked.contains_key(&step.name)
+            && step.expect.values().any(Expect::checks_wire)
+        {
+            unchecked.push(format!(
+                "{}: its wire expectation is not checked: facing an application, a FIN or RST depends on what the application sent",
+                step.name
+            ));
+        }
+    }
+    unchecked
+}
+
+/// A case that played to its end: expected when every check passed and
+/// there was at least one.
+fn give_verdict(report: &mut CaseReport, run: &CaseRun<'_>) {
+    let (mut checked, mut differences) = judge(run);
+    for probe in &report.probes {
+        checked += 1;
+        differences.extend(
+            probe
+                .problems
+                .iter()
+                .map(|problem| format!("probe of {} ({}): {problem}", probe.role, probe.target)),
+        );
+    }
+    report.differences = differences;
+    report.verdict = if !report.differences.is_empty() {
+        Verdict::Differs
+    } else if checked == 0 {
+        report
+            .differences
+            .push(format!("no expectation is written for {}", report.os_pair));
+        Verdict::Differs
+    } else {
+        Verdict::Expected
+    };
+}
+
+/// Who plays each role: (role, an agent's name or the application, its OS).
+fn cast(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> Vec<(String, String, String)> {
+    let mut agents = binding.iter();
+    case.roles
+        .iter()
+        .filter_map(|role| match targets.get(role) {
+            Some(target) => Some((role.clone(), target.label(), "app".to_owned())),
+            None => agents.next().map(|agent| {
+                (
+                    role.clone(),
+                    agent.name.clone(),
+                    agent.info.os_family.clone(),
+                )
+            }),
+        })
+        .collect()
+}
+
+/// A case's report before it has run (skipped, no observations).
+pub(super) fn empty_report(
+    case: &Scenario,
+    binding: &[Arc<AgentHandle>],
+    targets: &BTreeMap<String, Arc<TargetHandle>>,
+) -> CaseReport {
+    let cast = cast(case, binding, targets);
+    CaseReport {
+        id: case.id.clone(),
+        name: case.name.clone(),
+        title: case.title.clone(),
+        seed: case.seed.clone(),
+        roles: cast
+            .iter()
+            .map(|(role, player, _)| (role.clone(), player.clone()))
+            .collect(),
+        os_pair: cast
+            .iter()
+            .map(|(_, _, os)| os.as_str())
+            .collect::<Vec<_>>()
+            .join("/"),
+        verdict: Verdict::Skipped,
+        reason: None,
+        differences: Vec::new(),
+        observations: Vec::new(),
+        wire_evidence: false,
+        wire: Vec::new(),
+        duration_ms: 0,
+        span_id: None,
+        trace_url: None,
+        probes: Vec::new(),
+        unchecked: Vec::new(),
+    }
+}
+
+/// Thaw the case's frozen applications, plug its cables back in, lift its
+/// isolations, and kill its holders (their sockets close with them).
+async fn cleanup(run: &CaseRun<'_>) {
+    let names = &run.names;
+    for role in &names.frozen {
+        let process = run
+            .targets
+            .get(role)
+            .and_then(|target| target.target.process.as_ref());
+        if let (Some(agent), Some(process)) = (run.agents.get(role), process) {
+            let thaw = pb::ProcessFaultRequest {
+                target: Some(process_target(process)),
+                action: pb::ProcessAction::Continue as i32,
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().process_fault(thaw))
+                .await;
+        }
+    }
+    for role in &names.links_down {
+        if let Some(agent) = run.agents.get(role) {
+            let up = pb::LinkUpRequest {
+                interface: String::new(),
+                address: agent.test_ip.to_string(),
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().link_up(up)).await;
+        }
+    }
+    for isolation in &names.isolations {
+        if let Some(agent) = run.agents.get(&isolation.role) {
+            let heal = pb::HealRequest {
+                id: isolation.id.clone(),
+                all: false,
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().heal(heal)).await;
+        }
+    }
+    for (role, holder) in &names.holders {
+        if let Some(agent) = run.agents.get(role) {
+            let kill = pb::KillHolderRequest { holder_id: *holder };
+            let _ =
+                tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().kill_holder(kill)).await;
+        }
+    }
+}
+
+/// An application's process as the contract names it.
+pub(super) fn process_target(process: &ProcessSpec) -> pb::process_fault_request::Target {
+    use pb::process_fault_request::Target;
+    match process {
+        ProcessSpec::Name(name) => Target::Name(name.clone()),
+        ProcessSpec::Pid(pid) => Target::Pid(*pid),
+        ProcessSpec::Unit(unit) => Target::Unit(unit.clone()),
+    }
+}

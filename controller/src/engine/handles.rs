@@ -1,0 +1,216 @@
+//! Who and what a run talks to: the agents (client, host, clock offset),
+//! the applications under test placed among them, and the run clock every
+//! time is put on.
+
+use crate::agents::{self, AgentsError};
+use crate::inventory::Inventory;
+use crate::report::AgentReport;
+use crate::targets::{Target, TargetHost};
+use faultlab_proto::v1 as pb;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Clock samples taken per agent to measure its offset.
+const CLOCK_SAMPLES: usize = 8;
+
+/// Nanoseconds since the run started, on the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct RunClock {
+    start: Instant,
+    start_wall: SystemTime,
+}
+
+impl RunClock {
+    /// Start now.
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+        }
+    }
+
+    /// Now, in ns since the start.
+    pub fn now_ns(&self) -> i64 {
+        i64::try_from(self.start.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// The controller's wall clock at run-clock time `t_ns`.
+    pub fn wall(&self, t_ns: i64) -> SystemTime {
+        let offset = Duration::from_nanos(t_ns.unsigned_abs());
+        if t_ns >= 0 {
+            self.start_wall + offset
+        } else {
+            self.start_wall - offset
+        }
+    }
+}
+
+/// An agent of the run: its client, host and clock.
+pub struct AgentHandle {
+    /// Name in the inventory.
+    pub name: String,
+    /// gRPC address.
+    pub address: String,
+    /// Address listeners bind to and peers connect to.
+    pub test_ip: IpAddr,
+    /// Client (cheap to clone).
+    pub client: agents::Client,
+    /// What it said about its host.
+    pub info: pb::HostInfoReply,
+    /// Agent monotonic ns minus run-clock ns.
+    pub clock_offset_ns: i64,
+    /// Round trip of the sample the offset came from.
+    pub clock_rtt_ns: u64,
+}
+
+impl AgentHandle {
+    /// Connect, ask for host info, and measure the clock offset.
+    pub async fn connect(
+        connector: &agents::Connector,
+        name: &str,
+        address: &str,
+        test_ip: Option<IpAddr>,
+        clock: &RunClock,
+    ) -> Result<Self, AgentsError> {
+        let mut client = connector.connect(address).await?;
+        let failed = |status| AgentsError::Call {
+            address: address.to_owned(),
+            status,
+        };
+        let mut best: Option<(u64, i64, pb::HostInfoReply)> = None;
+        for _ in 0..CLOCK_SAMPLES {
+            let sent = clock.now_ns();
+            let info = client
+                .host_info(pb::HostInfoRequest {})
+                .await
+                .map_err(failed)?
+                .into_inner();
+            let received = clock.now_ns();
+            let rtt = u64::try_from(received - sent).unwrap_or(0);
+            let midpoint = sent + (received - sent) / 2;
+            let offset = i64::try_from(info.mono_ns).unwrap_or(i64::MAX) - midpoint;
+            if best.as_ref().is_none_or(|(best_rtt, _, _)| rtt < *best_rtt) {
+                best = Some((rtt, offset, info));
+            }
+        }
+        let Some((clock_rtt_ns, clock_offset_ns, info)) = best else {
+            return Err(failed(tonic::Status::internal("no clock sample")));
+        };
+        let test_ip = test_ip
+            .or_else(|| {
+                address
+                    .rsplit_once(':')
+                    .and_then(|(host, _)| host.trim_matches(['[', ']']).parse().ok())
+            })
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(Self {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            test_ip,
+            client,
+            info,
+            clock_offset_ns,
+            clock_rtt_ns,
+        })
+    }
+
+    /// Connect to every agent of `inventory`, in its order.
+    pub async fn connect_all(
+        connector: &agents::Connector,
+        inventory: &Inventory,
+        clock: &RunClock,
+    ) -> Result<Vec<Arc<Self>>, AgentsError> {
+        let mut handles = Vec::new();
+        for entry in &inventory.agents {
+            let handle =
+                Self::connect(connector, &entry.name, &entry.address, entry.test_ip, clock)
+                    .await
+                    .map_err(|error| AgentsError::Agent {
+                        name: entry.name.clone(),
+                        error: Box::new(error),
+                    })?;
+            handles.push(Arc::new(handle));
+        }
+        Ok(handles)
+    }
+
+    /// An agent's monotonic time on the run clock.
+    pub(super) fn run_ns(&self, mono_ns: u64) -> i64 {
+        i64::try_from(mono_ns).unwrap_or(i64::MAX) - self.clock_offset_ns
+    }
+
+    pub(super) fn report(&self) -> AgentReport {
+        AgentReport {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            test_ip: self.test_ip.to_string(),
+            hostname: self.info.hostname.clone(),
+            os_family: self.info.os_family.clone(),
+            os_version: self.info.os_version.clone(),
+            kernel_version: self.info.kernel_version.clone(),
+            arch: self.info.arch.clone(),
+            agent_version: self.info.agent_version.clone(),
+            boot_id: self.info.boot_id.clone(),
+            capabilities: self.info.capabilities.clone(),
+            clock_offset_ns: self.clock_offset_ns,
+            clock_rtt_ns: self.clock_rtt_ns,
+        }
+    }
+}
+
+/// An application under test, placed in the lab.
+pub struct TargetHandle {
+    /// What it is.
+    pub target: Target,
+    /// Where clients reach it.
+    pub address: SocketAddr,
+    /// The agent on its host, if any.
+    pub host: Option<Arc<AgentHandle>>,
+}
+
+impl TargetHandle {
+    /// Place `target` among the lab's `agents` (its host may be named by an agent's name).
+    pub fn place(target: Target, agents: &[Arc<AgentHandle>]) -> Result<Self, String> {
+        let by_name = |name: &str| agents.iter().find(|agent| agent.name == name);
+        let address = target
+            .address(|name| by_name(name).map(|agent| agent.test_ip))
+            .ok_or_else(|| {
+                format!(
+                    "target {:?}: no agent {:?} in the lab to take the address of",
+                    target.name,
+                    match &target.host {
+                        TargetHost::Agent(name) => name.as_str(),
+                        TargetHost::Ip(_) => "",
+                    }
+                )
+            })?;
+        let host = match &target.agent {
+            Some(name) => Some(Arc::clone(by_name(name).ok_or_else(|| {
+                format!(
+                    "target {:?}: no agent {name:?} in the lab (its host's agent)",
+                    target.name
+                )
+            })?)),
+            None => None,
+        };
+        Ok(Self {
+            target,
+            address,
+            host,
+        })
+    }
+
+    pub(super) fn label(&self) -> String {
+        if self.target.name == self.address.to_string()
+            || self
+                .target
+                .name
+                .ends_with(&format!(":{}", self.address.port()))
+        {
+            format!("app {}", self.address)
+        } else {
+            format!("app {} ({})", self.target.name, self.address)
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! What one case on one binding builds up while it plays: the names its
+//! steps gave to listeners and connections, the faults it has to undo, the
+//! outcomes of its steps, and why a step could not be carried out.
+
+use super::handles::{AgentHandle, RunClock, TargetHandle};
+use crate::report::WireReport;
+use crate::scenario::{ExpectedOutcome, Step};
+use faultlab_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why a step could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// The agent did not answer: the case ends as `agent-lost`.
+    #[error("{0}")]
+    AgentLost(String),
+    /// The request failed: the case ends as `error`.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StepError {
+    /// A request to `agent` ended with `status`: lost when the agent is
+    /// gone, failed otherwise.
+    pub(super) fn from_status(agent: &AgentHandle, status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                Self::AgentLost(format!(
+                    "agent {} ({}) stopped answering: {}",
+                    agent.name,
+                    agent.address,
+                    status.message()
+                ))
+            }
+            code => Self::Failed(format!(
+                "agent {}: {code:?}: {}",
+                agent.name,
+                status.message()
+            )),
+        }
+    }
+}
+
+/// Whether a call failed because the holder process it ran in is gone.
+pub(super) fn holder_gone(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get("faultlab-error")
+        .and_then(|value| value.to_str().ok())
+        == Some("holder-gone")
+}
+
+/// What a step's call returned, on the run clock.
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    pub call: String,
+    pub outcome: ExpectedOutcome,
+    pub bytes: u64,
+    pub errno: i32,
+    pub errno_name: String,
+    pub sigpipe: bool,
+    pub unread_bytes: u64,
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+impl Outcome {
+    /// A call that succeeded between `start_ns` and `end_ns`.
+    pub(super) fn ok(call: &str, start_ns: i64, end_ns: i64) -> Self {
+        Self {
+            call: call.to_owned(),
+            outcome: ExpectedOutcome::Ok,
+            bytes: 0,
+            errno: 0,
+            errno_name: String::new(),
+            sigpipe: false,
+            unread_bytes: 0,
+            start_ns,
+            end_ns,
+        }
+    }
+
+    /// What `agent` observed, on the run clock.
+    pub(super) fn observed(agent: &AgentHandle, observation: &pb::Observation) -> Self {
+        let call = match observation.call() {
+            pb::Call::Connect => "connect",
+            pb::Call::Accept => "accept",
+            pb::Call::Send => "send",
+            pb::Call::Recv => "recv",
+            pb::Call::Close => "close",
+            pb::Call::Shutdown => "shutdown",
+            pb::Call::Watch => "watch",
+            pb::Call::Unspecified => "unknown",
+        };
+        let outcome = match observation.outcome() {
+            pb::Outcome::Ok | pb::Outcome::Unspecified => ExpectedOutcome::Ok,
+            pb::Outcome::Eof => ExpectedOutcome::Eof,
+            pb::Outcome::Error => ExpectedOutcome::Error,
+            pb::Outcome::Timeout => ExpectedOutcome::Timeout,
+        };
+        Self {
+            call: call.to_owned(),
+            outcome,
+            bytes: observation.bytes,
+            errno: observation.os_error,
+            errno_name: observation.error_name.clone(),
+            sigpipe: observation.sigpipe,
+            unread_bytes: observation.unread_bytes,
+            start_ns: agent.run_ns(observation.start_mono_ns),
+            end_ns: agent.run_ns(observation.end_mono_ns),
+        }
+    }
+}
+
+/// A listener a step opened (or an application's listening address).
+#[derive(Clone, Debug)]
+pub(crate) struct Listener {
+    /// The agent's id for it (0 for an application's).
+    pub id: u64,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The role whose host it is on.
+    pub role: String,
+}
+
+/// A connection a step opened.
+#[derive(Clone, Debug)]
+pub(crate) struct Conn {
+    /// The agent's id for it.
+    pub id: u64,
+    /// The role whose holder owns it.
+    pub role: String,
+    /// Its local address, when the agent said.
+    pub local: Option<SocketAddr>,
+}
+
+/// An isolation a case made and has not healed.
+#[derive(Clone, Debug)]
+pub(crate) struct Isolation {
+    /// The role whose host is isolated.
+    pub role: String,
+    /// The agent's id for it.
+    pub id: String,
+}
+
+/// Names a case's steps gave to listeners and connections, its holders,
+/// and the faults it has to undo.
+#[derive(Default)]
+pub(crate) struct Names {
+    /// Role → its holder's id.
+    pub holders: HashMap<String, u64>,
+    /// Listener name → the listener.
+    pub listeners: HashMap<String, Listener>,
+    /// Connection name → the connection.
+    pub conns: HashMap<String, Conn>,
+    /// Isolations this case made and has not healed.
+    pub isolations: Vec<Isolation>,
+    /// Roles whose test link this case took down and has not brought up.
+    pub links_down: Vec<String>,
+    /// Connection name → the listener address it connected to.
+    pub dialed: HashMap<String, SocketAddr>,
+    /// Roles whose application this case froze and has not thawed.
+    pub frozen: Vec<String>,
+    /// Sends whose payload became a target's messages: (bytes the scenario
+    /// meant, bytes actually sent), so "all of it" expectations still hold.
+    pub byte_rewrites: Vec<(u64, u64)>,
+}
+
+impl Names {
+    /// The connection `name`, which `step` uses.
+    pub(super) fn conn(&self, step: &Step, name: &str) -> Result<&Conn, StepError> {
+        self.conns.get(name).ok_or_else(|| {
+            StepError::Failed(format!(
+                "step {}: connection {name:?} was never opened",
+                step.name
+            ))
+        })
+    }
+
+    /// The listener `name`, which `step` uses.
+    pub(super) fn listener(&self, step: &Step, name: &str) -> Result<&Listener, StepError> {
+        self.listeners.get(name).ok_or_else(|| {
+            StepError::Failed(format!(
+                "step {}: listener {name:?} was never opened",
+                step.name
+            ))
+        })
+    }
+
+    /// The flow of connection `conn` as the host of `role` sees it: (its
+    /// end, the other end).
+    pub(super) fn flow(
+        &self,
+        step: &Step,
+        role: &str,
+        conn: &str,
+    ) -> Result<(SocketAddr, SocketAddr), StepError> {
+        let opened = self.conn(step, conn)?;
+        let (Some(local), Some(listener)) = (opened.local, self.dialed.get(conn)) else {
+            return Err(StepError::Failed(format!(
+                "the flow of {conn:?} is not known: name the connecting side's connection"
+            )));
+        };
+        Ok(if opened.role == role {
+            (local, *listener)
+        } else {
+            (*listener, local)
+        })
+    }
+
+    /// The local addresses of the sockets `role` opened.
+    pub(super) fn addresses_of(&self, role: &str) -> Vec<String> {
+        self.listeners
+            .values()
+            .filter(|listener| listener.role == role)
+            .map(|listener| listener.address.to_string())
+            .chain(
+                self.conns
+                    .values()
+                    .filter(|conn| conn.role == role)
+                    .filter_map(|conn| conn.local.map(|address| address.to_string())),
+            )
+            .collect()
+    }
+}
+
+/// One case on one binding: what the steps share.
+pub(crate) struct CaseRun<'a> {
+    pub case_id: String,
+    /// The capture running on every agent of the case, when they all can.
+    pub capture: Option<String>,
+    /// What the captures saw on the case's connections.
+    pub wire: Vec<WireReport>,
+    /// Each role's agent (for a role an application plays: the agent on its host, if any).
+    pub agents: HashMap<String, Arc<AgentHandle>>,
+    /// Roles played by applications.
+    pub targets: BTreeMap<String, Arc<TargetHandle>>,
+    /// Steps not judged, and why.
+    pub unchecked: BTreeMap<String, String>,
+    pub names: Names,
+    pub clock: RunClock,
+    /// Each step that ran, with its outcome.
+    pub results: Vec<(&'a Step, Outcome)>,
+    /// Steps released together → the moment they were to act (run clock).
+    pub released: HashMap<String, i64>,
+    /// Background steps still running.
+    pub background: HashMap<String, tokio::task::JoinHandle<Result<Outcome, StepError>>>,
+}

@@ -1,0 +1,204 @@
+//! A case's timeline: each step waits for the one before it (a barrier
+//! across hosts), except background steps, which run on until joined, and
+//! steps released together (`with`), which are sent ahead and act at one
+//! moment. Steps of a role an application plays are the application's own.
+
+use super::state::{CaseRun, StepError};
+use super::steps::{prepare, release_lead};
+use super::wire::start_wire;
+use crate::scenario::{Action, Scenario, SocketCall, Step, Timing};
+use faultlab_proto::v1 as pb;
+use std::collections::HashSet;
+
+/// Play the case's steps in order, recording each outcome in `run`.
+pub(super) async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    start_wire(run).await;
+    spawn_holders(case, run).await?;
+    let mut released: HashSet<&str> = HashSet::new();
+    for (index, step) in case.steps.iter().enumerate() {
+        if released.contains(step.name.as_str()) {
+            continue;
+        }
+        let together: Vec<&'a Step> = std::iter::once(step)
+            .chain(
+                case.steps[index + 1..]
+                    .iter()
+                    .take_while(|next| next.with.as_deref() == Some(step.name.as_str())),
+            )
+            .collect();
+        // An application's calls are its own: its steps are not released.
+        if together.len() > 1 && together.iter().all(|step| !of_application(step, run)) {
+            released.extend(together.iter().map(|step| step.name.as_str()));
+            play_together(&together, run).await?;
+            continue;
+        }
+        if let Action::Timing(Timing::Join { step: joined }) = &step.action {
+            join(case, joined, run).await?;
+            continue;
+        }
+        if by_application(step, run) {
+            if application_step(step, run) == Next::Stop {
+                return Ok(());
+            }
+            continue;
+        }
+        let action = prepare(step, run)?;
+        if let Some(rewrite) = action.byte_rewrite {
+            run.names.byte_rewrites.push(rewrite);
+        }
+        if step.background {
+            run.background
+                .insert(step.name.clone(), tokio::spawn(action.perform()));
+        } else if let Some(outcome) = action.perform_and_record(&mut run.names).await? {
+            run.results.push((step, outcome));
+        }
+    }
+    let left: Vec<String> = run.background.keys().cloned().collect();
+    for name in left {
+        join(case, &name, run).await?;
+    }
+    Ok(())
+}
+
+/// A holder process for every role an agent plays.
+async fn spawn_holders(case: &Scenario, run: &mut CaseRun<'_>) -> Result<(), StepError> {
+    for role in &case.roles {
+        if run.targets.contains_key(role) {
+            continue;
+        }
+        let Some(agent) = run.agents.get(role).cloned() else {
+            return Err(StepError::Failed(format!("role {role} is not bound")));
+        };
+        let request = pb::SpawnHolderRequest {
+            label: format!("{}/{role}", case.id),
+        };
+        let spawned = agent
+            .client
+            .clone()
+            .spawn_holder(request)
+            .await
+            .map_err(|status| StepError::from_status(&agent, &status))?
+            .into_inner();
+        run.names.holders.insert(role.clone(), spawned.holder_id);
+    }
+    Ok(())
+}
+
+/// Wait for the background step `name`; its outcome is its own.
+async fn join<'a>(case: &'a Scenario, name: &str, run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    let task = run
+        .background
+        .remove(name)
+        .ok_or_else(|| StepError::Failed(format!("{name} is not running")))?;
+    let outcome = task
+        .await
+        .map_err(|error| StepError::Failed(format!("{name}: {error}")))??;
+    let step = case
+        .steps
+        .iter()
+        .find(|candidate| candidate.name == name)
+        .ok_or_else(|| StepError::Failed(format!("no step {name}")))?;
+    run.results.push((step, outcome));
+    Ok(())
+}
+
+/// Whether an application plays the step's role.
+fn of_application(step: &Step, run: &CaseRun<'_>) -> bool {
+    step.role
+        .as_ref()
+        .is_some_and(|role| run.targets.contains_key(role))
+}
+
+/// Whether the step is a socket call of a role an application plays.
+fn by_application(step: &Step, run: &CaseRun<'_>) -> bool {
+    of_application(step, run) && step.action.by_application().is_some()
+}
+
+#[derive(PartialEq, Eq)]
+enum Next {
+    Go,
+    Stop,
+}
+
+/// An application's own socket call: faultlab neither makes nor sees it.
+/// Its listening address is known already; a call it would have to decide
+/// to make (send, close, ...) ends the timeline, since what follows would
+/// observe nothing the scenario means: the probe judges instead.
+fn application_step(step: &Step, run: &mut CaseRun<'_>) -> Next {
+    let Some(target) = step.role.as_ref().and_then(|role| run.targets.get(role)) else {
+        return Next::Go;
+    };
+    if let Action::Socket(SocketCall::Listen { listener, .. }) = &step.action {
+        run.names.listeners.insert(
+            listener.clone(),
+            super::state::Listener {
+                id: 0,
+                address: target.address,
+                role: step.role.clone().unwrap_or_default(),
+            },
+        );
+    }
+    if step.action.by_application() == Some(true) {
+        run.unchecked.insert(
+            step.name.clone(),
+            format!(
+                "the application plays {} its own way: this step and the ones after it were not played",
+                step.action.keyword()
+            ),
+        );
+        for (_, task) in run.background.drain() {
+            task.abort();
+        }
+        return Next::Stop;
+    }
+    if !step.expect.is_empty() {
+        run.unchecked.insert(
+            step.name.clone(),
+            "played by the application: its calls are its own (the probe judges it)".to_owned(),
+        );
+    }
+    Next::Go
+}
+
+/// Steps released together: each agent is told the same moment on its own
+/// clock, ahead of it; the timeline goes on once every step has ended.
+async fn play_together<'a>(steps: &[&'a Step], run: &mut CaseRun<'a>) -> Result<(), StepError> {
+    let mut actions = Vec::with_capacity(steps.len());
+    for step in steps {
+        let action = prepare(step, run)?;
+        if let Some(rewrite) = action.byte_rewrite {
+            run.names.byte_rewrites.push(rewrite);
+        }
+        actions.push(action);
+    }
+    let lead = i64::try_from(release_lead(&actions).as_nanos()).unwrap_or(i64::MAX);
+    let release_ns = run.clock.now_ns().saturating_add(lead);
+    for step in steps {
+        run.released.insert(step.name.clone(), release_ns);
+    }
+    let mut running = Vec::with_capacity(actions.len());
+    for mut action in actions {
+        action.release_at(release_ns);
+        let naming = action.note(&mut run.names);
+        running.push((naming, tokio::spawn(action.run())));
+    }
+    let mut first_error = None;
+    for ((naming, task), step) in running.into_iter().zip(steps) {
+        let ran = task
+            .await
+            .map_err(|error| StepError::Failed(format!("{}: {error}", step.name)))
+            .and_then(|ran| ran);
+        match ran {
+            Ok(ran) => {
+                if let Some(outcome) = naming.define(&mut run.names, ran) {
+                    run.results.push((step, outcome));
+                }
+            }
+            // Every step is awaited before the first failure ends the case.
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

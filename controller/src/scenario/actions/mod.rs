@@ -1,0 +1,160 @@
+//! Everything a step can do, in four families, each in a file of its own
+//! that owns the family's input form, its checks and its model:
+//!
+//! - [`socket`](SocketCall): a holder's socket calls;
+//! - [`network`](NetworkFault): faults done to a host on the network;
+//! - [`process`](ProcessFault): faults done to the program playing a role;
+//! - [`timing`](Timing): waits on the timeline itself.
+//!
+//! The engine has the same four rooms (`engine::steps`), where each family
+//! becomes agent requests. Adding an action means: its variant, input form
+//! and references in its family file here, its request in the engine's
+//! family file, and the RPC in the proto and the agent.
+
+mod network;
+mod process;
+mod socket;
+mod timing;
+
+pub use faultlab_proto::CloseMode;
+pub use network::{IsolationMode, NetworkFault};
+pub use process::ProcessFault;
+pub use socket::{Options, Payload, SocketCall};
+pub use timing::Timing;
+
+use super::parse::input::{Errors, Place, SpannedTable};
+
+/// Everything a step can do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// A socket call of the role's holder.
+    Socket(SocketCall),
+    /// A fault done to the role's host on the network.
+    Network(NetworkFault),
+    /// A fault done to the program playing the role.
+    Process(ProcessFault),
+    /// A wait on the timeline (no role).
+    Timing(Timing),
+}
+
+/// A name a step uses or defines: what the checks across the timeline
+/// follow. `field` is the step's key that holds the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference<'a> {
+    /// Uses a connection an earlier step opened (`connect`/`accept` `as`).
+    UsesConn {
+        /// The key.
+        field: &'static str,
+        /// The name.
+        name: &'a str,
+    },
+    /// Uses a listener an earlier step opened.
+    UsesListener {
+        /// The key.
+        field: &'static str,
+        /// The name.
+        name: &'a str,
+    },
+    /// Waits for an earlier background step.
+    UsesBackground {
+        /// The key.
+        field: &'static str,
+        /// The step's name.
+        name: &'a str,
+    },
+    /// Opens a connection under this name.
+    DefinesConn(&'a str),
+    /// Opens a listener under this name.
+    DefinesListener(&'a str),
+}
+
+/// Every action keyword, family by family.
+pub fn keywords() -> impl Iterator<Item = &'static str> {
+    socket::KEYWORDS
+        .iter()
+        .chain(network::KEYWORDS)
+        .chain(process::KEYWORDS)
+        .chain(timing::KEYWORDS)
+        .copied()
+}
+
+impl Action {
+    /// The name scenarios use for this action (`do = "..."`).
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Self::Socket(call) => call.keyword(),
+            Self::Network(fault) => fault.keyword(),
+            Self::Process(fault) => fault.keyword(),
+            Self::Timing(timing) => timing.keyword(),
+        }
+    }
+
+    /// The capability an agent needs for this action, if beyond connections.
+    pub fn capability(&self) -> Option<&'static str> {
+        match self {
+            Self::Network(fault) => Some(fault.capability()),
+            Self::Process(fault) => fault.capability(),
+            Self::Socket(_) | Self::Timing(_) => None,
+        }
+    }
+
+    /// The names it uses and defines.
+    pub fn references(&self) -> Vec<Reference<'_>> {
+        match self {
+            Self::Socket(call) => call.references(),
+            Self::Network(fault) => fault.references(),
+            Self::Process(fault) => fault.references(),
+            Self::Timing(timing) => timing.references(),
+        }
+    }
+
+    /// Whether a role does it (every action but the timeline's own).
+    pub fn takes_role(&self) -> bool {
+        !matches!(self, Self::Timing(_))
+    }
+
+    /// Whether it can run on while later steps go on.
+    pub fn may_run_in_background(&self) -> bool {
+        matches!(
+            self,
+            Self::Socket(
+                SocketCall::Send { .. } | SocketCall::Recv { .. } | SocketCall::WaitEnd { .. }
+            ) | Self::Timing(Timing::Sleep { .. })
+        )
+    }
+
+    /// For a role an application plays: whether the step is the
+    /// application's own socket call (faultlab neither makes nor sees it),
+    /// and if so whether it is one the application decides to do
+    /// (`Some(true)`: send, close, exit, ...) rather than one that just
+    /// happens (`Some(false)`: listen, accept, recv). `None`: a fault the
+    /// agent on its host carries out.
+    pub fn by_application(&self) -> Option<bool> {
+        match self {
+            Self::Socket(call) => Some(call.decided_by_application()),
+            Self::Process(ProcessFault::Exit { .. }) => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Read a step's own fields for `keyword`; `None` with the errors
+    /// recorded, or for a keyword no family knows (the caller says so).
+    pub(crate) fn parse(
+        keyword: &str,
+        own: &SpannedTable,
+        place: &Place,
+        errors: &mut Errors<'_>,
+    ) -> Option<Self> {
+        if socket::KEYWORDS.contains(&keyword) {
+            SocketCall::parse(keyword, own, place, errors).map(Self::Socket)
+        } else if network::KEYWORDS.contains(&keyword) {
+            NetworkFault::parse(keyword, own, place, errors).map(Self::Network)
+        } else if process::KEYWORDS.contains(&keyword) {
+            ProcessFault::parse(keyword, own, place, errors).map(Self::Process)
+        } else if timing::KEYWORDS.contains(&keyword) {
+            Timing::parse(keyword, own, place, errors).map(Self::Timing)
+        } else {
+            None
+        }
+    }
+}

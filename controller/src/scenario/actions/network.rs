@@ -1,0 +1,166 @@
+//! Network faults: what happens to a role's host on the network (cut off,
+//! healed, cable pulled and plugged back, rebooted). Their input form,
+//! checks and model live here; the engine's `steps::network` turns them
+//! into agent requests.
+
+use super::Reference;
+use crate::scenario::parse::input::{Errors, Place, SpannedTable, typed};
+use serde::Deserialize;
+
+/// The network faults' keywords (`do = "..."`).
+pub(super) const KEYWORDS: &[&str] = &["isolate", "heal", "link-down", "link-up", "reboot"];
+
+/// Default down time of a simulated reboot.
+const DEFAULT_DOWN_MS: u64 = 3_000;
+
+/// A fault done to a role's host on the network.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetworkFault {
+    /// Cut the role's host off the test network (needs `isolate`), or
+    /// only the flow of one connection.
+    Isolate {
+        /// Drop packets silently, or answer them with RST / unreachable.
+        mode: IsolationMode,
+        /// The isolation lifts by itself after this.
+        deadline_ms: u64,
+        /// Only this connection's flow (its 4-tuple), seen from the role's host.
+        conn: Option<String>,
+    },
+    /// Lift the role's isolation (needs `isolate`).
+    Heal,
+    /// Pull the cable of the role's test interface (the one holding its test
+    /// address) until a deadline (needs `link`).
+    LinkDown {
+        /// The link comes back by itself after this.
+        deadline_ms: u64,
+    },
+    /// Plug it back in.
+    LinkUp,
+    /// Reboot the role's host, really or simulated (needs `reboot`, or
+    /// `isolate` for a simulated one).
+    Reboot {
+        /// Simulated: drop everything, forget sockets, come back.
+        simulated: bool,
+        /// How long the host stays down (simulated).
+        down_ms: u64,
+    },
+}
+
+/// What an isolated host does with the packets it no longer lets through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationMode {
+    /// Nothing: they vanish, as behind a pulled cable.
+    Drop,
+    /// Answer with RST / unreachable, as a firewall rule would.
+    Reject,
+}
+
+impl NetworkFault {
+    /// The name scenarios use for it.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Self::Isolate { .. } => "isolate",
+            Self::Heal => "heal",
+            Self::LinkDown { .. } => "link-down",
+            Self::LinkUp => "link-up",
+            Self::Reboot { .. } => "reboot",
+        }
+    }
+
+    /// The capability an agent needs for it.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Self::Isolate { .. }
+            | Self::Heal
+            | Self::Reboot {
+                simulated: true, ..
+            } => "isolate",
+            Self::Reboot {
+                simulated: false, ..
+            } => "reboot",
+            Self::LinkDown { .. } | Self::LinkUp => "link",
+        }
+    }
+
+    /// The names it uses.
+    pub(super) fn references(&self) -> Vec<Reference<'_>> {
+        match self {
+            Self::Isolate {
+                conn: Some(conn), ..
+            } => vec![Reference::UsesConn {
+                field: "conn",
+                name: conn,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Read the step's own fields for `keyword` (one of [`KEYWORDS`]).
+    pub(super) fn parse(
+        keyword: &str,
+        own: &SpannedTable,
+        place: &Place,
+        errors: &mut Errors<'_>,
+    ) -> Option<Self> {
+        let (span, path) = (&place.span, place.path.as_str());
+        match keyword {
+            "isolate" => typed::<IsolateSpec>(own, span, path, errors).map(|spec| Self::Isolate {
+                mode: spec.mode,
+                deadline_ms: spec.deadline_ms,
+                conn: spec.conn,
+            }),
+            "heal" => typed::<NothingSpec>(own, span, path, errors).map(|_| Self::Heal),
+            "link-down" => {
+                typed::<DeadlineSpec>(own, span, path, errors).map(|spec| Self::LinkDown {
+                    deadline_ms: spec.deadline_ms,
+                })
+            }
+            "link-up" => typed::<NothingSpec>(own, span, path, errors).map(|_| Self::LinkUp),
+            _ => typed::<RebootSpec>(own, span, path, errors).map(|spec| Self::Reboot {
+                simulated: spec.simulated,
+                down_ms: spec.down_ms,
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolateSpec {
+    #[serde(default = "drop_mode")]
+    mode: IsolationMode,
+    deadline_ms: u64,
+    conn: Option<String>,
+}
+
+fn drop_mode() -> IsolationMode {
+    IsolationMode::Drop
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NothingSpec {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadlineSpec {
+    deadline_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebootSpec {
+    #[serde(default = "simulated")]
+    simulated: bool,
+    #[serde(default = "default_down_ms")]
+    down_ms: u64,
+}
+
+fn simulated() -> bool {
+    true
+}
+
+fn default_down_ms() -> u64 {
+    DEFAULT_DOWN_MS
+}

@@ -1,0 +1,529 @@
+//! Reading scenario files: TOML in, a validated [`Scenario`] or every error
+//! found, each with file, line, column and the field at fault.
+//!
+//! The file is read once into tables that keep every key's position. The
+//! header and each step are then deserialized on their own (so one bad step
+//! does not hide the next), and the references between steps (connections,
+//! listeners, step names, roles) are checked over the whole timeline.
+//!
+//! ```toml
+//! id = "C1"
+//! name = "send-after-server-close"
+//! title = "The server closes; the client sends twice"
+//! roles = ["client", "server"]
+//!
+//! [[step]]
+//! role = "server"
+//! do = "listen"
+//! as = "l"
+//!
+//! [[step]]
+//! role = "client"
+//! do = "send"
+//! conn = "c"
+//! text = "second"
+//! expect.linux = { outcome = "error", error = "EPIPE", sigpipe = true }
+//! ```
+
+pub(crate) mod input;
+mod references;
+
+use input::{Errors, Place, SpannedTable, key_span, typed};
+
+use super::{Action, Expect, ExpectedOutcome, Scenario, Step};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
+
+/// Default for a scenario's `timeout_ms`.
+pub const DEFAULT_CASE_TIMEOUT_MS: u64 = 60_000;
+
+/// One thing wrong in a scenario file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field at fault, as a path (`step[3].conn`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.field, self.message
+        )
+    }
+}
+
+/// Every error found in a scenario file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ScenarioErrors(pub Vec<ScenarioError>);
+
+impl fmt::Display for ScenarioErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse and validate one scenario. `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
+    let mut errors = Errors {
+        file,
+        text,
+        found: Vec::new(),
+    };
+    let document: SpannedTable = match toml::from_str(text) {
+        Ok(document) => document,
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            errors.at(&span, "(file)", error.message().trim().to_owned());
+            return Err(ScenarioErrors(errors.found));
+        }
+    };
+    let (steps, header): (Vec<_>, Vec<_>) = document
+        .iter()
+        .partition(|(key, _)| key.get_ref() == "step");
+    let header: SpannedTable = header
+        .into_iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let header = typed::<Header>(&header, &(0..text.len()), "", &mut errors);
+    let parsed_steps: Vec<(Step, SpannedTable)> = step_tables(&steps, text, &mut errors)
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (span, table))| parse_step(index, table, span, &mut errors))
+        .collect();
+    let Some(header) = header else {
+        return Err(ScenarioErrors(errors.found));
+    };
+    let scenario = header.into_scenario(file, &parsed_steps);
+    if errors.found.is_empty() {
+        references::check(&scenario, &parsed_steps, &document, &mut errors);
+    }
+    if errors.found.is_empty() {
+        Ok(scenario)
+    } else {
+        Err(ScenarioErrors(errors.found))
+    }
+}
+
+/// The `[[step]]` tables with their positions, or an error when `step` is
+/// written some other way.
+fn step_tables(
+    steps: &[(&Spanned<String>, &Spanned<toml::Value>)],
+    text: &str,
+    errors: &mut Errors<'_>,
+) -> Vec<(Range<usize>, SpannedTable)> {
+    match steps.first() {
+        None => Vec::new(),
+        Some((key, value)) => match value.get_ref() {
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                spanned_steps(text)
+            }
+            _ => {
+                errors.at(&key.span(), "step", "steps are written as [[step]] tables");
+                Vec::new()
+            }
+        },
+    }
+}
+
+/// Re-read the `[[step]]` tables with their positions (the generic value
+/// of the first read loses them).
+fn spanned_steps(text: &str) -> Vec<(Range<usize>, SpannedTable)> {
+    #[derive(Deserialize)]
+    struct StepsOnly {
+        #[serde(default)]
+        step: Vec<Spanned<SpannedTable>>,
+    }
+    toml::from_str::<StepsOnly>(text).map_or_else(
+        |_| Vec::new(),
+        |only| {
+            only.step
+                .into_iter()
+                .map(|step| (step.span(), step.into_inner()))
+                .collect()
+        },
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    id: String,
+    name: String,
+    title: String,
+    seed: Option<String>,
+    roles: Vec<String>,
+    #[serde(default)]
+    needs: Vec<String>,
+    timeout_ms: Option<u64>,
+    application: Option<String>,
+}
+
+impl Header {
+    fn into_scenario(self, file: &str, steps: &[(Step, SpannedTable)]) -> Scenario {
+        Scenario {
+            id: self.id,
+            name: self.name,
+            title: self.title,
+            seed: self.seed,
+            needs: self.needs,
+            application: self.application,
+            timeout_ms: self.timeout_ms.unwrap_or(DEFAULT_CASE_TIMEOUT_MS),
+            roles: self.roles,
+            steps: steps.iter().map(|(step, _)| step.clone()).collect(),
+            source: file.to_owned(),
+        }
+    }
+}
+
+/// The keys every step may have, whatever it does.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    role: Option<String>,
+    #[serde(rename = "do")]
+    action: String,
+    name: Option<String>,
+    #[serde(default)]
+    background: bool,
+    with: Option<String>,
+    #[serde(default)]
+    expect: BTreeMap<String, ExpectSpec>,
+}
+
+const COMMON_KEYS: &[&str] = &["role", "do", "name", "background", "with", "expect"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectSpec {
+    outcome: Option<OutcomeSpec>,
+    error: Option<String>,
+    sigpipe: Option<bool>,
+    bytes: Option<u64>,
+    bytes_min: Option<u64>,
+    bytes_below: Option<String>,
+    unread_bytes_min: Option<u64>,
+    within_ms: Option<u64>,
+    since: Option<String>,
+    wire_rst: Option<bool>,
+    wire_fin: Option<bool>,
+    wire_bytes_before_fin: Option<u64>,
+    source: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum OutcomeSpec {
+    Ok,
+    Eof,
+    Error,
+    Timeout,
+    HolderGone,
+}
+
+/// One step: its common keys here, its own through its action's family.
+fn parse_step(
+    index: usize,
+    table: &SpannedTable,
+    span: &Range<usize>,
+    errors: &mut Errors<'_>,
+) -> Option<(Step, SpannedTable)> {
+    let place = Place {
+        span: span.clone(),
+        path: format!("step[{}]", index + 1),
+    };
+    let (common_table, own_table): (SpannedTable, SpannedTable) = table
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .partition(|(key, _)| COMMON_KEYS.contains(&key.get_ref().as_str()));
+    let common: Common = typed(&common_table, span, &place.path, errors)?;
+    let before = errors.found.len();
+    let action = Action::parse(&common.action, &own_table, &place, errors);
+    if action.is_none() && errors.found.len() == before {
+        errors.at(
+            &key_span(&common_table, "do", span),
+            place.field("do"),
+            format!(
+                "unknown action {:?}; one of: {}",
+                common.action,
+                super::keywords().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let action = action?;
+    if errors.found.len() > before {
+        return None;
+    }
+    let step = Step {
+        name: common
+            .name
+            .unwrap_or_else(|| format!("{}-{}", index + 1, action.keyword())),
+        role: common.role,
+        action,
+        background: common.background,
+        with: common.with,
+        expect: common
+            .expect
+            .into_iter()
+            .map(|(os, spec)| (os, expectation(spec)))
+            .collect(),
+        line: errors.line_of(span.start),
+    };
+    Some((step, common_table))
+}
+
+fn expectation(spec: ExpectSpec) -> Expect {
+    Expect {
+        outcome: spec.outcome.map(|outcome| match outcome {
+            OutcomeSpec::Ok => ExpectedOutcome::Ok,
+            OutcomeSpec::Eof => ExpectedOutcome::Eof,
+            OutcomeSpec::Error => ExpectedOutcome::Error,
+            OutcomeSpec::Timeout => ExpectedOutcome::Timeout,
+            OutcomeSpec::HolderGone => ExpectedOutcome::HolderGone,
+        }),
+        error: spec.error,
+        sigpipe: spec.sigpipe,
+        bytes: spec.bytes,
+        bytes_min: spec.bytes_min,
+        bytes_below: spec.bytes_below,
+        unread_bytes_min: spec.unread_bytes_min,
+        within_ms: spec.within_ms,
+        since: spec.since,
+        wire_rst: spec.wire_rst,
+        wire_fin: spec.wire_fin,
+        wire_bytes_before_fin: spec.wire_bytes_before_fin,
+        source: spec.source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "C1"
+name = "send-after-server-close"
+title = "The server closes; the client sends twice"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+options = { linger = 0, keepalive = { idle_ms = 2000 } }
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+name = "second"
+role = "client"
+do = "send"
+conn = "c"
+text = "second"
+expect.linux = { outcome = "error", error = "EPIPE", sigpipe = true }
+expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
+"#;
+
+    #[test]
+    fn a_good_scenario_parses() -> Result<(), ScenarioErrors> {
+        let scenario = parse("c1.toml", GOOD)?;
+        assert_eq!(scenario.id, "C1");
+        assert_eq!(scenario.steps.len(), 4);
+        assert_eq!(scenario.steps[0].name, "1-listen");
+        let second = &scenario.steps[3];
+        assert_eq!(second.name, "second");
+        assert_eq!(second.line, 25);
+        assert_eq!(second.expect["linux"].error.as_deref(), Some("EPIPE"));
+        assert_eq!(second.expect["windows"].source.as_deref(), Some("seed"));
+        let Action::Socket(crate::scenario::SocketCall::Connect { options, .. }) =
+            &scenario.steps[1].action
+        else {
+            panic!("step 2 is a connect");
+        };
+        assert_eq!(options.linger, Some(Some(0)));
+        assert_eq!(options.keepalive, Some((2000, 0, 0)));
+        Ok(())
+    }
+
+    fn errors_of(text: &str) -> Vec<ScenarioError> {
+        match parse("bad.toml", text) {
+            Ok(scenario) => panic!("expected errors, parsed {scenario:?}"),
+            Err(ScenarioErrors(errors)) => errors,
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_has_its_position() {
+        let errors = errors_of("id = \"x\"\nroles = [\"a\"\n");
+        assert_eq!(errors.len(), 1);
+        assert_eq!((errors[0].line, errors[0].file.as_str()), (2, "bad.toml"));
+    }
+
+    #[test]
+    fn every_bad_step_is_reported_at_its_field() {
+        let text = GOOD
+            .replace("text = \"second\"", "txt = \"second\"")
+            .replace("as = \"s\"", "as = \"s\"\nbogus = 1")
+            .replace("do = \"listen\"", "do = \"lissen\"");
+        let errors = errors_of(&text);
+        let found: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|error| (error.line, error.field.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (9, "step[1].do"),
+                (24, "step[3].bogus"),
+                (31, "step[4].txt")
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[0].message.contains("unknown action \"lissen\""));
+        assert!(errors[2].message.contains("unknown field `txt`"));
+        assert_eq!(errors[1].column, 1);
+    }
+
+    #[test]
+    fn references_are_checked_across_the_timeline() {
+        let text = GOOD
+            .replace("conn = \"c\"", "conn = \"nope\"")
+            .replace(
+                "role = \"server\"\ndo = \"accept\"",
+                "role = \"router\"\ndo = \"accept\"",
+            )
+            .replace("error = \"EPIPE\"", "error = \"EPIPE\", since = \"later\"")
+            .replace("expect.windows", "expect.beos");
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "step[3].role",
+                "step[4].conn",
+                "step[4].expect.beos",
+                "step[4].expect.linux.since",
+                "step[4].expect.linux.within_ms"
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors.iter().all(|error| error.line > 1));
+    }
+
+    #[test]
+    fn steps_released_together_follow_their_first() -> Result<(), ScenarioErrors> {
+        let together = "\n[[step]]\nname = \"both\"\nrole = \"server\"\ndo = \"send\"\nconn = \"s\"\ntext = \"x\"\nwith = \"second\"\n";
+        let scenario = parse("ok.toml", &format!("{GOOD}{together}"))?;
+        assert_eq!(scenario.steps[4].with.as_deref(), Some("second"));
+        // A third naming the first, not the second of the run, is fine too.
+        let third = together.replace("\"both\"", "\"third\"");
+        parse("ok.toml", &format!("{GOOD}{together}{third}"))?;
+
+        let errors = errors_of(&format!(
+            "{GOOD}{}",
+            together.replace("with = \"second\"", "with = \"1-listen\"")
+        ));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(
+            (errors[0].field.as_str(), errors[0].line),
+            ("step[5].with", 40)
+        );
+        assert!(errors[0].message.contains("(\"second\")"), "{errors:#?}");
+
+        // A connection made by the first step is not there yet for the others.
+        let early = "\n[[step]]\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c2\"\n\n[[step]]\nrole = \"client\"\ndo = \"send\"\nconn = \"c2\"\ntext = \"x\"\nwith = \"6-connect\"\n";
+        let errors = errors_of(&format!("{GOOD}{together}{early}"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "step[7].conn");
+
+        let sleeping = "\n[[step]]\ndo = \"sleep\"\nms = 5\nwith = \"second\"\n";
+        let errors = errors_of(&format!("{GOOD}{sleeping}"));
+        assert!(
+            errors.iter().any(|error| error.field == "step[5].with"
+                && error.message.contains("not released together")),
+            "{errors:#?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_header_field_is_named() {
+        let errors = errors_of(&GOOD.replace("title = ", "titel = "));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "titel");
+        assert_eq!(errors[0].line, 4);
+    }
+
+    #[test]
+    fn application_faults_name_their_role_and_connection() {
+        let text = format!(
+            "{GOOD}\n[[step]]\nrole = \"server\"\ndo = \"abort-connections\"\nconn = \"nope\"\n"
+        )
+        .replace(
+            "roles = [",
+            "application = \"db\"\nneeds = [\"process\"]\nroles = [",
+        );
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        assert!(fields.contains(&"application"), "{errors:#?}");
+        assert!(
+            fields.iter().any(|field| field.ends_with(".conn")),
+            "{errors:#?}"
+        );
+        let fixed = text
+            .replace("application = \"db\"", "application = \"server\"")
+            .replace("conn = \"nope\"", "");
+        let scenario = parse("ok.toml", &fixed).map_err(|errors| format!("{errors:?}"));
+        assert!(scenario.is_ok_and(|scenario| {
+            scenario.application.as_deref() == Some("server")
+                && scenario.steps.iter().any(|step| {
+                    step.action
+                        == Action::Process(crate::scenario::ProcessFault::AbortConnections {
+                            conn: None,
+                        })
+                })
+        }));
+    }
+
+    #[test]
+    fn isolation_needs_its_capability_declared() {
+        let text =
+            format!("{GOOD}\n[[step]]\nrole = \"client\"\ndo = \"isolate\"\ndeadline_ms = 5000\n");
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains("add it to `needs`"),
+            "{errors:?}"
+        );
+        let declared = text.replace("roles = [", "needs = [\"isolate\"]\nroles = [");
+        assert!(parse("ok.toml", &declared).is_ok());
+    }
+}

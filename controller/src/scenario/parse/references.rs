@@ -1,0 +1,290 @@
+//! The checks across a scenario's whole timeline: roles declared, names
+//! used only after the step that defines them, capabilities declared,
+//! steps released together written right, expectations naming earlier
+//! steps and known OSes.
+
+use super::input::{Errors, SpannedTable, key_span};
+use crate::scenario::{Action, KNOWN_CAPABILITIES, KNOWN_OS, Reference, Scenario, Step};
+use std::collections::HashSet;
+use std::ops::Range;
+use toml::Spanned;
+
+/// One problem found in a step: where, which field, what.
+type Problem = (Range<usize>, String, String);
+
+/// Check the header and every step against the ones before it.
+pub(super) fn check(
+    scenario: &Scenario,
+    steps: &[(Step, SpannedTable)],
+    document: &SpannedTable,
+    errors: &mut Errors<'_>,
+) {
+    check_header(scenario, document, errors);
+    let mut timeline = Timeline::default();
+    let mut previous: Option<&Step> = None;
+    for (index, (step, table)) in steps.iter().enumerate() {
+        if step.with.is_none() {
+            timeline.end_group();
+        }
+        let at = StepAt::new(index, step, table, errors);
+        let mut problems = Vec::new();
+        timeline.check_step(scenario, step, previous, &at, &mut problems);
+        for (span, field, message) in problems {
+            errors.at(&span, field, message);
+        }
+        timeline.record(step);
+        previous = Some(step);
+    }
+}
+
+/// Roles listed once, the application among them, capabilities known.
+fn check_header(scenario: &Scenario, document: &SpannedTable, errors: &mut Errors<'_>) {
+    let whole = 0..errors.text.len();
+    let roles_span = key_span(document, "roles", &whole);
+    if scenario.roles.is_empty() {
+        errors.at(&roles_span, "roles", "a scenario needs at least one role");
+    }
+    let mut seen_roles = HashSet::new();
+    for role in &scenario.roles {
+        if !seen_roles.insert(role) {
+            errors.at(
+                &roles_span,
+                "roles",
+                format!("role {role:?} is listed twice"),
+            );
+        }
+    }
+    if let Some(application) = &scenario.application
+        && !scenario.roles.contains(application)
+    {
+        errors.at(
+            &key_span(document, "application", &whole),
+            "application",
+            format!("role {application:?} is not in roles {:?}", scenario.roles),
+        );
+    }
+    for need in &scenario.needs {
+        if !KNOWN_CAPABILITIES.contains(&need.as_str()) {
+            errors.at(
+                &key_span(document, "needs", &whole),
+                "needs",
+                format!("unknown capability {need:?}; one of {KNOWN_CAPABILITIES:?}"),
+            );
+        }
+    }
+}
+
+/// Where a step's keys are, for its errors.
+struct StepAt {
+    path: String,
+    step_span: Range<usize>,
+    line_span: Range<usize>,
+    table: SpannedTable,
+}
+
+impl StepAt {
+    fn new(index: usize, step: &Step, table: &SpannedTable, errors: &Errors<'_>) -> Self {
+        let whole = 0..errors.text.len();
+        let start = errors
+            .text
+            .lines()
+            .take(step.line - 1)
+            .map(|line| line.len() + 1)
+            .sum::<usize>();
+        Self {
+            path: format!("step[{}]", index + 1),
+            step_span: table.keys().next().map_or(whole, Spanned::span),
+            line_span: start..start,
+            table: table.clone(),
+        }
+    }
+
+    fn key(&self, key: &str) -> Range<usize> {
+        key_span(&self.table, key, &self.step_span)
+    }
+
+    fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+
+    /// A problem at `key`.
+    fn problem(&self, key: &str, message: String) -> Problem {
+        (self.key(key), self.field(key), message)
+    }
+}
+
+/// What the steps so far have defined.
+#[derive(Default)]
+struct Timeline<'s> {
+    listeners: HashSet<&'s str>,
+    conns: HashSet<&'s str>,
+    names: Vec<&'s str>,
+    background: Vec<&'s str>,
+    /// Names a step defines become usable once its group (steps released
+    /// together) has ended: they are only known after it.
+    defined_listeners: Vec<&'s str>,
+    defined_conns: Vec<&'s str>,
+}
+
+impl<'s> Timeline<'s> {
+    fn end_group(&mut self) {
+        self.listeners.extend(self.defined_listeners.drain(..));
+        self.conns.extend(self.defined_conns.drain(..));
+    }
+
+    fn record(&mut self, step: &'s Step) {
+        for reference in step.action.references() {
+            match reference {
+                Reference::DefinesConn(name) => self.defined_conns.push(name),
+                Reference::DefinesListener(name) => self.defined_listeners.push(name),
+                _ => {}
+            }
+        }
+        self.names.push(&step.name);
+        if step.background {
+            self.background.push(&step.name);
+        }
+    }
+
+    fn check_step(
+        &self,
+        scenario: &Scenario,
+        step: &Step,
+        previous: Option<&Step>,
+        at: &StepAt,
+        problems: &mut Vec<Problem>,
+    ) {
+        if self.names.contains(&step.name.as_str()) {
+            problems.push(at.problem("name", format!("step name {:?} is used twice", step.name)));
+        }
+        check_role(scenario, step, at, problems);
+        if step.background && !step.action.may_run_in_background() {
+            problems.push(at.problem(
+                "background",
+                "only send, recv, wait-end and sleep can run in the background".to_owned(),
+            ));
+        }
+        check_with(step, previous, at, problems);
+        if let Some(capability) = step.action.capability()
+            && !scenario.needs.iter().any(|need| need == capability)
+        {
+            problems.push(at.problem(
+                "do",
+                format!(
+                    "{} needs the {capability:?} capability: add it to `needs`",
+                    step.action.keyword()
+                ),
+            ));
+        }
+        self.check_names(&step.action, at, problems);
+        self.check_expectations(step, at, problems);
+    }
+
+    /// Every name the action uses was defined by an earlier step.
+    fn check_names(&self, action: &Action, at: &StepAt, problems: &mut Vec<Problem>) {
+        for reference in action.references() {
+            let missing = match reference {
+                Reference::UsesConn { field, name } if !self.conns.contains(name) => Some((
+                    field,
+                    format!(
+                        "connection {name:?} is not opened by an earlier step (connect or accept `as`)"
+                    ),
+                )),
+                Reference::UsesListener { field, name } if !self.listeners.contains(name) => {
+                    Some((
+                        field,
+                        format!("listener {name:?} is not opened by an earlier listen step"),
+                    ))
+                }
+                Reference::UsesBackground { field, name } if !self.background.contains(&name) => {
+                    Some((field, format!("{name:?} is not an earlier background step")))
+                }
+                _ => None,
+            };
+            if let Some((field, message)) = missing {
+                problems.push(at.problem(field, message));
+            }
+        }
+    }
+
+    /// Known OSes, and `since`/`bytes_below` naming earlier steps.
+    fn check_expectations(&self, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
+        let span = at.key("expect");
+        for (os, expect) in &step.expect {
+            if !KNOWN_OS.contains(&os.as_str()) {
+                problems.push((
+                    span.clone(),
+                    at.field(&format!("expect.{os}")),
+                    format!("unknown OS {os:?}; one of {KNOWN_OS:?}"),
+                ));
+            }
+            for (key, reference) in [
+                ("since", &expect.since),
+                ("bytes_below", &expect.bytes_below),
+            ] {
+                if let Some(reference) = reference
+                    && !self.names.contains(&reference.as_str())
+                {
+                    problems.push((
+                        span.clone(),
+                        at.field(&format!("expect.{os}.{key}")),
+                        format!("{reference:?} is not an earlier step's name"),
+                    ));
+                }
+            }
+            if expect.within_ms.is_some() != expect.since.is_some() {
+                problems.push((
+                    span.clone(),
+                    at.field(&format!("expect.{os}.within_ms")),
+                    "within_ms and since go together".to_owned(),
+                ));
+            }
+        }
+    }
+}
+
+/// A role where the action needs one, and one the scenario declares.
+fn check_role(scenario: &Scenario, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
+    let keyword = step.action.keyword();
+    match (&step.role, step.action.takes_role()) {
+        (None, true) => problems.push((
+            at.line_span.clone(),
+            at.field("role"),
+            format!("{keyword} needs a role"),
+        )),
+        (Some(_), false) => problems.push(at.problem("role", format!("{keyword} takes no role"))),
+        (Some(role), true) if !scenario.roles.contains(role) => problems.push(at.problem(
+            "role",
+            format!("role {role:?} is not in roles {:?}", scenario.roles),
+        )),
+        _ => {}
+    }
+}
+
+/// Steps released together follow their first step directly, and are
+/// neither background nor timing steps.
+fn check_with(step: &Step, previous: Option<&Step>, at: &StepAt, problems: &mut Vec<Problem>) {
+    let Some(with) = &step.with else {
+        return;
+    };
+    let lead = previous.map(|before| before.with.as_ref().unwrap_or(&before.name));
+    let released_together =
+        |candidate: &Step| !candidate.background && candidate.action.takes_role();
+    if lead != Some(with) {
+        problems.push(at.problem(
+            "with",
+            match lead {
+                Some(lead) => format!(
+                    "{with:?} is not the step this one can start with: steps released together follow each other, each naming the first of them ({lead:?})"
+                ),
+                None => format!("{with:?}: the first step starts with nothing"),
+            },
+        ));
+    } else if !released_together(step) || previous.is_some_and(|before| !released_together(before))
+    {
+        problems.push(at.problem(
+            "with",
+            "background, sleep and join steps are not released together with others".to_owned(),
+        ));
+    }
+}
