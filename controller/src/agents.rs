@@ -97,6 +97,44 @@ impl Connector {
                 status,
             })
     }
+
+    /// Lift every isolation of the agent at `address`; how many there were.
+    pub async fn heal_all(&self, address: &str) -> Result<u32, AgentsError> {
+        let mut client = self.connect(address).await?;
+        let request = pb::HealRequest {
+            id: String::new(),
+            all: true,
+        };
+        client
+            .heal(request)
+            .await
+            .map(|reply| reply.into_inner().healed)
+            .map_err(|status| AgentsError::Call {
+                address: address.to_owned(),
+                status,
+            })
+    }
+
+    /// The TCP connections of every program on the host of the agent at
+    /// `address` that `filter` lets through.
+    pub async fn connections(
+        &self,
+        address: &str,
+        filter: pb::ConnectionFilter,
+    ) -> Result<Vec<pb::TcpConnection>, AgentsError> {
+        let mut client = self.connect(address).await?;
+        let request = pb::ListConnectionsRequest {
+            filter: Some(filter),
+        };
+        client
+            .list_connections(request)
+            .await
+            .map(|reply| reply.into_inner().connections)
+            .map_err(|status| AgentsError::Call {
+                address: address.to_owned(),
+                status,
+            })
+    }
 }
 
 /// Why an agent could not be asked.

@@ -18,12 +18,12 @@
 
 use crate::agents::ClientTls;
 use crate::targets::{Target, TargetEntry, TargetError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::Path;
 
 /// One agent of the lab.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
     /// Unique name.
@@ -31,6 +31,7 @@ pub struct AgentEntry {
     /// gRPC address (`host:port`).
     pub address: String,
     /// Address for test traffic, when not the gRPC address's IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub test_ip: Option<IpAddr>,
 }
 
@@ -77,6 +78,18 @@ pub enum InventoryError {
 }
 
 impl Inventory {
+    /// Its agents as an inventory file, under a `# comment` line.
+    pub fn agents_toml(&self, comment: &str) -> Result<String, toml::ser::Error> {
+        #[derive(Serialize)]
+        struct Agents<'a> {
+            agent: &'a [AgentEntry],
+        }
+        let body = toml::to_string(&Agents {
+            agent: &self.agents,
+        })?;
+        Ok(format!("# {comment}\n\n{body}"))
+    }
+
     /// Read an inventory file.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
         let file = path.display().to_string();
@@ -154,6 +167,32 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_agents_read_back_the_same() -> Result<(), Box<dyn std::error::Error>> {
+        let inventory = Inventory {
+            agents: vec![
+                AgentEntry {
+                    name: "host-1".to_owned(),
+                    address: "198.18.120.10:7420".to_owned(),
+                    test_ip: Some("198.18.121.10".parse()?),
+                },
+                AgentEntry {
+                    name: "odd \"name\"".to_owned(),
+                    address: "127.0.0.1:40001".to_owned(),
+                    test_ip: None,
+                },
+            ],
+            ..Inventory::default()
+        };
+        let text = inventory.agents_toml("written by a test")?;
+        assert!(text.starts_with("# written by a test\n"), "{text}");
+        assert_eq!(
+            Inventory::parse("lab.toml", &text)?.agents,
+            inventory.agents
+        );
+        Ok(())
+    }
 
     #[test]
     fn agents_are_read_in_order() -> Result<(), InventoryError> {

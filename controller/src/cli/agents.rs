@@ -1,0 +1,61 @@
+//! `faultlab agents`: each agent's host, OS, kernel, boot id and health.
+
+use super::{AgentsGiven, TlsArgs, say};
+use std::io::Write;
+
+/// Which agents.
+#[derive(clap::Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    given: AgentsGiven,
+}
+
+impl AgentsArgs {
+    /// The agents of an inventory file.
+    pub fn of_inventory(path: std::path::PathBuf) -> Self {
+        Self {
+            given: AgentsGiven {
+                addresses: Vec::new(),
+                inventory: Some(path),
+            },
+        }
+    }
+}
+
+/// Print a line per agent; whether every agent answered.
+pub async fn agents(args: AgentsArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
+    let (entries, connector) = args.given.entries(tls)?;
+    say!(
+        "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} CAPABILITIES",
+        "AGENT",
+        "ADDRESS",
+        "HEALTH",
+        "HOST",
+        "OS",
+        "KERNEL",
+        "VERSION",
+        "BOOT ID"
+    );
+    let mut unreachable = 0;
+    for (name, address) in &entries {
+        match connector.host_info(address).await {
+            Ok(info) => say!(
+                "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
+                name,
+                address,
+                "ok",
+                info.hostname,
+                info.os_version,
+                info.kernel_version,
+                info.agent_version,
+                info.boot_id,
+                info.capabilities.join(",")
+            ),
+            Err(error) => {
+                unreachable += 1;
+                say!("{name:<14} {address:<22} {:<8} {error}", "down");
+            }
+        }
+    }
+    Ok(unreachable == 0)
+}

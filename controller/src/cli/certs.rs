@@ -1,0 +1,64 @@
+//! `faultlab certs`: a lab CA and its certificates for mutual TLS.
+
+use super::say;
+use clap::Subcommand;
+use faultlab::certs;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// What to make, and where.
+#[derive(clap::Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    action: CertsAction,
+    /// Where the CA and the certificates live.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "faultlab-certs",
+        global = true
+    )]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Make the CA (ca.pem, ca.key); refuses to overwrite.
+    Init {
+        /// The CA's name.
+        #[arg(long, default_value = "faultlab lab CA")]
+        name: String,
+    },
+    /// Make NAME.pem and NAME.key, signed by the CA, good as server and client.
+    Issue {
+        /// Certificate name: an agent (audit logs show it) or "controller".
+        name: String,
+        /// Addresses and DNS names the certificate is valid for (repeatable;
+        /// default NAME): an agent's must include the address the controller dials.
+        #[arg(long = "san", value_name = "ADDRESS|NAME")]
+        sans: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS)]
+        days: i64,
+    },
+}
+
+/// Make the CA or a certificate.
+pub fn certs(args: CertsArgs) -> anyhow::Result<bool> {
+    let dir = args.dir;
+    match args.action {
+        CertsAction::Init { name } => {
+            let ca = certs::init(&dir, &name)?;
+            say!(
+                "made CA {} (keep {} private)",
+                ca.display(),
+                dir.join(certs::CA_KEY).display()
+            );
+        }
+        CertsAction::Issue { name, sans, days } => {
+            let (cert, key) = certs::issue(&dir, &name, &sans, certs::Validity::days(days))?;
+            say!("issued {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(true)
+}

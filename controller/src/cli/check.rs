@@ -1,0 +1,43 @@
+//! `faultlab check`: validate scenario files without running them.
+
+use super::say;
+use anyhow::Context as _;
+use faultlab::scenario::{self, Scenario};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The files.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Scenario files.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// Say "ok" or every error of each file; whether all are good.
+pub fn check(args: &CheckArgs) -> anyhow::Result<bool> {
+    let mut good = true;
+    for file in &args.files {
+        match read_scenario(file) {
+            Ok(scenario) => say!(
+                "{}: ok ({} {}, {} steps)",
+                file.display(),
+                scenario.id,
+                scenario.name,
+                scenario.steps.len()
+            ),
+            Err(error) => {
+                good = false;
+                eprintln!("{error:#}");
+            }
+        }
+    }
+    Ok(good)
+}
+
+/// Read and parse one scenario file.
+pub fn read_scenario(file: &Path) -> anyhow::Result<Scenario> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(scenario::parse(&file.display().to_string(), &text)?)
+}

@@ -1,0 +1,135 @@
+//! `faultlab lab`: a lab of hosts on this machine that outlives the
+//! command (up, exec, down, status).
+
+use super::agents::{AgentsArgs, agents};
+use super::{TlsArgs, parse_binding, say};
+use anyhow::Context as _;
+use clap::Subcommand;
+use faultlab::lab::{self, AgentGrants, LabError, LabStatus};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What to do with the lab, and where its state is.
+#[derive(clap::Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    action: LabAction,
+    /// Where the lab's state is kept (inventory, agent pids, logs).
+    #[arg(long, value_name = "DIR", default_value_os_t = lab::default_state_dir(), global = true)]
+    state: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Make the hosts (management and test network, an agent in each) and
+    /// write their inventory.
+    Up {
+        /// How many hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Let the agents act on other programs (process faults on an
+        /// application, aborting its connections).
+        #[arg(long)]
+        allow_process: bool,
+        /// How the agents restart a program, as NAME=COMMAND (repeatable).
+        #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = parse_binding)]
+        restart: Vec<(String, String)>,
+    },
+    /// Run a command on a lab host (inside its network namespace), e.g. the
+    /// application under test: `faultlab lab exec 2 -- python3 server.py`.
+    Exec {
+        /// The host's number (1 = host-1).
+        host: usize,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Stop the agents and remove every namespace and bridge (also after a crash).
+    Down,
+    /// The lab's agents and their health.
+    Status,
+}
+
+/// Carry out the action; whether it went well.
+pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
+    let state = &args.state;
+    match args.action {
+        LabAction::Up {
+            hosts,
+            allow_process,
+            restart,
+        } => up(
+            hosts,
+            AgentGrants {
+                process: allow_process,
+                restart,
+            },
+            state,
+        ),
+        LabAction::Exec { host, command } => exec(host, &command, state),
+        LabAction::Down => {
+            let removed = lab::lab_down(state)?;
+            if removed.is_empty() {
+                say!("lab down: nothing was up");
+            } else {
+                say!("lab down: removed {}", removed.join(", "));
+            }
+            Ok(true)
+        }
+        LabAction::Status => status(state).await,
+    }
+}
+
+fn up(hosts: usize, grants: AgentGrants, state: &Path) -> anyhow::Result<bool> {
+    let exe = lab::find_agent().ok_or(LabError::NoAgent)?;
+    match lab::netns_unavailable() {
+        None => say!("lab up: {hosts} network-namespace hosts (management and test networks)"),
+        Some(why) => say!(
+            "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
+        ),
+    }
+    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants)?;
+    say!("inventory {}", inventory.display());
+    say!(
+        "run:    faultlab run --suite seed --inventory {}",
+        inventory.display()
+    );
+    Ok(true)
+}
+
+fn exec(host: usize, command: &[String], state: &Path) -> anyhow::Result<bool> {
+    let namespace = lab::lab_namespace(state, host)?;
+    let mut process = match &namespace {
+        Some(namespace) => {
+            let mut process = std::process::Command::new("ip");
+            process.args(["netns", "exec", namespace]).args(command);
+            process
+        }
+        None => {
+            let mut process = std::process::Command::new(&command[0]);
+            process.args(&command[1..]);
+            process
+        }
+    };
+    let status = process
+        .status()
+        .with_context(|| format!("cannot run {:?}", command.join(" ")))?;
+    Ok(status.success())
+}
+
+async fn status(state: &Path) -> anyhow::Result<bool> {
+    let Some(LabStatus {
+        inventory_path: path,
+        inventory,
+        pids,
+    }) = lab::lab_status(state)
+    else {
+        say!("no lab is up (state {})", state.display());
+        return Ok(false);
+    };
+    say!("inventory {}", path.display());
+    let running = pids.iter().filter(|(_, alive)| *alive).count();
+    say!("{running} of {} agent processes running", pids.len());
+    let healthy = agents(AgentsArgs::of_inventory(path), &TlsArgs::default()).await?;
+    Ok(healthy && running == inventory.agents.len())
+}

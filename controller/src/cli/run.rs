@@ -1,0 +1,321 @@
+//! `faultlab run`: scenarios on a lab (an inventory's, or a local one made
+//! for the run), reported as a table or JSON, JUnit, HTML, and kept in the
+//! history.
+
+use super::check::read_scenario;
+use super::{Format, HistoryArgs, TlsArgs, TraceUrlArgs, parse_binding, print_report, write_html};
+use anyhow::{Context as _, bail};
+use faultlab::agents::Connector;
+use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
+use faultlab::inventory::Inventory;
+use faultlab::lab::{ApplicationHost, LocalLab};
+use faultlab::report::{CaseReport, RunReport, junit};
+use faultlab::scenario::Scenario;
+use faultlab::suites;
+use faultlab::targets::Target;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tracing::Instrument as _;
+
+/// What to run, where, and what to make of it.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A built-in suite (see `faultlab cases`).
+    #[arg(long)]
+    suite: Vec<String>,
+    /// Scenario files.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Only these case ids (e.g. --case S2 --case C3).
+    #[arg(long = "case")]
+    cases: Vec<String>,
+    /// The lab's agents; without it a local lab is started.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    /// Run each case on every ordered choice of agents (the OS × OS matrix).
+    #[arg(long)]
+    all_bindings: bool,
+    /// Bind a role to a named agent, e.g. --bind server=win-1 (repeatable).
+    #[arg(long, value_name = "ROLE=AGENT", value_parser = parse_binding)]
+    bind: Vec<(String, String)>,
+    /// Let an application play a role: a target of the inventory or of
+    /// --targets by name, or tcp://HOST:PORT (HOST: an IP, or an agent's
+    /// name for its test address), e.g. --target server=tcp://127.0.0.1:7000.
+    #[arg(long, value_name = "ROLE=TARGET", value_parser = parse_binding)]
+    target: Vec<(String, String)>,
+    /// Targets (`[[target]]` tables) from this file too.
+    #[arg(long, value_name = "FILE")]
+    targets: Option<PathBuf>,
+    /// Cases at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Also write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// In the table, list each case's captured TCP segments.
+    #[arg(long)]
+    wire: bool,
+    /// Also write the self-contained HTML report (ladder diagrams) here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Do not keep this run in the history.
+    #[arg(long)]
+    no_history: bool,
+    /// Fail on skipped cases too (by default only differs, error,
+    /// agent-lost and timeout fail the run).
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    trace_url: TraceUrlArgs,
+}
+
+/// Run, print, write and keep the report; whether the run passed.
+pub async fn run(args: RunArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
+    let (label, scenarios) = load_scenarios(&args.suite, &args.files, &args.cases)?;
+    let mut report = run_on_lab(label, scenarios, &args, tls).await?;
+    args.trace_url.link(&mut report);
+    print_report(&report, args.format, args.wire)?;
+    if let Some(path) = &args.html {
+        write_html(&report, path)?;
+    }
+    if let Some(path) = &args.junit {
+        let xml = junit::render(&report).context("cannot render JUnit XML")?;
+        std::fs::write(path, xml).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !args.no_history {
+        let number = args.history.open()?.save(&report)?;
+        match &report.trace_id {
+            Some(trace) => eprintln!("kept as run {number} ({}), trace {trace}", report.run_id),
+            None => eprintln!("kept as run {number} ({})", report.run_id),
+        }
+    }
+    Ok(report.passed(args.strict))
+}
+
+/// The built-in suites and files named, only the cases asked for; and a
+/// label for the report.
+fn load_scenarios(
+    suite_names: &[String],
+    files: &[PathBuf],
+    only: &[String],
+) -> anyhow::Result<(String, Vec<Scenario>)> {
+    if suite_names.is_empty() && files.is_empty() {
+        bail!("nothing to run: give --suite seed and/or scenario files");
+    }
+    let mut scenarios = Vec::new();
+    let mut label = Vec::new();
+    for name in suite_names {
+        let Some(suite) = suites::load(name) else {
+            bail!(
+                "no built-in suite {name:?}; there is: {}",
+                suites::NAMES.join(", ")
+            );
+        };
+        scenarios.extend(suite?);
+        label.push(name.clone());
+    }
+    let mut errors = Vec::new();
+    for file in files {
+        match read_scenario(file) {
+            Ok(scenario) => scenarios.push(scenario),
+            Err(error) => errors.push(format!("{error:#}")),
+        }
+        label.push(file.display().to_string());
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    if !only.is_empty() {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|id| !scenarios.iter().any(|case| &case.id == *id))
+            .collect();
+        if !unknown.is_empty() {
+            bail!("no case {unknown:?} among the scenarios given");
+        }
+        scenarios.retain(|case| only.contains(&case.id));
+    }
+    Ok((label.join(","), scenarios))
+}
+
+/// The targets the run binds to roles, from the inventory, the --targets
+/// file and the command line.
+fn chosen_targets(
+    inventory: &Inventory,
+    file: Option<&Path>,
+    roles: &[(String, String)],
+) -> anyhow::Result<Vec<(String, Target)>> {
+    let mut defined = inventory.targets()?;
+    if let Some(file) = file {
+        let extra = Inventory::load(file)?;
+        if !extra.agents.is_empty() {
+            bail!(
+                "{}: agents belong in --inventory; a --targets file holds [[target]] tables only",
+                file.display()
+            );
+        }
+        defined.extend(extra.targets()?);
+    }
+    let mut chosen = Vec::new();
+    for (role, spec) in roles {
+        let target = match defined.iter().find(|target| &target.name == spec) {
+            Some(target) => target.clone(),
+            None if spec.contains(':') => Target::inline(spec)?,
+            None => bail!(
+                "--target {role}={spec}: no target named {spec:?} (define it under [[target]], or give tcp://HOST:PORT)"
+            ),
+        };
+        chosen.push((role.clone(), target));
+    }
+    Ok(chosen)
+}
+
+/// The run on the inventory's agents, or on a local lab made for it (and
+/// removed when it ends).
+async fn run_on_lab(
+    suite: String,
+    cases: Vec<Scenario>,
+    args: &RunArgs,
+    tls: &TlsArgs,
+) -> anyhow::Result<RunReport> {
+    let given = match &args.inventory {
+        Some(path) => Some(Inventory::load(path)?),
+        None => None,
+    };
+    let mut targets = chosen_targets(
+        given.as_ref().unwrap_or(&Inventory::default()),
+        args.targets.as_deref(),
+        &args.target,
+    )?;
+    let (inventory, local, connector) = match given {
+        Some(inventory) => {
+            let connector = tls.connector(Some(&inventory))?;
+            (inventory, None, connector)
+        }
+        None => {
+            let hosts = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
+            let application = if targets.is_empty() {
+                ApplicationHost::None
+            } else {
+                ApplicationHost::ThisHost
+            };
+            let (local, said) = LocalLab::for_run(hosts, application)?;
+            eprintln!("{said}");
+            // The application runs here: the last agent counts its sockets.
+            if let Some(last) = local.inventory.agents.last() {
+                for (_, target) in &mut targets {
+                    target.agent.get_or_insert_with(|| last.name.clone());
+                }
+            }
+            (local.inventory.clone(), Some(local), Connector::plain())
+        }
+    };
+    let report = play(suite, cases, &inventory, &connector, targets, args).await;
+    drop(local);
+    report
+}
+
+/// Connect to the agents, place the applications, and run the plan.
+async fn play(
+    suite: String,
+    cases: Vec<Scenario>,
+    inventory: &Inventory,
+    connector: &Connector,
+    targets: Vec<(String, Target)>,
+    args: &RunArgs,
+) -> anyhow::Result<RunReport> {
+    let run_id = engine::new_run_id();
+    let span = engine::run_span(&run_id, &suite);
+    if let Some(trace) = faultlab_telemetry::trace_id(&span) {
+        eprintln!("run {run_id}: trace {trace}");
+    }
+    let clock = RunClock::start();
+    let agents = AgentHandle::connect_all(connector, inventory, &clock)
+        .instrument(span.clone())
+        .await?;
+    let pinned: BTreeMap<String, String> = args.bind.iter().cloned().collect();
+    for (role, agent) in &pinned {
+        if !agents.iter().any(|handle| &handle.name == agent) {
+            bail!("--bind {role}={agent}: no agent named {agent:?} in the lab");
+        }
+    }
+    let mut placed = BTreeMap::new();
+    for (role, target) in targets {
+        let handle = TargetHandle::place(target, &agents).map_err(anyhow::Error::msg)?;
+        let host = handle.host.as_ref().map_or_else(String::new, |host| {
+            format!(", its host's agent {}", host.name)
+        });
+        eprintln!(
+            "role {role}: application {} at {}{host}",
+            handle.target.name, handle.address
+        );
+        placed.insert(role, Arc::new(handle));
+    }
+    let plan = Plan {
+        targets: placed,
+        run_id,
+        suite,
+        cases,
+        agents,
+        all_bindings: args.all_bindings,
+        pinned,
+        parallel: args.parallel,
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("faultlab: stopping: finishing nothing new, resetting the agents");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let total = plan
+        .cases
+        .iter()
+        .map(|case| plan.bindings(case).len())
+        .sum::<usize>();
+    let progress = Arc::new(Bars::new(total));
+    let report = engine::run(plan, clock, progress.clone(), stop)
+        .instrument(span)
+        .await;
+    progress.bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Progress on stderr (hidden when stderr is not a terminal).
+struct Bars {
+    bar: ProgressBar,
+}
+
+impl Bars {
+    fn new(total: usize) -> Self {
+        let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {msg}") {
+            bar.set_style(style);
+        }
+        Self { bar }
+    }
+}
+
+impl Progress for Bars {
+    fn started(&self, case: &Scenario, agents: &[String]) {
+        self.bar
+            .set_message(format!("{} {} on {}", case.id, case.name, agents.join("→")));
+    }
+
+    fn finished(&self, report: &CaseReport) {
+        self.bar.inc(1);
+        self.bar.println(format!(
+            "{:<4} {:<11} {}",
+            report.id,
+            report.verdict.as_str(),
+            report.name
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! `faultlab runs`: the history of runs (list, show, diff).
+
+use super::{Format, HistoryArgs, print_report, say};
+use clap::Subcommand;
+use faultlab::history::History;
+use std::io::Write;
+
+/// What to show of the history.
+#[derive(clap::Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    action: Option<RunsAction>,
+    #[command(flatten)]
+    history: HistoryArgs,
+}
+
+#[derive(Subcommand)]
+enum RunsAction {
+    /// List the newest runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print a stored run again.
+    Show {
+        /// Run number or id.
+        run: String,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// In the table, list each case's captured TCP segments.
+        #[arg(long)]
+        wire: bool,
+    },
+    /// The cases whose outcome changed between two runs.
+    Diff {
+        /// The earlier run.
+        a: String,
+        /// The later run.
+        b: String,
+    },
+}
+
+/// List, show or compare stored runs.
+pub fn runs(args: RunsArgs) -> anyhow::Result<bool> {
+    let history = args.history.open()?;
+    match args.action.unwrap_or(RunsAction::List { limit: 20 }) {
+        RunsAction::List { limit } => list(&history, limit)?,
+        RunsAction::Show { run, format, wire } => print_report(&history.get(&run)?, format, wire)?,
+        RunsAction::Diff { a, b } => {
+            let changes = history.diff(&a, &b)?;
+            if changes.is_empty() {
+                say!("no case changed between {a} and {b}");
+            }
+            for change in changes {
+                say!(
+                    "{}\n  {a}: {}\n  {b}: {}",
+                    change.case,
+                    change.before,
+                    change.after
+                );
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn list(history: &History, limit: usize) -> anyhow::Result<()> {
+    say!(
+        "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  TRACE",
+        "RUN",
+        "ID",
+        "SUITE",
+        "OS PAIRS",
+        "CASES",
+        "EXPECTED",
+        "FAILED",
+        "SKIPPED"
+    );
+    for row in history.list(limit)? {
+        say!(
+            "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  {}",
+            row.number,
+            row.run_id,
+            row.suite,
+            row.os_pairs,
+            row.total,
+            row.expected,
+            row.failed,
+            row.skipped,
+            row.trace_id.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Labs on this machine, so a run needs no setup and no inventory.
+//!
+//! As root a lab is made of real hosts: network namespaces on bridges, with
+//! addresses in 198.18.0.0/15, an agent in each allowed to isolate its host
+//! (`netns`). Otherwise the agents share this machine's loopback, and the
+//! cases that need isolation are skipped (`loopback`). Everything stops and
+//! is removed on drop; a lab left by a crashed run is swept away by the
+//! next. `faultlab lab up` keeps one standing between commands (`state`).
+//!
+//! - this module: a lab's lifecycle, and which lab a run gets;
+//! - `agents`: the agent processes (finding, starting, stopping them);
+//! - `loopback`, `netns`: one file per kind of lab;
+//! - `state`: a lab that outlives the command, and its state directory.
+
+mod agents;
+mod loopback;
+mod netns;
+mod state;
+
+pub use agents::{AGENT_EXE, AgentGrants, find_agent};
+pub use netns::{NETNS_CONTROL_PORT, netns_unavailable};
+pub use state::{LabStatus, default_state_dir, lab_down, lab_namespace, lab_status, lab_up};
+
+use crate::inventory::Inventory;
+use agents::LocalAgent;
+use netns::Network;
+use std::path::Path;
+
+/// Why a local lab could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// No agent executable was found.
+    #[error(
+        "cannot find {AGENT_EXE}: set FAULTLAB_AGENT, put it next to faultlab or on PATH \
+         (cargo build --release --workspace builds both)"
+    )]
+    NoAgent,
+    /// The lab's network could not be made.
+    #[error("cannot make the lab network: {0}")]
+    Network(String),
+    /// An agent did not start.
+    #[error("agent {exe} did not start: {reason}")]
+    Start {
+        /// The executable.
+        exe: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Agents on this machine, stopped (and their network removed) on drop.
+pub struct LocalLab {
+    agents: Vec<LocalAgent>,
+    network: Option<Network>,
+    /// Their inventory (names `local-1`, `local-2`, ... or `host-1`, ...).
+    pub inventory: Inventory,
+}
+
+/// Where the application under test of a run without an inventory runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplicationHost {
+    /// No application plays a role.
+    None,
+    /// On this very host: the agents must be here too.
+    ThisHost,
+}
+
+impl LocalLab {
+    /// Start `count` agents from `exe` on 127.0.0.1 with free ports.
+    pub fn start(exe: &Path, count: usize) -> Result<Self, LabError> {
+        loopback::start(exe, count, None, &AgentGrants::default())
+    }
+
+    /// [`Self::start`] with agents granted more.
+    pub fn start_with(exe: &Path, count: usize, grants: &AgentGrants) -> Result<Self, LabError> {
+        loopback::start(exe, count, None, grants)
+    }
+
+    /// Start `count` hosts as network namespaces, each with an agent allowed
+    /// to isolate it (needs root, `ip` and `nft`); removed on drop.
+    pub fn start_netns(exe: &Path, count: usize) -> Result<Self, LabError> {
+        Self::start_netns_with(exe, count, &AgentGrants::default())
+    }
+
+    /// [`Self::start_netns`] with agents granted more.
+    pub fn start_netns_with(
+        exe: &Path,
+        count: usize,
+        grants: &AgentGrants,
+    ) -> Result<Self, LabError> {
+        netns::start(exe, count, netns::run_prefix(), None, grants)
+    }
+
+    /// The lab a run without an inventory gets, for `hosts` roles, and a
+    /// line that says which and why: the agents on loopback when the
+    /// application runs on this host; else network-namespace hosts where
+    /// they can be made; else loopback, where cases that cut hosts off are
+    /// skipped.
+    pub fn for_run(hosts: usize, application: ApplicationHost) -> Result<(Self, String), LabError> {
+        let exe = find_agent().ok_or(LabError::NoAgent)?;
+        let hosts = hosts.max(2);
+        if application == ApplicationHost::ThisHost {
+            let lab = Self::start(&exe, hosts)?;
+            let said = format!(
+                "local lab: {} agents on loopback, on the application's host (the last one counts its sockets)",
+                lab.inventory.agents.len()
+            );
+            return Ok((lab, said));
+        }
+        match netns_unavailable() {
+            None => {
+                let lab = Self::start_netns(&exe, hosts)?;
+                let said = format!(
+                    "local lab: {} network-namespace hosts on {} ({})",
+                    lab.inventory.agents.len(),
+                    lab.subnet().unwrap_or_default(),
+                    exe.display()
+                );
+                Ok((lab, said))
+            }
+            Some(why) => {
+                let lab = Self::start(&exe, hosts)?;
+                let said = format!(
+                    "local lab: {} agents on loopback ({why}: cases that cut hosts off are skipped; run as root for a lab of network namespaces)",
+                    lab.inventory.agents.len()
+                );
+                Ok((lab, said))
+            }
+        }
+    }
+
+    /// The network namespace of host `index` (0-based), when the lab is made of them.
+    pub fn namespace(&self, index: usize) -> Option<String> {
+        self.network
+            .as_ref()
+            .filter(|network| index < network.hosts)
+            .map(|network| network.namespace(index))
+    }
+
+    /// The test network's bridge, when the lab is made of namespaces
+    /// (where an independent capture can listen).
+    pub fn bridge(&self) -> Option<String> {
+        self.network.as_ref().map(Network::test_bridge)
+    }
+
+    /// The lab's networks, when it is made of namespaces.
+    pub fn subnet(&self) -> Option<String> {
+        self.network.as_ref().map(Network::subnets)
+    }
+
+    /// Process ids of the agents, in inventory order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.agents.iter().map(|agent| agent.child.id()).collect()
+    }
+}
+
+impl Drop for LocalLab {
+    fn drop(&mut self) {
+        agents::stop_all(&mut self.agents);
+        if let Some(network) = &self.network {
+            network.remove();
+        }
+    }
+}
