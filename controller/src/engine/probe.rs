@@ -12,6 +12,7 @@
 //! time bound passes. Sockets an earlier case left are that case's finding.
 
 use super::handles::{AgentHandle, TargetHandle};
+use crate::agents::Client;
 use crate::report::ProbeReport;
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -107,24 +108,68 @@ async fn request_reply(
     result
 }
 
+/// Connect, send the target's request, wait for its reply, close.
 async fn exchange(
     target: &TargetHandle,
-    client: &mut crate::agents::Client,
+    client: &mut Client,
     holder: u64,
     report: &mut ProbeReport,
 ) -> Result<(), String> {
     let timeout_ms = u32::try_from(target.target.probe.timeout_ms).unwrap_or(u32::MAX);
     let connecting = Instant::now();
-    // A restarted application may not listen yet: a refusal is retried
-    // until the time bound (the caller's timeout) ends the wait.
+    let reply = connect(target, client, holder, timeout_ms).await?;
+    report.connect_ms = Some(u64::try_from(connecting.elapsed().as_millis()).unwrap_or(0));
+    report.own_address = Some(reply.local_address.clone());
+    let conn_id = reply.conn_id;
+    if let Some(payload) = &target.target.payload {
+        let request = pb::SendRequest {
+            conn_id,
+            payload: Some(pb::send_request::Payload::Template(pb::Template {
+                text: payload.clone(),
+                count: 1,
+                interval_ms: 0,
+            })),
+            timeout_ms,
+        };
+        let sent = client
+            .send(request)
+            .await
+            .map_err(|status| status.message().to_owned())?
+            .into_inner();
+        if sent.outcome() != pb::Outcome::Ok {
+            return Err(format!("sending the request failed: {}", sent.error_name));
+        }
+    }
+    if let Some(pattern) = &target.target.reply {
+        await_reply(client, conn_id, pattern, timeout_ms, report).await?;
+    }
+    let close = pb::CloseRequest {
+        conn_id,
+        mode: pb::CloseMode::Graceful as i32,
+        timeout_ms: 0,
+    };
+    let _ = client.close(close).await;
+    Ok(())
+}
+
+/// A fresh connection to the target. A restarted application may not
+/// listen yet: a refusal is retried until the time bound (the caller's
+/// timeout) ends the wait.
+async fn connect(
+    target: &TargetHandle,
+    client: &mut Client,
+    holder: u64,
+    timeout_ms: u32,
+) -> Result<pb::ConnectReply, String> {
     let reply = loop {
+        let request = pb::ConnectRequest {
+            holder_id: holder,
+            address: target.address.to_string(),
+            options: None,
+            timeout_ms,
+        };
         let reply = client
-            .dial(pb::ConnectRequest {
-                holder_id: holder,
-                address: target.address.to_string(),
-                options: None,
-                timeout_ms,
-            })
+            .dial(request)
             .await
             .map_err(|status| status.message().to_owned())?
             .into_inner();
@@ -144,79 +189,61 @@ async fn exchange(
             .unwrap_or_default();
         return Err(format!("a fresh connection failed: {why}"));
     }
-    report.connect_ms = Some(u64::try_from(connecting.elapsed().as_millis()).unwrap_or(0));
-    report.own_address = Some(reply.local_address.clone());
-    let conn_id = reply.conn_id;
-    if let Some(payload) = &target.target.payload {
-        let sent = client
-            .send(pb::SendRequest {
-                conn_id,
-                payload: Some(pb::send_request::Payload::Template(pb::Template {
-                    text: payload.clone(),
-                    count: 1,
-                    interval_ms: 0,
-                })),
-                timeout_ms,
-            })
+    Ok(reply)
+}
+
+/// Read until what arrived matches `pattern`, the connection ends, or a
+/// read fails.
+async fn await_reply(
+    client: &mut Client,
+    conn_id: u64,
+    pattern: &regex::bytes::Regex,
+    timeout_ms: u32,
+    report: &mut ProbeReport,
+) -> Result<(), String> {
+    let mut received = Vec::new();
+    loop {
+        let request = pb::RecvRequest {
+            conn_id,
+            mode: pb::RecvMode::Once as i32,
+            max_bytes: 0,
+            timeout_ms,
+            return_data: true,
+        };
+        let read = client
+            .recv(request)
             .await
             .map_err(|status| status.message().to_owned())?
             .into_inner();
-        if sent.outcome() != pb::Outcome::Ok {
-            return Err(format!("sending the request failed: {}", sent.error_name));
+        received.extend_from_slice(&read.data);
+        report.reply = Some(
+            String::from_utf8_lossy(&received)
+                .chars()
+                .take(REPLY_CHARS)
+                .collect(),
+        );
+        if pattern.is_match(&received) {
+            return Ok(());
         }
-    }
-    if let Some(pattern) = &target.target.reply {
-        let mut received = Vec::new();
-        loop {
-            let read = client
-                .recv(pb::RecvRequest {
-                    conn_id,
-                    mode: pb::RecvMode::Once as i32,
-                    max_bytes: 0,
-                    timeout_ms,
-                    return_data: true,
-                })
-                .await
-                .map_err(|status| status.message().to_owned())?
-                .into_inner();
-            received.extend_from_slice(&read.data);
-            report.reply = Some(
-                String::from_utf8_lossy(&received)
-                    .chars()
-                    .take(REPLY_CHARS)
-                    .collect(),
-            );
-            if pattern.is_match(&received) {
-                break;
+        match read.outcome() {
+            pb::Outcome::Ok => {}
+            pb::Outcome::Eof => {
+                return Err(format!(
+                    "the connection ended before a reply matched /{pattern}/"
+                ));
             }
-            match read.outcome() {
-                pb::Outcome::Ok => {}
-                pb::Outcome::Eof => {
-                    return Err(format!(
-                        "the connection ended before a reply matched /{pattern}/"
-                    ));
-                }
-                _ => {
-                    return Err(format!(
-                        "no reply matching /{pattern}/: recv {}",
-                        if read.error_name.is_empty() {
-                            "timed out".to_owned()
-                        } else {
-                            read.error_name
-                        }
-                    ));
-                }
+            _ => {
+                return Err(format!(
+                    "no reply matching /{pattern}/: recv {}",
+                    if read.error_name.is_empty() {
+                        "timed out".to_owned()
+                    } else {
+                        read.error_name
+                    }
+                ));
             }
         }
     }
-    let _ = client
-        .close(pb::CloseRequest {
-            conn_id,
-            mode: pb::CloseMode::Graceful as i32,
-            timeout_ms: 0,
-        })
-        .await;
-    Ok(())
 }
 
 /// The port's sockets by state, listeners left out.

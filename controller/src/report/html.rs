@@ -116,6 +116,15 @@ fn svg(ladder: &Ladder) -> String {
         );
     }
     svg.push_str("</defs>");
+    svg_axes(&mut svg, ladder);
+    svg_arrows(&mut svg, ladder);
+    svg_marks(&mut svg, ladder);
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The lanes with their titles, and the time axis.
+fn svg_axes(svg: &mut String, ladder: &Ladder) {
     for lane in &ladder.lanes {
         let _ = write!(
             svg,
@@ -133,6 +142,11 @@ fn svg(ladder: &Ladder) -> String {
             text = tick.text
         );
     }
+}
+
+/// The segments, as arrows from sender to receiver (or a stub where only
+/// one host saw them).
+fn svg_arrows(svg: &mut String, ladder: &Ladder) {
     for arrow in &ladder.arrows {
         let class = arrow.kind.class();
         if (arrow.x1 - arrow.x2).abs() < 1.0 {
@@ -160,6 +174,10 @@ fn svg(ladder: &Ladder) -> String {
             text = maud::html! { (arrow.text) }.into_string()
         );
     }
+}
+
+/// The detection brackets and the calls.
+fn svg_marks(svg: &mut String, ladder: &Ladder) {
     for bracket in &ladder.brackets {
         let _ = write!(
             svg,
@@ -184,8 +202,6 @@ fn svg(ladder: &Ladder) -> String {
             text = maud::html! { (mark.text) }.into_string()
         );
     }
-    svg.push_str("</svg>");
-    svg
 }
 
 fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
@@ -263,26 +279,6 @@ fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
 
 /// The run as one self-contained HTML page.
 pub fn render(report: &RunReport) -> String {
-    let pairs: Vec<&str> = report
-        .cases
-        .iter()
-        .map(|case| case.os_pair.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut ids: Vec<&str> = Vec::new();
-    for case in &report.cases {
-        if !ids.contains(&case.id.as_str()) {
-            ids.push(&case.id);
-        }
-    }
-    let cell = |id: &str, pair: &str| {
-        report
-            .cases
-            .iter()
-            .enumerate()
-            .find(|(_, case)| case.id == id && case.os_pair == pair)
-    };
     let s = &report.summary;
     let page = html! {
         (DOCTYPE)
@@ -309,39 +305,67 @@ pub fn render(report: &RunReport) -> String {
                              td { (agent.kernel_version) } td { (agent.capabilities.join(", ")) } }
                     }
                 }
-                h2 { "Cases × OS pairs" }
-                table #matrix {
-                    tr { th { "case" } @for pair in &pairs { th { (pair) } } }
-                    @for id in &ids {
-                        tr {
-                            th { (id) }
-                            @for pair in &pairs {
-                                @match cell(id, pair) {
-                                    Some((index, case)) => td class=(case.verdict.as_str()) {
-                                        a href=(format!("#case-{index}")) { (case.verdict.as_str()) }
-                                    },
-                                    None => td { "—" },
-                                }
-                            }
-                        }
-                    }
-                }
-                @if pairs.len() > 1 {
-                    h2 { "Across OS pairs" }
-                    table #comparison {
-                        tr { th { "case" } @for pair in &pairs { th { (pair) } } }
-                        @for id in &ids {
-                            tr { th { (id) } @for pair in &pairs {
-                                td { (cell(id, pair).map_or_else(String::new, |(_, case)| gist(case))) }
-                            } }
-                        }
-                    }
-                }
+                (matrix(report))
                 @for (index, case) in report.cases.iter().enumerate() { (case_section(report, index, case)) }
             }
         }
     };
     page.into_string()
+}
+
+/// Cases × OS pairs, each cell linking to its case; and when there are
+/// several pairs, what each case did on each.
+fn matrix(report: &RunReport) -> Markup {
+    let pairs: Vec<&str> = report
+        .cases
+        .iter()
+        .map(|case| case.os_pair.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut ids: Vec<&str> = Vec::new();
+    for case in &report.cases {
+        if !ids.contains(&case.id.as_str()) {
+            ids.push(&case.id);
+        }
+    }
+    let cell = |id: &str, pair: &str| {
+        report
+            .cases
+            .iter()
+            .enumerate()
+            .find(|(_, case)| case.id == id && case.os_pair == pair)
+    };
+    html! {
+        h2 { "Cases × OS pairs" }
+        table #matrix {
+            tr { th { "case" } @for pair in &pairs { th { (pair) } } }
+            @for id in &ids {
+                tr {
+                    th { (id) }
+                    @for pair in &pairs {
+                        @match cell(id, pair) {
+                            Some((index, case)) => td class=(case.verdict.as_str()) {
+                                a href=(format!("#case-{index}")) { (case.verdict.as_str()) }
+                            },
+                            None => td { "—" },
+                        }
+                    }
+                }
+            }
+        }
+        @if pairs.len() > 1 {
+            h2 { "Across OS pairs" }
+            table #comparison {
+                tr { th { "case" } @for pair in &pairs { th { (pair) } } }
+                @for id in &ids {
+                    tr { th { (id) } @for pair in &pairs {
+                        td { (cell(id, pair).map_or_else(String::new, |(_, case)| gist(case))) }
+                    } }
+                }
+            }
+        }
+    }
 }
 
 /// The run as Markdown, for pasting into a ticket.

@@ -169,79 +169,110 @@ fn ip_of(address: &str) -> &str {
 
 /// Lay out a case: `hosts` in role order, its observations and wire segments.
 pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireReport]) -> Ladder {
-    let lane_x = |index: usize| LEFT + 80.0 + LANE_GAP * index as f64;
-    let lane_of_host = |name: &str| hosts.iter().position(|host| host.name == name);
-    // Sender/receiver lanes by address only when addresses tell hosts apart
-    // (on loopback every host is 127.0.0.1).
-    let distinct = {
+    let lanes = Lanes::new(hosts);
+    let mut flights = pair_flights(&lanes, wire);
+    let notes = thin_data(&mut flights);
+    let rows = Rows::new(observations, &flights);
+    Ladder {
+        width: lanes.x(hosts.len().saturating_sub(1)) + 260.0,
+        height: TOP + ROW * rows.moments.len().max(1) as f64 + 20.0,
+        lanes: hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| Lane {
+                x: lanes.x(index),
+                title: format!("{} · {}", host.role, host.name),
+            })
+            .collect(),
+        ticks: rows.ticks(),
+        marks: marks(&lanes, &rows, observations),
+        arrows: arrows(&lanes, &rows, &flights),
+        brackets: brackets(&lanes, &rows, observations, &flights),
+        notes,
+    }
+}
+
+/// The hosts' lanes: where each is drawn, and which lane a segment's
+/// address belongs to.
+struct Lanes<'h> {
+    hosts: &'h [Host],
+    /// Sender/receiver lanes by address only when addresses tell hosts
+    /// apart (on loopback every host is 127.0.0.1).
+    distinct: bool,
+}
+
+impl<'h> Lanes<'h> {
+    fn new(hosts: &'h [Host]) -> Self {
         let mut ips: Vec<&str> = hosts.iter().map(|host| host.ip.as_str()).collect();
         ips.sort_unstable();
         ips.dedup();
-        ips.len() == hosts.len()
-    };
-    let lane_of_ip = |ip: &str| {
-        if distinct {
-            hosts.iter().position(|host| host.ip == ip)
+        Self {
+            hosts,
+            distinct: ips.len() == hosts.len(),
+        }
+    }
+
+    fn x(&self, index: usize) -> f64 {
+        LEFT + 80.0 + LANE_GAP * index as f64
+    }
+
+    fn of_host(&self, name: &str) -> Option<usize> {
+        self.hosts.iter().position(|host| host.name == name)
+    }
+
+    fn of_ip(&self, ip: &str) -> Option<usize> {
+        if self.distinct {
+            self.hosts.iter().position(|host| host.ip == ip)
         } else {
             None
         }
-    };
-
-    // Pair each segment as sent (seen by the sender's host) with itself as
-    // received (seen by the receiver's host), whatever their order: clock
-    // offsets are known only to a fraction of a millisecond.
-    struct Flight<'a> {
-        sent: Option<&'a WireReport>,
-        received: Option<&'a WireReport>,
-        from: Option<usize>,
-        to: Option<usize>,
     }
-    let same = |a: &WireReport, b: &WireReport| {
-        a.source == b.source
-            && a.destination == b.destination
-            && a.flags == b.flags
-            && a.seq == b.seq
-            && a.ack == b.ack
-            && a.payload == b.payload
-    };
-    let mut flights: Vec<Flight<'_>> = Vec::new();
+}
+
+/// One segment's flight: as sent (seen by the sender's host) and as
+/// received (seen by the receiver's host), from one lane to another.
+struct Flight<'a> {
+    sent: Option<&'a WireReport>,
+    received: Option<&'a WireReport>,
+    from: Option<usize>,
+    to: Option<usize>,
+}
+
+impl Flight<'_> {
+    fn segment(&self) -> Option<&WireReport> {
+        self.sent.or(self.received)
+    }
+
+    fn is_data(&self) -> bool {
+        self.segment()
+            .is_some_and(|segment| kind_of_flags(&segment.flags) == Kind::Data)
+    }
+
+    fn payload(&self) -> u32 {
+        self.segment().map_or(0, |segment| segment.payload)
+    }
+}
+
+fn same_segment(a: &WireReport, b: &WireReport) -> bool {
+    a.source == b.source
+        && a.destination == b.destination
+        && a.flags == b.flags
+        && a.seq == b.seq
+        && a.ack == b.ack
+        && a.payload == b.payload
+}
+
+/// Pair each segment as sent with itself as received, whatever their
+/// order: clock offsets are known only to a fraction of a millisecond.
+fn pair_flights<'a>(lanes: &Lanes<'_>, wire: &'a [WireReport]) -> Vec<Flight<'a>> {
+    let mut flights: Vec<Flight<'a>> = Vec::new();
     for segment in wire {
-        let from = lane_of_ip(ip_of(&segment.source));
-        let to = lane_of_ip(ip_of(&segment.destination));
-        let seen_at = lane_of_host(&segment.host);
+        let from = lanes.of_ip(ip_of(&segment.source));
+        let to = lanes.of_ip(ip_of(&segment.destination));
+        let seen_at = lanes.of_host(&segment.host);
         let received = seen_at.is_some() && seen_at == to && from.is_some();
         let sent = seen_at.is_some() && seen_at == from && to.is_some();
-        if received || sent {
-            let twin = flights.iter_mut().find(|flight| {
-                let other = if received {
-                    flight.sent
-                } else {
-                    flight.received
-                };
-                let open = if received {
-                    flight.received.is_none()
-                } else {
-                    flight.sent.is_none()
-                };
-                open && other.is_some_and(|other| same(other, segment))
-            });
-            match (twin, received) {
-                (Some(flight), true) => flight.received = Some(segment),
-                (Some(flight), false) => flight.sent = Some(segment),
-                (None, true) => flights.push(Flight {
-                    sent: None,
-                    received: Some(segment),
-                    from,
-                    to,
-                }),
-                (None, false) => flights.push(Flight {
-                    sent: Some(segment),
-                    received: None,
-                    from,
-                    to,
-                }),
-            }
-        } else {
+        if !(received || sent) {
             // Lanes cannot be told apart: show it where it was seen.
             flights.push(Flight {
                 sent: Some(segment),
@@ -249,77 +280,110 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
                 from: seen_at,
                 to: seen_at,
             });
+            continue;
+        }
+        let twin = flights.iter_mut().find(|flight| {
+            let (other, open) = if received {
+                (flight.sent, flight.received.is_none())
+            } else {
+                (flight.received, flight.sent.is_none())
+            };
+            open && other.is_some_and(|other| same_segment(other, segment))
+        });
+        match (twin, received) {
+            (Some(flight), true) => flight.received = Some(segment),
+            (Some(flight), false) => flight.sent = Some(segment),
+            (None, received) => flights.push(Flight {
+                sent: (!received).then_some(segment),
+                received: received.then_some(segment),
+                from,
+                to,
+            }),
         }
     }
-    // Every SYN/FIN/RST is drawn; data only when there is little of it.
-    let is_data = |flight: &Flight<'_>| {
-        flight
-            .sent
-            .or(flight.received)
-            .is_some_and(|segment| kind_of_flags(&segment.flags) == Kind::Data)
-    };
-    let payload = |flight: &Flight<'_>| {
-        flight
-            .sent
-            .or(flight.received)
-            .map_or(0, |segment| segment.payload)
-    };
+    flights
+}
+
+/// Every SYN/FIN/RST is drawn; data only when there is little of it. Says
+/// what was left out.
+fn thin_data(flights: &mut Vec<Flight<'_>>) -> Vec<String> {
     let data_flights = flights
         .iter()
-        .filter(|flight| is_data(flight) && payload(flight) > 0)
+        .filter(|flight| flight.is_data() && flight.payload() > 0)
         .count();
-    let mut notes = Vec::new();
-    if data_flights > MAX_DATA_ARROWS * 2 {
-        let bytes: u64 = flights
-            .iter()
-            .filter(|flight| is_data(flight))
-            .map(|flight| u64::from(payload(flight)))
-            .sum();
-        notes.push(format!(
-            "{data_flights} data segments ({bytes} B) not drawn"
-        ));
-        flights.retain(|flight| !is_data(flight));
-    } else {
-        flights.retain(|flight| !is_data(flight) || payload(flight) > 0);
+    if data_flights <= MAX_DATA_ARROWS * 2 {
+        flights.retain(|flight| !flight.is_data() || flight.payload() > 0);
+        return Vec::new();
     }
-
-    // Every moment that needs a row.
-    let mut moments: Vec<i64> = observations
+    let bytes: u64 = flights
         .iter()
-        .map(|observation| observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0))
-        .collect();
-    for flight in &flights {
-        moments.extend(flight.sent.map(|segment| segment.t_ns));
-        moments.extend(flight.received.map(|segment| segment.t_ns));
-    }
-    moments.sort_unstable();
-    let mut rows: Vec<i64> = Vec::new();
-    for moment in moments {
-        if rows
-            .last()
-            .is_none_or(|last| moment - last > SAME_MOMENT_NS)
-        {
-            rows.push(moment);
+        .filter(|flight| flight.is_data())
+        .map(|flight| u64::from(flight.payload()))
+        .sum();
+    flights.retain(|flight| !flight.is_data());
+    vec![format!(
+        "{data_flights} data segments ({bytes} B) not drawn"
+    )]
+}
+
+/// The diagram's rows: one per moment that something happened (moments
+/// closer than [`SAME_MOMENT_NS`] share a row).
+struct Rows {
+    moments: Vec<i64>,
+}
+
+impl Rows {
+    fn new(observations: &[ObservationReport], flights: &[Flight<'_>]) -> Self {
+        let mut all: Vec<i64> = observations.iter().map(end_of).collect();
+        for flight in flights {
+            all.extend(flight.sent.map(|segment| segment.t_ns));
+            all.extend(flight.received.map(|segment| segment.t_ns));
         }
+        all.sort_unstable();
+        let mut moments: Vec<i64> = Vec::new();
+        for moment in all {
+            if moments
+                .last()
+                .is_none_or(|last| moment - last > SAME_MOMENT_NS)
+            {
+                moments.push(moment);
+            }
+        }
+        Self { moments }
     }
-    let row_of = |t: i64| {
-        let index = rows.partition_point(|row| *row <= t).saturating_sub(1);
-        TOP + ROW * index as f64
-    };
-    let origin = rows.first().copied().unwrap_or(0);
-    let ticks = rows
-        .iter()
-        .map(|row| Tick {
-            y: row_of(*row),
-            text: format!("{:.3} ms", (row - origin) as f64 / 1e6),
-        })
-        .collect();
 
-    let marks = observations
+    /// The y of the row a moment falls in.
+    fn y(&self, t: i64) -> f64 {
+        let index = self
+            .moments
+            .partition_point(|row| *row <= t)
+            .saturating_sub(1);
+        TOP + ROW * index as f64
+    }
+
+    fn ticks(&self) -> Vec<Tick> {
+        let origin = self.moments.first().copied().unwrap_or(0);
+        self.moments
+            .iter()
+            .map(|row| Tick {
+                y: self.y(*row),
+                text: format!("{:.3} ms", (row - origin) as f64 / 1e6),
+            })
+            .collect()
+    }
+}
+
+/// When an observed call ended.
+fn end_of(observation: &ObservationReport) -> i64 {
+    observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0)
+}
+
+/// Each call as a mark where it ended, on its host's lane.
+fn marks(lanes: &Lanes<'_>, rows: &Rows, observations: &[ObservationReport]) -> Vec<Mark> {
+    observations
         .iter()
         .filter_map(|observation| {
-            let lane = lane_of_host(&observation.host)?;
-            let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0);
+            let lane = lanes.of_host(&observation.host)?;
             let kind = match observation.outcome.as_str() {
                 "ok" => Kind::Ok,
                 "eof" => Kind::Eof,
@@ -336,8 +400,8 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
                 String::new()
             };
             Some(Mark {
-                x: lane_x(lane),
-                y: row_of(end),
+                x: lanes.x(lane),
+                y: rows.y(end_of(observation)),
                 text: format!(
                     "{} → {}{errno}{bytes}",
                     observation.call, observation.outcome
@@ -345,35 +409,43 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
                 kind,
             })
         })
-        .collect();
+        .collect()
+}
 
-    let arrows = flights
+/// Each flight as an arrow from when it was sent to when it arrived.
+fn arrows(lanes: &Lanes<'_>, rows: &Rows, flights: &[Flight<'_>]) -> Vec<Arrow> {
+    flights
         .iter()
         .filter_map(|flight| {
-            let segment = flight.sent.or(flight.received)?;
+            let segment = flight.segment()?;
             let (from, to) = (flight.from?, flight.to?);
-            let y1 = flight
-                .sent
-                .map_or_else(|| row_of(segment.t_ns), |sent| row_of(sent.t_ns));
-            let y2 = flight.received.map_or(y1, |received| row_of(received.t_ns));
-            let kind = kind_of_flags(&segment.flags);
+            let y1 = rows.y(flight.sent.unwrap_or(segment).t_ns);
+            let y2 = flight.received.map_or(y1, |received| rows.y(received.t_ns));
             let text = if segment.payload > 0 {
                 format!("{} {} B", segment.flags, segment.payload)
             } else {
                 segment.flags.clone()
             };
             Some(Arrow {
-                x1: lane_x(from),
+                x1: lanes.x(from),
                 y1,
-                x2: lane_x(to),
+                x2: lanes.x(to),
                 y2,
                 text,
-                kind,
+                kind: kind_of_flags(&segment.flags),
             })
         })
-        .collect();
+        .collect()
+}
 
-    // Detection: a FIN/RST arriving at a host, then the call there that ended with EOF/error.
+/// Detection: a FIN/RST arriving at a host, then the call there that ended
+/// with EOF/error.
+fn brackets(
+    lanes: &Lanes<'_>,
+    rows: &Rows,
+    observations: &[ObservationReport],
+    flights: &[Flight<'_>],
+) -> Vec<Bracket> {
     let mut brackets = Vec::new();
     for observation in observations {
         let wanted = match observation.outcome.as_str() {
@@ -381,10 +453,10 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
             "error" if observation.errno_name == "ECONNRESET" => 'R',
             _ => continue,
         };
-        let Some(lane) = lane_of_host(&observation.host) else {
+        let Some(lane) = lanes.of_host(&observation.host) else {
             continue;
         };
-        let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0);
+        let end = end_of(observation);
         let arrival = flights
             .iter()
             .filter(|flight| flight.to == Some(lane) && flight.from != Some(lane))
@@ -396,33 +468,14 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
             .max();
         if let Some(arrived) = arrival {
             brackets.push(Bracket {
-                x: lane_x(lane) - 14.0,
-                y1: row_of(arrived),
-                y2: row_of(end),
+                x: lanes.x(lane) - 14.0,
+                y1: rows.y(arrived),
+                y2: rows.y(end),
                 text: format!("+{:.3} ms", (end - arrived).max(0) as f64 / 1e6),
             });
         }
     }
-
-    let width = lane_x(hosts.len().saturating_sub(1)) + 260.0;
-    let height = TOP + ROW * rows.len().max(1) as f64 + 20.0;
-    Ladder {
-        width,
-        height,
-        lanes: hosts
-            .iter()
-            .enumerate()
-            .map(|(index, host)| Lane {
-                x: lane_x(index),
-                title: format!("{} · {}", host.role, host.name),
-            })
-            .collect(),
-        ticks,
-        marks,
-        arrows,
-        brackets,
-        notes,
-    }
+    brackets
 }
 
 #[cfg(test)]

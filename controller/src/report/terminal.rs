@@ -11,6 +11,28 @@ fn verdict_cell(case: &CaseReport) -> String {
 
 /// The full text report; with `wire`, each case's captured segments too.
 pub fn render(report: &RunReport, wire: bool) -> String {
+    let mut out = header(report);
+    let _ = writeln!(
+        out,
+        "{:<4} {:<28} {:<18} {:<11} {:>8}  details",
+        "ID", "CASE", "HOSTS", "VERDICT", "TIME"
+    );
+    for case in &report.cases {
+        case_lines(&mut out, case, wire);
+    }
+    let _ = writeln!(out);
+    out.push_str(&matrix(report));
+    let s = &report.summary;
+    let _ = writeln!(
+        out,
+        "\n{} cases: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
+        s.total, s.expected, s.differs, s.error, s.skipped, s.agent_lost, s.timeout
+    );
+    out
+}
+
+/// The run, its trace, and its agents.
+fn header(report: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run {}  ({})", report.run_id, report.suite);
     if let Some(trace) = &report.trace_id {
@@ -36,67 +58,56 @@ pub fn render(report: &RunReport, wire: bool) -> String {
         );
     }
     let _ = writeln!(out);
+    out
+}
+
+/// A case's line, its further differences, and with `wire` its segments.
+fn case_lines(out: &mut String, case: &CaseReport, wire: bool) {
+    let hosts: Vec<&str> = case.roles.values().map(String::as_str).collect();
+    let detail = case
+        .reason
+        .clone()
+        .or_else(|| case.differences.first().cloned())
+        .unwrap_or_else(|| {
+            let line = summary_line(case);
+            [probe_line(case), release_line(case)]
+                .into_iter()
+                .flatten()
+                .fold(line, |line, more| {
+                    if line.is_empty() {
+                        more
+                    } else {
+                        format!("{line}; {more}")
+                    }
+                })
+        });
     let _ = writeln!(
         out,
-        "{:<4} {:<28} {:<18} {:<11} {:>8}  details",
-        "ID", "CASE", "HOSTS", "VERDICT", "TIME"
+        "{:<4} {:<28} {:<18} {:<11} {:>6}ms  {}",
+        case.id,
+        case.name,
+        hosts.join("→"),
+        verdict_cell(case),
+        case.duration_ms,
+        detail
     );
-    for case in &report.cases {
-        let hosts: Vec<&str> = case.roles.values().map(String::as_str).collect();
-        let detail = case
-            .reason
-            .clone()
-            .or_else(|| case.differences.first().cloned())
-            .unwrap_or_else(|| {
-                let line = summary_line(case);
-                [probe_line(case), release_line(case)]
-                    .into_iter()
-                    .flatten()
-                    .fold(line, |line, more| {
-                        if line.is_empty() {
-                            more
-                        } else {
-                            format!("{line}; {more}")
-                        }
-                    })
-            });
-        let _ = writeln!(
-            out,
-            "{:<4} {:<28} {:<18} {:<11} {:>6}ms  {}",
-            case.id,
-            case.name,
-            hosts.join("→"),
-            verdict_cell(case),
-            case.duration_ms,
-            detail
-        );
-        for more in case.differences.iter().skip(1) {
-            let _ = writeln!(out, "{:>77}{more}", "");
-        }
-        if wire {
-            for segment in &case.wire {
-                let _ = writeln!(
-                    out,
-                    "       {:>10.3} ms  {:<10} {:>21} > {:<21} {:<4} {} B",
-                    segment.t_ns as f64 / 1e6,
-                    segment.host,
-                    segment.source,
-                    segment.destination,
-                    segment.flags,
-                    segment.payload
-                );
-            }
+    for more in case.differences.iter().skip(1) {
+        let _ = writeln!(out, "{:>77}{more}", "");
+    }
+    if wire {
+        for segment in &case.wire {
+            let _ = writeln!(
+                out,
+                "       {:>10.3} ms  {:<10} {:>21} > {:<21} {:<4} {} B",
+                segment.t_ns as f64 / 1e6,
+                segment.host,
+                segment.source,
+                segment.destination,
+                segment.flags,
+                segment.payload
+            );
         }
     }
-    let _ = writeln!(out);
-    out.push_str(&matrix(report));
-    let s = &report.summary;
-    let _ = writeln!(
-        out,
-        "\n{} cases: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
-        s.total, s.expected, s.differs, s.error, s.skipped, s.agent_lost, s.timeout
-    );
-    out
 }
 
 /// What the decisive observation said, e.g. "recv: error ECONNRESET after 1000 B".

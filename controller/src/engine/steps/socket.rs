@@ -45,8 +45,6 @@ pub(super) fn prepare(
     at: &Preparing<'_, '_>,
 ) -> Result<(Request, Option<(u64, u64)>), StepError> {
     let names = at.names();
-    let conn = |name: &str| names.conn(at.step, name).map(|conn| conn.id);
-    let mut byte_rewrite = None;
     let request = match call {
         SocketCall::Listen { options, .. } => Request::Listen {
             holder: at.holder(),
@@ -75,6 +73,19 @@ pub(super) fn prepare(
             listener_id: names.listener(at.step, listener)?.id,
             timeout_ms: *timeout_ms,
         }),
+        on_conn => return on_connection(on_conn, at),
+    };
+    Ok((request, None))
+}
+
+/// A call on an open connection (send, recv, close, options, watch, wait).
+fn on_connection(
+    call: &SocketCall,
+    at: &Preparing<'_, '_>,
+) -> Result<(Request, Option<(u64, u64)>), StepError> {
+    let conn = |name: &str| at.names().conn(at.step, name).map(|conn| conn.id);
+    let mut byte_rewrite = None;
+    let request = match call {
         SocketCall::Send {
             conn: name,
             payload,
@@ -133,6 +144,16 @@ pub(super) fn prepare(
                 *timeout_ms
             },
         },
+        SocketCall::Listen { .. }
+        | SocketCall::StopListening { .. }
+        | SocketCall::Connect { .. }
+        | SocketCall::Accept { .. } => {
+            return Err(StepError::Failed(format!(
+                "step {}: {} is not a call on a connection",
+                at.step.name,
+                call.keyword()
+            )));
+        }
     };
     Ok((request, byte_rewrite))
 }
@@ -150,30 +171,7 @@ impl Request {
         let failed = |status| acting.failed(status);
         let agent = &acting.agent;
         Ok(match self {
-            Self::Listen { holder, options } => {
-                let request = pb::ListenRequest {
-                    holder_id: holder,
-                    address: SocketAddr::new(agent.test_ip, 0).to_string(),
-                    backlog: 128,
-                    options,
-                };
-                let reply = client
-                    .listen(acting.request(request))
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
-                let address = reply.local_address.parse().map_err(|_| {
-                    StepError::Failed(format!(
-                        "agent {} listens on {:?}, not an address",
-                        agent.name, reply.local_address
-                    ))
-                })?;
-                Ran {
-                    outcome: acting.ok("listen"),
-                    new_id: Some(reply.listener_id),
-                    address: Some(address),
-                }
-            }
+            Self::Listen { holder, options } => listen(acting, holder, options).await?,
             Self::StopListening(listener_id) => {
                 let request = pb::StopListeningRequest { listener_id };
                 client
@@ -232,6 +230,38 @@ impl Request {
             Self::WaitEnd { conn, timeout_ms } => wait_end(acting, conn, timeout_ms).await?.into(),
         })
     }
+}
+
+/// Listen on the agent's test address, any port.
+async fn listen(
+    acting: &Acting,
+    holder: u64,
+    options: Option<pb::SocketOptions>,
+) -> Result<Ran, StepError> {
+    let agent = &acting.agent;
+    let request = pb::ListenRequest {
+        holder_id: holder,
+        address: SocketAddr::new(agent.test_ip, 0).to_string(),
+        backlog: 128,
+        options,
+    };
+    let reply = acting
+        .client()
+        .listen(acting.request(request))
+        .await
+        .map_err(|status| acting.failed(status))?
+        .into_inner();
+    let address = reply.local_address.parse().map_err(|_| {
+        StepError::Failed(format!(
+            "agent {} listens on {:?}, not an address",
+            agent.name, reply.local_address
+        ))
+    })?;
+    Ok(Ran {
+        outcome: acting.ok("listen"),
+        new_id: Some(reply.listener_id),
+        address: Some(address),
+    })
 }
 
 /// Socket options as the contract says them; `None` when the scenario sets none.
