@@ -2,7 +2,7 @@
 //! socket, and routing each request to the right holder.
 //!
 //! Everything a client can ask of an agent is a method here, with validated
-//! domain types in and out; `grpc.rs` only translates.
+//! domain types in and out; `grpc/` only translates.
 
 use crate::capture::{Captured, Captures, Filter};
 use crate::error::AgentError;

@@ -2,7 +2,8 @@
 //! reports what the socket API really said.
 //!
 //! # Layout
-//! - [`grpc`]: the gRPC edge; validates requests into [`model`] types.
+//! - [`grpc`]: the gRPC edge: thin audited handlers; `convert` validates requests into
+//!   [`model`] types.
 //! - [`agent`]: the domain service: holders, who owns which socket, routing.
 //! - [`holder`]: holder processes, where test sockets live, and the pipe to them.
 //! - [`conn`]: the connection engine run inside a holder: real sockets, observations.
@@ -10,6 +11,9 @@
 //! - [`events`]: the numbered event log (holder deaths, FIN/RST seen by watchers).
 //! - [`errno`]: portable names for Linux and Windows error codes.
 //! - [`hostinfo`]: what host this is.
+//! - [`model`]: the domain's own types (calls, observations, payloads, options).
+//! - [`process`]: faults on other programs (kill, freeze, thaw, restart).
+//! - [`sockets`]: every program's TCP connections on the host; aborting them.
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`link`]: link down/up with a watchdog that outlives the agent.
 //! - [`platform`]: everything OS-specific, behind one trait.

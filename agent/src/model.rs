@@ -3,7 +3,7 @@
 //!
 //! These types are what the gRPC layer validates requests into, what travels
 //! over the pipe to holder processes (hence serde), and what comes back. The
-//! generated protobuf types stay in `grpc.rs`; nothing else depends on them.
+//! generated protobuf types stay in `grpc/`; nothing else depends on them.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

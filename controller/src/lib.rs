@@ -1,15 +1,20 @@
 //! faultlab: the controller that drives faultlab agents on lab hosts.
 //!
 //! # Layout
-//! - [`scenario`]: scenario files: the model, parsing and validation.
-//! - [`agents`]: connecting to agents and asking what hosts they run on.
-//! - [`engine`]: binds roles to agents, plays timelines, judges outcomes.
-//! - [`suites`]: the built-in suites (the seed catalogue), compiled in.
-//! - [`inventory`]: which agents a lab has.
-//! - [`lab`]: the local default lab (agents on loopback, no setup).
+//! - [`scenario`]: scenario files: the model, the actions by family, parsing and checks.
+//! - [`engine`]: binds roles to agents, plays timelines, judges outcomes, probes applications.
+//! - [`lab`]: labs on this machine (network namespaces as root, else loopback), for a run or
+//!   kept up between commands.
+//! - [`agents`]: reaching agents (plain or mutual TLS) and asking them what they host.
+//! - [`inventory`]: which agents and applications a lab has.
+//! - [`targets`]: applications under test: address, payload, reply, process, probe bounds.
+//! - [`suites`]: the built-in suites (the seed catalogue, the application cases), compiled in.
+//! - [`report`]: the run's results and their renderings (terminal, JSON, JUnit, HTML, Markdown).
 //! - [`history`]: every run kept in SQLite; list, show, diff.
-//! - [`bench`](mod@bench): benchmarks of the engine (barrier release and fan-out skew, suite overhead).
-//! - [`report`]: the run's results and their renderings (terminal, JSON, JUnit).
+//! - [`certs`]: the lab's certificate authority for mutual TLS.
+//! - [`bench`](mod@bench): benchmarks of the engine (release and fan-out skew, suite overhead).
+//!
+//! The binary `faultlab` is thin: `main.rs` dispatches to one file of `cli/` per subcommand.
 
 pub mod agents;
 pub mod bench;

@@ -6,20 +6,17 @@
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::judge::{judge, observations};
 use super::probe::{self, SocketCounts};
-use super::state::{CaseRun, Names, StepError};
+use super::state::{CLEANUP_TIMEOUT, CaseRun, Names, StepError};
+use super::steps::process_target;
 use super::timeline::play;
 use super::wire::collect_wire;
 use crate::report::{CaseReport, Verdict};
 use crate::scenario::{Action, Expect, NetworkFault, Scenario};
-use crate::targets::ProcessSpec;
 use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument as _, Span};
-
-/// How long undoing one of a case's faults, or killing one holder, may take.
-pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run one case on one binding (agents in role order), in a span of its
 /// own under the current one.
@@ -440,15 +437,5 @@ async fn cleanup(run: &CaseRun<'_>) {
             let _ =
                 tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().kill_holder(kill)).await;
         }
-    }
-}
-
-/// An application's process as the contract names it.
-pub(super) fn process_target(process: &ProcessSpec) -> pb::process_fault_request::Target {
-    use pb::process_fault_request::Target;
-    match process {
-        ProcessSpec::Name(name) => Target::Name(name.clone()),
-        ProcessSpec::Pid(pid) => Target::Pid(*pid),
-        ProcessSpec::Unit(unit) => Target::Unit(unit.clone()),
     }
 }

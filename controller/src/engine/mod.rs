@@ -24,6 +24,8 @@
 //! - `probe`: an application's health after a case.
 
 mod case;
+#[cfg(test)]
+mod fake_agent;
 mod handles;
 mod judge;
 mod plan;

@@ -109,3 +109,76 @@ impl Plan {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_agent::{self, Faults};
+    use super::super::{RunClock, TargetHandle};
+    use super::*;
+    use crate::targets::Target;
+
+    /// A plan of the seed suite's S2 (roles client, server) on `agents` fake agents.
+    async fn plan(agents: usize) -> Result<Plan, Box<dyn std::error::Error>> {
+        let clock = RunClock::start();
+        let handles = fake_agent::handles(agents, Faults::default(), &clock).await?;
+        let seed = crate::suites::load("seed").ok_or("no seed suite")??;
+        Ok(Plan {
+            run_id: "test".to_owned(),
+            suite: "test".to_owned(),
+            cases: seed.into_iter().filter(|case| case.id == "S2").collect(),
+            agents: handles.into_iter().map(|(agent, _)| agent).collect(),
+            all_bindings: false,
+            pinned: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            parallel: 1,
+        })
+    }
+
+    fn names(binding: &[Arc<AgentHandle>]) -> Vec<&str> {
+        binding.iter().map(|agent| agent.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn roles_take_the_first_agents_or_every_ordered_choice()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut plan = plan(3).await?;
+        let case = plan.cases[0].clone();
+        let bindings = plan.bindings(&case);
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(names(&bindings[0]), ["fake-1", "fake-2"]);
+        plan.all_bindings = true;
+        let every = plan.bindings(&case);
+        let all: Vec<Vec<&str>> = every.iter().map(|binding| names(binding)).collect();
+        assert_eq!(all.len(), 6, "3 agents, 2 roles: 3 x 2 ordered choices");
+        assert!(all.iter().all(|binding| binding[0] != binding[1]));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pinned_role_gets_its_agent_and_one_agent_binds_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut plan = plan(3).await?;
+        let case = plan.cases[0].clone();
+        plan.pinned.insert("server".to_owned(), "fake-1".to_owned());
+        assert_eq!(names(&plan.bindings(&case)[0]), ["fake-2", "fake-1"]);
+        plan.agents.truncate(1);
+        plan.pinned.clear();
+        assert!(plan.bindings(&case).is_empty(), "two roles, one agent");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_applications_role_and_host_are_not_an_agents_to_play()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut plan = plan(3).await?;
+        let case = plan.cases[0].clone();
+        let mut target = Target::inline("tcp://127.0.0.1:7000")?;
+        target.agent = Some("fake-1".to_owned());
+        let placed = TargetHandle::place(target, &plan.agents)?;
+        plan.targets.insert("server".to_owned(), Arc::new(placed));
+        // Only the client is bound, and never to the application's host.
+        assert_eq!(names(&plan.bindings(&case)[0]), ["fake-2"]);
+        assert_eq!(plan.targets_of(&case).len(), 1);
+        Ok(())
+    }
+}

@@ -9,6 +9,11 @@ use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long undoing one of a case's faults, stopping a capture, or killing
+/// one holder may take.
+pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a step could not be carried out.
 #[derive(Debug, thiserror::Error)]

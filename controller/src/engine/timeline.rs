@@ -202,3 +202,140 @@ async fn play_together<'a>(steps: &[&'a Step], run: &mut CaseRun<'a>) -> Result<
     }
     first_error.map_or(Ok(()), Err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_agent::{self, Call, Faults};
+    use super::super::{RunClock, run_case};
+    use crate::report::{CaseReport, Verdict};
+    use crate::scenario::Scenario;
+
+    fn seed_case(id: &str) -> Result<Scenario, Box<dyn std::error::Error>> {
+        let seed = crate::suites::load("seed").ok_or("no seed suite")??;
+        Ok(seed
+            .into_iter()
+            .find(|case| case.id == id)
+            .ok_or("no such case")?)
+    }
+
+    /// Play `case` on fake agents, the last one with `faults`.
+    async fn play_on_fakes(
+        case: &Scenario,
+        faults: Faults,
+    ) -> Result<(CaseReport, Vec<Vec<Call>>, Vec<i64>), Box<dyn std::error::Error>> {
+        let clock = RunClock::start();
+        let agents = fake_agent::handles(case.roles.len(), faults, &clock).await?;
+        let binding: Vec<_> = agents.iter().map(|(agent, _)| agent.clone()).collect();
+        let report = run_case(case, &binding, clock).await;
+        let calls = agents.iter().map(|(_, script)| script.calls()).collect();
+        let offsets = agents
+            .iter()
+            .map(|(agent, _)| agent.clock_offset_ns)
+            .collect();
+        Ok((report, calls, offsets))
+    }
+
+    fn rpcs(calls: &[Call]) -> Vec<&'static str> {
+        calls.iter().map(|call| call.rpc).collect()
+    }
+
+    #[tokio::test]
+    async fn each_step_goes_to_its_roles_agent_in_order() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (report, calls, _) = play_on_fakes(&seed_case("S2")?, Faults::default()).await?;
+        assert_eq!(report.verdict, Verdict::Expected, "{report:#?}");
+        assert_eq!(
+            rpcs(&calls[0]),
+            ["SpawnHolder", "Dial", "Send", "Close", "KillHolder"]
+        );
+        assert_eq!(
+            rpcs(&calls[1]),
+            ["SpawnHolder", "Listen", "Accept", "Recv", "KillHolder"]
+        );
+        assert!(calls.iter().flatten().all(|call| call.start_at.is_none()));
+        let steps: Vec<&str> = report
+            .observations
+            .iter()
+            .map(|observation| observation.step.as_str())
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "1-listen",
+                "2-connect",
+                "3-accept",
+                "send",
+                "close",
+                "server-reads"
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn steps_released_together_are_told_one_moment_on_each_agents_clock()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let case = crate::bench::release_case(4)?;
+        let (report, calls, offsets) = play_on_fakes(&case, Faults::default()).await?;
+        assert_eq!(report.verdict, Verdict::Expected, "{report:#?}");
+        let moments: Vec<i64> = calls
+            .iter()
+            .zip(&offsets)
+            .flat_map(|(calls, offset)| {
+                calls
+                    .iter()
+                    .filter_map(move |call| call.start_at.map(|at| at as i64 - offset))
+            })
+            .collect();
+        assert_eq!(moments.len(), 4, "one released send per agent: {calls:?}");
+        assert!(moments.iter().all(|moment| *moment == moments[0]));
+        let released = report
+            .observations
+            .iter()
+            .filter(|observation| observation.released_ns.is_some())
+            .count();
+        assert_eq!(released, 4);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_answering_ends_its_case_as_lost()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let faults = Faults {
+            unavailable: Some("Recv"),
+            ..Faults::default()
+        };
+        let (report, calls, _) = play_on_fakes(&seed_case("S2")?, faults).await?;
+        assert_eq!(report.verdict, Verdict::AgentLost, "{report:#?}");
+        assert!(
+            report
+                .reason
+                .as_deref()
+                .is_some_and(|why| why.contains("fake-2")),
+            "{report:#?}"
+        );
+        // Its holder is still killed.
+        assert_eq!(calls[1].last().map(|call| call.rpc), Some("KillHolder"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn what_differs_from_the_expectation_is_named() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let faults = Faults {
+            short_by: 100,
+            ..Faults::default()
+        };
+        let (report, _, _) = play_on_fakes(&seed_case("S2")?, faults).await?;
+        assert_eq!(report.verdict, Verdict::Differs);
+        assert!(
+            report
+                .differences
+                .iter()
+                .any(|difference| difference.starts_with("server-reads")),
+            "{:?}",
+            report.differences
+        );
+        Ok(())
+    }
+}

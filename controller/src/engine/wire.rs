@@ -2,9 +2,8 @@
 //! stopped on all of them at once after the last; the case's own segments
 //! kept on the run clock, and the wire expectations judged against them.
 
-use super::case::CLEANUP_TIMEOUT;
 use super::handles::AgentHandle;
-use super::state::CaseRun;
+use super::state::{CLEANUP_TIMEOUT, CaseRun};
 use crate::report::WireReport;
 use crate::scenario::Expect;
 use faultlab_proto::v1 as pb;

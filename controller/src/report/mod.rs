@@ -1,5 +1,5 @@
 //! What a run found, in the shape every output shares: the terminal table,
-//! JSON (`faultlab.run/1`, documented in README), JUnit XML and the history.
+//! JSON (`faultlab.run/1`, documented in docs/reports.md), JUnit XML and the history.
 
 pub mod html;
 pub mod junit;

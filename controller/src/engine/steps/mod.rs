@@ -10,6 +10,8 @@ mod process;
 mod socket;
 mod timing;
 
+pub(super) use process::process_target;
+
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::state::{CaseRun, Conn, Listener, Names, Outcome, StepError, holder_gone};
 use crate::agents::Client;

@@ -3,9 +3,9 @@
 //! connections destroyed.
 
 use super::{Acting, Preparing, Ran};
-use crate::engine::case::process_target;
 use crate::engine::state::{Names, StepError};
 use crate::scenario::ProcessFault;
+use crate::targets::ProcessSpec;
 use faultlab_proto::v1 as pb;
 
 /// A process fault, ready to send.
@@ -128,5 +128,17 @@ impl Request {
             }
         };
         Ok(outcome.into())
+    }
+}
+
+/// An application's process as the contract names it.
+pub(in crate::engine) fn process_target(
+    process: &ProcessSpec,
+) -> pb::process_fault_request::Target {
+    use pb::process_fault_request::Target;
+    match process {
+        ProcessSpec::Name(name) => Target::Name(name.clone()),
+        ProcessSpec::Pid(pid) => Target::Pid(*pid),
+        ProcessSpec::Unit(unit) => Target::Unit(unit.clone()),
     }
 }
