@@ -151,7 +151,7 @@ fn on_connection(
             return Err(StepError::Failed(format!(
                 "step {}: {} is not a call on a connection",
                 at.step.name,
-                call.keyword()
+                <&str>::from(call)
             )));
         }
     };

@@ -22,7 +22,8 @@ pub use process::ProcessFault;
 pub use socket::{Options, Payload, SocketCall};
 pub use timing::Timing;
 
-use super::parse::input::{Errors, Place, SpannedTable};
+use super::parse::input::StepInput;
+use strum::VariantNames as _;
 
 /// Everything a step can do.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,13 +69,23 @@ pub enum Reference<'a> {
     DefinesListener(&'a str),
 }
 
-/// Every action keyword, family by family.
+impl<'a> Reference<'a> {
+    /// Uses the connection `name`, given as `conn = "..."`.
+    pub fn conn(name: &'a str) -> Self {
+        Self::UsesConn {
+            field: "conn",
+            name,
+        }
+    }
+}
+
+/// Every action keyword (each family's variants, in kebab-case), family by family.
 pub fn keywords() -> impl Iterator<Item = &'static str> {
-    socket::KEYWORDS
+    SocketCall::VARIANTS
         .iter()
-        .chain(network::KEYWORDS)
-        .chain(process::KEYWORDS)
-        .chain(timing::KEYWORDS)
+        .chain(NetworkFault::VARIANTS)
+        .chain(ProcessFault::VARIANTS)
+        .chain(Timing::VARIANTS)
         .copied()
 }
 
@@ -82,10 +93,10 @@ impl Action {
     /// The name scenarios use for this action (`do = "..."`).
     pub fn keyword(&self) -> &'static str {
         match self {
-            Self::Socket(call) => call.keyword(),
-            Self::Network(fault) => fault.keyword(),
-            Self::Process(fault) => fault.keyword(),
-            Self::Timing(timing) => timing.keyword(),
+            Self::Socket(call) => call.into(),
+            Self::Network(fault) => fault.into(),
+            Self::Process(fault) => fault.into(),
+            Self::Timing(timing) => timing.into(),
         }
     }
 
@@ -139,20 +150,15 @@ impl Action {
 
     /// Read a step's own fields for `keyword`; `None` with the errors
     /// recorded, or for a keyword no family knows (the caller says so).
-    pub(crate) fn parse(
-        keyword: &str,
-        own: &SpannedTable,
-        place: &Place,
-        errors: &mut Errors<'_>,
-    ) -> Option<Self> {
-        if socket::KEYWORDS.contains(&keyword) {
-            SocketCall::parse(keyword, own, place, errors).map(Self::Socket)
-        } else if network::KEYWORDS.contains(&keyword) {
-            NetworkFault::parse(keyword, own, place, errors).map(Self::Network)
-        } else if process::KEYWORDS.contains(&keyword) {
-            ProcessFault::parse(keyword, own, place, errors).map(Self::Process)
-        } else if timing::KEYWORDS.contains(&keyword) {
-            Timing::parse(keyword, own, place, errors).map(Self::Timing)
+    pub(crate) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
+        if SocketCall::VARIANTS.contains(&keyword) {
+            SocketCall::parse(keyword, input).map(Self::Socket)
+        } else if NetworkFault::VARIANTS.contains(&keyword) {
+            NetworkFault::parse(keyword, input).map(Self::Network)
+        } else if ProcessFault::VARIANTS.contains(&keyword) {
+            ProcessFault::parse(keyword, input).map(Self::Process)
+        } else if Timing::VARIANTS.contains(&keyword) {
+            Timing::parse(keyword, input).map(Self::Timing)
         } else {
             None
         }

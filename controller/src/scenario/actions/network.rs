@@ -4,17 +4,15 @@
 //! into agent requests.
 
 use super::Reference;
-use crate::scenario::parse::input::{Errors, Place, SpannedTable, typed};
+use crate::scenario::parse::input::StepInput;
 use serde::Deserialize;
-
-/// The network faults' keywords (`do = "..."`).
-pub(super) const KEYWORDS: &[&str] = &["isolate", "heal", "link-down", "link-up", "reboot"];
 
 /// Default down time of a simulated reboot.
 const DEFAULT_DOWN_MS: u64 = 3_000;
 
 /// A fault done to a role's host on the network.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum NetworkFault {
     /// Cut the role's host off the test network (needs `isolate`), or
     /// only the flow of one connection.
@@ -57,17 +55,6 @@ pub enum IsolationMode {
 }
 
 impl NetworkFault {
-    /// The name scenarios use for it.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::Isolate { .. } => "isolate",
-            Self::Heal => "heal",
-            Self::LinkDown { .. } => "link-down",
-            Self::LinkUp => "link-up",
-            Self::Reboot { .. } => "reboot",
-        }
-    }
-
     /// The capability an agent needs for it.
     pub fn capability(&self) -> &'static str {
         match self {
@@ -88,36 +75,25 @@ impl NetworkFault {
         match self {
             Self::Isolate {
                 conn: Some(conn), ..
-            } => vec![Reference::UsesConn {
-                field: "conn",
-                name: conn,
-            }],
+            } => vec![Reference::conn(conn)],
             _ => Vec::new(),
         }
     }
 
-    /// Read the step's own fields for `keyword` (one of [`KEYWORDS`]).
-    pub(super) fn parse(
-        keyword: &str,
-        own: &SpannedTable,
-        place: &Place,
-        errors: &mut Errors<'_>,
-    ) -> Option<Self> {
-        let (span, path) = (&place.span, place.path.as_str());
+    /// Read the step's own fields for `keyword` (one of its variants' names).
+    pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
-            "isolate" => typed::<IsolateSpec>(own, span, path, errors).map(|spec| Self::Isolate {
+            "isolate" => input.typed::<IsolateSpec>().map(|spec| Self::Isolate {
                 mode: spec.mode,
                 deadline_ms: spec.deadline_ms,
                 conn: spec.conn,
             }),
-            "heal" => typed::<NothingSpec>(own, span, path, errors).map(|_| Self::Heal),
-            "link-down" => {
-                typed::<DeadlineSpec>(own, span, path, errors).map(|spec| Self::LinkDown {
-                    deadline_ms: spec.deadline_ms,
-                })
-            }
-            "link-up" => typed::<NothingSpec>(own, span, path, errors).map(|_| Self::LinkUp),
-            _ => typed::<RebootSpec>(own, span, path, errors).map(|spec| Self::Reboot {
+            "heal" => input.typed::<NothingSpec>().map(|_| Self::Heal),
+            "link-down" => input.typed::<DeadlineSpec>().map(|spec| Self::LinkDown {
+                deadline_ms: spec.deadline_ms,
+            }),
+            "link-up" => input.typed::<NothingSpec>().map(|_| Self::LinkUp),
+            _ => input.typed::<RebootSpec>().map(|spec| Self::Reboot {
                 simulated: spec.simulated,
                 down_ms: spec.down_ms,
             }),

@@ -6,21 +6,12 @@
 //! into agent requests.
 
 use super::Reference;
-use crate::scenario::parse::input::{Errors, Place, SpannedTable, typed};
+use crate::scenario::parse::input::StepInput;
 use serde::Deserialize;
 
-/// The process faults' keywords (`do = "..."`).
-pub(super) const KEYWORDS: &[&str] = &[
-    "exit",
-    "kill",
-    "abort-connections",
-    "stop",
-    "continue",
-    "restart",
-];
-
 /// A fault done to the program playing a role.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum ProcessFault {
     /// The role's process exits without closing its sockets.
     Exit {
@@ -46,18 +37,6 @@ pub enum ProcessFault {
 }
 
 impl ProcessFault {
-    /// The name scenarios use for it.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::Exit { .. } => "exit",
-            Self::Kill => "kill",
-            Self::AbortConnections { .. } => "abort-connections",
-            Self::Stop => "stop",
-            Self::Continue => "continue",
-            Self::Restart => "restart",
-        }
-    }
-
     /// The capability an agent needs for it, if beyond its own holders.
     pub fn capability(&self) -> Option<&'static str> {
         match self {
@@ -80,29 +59,22 @@ impl ProcessFault {
     /// The names it uses.
     pub(super) fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Self::AbortConnections { conn: Some(conn) } => vec![Reference::UsesConn {
-                field: "conn",
-                name: conn,
-            }],
+            Self::AbortConnections { conn: Some(conn) } => vec![Reference::conn(conn)],
             _ => Vec::new(),
         }
     }
 
-    /// Read the step's own fields for `keyword` (one of [`KEYWORDS`]).
-    pub(super) fn parse(
-        keyword: &str,
-        own: &SpannedTable,
-        place: &Place,
-        errors: &mut Errors<'_>,
-    ) -> Option<Self> {
-        let (span, path) = (&place.span, place.path.as_str());
+    /// Read the step's own fields for `keyword` (one of its variants' names).
+    pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
-            "exit" => typed::<ExitSpec>(own, span, path, errors)
+            "exit" => input
+                .typed::<ExitSpec>()
                 .map(|spec| Self::Exit { code: spec.code }),
-            "abort-connections" => typed::<AbortSpec>(own, span, path, errors)
+            "abort-connections" => input
+                .typed::<AbortSpec>()
                 .map(|spec| Self::AbortConnections { conn: spec.conn }),
             bare => {
-                typed::<NothingSpec>(own, span, path, errors)?;
+                input.typed::<NothingSpec>()?;
                 Some(match bare {
                     "kill" => Self::Kill,
                     "stop" => Self::Stop,

@@ -4,26 +4,13 @@
 //! `steps::socket` turns them into agent requests.
 
 use super::Reference;
-use crate::scenario::parse::input::{Errors, Place, SpannedTable, typed};
+use crate::scenario::parse::input::StepInput;
 use faultlab_proto::{CloseMode, MESSAGE_HEADER_BYTES};
 use serde::Deserialize;
 
-/// The socket calls' keywords (`do = "..."`).
-pub(super) const KEYWORDS: &[&str] = &[
-    "listen",
-    "stop-listening",
-    "connect",
-    "accept",
-    "send",
-    "recv",
-    "close",
-    "set-options",
-    "watch",
-    "wait-end",
-];
-
 /// A socket call of a role's holder.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum SocketCall {
     /// Listen on the role's test address (port 0), naming the listener.
     Listen {
@@ -141,22 +128,6 @@ pub enum Payload {
 }
 
 impl SocketCall {
-    /// The name scenarios use for it.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::Listen { .. } => "listen",
-            Self::StopListening { .. } => "stop-listening",
-            Self::Connect { .. } => "connect",
-            Self::Accept { .. } => "accept",
-            Self::Send { .. } => "send",
-            Self::Recv { .. } => "recv",
-            Self::Close { .. } => "close",
-            Self::SetOptions { .. } => "set-options",
-            Self::Watch { .. } => "watch",
-            Self::WaitEnd { .. } => "wait-end",
-        }
-    }
-
     /// The names it uses and defines.
     pub(super) fn references(&self) -> Vec<Reference<'_>> {
         match self {
@@ -184,10 +155,7 @@ impl SocketCall {
             | Self::Close { conn, .. }
             | Self::SetOptions { conn, .. }
             | Self::Watch { conn }
-            | Self::WaitEnd { conn, .. } => vec![Reference::UsesConn {
-                field: "conn",
-                name: conn,
-            }],
+            | Self::WaitEnd { conn, .. } => vec![Reference::conn(conn)],
         }
     }
 
@@ -205,62 +173,57 @@ impl SocketCall {
         )
     }
 
-    /// Read the step's own fields for `keyword` (one of [`KEYWORDS`]).
-    pub(super) fn parse(
-        keyword: &str,
-        own: &SpannedTable,
-        place: &Place,
-        errors: &mut Errors<'_>,
-    ) -> Option<Self> {
-        let (span, path) = (&place.span, place.path.as_str());
+    /// Read the step's own fields for `keyword` (one of its variants' names).
+    pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
             "listen" => {
-                let spec = typed::<ListenSpec>(own, span, path, errors)?;
+                let spec = input.typed::<ListenSpec>()?;
                 Some(Self::Listen {
                     listener: spec.listener,
-                    options: spec.options.into_options(place, errors)?,
+                    options: spec.options.into_options(input)?,
                 })
             }
-            "stop-listening" => {
-                typed::<ListenerSpec>(own, span, path, errors).map(|spec| Self::StopListening {
+            "stop-listening" => input
+                .typed::<ListenerSpec>()
+                .map(|spec| Self::StopListening {
                     listener: spec.listener,
-                })
-            }
+                }),
             "connect" => {
-                let spec = typed::<ConnectSpec>(own, span, path, errors)?;
+                let spec = input.typed::<ConnectSpec>()?;
                 Some(Self::Connect {
                     to: spec.to,
                     conn: spec.conn,
-                    options: spec.options.into_options(place, errors)?,
+                    options: spec.options.into_options(input)?,
                     timeout_ms: spec.timeout_ms,
                 })
             }
-            "accept" => typed::<AcceptSpec>(own, span, path, errors).map(|spec| Self::Accept {
+            "accept" => input.typed::<AcceptSpec>().map(|spec| Self::Accept {
                 listener: spec.listener,
                 conn: spec.conn,
                 timeout_ms: spec.timeout_ms,
             }),
-            "send" => typed::<SendSpec>(own, span, path, errors)?.into_call(place, errors),
-            "recv" => typed::<RecvSpec>(own, span, path, errors).map(|spec| Self::Recv {
+            "send" => input.typed::<SendSpec>()?.into_call(input),
+            "recv" => input.typed::<RecvSpec>().map(|spec| Self::Recv {
                 conn: spec.conn,
                 all: matches!(spec.mode, RecvModeSpec::All),
                 max_bytes: spec.max_bytes,
                 timeout_ms: spec.timeout_ms,
             }),
-            "close" => typed::<CloseSpec>(own, span, path, errors).map(|spec| Self::Close {
+            "close" => input.typed::<CloseSpec>().map(|spec| Self::Close {
                 conn: spec.conn,
                 mode: spec.mode,
             }),
             "set-options" => {
-                let spec = typed::<SetOptionsSpec>(own, span, path, errors)?;
+                let spec = input.typed::<SetOptionsSpec>()?;
                 Some(Self::SetOptions {
                     conn: spec.conn,
-                    options: spec.options.into_options(place, errors)?,
+                    options: spec.options.into_options(input)?,
                 })
             }
-            "watch" => typed::<WatchSpec>(own, span, path, errors)
+            "watch" => input
+                .typed::<WatchSpec>()
                 .map(|spec| Self::Watch { conn: spec.conn }),
-            _ => typed::<WaitEndSpec>(own, span, path, errors).map(|spec| Self::WaitEnd {
+            _ => input.typed::<WaitEndSpec>().map(|spec| Self::WaitEnd {
                 conn: spec.conn,
                 timeout_ms: spec.timeout_ms,
             }),
@@ -326,14 +289,13 @@ struct SendSpec {
 }
 
 impl SendSpec {
-    fn into_call(self, place: &Place, errors: &mut Errors<'_>) -> Option<SocketCall> {
+    fn into_call(self, input: &mut StepInput<'_, '_, '_>) -> Option<SocketCall> {
         let payload = match (self.text, self.bytes, self.messages) {
             (Some(text), None, None) => Payload::Text(text),
             (None, Some(bytes), None) => Payload::Bytes(bytes),
             (None, None, Some(messages)) if messages.size < MESSAGE_HEADER_BYTES => {
-                errors.at(
-                    &place.span,
-                    place.field("messages.size"),
+                input.error(
+                    "messages.size",
                     format!("a message is at least its {MESSAGE_HEADER_BYTES}-byte header"),
                 );
                 return None;
@@ -344,11 +306,7 @@ impl SendSpec {
                 interval_ms: messages.interval_ms,
             },
             _ => {
-                errors.at(
-                    &place.span,
-                    place.path.clone(),
-                    "a send needs exactly one of text, bytes or messages",
-                );
+                input.error("", "a send needs exactly one of text, bytes or messages");
                 return None;
             }
         };
@@ -439,14 +397,13 @@ struct KeepaliveSpec {
 }
 
 impl OptionsSpec {
-    fn into_options(self, place: &Place, errors: &mut Errors<'_>) -> Option<Options> {
+    fn into_options(self, input: &mut StepInput<'_, '_, '_>) -> Option<Options> {
         let linger = match self.linger {
             None => None,
             Some(LingerSpec::Switch(false)) => Some(None),
             Some(LingerSpec::Switch(true)) => {
-                errors.at(
-                    &place.span,
-                    place.field("options.linger"),
+                input.error(
+                    "options.linger",
                     "linger is a number of seconds (0 = abortive close) or false",
                 );
                 return None;
@@ -461,9 +418,8 @@ impl OptionsSpec {
                     ("interval_ms", keepalive.interval_ms),
                 ] {
                     if (1..1000).contains(&value) {
-                        errors.at(
-                            &place.span,
-                            place.field(&format!("options.keepalive.{name}")),
+                        input.error(
+                            &format!("options.keepalive.{name}"),
                             "keepalive timers count whole seconds: 0 (system value) or at least 1000",
                         );
                         return None;

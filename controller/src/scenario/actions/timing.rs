@@ -3,14 +3,12 @@
 //! the controller.
 
 use super::Reference;
-use crate::scenario::parse::input::{Errors, Place, SpannedTable, typed};
+use crate::scenario::parse::input::StepInput;
 use serde::Deserialize;
 
-/// The timing steps' keywords (`do = "..."`).
-pub(super) const KEYWORDS: &[&str] = &["sleep", "join"];
-
 /// A step of the timeline itself.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Timing {
     /// Wait.
     Sleep {
@@ -25,14 +23,6 @@ pub enum Timing {
 }
 
 impl Timing {
-    /// The name scenarios use for it.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::Sleep { .. } => "sleep",
-            Self::Join { .. } => "join",
-        }
-    }
-
     /// The names it uses.
     pub(super) fn references(&self) -> Vec<Reference<'_>> {
         match self {
@@ -44,19 +34,14 @@ impl Timing {
         }
     }
 
-    /// Read the step's own fields for `keyword` (one of [`KEYWORDS`]).
-    pub(super) fn parse(
-        keyword: &str,
-        own: &SpannedTable,
-        place: &Place,
-        errors: &mut Errors<'_>,
-    ) -> Option<Self> {
-        let (span, path) = (&place.span, place.path.as_str());
+    /// Read the step's own fields for `keyword` (one of its variants' names).
+    pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
-            "sleep" => {
-                typed::<SleepSpec>(own, span, path, errors).map(|spec| Self::Sleep { ms: spec.ms })
-            }
-            _ => typed::<JoinSpec>(own, span, path, errors)
+            "sleep" => input
+                .typed::<SleepSpec>()
+                .map(|spec| Self::Sleep { ms: spec.ms }),
+            _ => input
+                .typed::<JoinSpec>()
                 .map(|spec| Self::Join { step: spec.step }),
         }
     }

@@ -27,6 +27,34 @@ impl Place {
     }
 }
 
+/// A step's own fields (all but the keys every step has), where they are,
+/// and where their errors go: what an action family parses.
+pub(crate) struct StepInput<'a, 'e, 'x> {
+    /// The fields.
+    pub own: &'a SpannedTable,
+    /// The step's place in the file.
+    pub place: &'a Place,
+    /// Where errors go.
+    pub errors: &'e mut Errors<'x>,
+}
+
+impl StepInput<'_, '_, '_> {
+    /// The fields as `T`, or an error at the field at fault.
+    pub fn typed<T: DeserializeOwned>(&mut self) -> Option<T> {
+        typed(self.own, &self.place.span, &self.place.path, self.errors)
+    }
+
+    /// Record `message` about the step's field `field`.
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let field = if field.is_empty() {
+            self.place.path.clone()
+        } else {
+            self.place.field(field)
+        };
+        self.errors.at(&self.place.span, field, message);
+    }
+}
+
 /// Collects errors with positions computed from byte offsets.
 pub(crate) struct Errors<'a> {
     pub file: &'a str,

@@ -28,7 +28,7 @@
 pub(crate) mod input;
 mod references;
 
-use input::{Errors, Place, SpannedTable, key_span, typed};
+use input::{Errors, Place, SpannedTable, StepInput, key_span, typed};
 
 use super::{Action, Expect, ExpectedOutcome, Scenario, Step};
 use serde::Deserialize;
@@ -256,7 +256,14 @@ fn parse_step(
         .partition(|(key, _)| COMMON_KEYS.contains(&key.get_ref().as_str()));
     let common: Common = typed(&common_table, span, &place.path, errors)?;
     let before = errors.found.len();
-    let action = Action::parse(&common.action, &own_table, &place, errors);
+    let action = Action::parse(
+        &common.action,
+        &mut StepInput {
+            own: &own_table,
+            place: &place,
+            errors,
+        },
+    );
     if action.is_none() && errors.found.len() == before {
         errors.at(
             &key_span(&common_table, "do", span),
