@@ -248,7 +248,7 @@ async fn play(
     }
     let mut placed = BTreeMap::new();
     for (role, target) in targets {
-        let handle = TargetHandle::place(target, &agents).map_err(anyhow::Error::msg)?;
+        let handle = TargetHandle::place(target, &agents)?;
         let host = handle.host.as_ref().map_or_else(String::new, |host| {
             format!(", its host's agent {}", host.name)
         });

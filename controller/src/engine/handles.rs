@@ -159,6 +159,27 @@ impl AgentHandle {
     }
 }
 
+/// Why an application could not be placed in the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// Its address names an agent the lab does not have.
+    #[error("target {target:?}: no agent {agent:?} in the lab to take the address of")]
+    NoAddress {
+        /// The target.
+        target: String,
+        /// The agent its address names.
+        agent: String,
+    },
+    /// Its host's agent is not in the lab.
+    #[error("target {target:?}: no agent {agent:?} in the lab (its host's agent)")]
+    NoHost {
+        /// The target.
+        target: String,
+        /// Its host's agent.
+        agent: String,
+    },
+}
+
 /// An application under test, placed in the lab.
 pub struct TargetHandle {
     /// What it is.
@@ -171,26 +192,23 @@ pub struct TargetHandle {
 
 impl TargetHandle {
     /// Place `target` among the lab's `agents` (its host may be named by an agent's name).
-    pub fn place(target: Target, agents: &[Arc<AgentHandle>]) -> Result<Self, String> {
+    pub fn place(target: Target, agents: &[Arc<AgentHandle>]) -> Result<Self, PlaceError> {
         let by_name = |name: &str| agents.iter().find(|agent| agent.name == name);
         let address = target
             .address(|name| by_name(name).map(|agent| agent.test_ip))
-            .ok_or_else(|| {
-                format!(
-                    "target {:?}: no agent {:?} in the lab to take the address of",
-                    target.name,
-                    match &target.host {
-                        TargetHost::Agent(name) => name.as_str(),
-                        TargetHost::Ip(_) => "",
-                    }
-                )
+            .ok_or_else(|| PlaceError::NoAddress {
+                target: target.name.clone(),
+                agent: match &target.host {
+                    TargetHost::Agent(name) => name.clone(),
+                    TargetHost::Ip(_) => String::new(),
+                },
             })?;
         let host = match &target.agent {
             Some(name) => Some(Arc::clone(by_name(name).ok_or_else(|| {
-                format!(
-                    "target {:?}: no agent {name:?} in the lab (its host's agent)",
-                    target.name
-                )
+                PlaceError::NoHost {
+                    target: target.name.clone(),
+                    agent: name.clone(),
+                }
             })?)),
             None => None,
         };

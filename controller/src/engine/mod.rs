@@ -37,7 +37,7 @@ mod timeline;
 mod wire;
 
 pub use case::{run_case, run_case_on};
-pub use handles::{AgentHandle, RunClock, TargetHandle};
+pub use handles::{AgentHandle, PlaceError, RunClock, TargetHandle};
 pub use plan::{Plan, Progress, Quiet};
 pub use run::{new_run_id, run, run_span};
 
