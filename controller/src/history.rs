@@ -258,7 +258,11 @@ fn keyed(report: &RunReport) -> BTreeMap<(String, usize), &CaseReport> {
         .collect()
 }
 
-/// What a case came to, in one line: verdict, then each checked step's result.
+/// What a case came to, in one line: verdict, each checked step's outcome
+/// and errno and whether data moved, and which hosts sent a FIN or RST.
+/// Counts that vary from run to run by nature (how many bytes a flood moved
+/// before its kill, timings) are left out: a diff lists what changed in
+/// meaning.
 fn gist(case: &CaseReport) -> String {
     let steps: Vec<String> = case
         .observations
@@ -270,14 +274,36 @@ fn gist(case: &CaseReport) -> String {
             } else {
                 format!(" {}", observation.errno_name)
             };
+            let data = if observation.bytes > 0 {
+                "data"
+            } else {
+                "no data"
+            };
             format!(
-                "{} {}{errno} {}B",
-                observation.step, observation.outcome, observation.bytes
+                "{} {}{errno}, {data}",
+                observation.step, observation.outcome
             )
         })
         .collect();
+    let mut ends: Vec<String> = case
+        .wire
+        .iter()
+        .flat_map(|segment| {
+            [('F', "FIN"), ('R', "RST")]
+                .into_iter()
+                .filter(|(flag, _)| segment.flags.contains(*flag))
+                .map(|(_, name)| format!("{name} from {}", segment.source))
+        })
+        .collect();
+    ends.sort();
+    ends.dedup();
+    let wire = if ends.is_empty() {
+        String::new()
+    } else {
+        format!("; wire: {}", ends.join(", "))
+    };
     format!(
-        "{} [{}] {}",
+        "{} [{}] {}{wire}",
         case.verdict.as_str(),
         case.os_pair,
         steps.join("; ")
@@ -437,16 +463,29 @@ mod tests {
         assert_eq!(changes[0].case, "C2 [a]");
         assert_eq!(
             changes[0].before,
-            "expected [linux/linux] client-reads eof 100B"
+            "expected [linux/linux] client-reads eof, data"
         );
         assert_eq!(
             changes[0].after,
-            "differs [linux/linux] client-reads error ECONNABORTED 100B"
+            "differs [linux/linux] client-reads error ECONNABORTED, data"
         );
         assert!(history.diff("1", "1")?.is_empty());
+        // A flood that moved other byte counts, or ran at other times, is
+        // the same outcome.
+        let mut again = report("r3", Verdict::Expected, "");
+        for observation in &mut again.cases[0].observations {
+            observation.bytes += 12_345;
+            observation.t_ns += 777;
+        }
+        history.save(&again)?;
+        assert!(
+            history.diff("1", "3")?.is_empty(),
+            "{:?}",
+            history.diff("1", "3")
+        );
         drop(history);
         // Opening again (the column exists now) keeps everything.
-        assert_eq!(History::open(&path)?.list(10)?.len(), 2);
+        assert_eq!(History::open(&path)?.list(10)?.len(), 3);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

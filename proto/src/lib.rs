@@ -13,6 +13,7 @@
 /// monotonic ns, in decimal) at which the agent acts on the request.
 pub const START_AT_METADATA: &str = "faultlab-start-at";
 
+pub mod errno;
 mod vocabulary;
 
 pub use vocabulary::{CloseMode, MESSAGE_HEADER_BYTES};

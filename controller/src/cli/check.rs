@@ -14,9 +14,19 @@ pub struct CheckArgs {
     files: Vec<PathBuf>,
 }
 
-/// Say "ok" or every error of each file; whether all are good.
+/// Say "ok" or every error of each file; whether all are good. A file that
+/// cannot be read is not a bad scenario but a bad argument: exit 2.
 pub fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     let mut good = true;
+    let unreadable: Vec<String> = args
+        .files
+        .iter()
+        .filter(|file| std::fs::metadata(file).is_err())
+        .map(|file| file.display().to_string())
+        .collect();
+    if !unreadable.is_empty() {
+        anyhow::bail!("cannot read {}", unreadable.join(", "));
+    }
     for file in &args.files {
         match read_scenario(file) {
             Ok(scenario) => say!(

@@ -2,7 +2,7 @@
 //! command (up, exec, down, status).
 
 use super::agents::{AgentsArgs, agents};
-use super::{TlsArgs, parse_binding, say};
+use super::{TlsArgs, parse_pair, say};
 use anyhow::Context as _;
 use clap::Subcommand;
 use faultlab::lab::{self, AgentGrants, LabError, LabStatus};
@@ -32,7 +32,7 @@ enum LabAction {
         #[arg(long)]
         allow_process: bool,
         /// How the agents restart a program, as NAME=COMMAND (repeatable).
-        #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = parse_binding)]
+        #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
         restart: Vec<(String, String)>,
     },
     /// Run a command on a lab host (inside its network namespace), e.g. the

@@ -40,9 +40,9 @@ pub(crate) use say;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Tracing (any command)")]
     pub otlp: faultlab_telemetry::OtlpArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Mutual TLS to the agents (any command)")]
     pub tls: TlsArgs,
 }
 
@@ -226,20 +226,25 @@ pub fn agent_entries(
     })
 }
 
-/// `ROLE=VALUE`, for `--bind`, `--target` and `--restart`.
-pub fn parse_binding(text: &str) -> Result<(String, String), String> {
+/// `NAME=VALUE`, for `--bind` (ROLE=AGENT), `--target` (ROLE=TARGET) and
+/// `--restart` (NAME=COMMAND); `form` says which in the error.
+pub fn parse_pair(text: &str, form: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((role, agent)) if !role.is_empty() && !agent.is_empty() => {
-            Ok((role.to_owned(), agent.to_owned()))
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+            Ok((name.to_owned(), value.to_owned()))
         }
-        _ => Err(format!("{text:?} is not ROLE=AGENT")),
+        _ => Err(format!("{text:?} is not {form}")),
     }
 }
 
 /// Print a report as a table or JSON.
-pub fn print_report(report: &RunReport, format: Format, wire: bool) -> anyhow::Result<()> {
+pub fn print_report(
+    report: &RunReport,
+    format: Format,
+    wire: terminal::WireView,
+) -> anyhow::Result<()> {
     match format {
-        Format::Table => write!(std::io::stdout(), "{}", terminal::render(report, wire))?,
+        Format::Table => write!(std::io::stdout(), "{}", terminal::render_with(report, wire))?,
         Format::Json => say!("{}", serde_json::to_string_pretty(report)?),
     }
     Ok(())

@@ -4,13 +4,14 @@ use super::{HistoryArgs, TraceUrlArgs, say, write_html};
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Which run, and what to make of it.
+/// Which run, and what to make of it (HTML, Markdown, or both).
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["html", "markdown"])))]
 pub struct ReportArgs {
     /// Run number or id (see `faultlab runs`).
     run: String,
     /// Write the HTML report here.
-    #[arg(long, value_name = "FILE", required_unless_present = "markdown")]
+    #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
     /// Print Markdown on stdout.
     #[arg(long)]

@@ -3,12 +3,13 @@
 //! history.
 
 use super::check::read_scenario;
-use super::{Format, HistoryArgs, TlsArgs, TraceUrlArgs, parse_binding, print_report, write_html};
+use super::{Format, HistoryArgs, TlsArgs, TraceUrlArgs, parse_pair, print_report, write_html};
 use anyhow::{Context as _, bail};
 use faultlab::agents::Connector;
 use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
 use faultlab::inventory::Inventory;
 use faultlab::lab::{ApplicationHost, LocalLab};
+use faultlab::report::terminal::WireView;
 use faultlab::report::{CaseReport, RunReport, junit};
 use faultlab::scenario::Scenario;
 use faultlab::suites;
@@ -23,7 +24,7 @@ use tracing::Instrument as _;
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// A built-in suite (see `faultlab cases`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(suites::NAMES))]
     suite: Vec<String>,
     /// Scenario files.
     #[arg(value_name = "FILE")]
@@ -38,12 +39,12 @@ pub struct RunArgs {
     #[arg(long)]
     all_bindings: bool,
     /// Bind a role to a named agent, e.g. --bind server=win-1 (repeatable).
-    #[arg(long, value_name = "ROLE=AGENT", value_parser = parse_binding)]
+    #[arg(long, value_name = "ROLE=AGENT", value_parser = |text: &str| parse_pair(text, "ROLE=AGENT"))]
     bind: Vec<(String, String)>,
     /// Let an application play a role: a target of the inventory or of
     /// --targets by name, or tcp://HOST:PORT (HOST: an IP, or an agent's
     /// name for its test address), e.g. --target server=tcp://127.0.0.1:7000.
-    #[arg(long, value_name = "ROLE=TARGET", value_parser = parse_binding)]
+    #[arg(long, value_name = "ROLE=TARGET", value_parser = |text: &str| parse_pair(text, "ROLE=TARGET"))]
     target: Vec<(String, String)>,
     /// Targets (`[[target]]` tables) from this file too.
     #[arg(long, value_name = "FILE")]
@@ -57,9 +58,10 @@ pub struct RunArgs {
     /// Also write JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// In the table, list each case's captured TCP segments.
-    #[arg(long)]
-    wire: bool,
+    /// In the table, list each case's captured TCP segments (a long
+    /// capture summarised; `--wire=all` for every segment).
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "summary", default_value = "hidden")]
+    wire: WireView,
     /// Also write the self-contained HTML report (ladder diagrams) here.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
@@ -79,6 +81,7 @@ pub struct RunArgs {
 /// Run, print, write and keep the report; whether the run passed.
 pub async fn run(args: RunArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
     let (label, scenarios) = load_scenarios(&args.suite, &args.files, &args.cases)?;
+    check_roles(&scenarios, &args)?;
     let mut report = run_on_lab(label, scenarios, &args, tls).await?;
     args.trace_url.link(&mut report);
     print_report(&report, args.format, args.wire)?;
@@ -133,16 +136,44 @@ fn load_scenarios(
         bail!("{}", errors.join("\n"));
     }
     if !only.is_empty() {
+        // Case ids are matched whatever their case: --case s2 is S2.
+        let wanted = |case: &Scenario| only.iter().any(|id| id.eq_ignore_ascii_case(&case.id));
         let unknown: Vec<&String> = only
             .iter()
-            .filter(|id| !scenarios.iter().any(|case| &case.id == *id))
+            .filter(|id| {
+                !scenarios
+                    .iter()
+                    .any(|case| id.eq_ignore_ascii_case(&case.id))
+            })
             .collect();
         if !unknown.is_empty() {
             bail!("no case {unknown:?} among the scenarios given");
         }
-        scenarios.retain(|case| only.contains(&case.id));
+        scenarios.retain(wanted);
     }
     Ok((label.join(","), scenarios))
+}
+
+/// Every role `--bind` and `--target` name is a role of some case to run.
+fn check_roles(scenarios: &[Scenario], args: &RunArgs) -> anyhow::Result<()> {
+    let roles: std::collections::BTreeSet<&str> = scenarios
+        .iter()
+        .flat_map(|case| case.roles.iter().map(String::as_str))
+        .collect();
+    for (flag, role) in args
+        .bind
+        .iter()
+        .map(|(role, _)| ("--bind", role))
+        .chain(args.target.iter().map(|(role, _)| ("--target", role)))
+    {
+        if !roles.contains(role.as_str()) {
+            bail!(
+                "{flag} {role}=...: no case to run has a role {role:?}; their roles are {}",
+                roles.iter().copied().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The targets the run binds to roles, from the inventory, the --targets

@@ -3,6 +3,7 @@
 use super::{Format, HistoryArgs, print_report, say};
 use clap::Subcommand;
 use faultlab::history::History;
+use faultlab::report::terminal::WireView;
 use std::io::Write;
 
 /// What to show of the history.
@@ -29,9 +30,10 @@ enum RunsAction {
         /// Table or JSON.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// In the table, list each case's captured TCP segments.
-        #[arg(long)]
-        wire: bool,
+        /// In the table, list each case's captured TCP segments (a long
+        /// capture summarised; `--wire=all` for every segment).
+        #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "summary", default_value = "hidden")]
+        wire: WireView,
     },
     /// The cases whose outcome changed between two runs.
     Diff {
@@ -67,8 +69,21 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<bool> {
 }
 
 fn list(history: &History, limit: usize) -> anyhow::Result<()> {
+    let rows = history.list(limit)?;
+    // Columns as wide as their longest value: a suite of several files is long.
+    let width = |header: &str, values: &mut dyn Iterator<Item = usize>| {
+        values.max().unwrap_or(0).max(header.len())
+    };
+    let suite = width(
+        "SUITE",
+        &mut rows.iter().map(|row| row.suite.chars().count()),
+    );
+    let pairs = width(
+        "OS PAIRS",
+        &mut rows.iter().map(|row| row.os_pairs.chars().count()),
+    );
     say!(
-        "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  TRACE",
+        "{:>4}  {:<20} {:<suite$} {:<pairs$} {:>5} {:>8} {:>6} {:>7}  TRACE",
         "RUN",
         "ID",
         "SUITE",
@@ -78,9 +93,9 @@ fn list(history: &History, limit: usize) -> anyhow::Result<()> {
         "FAILED",
         "SKIPPED"
     );
-    for row in history.list(limit)? {
+    for row in rows {
         say!(
-            "{:>4}  {:<20} {:<10} {:<24} {:>5} {:>8} {:>6} {:>7}  {}",
+            "{:>4}  {:<20} {:<suite$} {:<pairs$} {:>5} {:>8} {:>6} {:>7}  {}",
             row.number,
             row.run_id,
             row.suite,

@@ -106,7 +106,10 @@ async fn play_case(
         agents: role_agents(case, binding, targets),
         targets: targets.clone(),
         unchecked: BTreeMap::new(),
-        names: Names::default(),
+        names: Names {
+            started_ns: clock.now_ns(),
+            ..Names::default()
+        },
         clock,
         results: Vec::new(),
         released: HashMap::new(),

@@ -37,6 +37,8 @@ pub struct Faults {
     pub unavailable: Option<&'static str>,
     /// A read hands over this many bytes fewer than were sent.
     pub short_by: u64,
+    /// A connect is refused (nobody listens).
+    pub refuse: bool,
 }
 
 /// The fake's state: its calls, its ids, and how it misbehaves.
@@ -203,6 +205,15 @@ impl Agent for Fake {
 
     async fn dial(&self, request: Request<pb::ConnectRequest>) -> Reply<pb::ConnectReply> {
         let id = self.note("Dial", &request)?;
+        if self.script.faults.refuse {
+            let mut refused = self.observation(pb::Call::Connect, pb::Outcome::Error, 0);
+            refused.os_error = 111;
+            refused.error_name = "ECONNREFUSED".to_owned();
+            return Ok(Response::new(pb::ConnectReply {
+                observation: Some(refused),
+                ..pb::ConnectReply::default()
+            }));
+        }
         Ok(Response::new(self.connected(id, pb::Call::Connect)))
     }
 
@@ -318,8 +329,8 @@ impl Agent for Fake {
     }
 }
 
-/// `count` fake agents on one wire, connected, named `fake-1`...; the
-/// last one has `faults`.
+/// `count` fake agents on one wire, connected, named `fake-1`..., each
+/// with `faults`.
 pub async fn handles(
     count: usize,
     faults: Faults,
@@ -329,11 +340,6 @@ pub async fn handles(
     let wire = Arc::new(Wire::default());
     let mut handles = Vec::new();
     for index in 1..=count {
-        let faults = if index == count {
-            faults
-        } else {
-            Faults::default()
-        };
         let (address, script) = start(Arc::clone(&wire), faults).await?;
         let name = format!("fake-{index}");
         let handle = super::AgentHandle::connect(&connector, &name, &address, None, clock).await?;

@@ -171,27 +171,60 @@ pub(crate) struct Names {
     /// Sends whose payload became a target's messages: (bytes the scenario
     /// meant, bytes actually sent), so "all of it" expectations still hold.
     pub byte_rewrites: Vec<(u64, u64)>,
+    /// Names a step should have opened and did not, with why: the first
+    /// cause of a later step's failure.
+    pub unopened: HashMap<String, Cause>,
+    /// When the case started (run clock), for the times in causes.
+    pub started_ns: i64,
+}
+
+/// Why a step did not open what it should have.
+#[derive(Clone, Debug)]
+pub(crate) struct Cause {
+    /// The step, its call and how it ended, and when.
+    pub said: String,
+}
+
+impl Cause {
+    /// What `step` ended with, `started_ns` into the case.
+    pub(super) fn of(step: &str, outcome: &Outcome, started_ns: i64) -> Self {
+        let how = if outcome.errno_name.is_empty() {
+            outcome.outcome.as_str().to_owned()
+        } else {
+            outcome.errno_name.clone()
+        };
+        let at_ms = (outcome.end_ns - started_ns) as f64 / 1e6;
+        Self {
+            said: format!("{step}: {} {how} at {at_ms:.0} ms", outcome.call),
+        }
+    }
 }
 
 impl Names {
     /// The connection `name`, which `step` uses.
     pub(super) fn conn(&self, step: &Step, name: &str) -> Result<&Conn, StepError> {
-        self.conns.get(name).ok_or_else(|| {
-            StepError::Failed(format!(
-                "step {}: connection {name:?} was never opened",
-                step.name
-            ))
+        self.conns
+            .get(name)
+            .ok_or_else(|| self.never_opened(step, "connection", name))
+    }
+
+    /// The error of a step that needs what was never opened: the first
+    /// cause first, when an earlier step failed to open it.
+    fn never_opened(&self, step: &Step, what: &str, name: &str) -> StepError {
+        StepError::Failed(match self.unopened.get(name) {
+            Some(cause) => format!(
+                "{}, so {what} {name:?} was never opened (needed by step {})",
+                cause.said, step.name
+            ),
+            None => format!("step {}: {what} {name:?} was never opened", step.name),
         })
     }
 
     /// The listener `name`, which `step` uses.
     pub(super) fn listener(&self, step: &Step, name: &str) -> Result<&Listener, StepError> {
-        self.listeners.get(name).ok_or_else(|| {
-            StepError::Failed(format!(
-                "step {}: listener {name:?} was never opened",
-                step.name
-            ))
-        })
+        self.listeners
+            .get(name)
+            .ok_or_else(|| self.never_opened(step, "listener", name))
     }
 
     /// The flow of connection `conn` as the host of `role` sees it: (its

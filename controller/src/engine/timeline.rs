@@ -320,6 +320,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_connect_is_shown_as_the_cause_not_its_consequence()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let faults = Faults {
+            refuse: true,
+            ..Faults::default()
+        };
+        let (report, _, _) = play_on_fakes(&seed_case("S2")?, faults).await?;
+        assert_eq!(report.verdict, Verdict::Error, "{report:#?}");
+        let reason = report.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("2-connect: connect ECONNREFUSED at "),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("connection \"c\" was never opened"),
+            "{reason}"
+        );
+        let run = crate::report::RunReport {
+            schema: crate::report::SCHEMA.to_owned(),
+            run_id: "t".to_owned(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            suite: "t".to_owned(),
+            agents: Vec::new(),
+            summary: crate::report::Summary::of(std::slice::from_ref(&report)),
+            cases: vec![report],
+            trace_id: None,
+            trace_url: None,
+        };
+        let table = crate::report::terminal::render(&run, false);
+        assert!(table.contains("2-connect: connect ECONNREFUSED"), "{table}");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn what_differs_from_the_expectation_is_named() -> Result<(), Box<dyn std::error::Error>>
     {
         let faults = Faults {

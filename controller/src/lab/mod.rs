@@ -38,6 +38,17 @@ pub enum LabError {
     /// The lab's network could not be made.
     #[error("cannot make the lab network: {0}")]
     Network(String),
+    /// No `lab up` lab is up.
+    #[error("no lab is up (no state in {0}): `faultlab lab up` makes one")]
+    NotUp(String),
+    /// The lab has no such host.
+    #[error("the lab has hosts 1 to {hosts}, not {host}")]
+    NoSuchHost {
+        /// The host asked for.
+        host: usize,
+        /// How many it has.
+        hosts: usize,
+    },
     /// An agent did not start.
     #[error("agent {exe} did not start: {reason}")]
     Start {

@@ -140,14 +140,10 @@ pub fn lab_status(state: &Path) -> Option<LabStatus> {
 /// The network namespace of host `host` (1-based) of a `lab up` lab, or
 /// `None` for a loopback lab (its agents run on this host itself).
 pub fn lab_namespace(state: &Path, host: usize) -> Result<Option<String>, LabError> {
-    let status = lab_status(state).ok_or_else(|| {
-        LabError::Network(format!("no lab is up (no state in {})", state.display()))
-    })?;
-    if host == 0 || host > status.inventory.agents.len() {
-        return Err(LabError::Network(format!(
-            "the lab has hosts 1 to {}, not {host}",
-            status.inventory.agents.len()
-        )));
+    let status = lab_status(state).ok_or_else(|| LabError::NotUp(state.display().to_string()))?;
+    let hosts = status.inventory.agents.len();
+    if host == 0 || host > hosts {
+        return Err(LabError::NoSuchHost { host, hosts });
     }
     let namespace = format!("{LAB_PREFIX}h{}", host - 1);
     let exists = Command::new("ip")

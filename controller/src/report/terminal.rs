@@ -1,7 +1,7 @@
 //! The run as text for a terminal: one line per case, the differences under
 //! it, then the case × OS-pair matrix and the totals.
 
-use super::{CaseReport, RunReport, Verdict};
+use super::{CaseReport, RunReport, Verdict, WireReport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
@@ -9,24 +9,75 @@ fn verdict_cell(case: &CaseReport) -> String {
     case.verdict.as_str().to_owned()
 }
 
-/// The full text report; with `wire`, each case's captured segments too.
+/// How much of each case's capture the text report lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireView {
+    /// None.
+    #[default]
+    Hidden,
+    /// All of a short capture; the ends of a long one, with counts.
+    Summary,
+    /// Every segment.
+    All,
+}
+
+/// The full text report; with `wire`, a summary of each case's captured
+/// segments too.
 pub fn render(report: &RunReport, wire: bool) -> String {
+    render_with(
+        report,
+        if wire {
+            WireView::Summary
+        } else {
+            WireView::Hidden
+        },
+    )
+}
+
+/// The full text report, with as much of the captures as `wire` says.
+pub fn render_with(report: &RunReport, wire: WireView) -> String {
     let mut out = header(report);
+    // The HOSTS column is as wide as its longest entry (an application's
+    // address can be long), so the columns after it stay aligned.
+    let hosts_width = report
+        .cases
+        .iter()
+        .map(|case| hosts_of(case).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18);
     let _ = writeln!(
         out,
-        "{:<4} {:<28} {:<18} {:<11} {:>8}  details",
+        "{:<4} {:<28} {:<hosts_width$} {:<11} {:>8}  details",
         "ID", "CASE", "HOSTS", "VERDICT", "TIME"
     );
     for case in &report.cases {
-        case_lines(&mut out, case, wire);
+        case_lines(&mut out, case, wire, hosts_width);
     }
-    let _ = writeln!(out);
-    out.push_str(&matrix(report));
+    // With one OS pair and one binding per case, the matrix would repeat
+    // the lines above.
+    let cells = report
+        .cases
+        .iter()
+        .map(|case| (case.id.as_str(), case.os_pair.as_str()))
+        .collect::<BTreeSet<_>>();
+    let pairs = cells.iter().map(|(_, pair)| *pair).collect::<BTreeSet<_>>();
+    if pairs.len() > 1 || cells.len() < report.cases.len() {
+        let _ = writeln!(out);
+        out.push_str(&matrix(report));
+    }
     let s = &report.summary;
     let _ = writeln!(
         out,
-        "\n{} cases: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
-        s.total, s.expected, s.differs, s.error, s.skipped, s.agent_lost, s.timeout
+        "\n{} {}: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
+        s.total,
+        if s.total == 1 { "case" } else { "cases" },
+        s.expected,
+        s.differs,
+        s.error,
+        s.skipped,
+        s.agent_lost,
+        s.timeout
     );
     out
 }
@@ -62,8 +113,7 @@ fn header(report: &RunReport) -> String {
 }
 
 /// A case's line, its further differences, and with `wire` its segments.
-fn case_lines(out: &mut String, case: &CaseReport, wire: bool) {
-    let hosts: Vec<&str> = case.roles.values().map(String::as_str).collect();
+fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: usize) {
     let detail = case
         .reason
         .clone()
@@ -83,31 +133,79 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: bool) {
         });
     let _ = writeln!(
         out,
-        "{:<4} {:<28} {:<18} {:<11} {:>6}ms  {}",
+        "{:<4} {:<28} {:<hosts_width$} {:<11} {:>6}ms  {}",
         case.id,
         case.name,
-        hosts.join("→"),
+        hosts_of(case),
         verdict_cell(case),
         case.duration_ms,
         detail
     );
+    let indent = 4 + 1 + 28 + 1 + hosts_width + 1 + 11 + 1 + 8 + 2;
     for more in case.differences.iter().skip(1) {
-        let _ = writeln!(out, "{:>77}{more}", "");
+        let _ = writeln!(out, "{:>indent$}{more}", "");
     }
-    if wire {
-        for segment in &case.wire {
+    wire_lines(out, case, wire);
+}
+
+/// Segments shown at each end of a long capture in a summary.
+const WIRE_ENDS: usize = 8;
+
+/// A case's captured segments: all of them, or for a long capture (a
+/// flood) the first and last few around a count of what is left out.
+fn wire_lines(out: &mut String, case: &CaseReport, wire: WireView) {
+    let segments = &case.wire;
+    let shown: Vec<&WireReport> = match wire {
+        WireView::Hidden => return,
+        WireView::All => segments.iter().collect(),
+        WireView::Summary if segments.len() <= 3 * WIRE_ENDS => segments.iter().collect(),
+        WireView::Summary => {
+            segments[..WIRE_ENDS]
+                .iter()
+                .for_each(|segment| segment_line(out, segment));
+            let middle = &segments[WIRE_ENDS..segments.len() - WIRE_ENDS];
+            let count = |flag: char| middle.iter().filter(|s| s.flags.contains(flag)).count();
+            let bytes: u64 = middle
+                .iter()
+                .map(|segment| u64::from(segment.payload))
+                .sum();
             let _ = writeln!(
                 out,
-                "       {:>10.3} ms  {:<10} {:>21} > {:<21} {:<4} {} B",
-                segment.t_ns as f64 / 1e6,
-                segment.host,
-                segment.source,
-                segment.destination,
-                segment.flags,
-                segment.payload
+                "       ... {} segments not shown ({} with data, {bytes} B; {} SYN, {} FIN, {} RST): --wire=all shows them",
+                middle.len(),
+                middle.iter().filter(|segment| segment.payload > 0).count(),
+                count('S'),
+                count('F'),
+                count('R'),
             );
+            segments[segments.len() - WIRE_ENDS..].iter().collect()
         }
+    };
+    for segment in shown {
+        segment_line(out, segment);
     }
+}
+
+fn segment_line(out: &mut String, segment: &WireReport) {
+    let _ = writeln!(
+        out,
+        "       {:>10.3} ms  {:<10} {:>21} > {:<21} {:<4} {} B",
+        segment.t_ns as f64 / 1e6,
+        segment.host,
+        segment.source,
+        segment.destination,
+        segment.flags,
+        segment.payload
+    );
+}
+
+/// Who played the case, in role order.
+fn hosts_of(case: &CaseReport) -> String {
+    case.roles
+        .values()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("→")
 }
 
 /// What the decisive observation said, e.g. "recv: error ECONNRESET after 1000 B".
@@ -216,4 +314,116 @@ fn worst(verdicts: &[Verdict]) -> Verdict {
             Verdict::Error => 5,
         })
         .unwrap_or(Verdict::Skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(id: &str, os_pair: &str, segments: u32) -> CaseReport {
+        let wire = (0..segments)
+            .map(|n| WireReport {
+                host: "host-1".to_owned(),
+                t_ns: i64::from(n) * 1000,
+                source: "198.18.1.10:40000".to_owned(),
+                destination: "198.18.1.11:7000".to_owned(),
+                flags: if n + 1 == segments { "F." } else { "." }.to_owned(),
+                seq: n,
+                ack: 0,
+                payload: 1448,
+            })
+            .collect();
+        CaseReport {
+            id: id.to_owned(),
+            name: "flood".to_owned(),
+            title: "A flood".to_owned(),
+            seed: None,
+            roles: [("client".to_owned(), "host-1".to_owned())].into(),
+            os_pair: os_pair.to_owned(),
+            verdict: Verdict::Expected,
+            reason: None,
+            differences: Vec::new(),
+            observations: Vec::new(),
+            wire_evidence: true,
+            wire,
+            duration_ms: 1,
+            span_id: None,
+            trace_url: None,
+            probes: Vec::new(),
+            unchecked: Vec::new(),
+        }
+    }
+
+    fn run(cases: Vec<CaseReport>) -> RunReport {
+        RunReport {
+            schema: super::super::SCHEMA.to_owned(),
+            run_id: "r".to_owned(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            suite: "s".to_owned(),
+            agents: Vec::new(),
+            summary: super::super::Summary::of(&cases),
+            cases,
+            trace_id: None,
+            trace_url: None,
+        }
+    }
+
+    #[test]
+    fn a_long_capture_is_summarised_unless_all_is_asked_for() {
+        let report = run(vec![case("S4", "linux/linux", 1000)]);
+        let summary = render_with(&report, WireView::Summary);
+        let listed = summary
+            .lines()
+            .filter(|line| line.contains(" ms  host-1"))
+            .count();
+        assert_eq!(listed, 16, "{summary}");
+        assert!(
+            summary
+                .contains("984 segments not shown (984 with data, 1424832 B; 0 SYN, 0 FIN, 0 RST)"),
+            "{summary}"
+        );
+        let all = render_with(&report, WireView::All);
+        assert_eq!(
+            all.lines()
+                .filter(|line| line.contains(" ms  host-1"))
+                .count(),
+            1000
+        );
+        let short = render_with(&run(vec![case("S2", "linux/linux", 5)]), WireView::Summary);
+        assert!(!short.contains("not shown"), "{short}");
+    }
+
+    #[test]
+    fn one_pair_needs_no_matrix_and_one_case_is_one_case() {
+        let one = render(&run(vec![case("S2", "linux/linux", 0)]), false);
+        assert!(!one.contains("CASE   linux/linux"), "{one}");
+        assert!(one.contains("\n1 case: 1 expected"), "{one}");
+        let two_pairs = render(
+            &run(vec![
+                case("S2", "linux/linux", 0),
+                case("S2", "linux/windows", 0),
+            ]),
+            false,
+        );
+        assert!(two_pairs.contains("linux/windows"), "{two_pairs}");
+        assert!(two_pairs.contains("2 cases"), "{two_pairs}");
+    }
+
+    #[test]
+    fn a_long_hosts_column_keeps_the_others_aligned() {
+        let mut long = case("X1", "linux/app", 0);
+        long.roles.insert(
+            "server".to_owned(),
+            "app echo (198.18.1.11:7000)".to_owned(),
+        );
+        let text = render(&run(vec![case("S2", "linux/linux", 0), long]), false);
+        let verdict_at: Vec<usize> = text
+            .lines()
+            .filter(|line| line.contains(" flood "))
+            .filter_map(|line| line.find("expected").map(|at| line[..at].chars().count()))
+            .collect();
+        assert_eq!(verdict_at.len(), 2, "{text}");
+        assert_eq!(verdict_at[0], verdict_at[1], "{text}");
+    }
 }

@@ -13,7 +13,7 @@ mod timing;
 pub(super) use process::process_target;
 
 use super::handles::{AgentHandle, RunClock, TargetHandle};
-use super::state::{CaseRun, Conn, Listener, Names, Outcome, StepError, holder_gone};
+use super::state::{CaseRun, Cause, Conn, Listener, Names, Outcome, StepError, holder_gone};
 use crate::agents::Client;
 use crate::scenario::{Action, ExpectedOutcome, Reference, Step, Timing};
 use faultlab_proto::v1 as pb;
@@ -337,6 +337,7 @@ enum Defines {
 /// outcome is kept (a sleep's is not).
 #[derive(Clone)]
 pub(super) struct Naming {
+    step: String,
     role: String,
     defines: Option<(Defines, String)>,
     kept: bool,
@@ -354,6 +355,7 @@ impl Naming {
                 _ => None,
             });
         Self {
+            step: step.name.clone(),
             role: role.to_owned(),
             defines,
             kept: !matches!(step.action, Action::Timing(Timing::Sleep { .. })),
@@ -363,7 +365,15 @@ impl Naming {
     /// Remember what the step defined; its outcome, unless it was a sleep.
     /// A stop-listening keeps the name: its address is what a connect to a
     /// closed port needs.
+    /// A connect or listen that failed is remembered as the cause of
+    /// whatever later step needs what it would have opened.
     pub(super) fn define(self, names: &mut Names, ran: Ran) -> Option<Outcome> {
+        if let (Some((_, name)), None) = (&self.defines, ran.new_id) {
+            names.unopened.insert(
+                name.clone(),
+                Cause::of(&self.step, &ran.outcome, names.started_ns),
+            );
+        }
         match (self.defines, ran.new_id, ran.address) {
             (Some((Defines::Listener, name)), Some(id), Some(address)) => {
                 names.listeners.insert(

@@ -342,7 +342,13 @@ struct RecvSpec {
 #[serde(deny_unknown_fields)]
 struct CloseSpec {
     conn: String,
+    /// close() with no option is graceful: so is a close step without a mode.
+    #[serde(default = "graceful")]
     mode: CloseMode,
+}
+
+fn graceful() -> CloseMode {
+    CloseMode::Graceful
 }
 
 #[derive(Deserialize)]

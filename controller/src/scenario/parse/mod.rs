@@ -388,6 +388,31 @@ expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
     }
 
     #[test]
+    fn a_close_without_a_mode_is_graceful() -> Result<(), ScenarioErrors> {
+        let text = format!("{GOOD}\n[[step]]\nrole = \"client\"\ndo = \"close\"\nconn = \"c\"\n");
+        let scenario = parse("ok.toml", &text)?;
+        assert_eq!(
+            scenario.steps[4].action,
+            Action::Socket(crate::scenario::SocketCall::Close {
+                conn: "c".to_owned(),
+                mode: crate::scenario::CloseMode::Graceful,
+            })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_error_name_is_checked_for_its_os() {
+        let errors = errors_of(&GOOD.replace("error = \"EPIPE\"", "error = \"EPIPPE\""));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "step[4].expect.linux.error");
+        assert!(
+            errors[0].message.contains("did you mean \"EPIPE\""),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
     fn a_syntax_error_has_its_position() {
         let errors = errors_of("id = \"x\"\nroles = [\"a\"\n");
         assert_eq!(errors.len(), 1);

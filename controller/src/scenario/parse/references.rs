@@ -5,6 +5,7 @@
 
 use super::input::{Errors, SpannedTable, key_span};
 use crate::scenario::{Action, KNOWN_CAPABILITIES, KNOWN_OS, Reference, Scenario, Step};
+use faultlab_proto::errno::{self, OsFamily};
 use std::collections::HashSet;
 use std::ops::Range;
 use toml::Spanned;
@@ -232,6 +233,15 @@ impl<'s> Timeline<'s> {
                     ));
                 }
             }
+            if let Some(error) = &expect.error
+                && let Some(problem) = errno_problem(os, error)
+            {
+                problems.push((
+                    span.clone(),
+                    at.field(&format!("expect.{os}.error")),
+                    problem,
+                ));
+            }
             if expect.within_ms.is_some() != expect.since.is_some() {
                 problems.push((
                     span.clone(),
@@ -286,5 +296,88 @@ fn check_with(step: &Step, previous: Option<&Step>, at: &StepAt, problems: &mut 
             "with",
             "background, sleep and join steps are not released together with others".to_owned(),
         ));
+    }
+}
+
+/// What is wrong with an expected error name for `os`, if anything: an
+/// error that OS never reports under that name, a code written instead of
+/// its name, or a typo (with the name it most likely meant).
+fn errno_problem(os: &str, name: &str) -> Option<String> {
+    let family = OsFamily::named(os)?;
+    let known = errno::names(family);
+    if known.iter().any(|(_, known)| *known == name)
+        || name
+            .strip_prefix("ERRNO_")
+            .is_some_and(|code| code.parse::<i32>().is_ok())
+    {
+        return None;
+    }
+    if let Ok(code) = name.parse::<i32>() {
+        return Some(match known.iter().find(|(known, _)| *known == code) {
+            Some((_, named)) => {
+                format!("{code} is a code: on {os} it is {named}; write error = \"{named}\"")
+            }
+            None => format!(
+                "{code} is a code {os} reports under no name faultlab knows; write error = \"ERRNO_{code}\""
+            ),
+        });
+    }
+    let upper = name.to_uppercase();
+    let nearest = known
+        .iter()
+        .map(|(_, known)| (strsim::levenshtein(&upper, known), *known))
+        .min()
+        .filter(|(distance, _)| *distance <= 2);
+    Some(match nearest {
+        Some((_, meant)) => {
+            format!("{name:?} is not an error {os} reports; did you mean {meant:?}?")
+        }
+        None => format!(
+            "{name:?} is not an error {os} reports; it reports {}",
+            known
+                .iter()
+                .map(|(_, known)| *known)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::errno_problem;
+
+    #[test]
+    fn known_names_pass_and_typos_get_the_name_they_meant() {
+        assert_eq!(errno_problem("linux", "EPIPE"), None);
+        assert_eq!(errno_problem("windows", "ECONNABORTED"), None);
+        assert_eq!(errno_problem("linux", "ERRNO_4242"), None);
+        assert_eq!(
+            errno_problem("macos", "EWHATEVER"),
+            None,
+            "no table for macOS"
+        );
+        for typo in ["EPIPPE", "epipe", "EPIP"] {
+            let problem = errno_problem("linux", typo).unwrap_or_default();
+            assert!(
+                problem.contains("did you mean \"EPIPE\""),
+                "{typo}: {problem}"
+            );
+        }
+        let code = errno_problem("linux", "32").unwrap_or_default();
+        assert!(code.contains("on linux it is EPIPE"), "{code}");
+        let windows = errno_problem("windows", "10054").unwrap_or_default();
+        assert!(windows.contains("ECONNRESET"), "{windows}");
+        // Windows has no EPIPE: a send there fails with ECONNABORTED.
+        let not_there = errno_problem("windows", "EPIPE").unwrap_or_default();
+        assert!(
+            not_there.contains("not an error windows reports"),
+            "{not_there}"
+        );
+        let nonsense = errno_problem("linux", "BANANA").unwrap_or_default();
+        assert!(
+            nonsense.contains("ECONNRESET"),
+            "lists the names: {nonsense}"
+        );
     }
 }
