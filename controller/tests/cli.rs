@@ -159,14 +159,98 @@ fn check_lists_every_error_with_its_place() -> TestResult {
 }
 
 #[test]
+fn a_mistyped_error_name_is_refused_with_the_name_it_meant() -> TestResult {
+    let scratch = Scratch::new("errno")?;
+    let good = std::fs::read_to_string("suites/seed/c1-send-after-server-close.toml")?;
+    assert!(
+        good.contains("error = \"EPIPE\""),
+        "the seed's C1 expects EPIPE"
+    );
+    for (typo, said) in [
+        ("EPIPPE", "did you mean \"EPIPE\""),
+        ("epipe", "did you mean \"EPIPE\""),
+        ("32", "on linux it is EPIPE"),
+    ] {
+        let bad = scratch.0.join(format!("{typo}.toml"));
+        std::fs::write(
+            &bad,
+            good.replacen("error = \"EPIPE\"", &format!("error = \"{typo}\""), 1),
+        )?;
+        let out = faultlab(&["check", &bad.display().to_string()], &scratch.0.join("h"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{typo}: {stderr}");
+        assert!(stderr.contains(".expect.linux.error: "), "{typo}: {stderr}");
+        assert!(stderr.contains(said), "{typo}: {stderr}");
+    }
+    let missing = faultlab(&["check", "no-such-file.toml"], &scratch.0.join("h"))?;
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "an unreadable file is a bad argument"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_examples_check_and_run_as_written() -> TestResult {
+    let scratch = Scratch::new("examples")?;
+    let mut examples: Vec<String> = std::fs::read_dir("../examples")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .map(|path| path.display().to_string())
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 4, "{examples:?}");
+    let mut check = vec!["check"];
+    check.extend(examples.iter().map(String::as_str));
+    let out = faultlab(&check, &scratch.0.join("h"))?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if faultlab::lab::netns_unavailable().is_some() {
+        return Ok(());
+    }
+    let _turn = lab_turn();
+    let mut run = vec!["run", "--format", "json", "--no-history"];
+    run.extend(examples.iter().map(String::as_str));
+    let out = faultlab(&run, &scratch.0.join("h"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let verdicts: Vec<(String, String)> = report["cases"]
+        .as_array()
+        .ok_or("no cases")?
+        .iter()
+        .map(|case| {
+            (
+                case["id"].as_str().unwrap_or_default().to_owned(),
+                format!("{} {}", case["verdict"], case["differences"]),
+            )
+        })
+        .collect();
+    assert_eq!(verdicts.len(), examples.len());
+    assert!(
+        verdicts
+            .iter()
+            .all(|(_, verdict)| verdict.starts_with("\"expected\"")),
+        "{verdicts:#?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_unknown_case_is_refused_before_anything_starts() -> TestResult {
     let scratch = Scratch::new("unknown")?;
     let out = faultlab(
-        &["run", "--suite", "seed", "--case", "Z9"],
+        &["run", "--suite", "seed", "--case", "s2", "--case", "Z9"],
         &scratch.0.join("h.sqlite"),
     )?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Z9"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Ids match whatever their case: s2 is S2, only Z9 is unknown.
+    assert!(stderr.contains("no case [\"Z9\"]"), "{stderr}");
     Ok(())
 }
 
@@ -189,6 +273,15 @@ fn a_bad_target_is_named_before_anything_starts() -> TestResult {
             vec!["--target", "server=nosuch"],
             "no target named \"nosuch\"",
         ),
+        (
+            vec!["--target", "servr=tcp://127.0.0.1:7000"],
+            "no case to run has a role \"servr\"; their roles are client, server",
+        ),
+        (
+            vec!["--bind", "clinet=host-1"],
+            "no case to run has a role \"clinet\"",
+        ),
+        (vec!["--target", "server"], "\"server\" is not ROLE=TARGET"),
         (
             vec!["--targets", &targets, "--target", "server=echo"],
             "target \"echo\": reply",

@@ -30,6 +30,7 @@ svg .title { font-weight: 600; font-size: 13px; } svg text { font-size: 12px; }
 svg .ok { fill: #2e7d32; } svg .eof { fill: #1565c0; } svg .error { fill: #c62828; }
 svg line.rst, svg line.rst-stub { stroke: #d32f2f; stroke-width: 2; } svg text.rst { fill: #d32f2f; }
 svg line.fin { stroke: #1e63d6; stroke-width: 2; } svg text.fin { fill: #1e63d6; }
+svg line.skewed { stroke-dasharray: 5 3; }
 svg line.syn { stroke: #8a8f99; } svg text.syn { fill: #8a8f99; }
 svg line.data { stroke: #b0b6c2; stroke-dasharray: 3 3; } svg text.data { fill: #8a8f99; }
 svg .bracket { fill: none; stroke: #e65100; stroke-width: 1.5; } svg text.bracket { fill: #e65100; stroke: none; }
@@ -162,15 +163,19 @@ fn svg_arrows(svg: &mut String, ladder: &Ladder) {
             );
             continue;
         }
+        // The label sits near the arrow's start, so the labels of a
+        // segment and its answer between the same lanes do not overlap.
+        let skew = if arrow.skewed { " *" } else { "" };
         let _ = write!(
             svg,
-            r##"<line class="{class}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" marker-end="url(#head-{class})"/><text class="{class}" x="{tx:.1}" y="{ty:.1}" text-anchor="middle">{text}</text>"##,
+            r##"<line class="{class}{dashed}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" marker-end="url(#head-{class})"/><text class="{class}" x="{tx:.1}" y="{ty:.1}" text-anchor="middle">{text}{skew}</text>"##,
+            dashed = if arrow.skewed { " skewed" } else { "" },
             x1 = arrow.x1,
             y1 = arrow.y1,
             x2 = arrow.x2,
             y2 = arrow.y2,
-            tx = (arrow.x1 + arrow.x2) / 2.0,
-            ty = (arrow.y1 + arrow.y2) / 2.0 - 4.0,
+            tx = arrow.x1 + (arrow.x2 - arrow.x1) * 0.3,
+            ty = arrow.y1 + (arrow.y2 - arrow.y1) * 0.3 - 4.0,
             text = maud::html! { (arrow.text) }.into_string()
         );
     }

@@ -91,7 +91,14 @@ pub struct Arrow {
     pub text: String,
     /// Its kind.
     pub kind: Kind,
+    /// By the hosts' clocks it arrived before it left (by less than their
+    /// error): drawn going forward in time all the same.
+    pub skewed: bool,
 }
+
+/// How far a causally drawn arrow goes down, and how far arrows of one
+/// exchange on the same rows are set apart.
+const NUDGE: f64 = 8.0;
 
 /// The time from a FIN/RST arriving to the call that noticed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +180,13 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
     let mut flights = pair_flights(&lanes, wire);
     let notes = thin_data(&mut flights);
     let rows = Rows::new(observations, &flights);
+    let arrows = arrows(&lanes, &rows, &flights);
+    let mut notes = notes;
+    if arrows.iter().any(|arrow| arrow.skewed) {
+        notes.push(
+            "* arrived before it left by the hosts' clocks, which differ by less than their error: drawn forward in time".to_owned(),
+        );
+    }
     Ladder {
         width: lanes.x(hosts.len().saturating_sub(1)) + 260.0,
         height: TOP + ROW * rows.moments.len().max(1) as f64 + 20.0,
@@ -186,7 +200,7 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
             .collect(),
         ticks: rows.ticks(),
         marks: marks(&lanes, &rows, observations),
-        arrows: arrows(&lanes, &rows, &flights),
+        arrows,
         brackets: brackets(&lanes, &rows, observations, &flights),
         notes,
     }
@@ -412,30 +426,47 @@ fn marks(lanes: &Lanes<'_>, rows: &Rows, observations: &[ObservationReport]) -> 
         .collect()
 }
 
-/// Each flight as an arrow from when it was sent to when it arrived.
+/// Each flight as an arrow from when it was sent to when it arrived. An
+/// arrival that the clocks put before the departure is drawn forward all
+/// the same (the clocks differ by less than their error, the segment did
+/// not travel back in time); arrows of one exchange on the same rows (a SYN
+/// and its SYN-ACK) are set apart.
 fn arrows(lanes: &Lanes<'_>, rows: &Rows, flights: &[Flight<'_>]) -> Vec<Arrow> {
-    flights
-        .iter()
-        .filter_map(|flight| {
-            let segment = flight.segment()?;
-            let (from, to) = (flight.from?, flight.to?);
-            let y1 = rows.y(flight.sent.unwrap_or(segment).t_ns);
-            let y2 = flight.received.map_or(y1, |received| rows.y(received.t_ns));
-            let text = if segment.payload > 0 {
-                format!("{} {} B", segment.flags, segment.payload)
-            } else {
-                segment.flags.clone()
-            };
-            Some(Arrow {
-                x1: lanes.x(from),
-                y1,
-                x2: lanes.x(to),
-                y2,
-                text,
-                kind: kind_of_flags(&segment.flags),
+    let mut arrows: Vec<Arrow> = Vec::new();
+    for flight in flights {
+        let (Some(segment), Some(from), Some(to)) = (flight.segment(), flight.from, flight.to)
+        else {
+            continue;
+        };
+        let y1 = rows.y(flight.sent.unwrap_or(segment).t_ns);
+        let arrived = flight.received.map_or(y1, |received| rows.y(received.t_ns));
+        let skewed = arrived < y1;
+        let y2 = if skewed { y1 + NUDGE } else { arrived };
+        let text = if segment.payload > 0 {
+            format!("{} {} B", segment.flags, segment.payload)
+        } else {
+            segment.flags.clone()
+        };
+        let (x1, x2) = (lanes.x(from), lanes.x(to));
+        let same_place = arrows
+            .iter()
+            .filter(|other| {
+                (other.y1 - y1).abs() < NUDGE
+                    && (other.x1 - x1).abs().min((other.x1 - x2).abs()) < 1.0
+                    && (other.x2 - x2).abs().min((other.x2 - x1).abs()) < 1.0
             })
-        })
-        .collect()
+            .count() as f64;
+        arrows.push(Arrow {
+            x1,
+            y1: y1 + same_place * NUDGE,
+            x2,
+            y2: y2 + same_place * NUDGE,
+            text,
+            kind: kind_of_flags(&segment.flags),
+            skewed,
+        });
+    }
+    arrows
 }
 
 /// Detection: a FIN/RST arriving at a host, then the call there that ended
@@ -602,6 +633,52 @@ mod tests {
             ladder.arrows[0].x1 < ladder.arrows[0].x2,
             "from the client lane to the server lane"
         );
+    }
+
+    #[test]
+    fn an_arrival_the_clocks_put_first_is_drawn_forward_in_time() {
+        // Sent by the client at 1.2 ms by its clock, seen by the server at
+        // 1.1 ms by its own: 100 µs "back in time", within the clocks' error.
+        let wire = [
+            segment("a", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_200_000),
+            segment("b", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_100_000),
+        ];
+        let ladder = layout(&two_hosts(), &[], &wire);
+        assert_eq!(ladder.arrows.len(), 1);
+        let arrow = &ladder.arrows[0];
+        assert!(arrow.y2 > arrow.y1, "{arrow:?}");
+        assert!(arrow.skewed);
+    }
+
+    #[test]
+    fn a_syn_and_its_syn_ack_on_the_same_rows_are_drawn_apart() {
+        let wire = [
+            segment("a", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_000_000),
+            segment("b", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_010_000),
+            segment(
+                "b",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "S.",
+                1_020_000,
+            ),
+            segment(
+                "a",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "S.",
+                1_030_000,
+            ),
+        ];
+        let ladder = layout(&two_hosts(), &[], &wire);
+        assert_eq!(ladder.arrows.len(), 2);
+        let (syn, syn_ack) = (&ladder.arrows[0], &ladder.arrows[1]);
+        assert!(syn.x1 < syn.x2 && syn_ack.x1 > syn_ack.x2);
+        assert!(
+            (syn_ack.y1 - syn.y1).abs() >= NUDGE,
+            "not on top of each other: {syn:?} {syn_ack:?}"
+        );
+        assert!(!syn.skewed && !syn_ack.skewed);
     }
 
     #[test]
