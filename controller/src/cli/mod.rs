@@ -50,7 +50,8 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run scenarios: a built-in suite and/or files. With no inventory, on a
-    /// local lab of agents started on loopback.
+    /// local lab made for the run (network-namespace hosts as root, else
+    /// agents on loopback) and removed after it.
     Run(run::RunArgs),
     /// Validate scenario files without running them; lists every error.
     Check(check::CheckArgs),
