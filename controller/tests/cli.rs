@@ -411,13 +411,25 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
         &history,
     )?;
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let not_expected: Vec<String> = report["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|case| case["verdict"] != "expected")
+        .map(|case| {
+            format!(
+                "{} {} {} {}",
+                case["id"], case["verdict"], case["reason"], case["differences"]
+            )
+        })
+        .collect();
     assert_eq!(
         run.status.code(),
         Some(0),
-        "{}",
+        "{}\n{not_expected:#?}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
     assert_eq!(report["summary"]["expected"], 15);
     let cases = report["cases"].as_array().ok_or("no cases")?;
     for case in cases {

@@ -5,7 +5,7 @@ use super::agents::{AgentsArgs, agents};
 use super::{TlsArgs, parse_pair, say};
 use anyhow::Context as _;
 use clap::Subcommand;
-use faultlab::lab::{self, AgentGrants, LabError, LabStatus};
+use faultlab::lab::{self, AgentGrants, LabError, LabKind, LabStatus};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,10 @@ enum LabAction {
         /// application, aborting its connections).
         #[arg(long)]
         allow_process: bool,
+        /// QEMU VMs with their own kernels instead of network namespaces
+        /// (root, qemu-system-x86, a kernel in /boot).
+        #[arg(long)]
+        vm: bool,
         /// How the agents restart a program, as NAME=COMMAND (repeatable).
         #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
         restart: Vec<(String, String)>,
@@ -57,15 +61,16 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
         LabAction::Up {
             hosts,
             allow_process,
+            vm,
             restart,
-        } => up(
-            hosts,
-            AgentGrants {
+        } => {
+            let grants = AgentGrants {
                 process: allow_process,
                 restart,
-            },
-            state,
-        ),
+            };
+            let kind = if vm { LabKind::Vm } else { LabKind::Auto };
+            up(hosts, grants, kind, state)
+        }
         LabAction::Exec { host, command } => exec(host, &command, state),
         LabAction::Down => {
             let removed = lab::lab_down(state)?;
@@ -80,15 +85,18 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
     }
 }
 
-fn up(hosts: usize, grants: AgentGrants, state: &Path) -> anyhow::Result<bool> {
+fn up(hosts: usize, grants: AgentGrants, kind: LabKind, state: &Path) -> anyhow::Result<bool> {
     let exe = lab::find_agent().ok_or(LabError::NoAgent)?;
     match lab::netns_unavailable() {
+        _ if kind == LabKind::Vm => {
+            say!("lab up: {hosts} QEMU VMs with their own kernels (management and test networks)")
+        }
         None => say!("lab up: {hosts} network-namespace hosts (management and test networks)"),
         Some(why) => say!(
             "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
         ),
     }
-    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants)?;
+    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants, kind)?;
     say!("inventory {}", inventory.display());
     say!(
         "run:    faultlab run --suite seed --inventory {}",

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use faultlab::agents::Connector;
 use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
 use faultlab::inventory::Inventory;
-use faultlab::lab::{ApplicationHost, LocalLab};
+use faultlab::lab::{ApplicationHost, LabKind, LocalLab};
 use faultlab::report::terminal::WireView;
 use faultlab::report::{CaseReport, RunReport, junit};
 use faultlab::scenario::Scenario;
@@ -35,6 +35,11 @@ pub struct RunArgs {
     /// The lab's agents; without it a local lab is started.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
+    /// Which local lab to start without an inventory: `auto` (network
+    /// namespaces as root, else loopback) or `vm` (QEMU VMs with their own
+    /// kernels).
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "inventory")]
+    lab: LabKind,
     /// Run each case on every ordered choice of agents (the OS × OS matrix).
     #[arg(long)]
     all_bindings: bool,
@@ -237,7 +242,7 @@ async fn run_on_lab(
             } else {
                 ApplicationHost::ThisHost
             };
-            let (local, said) = LocalLab::for_run(hosts, application)?;
+            let (local, said) = LocalLab::for_run(hosts, application, args.lab)?;
             eprintln!("{said}");
             // The application runs here: the last agent counts its sockets.
             if let Some(last) = local.inventory.agents.last() {

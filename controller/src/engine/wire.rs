@@ -169,10 +169,7 @@ pub(super) fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) 
     }
     if let Some(wanted) = expect.wire_bytes_before_fin {
         let fin = sent.iter().position(|segment| segment.flags.contains('F'));
-        let before: u64 = sent[..fin.map_or(sent.len(), |at| at + 1)]
-            .iter()
-            .map(|segment| u64::from(segment.payload))
-            .sum();
+        let before = sequence_span(&sent[..fin.map_or(sent.len(), |at| at + 1)]);
         match fin {
             None => found.push("wire: no FIN from this host".to_owned()),
             Some(_) if before != wanted => found.push(format!(
@@ -182,4 +179,71 @@ pub(super) fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) 
         }
     }
     found
+}
+
+/// How many distinct payload bytes `segments` (one sender's, in time
+/// order) carried: the span of sequence numbers their payloads cover. A
+/// retransmission (a slow or lossy link) covers bytes already counted, so
+/// summing payloads would count them twice.
+fn sequence_span(segments: &[&WireReport]) -> u64 {
+    let data: Vec<&&WireReport> = segments
+        .iter()
+        .filter(|segment| segment.payload > 0)
+        .collect();
+    let Some(first) = data.first() else {
+        return 0;
+    };
+    // Offsets from the first data byte seen, modulo 2^32 like the
+    // sequence numbers themselves.
+    let offset = |segment: &WireReport| u64::from(segment.seq.wrapping_sub(first.seq));
+    let start = data
+        .iter()
+        .map(|segment| offset(segment))
+        .min()
+        .unwrap_or(0);
+    let end = data
+        .iter()
+        .map(|segment| offset(segment) + u64::from(segment.payload))
+        .max()
+        .unwrap_or(0);
+    end - start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(seq: u32, payload: u32) -> WireReport {
+        WireReport {
+            host: "a".to_owned(),
+            t_ns: 0,
+            source: "198.18.1.10:40000".to_owned(),
+            destination: "198.18.1.11:7000".to_owned(),
+            flags: ".".to_owned(),
+            seq,
+            ack: 0,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_retransmitted_segment_is_counted_once() {
+        let sent = [
+            data(1000, 1448),
+            data(2448, 1448),
+            data(2448, 1448),
+            data(3896, 100),
+        ];
+        let sent: Vec<&WireReport> = sent.iter().collect();
+        assert_eq!(sequence_span(&sent), 2996);
+        // Resent as one bigger segment: still the same bytes.
+        let coalesced = [data(1000, 1448), data(1000, 2896), data(3896, 100)];
+        let coalesced: Vec<&WireReport> = coalesced.iter().collect();
+        assert_eq!(sequence_span(&coalesced), 2996);
+        // Sequence numbers that wrap around 2^32.
+        let wrapped = [data(u32::MAX - 99, 100), data(0, 50)];
+        let wrapped: Vec<&WireReport> = wrapped.iter().collect();
+        assert_eq!(sequence_span(&wrapped), 150);
+        assert_eq!(sequence_span(&[]), 0);
+    }
 }

@@ -19,6 +19,7 @@ pub(super) fn start(
     let mut lab = LocalLab {
         agents: Vec::new(),
         network: None,
+        machines: None,
         inventory: Inventory::default(),
     };
     for index in 1..=count {

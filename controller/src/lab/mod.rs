@@ -9,13 +9,14 @@
 //!
 //! - this module: a lab's lifecycle, and which lab a run gets;
 //! - `agents`: the agent processes (finding, starting, stopping them);
-//! - `loopback`, `netns`: one file per kind of lab;
+//! - `loopback`, `netns`, `vm`: one room per kind of lab;
 //! - `state`: a lab that outlives the command, and its state directory.
 
 mod agents;
 mod loopback;
 mod netns;
 mod state;
+pub mod vm;
 
 pub use agents::{AGENT_EXE, AgentGrants, find_agent};
 pub use netns::{NETNS_CONTROL_PORT, netns_unavailable};
@@ -49,6 +50,9 @@ pub enum LabError {
         /// How many it has.
         hosts: usize,
     },
+    /// A VM lab could not be made.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
     /// An agent did not start.
     #[error("agent {exe} did not start: {reason}")]
     Start {
@@ -63,8 +67,20 @@ pub enum LabError {
 pub struct LocalLab {
     agents: Vec<LocalAgent>,
     network: Option<Network>,
+    /// The VMs of a VM lab.
+    machines: Option<vm::Machines>,
     /// Their inventory (names `local-1`, `local-2`, ... or `host-1`, ...).
     pub inventory: Inventory,
+}
+
+/// Which kind of local lab a run gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabKind {
+    /// Network namespaces as root, else loopback.
+    #[default]
+    Auto,
+    /// QEMU VMs with their own kernels (root, QEMU, a kernel).
+    Vm,
 }
 
 /// Where the application under test of a run without an inventory runs.
@@ -102,14 +118,34 @@ impl LocalLab {
         netns::start(exe, count, netns::run_prefix(), None, grants)
     }
 
+    /// Start `count` VMs (needs root, QEMU and a kernel); removed on drop.
+    pub fn start_vm(exe: &Path, count: usize, options: &vm::VmOptions) -> Result<Self, LabError> {
+        let dir = default_state_dir().join(vm::run_prefix());
+        let grants = AgentGrants::default();
+        vm::start(exe, count, vm::run_prefix(), &dir, true, options, &grants)
+    }
+
     /// The lab a run without an inventory gets, for `hosts` roles, and a
     /// line that says which and why: the agents on loopback when the
     /// application runs on this host; else network-namespace hosts where
     /// they can be made; else loopback, where cases that cut hosts off are
     /// skipped.
-    pub fn for_run(hosts: usize, application: ApplicationHost) -> Result<(Self, String), LabError> {
+    pub fn for_run(
+        hosts: usize,
+        application: ApplicationHost,
+        kind: LabKind,
+    ) -> Result<(Self, String), LabError> {
         let exe = find_agent().ok_or(LabError::NoAgent)?;
         let hosts = hosts.max(2);
+        if kind == LabKind::Vm {
+            let lab = Self::start_vm(&exe, hosts, &vm::VmOptions::default())?;
+            let said = format!(
+                "local lab: {} QEMU VMs with their own kernels on {}",
+                lab.inventory.agents.len(),
+                lab.subnet().unwrap_or_default()
+            );
+            return Ok((lab, said));
+        }
         if application == ApplicationHost::ThisHost {
             let lab = Self::start(&exe, hosts)?;
             let said = format!(
@@ -159,15 +195,21 @@ impl LocalLab {
         self.network.as_ref().map(Network::subnets)
     }
 
-    /// Process ids of the agents, in inventory order.
+    /// Process ids of the agents (of the VMs, on a VM lab), in inventory order.
     pub fn pids(&self) -> Vec<u32> {
-        self.agents.iter().map(|agent| agent.child.id()).collect()
+        match &self.machines {
+            Some(machines) => machines.pids(),
+            None => self.agents.iter().map(|agent| agent.child.id()).collect(),
+        }
     }
 }
 
 impl Drop for LocalLab {
     fn drop(&mut self) {
         agents::stop_all(&mut self.agents);
+        if let Some(machines) = &mut self.machines {
+            machines.stop();
+        }
         if let Some(network) = &self.network {
             network.remove();
         }

@@ -33,6 +33,23 @@ pub(super) struct Network {
 }
 
 impl Network {
+    /// A network not made yet: `prefix` names its links, `hosts` its namespaces.
+    pub(super) fn new(prefix: String, hosts: usize) -> Self {
+        Self {
+            prefix,
+            hosts,
+            management: 0,
+            test: 0,
+        }
+    }
+
+    /// Make its two bridges, each with a free /24; their third bytes.
+    pub(super) fn make_bridges(&mut self) -> Result<(u8, u8), LabError> {
+        self.management = make_bridge(&self.management_bridge())?;
+        self.test = make_bridge(&self.test_bridge())?;
+        Ok((self.management, self.test))
+    }
+
     pub(super) fn namespace(&self, index: usize) -> String {
         format!("{}h{index}", self.prefix)
     }
@@ -45,7 +62,8 @@ impl Network {
         format!("{}tb", self.prefix)
     }
 
-    fn address(subnet: u8, index: usize) -> Ipv4Addr {
+    /// Host `index`'s address on the /24 `198.18.<subnet>.0`.
+    pub(super) fn address(subnet: u8, index: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, subnet, u8::try_from(10 + index).unwrap_or(250))
     }
 
@@ -88,19 +106,14 @@ pub(super) fn start(
     // From here on, dropping the lab removes what was made.
     let mut lab = LocalLab {
         agents: Vec::new(),
-        network: Some(Network {
-            prefix,
-            hosts: count,
-            management: 0,
-            test: 0,
-        }),
+        network: Some(Network::new(prefix, count)),
+        machines: None,
         inventory: Inventory::default(),
     };
     let Some(network) = lab.network.as_mut() else {
         return Err(LabError::Network("lost the network".to_owned()));
     };
-    network.management = make_bridge(&network.management_bridge())?;
-    network.test = make_bridge(&network.test_bridge())?;
+    network.make_bridges()?;
     let network = &*network;
     let mut agents = Vec::new();
     let mut entries = Vec::new();
@@ -188,9 +201,43 @@ pub(super) fn remove_network(prefix: &str, hosts: usize) {
             .output();
         let _ = ip(&["netns", "del", &namespace]);
     }
-    for bridge in ["mb", "tb"] {
-        let _ = ip(&["link", "del", &format!("{prefix}{bridge}")]);
+    delete_links(|name| {
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest == "mb" || rest == "tb" || is_host_link(rest))
+    });
+}
+
+/// `m3`, `t12`: a host's management or test link (a veth's bridge end, a tap).
+fn is_host_link(rest: &str) -> bool {
+    let mut chars = rest.chars();
+    matches!(chars.next(), Some('m' | 't'))
+        && !chars.as_str().is_empty()
+        && chars.all(|c| c.is_ascii_digit())
+}
+
+/// Delete every link whose name `doomed` says.
+fn delete_links(doomed: impl Fn(&str) -> bool) {
+    let links = ip(&["-o", "link", "show"]).unwrap_or_default();
+    for line in links.lines() {
+        // "7: flr12mb: <...>" or "9: flr12m0@if8: <...>"
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if doomed(name) {
+            let _ = ip(&["link", "del", name]);
+        }
     }
+}
+
+/// Delete the links of labs named `<prefix><pid>...` whose process is gone.
+pub(super) fn sweep_links(prefix: &str, alive: impl Fn(&str) -> bool) {
+    delete_links(|name| {
+        name.strip_prefix(prefix).is_some_and(|rest| {
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            !pid.is_empty() && !alive(&pid)
+        })
+    });
 }
 
 pub(super) fn ip(args: &[&str]) -> Result<String, LabError> {

@@ -4,7 +4,7 @@
 
 use super::agents::AgentGrants;
 use super::netns::{self, LAB_PREFIX, ip, netns_unavailable, remove_network};
-use super::{LabError, loopback};
+use super::{LabError, LabKind, loopback, vm};
 use crate::inventory::Inventory;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,21 +28,34 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Make a lab of `hosts` network-namespace hosts that outlives this
-/// process; returns the path of its inventory. Whatever an earlier lab left
+/// Make a lab of `hosts` hosts that outlives this process: VMs for
+/// [`LabKind::Vm`], else network namespaces (loopback agents without
+/// root); returns the path of its inventory. Whatever an earlier lab left
 /// is removed first.
 pub fn lab_up(
     exe: &Path,
     hosts: usize,
     state: &Path,
     grants: &AgentGrants,
+    kind: LabKind,
 ) -> Result<PathBuf, LabError> {
     lab_down(state)?;
     let failed = |what: &str, error: std::io::Error| {
         LabError::Network(format!("{what} {}: {error}", state.display()))
     };
     std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
-    let mut lab = if netns_unavailable().is_none() {
+    let mut lab = if kind == LabKind::Vm {
+        let options = vm::VmOptions::default();
+        vm::start(
+            exe,
+            hosts,
+            LAB_PREFIX.to_owned(),
+            state,
+            false,
+            &options,
+            grants,
+        )?
+    } else if netns_unavailable().is_none() {
         netns::start(exe, hosts, LAB_PREFIX.to_owned(), Some(state), grants)?
     } else {
         loopback::start(exe, hosts, Some(state), grants)?
@@ -53,15 +66,14 @@ pub fn lab_up(
         .agents_toml("Written by `faultlab lab up`; removed by `faultlab lab down`.")
         .map_err(|error| LabError::Network(format!("cannot write the inventory: {error}")))?;
     std::fs::write(&inventory, text).map_err(|error| failed("cannot write to", error))?;
-    let pids: Vec<String> = lab
-        .agents
-        .iter()
-        .map(|agent| agent.child.id().to_string())
-        .collect();
+    let pids: Vec<String> = lab.pids().iter().map(u32::to_string).collect();
     std::fs::write(state.join(PIDS_FILE), pids.join("\n"))
         .map_err(|error| failed("cannot write to", error))?;
-    // Detach: the agents and the network stay when `lab` is dropped.
+    // Detach: the agents, the VMs and the network stay when `lab` is dropped.
     lab.agents.clear();
+    if let Some(machines) = &mut lab.machines {
+        machines.detach();
+    }
     lab.network = None;
     Ok(inventory)
 }

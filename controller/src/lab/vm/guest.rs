@@ -1,0 +1,435 @@
+//! The guest a VM boots: a kernel, and an initramfs built from what this
+//! host has — busybox, this build's `faultlab-agent`, `ip`, `ss` and `nft`
+//! with the shared libraries they need, and the kernel modules the agent
+//! needs (the virtio network driver chain, nf_tables and its reject
+//! modules, the socket-diag modules `ss -K` uses). Its `/init` brings the
+//! two NICs up with the addresses on the kernel command line and starts the
+//! agent; after a reboot it does it again. The image is cached under the
+//! lab's state directory and rebuilt when anything in it changes.
+
+use super::VmError;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The kernel modules the agent needs, by name; their dependencies come
+/// from the kernel's `modules.dep`.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "nf_tables",
+    "nft_reject_inet",
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
+    "tcp_diag",
+];
+
+/// The programs the agent runs, besides itself.
+const TOOLS: &[&str] = &["ip", "ss", "nft"];
+
+/// Files of this host's `/etc` the tools read (`nft` resolves protocol
+/// names such as `tcp` through `/etc/protocols`).
+const ETC: &[&str] = &["etc/protocols", "etc/services"];
+
+/// The guest's `/init` (busybox sh).
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp /run
+for module in $(cat /etc/faultlab/modules); do insmod "/lib/modules/$module"; done
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    faultlab.name=*) NAME="${word#*=}" ;;
+    faultlab.mgmt=*) MGMT="${word#*=}" ;;
+    faultlab.test=*) TEST="${word#*=}" ;;
+    faultlab.allow=*) ALLOW="${word#*=}" ;;
+  esac
+done
+hostname "$NAME"
+ip link set lo up
+ip addr add "$MGMT" dev eth0 && ip link set eth0 up
+ip addr add "$TEST" dev eth1 && ip link set eth1 up
+echo "faultlab: $NAME up, agent on ${MGMT%/*}" > /dev/console
+/usr/bin/faultlab-agent --listen "${MGMT%/*}:7420" --insecure --allow "$ALLOW" > /dev/console 2>&1
+echo "faultlab: the agent ended; powering off" > /dev/console
+poweroff -f
+"#;
+
+/// A kernel and the modules tree that goes with it.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// The bootable image (`vmlinuz`).
+    pub image: PathBuf,
+    /// Its modules (`/lib/modules/<release>`).
+    pub modules: PathBuf,
+}
+
+impl Kernel {
+    /// `file`, with its modules in `modules`; or, with no file, a kernel
+    /// of this host's `/boot` whose modules are installed (the newest).
+    pub fn find(file: Option<&Path>, modules: Option<&Path>) -> Result<Self, VmError> {
+        if let Some(image) = file {
+            let modules = match modules {
+                Some(modules) => modules.to_owned(),
+                None => modules_of(image).ok_or_else(|| {
+                    VmError::Kernel(format!(
+                        "no modules found for {}: give --kernel-modules DIR",
+                        image.display()
+                    ))
+                })?,
+            };
+            return Ok(Self {
+                image: image.to_owned(),
+                modules,
+            });
+        }
+        let mut images: Vec<PathBuf> = std::fs::read_dir("/boot")
+            .map_err(|error| VmError::Kernel(format!("cannot read /boot: {error}")))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("vmlinuz-"))
+            })
+            .filter(|image| modules_of(image).is_some())
+            .collect();
+        images.sort();
+        let image = images.pop().ok_or_else(|| {
+            VmError::Kernel(
+                "no kernel in /boot with its modules (apt-get install linux-image-cloud-amd64), or give --kernel FILE".to_owned(),
+            )
+        })?;
+        let modules = modules_of(&image).unwrap_or_default();
+        Ok(Self { image, modules })
+    }
+}
+
+/// `/lib/modules/<release>` of `/boot/vmlinuz-<release>`, when it exists.
+fn modules_of(image: &Path) -> Option<PathBuf> {
+    let release = image.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
+    let modules = Path::new("/lib/modules").join(release);
+    modules.join("modules.dep").is_file().then_some(modules)
+}
+
+/// The modules to load, dependencies first, as paths relative to the
+/// modules tree, from `modules.dep` (`path: dep dep ...`).
+pub fn module_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, VmError> {
+    let deps: Vec<(&str, Vec<&str>)> = modules_dep
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(module, deps)| (module.trim(), deps.split_whitespace().collect()))
+        .collect();
+    let path_of = |name: &str| {
+        deps.iter()
+            .map(|(path, _)| *path)
+            .find(|path| module_name(path) == name.replace('-', "_"))
+    };
+    let mut order: Vec<String> = Vec::new();
+    for name in wanted {
+        let path = path_of(name).ok_or_else(|| {
+            VmError::Kernel(format!(
+                "the kernel has no module {name} (the agent needs it); build it as a module or give another --kernel"
+            ))
+        })?;
+        visit(path, &deps, &mut order, 0);
+    }
+    Ok(order)
+}
+
+/// Depth-first: a module's dependencies before it (bounded: modules.dep
+/// has no cycles, and no chain is deeper than a few dozen).
+fn visit(path: &str, deps: &[(&str, Vec<&str>)], order: &mut Vec<String>, depth: usize) {
+    if depth > 64 || order.iter().any(|done| done == path) {
+        return;
+    }
+    if let Some((_, needs)) = deps.iter().find(|(module, _)| *module == path) {
+        for need in needs.iter().rev() {
+            visit(need, deps, order, depth + 1);
+        }
+    }
+    order.push(path.to_owned());
+}
+
+/// `kernel/drivers/net/virtio_net.ko` → `virtio_net`.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// The shared libraries `program` needs (and the dynamic loader), from `ldd`.
+fn libraries(program: &Path) -> Result<Vec<PathBuf>, VmError> {
+    let output = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|error| VmError::Guest(format!("cannot run ldd: {error}")))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Where a program is on this host's PATH (and the sbin directories).
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// What goes into the image: (path in the guest, where to read it on this
+/// host), and the `/etc/faultlab/modules` list.
+struct Contents {
+    files: Vec<(String, PathBuf)>,
+    module_list: String,
+}
+
+fn contents(agent: &Path, kernel: &Kernel) -> Result<Contents, VmError> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            VmError::Guest("busybox is missing (apt-get install busybox-static)".to_owned())
+        })?;
+    let mut files: Vec<(String, PathBuf)> = vec![
+        ("bin/busybox".to_owned(), busybox.clone()),
+        ("usr/bin/faultlab-agent".to_owned(), agent.to_owned()),
+    ];
+    let mut programs = vec![busybox, agent.to_owned()];
+    for tool in TOOLS {
+        let found = which(tool).ok_or_else(|| {
+            VmError::Guest(format!(
+                "`{tool}` is missing (apt-get install iproute2 nftables)"
+            ))
+        })?;
+        files.push((format!("usr/sbin/{tool}"), found.clone()));
+        programs.push(found);
+    }
+    for file in ETC {
+        let host = Path::new("/").join(file);
+        if !host.is_file() {
+            return Err(VmError::Guest(format!(
+                "{} is missing (apt-get install netbase)",
+                host.display()
+            )));
+        }
+        files.push(((*file).to_owned(), host));
+    }
+    let mut libs = BTreeSet::new();
+    for program in &programs {
+        libs.extend(libraries(program)?);
+    }
+    for lib in libs {
+        let inside = lib.to_string_lossy().trim_start_matches('/').to_owned();
+        files.push((inside, lib));
+    }
+    let dep = std::fs::read_to_string(kernel.modules.join("modules.dep")).map_err(|error| {
+        VmError::Kernel(format!(
+            "cannot read {}/modules.dep: {error}",
+            kernel.modules.display()
+        ))
+    })?;
+    let order = module_order(&dep, MODULES)?;
+    for module in &order {
+        files.push((format!("lib/modules/{module}"), kernel.modules.join(module)));
+    }
+    Ok(Contents {
+        files,
+        module_list: order.join("\n") + "\n",
+    })
+}
+
+/// Build the initramfs for `agent` and `kernel` into `dir` (or reuse the
+/// one there when nothing in it changed); its path.
+pub fn initramfs(agent: &Path, kernel: &Kernel, dir: &Path) -> Result<PathBuf, VmError> {
+    let mut contents = contents(agent, kernel)?;
+    let stamp = stamp(&contents)?;
+    let image = dir.join("guest.cpio");
+    let stamp_file = dir.join("guest.stamp");
+    if image.is_file() && std::fs::read_to_string(&stamp_file).is_ok_and(|old| old == stamp) {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|error| VmError::Guest(format!("cannot create {}: {error}", dir.display())))?;
+    // Debug information is most of a test build's agent, and the guest
+    // holds its image in RAM twice while it unpacks it.
+    for (_, host) in &mut contents.files {
+        *host = without_debug_info(host, dir);
+    }
+    // Written aside, then renamed: a lab starting beside this one reads a
+    // whole image or none.
+    let fresh = dir.join(format!("guest.cpio.{}", std::process::id()));
+    write_cpio(&contents, &fresh)?;
+    let failed = |error: std::io::Error| {
+        VmError::Guest(format!("cannot write {}: {error}", image.display()))
+    };
+    std::fs::rename(&fresh, &image).map_err(failed)?;
+    std::fs::write(&stamp_file, stamp).map_err(failed)?;
+    Ok(image)
+}
+
+/// A copy of `program` without debug information (binutils' `strip`), in
+/// `dir`; the program itself when that cannot be made (or is no smaller).
+fn without_debug_info(program: &Path, dir: &Path) -> PathBuf {
+    let Some(name) = program.file_name() else {
+        return program.to_owned();
+    };
+    let big = std::fs::metadata(program).is_ok_and(|meta| meta.len() > 16 << 20);
+    if !big {
+        return program.to_owned();
+    }
+    let stripped = dir.join(name).with_extension("stripped");
+    let made = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(program)
+        .status()
+        .is_ok_and(|status| status.success());
+    if made { stripped } else { program.to_owned() }
+}
+
+/// What the image was built from: every file's path, size and time, and
+/// the program that built it (whose code decides the image's layout).
+fn stamp(contents: &Contents) -> Result<String, VmError> {
+    let mut stamp = format!("{INIT}\n{}", contents.module_list);
+    let builder = std::env::current_exe()
+        .map_err(|error| VmError::Guest(format!("which program is this: {error}")))?;
+    let ourselves = ("(builder)".to_owned(), builder);
+    for (inside, host) in contents.files.iter().chain([&ourselves]) {
+        let meta = std::fs::metadata(host)
+            .map_err(|error| VmError::Guest(format!("cannot read {}: {error}", host.display())))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |time| time.as_nanos());
+        stamp.push_str(&format!("{inside} {} {}\n", meta.len(), modified));
+    }
+    Ok(stamp)
+}
+
+/// The newc archive: directories, the files, `/init` and the module list.
+fn write_cpio(contents: &Contents, image: &Path) -> Result<(), VmError> {
+    use cpio::newc::{Builder, ModeFileType, trailer};
+    use std::io::Write as _;
+    let failed = |error: std::io::Error| {
+        VmError::Guest(format!("cannot write {}: {error}", image.display()))
+    };
+    let file = std::fs::File::create(image).map_err(failed)?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut dirs: BTreeSet<String> = ["proc", "sys", "dev", "tmp", "run"]
+        .map(str::to_owned)
+        .into();
+    let files = contents
+        .files
+        .iter()
+        .map(|(inside, _)| inside.as_str())
+        .chain(["etc/faultlab/modules"]);
+    for inside in files {
+        let mut parent = Path::new(inside).parent();
+        while let Some(dir) = parent.filter(|dir| !dir.as_os_str().is_empty()) {
+            dirs.insert(dir.to_string_lossy().into_owned());
+            parent = dir.parent();
+        }
+    }
+    let mut ino = 1;
+    let mut entry = |out: &mut std::io::BufWriter<std::fs::File>,
+                     name: &str,
+                     mode: u32,
+                     kind: ModeFileType,
+                     data: &[u8]|
+     -> std::io::Result<()> {
+        ino += 1;
+        let size = u32::try_from(data.len())
+            .map_err(|_| std::io::Error::other(format!("{name} is over 4 GiB")))?;
+        let mut writer = Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .set_mode_file_type(kind)
+            .nlink(1)
+            .write(&mut *out, size);
+        writer.write_all(data)?;
+        writer.finish().map(|_| ())
+    };
+    for dir in &dirs {
+        entry(&mut out, dir, 0o755, ModeFileType::Directory, &[]).map_err(failed)?;
+    }
+    for (inside, host) in &contents.files {
+        let data = std::fs::read(host)
+            .map_err(|error| VmError::Guest(format!("cannot read {}: {error}", host.display())))?;
+        entry(&mut out, inside, 0o755, ModeFileType::Regular, &data).map_err(failed)?;
+    }
+    entry(
+        &mut out,
+        "init",
+        0o755,
+        ModeFileType::Regular,
+        INIT.as_bytes(),
+    )
+    .map_err(failed)?;
+    entry(
+        &mut out,
+        "etc/faultlab/modules",
+        0o644,
+        ModeFileType::Regular,
+        contents.module_list.as_bytes(),
+    )
+    .map_err(failed)?;
+    trailer(&mut out).map_err(failed)?;
+    out.flush().map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+";
+
+    #[test]
+    fn modules_come_after_what_they_need_and_once() -> Result<(), VmError> {
+        let order = module_order(DEP, &["virtio_pci", "virtio_net"])?;
+        let at = |name: &str| {
+            order
+                .iter()
+                .position(|path| path.ends_with(&format!("/{name}.ko")))
+        };
+        for (before, after) in [
+            ("virtio_ring", "virtio"),
+            ("virtio", "virtio_pci"),
+            ("virtio_pci_modern_dev", "virtio_pci"),
+            ("failover", "net_failover"),
+            ("net_failover", "virtio_net"),
+        ] {
+            assert!(at(before) < at(after), "{before} before {after}: {order:?}");
+        }
+        assert_eq!(order.len(), 8, "each once: {order:?}");
+        let missing = module_order(DEP, &["sch_netem"]);
+        assert!(matches!(missing, Err(VmError::Kernel(message)) if message.contains("sch_netem")));
+        Ok(())
+    }
+}
