@@ -737,8 +737,8 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// Really reboot the host, if this agent is allowed to.
-    pub fn reboot(&self) -> Result<(), AgentError> {
+    /// Really reboot the host, if this agent is allowed to; how it did.
+    pub fn reboot(&self) -> Result<&'static str, AgentError> {
         if !self.config.allow.reboot {
             return Err(AgentError::PermissionDenied(
                 "reboot is off on this agent: set allow.reboot = true in its config, or start it with --allow reboot".to_owned(),

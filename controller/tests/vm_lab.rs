@@ -122,6 +122,18 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     for case in cases {
         assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
     }
+    // R1's reboot was real: the guest's kernel restarted, nothing shut down.
+    let r1 = cases
+        .iter()
+        .find(|case| case["id"] == "R1")
+        .ok_or("no R1")?;
+    let calls: Vec<&str> = r1["observations"]
+        .as_array()
+        .ok_or("no observations")?
+        .iter()
+        .filter_map(|observation| observation["call"].as_str())
+        .collect();
+    assert!(calls.contains(&"reboot (reboot(2))"), "{calls:?}");
     let boots: Vec<&str> = report["agents"]
         .as_array()
         .ok_or("no agents")?

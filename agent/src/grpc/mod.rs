@@ -422,8 +422,11 @@ impl pb::agent_server::Agent for AgentService {
         audited(request, "Reboot", |request| async move {
             let request = request.into_inner();
             if !request.simulated {
-                self.agent.reboot()?;
-                return Ok(Response::new(pb::RebootReply::default()));
+                let method = self.agent.reboot()?;
+                return Ok(Response::new(pb::RebootReply {
+                    method: method.to_owned(),
+                    ..pb::RebootReply::default()
+                }));
             }
             let down_ms = if request.down_ms == 0 {
                 DEFAULT_DOWN_MS
@@ -439,6 +442,7 @@ impl pb::agent_server::Agent for AgentService {
                 holders_killed: report.holders_killed,
                 down_from_mono_ns: report.down_from_mono_ns,
                 down_until_mono_ns: report.down_until_mono_ns,
+                method: "simulated".to_owned(),
             }))
         })
         .await

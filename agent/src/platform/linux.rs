@@ -198,15 +198,38 @@ impl Platform for Linux {
         Box::new(crate::sockets::procfs::ProcTable)
     }
 
-    fn reboot() -> io::Result<()> {
-        let status = std::process::Command::new("systemctl")
-            .arg("reboot")
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("systemctl reboot: {status}")))
+    fn reboot() -> io::Result<&'static str> {
+        // With systemd: an orderly reboot. Without it (a busybox init, an
+        // appliance, a lab VM): sync, then reboot(2), as a reset button
+        // would, a moment later so that the reply reaches the controller.
+        if std::path::Path::new("/run/systemd/system").is_dir() {
+            let status = std::process::Command::new("systemctl")
+                .arg("reboot")
+                .status()?;
+            return if status.success() {
+                Ok("systemctl reboot")
+            } else {
+                Err(io::Error::other(format!("systemctl reboot: {status}")))
+            };
         }
+        std::thread::Builder::new()
+            .name("reboot".to_owned())
+            .spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                // SAFETY: sync() takes no arguments and cannot fail;
+                // reboot(RB_AUTOBOOT) only returns on failure (EPERM
+                // without CAP_SYS_BOOT), leaving the process as it was.
+                unsafe {
+                    libc::sync();
+                    if libc::reboot(libc::RB_AUTOBOOT) != 0 {
+                        tracing::error!(
+                            error = %io::Error::last_os_error(),
+                            "reboot(2) failed"
+                        );
+                    }
+                }
+            })?;
+        Ok("reboot(2)")
     }
 
     fn stdio_pipes() -> StdioPipes {

@@ -101,8 +101,9 @@ pub trait Platform {
     /// The host's table of TCP connections (every program's).
     fn socket_table() -> Box<dyn crate::sockets::SocketTable>;
 
-    /// Reboot the host now (systemctl reboot / shutdown /r).
-    fn reboot() -> io::Result<()>;
+    /// Reboot the host now; how (systemctl reboot, or reboot(2) where
+    /// there is no systemd; shutdown /r).
+    fn reboot() -> io::Result<&'static str>;
 
     /// A holder's stdin and stdout as async streams, driven by the reactor
     /// where the OS allows (tokio's own stdio goes through a thread pool,

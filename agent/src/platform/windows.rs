@@ -160,12 +160,12 @@ impl Platform for Windows {
         Box::new(super::windows_tcp_table::IpHelperTable)
     }
 
-    fn reboot() -> io::Result<()> {
+    fn reboot() -> io::Result<&'static str> {
         let status = std::process::Command::new("shutdown")
             .args(["/r", "/t", "0"])
             .status()?;
         if status.success() {
-            Ok(())
+            Ok("shutdown /r")
         } else {
             Err(io::Error::other(format!("shutdown /r: {status}")))
         }

@@ -206,9 +206,12 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
     for step in steps {
         let on_the_process =
             matches!(&step.action, Action::Process(fault) if fault.acts_on_the_process());
-        if let Action::Network(NetworkFault::Reboot {
-            simulated: true, ..
-        }) = step.action
+        let host_reboots = target
+            .host
+            .as_ref()
+            .is_some_and(|host| host.info.capabilities.iter().any(|c| c == "reboot"));
+        if let Action::Network(NetworkFault::Reboot { simulated, .. }) = step.action
+            && simulated.unwrap_or(!host_reboots)
         {
             return Err(format!(
                 "step {}: a simulated reboot forgets only the agent's own sockets; the application's would survive it (a real reboot needs `reboot`)",

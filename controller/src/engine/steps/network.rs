@@ -70,7 +70,8 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             address: test_address,
         }),
         NetworkFault::Reboot { simulated, down_ms } => Request::Reboot(pb::RebootRequest {
-            simulated: *simulated,
+            // The best way the host allows: real where its agent may.
+            simulated: simulated.unwrap_or_else(|| !offers(at.agent, "reboot")),
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
         }),
     })
@@ -128,18 +129,25 @@ impl Request {
             }
             Self::Reboot(request) => {
                 let simulated = request.simulated;
-                client
+                let reply = client
                     .reboot(acting.request(request))
                     .await
                     .map_err(failed)?;
                 if !simulated {
                     wait_for_new_boot(&acting.agent).await;
                 }
-                "reboot"
+                // Reports say how: "reboot (simulated)", "reboot (reboot(2))".
+                let call = format!("reboot ({})", reply.get_ref().method);
+                return Ok(acting.ok(&call).into());
             }
         };
         Ok(acting.ok(call).into())
     }
+}
+
+/// Whether `agent` offers `capability`.
+pub(in crate::engine) fn offers(agent: &AgentHandle, capability: &str) -> bool {
+    agent.info.capabilities.iter().any(|c| c == capability)
 }
 
 /// After a real reboot: wait until the agent answers with another boot id

@@ -37,8 +37,9 @@ pub enum NetworkFault {
     /// Reboot the role's host, really or simulated (needs `reboot`, or
     /// `isolate` for a simulated one).
     Reboot {
-        /// Simulated: drop everything, forget sockets, come back.
-        simulated: bool,
+        /// Simulated (drop everything, forget sockets, come back) or real;
+        /// unsaid: real where the host's agent may reboot it, else simulated.
+        simulated: Option<bool>,
         /// How long the host stays down (simulated).
         down_ms: u64,
     },
@@ -61,10 +62,12 @@ impl NetworkFault {
             Self::Isolate { .. }
             | Self::Heal
             | Self::Reboot {
-                simulated: true, ..
+                simulated: Some(true) | None,
+                ..
             } => "isolate",
             Self::Reboot {
-                simulated: false, ..
+                simulated: Some(false),
+                ..
             } => "reboot",
             Self::LinkDown { .. } | Self::LinkUp => "link",
         }
@@ -127,14 +130,9 @@ struct DeadlineSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RebootSpec {
-    #[serde(default = "simulated")]
-    simulated: bool,
+    simulated: Option<bool>,
     #[serde(default = "default_down_ms")]
     down_ms: u64,
-}
-
-fn simulated() -> bool {
-    true
 }
 
 fn default_down_ms() -> u64 {
