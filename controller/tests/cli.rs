@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::faultlab;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -34,13 +35,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn faultlab(args: &[&str], history: &PathBuf) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(args)
-        .env("FAULTLAB_HISTORY", history)
-        .output()
 }
 
 #[test]
@@ -412,18 +406,7 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
     )?;
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
-    let not_expected: Vec<String> = report["cases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|case| case["verdict"] != "expected")
-        .map(|case| {
-            format!(
-                "{} {} {} {}",
-                case["id"], case["verdict"], case["reason"], case["differences"]
-            )
-        })
-        .collect();
+    let not_expected = common::not_expected(&report);
     assert_eq!(
         run.status.code(),
         Some(0),

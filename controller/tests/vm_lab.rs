@@ -5,8 +5,10 @@
 //! one run. Needs root, qemu-system-x86, a kernel in /boot and
 //! busybox-static (CI installs them).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use common::faultlab;
+use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,13 +20,6 @@ fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_LAB_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn faultlab(args: &[&str], history: &PathBuf) -> std::io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(args)
-        .env("FAULTLAB_HISTORY", history)
-        .output()
 }
 
 /// Whether any QEMU process of faultlab's, or any link of its, is left.
@@ -107,16 +102,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
 
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
     let cases = report["cases"].as_array().ok_or("no cases")?;
-    let not_expected: Vec<String> = cases
-        .iter()
-        .filter(|case| case["verdict"] != "expected")
-        .map(|case| {
-            format!(
-                "{} {} {} {}",
-                case["id"], case["verdict"], case["reason"], case["differences"]
-            )
-        })
-        .collect();
+    let not_expected = common::not_expected(&report);
     assert_eq!(cases.len(), 15);
     assert!(not_expected.is_empty(), "{not_expected:#?}");
     for case in cases {

@@ -375,18 +375,11 @@ fn matrix(report: &RunReport) -> Markup {
 
 /// The run as Markdown, for pasting into a ticket.
 pub fn markdown(report: &RunReport) -> String {
-    let s = &report.summary;
     let mut out = format!(
-        "## faultlab run {} ({})\n\n{} cases: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout\n\n| case | hosts | OS pair | verdict | observed |\n|---|---|---|---|---|\n",
+        "## faultlab run {} ({})\n\n{}\n\n| case | hosts | OS pair | verdict | observed |\n|---|---|---|---|---|\n",
         report.run_id,
         report.suite,
-        s.total,
-        s.expected,
-        s.differs,
-        s.error,
-        s.skipped,
-        s.agent_lost,
-        s.timeout
+        report.summary.counts()
     );
     for case in &report.cases {
         let hosts: Vec<&str> = case.roles.values().map(String::as_str).collect();

@@ -255,6 +255,21 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// "15 cases: 15 expected, 0 differs, ...", as the reports say it.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} {}: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
+            self.total,
+            if self.total == 1 { "case" } else { "cases" },
+            self.expected,
+            self.differs,
+            self.error,
+            self.skipped,
+            self.agent_lost,
+            self.timeout
+        )
+    }
+
     /// Count the verdicts of `cases`.
     pub fn of(cases: &[CaseReport]) -> Self {
         let mut summary = Self {

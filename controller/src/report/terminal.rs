@@ -66,19 +66,7 @@ pub fn render_with(report: &RunReport, wire: WireView) -> String {
         let _ = writeln!(out);
         out.push_str(&matrix(report));
     }
-    let s = &report.summary;
-    let _ = writeln!(
-        out,
-        "\n{} {}: {} expected, {} differs, {} error, {} skipped, {} agent-lost, {} timeout",
-        s.total,
-        if s.total == 1 { "case" } else { "cases" },
-        s.expected,
-        s.differs,
-        s.error,
-        s.skipped,
-        s.agent_lost,
-        s.timeout
-    );
+    let _ = writeln!(out, "\n{}", report.summary.counts());
     out
 }
 
