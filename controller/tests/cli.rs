@@ -3,22 +3,11 @@
 
 mod common;
 
-use common::faultlab;
+use common::{faultlab, lab_turn};
 use std::path::PathBuf;
 use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// `faultlab lab up` makes the one lab of a machine (it replaces any other),
-/// and a whole seed suite wants quiet hosts (its captures and timing bounds
-/// suffer when another suite floods the same two cores): those tests take turns.
-static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A scratch directory for one test, removed at the end.
 struct Scratch(PathBuf);
@@ -391,20 +380,7 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
         "{listed}"
     );
 
-    let inventory = format!("{state}/inventory.toml");
-    let run = faultlab(
-        &[
-            "run",
-            "--suite",
-            "seed",
-            "--inventory",
-            &inventory,
-            "--format",
-            "json",
-        ],
-        &history,
-    )?;
-    let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    let (run, down) = common::seed_suite_then_down(&state, &history)?;
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
     let not_expected = common::not_expected(&report);
     assert_eq!(

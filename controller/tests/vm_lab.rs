@@ -7,20 +7,10 @@
 
 mod common;
 
-use common::faultlab;
+use common::{faultlab, lab_turn};
 use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Guests under TCG take a core each: one VM lab at a time, so the cases'
-/// timing bounds hold.
-static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Whether any QEMU process of faultlab's, or any link of its, is left.
 fn leftovers(prefix: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
@@ -57,27 +47,10 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
         &history,
     )?;
-    assert_eq!(
-        up.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    common::succeeded(&up)?;
     let inventory = format!("{state}/inventory.toml");
     let agents = faultlab(&["agents", "--inventory", &inventory], &history)?;
-    let run = faultlab(
-        &[
-            "run",
-            "--suite",
-            "seed",
-            "--inventory",
-            &inventory,
-            "--format",
-            "json",
-        ],
-        &history,
-    )?;
-    let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    let (run, down) = common::seed_suite_then_down(&state, &history)?;
     let _ = std::fs::remove_dir_all(&scratch);
 
     // Their own kernels: not this machine's, and each its own boot.

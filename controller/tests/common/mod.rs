@@ -39,3 +39,52 @@ pub fn not_expected(report: &serde_json::Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// Run the seed suite (JSON report) on the lab `faultlab lab up` keeps in
+/// `state`, then take that lab down: (the run, the lab down).
+pub fn seed_suite_then_down(
+    state: &str,
+    history: &std::path::Path,
+) -> std::io::Result<(std::process::Output, std::process::Output)> {
+    let inventory = format!("{state}/inventory.toml");
+    let run = faultlab(
+        &[
+            "run",
+            "--suite",
+            "seed",
+            "--inventory",
+            &inventory,
+            "--format",
+            "json",
+        ],
+        history,
+    )?;
+    let down = faultlab(&["lab", "down", "--state", state], history)?;
+    Ok((run, down))
+}
+
+/// A whole seed suite wants quiet hosts (its captures and timing bounds
+/// suffer when another suite floods the same two cores; guests under TCG
+/// take a core each), and `faultlab lab up` makes the one lab of a machine:
+/// the tests of one binary that run labs take turns.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Wait for this test's turn at running a lab.
+pub fn lab_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `output` of a command that must succeed, or an error with what it said.
+pub fn succeeded(output: &std::process::Output) -> Result<(), String> {
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "exit {:?}: {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
