@@ -147,3 +147,48 @@ fn a_one_shot_vm_run_removes_its_vms() -> TestResult {
     assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }
+
+#[test]
+fn a_kernel_that_cannot_serve_is_refused_before_anything_starts() -> TestResult {
+    if let Some(why) = faultlab::lab::vm::unavailable() {
+        return Err(format!("this test needs a VM lab: {why} (CI installs what it needs)").into());
+    }
+    let _turn = lab_turn();
+    let scratch = std::env::temp_dir().join(format!("faultlab-vm-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let history = scratch.join("h.sqlite");
+    // A modules tree without the virtio network driver the guests need.
+    let modules = scratch.join("modules");
+    std::fs::create_dir_all(&modules)?;
+    std::fs::write(modules.join("modules.dep"), "kernel/fs/fat/fat.ko:\n")?;
+    let image = scratch.join("vmlinuz-test");
+    std::fs::write(&image, b"not a kernel")?;
+    let (image, modules) = (image.display().to_string(), modules.display().to_string());
+    for (args, said) in [
+        (vec!["--kernel", &image], "no modules found for"),
+        (
+            vec!["--kernel", &image, "--kernel-modules", &modules],
+            "the kernel has no module virtio_pci",
+        ),
+    ] {
+        let mut all = vec![
+            "run",
+            "--lab",
+            "vm",
+            "--suite",
+            "seed",
+            "--case",
+            "F1",
+            "--no-history",
+        ];
+        all.extend(args);
+        let out = faultlab(&all, &history)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(said), "{all:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let left = leftovers("flv")?;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}

@@ -5,6 +5,7 @@ use super::agents::{AgentsArgs, agents};
 use super::{TlsArgs, parse_pair, say};
 use anyhow::Context as _;
 use clap::Subcommand;
+use faultlab::lab::vm::VmOptions;
 use faultlab::lab::{self, AgentGrants, LabError, LabKind, LabStatus};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ enum LabAction {
         /// (root, qemu-system-x86, a kernel in /boot).
         #[arg(long)]
         vm: bool,
+        #[command(flatten)]
+        vm_options: VmOptions,
         /// How the agents restart a program, as NAME=COMMAND (repeatable).
         #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
         restart: Vec<(String, String)>,
@@ -62,6 +65,7 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
             hosts,
             allow_process,
             vm,
+            vm_options,
             restart,
         } => {
             let grants = AgentGrants {
@@ -69,7 +73,7 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
                 restart,
             };
             let kind = if vm { LabKind::Vm } else { LabKind::Auto };
-            up(hosts, grants, kind, state)
+            up(hosts, grants, kind, &vm_options, state)
         }
         LabAction::Exec { host, command } => exec(host, &command, state),
         LabAction::Down => {
@@ -85,7 +89,13 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
     }
 }
 
-fn up(hosts: usize, grants: AgentGrants, kind: LabKind, state: &Path) -> anyhow::Result<bool> {
+fn up(
+    hosts: usize,
+    grants: AgentGrants,
+    kind: LabKind,
+    vm_options: &VmOptions,
+    state: &Path,
+) -> anyhow::Result<bool> {
     let exe = lab::find_agent().ok_or(LabError::NoAgent)?;
     match lab::netns_unavailable() {
         _ if kind == LabKind::Vm => {
@@ -96,7 +106,7 @@ fn up(hosts: usize, grants: AgentGrants, kind: LabKind, state: &Path) -> anyhow:
             "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
         ),
     }
-    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants, kind)?;
+    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants, kind, vm_options)?;
     say!("inventory {}", inventory.display());
     say!(
         "run:    faultlab run --suite seed --inventory {}",

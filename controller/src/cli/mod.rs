@@ -52,7 +52,7 @@ pub enum Command {
     /// Run scenarios: a built-in suite and/or files. With no inventory, on a
     /// local lab made for the run (network-namespace hosts as root, else
     /// agents on loopback) and removed after it.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Validate scenario files without running them; lists every error.
     Check(check::CheckArgs),
     /// List the cases of the built-in suites.
@@ -87,7 +87,7 @@ pub enum Command {
 /// Ok(true): success; Ok(false): the run found failures; Err: could not run.
 pub async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
     match command {
-        Command::Run(args) => run::run(args, &tls).await,
+        Command::Run(args) => run::run(*args, &tls).await,
         Command::Check(args) => check::check(&args),
         Command::Cases => cases::cases(),
         Command::Agents(args) => agents::agents(args, &tls).await,

@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use faultlab::agents::Connector;
 use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
 use faultlab::inventory::Inventory;
+use faultlab::lab::vm::VmOptions;
 use faultlab::lab::{ApplicationHost, LabKind, LocalLab};
 use faultlab::report::terminal::WireView;
 use faultlab::report::{CaseReport, RunReport, junit};
@@ -40,6 +41,8 @@ pub struct RunArgs {
     /// kernels).
     #[arg(long, value_enum, default_value = "auto", conflicts_with = "inventory")]
     lab: LabKind,
+    #[command(flatten)]
+    vm: VmOptions,
     /// Run each case on every ordered choice of agents (the OS × OS matrix).
     #[arg(long)]
     all_bindings: bool,
@@ -242,7 +245,7 @@ async fn run_on_lab(
             } else {
                 ApplicationHost::ThisHost
             };
-            let (local, said) = LocalLab::for_run(hosts, application, args.lab)?;
+            let (local, said) = LocalLab::for_run(hosts, application, args.lab, &args.vm)?;
             eprintln!("{said}");
             // The application runs here: the last agent counts its sockets.
             if let Some(last) = local.inventory.agents.last() {

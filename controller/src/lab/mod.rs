@@ -134,11 +134,12 @@ impl LocalLab {
         hosts: usize,
         application: ApplicationHost,
         kind: LabKind,
+        vm_options: &vm::VmOptions,
     ) -> Result<(Self, String), LabError> {
         let exe = find_agent().ok_or(LabError::NoAgent)?;
         let hosts = hosts.max(2);
         if kind == LabKind::Vm {
-            let lab = Self::start_vm(&exe, hosts, &vm::VmOptions::default())?;
+            let lab = Self::start_vm(&exe, hosts, vm_options)?;
             let said = format!(
                 "local lab: {} QEMU VMs with their own kernels on {}",
                 lab.inventory.agents.len(),

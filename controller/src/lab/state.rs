@@ -38,6 +38,7 @@ pub fn lab_up(
     state: &Path,
     grants: &AgentGrants,
     kind: LabKind,
+    vm_options: &vm::VmOptions,
 ) -> Result<PathBuf, LabError> {
     lab_down(state)?;
     let failed = |what: &str, error: std::io::Error| {
@@ -45,16 +46,8 @@ pub fn lab_up(
     };
     std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
     let mut lab = if kind == LabKind::Vm {
-        let options = vm::VmOptions::default();
-        vm::start(
-            exe,
-            hosts,
-            LAB_PREFIX.to_owned(),
-            state,
-            false,
-            &options,
-            grants,
-        )?
+        let prefix = LAB_PREFIX.to_owned();
+        vm::start(exe, hosts, prefix, state, false, vm_options, grants)?
     } else if netns_unavailable().is_none() {
         netns::start(exe, hosts, LAB_PREFIX.to_owned(), Some(state), grants)?
     } else {

@@ -103,12 +103,15 @@ impl Machines {
     }
 }
 
-/// Options of a VM lab.
-#[derive(Clone, Debug, Default)]
+/// Options of a VM lab (also its command-line flags).
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct VmOptions {
-    /// The kernel to boot (default: the newest of /boot with modules).
+    /// The guests' kernel (default: the newest /boot/vmlinuz-* whose
+    /// modules are installed).
+    #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
-    /// Its modules tree (default: /lib/modules/<its release>).
+    /// That kernel's modules directory (default: /lib/modules/<release>).
+    #[arg(long, value_name = "DIR", requires = "kernel")]
     pub kernel_modules: Option<PathBuf>,
 }
 
@@ -159,11 +162,11 @@ pub(super) fn start(
         return Err(LabError::Network(why));
     }
     sweep_stale();
-    std::fs::create_dir_all(dir)
-        .map_err(|error| LabError::Network(format!("cannot create {}: {error}", dir.display())))?;
     let kernel = Kernel::find(options.kernel.as_deref(), options.kernel_modules.as_deref())?;
     let image = guest::initramfs(exe, &kernel, &cache())?;
     let accel = accelerator(&kernel, &image, &cache());
+    std::fs::create_dir_all(dir)
+        .map_err(|error| LabError::Network(format!("cannot create {}: {error}", dir.display())))?;
     let mut lab = LocalLab {
         agents: Vec::new(),
         network: Some(Network::new(prefix.clone(), 0)),
