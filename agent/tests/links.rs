@@ -199,3 +199,71 @@ async fn link_up_brings_it_back_early_and_only_what_we_took_down() -> TestResult
     );
     Ok(())
 }
+
+/// The routes host `index` has through `test0`, one line each.
+fn routes(lab: &NetLab, index: usize) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    Ok(lab
+        .exec(index, &["ip", "route", "show", "dev", "test0"])?
+        .lines()
+        .map(|line| line.replace(" linkdown", "").trim().to_owned())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_route_survives_a_link_down_and_up() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let (client_ip, server_ip) = lab.add_test_link(0, 1)?;
+    // A route through the test link that only an administrator would add:
+    // a link set down loses it, and up alone does not bring it back.
+    lab.exec(
+        1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            &client_ip.to_string(),
+            "dev",
+            "test0",
+        ],
+    )?;
+    let before = routes(&lab, 1)?;
+    assert!(
+        before
+            .iter()
+            .any(|route| route.starts_with("198.19.0.0/16 via")),
+        "{before:?}"
+    );
+    let mut server = lab.agent(1, &["--allow", "link"]).await?;
+    let down = |deadline_ms| pb::LinkDownRequest {
+        address: server_ip.to_string(),
+        deadline_ms,
+        ..Default::default()
+    };
+    // Brought up by the agent.
+    server.rpc.link_down(down(60_000)).await?;
+    let while_down = routes(&lab, 1)?;
+    assert!(
+        !while_down.iter().any(|route| route.starts_with("198.19.")),
+        "the kernel flushed it: {while_down:?}"
+    );
+    server
+        .rpc
+        .link_up(pb::LinkUpRequest {
+            address: server_ip.to_string(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(routes(&lab, 1)?, before, "put back by link-up");
+    // Brought up by the watchdog, the agent gone.
+    server.rpc.link_down(down(800)).await?;
+    server.process.kill();
+    wait_for_link(&lab, 1, true, Duration::from_secs(5)).await?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while routes(&lab, 1)? != before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(routes(&lab, 1)?, before, "put back by the watchdog");
+    Ok(())
+}

@@ -1,6 +1,13 @@
 //! Links through iproute2 (`ip link`); the watchdog is this executable run
 //! as `faultlab-agent link-watchdog`, one detached process that sleeps, then
 //! sets the link up (see [`watchdog_main`]).
+//!
+//! Setting a link down makes Linux flush every route through it, and bringing
+//! it up brings back only the routes of its addresses: a static route
+//! (`ip route add 198.19.0.0/16 via ...`) would be lost, and the host not
+//! healed. So before a link goes down its routes and addresses are written
+//! down (in a file, since the watchdog that may bring it up is another
+//! process), and whoever brings it up puts back what is missing.
 
 use super::{LinkControl, LinkError, Watchdog, valid_interface};
 use std::net::IpAddr;
@@ -55,10 +62,66 @@ impl Watchdog for Sleeper {
     }
 }
 
+/// Where the routes and addresses of `interface` are kept while it is down:
+/// one file per network namespace (hosts of a namespace lab share /tmp).
+fn snapshot_path(interface: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |meta| meta.ino());
+    std::env::temp_dir().join(format!("faultlab-link-{namespace}-{interface}"))
+}
+
+/// What `interface` carries that a down and up would lose: its routes
+/// (`route ...` / `-6 route ...` lines) and global addresses (`addr ...`).
+fn snapshot(interface: &str) -> Result<String, LinkError> {
+    let mut kept = String::new();
+    for family in ["-4", "-6"] {
+        for route in ip(&[family, "route", "show", "dev", interface])?.lines() {
+            kept.push_str(&format!("{family} route {}\n", route.trim()));
+        }
+    }
+    for line in ip(&["-o", "addr", "show", "dev", interface, "scope", "global"])?.lines() {
+        let mut words = line
+            .split_whitespace()
+            .skip_while(|word| !word.starts_with("inet"));
+        if let (Some(family), Some(address)) = (words.next(), words.next()) {
+            let family = if family == "inet6" { "-6" } else { "-4" };
+            kept.push_str(&format!("{family} addr {address}\n"));
+        }
+    }
+    Ok(kept)
+}
+
+/// Put back what [`snapshot`] wrote down and the link lost; the lines that
+/// could not be put back.
+fn restore(interface: &str, kept: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    for line in kept.lines().filter(|line| !line.trim().is_empty()) {
+        let mut args: Vec<&str> = line.split_whitespace().collect();
+        // `ip -4 route show` adds a flag that is not an argument.
+        args.retain(|word| *word != "linkdown");
+        if args.get(1) == Some(&"route") || args.get(1) == Some(&"addr") {
+            args.insert(2, "replace");
+        }
+        args.extend(["dev", interface]);
+        // Routes of the link's own addresses come back by themselves.
+        if ip(&args).is_err() && !line.contains("proto kernel") {
+            failed.push(line.to_owned());
+        }
+    }
+    failed
+}
+
 impl LinkControl for IpRoute {
     fn set_up(&self, interface: &str, up: bool) -> Result<(), LinkError> {
         if !valid_interface(interface) {
             return Err(LinkError::BadName(interface.to_owned()));
+        }
+        let kept = snapshot_path(interface);
+        if !up {
+            let written = snapshot(interface)?;
+            std::fs::write(&kept, written).map_err(|error| {
+                LinkError::System(format!("cannot write {}: {error}", kept.display()))
+            })?;
         }
         ip(&[
             "link",
@@ -66,8 +129,18 @@ impl LinkControl for IpRoute {
             "dev",
             interface,
             if up { "up" } else { "down" },
-        ])
-        .map(drop)
+        ])?;
+        if up && let Ok(written) = std::fs::read_to_string(&kept) {
+            let failed = restore(interface, &written);
+            let _ = std::fs::remove_file(&kept);
+            if !failed.is_empty() {
+                return Err(LinkError::System(format!(
+                    "{interface} is up, but these could not be put back: {}",
+                    failed.join("; ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError> {
