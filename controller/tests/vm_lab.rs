@@ -12,6 +12,9 @@ use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A one-shot run of the seed suite on a VM lab (add `--case`s).
+const VM_RUN: [&str; 6] = ["run", "--lab", "vm", "--suite", "seed", "--no-history"];
+
 /// Whether any QEMU process of faultlab's, or any link of its, is left.
 fn leftovers(prefix: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut left = Vec::new();
@@ -33,15 +36,47 @@ fn leftovers(prefix: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     Ok(left)
 }
 
+/// The string `field` of every item of a JSON list.
+fn strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item[field].as_str())
+        .collect()
+}
+
+/// An error naming what a lab left behind, if it left anything.
+fn nothing_left(prefix: &str) -> TestResult {
+    let left = leftovers(prefix)?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("left behind: {left:?}").into())
+    }
+}
+
+/// This test's turn at a VM lab, or why none can be made here.
+fn vm_lab_turn() -> Result<std::sync::MutexGuard<'static, ()>, String> {
+    match faultlab::lab::vm::unavailable() {
+        Some(why) => Err(format!(
+            "this test needs a VM lab: {why} (CI installs what it needs)"
+        )),
+        None => Ok(lab_turn()),
+    }
+}
+
+/// A scratch directory for one test, and a history file in it.
+fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let history = dir.join("h.sqlite");
+    Ok((dir, history))
+}
+
 #[test]
 fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestResult {
-    if let Some(why) = faultlab::lab::vm::unavailable() {
-        return Err(format!("this test needs a VM lab: {why} (CI installs what it needs)").into());
-    }
-    let _turn = lab_turn();
-    let scratch = std::env::temp_dir().join(format!("faultlab-vm-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let history = scratch.join("h.sqlite");
+    let _turn = vm_lab_turn()?;
+    let (scratch, history) = scratch("vm")?;
     let state = scratch.join("state").display().to_string();
     let up = faultlab(
         &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
@@ -86,19 +121,9 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         .iter()
         .find(|case| case["id"] == "R1")
         .ok_or("no R1")?;
-    let calls: Vec<&str> = r1["observations"]
-        .as_array()
-        .ok_or("no observations")?
-        .iter()
-        .filter_map(|observation| observation["call"].as_str())
-        .collect();
+    let calls = strings(&r1["observations"], "call");
     assert!(calls.contains(&"reboot (reboot(2))"), "{calls:?}");
-    let boots: Vec<&str> = report["agents"]
-        .as_array()
-        .ok_or("no agents")?
-        .iter()
-        .filter_map(|agent| agent["boot_id"].as_str())
-        .collect();
+    let boots = strings(&report["agents"], "boot_id");
     assert_eq!(boots.len(), 2);
     assert_ne!(boots[0], boots[1], "two machines, two boots");
 
@@ -108,33 +133,17 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
-    let left = leftovers("fll")?;
-    assert!(left.is_empty(), "left behind: {left:?}");
-    Ok(())
+    nothing_left("fll")
 }
 
 #[test]
 fn a_one_shot_vm_run_removes_its_vms() -> TestResult {
-    if let Some(why) = faultlab::lab::vm::unavailable() {
-        return Err(format!("this test needs a VM lab: {why} (CI installs what it needs)").into());
-    }
-    let history =
-        std::env::temp_dir().join(format!("faultlab-vm-once-{}.sqlite", std::process::id()));
-    let run = faultlab(
-        &[
-            "run",
-            "--lab",
-            "vm",
-            "--suite",
-            "seed",
-            "--case",
-            "C3",
-            "--no-history",
-            "--format",
-            "json",
-        ],
-        &history,
-    )?;
+    let _turn = vm_lab_turn()?;
+    let (scratch, history) = scratch("vm-once")?;
+    let mut args = VM_RUN.to_vec();
+    args.extend(["--case", "C3", "--format", "json"]);
+    let run = faultlab(&args, &history)?;
+    let _ = std::fs::remove_dir_all(&scratch);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{stderr}");
     assert!(
@@ -143,20 +152,13 @@ fn a_one_shot_vm_run_removes_its_vms() -> TestResult {
     );
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
     assert_eq!(report["summary"]["expected"], 1, "{}", report["cases"]);
-    let left = leftovers("flv")?;
-    assert!(left.is_empty(), "left behind: {left:?}");
-    Ok(())
+    nothing_left("flv")
 }
 
 #[test]
 fn a_kernel_that_cannot_serve_is_refused_before_anything_starts() -> TestResult {
-    if let Some(why) = faultlab::lab::vm::unavailable() {
-        return Err(format!("this test needs a VM lab: {why} (CI installs what it needs)").into());
-    }
-    let _turn = lab_turn();
-    let scratch = std::env::temp_dir().join(format!("faultlab-vm-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let history = scratch.join("h.sqlite");
+    let _turn = vm_lab_turn()?;
+    let (scratch, history) = scratch("vm-bad")?;
     // A modules tree without the virtio network driver the guests need.
     let modules = scratch.join("modules");
     std::fs::create_dir_all(&modules)?;
@@ -171,16 +173,8 @@ fn a_kernel_that_cannot_serve_is_refused_before_anything_starts() -> TestResult 
             "the kernel has no module virtio_pci",
         ),
     ] {
-        let mut all = vec![
-            "run",
-            "--lab",
-            "vm",
-            "--suite",
-            "seed",
-            "--case",
-            "F1",
-            "--no-history",
-        ];
+        let mut all = VM_RUN.to_vec();
+        all.extend(["--case", "F1"]);
         all.extend(args);
         let out = faultlab(&all, &history)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -188,7 +182,5 @@ fn a_kernel_that_cannot_serve_is_refused_before_anything_starts() -> TestResult 
         assert!(stderr.contains(said), "{all:?}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let left = leftovers("flv")?;
-    assert!(left.is_empty(), "left behind: {left:?}");
-    Ok(())
+    nothing_left("flv")
 }
