@@ -120,20 +120,13 @@ pub fn unavailable() -> Option<String> {
     if let Some(why) = netns::netns_unavailable() {
         return Some(why);
     }
-    if which(QEMU).is_none() {
+    if guest::which(QEMU).is_none() {
         return Some(VmError::NoQemu.to_string());
     }
     if !Path::new("/dev/net/tun").exists() {
         return Some("/dev/net/tun is missing (taps need it)".to_owned());
     }
     None
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
 
 /// The name prefix of this process's VM lab.
