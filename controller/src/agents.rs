@@ -14,6 +14,9 @@ pub type Client = AgentClient<InterceptedService<Channel, faultlab_telemetry::Tr
 
 /// How long a controller waits to reach an agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection to an agent is pinged, and how long the
+/// answer may take before the connection counts as dead.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// The controller's side of mutual TLS (inventory `[tls]`, or `--tls-*`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -68,6 +71,11 @@ impl Connector {
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(failed)?
             .connect_timeout(CONNECT_TIMEOUT)
+            // A host that lost its power or rebooted never closes its end:
+            // pings find the dead connection, and the channel reconnects.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(failed)?;

@@ -17,6 +17,7 @@
 //! ```
 
 use crate::agents::ClientTls;
+use crate::lab::outside::LabSide;
 use crate::targets::{Target, TargetEntry, TargetError};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -33,6 +34,9 @@ pub struct AgentEntry {
     /// Address for test traffic, when not the gRPC address's IP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_ip: Option<IpAddr>,
+    /// What the host's lab can do to it from outside (a local lab's hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab: Option<LabSide>,
 }
 
 /// The lab's agents.
@@ -176,11 +180,16 @@ mod tests {
                     name: "host-1".to_owned(),
                     address: "198.18.120.10:7420".to_owned(),
                     test_ip: Some("198.18.121.10".parse()?),
+                    lab: Some(LabSide {
+                        switch_port: Some("fllt0".to_owned()),
+                        qmp: None,
+                    }),
                 },
                 AgentEntry {
                     name: "odd \"name\"".to_owned(),
                     address: "127.0.0.1:40001".to_owned(),
                     test_ip: None,
+                    lab: None,
                 },
             ],
             ..Inventory::default()

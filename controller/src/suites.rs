@@ -89,14 +89,36 @@ const APP: &[(&str, &str)] = &[
     ),
 ];
 
+/// Faults as they happen in the world: a cable pulled at the switch side,
+/// a host's power lost and back (`power` needs the VM lab).
+const PHYSICAL: &[(&str, &str)] = &[
+    (
+        "physical/p1-pulled-host-sends.toml",
+        include_str!("../suites/physical/p1-pulled-host-sends.toml"),
+    ),
+    (
+        "physical/p2-power-lost-then-back.toml",
+        include_str!("../suites/physical/p2-power-lost-then-back.toml"),
+    ),
+    (
+        "physical/p3-power-lost-for-good.toml",
+        include_str!("../suites/physical/p3-power-lost-for-good.toml"),
+    ),
+    (
+        "physical/p4-cable-back-in-time.toml",
+        include_str!("../suites/physical/p4-cable-back-in-time.toml"),
+    ),
+];
+
 /// Names of the built-in suites.
-pub const NAMES: &[&str] = &["seed", "app"];
+pub const NAMES: &[&str] = &["seed", "app", "physical"];
 
 /// The scenarios of a built-in suite, or `None` if there is no such suite.
 pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
     let files = match name {
         "seed" => SEED,
         "app" => APP,
+        "physical" => PHYSICAL,
         _ => return None,
     };
     let mut scenarios = Vec::new();

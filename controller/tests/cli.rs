@@ -6,6 +6,7 @@ mod common;
 use common::{faultlab, lab_turn};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -454,5 +455,99 @@ fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
     );
     let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
     assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("fll"));
+    Ok(())
+}
+
+/// The state of a link of this machine (`up`, `down`, ...).
+fn operstate(link: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/operstate"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_cable_pulled_at_the_switch_is_plugged_back_by_its_watchdog_after_the_controller_dies()
+-> TestResult {
+    if let Some(why) = faultlab::lab::netns_unavailable() {
+        return Err(format!(
+            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
+        )
+        .into());
+    }
+    let _turn = lab_turn();
+    let scratch = Scratch::new("watchdog")?;
+    let state = scratch.0.join("state").display().to_string();
+    let history = scratch.0.join("h.sqlite");
+    common::succeeded(&faultlab(
+        &["lab", "up", "--hosts", "2", "--state", &state],
+        &history,
+    )?)?;
+    let case = scratch.0.join("pull.toml");
+    std::fs::write(
+        &case,
+        r#"id = "W1"
+name = "pulled-then-forgotten"
+title = "The client's cable is pulled; the controller then dies"
+roles = ["client", "server"]
+needs = ["link"]
+timeout_ms = 120000
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "link-down"
+deadline_ms = 4000
+
+[[step]]
+do = "sleep"
+ms = 60000
+"#,
+    )?;
+    let inventory = format!("{state}/inventory.toml");
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", &inventory, "--no-history"])
+        .arg(&case)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // host-1 plays the client: the switch end of its test veth is fllt0.
+    let pulled = std::time::Instant::now() + Duration::from_secs(30);
+    while operstate("fllt0") != "down" && std::time::Instant::now() < pulled {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let host_end = Command::new("ip")
+        .args(["netns", "exec", "fllh0", "ip", "-o", "link", "show", "eth1"])
+        .output()?;
+    let host_end = String::from_utf8_lossy(&host_end.stdout).into_owned();
+    controller.kill()?;
+    controller.wait()?;
+    let killed = std::time::Instant::now();
+    let still_down = operstate("fllt0");
+    let plugged = killed + Duration::from_secs(15);
+    while operstate("fllt0") != "up" && std::time::Instant::now() < plugged {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after_kill = operstate("fllt0");
+    let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+
+    // A pulled cable: the host's own end stays UP and loses its carrier.
+    assert!(
+        host_end.contains("NO-CARRIER") && host_end.contains(",UP"),
+        "{host_end}"
+    );
+    assert_eq!(
+        still_down, "down",
+        "the controller's death plugs nothing back"
+    );
+    assert_eq!(
+        after_kill, "up",
+        "the watchdog plugs it back by the deadline"
+    );
+    common::succeeded(&down)?;
     Ok(())
 }

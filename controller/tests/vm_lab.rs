@@ -1,8 +1,10 @@
 //! The VM lab as a user runs it: `faultlab lab up --vm` makes hosts that are
-//! QEMU VMs with their own Linux kernels (not this machine's), the seed
-//! suite runs on them with wire evidence, and `lab down` leaves no QEMU
-//! process and no tap or bridge; `faultlab run --lab vm` does the same for
-//! one run. Needs root, qemu-system-x86, a kernel in /boot and
+//! QEMU VMs with their own Linux kernels (not this machine's), the seed and
+//! physical suites run on them with wire evidence (cables pulled at the
+//! switch side, power cut and back, a real reboot), and `lab down` leaves
+//! no QEMU process and no tap or bridge; `faultlab run --lab vm` does the
+//! same for one run, and a run whose controller was killed is swept away by
+//! the next. Needs root, qemu-system-x86, a kernel in /boot and
 //! busybox-static (CI installs them).
 
 mod common;
@@ -85,8 +87,29 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     common::succeeded(&up)?;
     let inventory = format!("{state}/inventory.toml");
     let agents = faultlab(&["agents", "--inventory", &inventory], &history)?;
+    let physical = faultlab(
+        &[
+            "run",
+            "--suite",
+            "physical",
+            "--inventory",
+            &inventory,
+            "--format",
+            "json",
+        ],
+        &history,
+    )?;
+    let again = faultlab(
+        &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
+        &history,
+    )?;
     let (run, down) = common::seed_suite_then_down(&state, &history)?;
     let _ = std::fs::remove_dir_all(&scratch);
+
+    // A lab that is up is not replaced by another.
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{refused}");
+    assert!(refused.contains("a lab is up already"), "{refused}");
 
     // Their own kernels: not this machine's, and each its own boot.
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
@@ -126,6 +149,43 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     let boots = strings(&report["agents"], "boot_id");
     assert_eq!(boots.len(), 2);
     assert_ne!(boots[0], boots[1], "two machines, two boots");
+    // S1's cable was pulled at the switch side: a lost carrier.
+    let s1 = cases
+        .iter()
+        .find(|case| case["id"] == "S1")
+        .ok_or("no S1")?;
+    let calls = strings(&s1["observations"], "call");
+    assert!(
+        calls
+            .iter()
+            .any(|call| call.starts_with("link-down (carrier lost")),
+        "{calls:?}"
+    );
+
+    // The physical suite: cables and power, each case as measured, with
+    // wire evidence (a power-cut host's from what its peer saw).
+    let report: serde_json::Value = serde_json::from_slice(&physical.stdout)?;
+    let not_expected = common::not_expected(&report);
+    assert!(not_expected.is_empty(), "{not_expected:#?}");
+    assert_eq!(report["summary"]["expected"], 4, "{}", report["cases"]);
+    let cases = report["cases"].as_array().ok_or("no cases")?;
+    for case in cases {
+        assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
+    }
+    let p2 = cases
+        .iter()
+        .find(|case| case["id"] == "P2")
+        .ok_or("no P2")?;
+    let calls = strings(&p2["observations"], "call");
+    assert!(
+        calls
+            .iter()
+            .any(|call| call.starts_with("power-cut (QMP stop"))
+            && calls
+                .iter()
+                .any(|call| call.starts_with("power-on (QMP system_reset")),
+        "{calls:?}"
+    );
 
     assert_eq!(
         down.status.code(),
@@ -182,5 +242,55 @@ fn a_kernel_that_cannot_serve_is_refused_before_anything_starts() -> TestResult 
         assert!(stderr.contains(said), "{all:?}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    nothing_left("flv")
+}
+
+#[test]
+fn the_vms_of_a_killed_controller_are_swept_by_the_next_vm_lab() -> TestResult {
+    let _turn = vm_lab_turn()?;
+    let (scratch, history) = scratch("vm-killed")?;
+    let mut args = VM_RUN.to_vec();
+    args.extend(["--case", "K1"]);
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(&args)
+        .env("FAULTLAB_HISTORY", &history)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let prefix = format!("flv{}", doomed.id());
+    // Killed -9 once its VMs run: nothing of it can clean up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while leftovers(&prefix)?
+        .iter()
+        .filter(|left| left.contains("qemu"))
+        .count()
+        < 2
+    {
+        if std::time::Instant::now() > deadline {
+            let _ = doomed.kill();
+            return Err("the doomed run's VMs never started".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    doomed.kill()?;
+    doomed.wait()?;
+    assert!(
+        !leftovers(&prefix)?.is_empty(),
+        "its VMs outlive it until swept"
+    );
+
+    let mut args = VM_RUN.to_vec();
+    args.extend(["--case", "F1"]);
+    let next = faultlab(&args, &history)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert_eq!(
+        next.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    nothing_left(&prefix)?;
+    let scratch_dir = faultlab::lab::default_state_dir().join(&prefix);
+    assert!(!scratch_dir.exists(), "{} left", scratch_dir.display());
     nothing_left("flv")
 }

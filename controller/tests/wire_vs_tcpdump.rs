@@ -101,7 +101,7 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
             agent.name.clone(),
             (
                 i128::from(info.wall_unix_ns) - i128::from(info.mono_ns),
-                agent.clock_offset_ns,
+                agent.clock_offset_ns(),
             ),
         );
     }

@@ -5,6 +5,7 @@ use super::agents::{AgentsArgs, agents};
 use super::{TlsArgs, parse_pair, say};
 use anyhow::Context as _;
 use clap::Subcommand;
+use faultlab::lab::outside::{LabSide, OutsideFault, watchdog};
 use faultlab::lab::vm::VmOptions;
 use faultlab::lab::{self, AgentGrants, LabError, LabKind, LabStatus};
 use std::io::Write;
@@ -55,6 +56,23 @@ enum LabAction {
     Down,
     /// The lab's agents and their health.
     Status,
+    /// Undo a fault the lab made from outside a host when its deadline
+    /// comes (started, detached, by the lab itself).
+    #[command(hide = true)]
+    Watchdog {
+        /// What was cut.
+        #[arg(long, value_enum)]
+        fault: OutsideFault,
+        /// When to give it back.
+        #[arg(long)]
+        after_ms: u64,
+        /// The host's switch port.
+        #[arg(long)]
+        switch_port: Option<String>,
+        /// The host's QMP socket.
+        #[arg(long)]
+        qmp: Option<PathBuf>,
+    },
 }
 
 /// Carry out the action; whether it went well.
@@ -86,6 +104,19 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
             Ok(true)
         }
         LabAction::Status => status(state).await,
+        LabAction::Watchdog {
+            fault,
+            after_ms,
+            switch_port,
+            qmp,
+        } => {
+            let side = LabSide { switch_port, qmp };
+            let after = std::time::Duration::from_millis(after_ms);
+            let how =
+                tokio::task::spawn_blocking(move || watchdog::keep(&side, fault, after)).await??;
+            say!("watchdog: {how}");
+            Ok(true)
+        }
     }
 }
 

@@ -7,9 +7,10 @@ use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::judge::{judge, observations};
 use super::probe::{self, SocketCounts};
 use super::state::{CLEANUP_TIMEOUT, CaseRun, Names, StepError};
-use super::steps::process_target;
+use super::steps::{by_the_lab, process_target, wait_for_new_boot};
 use super::timeline::play;
 use super::wire::collect_wire;
+use crate::lab::outside::OutsideFault;
 use crate::report::{CaseReport, Verdict};
 use crate::scenario::{Action, Expect, NetworkFault, Scenario};
 use faultlab_proto::v1 as pb;
@@ -17,6 +18,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument as _, Span};
+
+/// How long a host switched back on by cleanup may take to boot until
+/// its agent answers (a VM under TCG takes 5 to 10 s).
+const POWER_ON_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a host whose cable cleanup plugged back at the switch side is
+/// left to settle: its neighbour entries that failed meanwhile are tried
+/// again (three ARP probes a second apart).
+const CABLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// Run one case on one binding (agents in role order), in a span of its
 /// own under the current one.
@@ -103,6 +112,7 @@ async fn play_case(
         case_id: case.id.clone(),
         capture: None,
         wire: Vec::new(),
+        wire_lost: Vec::new(),
         agents: role_agents(case, binding, targets),
         targets: targets.clone(),
         unchecked: BTreeMap::new(),
@@ -184,7 +194,7 @@ fn playable(
             .iter()
             .filter(|step| step.role.as_ref() == Some(role))
             .filter_map(|step| step.action.capability())
-            .find(|need| !agent.info.capabilities.iter().any(|c| c == need));
+            .find(|need| !agent.offers(need));
         if let Some(missing) = missing {
             return Err(format!(
                 "needs capability {missing:?}, which agent {} does not offer",
@@ -209,7 +219,7 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
         let host_reboots = target
             .host
             .as_ref()
-            .is_some_and(|host| host.info.capabilities.iter().any(|c| c == "reboot"));
+            .is_some_and(|host| host.offers("reboot"));
         if let Action::Network(NetworkFault::Reboot { simulated, .. }) = step.action
             && simulated.unwrap_or(!host_reboots)
         {
@@ -234,7 +244,7 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
                 target.target.name
             ));
         };
-        if !host.info.capabilities.iter().any(|c| c == capability) {
+        if !host.offers(capability) {
             return Err(format!(
                 "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer",
                 step.name, host.name
@@ -401,8 +411,9 @@ pub(super) fn empty_report(
     }
 }
 
-/// Thaw the case's frozen applications, plug its cables back in, lift its
-/// isolations, and kill its holders (their sockets close with them).
+/// Thaw the case's frozen applications, plug its cables back in, switch
+/// its hosts back on, lift its isolations, and kill its holders (their
+/// sockets close with them).
 async fn cleanup(run: &CaseRun<'_>) {
     let names = &run.names;
     for role in &names.frozen {
@@ -420,12 +431,48 @@ async fn cleanup(run: &CaseRun<'_>) {
         }
     }
     for role in &names.links_down {
-        if let Some(agent) = run.agents.get(role) {
-            let up = pb::LinkUpRequest {
-                interface: String::new(),
-                address: agent.test_ip.to_string(),
-            };
-            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().link_up(up)).await;
+        let Some(agent) = run.agents.get(role) else {
+            continue;
+        };
+        match agent.lab.clone().filter(|lab| lab.can(OutsideFault::Cable)) {
+            Some(lab) => {
+                let _ = tokio::time::timeout(
+                    CLEANUP_TIMEOUT,
+                    by_the_lab(lab, OutsideFault::Cable, None, agent.test_ip),
+                )
+                .await;
+                // A peer it failed to resolve while the cable was out can
+                // fail its next connect at once (EHOSTUNREACH, seen on the
+                // VM lab): the next case gets a host that settled.
+                tokio::time::sleep(CABLE_SETTLE).await;
+            }
+            None => {
+                let up = pb::LinkUpRequest {
+                    interface: String::new(),
+                    address: agent.test_ip.to_string(),
+                };
+                let _ =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().link_up(up)).await;
+            }
+        }
+    }
+    // A host left without power is switched on, and the next case waits
+    // for its agent.
+    for role in &names.powered_off {
+        if let Some((agent, lab)) = run
+            .agents
+            .get(role)
+            .and_then(|agent| Some((agent, agent.lab.clone()?)))
+        {
+            let _ = tokio::time::timeout(POWER_ON_TIMEOUT, async {
+                if by_the_lab(lab, OutsideFault::Power, None, agent.test_ip)
+                    .await
+                    .is_ok()
+                {
+                    wait_for_new_boot(agent, &run.clock).await;
+                }
+            })
+            .await;
         }
     }
     for isolation in &names.isolations {

@@ -4,6 +4,7 @@
 
 use crate::agents::{self, AgentsError};
 use crate::inventory::Inventory;
+use crate::lab::outside::LabSide;
 use crate::report::AgentReport;
 use crate::targets::{Target, TargetHost};
 use faultlab_proto::v1 as pb;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Clock samples taken per agent to measure its offset.
 const CLOCK_SAMPLES: usize = 8;
+/// How long an agent whose host may be booting gets to answer.
+const BOOT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Nanoseconds since the run started, on the controller.
 #[derive(Clone, Copy, Debug)]
@@ -56,12 +59,23 @@ pub struct AgentHandle {
     pub test_ip: IpAddr,
     /// Client (cheap to clone).
     pub client: agents::Client,
-    /// What it said about its host.
+    /// What it said about its host (when the run began).
     pub info: pb::HostInfoReply,
+    /// Its boot and clock, measured again after each new boot.
+    boot: std::sync::Mutex<Boot>,
+    /// What its lab can do to its host from outside (local labs).
+    pub lab: Option<LabSide>,
+}
+
+/// A host's boot as its agent's clock sees it: its monotonic clock starts
+/// again at each.
+#[derive(Clone, Debug)]
+struct Boot {
+    id: String,
     /// Agent monotonic ns minus run-clock ns.
-    pub clock_offset_ns: i64,
+    clock_offset_ns: i64,
     /// Round trip of the sample the offset came from.
-    pub clock_rtt_ns: u64,
+    clock_rtt_ns: u64,
 }
 
 impl AgentHandle {
@@ -74,29 +88,13 @@ impl AgentHandle {
         clock: &RunClock,
     ) -> Result<Self, AgentsError> {
         let mut client = connector.connect(address).await?;
-        let failed = |status| AgentsError::Call {
-            address: address.to_owned(),
-            status,
-        };
-        let mut best: Option<(u64, i64, pb::HostInfoReply)> = None;
-        for _ in 0..CLOCK_SAMPLES {
-            let sent = clock.now_ns();
-            let info = client
-                .host_info(pb::HostInfoRequest {})
+        let (boot, info) =
+            measure(&mut client, clock)
                 .await
-                .map_err(failed)?
-                .into_inner();
-            let received = clock.now_ns();
-            let rtt = u64::try_from(received - sent).unwrap_or(0);
-            let midpoint = sent + (received - sent) / 2;
-            let offset = i64::try_from(info.mono_ns).unwrap_or(i64::MAX) - midpoint;
-            if best.as_ref().is_none_or(|(best_rtt, _, _)| rtt < *best_rtt) {
-                best = Some((rtt, offset, info));
-            }
-        }
-        let Some((clock_rtt_ns, clock_offset_ns, info)) = best else {
-            return Err(failed(tonic::Status::internal("no clock sample")));
-        };
+                .map_err(|status| AgentsError::Call {
+                    address: address.to_owned(),
+                    status,
+                })?;
         let test_ip = test_ip
             .or_else(|| {
                 address
@@ -110,8 +108,8 @@ impl AgentHandle {
             test_ip,
             client,
             info,
-            clock_offset_ns,
-            clock_rtt_ns,
+            boot: std::sync::Mutex::new(boot),
+            lab: None,
         })
     }
 
@@ -123,21 +121,68 @@ impl AgentHandle {
     ) -> Result<Vec<Arc<Self>>, AgentsError> {
         let mut handles = Vec::new();
         for entry in &inventory.agents {
-            let handle =
+            let mut handle =
                 Self::connect(connector, &entry.name, &entry.address, entry.test_ip, clock)
                     .await
                     .map_err(|error| AgentsError::Agent {
                         name: entry.name.clone(),
                         error: Box::new(error),
                     })?;
+            handle.lab.clone_from(&entry.lab);
             handles.push(Arc::new(handle));
         }
         Ok(handles)
     }
 
+    /// Whether `capability` can be had on its host: from its agent, or
+    /// from its lab (`link`: a cable to pull; `power`).
+    pub(super) fn offers(&self, capability: &str) -> bool {
+        self.info.capabilities.iter().any(|c| c == capability)
+            || self
+                .lab
+                .as_ref()
+                .is_some_and(|lab| lab.capabilities().contains(&capability))
+    }
+
     /// An agent's monotonic time on the run clock.
     pub(super) fn run_ns(&self, mono_ns: u64) -> i64 {
-        i64::try_from(mono_ns).unwrap_or(i64::MAX) - self.clock_offset_ns
+        i64::try_from(mono_ns).unwrap_or(i64::MAX) - self.clock_offset_ns()
+    }
+
+    /// Its monotonic clock minus the run clock, in ns (this boot's).
+    pub fn clock_offset_ns(&self) -> i64 {
+        self.boot().clock_offset_ns
+    }
+
+    /// The round trip of the sample its clock offset came from, in ns.
+    pub fn clock_rtt_ns(&self) -> u64 {
+        self.boot().clock_rtt_ns
+    }
+
+    /// Whether its host booted since it was last measured: if so, its
+    /// clock is measured again (a new boot's monotonic clock starts anew).
+    pub(super) async fn booted_again(&self, clock: &RunClock) -> bool {
+        let mut client = self.client.clone();
+        let measured = tokio::time::timeout(BOOT_CHECK_TIMEOUT, measure(&mut client, clock)).await;
+        let Ok(Ok((boot, _))) = measured else {
+            return false;
+        };
+        let mut known = self
+            .boot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if boot.id == known.id {
+            return false;
+        }
+        *known = boot;
+        true
+    }
+
+    fn boot(&self) -> Boot {
+        self.boot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(super) fn report(&self) -> AgentReport {
@@ -151,12 +196,40 @@ impl AgentHandle {
             kernel_version: self.info.kernel_version.clone(),
             arch: self.info.arch.clone(),
             agent_version: self.info.agent_version.clone(),
-            boot_id: self.info.boot_id.clone(),
+            boot_id: self.boot().id,
             capabilities: self.info.capabilities.clone(),
-            clock_offset_ns: self.clock_offset_ns,
-            clock_rtt_ns: self.clock_rtt_ns,
+            clock_offset_ns: self.clock_offset_ns(),
+            clock_rtt_ns: self.clock_rtt_ns(),
         }
     }
+}
+
+/// Sample an agent's clock against the run clock [`CLOCK_SAMPLES`] times;
+/// the sample with the shortest round trip gives the offset.
+async fn measure(
+    client: &mut agents::Client,
+    clock: &RunClock,
+) -> Result<(Boot, pb::HostInfoReply), tonic::Status> {
+    let mut best: Option<(u64, i64, pb::HostInfoReply)> = None;
+    for _ in 0..CLOCK_SAMPLES {
+        let sent = clock.now_ns();
+        let info = client.host_info(pb::HostInfoRequest {}).await?.into_inner();
+        let received = clock.now_ns();
+        let rtt = u64::try_from(received - sent).unwrap_or(0);
+        let midpoint = sent + (received - sent) / 2;
+        let offset = i64::try_from(info.mono_ns).unwrap_or(i64::MAX) - midpoint;
+        if best.as_ref().is_none_or(|(best_rtt, _, _)| rtt < *best_rtt) {
+            best = Some((rtt, offset, info));
+        }
+    }
+    let (clock_rtt_ns, clock_offset_ns, info) =
+        best.ok_or_else(|| tonic::Status::internal("no clock sample"))?;
+    let boot = Boot {
+        id: info.boot_id.clone(),
+        clock_offset_ns,
+        clock_rtt_ns,
+    };
+    Ok((boot, info))
 }
 
 /// Why an application could not be placed in the lab.

@@ -4,7 +4,7 @@
 use super::state::{CaseRun, Outcome};
 use super::wire::compare_wire;
 use crate::report::{ObservationReport, WireReport};
-use crate::scenario::{Expect, Scenario};
+use crate::scenario::{Action, Expect, NetworkFault, Scenario, Step};
 use std::collections::{BTreeMap, HashMap};
 
 pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<ObservationReport> {
@@ -87,15 +87,19 @@ pub(super) fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
                 .is_some_and(|role| run.targets.contains_key(role));
         if run.capture.is_some() && expect.checks_wire() && !facing_application {
             // What this role's sockets sent, as its own host's capture saw it
-            // (by address and port: on loopback every host is 127.0.0.1).
+            // (by address and port: on loopback every host is 127.0.0.1), or
+            // as the others saw it when its capture was lost.
             let role = step.role.as_deref().unwrap_or_default();
             let mine = run.names.addresses_of(role);
+            let own_capture = !run.wire_lost.contains(&agent.name);
             let sent: Vec<&WireReport> = run
                 .wire
                 .iter()
-                .filter(|segment| segment.host == agent.name && mine.contains(&segment.source))
+                .filter(|segment| (segment.host == agent.name) == own_capture)
+                .filter(|segment| mine.contains(&segment.source))
                 .collect();
-            found.extend(compare_wire(expect, outcome.start_ns, &sent));
+            let window = outcome.start_ns..power_back_ns(run, step, outcome.start_ns);
+            found.extend(compare_wire(expect, window, &sent));
         }
         for difference in found {
             differences.push(format!(
@@ -105,6 +109,25 @@ pub(super) fn judge(run: &CaseRun<'_>) -> (usize, Vec<String>) {
         }
     }
     (checked, differences)
+}
+
+/// When what `step`'s host sends stops being its own: for a power cut,
+/// the start of the next power-on of its role (a new kernel answers then);
+/// for anything else, never.
+fn power_back_ns(run: &CaseRun<'_>, step: &Step, start_ns: i64) -> i64 {
+    if !matches!(step.action, Action::Network(NetworkFault::PowerCut { .. })) {
+        return i64::MAX;
+    }
+    run.results
+        .iter()
+        .filter(|(later, outcome)| {
+            later.role == step.role
+                && matches!(later.action, Action::Network(NetworkFault::PowerOn))
+                && outcome.start_ns >= start_ns
+        })
+        .map(|(_, outcome)| outcome.start_ns)
+        .min()
+        .unwrap_or(i64::MAX)
 }
 
 /// An expectation of "all of it" (the bytes a scenario's send meant) made

@@ -89,7 +89,8 @@ fn width(plan: &Plan) -> usize {
     if capturing { 1 } else { plan.parallel.max(1) }
 }
 
-/// Whether a case must run alone: one that cuts hosts off or reboots them
+/// Whether a case must run alone: one that cuts hosts off, pulls their
+/// cables, cuts their power or reboots them
 /// would disturb any other on the same hosts, and an application's probe
 /// counts every socket of its port.
 fn runs_alone(case: &Scenario, targets: &BTreeMap<String, Arc<TargetHandle>>) -> bool {
@@ -97,7 +98,7 @@ fn runs_alone(case: &Scenario, targets: &BTreeMap<String, Arc<TargetHandle>>) ->
         || case
             .needs
             .iter()
-            .any(|need| need == "isolate" || need == "reboot")
+            .any(|need| ["isolate", "reboot", "link", "power"].contains(&need.as_str()))
 }
 
 /// The run's cases under way: one task per case and binding, each with a

@@ -164,6 +164,8 @@ pub(crate) struct Names {
     pub isolations: Vec<Isolation>,
     /// Roles whose test link this case took down and has not brought up.
     pub links_down: Vec<String>,
+    /// Roles whose host's power is cut.
+    pub powered_off: Vec<String>,
     /// Connection name → the listener address it connected to.
     pub dialed: HashMap<String, SocketAddr>,
     /// Roles whose application this case froze and has not thawed.
@@ -271,6 +273,9 @@ pub(crate) struct CaseRun<'a> {
     pub capture: Option<String>,
     /// What the captures saw on the case's connections.
     pub wire: Vec<WireReport>,
+    /// Hosts whose capture was lost (a reboot, a power cut): what they sent
+    /// is what the others saw of it.
+    pub wire_lost: Vec<String>,
     /// Each role's agent (for a role an application plays: the agent on its host, if any).
     pub agents: HashMap<String, Arc<AgentHandle>>,
     /// Roles played by applications.

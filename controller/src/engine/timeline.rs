@@ -230,7 +230,7 @@ mod tests {
         let calls = agents.iter().map(|(_, script)| script.calls()).collect();
         let offsets = agents
             .iter()
-            .map(|(agent, _)| agent.clock_offset_ns)
+            .map(|(agent, _)| agent.clock_offset_ns())
             .collect();
         Ok((report, calls, offsets))
     }

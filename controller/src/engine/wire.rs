@@ -7,6 +7,7 @@ use super::state::{CLEANUP_TIMEOUT, CaseRun};
 use crate::report::WireReport;
 use crate::scenario::Expect;
 use faultlab_proto::v1 as pb;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tracing::Span;
@@ -65,6 +66,18 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
     let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     agents.dedup_by(|a, b| a.name == b.name);
+    // A host without power has lost its capture with its memory.
+    let dark: Vec<&str> = run
+        .names
+        .powered_off
+        .iter()
+        .filter_map(|role| run.agents.get(role))
+        .map(|agent| agent.name.as_str())
+        .collect();
+    let (dark, agents): (Vec<_>, Vec<_>) = agents
+        .into_iter()
+        .partition(|agent| dark.contains(&agent.name.as_str()));
+    run.wire_lost = dark.iter().map(|agent| agent.name.clone()).collect();
     // Every host stops at once: each stop waits for its capture to drain.
     let mut stopping = JoinSet::new();
     for agent in agents {
@@ -80,7 +93,12 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
         });
     }
     while let Some(joined) = stopping.join_next().await {
-        let Ok((agent, Ok(Ok(reply)))) = joined else {
+        let Ok((agent, stopped)) = joined else {
+            continue;
+        };
+        // A host that rebooted or was power cycled forgot the capture.
+        let Ok(Ok(reply)) = stopped else {
+            run.wire_lost.push(agent.name.clone());
             continue;
         };
         for segment in reply.into_inner().segments {
@@ -148,12 +166,19 @@ fn trace_wire(run: &CaseRun<'_>, seen: &[WireReport]) {
 }
 
 /// What differs between the wire expectations and the segments the role's
-/// host sent (`sent`, in time order); `from_ns` is the step's start.
-pub(super) fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) -> Vec<String> {
+/// host sent (`sent`, in time order); `window` runs from the step's start
+/// (to when its host's power came back, for a power cut: the new kernel's
+/// first words are not the cut host's).
+pub(super) fn compare_wire(
+    expect: &Expect,
+    window: std::ops::Range<i64>,
+    sent: &[&WireReport],
+) -> Vec<String> {
     let mut found = Vec::new();
-    let since: Vec<&&WireReport> = sent
+    let since: Vec<&WireReport> = sent
         .iter()
-        .filter(|segment| segment.t_ns >= from_ns)
+        .copied()
+        .filter(|segment| window.contains(&segment.t_ns))
         .collect();
     for (wanted, flag, name) in [(expect.wire_rst, 'R', "RST"), (expect.wire_fin, 'F', "FIN")] {
         if let Some(wanted) = wanted {
@@ -178,7 +203,36 @@ pub(super) fn compare_wire(expect: &Expect, from_ns: i64, sent: &[&WireReport]) 
             Some(_) => {}
         }
     }
+    if let Some(wanted) = expect.wire_retransmits {
+        let again = retransmits(&since);
+        if again != wanted {
+            found.push(if again {
+                "wire: this host sent some bytes again, expected no retransmission".to_owned()
+            } else {
+                "wire: this host sent no byte twice, expected a retransmission".to_owned()
+            });
+        }
+    }
     found
+}
+
+/// Whether some payload byte of `segments` (in time order) was sent
+/// again: a segment of a flow starts below the highest sequence number
+/// that flow has already covered.
+fn retransmits(segments: &[&WireReport]) -> bool {
+    let mut covered: HashMap<(&str, &str), (u32, u64)> = HashMap::new();
+    segments
+        .iter()
+        .filter(|segment| segment.payload > 0)
+        .any(|segment| {
+            let flow = (segment.source.as_str(), segment.destination.as_str());
+            let (first, end) = covered.entry(flow).or_insert((segment.seq, 0));
+            // Offsets from the flow's first data byte seen, modulo 2^32.
+            let start = u64::from(segment.seq.wrapping_sub(*first));
+            let again = start < *end;
+            *end = (*end).max(start + u64::from(segment.payload));
+            again
+        })
 }
 
 /// How many distinct payload bytes `segments` (one sender's, in time
@@ -224,6 +278,19 @@ mod tests {
             ack: 0,
             payload,
         }
+    }
+
+    #[test]
+    fn a_segment_sent_again_is_a_retransmission_a_new_one_is_not() {
+        let (first, second, again) = (data(1_000, 100), data(1_100, 100), data(1_000, 100));
+        assert!(!retransmits(&[&first, &second]));
+        assert!(retransmits(&[&first, &second, &again]));
+        // Another flow's sequence numbers are its own.
+        let mut other = data(1_050, 100);
+        other.source = "198.18.1.10:40001".to_owned();
+        assert!(!retransmits(&[&first, &second, &other]));
+        // Keepalive probes carry nothing.
+        assert!(!retransmits(&[&first, &data(1_099, 0)]));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(super) fn start(
             name: format!("local-{index}"),
             address,
             test_ip: None,
+            lab: None,
         });
     }
     Ok(lab)

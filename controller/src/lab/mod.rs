@@ -10,11 +10,13 @@
 //! - this module: a lab's lifecycle, and which lab a run gets;
 //! - `agents`: the agent processes (finding, starting, stopping them);
 //! - `loopback`, `netns`, `vm`: one room per kind of lab;
+//! - `outside`: what a lab does to a host from outside it (cable, power);
 //! - `state`: a lab that outlives the command, and its state directory.
 
 mod agents;
 mod loopback;
 mod netns;
+pub mod outside;
 mod state;
 pub mod vm;
 
@@ -39,6 +41,9 @@ pub enum LabError {
     /// The lab's network could not be made.
     #[error("cannot make the lab network: {0}")]
     Network(String),
+    /// A `lab up` lab is up already.
+    #[error("a lab is up already: {0}; `faultlab lab down` removes it first")]
+    AlreadyUp(String),
     /// No `lab up` lab is up.
     #[error("no lab is up (no state in {0}): `faultlab lab up` makes one")]
     NotUp(String),

@@ -6,6 +6,7 @@
 //! swept away by the next.
 
 use super::agents::{AgentGrants, LocalAgent, detach, start_agent};
+use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
 use std::net::Ipv4Addr;
@@ -184,6 +185,11 @@ fn add_host(
             name: format!("host-{}", index + 1),
             address: listening,
             test_ip: Some(test.into()),
+            // The bridge end of its test veth: the switch port of its cable.
+            lab: Some(LabSide {
+                switch_port: Some(format!("{}t{index}", network.prefix)),
+                qmp: None,
+            }),
         },
     ))
 }

@@ -30,8 +30,8 @@ fn alive(pid: u32) -> bool {
 
 /// Make a lab of `hosts` hosts that outlives this process: VMs for
 /// [`LabKind::Vm`], else network namespaces (loopback agents without
-/// root); returns the path of its inventory. Whatever an earlier lab left
-/// is removed first.
+/// root); returns the path of its inventory. A lab that is up is left
+/// alone (an error says so); whatever a crashed one left is removed first.
 pub fn lab_up(
     exe: &Path,
     hosts: usize,
@@ -40,6 +40,9 @@ pub fn lab_up(
     kind: LabKind,
     vm_options: &vm::VmOptions,
 ) -> Result<PathBuf, LabError> {
+    if let Some(running) = running_lab(state) {
+        return Err(LabError::AlreadyUp(running));
+    }
     lab_down(state)?;
     let failed = |what: &str, error: std::io::Error| {
         LabError::Network(format!("{what} {}: {error}", state.display()))
@@ -69,6 +72,43 @@ pub fn lab_up(
     }
     lab.network = None;
     Ok(inventory)
+}
+
+/// What shows a `lab up` lab is up, if one is: its processes (from this
+/// state directory), or its bridge with a VM or a host namespace's process
+/// still on it (a lab made with another `--state`). A bridge with nothing
+/// alive is what a crash left, not a lab.
+fn running_lab(state: &Path) -> Option<String> {
+    let alive_pids: Vec<String> = std::fs::read_to_string(state.join(PIDS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .filter(|&pid| alive(pid))
+        .map(|pid: u32| pid.to_string())
+        .collect();
+    if !alive_pids.is_empty() {
+        return Some(format!(
+            "its processes {} run (state in {})",
+            alive_pids.join(", "),
+            state.display()
+        ));
+    }
+    let bridge = format!("{LAB_PREFIX}mb");
+    if !Path::new("/sys/class/net").join(&bridge).exists() {
+        return None;
+    }
+    let namespaces = ip(&["netns", "list"]).unwrap_or_default();
+    let host_busy = namespaces
+        .split_whitespace()
+        .filter(|name| name.starts_with(&format!("{LAB_PREFIX}h")))
+        .any(|name| {
+            !ip(&["netns", "pids", name])
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        });
+    (host_busy || vm::lab_machines_running(LAB_PREFIX))
+        .then(|| format!("bridge {bridge} has live hosts on it (a lab made with another --state)"))
 }
 
 /// Stop the lab's agents (SIGTERM, so they reset their holders and lift

@@ -26,7 +26,7 @@ pub use parse::{ScenarioError, ScenarioErrors, parse};
 use std::collections::BTreeMap;
 
 /// Capabilities a scenario may need from its agents beyond connections.
-pub const KNOWN_CAPABILITIES: &[&str] = &["isolate", "link", "reboot", "process"];
+pub const KNOWN_CAPABILITIES: &[&str] = &["isolate", "link", "reboot", "process", "power"];
 
 /// OS families an expectation can be written for (as agents report them).
 pub const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
@@ -133,6 +133,9 @@ pub struct Expect {
     pub wire_fin: Option<bool>,
     /// Payload bytes the role's host sent on the case's connections before its first FIN.
     pub wire_bytes_before_fin: Option<u64>,
+    /// Whether it sends some payload bytes again from this step on (a
+    /// retransmission: what was sent was not acknowledged in time).
+    pub wire_retransmits: Option<bool>,
     /// Where this expectation comes from ("measured", "seed", ...).
     pub source: Option<String>,
 }
@@ -176,11 +179,24 @@ impl Expect {
         if let Some(bytes) = self.wire_bytes_before_fin {
             parts.push(format!("FIN after {bytes} B"));
         }
+        if let Some(again) = self.wire_retransmits {
+            parts.push(
+                if again {
+                    "retransmits"
+                } else {
+                    "no retransmission"
+                }
+                .to_owned(),
+            );
+        }
         parts.join(", ")
     }
 
     /// Whether it says anything about the wire.
     pub fn checks_wire(&self) -> bool {
-        self.wire_rst.is_some() || self.wire_fin.is_some() || self.wire_bytes_before_fin.is_some()
+        self.wire_rst.is_some()
+            || self.wire_fin.is_some()
+            || self.wire_bytes_before_fin.is_some()
+            || self.wire_retransmits.is_some()
     }
 }

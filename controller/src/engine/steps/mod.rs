@@ -10,6 +10,7 @@ mod process;
 mod socket;
 mod timing;
 
+pub(super) use network::{by_the_lab, wait_for_new_boot};
 pub(super) use process::process_target;
 
 use super::handles::{AgentHandle, RunClock, TargetHandle};
@@ -230,7 +231,7 @@ pub(super) fn prepare(step: &Step, run: &CaseRun<'_>) -> Result<Prepared, StepEr
 pub(super) fn release_lead(steps: &[Prepared]) -> Duration {
     let slowest_rtt_ns = steps
         .iter()
-        .map(|step| step.agent.clock_rtt_ns)
+        .map(|step| step.agent.clock_rtt_ns())
         .max()
         .unwrap_or(0);
     RELEASE_MARGIN
@@ -244,7 +245,7 @@ impl Prepared {
     pub(super) fn release_at(&mut self, release_ns: i64) {
         self.start_at = Some(StartAt {
             run_ns: release_ns,
-            mono_ns: u64::try_from(release_ns.saturating_add(self.agent.clock_offset_ns))
+            mono_ns: u64::try_from(release_ns.saturating_add(self.agent.clock_offset_ns()))
                 .unwrap_or(0),
         });
     }

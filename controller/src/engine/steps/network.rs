@@ -2,10 +2,12 @@
 //! plug it back, reboot (and wait for the new boot).
 
 use super::{Acting, Preparing, Ran};
-use crate::engine::handles::AgentHandle;
+use crate::engine::handles::{AgentHandle, RunClock};
 use crate::engine::state::{Isolation, Names, StepError};
+use crate::lab::outside::{LabSide, OutsideFault};
 use crate::scenario::{IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// How often a controller asks a rebooting agent whether it is back.
@@ -18,6 +20,13 @@ pub(super) enum Request {
     LinkDown(pb::LinkDownRequest),
     LinkUp(pb::LinkUpRequest),
     Reboot(pb::RebootRequest),
+    /// A fault the host's lab makes from outside it (`deadline` set) or
+    /// undoes.
+    Outside {
+        lab: LabSide,
+        fault: OutsideFault,
+        deadline: Option<Duration>,
+    },
 }
 
 pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Request, StepError> {
@@ -59,19 +68,45 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
                 .map(|isolation| isolation.id.clone())
                 .collect(),
         ),
-        NetworkFault::LinkDown { deadline_ms } => Request::LinkDown(pb::LinkDownRequest {
-            interface: String::new(),
-            address: test_address,
-            deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
-            allow_control_interface: false,
-        }),
-        NetworkFault::LinkUp => Request::LinkUp(pb::LinkUpRequest {
-            interface: String::new(),
-            address: test_address,
-        }),
+        // A cable is pulled at the switch side where the lab can, else by
+        // the host's agent.
+        NetworkFault::LinkDown { deadline_ms } => match outside(at, OutsideFault::Cable) {
+            Some(lab) => Request::Outside {
+                lab,
+                fault: OutsideFault::Cable,
+                deadline: Some(Duration::from_millis(*deadline_ms)),
+            },
+            None => Request::LinkDown(pb::LinkDownRequest {
+                interface: String::new(),
+                address: test_address,
+                deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
+                allow_control_interface: false,
+            }),
+        },
+        NetworkFault::LinkUp => match outside(at, OutsideFault::Cable) {
+            Some(lab) => Request::Outside {
+                lab,
+                fault: OutsideFault::Cable,
+                deadline: None,
+            },
+            None => Request::LinkUp(pb::LinkUpRequest {
+                interface: String::new(),
+                address: test_address,
+            }),
+        },
+        NetworkFault::PowerCut { deadline_ms } => Request::Outside {
+            lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
+            fault: OutsideFault::Power,
+            deadline: Some(Duration::from_millis(*deadline_ms)),
+        },
+        NetworkFault::PowerOn => Request::Outside {
+            lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
+            fault: OutsideFault::Power,
+            deadline: None,
+        },
         NetworkFault::Reboot { simulated, down_ms } => Request::Reboot(pb::RebootRequest {
             // The best way the host allows: real where its agent may.
-            simulated: simulated.unwrap_or_else(|| !offers(at.agent, "reboot")),
+            simulated: simulated.unwrap_or_else(|| !at.agent.offers("reboot")),
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
         }),
     })
@@ -91,6 +126,18 @@ impl Request {
                 .retain(|isolation| !ids.contains(&isolation.id)),
             Self::LinkDown(_) => names.links_down.push(role.to_owned()),
             Self::LinkUp(_) => names.links_down.retain(|owner| owner != role),
+            Self::Outside {
+                fault, deadline, ..
+            } => {
+                let cut = match fault {
+                    OutsideFault::Cable => &mut names.links_down,
+                    OutsideFault::Power => &mut names.powered_off,
+                };
+                cut.retain(|owner| owner != role);
+                if deadline.is_some() {
+                    cut.push(role.to_owned());
+                }
+            }
             Self::Reboot(_) => {}
         }
     }
@@ -118,14 +165,14 @@ impl Request {
                     .link_down(acting.request(request))
                     .await
                     .map_err(failed)?;
-                "link-down"
+                "link-down (in-host admin down)"
             }
             Self::LinkUp(request) => {
                 client
                     .link_up(acting.request(request))
                     .await
                     .map_err(failed)?;
-                "link-up"
+                "link-up (in-host admin up)"
             }
             Self::Reboot(request) => {
                 let simulated = request.simulated;
@@ -134,32 +181,68 @@ impl Request {
                     .await
                     .map_err(failed)?;
                 if !simulated {
-                    wait_for_new_boot(&acting.agent).await;
+                    wait_for_new_boot(&acting.agent, &acting.clock).await;
                 }
                 // Reports say how: "reboot (simulated)", "reboot (reboot(2))".
                 let call = format!("reboot ({})", reply.get_ref().method);
                 return Ok(acting.ok(&call).into());
+            }
+            Self::Outside {
+                lab,
+                fault,
+                deadline,
+            } => {
+                let how = by_the_lab(lab, fault, deadline, acting.agent.test_ip).await?;
+                if fault == OutsideFault::Power && deadline.is_none() {
+                    wait_for_new_boot(&acting.agent, &acting.clock).await;
+                }
+                let call = match (fault, deadline) {
+                    (OutsideFault::Cable, Some(_)) => "link-down",
+                    (OutsideFault::Cable, None) => "link-up",
+                    (OutsideFault::Power, Some(_)) => "power-cut",
+                    (OutsideFault::Power, None) => "power-on",
+                };
+                return Ok(acting.ok(&format!("{call} ({how})")).into());
             }
         };
         Ok(acting.ok(call).into())
     }
 }
 
-/// Whether `agent` offers `capability`.
-pub(in crate::engine) fn offers(agent: &AgentHandle, capability: &str) -> bool {
-    agent.info.capabilities.iter().any(|c| c == capability)
+/// The role's lab, when it can make `fault` on the role's host.
+fn outside(at: &Preparing<'_, '_>, fault: OutsideFault) -> Option<LabSide> {
+    at.agent.lab.clone().filter(|lab| lab.can(fault))
 }
 
-/// After a real reboot: wait until the agent answers with another boot id
-/// (the case's timeout bounds the wait).
-async fn wait_for_new_boot(agent: &AgentHandle) {
-    loop {
+fn no_power() -> StepError {
+    StepError::Failed("this host's lab cannot cut its power (only a VM lab can)".to_owned())
+}
+
+/// Have the lab make `fault` (until `deadline`) or undo it (a cable: until
+/// the host answers at `address` again); how it did.
+pub(in crate::engine) async fn by_the_lab(
+    lab: LabSide,
+    fault: OutsideFault,
+    deadline: Option<Duration>,
+    address: IpAddr,
+) -> Result<&'static str, StepError> {
+    let done = tokio::task::spawn_blocking(move || match deadline {
+        Some(deadline) => lab.make(fault, deadline),
+        None => lab.undo_and_wait(fault, address),
+    })
+    .await;
+    match done {
+        Ok(Ok(how)) => Ok(how),
+        Ok(Err(error)) => Err(StepError::Failed(format!("lab: {error}"))),
+        Err(error) => Err(StepError::Failed(format!("lab: {error}"))),
+    }
+}
+
+/// After a real reboot or a power cycle: wait until the agent answers
+/// from a new boot, its clock measured again (the case's timeout bounds
+/// the wait).
+pub(in crate::engine) async fn wait_for_new_boot(agent: &AgentHandle, clock: &RunClock) {
+    while !agent.booted_again(clock).await {
         tokio::time::sleep(REBOOT_POLL).await;
-        let mut client = agent.client.clone();
-        if let Ok(info) = client.host_info(pb::HostInfoRequest {}).await
-            && info.get_ref().boot_id != agent.info.boot_id
-        {
-            return;
-        }
     }
 }

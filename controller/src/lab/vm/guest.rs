@@ -183,7 +183,7 @@ fn libraries(program: &Path) -> Result<Vec<PathBuf>, VmError> {
 }
 
 /// Where a program is on this host's PATH (and the sbin directories).
-pub(super) fn which(tool: &str) -> Option<PathBuf> {
+pub(in crate::lab) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))

@@ -10,6 +10,7 @@ pub mod guest;
 
 use super::agents::AgentGrants;
 use super::netns::{self, Network, ip};
+use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
 use guest::Kernel;
@@ -196,6 +197,10 @@ pub(super) fn start(
             name: vm.name.clone(),
             address: SocketAddr::from((vm.management, VM_CONTROL_PORT)).to_string(),
             test_ip: Some(vm.test.into()),
+            lab: Some(LabSide {
+                switch_port: None,
+                qmp: Some(dir.join(format!("{}.qmp", vm.name))),
+            }),
         });
     }
     wait_for_agents(&lab, dir)?;
@@ -387,31 +392,59 @@ fn kvm_boots(kernel: &Kernel, image: &Path, dir: &Path) -> bool {
     booted
 }
 
+/// Whether a QEMU of the lab named `prefix` runs.
+pub(super) fn lab_machines_running(prefix: &str) -> bool {
+    qemu_processes().iter().any(|(_, name)| {
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('v'))
+    })
+}
+
+/// The QEMU processes of this machine: pid, and `-name`.
+fn qemu_processes() -> Vec<(String, String)> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|process| {
+            let cmdline = std::fs::read(process.path().join("cmdline")).ok()?;
+            let words: Vec<String> = cmdline
+                .split(|byte| *byte == 0)
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            if !words.first().is_some_and(|exe| exe.ends_with(QEMU)) {
+                return None;
+            }
+            let name = words.windows(2).find(|pair| pair[0] == "-name")?[1].clone();
+            Some((process.file_name().to_string_lossy().into_owned(), name))
+        })
+        .collect()
+}
+
 /// Kill the VMs and remove the links of VM labs whose controller is gone.
 fn sweep_stale() {
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for process in processes.filter_map(Result::ok) {
-        let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
-        let words: Vec<String> = cmdline
-            .split(|byte| *byte == 0)
-            .map(|word| String::from_utf8_lossy(word).into_owned())
-            .collect();
-        let owner = words
-            .windows(2)
-            .find(|pair| pair[0] == "-name")
-            .and_then(|pair| pair[1].strip_prefix(VM_PREFIX))
-            .and_then(|rest| rest.split('v').next().map(str::to_owned));
-        if let Some(owner) = owner
-            && words.first().is_some_and(|exe| exe.ends_with(QEMU))
-            && !alive(&owner)
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", &process.file_name().to_string_lossy()])
-                .output();
+    for (pid, name) in qemu_processes() {
+        let owner = name
+            .strip_prefix(VM_PREFIX)
+            .and_then(|rest| rest.split('v').next());
+        if owner.is_some_and(|owner| !alive(owner)) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).output();
         }
     }
     netns::sweep_links(VM_PREFIX, alive);
+    // Their scratch directories (consoles, QMP sockets).
+    let Ok(entries) = std::fs::read_dir(super::default_state_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name
+            .strip_prefix(VM_PREFIX)
+            .is_some_and(|owner| owner.parse::<u32>().is_ok() && !alive(owner))
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! Network faults: what happens to a role's host on the network (cut off,
-//! healed, cable pulled and plugged back, rebooted). Their input form,
+//! healed, cable pulled and plugged back, power cut and back, rebooted). Their input form,
 //! checks and model live here; the engine's `steps::network` turns them
 //! into agent requests.
 
@@ -27,13 +27,23 @@ pub enum NetworkFault {
     /// Lift the role's isolation (needs `isolate`).
     Heal,
     /// Pull the cable of the role's test interface (the one holding its test
-    /// address) until a deadline (needs `link`).
+    /// address) until a deadline (needs `link`): at the switch side where
+    /// the host's lab can (its carrier goes, the interface stays up), else
+    /// by its agent (an admin down).
     LinkDown {
         /// The link comes back by itself after this.
         deadline_ms: u64,
     },
     /// Plug it back in.
     LinkUp,
+    /// Cut the power of the role's host until a deadline (needs `power`:
+    /// a lab that owns the machine, the VM lab): no shutdown, nothing sent.
+    PowerCut {
+        /// The power comes back by itself after this.
+        deadline_ms: u64,
+    },
+    /// Give the power back, and wait until the host's agent is back.
+    PowerOn,
     /// Reboot the role's host, really or simulated (needs `reboot`, or
     /// `isolate` for a simulated one).
     Reboot {
@@ -70,6 +80,7 @@ impl NetworkFault {
                 ..
             } => "reboot",
             Self::LinkDown { .. } | Self::LinkUp => "link",
+            Self::PowerCut { .. } | Self::PowerOn => "power",
         }
     }
 
@@ -96,6 +107,10 @@ impl NetworkFault {
                 deadline_ms: spec.deadline_ms,
             }),
             "link-up" => input.typed::<NothingSpec>().map(|_| Self::LinkUp),
+            "power-cut" => input.typed::<DeadlineSpec>().map(|spec| Self::PowerCut {
+                deadline_ms: spec.deadline_ms,
+            }),
+            "power-on" => input.typed::<NothingSpec>().map(|_| Self::PowerOn),
             _ => input.typed::<RebootSpec>().map(|spec| Self::Reboot {
                 simulated: spec.simulated,
                 down_ms: spec.down_ms,

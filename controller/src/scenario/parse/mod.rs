@@ -226,6 +226,7 @@ struct ExpectSpec {
     wire_rst: Option<bool>,
     wire_fin: Option<bool>,
     wire_bytes_before_fin: Option<u64>,
+    wire_retransmits: Option<bool>,
     source: Option<String>,
 }
 
@@ -317,6 +318,7 @@ fn expectation(spec: ExpectSpec) -> Expect {
         wire_rst: spec.wire_rst,
         wire_fin: spec.wire_fin,
         wire_bytes_before_fin: spec.wire_bytes_before_fin,
+        wire_retransmits: spec.wire_retransmits,
         source: spec.source,
     }
 }

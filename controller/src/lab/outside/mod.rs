@@ -1,0 +1,250 @@
+//! What a lab does to one of its hosts from outside it, the way it happens
+//! in the world: a cable pulled at the switch side (the host's interface
+//! stays up and loses its carrier), a power cut (no shutdown, not one more
+//! packet), and both given back. An agent can only take its own link down
+//! (an admin down, which the kernel treats differently) and reboot its host
+//! cleanly; a lab that owns the switch port or the machine does better.
+//!
+//! A host's inventory entry says what its lab can reach ([`LabSide`]): on
+//! the namespace lab the bridge end of its test veth, on the VM lab its
+//! QEMU's QMP socket (the test NIC's link, the machine's power). Every
+//! fault made here has a deadline kept by a [`watchdog`] process that
+//! outlives the controller.
+
+mod qmp;
+pub mod watchdog;
+
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What a host's lab can reach from outside the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSide {
+    /// The switch end of the host's test link (a bridge port): taken down,
+    /// the host's own end loses its carrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_port: Option<String>,
+    /// The QMP socket of the host's virtual machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qmp: Option<PathBuf>,
+}
+
+/// A fault a lab makes from outside a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+pub enum OutsideFault {
+    /// The test cable is out.
+    Cable,
+    /// The power is off.
+    Power,
+}
+
+/// Why a lab could not make or undo a fault.
+#[derive(Debug, thiserror::Error)]
+pub enum OutsideError {
+    /// The host's lab cannot reach what the fault needs.
+    #[error("this host's lab cannot cut its {0} (only a VM lab cuts power)")]
+    Cannot(&'static str),
+    /// The switch port or the VM did not do it.
+    #[error("{0}")]
+    Failed(String),
+    /// No watchdog could be started, so the fault was not made.
+    #[error(
+        "no watchdog: {0} (a fault without one could outlive the controller; set FAULTLAB_EXE to the faultlab executable)"
+    )]
+    NoWatchdog(String),
+}
+
+/// How long a host whose cable is back gets to answer on its test network.
+const LINK_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt of that.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// A port nobody listens on in a lab host (discard): its RST is the answer.
+const DISCARD_PORT: u16 = 9;
+
+/// The QEMU network device of a VM's test NIC (see `vm::Vm::launch`).
+const VM_TEST_NIC: &str = "t";
+/// ... and of its management NIC.
+const VM_MANAGEMENT_NIC: &str = "m";
+
+impl LabSide {
+    /// Whether the lab can make `fault` on this host.
+    pub fn can(&self, fault: OutsideFault) -> bool {
+        match fault {
+            OutsideFault::Cable => self.qmp.is_some() || self.switch_port.is_some(),
+            OutsideFault::Power => self.qmp.is_some(),
+        }
+    }
+
+    /// The capabilities it gives a host's agent in a scenario's eyes:
+    /// `link` (a cable to pull) and `power`.
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        [
+            (OutsideFault::Cable, "link"),
+            (OutsideFault::Power, "power"),
+        ]
+        .into_iter()
+        .filter(|(fault, _)| self.can(*fault))
+        .map(|(_, capability)| capability)
+        .collect()
+    }
+
+    /// Make `fault`, undone by a watchdog after `deadline` whatever becomes
+    /// of this process; returns how it was made. Blocking.
+    pub fn make(
+        &self,
+        fault: OutsideFault,
+        deadline: Duration,
+    ) -> Result<&'static str, OutsideError> {
+        if !self.can(fault) {
+            return Err(OutsideError::Cannot(fault.into()));
+        }
+        watchdog::arm(self, fault, deadline)?;
+        self.apply(fault, true).inspect_err(|_| {
+            let _ = self.undo(fault);
+        })
+    }
+
+    /// Undo `fault` now (its watchdog is disarmed first); returns how.
+    /// Undoing what is not made does nothing. Blocking.
+    pub fn undo(&self, fault: OutsideFault) -> Result<&'static str, OutsideError> {
+        watchdog::disarm(self, fault);
+        self.apply(fault, false)
+    }
+
+    /// Make (`cut`) or undo the fault.
+    fn apply(&self, fault: OutsideFault, cut: bool) -> Result<&'static str, OutsideError> {
+        match (fault, &self.qmp, &self.switch_port) {
+            (OutsideFault::Cable, Some(socket), _) => {
+                qmp::execute(socket, &[qmp::set_link(VM_TEST_NIC, !cut)])?;
+                Ok(if cut {
+                    "carrier lost: QMP set_link off on the VM's NIC"
+                } else {
+                    "carrier back: QMP set_link on"
+                })
+            }
+            (OutsideFault::Cable, None, Some(port)) => {
+                let state = if cut { "down" } else { "up" };
+                crate::lab::netns::ip(&["link", "set", port, state])
+                    .map_err(|error| OutsideError::Failed(error.to_string()))?;
+                Ok(if cut {
+                    "carrier lost: the switch end of the host's veth down"
+                } else {
+                    "carrier back: the switch end up"
+                })
+            }
+            (OutsideFault::Power, Some(socket), _) if cut => {
+                // Frozen at once, and its NICs dark: nothing more leaves it,
+                // and what arrives meanwhile is lost, not queued.
+                qmp::execute(
+                    socket,
+                    &[
+                        qmp::command("stop"),
+                        qmp::set_link(VM_TEST_NIC, false),
+                        qmp::set_link(VM_MANAGEMENT_NIC, false),
+                    ],
+                )?;
+                Ok("QMP stop, its NICs unplugged")
+            }
+            (OutsideFault::Power, Some(socket), _) => {
+                if qmp::running(socket)? {
+                    return Ok("it was on");
+                }
+                // The reset button while off: it starts from its firmware,
+                // its memory's kernel gone.
+                qmp::execute(
+                    socket,
+                    &[
+                        qmp::command("system_reset"),
+                        qmp::set_link(VM_TEST_NIC, true),
+                        qmp::set_link(VM_MANAGEMENT_NIC, true),
+                        qmp::command("cont"),
+                    ],
+                )?;
+                Ok("QMP system_reset, cont")
+            }
+            _ => Err(OutsideError::Cannot(fault.into())),
+        }
+    }
+
+    /// Undo `fault` now, then, for a cable, wait until the host answers at
+    /// `address` on its test network (see [`answers`]); returns how.
+    pub fn undo_and_wait(
+        &self,
+        fault: OutsideFault,
+        address: IpAddr,
+    ) -> Result<&'static str, OutsideError> {
+        let how = self.undo(fault)?;
+        if fault == OutsideFault::Cable {
+            answers(address, LINK_SETTLE_TIMEOUT);
+        }
+        Ok(how)
+    }
+
+    /// A short name of the host's reach, for the watchdog's command line.
+    fn key(&self) -> String {
+        match (&self.qmp, &self.switch_port) {
+            (Some(socket), _) => socket.display().to_string(),
+            (None, Some(port)) => port.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// Whether the host at `address` answers a connection attempt (a closed
+/// port's RST is an answer) within `within`. A cable plugged back is not
+/// at once a link that works: the host's kernel reactivates the queue of a
+/// NIC whose carrier came back up to a second later, and a peer address it
+/// failed to resolve meanwhile fails again until then. The lab's bridge
+/// has an address on the test network, so this machine can ask.
+fn answers(address: IpAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let target = SocketAddr::new(address, DISCARD_PORT);
+    while Instant::now() < deadline {
+        match TcpStream::connect_timeout(&target, PROBE_TIMEOUT) {
+            Ok(_) => return true,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+            Err(_) => std::thread::sleep(PROBE_TIMEOUT),
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_host_offers_a_cable_and_a_vm_its_power_too() {
+        let netns = LabSide {
+            switch_port: Some("fllt0".to_owned()),
+            qmp: None,
+        };
+        let vm = LabSide {
+            switch_port: None,
+            qmp: Some("/run/faultlab-lab/vm-1.qmp".into()),
+        };
+        assert_eq!(netns.capabilities(), ["link"]);
+        assert_eq!(vm.capabilities(), ["link", "power"]);
+        assert!(LabSide::default().capabilities().is_empty());
+        assert!(matches!(
+            netns.make(OutsideFault::Power, Duration::from_secs(1)),
+            Err(OutsideError::Cannot("power"))
+        ));
+    }
+
+    #[test]
+    fn it_reads_and_writes_as_an_inventory_table() {
+        let side = LabSide {
+            switch_port: Some("fllt0".to_owned()),
+            qmp: None,
+        };
+        let text = toml::to_string(&side).expect("serializes");
+        assert_eq!(text.trim(), "switch_port = \"fllt0\"");
+        assert_eq!(toml::from_str::<LabSide>(&text).ok(), Some(side));
+        assert!(toml::from_str::<LabSide>("power = 1").is_err());
+    }
+}

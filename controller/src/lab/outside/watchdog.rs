@@ -1,0 +1,112 @@
+//! The deadline of a fault a lab made from outside a host, kept by a
+//! process of its own (`faultlab lab watchdog`, started detached): it
+//! sleeps until the deadline and undoes the fault, even if the controller
+//! that made it crashed or was killed. Undoing the fault earlier kills its
+//! watchdog first; watchdogs are found by their command line, so no pid
+//! file can go stale.
+
+use super::{LabSide, OutsideError, OutsideFault};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The word that marks a watchdog's command line.
+const WATCHDOG: &str = "watchdog";
+
+/// Start the watchdog that undoes `fault` on `side` after `deadline`.
+pub(super) fn arm(
+    side: &LabSide,
+    fault: OutsideFault,
+    deadline: Duration,
+) -> Result<(), OutsideError> {
+    let exe = faultlab_exe().ok_or_else(|| {
+        OutsideError::NoWatchdog("cannot find the faultlab executable".to_owned())
+    })?;
+    let mut command = Command::new(&exe);
+    command
+        .args(["lab", WATCHDOG, "--fault", fault.into()])
+        .args(["--after-ms", &deadline.as_millis().to_string()]);
+    if let Some(port) = &side.switch_port {
+        command.args(["--switch-port", port]);
+    }
+    if let Some(socket) = &side.qmp {
+        command.arg("--qmp").arg(socket);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group: a Ctrl-C for the controller does not reach it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    command
+        .spawn()
+        .map(drop)
+        .map_err(|error| OutsideError::NoWatchdog(format!("{}: {error}", exe.display())))
+}
+
+/// Stop the watchdogs of `fault` on `side` (there is at most one).
+pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
+    let fault: &str = fault.into();
+    let key = side.key();
+    for (pid, words) in processes() {
+        let ours = words.iter().any(|word| word == WATCHDOG)
+            && words
+                .windows(2)
+                .any(|pair| pair[0] == "--fault" && pair[1] == fault)
+            && words.contains(&key);
+        if ours && pid != std::process::id() {
+            let _ = Command::new("kill").arg(pid.to_string()).output();
+        }
+    }
+}
+
+/// The watchdog itself: wait `after`, then undo `fault` (and say how).
+pub fn keep(
+    side: &LabSide,
+    fault: OutsideFault,
+    after: Duration,
+) -> Result<&'static str, OutsideError> {
+    std::thread::sleep(after);
+    side.apply(fault, false)
+}
+
+/// Every process's id and command-line words.
+fn processes() -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let words = cmdline
+                .split(|byte| *byte == 0)
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            Some((pid, words))
+        })
+        .collect()
+}
+
+/// The faultlab executable: `FAULTLAB_EXE`, this one, the one beside a
+/// test binary (`target/<profile>/deps/..`), or one on PATH.
+fn faultlab_exe() -> Option<PathBuf> {
+    if let Some(exe) = std::env::var_os("FAULTLAB_EXE") {
+        return Some(exe.into());
+    }
+    let me = std::env::current_exe().ok()?;
+    if me.file_name().is_some_and(|name| name == "faultlab") {
+        return Some(me);
+    }
+    let beside = me
+        .parent()
+        .into_iter()
+        .flat_map(|dir| [dir.join("faultlab"), dir.join("../faultlab")])
+        .find(|candidate| candidate.is_file());
+    beside.or_else(|| crate::lab::vm::guest::which("faultlab"))
+}
