@@ -533,7 +533,28 @@ ms = 60000
         std::thread::sleep(Duration::from_millis(50));
     }
     let after_kill = operstate("fllt0");
+
+    // Pulled again with a long deadline, the controller killed again: `lab
+    // down` stops the watchdog (it would plug in a cable of the next lab).
+    std::fs::write(
+        &case,
+        std::fs::read_to_string(&case)?.replace("deadline_ms = 4000", "deadline_ms = 600000"),
+    )?;
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", &inventory, "--no-history"])
+        .arg(&case)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pulled = std::time::Instant::now() + Duration::from_secs(30);
+    while operstate("fllt0") != "down" && std::time::Instant::now() < pulled {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    controller.kill()?;
+    controller.wait()?;
+    let watchdogs_before = watchdogs();
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    let watchdogs_after = watchdogs();
 
     // A pulled cable: the host's own end stays UP and loses its carrier.
     assert!(
@@ -548,6 +569,20 @@ ms = 60000
         after_kill, "up",
         "the watchdog plugs it back by the deadline"
     );
+    assert_eq!(watchdogs_before, 1, "one watchdog keeps the long deadline");
+    assert_eq!(watchdogs_after, 0, "lab down stopped it");
     common::succeeded(&down)?;
     Ok(())
+}
+
+/// How many `faultlab lab watchdog` processes of a `lab up` lab run.
+fn watchdogs() -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|process| std::fs::read(process.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(" lab watchdog ") && cmdline.contains("fllt"))
+        .count()
 }

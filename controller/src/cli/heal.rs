@@ -1,6 +1,10 @@
-//! `faultlab heal --all`: lift every isolation on the agents.
+//! `faultlab heal --all`: plug back every cable and switch on every host
+//! their lab took (an inventory's local-lab hosts), and lift every
+//! isolation on the agents.
 
 use super::{AgentsGiven, TlsArgs, say};
+use faultlab::inventory::Inventory;
+use faultlab::lab::outside::OutsideFault;
 use std::io::Write;
 
 /// Which agents.
@@ -15,8 +19,28 @@ pub struct HealArgs {
 
 /// Print a line per agent; whether every agent healed.
 pub async fn heal(args: HealArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
-    let (entries, connector) = args.given.entries(tls)?;
     let mut all_healed = true;
+    if let Some(path) = &args.given.inventory {
+        for agent in Inventory::load(path)?.agents {
+            let Some(lab) = agent.lab else {
+                continue;
+            };
+            for fault in [OutsideFault::Cable, OutsideFault::Power] {
+                if !lab.can(fault) {
+                    continue;
+                }
+                let lab = lab.clone();
+                match tokio::task::spawn_blocking(move || lab.undo(fault)).await? {
+                    Ok(how) => say!("{:<14} lab: {how}", agent.name),
+                    Err(error) => {
+                        all_healed = false;
+                        say!("{:<14} lab: NOT HEALED: {error}", agent.name);
+                    }
+                }
+            }
+        }
+    }
+    let (entries, connector) = args.given.entries(tls)?;
     for (name, address) in entries {
         match connector.heal_all(&address).await {
             Ok(count) => say!("{name:<14} {address:<22} healed {count} isolation(s)"),

@@ -203,6 +203,21 @@ pub(super) fn compare_wire(
             Some(_) => {}
         }
     }
+    if let Some(wanted) = expect.wire_silent {
+        let silent = since.is_empty();
+        if silent != wanted {
+            found.push(if silent {
+                "wire: this host sent nothing, expected some segment".to_owned()
+            } else {
+                format!(
+                    "wire: this host sent {} segment(s) (first: {} at {} ms), expected nothing",
+                    since.len(),
+                    since[0].flags,
+                    since[0].t_ns / 1_000_000
+                )
+            });
+        }
+    }
     if let Some(wanted) = expect.wire_retransmits {
         let again = retransmits(&since);
         if again != wanted {
@@ -291,6 +306,26 @@ mod tests {
         assert!(!retransmits(&[&first, &second, &other]));
         // Keepalive probes carry nothing.
         assert!(!retransmits(&[&first, &data(1_099, 0)]));
+    }
+
+    #[test]
+    fn a_power_cut_host_is_silent_only_until_its_power_is_back() {
+        let expect = Expect {
+            wire_silent: Some(true),
+            ..Expect::default()
+        };
+        let mut before = data(1_000, 0);
+        before.t_ns = 100;
+        let mut rst_after_boot = data(1_000, 0);
+        rst_after_boot.t_ns = 9_000;
+        rst_after_boot.flags = "R".to_owned();
+        let sent = [&before, &rst_after_boot];
+        // Cut at 1 000 ns, back at 8 000 ns: nothing in between.
+        assert!(compare_wire(&expect, 1_000..8_000, &sent).is_empty());
+        // Without the power-on bound the new kernel's RST counts.
+        let found = compare_wire(&expect, 1_000..i64::MAX, &sent);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("expected nothing"), "{found:?}");
     }
 
     #[test]

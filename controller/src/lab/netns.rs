@@ -76,6 +76,7 @@ impl Network {
     }
 
     pub(super) fn remove(&self) {
+        super::outside::watchdog::disarm_lab(&[format!("{}t", self.prefix)]);
         remove_network(&self.prefix, self.hosts);
     }
 }

@@ -116,6 +116,7 @@ fn running_lab(state: &Path) -> Option<String> {
 /// of a `lab up` lab, also what a crashed one left. Returns what it removed.
 pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
     let mut removed = Vec::new();
+    super::outside::watchdog::disarm_lab(&[format!("{LAB_PREFIX}t"), state.display().to_string()]);
     let pids: Vec<u32> = std::fs::read_to_string(state.join(PIDS_FILE))
         .unwrap_or_default()
         .lines()

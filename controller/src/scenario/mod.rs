@@ -136,6 +136,9 @@ pub struct Expect {
     /// Whether it sends some payload bytes again from this step on (a
     /// retransmission: what was sent was not acknowledged in time).
     pub wire_retransmits: Option<bool>,
+    /// Whether it sends nothing at all from this step on (for a power cut:
+    /// until its power is back).
+    pub wire_silent: Option<bool>,
     /// Where this expectation comes from ("measured", "seed", ...).
     pub source: Option<String>,
 }
@@ -179,6 +182,16 @@ impl Expect {
         if let Some(bytes) = self.wire_bytes_before_fin {
             parts.push(format!("FIN after {bytes} B"));
         }
+        if let Some(silent) = self.wire_silent {
+            parts.push(
+                if silent {
+                    "silent on the wire"
+                } else {
+                    "not silent on the wire"
+                }
+                .to_owned(),
+            );
+        }
         if let Some(again) = self.wire_retransmits {
             parts.push(
                 if again {
@@ -198,5 +211,6 @@ impl Expect {
             || self.wire_fin.is_some()
             || self.wire_bytes_before_fin.is_some()
             || self.wire_retransmits.is_some()
+            || self.wire_silent.is_some()
     }
 }

@@ -64,6 +64,23 @@ pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
     }
 }
 
+/// Stop every watchdog of a lab that is going away: those whose switch
+/// port or QMP socket starts with one of `marks` (its name prefix, its
+/// directory). They would only fail later, or, worse, plug in a cable of
+/// the next lab of the same name.
+pub fn disarm_lab(marks: &[String]) {
+    for (pid, words) in processes() {
+        let ours = words.iter().any(|word| word == WATCHDOG)
+            && words
+                .iter()
+                .skip(1)
+                .any(|word| marks.iter().any(|mark| word.starts_with(mark.as_str())));
+        if ours && pid != std::process::id() {
+            let _ = Command::new("kill").arg(pid.to_string()).output();
+        }
+    }
+}
+
 /// The watchdog itself: wait `after`, then undo `fault` (and say how).
 pub fn keep(
     side: &LabSide,

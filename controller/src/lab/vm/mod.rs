@@ -87,6 +87,7 @@ impl Machines {
             let _ = ip(&["link", "del", &tap]);
         }
         if let Some(scratch) = self.scratch.take() {
+            super::outside::watchdog::disarm_lab(&[scratch.display().to_string()]);
             let _ = std::fs::remove_dir_all(scratch);
         }
     }

@@ -227,6 +227,7 @@ struct ExpectSpec {
     wire_fin: Option<bool>,
     wire_bytes_before_fin: Option<u64>,
     wire_retransmits: Option<bool>,
+    wire_silent: Option<bool>,
     source: Option<String>,
 }
 
@@ -319,6 +320,7 @@ fn expectation(spec: ExpectSpec) -> Expect {
         wire_fin: spec.wire_fin,
         wire_bytes_before_fin: spec.wire_bytes_before_fin,
         wire_retransmits: spec.wire_retransmits,
+        wire_silent: spec.wire_silent,
         source: spec.source,
     }
 }
