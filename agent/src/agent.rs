@@ -5,6 +5,7 @@
 //! domain types in and out; `grpc/` only translates.
 
 use crate::capture::{Captured, Captures, Filter};
+use crate::degrade::{Degradations, Impairment, Selection};
 use crate::error::AgentError;
 use crate::events::{DEFAULT_CAPACITY, EventLog};
 use crate::holder::HolderProcess;
@@ -42,6 +43,8 @@ pub struct Allow {
     pub link: bool,
     /// Really rebooting the host.
     pub reboot: bool,
+    /// Making the network bad (delay, loss, ...) on an interface.
+    pub degrade: bool,
     /// Acting on other programs of the host (the application under test):
     /// kill, stop, continue, restart, and aborting their connections.
     pub process: bool,
@@ -55,6 +58,7 @@ impl Default for Allow {
             isolate: false,
             link: false,
             reboot: false,
+            degrade: false,
             process: false,
         }
     }
@@ -135,6 +139,8 @@ pub struct Agent {
     isolations: Result<Arc<Isolations>, String>,
     /// Link control, when allowed and supported; else why not.
     links: Result<Links, String>,
+    /// Degradations, when allowed and the kernel can; else why not.
+    degradations: Result<Degradations, String>,
     /// Running captures, when this host lets us capture; else why not.
     captures: Result<Captures, String>,
     /// The gRPC port, never captured.
@@ -206,6 +212,17 @@ impl Agent {
         if config.allow.reboot {
             capabilities.push("reboot".to_owned());
         }
+        let degradations = if config.allow.degrade {
+            Current::shaper(&config.holder_exe).map(Degradations::new)
+        } else {
+            Err("degrading the network is off on this agent: set allow.degrade = true in its config, or start it with --allow degrade".to_owned())
+        };
+        let mut unavailable = Vec::new();
+        match &degradations {
+            Ok(_) => capabilities.push("degrade".to_owned()),
+            Err(why) if config.allow.degrade => unavailable.push(format!("degrade: {why}")),
+            Err(_) => {}
+        }
         // Capturing only reads; it is offered wherever the OS allows it.
         let captures = Current::packet_socket()
             .map(|_| Captures::default())
@@ -217,15 +234,18 @@ impl Agent {
             capabilities.push("process".to_owned());
         }
         let processes = Processes::new(config.restart_commands.clone());
+        let mut host = HostInfo::gather(capabilities);
+        host.unavailable = unavailable;
         Self {
             config,
-            host: HostInfo::gather(capabilities),
+            host,
             holders: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             events: Arc::new(EventLog::new(DEFAULT_CAPACITY)),
             isolations,
             links,
+            degradations,
             captures,
             control_port,
             sockets: Sockets::new(Current::socket_table()),
@@ -663,6 +683,44 @@ impl Agent {
         Ok(self.links()?.bring_up(interface)?)
     }
 
+    fn degradations(&self) -> Result<&Degradations, AgentError> {
+        self.degradations
+            .as_ref()
+            .map_err(|why| unavailable(self.config.allow.degrade, why))
+    }
+
+    /// Degrade `interface` until `deadline` (an agent's deadlines are
+    /// bounded like isolations'); what the kernel reports it applied.
+    pub fn degrade(
+        &self,
+        id: &str,
+        interface: &str,
+        impairment: &Impairment,
+        selection: &Selection,
+        deadline: Duration,
+    ) -> Result<String, AgentError> {
+        if deadline > self.max_isolation() {
+            return Err(AgentError::InvalidArgument(format!(
+                "deadline_ms: {} is over this agent's limit of {} ms",
+                deadline.as_millis(),
+                self.config.max_isolation_ms
+            )));
+        }
+        Ok(self
+            .degradations()?
+            .degrade(id, interface, impairment, selection, deadline)?)
+    }
+
+    /// The interface named, or the one holding `address`.
+    pub fn degrade_interface(&self, interface: &str, address: &str) -> Result<String, AgentError> {
+        Ok(self.degradations()?.interface(interface, address)?)
+    }
+
+    /// Heal a degradation now; its counters just before.
+    pub fn restore(&self, id: &str) -> Result<String, AgentError> {
+        Ok(self.degradations()?.heal(id)?)
+    }
+
     fn captures(&self) -> Result<&Captures, AgentError> {
         self.captures
             .as_ref()
@@ -759,6 +817,9 @@ impl Agent {
         }
         if let Ok(links) = &self.links {
             links.bring_all_up();
+        }
+        if let Ok(degradations) = &self.degradations {
+            degradations.heal_all();
         }
         if let Ok(captures) = &self.captures {
             captures.stop_all();

@@ -4,6 +4,7 @@
 //! These are failures of the *request*.
 
 use crate::capture::CaptureError;
+use crate::degrade::DegradeError;
 use crate::holder::HolderError;
 use crate::isolate::{FirewallError, IsolateError};
 use crate::link::LinkError;
@@ -38,6 +39,9 @@ pub enum AgentError {
     /// A link request failed.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A degradation request failed.
+    #[error(transparent)]
+    Degrade(#[from] DegradeError),
     /// A capture request failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
@@ -90,6 +94,11 @@ impl From<AgentError> for Status {
                 LinkError::ControlInterface(_) | LinkError::AlreadyDown(_) | LinkError::System(_),
             ) => Status::failed_precondition(message),
             AgentError::PermissionDenied(_) => Status::permission_denied(message),
+            AgentError::Degrade(DegradeError::Invalid(_)) => Status::invalid_argument(message),
+            AgentError::Degrade(DegradeError::NotDegraded(_)) => Status::not_found(message),
+            AgentError::Degrade(DegradeError::AlreadyDegraded(_) | DegradeError::System(_)) => {
+                Status::failed_precondition(message)
+            }
             AgentError::Process(ProcessError::Invalid(_)) => Status::invalid_argument(message),
             AgentError::Process(ProcessError::NotFound(_)) => Status::not_found(message),
             AgentError::Process(ProcessError::Refused(_))

@@ -30,6 +30,8 @@ pub struct HostInfo {
     pub capabilities: Vec<String>,
     /// The agent's process id.
     pub pid: u32,
+    /// Capabilities it may not offer, and why ("degrade: ...").
+    pub unavailable: Vec<String>,
 }
 
 impl HostInfo {
@@ -52,6 +54,7 @@ impl HostInfo {
             boot_id: Current::boot_id(),
             capabilities,
             pid: std::process::id(),
+            unavailable: Vec::new(),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`sockets`]: every program's TCP connections on the host; aborting them.
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`link`]: link down/up with a watchdog that outlives the agent.
+//! - [`degrade`]: bad networks (netem) that always heal, back to the qdisc before.
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`spans`]: trace spans of the socket calls holders make.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
@@ -31,6 +32,7 @@ pub mod agent;
 pub mod audit;
 pub mod capture;
 pub mod conn;
+pub mod degrade;
 pub mod errno;
 pub mod error;
 pub mod events;

@@ -35,7 +35,8 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
     /// Dangerous capabilities to allow (all off by default): `isolate`
     /// (cut this host off the network, simulated reboots), `link` (take
-    /// interfaces down), `reboot` (really reboot the host), `process` (kill,
+    /// interfaces down), `reboot` (really reboot the host), `degrade` (make
+    /// the network bad: delay, loss, ...), `process` (kill,
     /// stop, continue, restart other programs and abort their connections).
     /// Comma-separated; replaces the config's list.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -66,6 +67,7 @@ enum Capability {
     Isolate,
     Link,
     Reboot,
+    Degrade,
     Process,
 }
 
@@ -111,6 +113,14 @@ enum Command {
     IsolationWatchdog {
         /// The isolation.
         id: String,
+        /// When.
+        millis: u64,
+    },
+    /// Internal: heal INTERFACE's degradation after MILLIS (started by a degrade).
+    #[command(hide = true)]
+    DegradeWatchdog {
+        /// The interface.
+        interface: String,
         /// When.
         millis: u64,
     },
@@ -160,6 +170,9 @@ fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
         Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
+        Some(Command::DegradeWatchdog { interface, millis }) => {
+            degrade_watchdog(&interface, millis)
+        }
         Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
         Some(Command::Service { action }) => service(action),
         None => settings(&cli.serve).and_then(|serving| serve(serving, shutdown_signal())),
@@ -187,6 +200,18 @@ fn link_watchdog(interface: &str, millis: u64) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bring {interface} back up"))
 }
 
+#[cfg(unix)]
+fn degrade_watchdog(interface: &str, millis: u64) -> anyhow::Result<()> {
+    let after = std::time::Duration::from_millis(millis);
+    faultlab_agent::degrade::tc::watchdog_main(interface, after)
+        .with_context(|| format!("cannot heal {interface}'s degradation"))
+}
+
+#[cfg(not(unix))]
+fn degrade_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
+    anyhow::bail!("degrading the network is not implemented on this OS")
+}
+
 #[cfg(not(unix))]
 fn link_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
     anyhow::bail!("link control is not implemented on this OS yet")
@@ -211,6 +236,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
         allow.isolate = flags.contains(&Capability::Isolate);
         allow.link = flags.contains(&Capability::Link);
         allow.reboot = flags.contains(&Capability::Reboot);
+        allow.degrade = flags.contains(&Capability::Degrade);
         allow.process = flags.contains(&Capability::Process);
     }
     let mut restart_commands = file.restart.clone();
@@ -235,7 +261,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
         tracing::warn!(
             %address,
             "INSECURE: serving without TLS off loopback; anyone who reaches {address} can make this host's connections fail{}",
-            if allow.isolate || allow.link || allow.reboot || allow.process {
+            if allow.isolate || allow.link || allow.reboot || allow.degrade || allow.process {
                 " and cut it off the network"
             } else {
                 ""

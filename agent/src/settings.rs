@@ -10,6 +10,7 @@
 //! connections = true  # open, send, receive, close, abort (default on)
 //! isolate = false     # cut the host off the network, simulated reboots
 //! link = false        # take interfaces down
+//! degrade = false     # make the network bad (delay, loss, ...; Linux with sch_netem)
 //! reboot = false      # really reboot the host
 //! process = false     # kill/stop/continue/restart other programs, abort their connections
 //!

@@ -110,8 +110,42 @@ const PHYSICAL: &[(&str, &str)] = &[
     ),
 ];
 
+/// Bad networks, not only dead ones: delay, loss, duplication, reordering
+/// and corruption made by netem (`degrade` needs a kernel with sch_netem:
+/// the VM lab's guests).
+const DEGRADED: &[(&str, &str)] = &[
+    (
+        "degraded/d1-connect-under-delay.toml",
+        include_str!("../suites/degraded/d1-connect-under-delay.toml"),
+    ),
+    (
+        "degraded/d2-bulk-under-loss.toml",
+        include_str!("../suites/degraded/d2-bulk-under-loss.toml"),
+    ),
+    (
+        "degraded/d3-keepalive-under-loss.toml",
+        include_str!("../suites/degraded/d3-keepalive-under-loss.toml"),
+    ),
+    (
+        "degraded/d4-graceful-close-on-a-bad-link.toml",
+        include_str!("../suites/degraded/d4-graceful-close-on-a-bad-link.toml"),
+    ),
+    (
+        "degraded/d5-duplicated-and-reordered.toml",
+        include_str!("../suites/degraded/d5-duplicated-and-reordered.toml"),
+    ),
+    (
+        "degraded/d6-corrupted.toml",
+        include_str!("../suites/degraded/d6-corrupted.toml"),
+    ),
+    (
+        "degraded/d7-heals-at-its-deadline.toml",
+        include_str!("../suites/degraded/d7-heals-at-its-deadline.toml"),
+    ),
+];
+
 /// Names of the built-in suites.
-pub const NAMES: &[&str] = &["seed", "app", "physical"];
+pub const NAMES: &[&str] = &["seed", "app", "physical", "degraded"];
 
 /// The scenarios of a built-in suite, or `None` if there is no such suite.
 pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
@@ -119,6 +153,7 @@ pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
         "seed" => SEED,
         "app" => APP,
         "physical" => PHYSICAL,
+        "degraded" => DEGRADED,
         _ => return None,
     };
     let mut scenarios = Vec::new();

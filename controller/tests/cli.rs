@@ -357,13 +357,7 @@ async fn heal_all_lifts_every_isolation_of_every_agent() -> TestResult {
 
 #[test]
 fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() -> TestResult {
-    if let Some(why) = faultlab::lab::netns_unavailable() {
-        return Err(format!(
-            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
-        )
-        .into());
-    }
-    let _turn = lab_turn();
+    let _turn = netns_lab_turn()?;
     let scratch = Scratch::new("lab")?;
     let state = scratch.0.join("state").display().to_string();
     let history = scratch.0.join("h.sqlite");
@@ -420,13 +414,7 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
 
 #[test]
 fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
-    if let Some(why) = faultlab::lab::netns_unavailable() {
-        return Err(format!(
-            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
-        )
-        .into());
-    }
-    let _turn = lab_turn();
+    let _turn = netns_lab_turn()?;
     let scratch = Scratch::new("crash")?;
     let state = scratch.0.join("state");
     let state_arg = state.display().to_string();
@@ -458,6 +446,51 @@ fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
     Ok(())
 }
 
+/// This test's turn at a network-namespace lab, or why none can be made.
+fn netns_lab_turn() -> Result<std::sync::MutexGuard<'static, ()>, String> {
+    match faultlab::lab::netns_unavailable() {
+        Some(why) => Err(format!(
+            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
+        )),
+        None => Ok(lab_turn()),
+    }
+}
+
+/// Run `case` (whose first fault pulls host-1's cable) on the lab of
+/// `inventory`, and kill -9 the controller once the cable is out (the
+/// switch end of host-1's test veth is fllt0). What `ip link` then said
+/// of host-1's own end.
+fn pulled_then_controller_killed(
+    inventory: &str,
+    case: &std::path::Path,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", inventory, "--no-history"])
+        .arg(case)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pulled = wait_for_operstate("fllt0", "down", Duration::from_secs(30));
+    let host_end = Command::new("ip")
+        .args(["netns", "exec", "fllh0", "ip", "-o", "link", "show", "eth1"])
+        .output()?;
+    controller.kill()?;
+    controller.wait()?;
+    if !pulled {
+        return Err("the cable was never pulled".into());
+    }
+    Ok(String::from_utf8_lossy(&host_end.stdout).into_owned())
+}
+
+/// Wait (at most `within`) until `link` is in `state`; whether it is.
+fn wait_for_operstate(link: &str, state: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while operstate(link) != state && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    operstate(link) == state
+}
+
 /// The state of a link of this machine (`up`, `down`, ...).
 fn operstate(link: &str) -> String {
     std::fs::read_to_string(format!("/sys/class/net/{link}/operstate"))
@@ -469,13 +502,7 @@ fn operstate(link: &str) -> String {
 #[test]
 fn a_cable_pulled_at_the_switch_is_plugged_back_by_its_watchdog_after_the_controller_dies()
 -> TestResult {
-    if let Some(why) = faultlab::lab::netns_unavailable() {
-        return Err(format!(
-            "this test needs root for a network-namespace lab: {why} (CI runs it as root)"
-        )
-        .into());
-    }
-    let _turn = lab_turn();
+    let _turn = netns_lab_turn()?;
     let scratch = Scratch::new("watchdog")?;
     let state = scratch.0.join("state").display().to_string();
     let history = scratch.0.join("h.sqlite");
@@ -509,29 +536,9 @@ ms = 60000
 "#,
     )?;
     let inventory = format!("{state}/inventory.toml");
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(["run", "--inventory", &inventory, "--no-history"])
-        .arg(&case)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    // host-1 plays the client: the switch end of its test veth is fllt0.
-    let pulled = std::time::Instant::now() + Duration::from_secs(30);
-    while operstate("fllt0") != "down" && std::time::Instant::now() < pulled {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let host_end = Command::new("ip")
-        .args(["netns", "exec", "fllh0", "ip", "-o", "link", "show", "eth1"])
-        .output()?;
-    let host_end = String::from_utf8_lossy(&host_end.stdout).into_owned();
-    controller.kill()?;
-    controller.wait()?;
-    let killed = std::time::Instant::now();
+    let host_end = pulled_then_controller_killed(&inventory, &case)?;
     let still_down = operstate("fllt0");
-    let plugged = killed + Duration::from_secs(15);
-    while operstate("fllt0") != "up" && std::time::Instant::now() < plugged {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_operstate("fllt0", "up", Duration::from_secs(15));
     let after_kill = operstate("fllt0");
 
     // Pulled again with a long deadline, the controller killed again: `lab
@@ -540,18 +547,7 @@ ms = 60000
         &case,
         std::fs::read_to_string(&case)?.replace("deadline_ms = 4000", "deadline_ms = 600000"),
     )?;
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(["run", "--inventory", &inventory, "--no-history"])
-        .arg(&case)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let pulled = std::time::Instant::now() + Duration::from_secs(30);
-    while operstate("fllt0") != "down" && std::time::Instant::now() < pulled {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    controller.kill()?;
-    controller.wait()?;
+    pulled_then_controller_killed(&inventory, &case)?;
     let watchdogs_before = watchdogs();
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
     let watchdogs_after = watchdogs();
@@ -585,4 +581,36 @@ fn watchdogs() -> usize {
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
         .filter(|cmdline| cmdline.contains(" lab watchdog ") && cmdline.contains("fllt"))
         .count()
+}
+
+#[test]
+fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_elsewhere() -> TestResult
+{
+    let _turn = netns_lab_turn()?;
+    let scratch = Scratch::new("degraded")?;
+    let history = scratch.0.join("h.sqlite");
+    let run = faultlab(
+        &[
+            "run",
+            "--suite",
+            "degraded",
+            "--format",
+            "json",
+            "--no-history",
+        ],
+        &history,
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let cases = report["cases"].as_array().ok_or("no cases")?;
+    assert_eq!(cases.len(), 7);
+    for case in cases {
+        let reason = case["reason"].as_str().unwrap_or_default();
+        match case["verdict"].as_str() {
+            Some("expected") => {}
+            // The agent's own word: it tried netem and the kernel said no.
+            Some("skipped") => assert!(reason.contains("no sch_netem"), "{reason}"),
+            verdict => return Err(format!("{}: {verdict:?} {reason}", case["id"]).into()),
+        }
+    }
+    Ok(())
 }

@@ -99,6 +99,18 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         ],
         &history,
     )?;
+    let degraded = faultlab(
+        &[
+            "run",
+            "--suite",
+            "degraded",
+            "--inventory",
+            &inventory,
+            "--format",
+            "json",
+        ],
+        &history,
+    )?;
     let again = faultlab(
         &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
         &history,
@@ -161,6 +173,13 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
             .any(|call| call.starts_with("link-down (carrier lost")),
         "{calls:?}"
     );
+
+    // The degraded suite: netem in the guests' own kernels, every case as
+    // measured, every interface restored (D1 restores it in a step).
+    let report: serde_json::Value = serde_json::from_slice(&degraded.stdout)?;
+    let not_expected = common::not_expected(&report);
+    assert!(not_expected.is_empty(), "{not_expected:#?}");
+    assert_eq!(report["summary"]["expected"], 7, "{}", report["cases"]);
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).

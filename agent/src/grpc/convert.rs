@@ -3,6 +3,7 @@
 //! own. A field out of range becomes `InvalidArgument` naming the field.
 
 use crate::agent::Connection;
+use crate::degrade::{Impairment, Selection};
 use crate::error::AgentError;
 use crate::hostinfo::HostInfo;
 use crate::isolate::{Cidr, Direction, Isolation, Mode};
@@ -493,6 +494,41 @@ pub(super) fn process_request(
     Ok((target, action))
 }
 
+/// A degrade request's impairment and selection, checked.
+pub(super) fn degradation(
+    request: &pb::DegradeRequest,
+) -> Result<(Impairment, Selection), AgentError> {
+    let impairment = Impairment {
+        delay: std::time::Duration::from_micros(u64::from(request.delay_us)),
+        jitter: std::time::Duration::from_micros(u64::from(request.jitter_us)),
+        distribution: (!request.distribution.is_empty()).then(|| request.distribution.clone()),
+        loss_percent: request.loss_percent,
+        loss_correlation_percent: request.loss_correlation_percent,
+        duplicate_percent: request.duplicate_percent,
+        reorder_percent: request.reorder_percent,
+        corrupt_percent: request.corrupt_percent,
+        rate_bits_per_second: request.rate_bits_per_second,
+    };
+    if let Some(problem) = impairment.problem() {
+        return Err(invalid(problem));
+    }
+    let peer = match request.peer.as_str() {
+        "" => None,
+        text => Some(
+            text.parse()
+                .map_err(|_| invalid(format!("peer: {text:?} is not an IP address")))?,
+        ),
+    };
+    let local_port = match request.local_port {
+        0 => None,
+        port => Some(
+            u16::try_from(port)
+                .map_err(|_| invalid(format!("local_port: {port} is not a port (1 to 65535)")))?,
+        ),
+    };
+    Ok((impairment, Selection { peer, local_port }))
+}
+
 pub(super) fn host_info(host: &HostInfo) -> pb::HostInfoReply {
     pb::HostInfoReply {
         hostname: host.hostname.clone(),
@@ -508,6 +544,7 @@ pub(super) fn host_info(host: &HostInfo) -> pb::HostInfoReply {
         mono_ns: Current::monotonic_ns(),
         wall_unix_ns: wall_unix_ns(),
         pid: host.pid,
+        unavailable: host.unavailable.clone(),
     }
 }
 

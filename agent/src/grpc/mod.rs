@@ -18,8 +18,8 @@ use crate::isolate::Isolation;
 use crate::model::{ConnId, HolderId, ListenerId};
 use crate::platform::{Current, Platform, wall_unix_ns};
 use convert::{
-    DEFAULT_DOWN_MS, address, close_mode, connection_filter, host_info, invalid, isolation_id,
-    payload, process_request, recv_mode, timeout,
+    DEFAULT_DOWN_MS, address, close_mode, connection_filter, degradation, host_info, invalid,
+    isolation_id, payload, process_request, recv_mode, timeout,
 };
 use faultlab_proto::v1 as pb;
 use std::fmt::Debug;
@@ -360,6 +360,43 @@ impl pb::agent_server::Agent for AgentService {
                 .link_interface(&request.interface, &request.address)?;
             self.agent.link_up(&interface)?;
             Ok(Response::new(pb::LinkUpReply {}))
+        })
+        .await
+    }
+
+    async fn degrade(&self, request: Request<pb::DegradeRequest>) -> Reply<pb::DegradeReply> {
+        audited(request, "Degrade", |request| async move {
+            let request = request.into_inner();
+            let id = isolation_id(&request.id)?;
+            if request.deadline_ms == 0 {
+                return Err(invalid(
+                    "deadline_ms: every degradation needs a deadline (a watchdog heals it then)"
+                        .to_owned(),
+                )
+                .into());
+            }
+            let (impairment, selection) = degradation(&request)?;
+            let interface = self
+                .agent
+                .degrade_interface(&request.interface, &request.address)?;
+            let deadline = crate::platform::millis(request.deadline_ms);
+            let applied = self
+                .agent
+                .degrade(&id, &interface, &impairment, &selection, deadline)?;
+            Ok(Response::new(pb::DegradeReply {
+                interface,
+                applied,
+                mechanism: "tc netem (prio + u32 filter)".to_owned(),
+            }))
+        })
+        .await
+    }
+
+    async fn restore(&self, request: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
+        audited(request, "Restore", |request| async move {
+            let id = isolation_id(&request.into_inner().id)?;
+            let counters = self.agent.restore(&id)?;
+            Ok(Response::new(pb::RestoreReply { counters }))
         })
         .await
     }

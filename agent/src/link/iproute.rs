@@ -46,6 +46,17 @@ fn ip(args: &[&str]) -> Result<String, LinkError> {
     }
 }
 
+/// The interface that holds `address`, if any.
+pub fn interface_holding(address: IpAddr) -> Result<Option<String>, LinkError> {
+    let listed = ip(&["-o", "addr", "show"])?;
+    let wanted = format!(" {address}/");
+    Ok(listed
+        .lines()
+        .find(|line| line.contains(&wanted))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned()))
+}
+
 /// A detached process that sleeps, then sets the link up.
 struct Sleeper {
     child: Child,
@@ -144,13 +155,7 @@ impl LinkControl for IpRoute {
     }
 
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError> {
-        let listed = ip(&["-o", "addr", "show"])?;
-        let wanted = format!(" {address}/");
-        Ok(listed
-            .lines()
-            .find(|line| line.contains(&wanted))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .map(|name| name.split('@').next().unwrap_or(name).to_owned()))
+        interface_holding(address)
     }
 
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, LinkError> {

@@ -144,6 +144,13 @@ impl Platform for Linux {
         }))
     }
 
+    fn shaper(exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String> {
+        crate::degrade::tc::probe()?;
+        Ok(Box::new(crate::degrade::tc::Tc {
+            exe: exe.to_path_buf(),
+        }))
+    }
+
     #[cfg(target_os = "linux")]
     fn packet_socket() -> io::Result<socket2::Socket> {
         // ETH_P_ALL in network byte order: every protocol; DGRAM strips the link header.

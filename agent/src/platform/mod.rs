@@ -80,6 +80,11 @@ pub trait Platform {
     /// `exe` is the agent executable (its watchdog).
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>>;
 
+    /// Degrading the network (delay, loss, ...), run as `exe
+    /// degrade-watchdog` for deadlines; or why this host cannot (found by
+    /// really trying).
+    fn shaper(exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String>;
+
     /// A raw packet socket that sees every IP packet of the host, both
     /// directions, without link-layer headers (needs CAP_NET_RAW).
     fn packet_socket() -> io::Result<socket2::Socket>;

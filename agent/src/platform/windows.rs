@@ -131,6 +131,10 @@ impl Platform for Windows {
         None
     }
 
+    fn shaper(_exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String> {
+        Err("degrading the network is not implemented on Windows (it would need a WFP callout or a NDIS filter driver; netem is Linux's)".to_owned())
+    }
+
     fn packet_socket() -> io::Result<socket2::Socket> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,

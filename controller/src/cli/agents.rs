@@ -39,18 +39,24 @@ pub async fn agents(args: AgentsArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
     let mut unreachable = 0;
     for (name, address) in &entries {
         match connector.host_info(address).await {
-            Ok(info) => say!(
-                "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
-                name,
-                address,
-                "ok",
-                info.hostname,
-                info.os_version,
-                info.kernel_version,
-                info.agent_version,
-                info.boot_id,
-                info.capabilities.join(",")
-            ),
+            Ok(info) => {
+                say!(
+                    "{:<14} {:<22} {:<8} {:<14} {:<28} {:<24} {:<8} {:<36} {}",
+                    name,
+                    address,
+                    "ok",
+                    info.hostname,
+                    info.os_version,
+                    info.kernel_version,
+                    info.agent_version,
+                    info.boot_id,
+                    info.capabilities.join(",")
+                );
+                // What it may not offer, and why (e.g. no sch_netem).
+                for why in &info.unavailable {
+                    say!("{:<14} not offered: {why}", "");
+                }
+            }
             Err(error) => {
                 unreachable += 1;
                 say!("{name:<14} {address:<22} {:<8} {error}", "down");

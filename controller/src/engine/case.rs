@@ -196,8 +196,16 @@ fn playable(
             .filter_map(|step| step.action.capability())
             .find(|need| !agent.offers(need));
         if let Some(missing) = missing {
+            // The agent's own word on why, when it gave one (a kernel
+            // without sch_netem).
+            let why = agent
+                .info
+                .unavailable
+                .iter()
+                .find_map(|line| line.strip_prefix(&format!("{missing}: ")))
+                .map_or_else(String::new, |why| format!(": {why}"));
             return Err(format!(
-                "needs capability {missing:?}, which agent {} does not offer",
+                "needs capability {missing:?}, which agent {} does not offer{why}",
                 agent.name
             ));
         }
@@ -473,6 +481,15 @@ async fn cleanup(run: &CaseRun<'_>) {
                 }
             })
             .await;
+        }
+    }
+    for degradation in &names.degradations {
+        if let Some(agent) = run.agents.get(&degradation.role) {
+            let restore = pb::RestoreRequest {
+                id: degradation.id.clone(),
+            };
+            let _ =
+                tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().restore(restore)).await;
         }
     }
     for isolation in &names.isolations {

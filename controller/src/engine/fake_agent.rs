@@ -282,6 +282,14 @@ impl Agent for Fake {
         not_faked("LinkUp")
     }
 
+    async fn degrade(&self, _: Request<pb::DegradeRequest>) -> Reply<pb::DegradeReply> {
+        not_faked("Degrade")
+    }
+
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
+        not_faked("Restore")
+    }
+
     async fn start_capture(
         &self,
         _: Request<pb::StartCaptureRequest>,

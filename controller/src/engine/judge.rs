@@ -221,6 +221,17 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
             ));
         }
     }
+    let took_ms = u64::try_from((outcome.end_ns - outcome.start_ns) / 1_000_000).unwrap_or(0);
+    if let Some(min) = expect.took_ms_min
+        && took_ms < min
+    {
+        found.push(format!("took {took_ms} ms, expected at least {min} ms"));
+    }
+    if let Some(max) = expect.took_ms_max
+        && took_ms > max
+    {
+        found.push(format!("took {took_ms} ms, expected at most {max} ms"));
+    }
     found
 }
 

@@ -164,6 +164,8 @@ pub(crate) struct Names {
     pub isolations: Vec<Isolation>,
     /// Roles whose test link this case took down and has not brought up.
     pub links_down: Vec<String>,
+    /// Degradations this case made and has not restored (role and id).
+    pub degradations: Vec<Isolation>,
     /// Roles whose host's power is cut.
     pub powered_off: Vec<String>,
     /// Connection name → the listener address it connected to.

@@ -174,7 +174,8 @@ fn add_host(
         // The management bridge has no way out of this machine.
         "--insecure",
     ]);
-    command.args(grants.arguments(vec!["isolate", "link"]));
+    // `degrade` is offered only where the kernel has sch_netem (the agent tries).
+    command.args(grants.arguments(vec!["isolate", "link", "degrade"]));
     if let Some(logs) = logs {
         detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;
     }

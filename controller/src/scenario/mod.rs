@@ -18,15 +18,16 @@ mod actions;
 pub(crate) mod parse;
 
 pub use actions::{
-    Action, CloseMode, IsolationMode, NetworkFault, Options, Payload, ProcessFault, Reference,
-    SocketCall, Timing, keywords,
+    Action, CloseMode, Impairment, IsolationMode, NetworkFault, Options, Payload, ProcessFault,
+    Reference, SocketCall, Timing, keywords,
 };
 pub use parse::{ScenarioError, ScenarioErrors, parse};
 
 use std::collections::BTreeMap;
 
 /// Capabilities a scenario may need from its agents beyond connections.
-pub const KNOWN_CAPABILITIES: &[&str] = &["isolate", "link", "reboot", "process", "power"];
+pub const KNOWN_CAPABILITIES: &[&str] =
+    &["isolate", "link", "reboot", "process", "power", "degrade"];
 
 /// OS families an expectation can be written for (as agents report them).
 pub const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
@@ -127,6 +128,10 @@ pub struct Expect {
     pub within_ms: Option<u64>,
     /// The step `within_ms` counts from.
     pub since: Option<String>,
+    /// The call itself took at least this long (a delay made it wait).
+    pub took_ms_min: Option<u64>,
+    /// ... and at most this long.
+    pub took_ms_max: Option<u64>,
     /// Whether the role's host sends a RST from this step on (wire evidence).
     pub wire_rst: Option<bool>,
     /// Whether it sends a FIN from this step on.
@@ -181,6 +186,12 @@ impl Expect {
         }
         if let Some(bytes) = self.wire_bytes_before_fin {
             parts.push(format!("FIN after {bytes} B"));
+        }
+        match (self.took_ms_min, self.took_ms_max) {
+            (Some(min), Some(max)) => parts.push(format!("took {min}–{max} ms")),
+            (Some(min), None) => parts.push(format!("took ≥ {min} ms")),
+            (None, Some(max)) => parts.push(format!("took ≤ {max} ms")),
+            (None, None) => {}
         }
         if let Some(silent) = self.wire_silent {
             parts.push(

@@ -5,7 +5,7 @@ use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
 use crate::engine::state::{Isolation, Names, StepError};
 use crate::lab::outside::{LabSide, OutsideFault};
-use crate::scenario::{IsolationMode, NetworkFault};
+use crate::scenario::{Impairment, IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub(super) enum Request {
     LinkDown(pb::LinkDownRequest),
     LinkUp(pb::LinkUpRequest),
     Reboot(pb::RebootRequest),
+    Degrade(pb::DegradeRequest),
+    Restore(Vec<String>),
     /// A fault the host's lab makes from outside it (`deadline` set) or
     /// undoes.
     Outside {
@@ -94,6 +96,26 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
                 address: test_address,
             }),
         },
+        NetworkFault::Degrade {
+            impairment,
+            towards,
+            conn,
+            deadline_ms,
+        } => Request::Degrade(degrade_request(
+            at,
+            impairment,
+            towards.as_deref(),
+            conn.as_deref(),
+            *deadline_ms,
+        )?),
+        NetworkFault::Restore => Request::Restore(
+            at.names()
+                .degradations
+                .iter()
+                .filter(|degradation| degradation.role == at.role)
+                .map(|degradation| degradation.id.clone())
+                .collect(),
+        ),
         NetworkFault::PowerCut { deadline_ms } => Request::Outside {
             lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
             fault: OutsideFault::Power,
@@ -138,6 +160,13 @@ impl Request {
                     cut.push(role.to_owned());
                 }
             }
+            Self::Degrade(request) => names.degradations.push(Isolation {
+                role: role.to_owned(),
+                id: request.id.clone(),
+            }),
+            Self::Restore(ids) => names
+                .degradations
+                .retain(|degradation| !ids.contains(&degradation.id)),
             Self::Reboot(_) => {}
         }
     }
@@ -159,6 +188,24 @@ impl Request {
                     client.heal(acting.request(request)).await.map_err(failed)?;
                 }
                 "heal"
+            }
+            Self::Degrade(request) => {
+                let reply = client
+                    .degrade(acting.request(request))
+                    .await
+                    .map_err(failed)?;
+                let call = format!("degrade ({})", reply.get_ref().mechanism);
+                return Ok(acting.ok(&call).into());
+            }
+            Self::Restore(ids) => {
+                for id in ids {
+                    let request = pb::RestoreRequest { id };
+                    client
+                        .restore(acting.request(request))
+                        .await
+                        .map_err(failed)?;
+                }
+                "restore"
             }
             Self::LinkDown(request) => {
                 client
@@ -192,6 +239,14 @@ impl Request {
                 fault,
                 deadline,
             } => {
+                // Released with other steps: the lab acts at the moment
+                // itself (an agent would hold its request until then).
+                if let Some(at) = acting.at {
+                    let early_ns = at.run_ns.saturating_sub(acting.clock.now_ns());
+                    if let Ok(early_ns) = u64::try_from(early_ns) {
+                        tokio::time::sleep(Duration::from_nanos(early_ns)).await;
+                    }
+                }
                 let how = by_the_lab(lab, fault, deadline, acting.agent.test_ip).await?;
                 if fault == OutsideFault::Power && deadline.is_none() {
                     wait_for_new_boot(&acting.agent, &acting.clock).await;
@@ -207,6 +262,53 @@ impl Request {
         };
         Ok(acting.ok(call).into())
     }
+}
+
+/// A degrade step as its request: packets towards a role's host, or one
+/// connection's (from its local port to its peer), or all of them.
+fn degrade_request(
+    at: &Preparing<'_, '_>,
+    impairment: &Impairment,
+    towards: Option<&str>,
+    conn: Option<&str>,
+    deadline_ms: u64,
+) -> Result<pb::DegradeRequest, StepError> {
+    let flow = conn
+        .map(|conn| at.names().flow(at.step, at.role, conn))
+        .transpose()?;
+    let peer = match (towards, flow) {
+        (Some(role), _) => Some(
+            at.run
+                .agents
+                .get(role)
+                .ok_or_else(|| StepError::Failed(format!("towards: no agent plays role {role:?}")))?
+                .test_ip,
+        ),
+        (None, Some((_, remote))) => Some(remote.ip()),
+        (None, None) => None,
+    };
+    Ok(pb::DegradeRequest {
+        id: format!(
+            "{}-{}-{:x}",
+            at.run.case_id,
+            at.step.name,
+            at.run.clock.now_ns()
+        ),
+        interface: String::new(),
+        address: at.agent.test_ip.to_string(),
+        peer: peer.map_or_else(String::new, |peer| peer.to_string()),
+        local_port: flow.map_or(0, |(local, _)| u32::from(local.port())),
+        deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
+        delay_us: u32::try_from(impairment.delay_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
+        jitter_us: u32::try_from(impairment.jitter_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
+        distribution: impairment.distribution.clone().unwrap_or_default(),
+        loss_percent: impairment.loss,
+        loss_correlation_percent: impairment.loss_correlation,
+        duplicate_percent: impairment.duplicate,
+        reorder_percent: impairment.reorder,
+        corrupt_percent: impairment.corrupt,
+        rate_bits_per_second: impairment.rate_bits_per_second,
+    })
 }
 
 /// The role's lab, when it can make `fault` on the role's host.

@@ -1,11 +1,11 @@
 //! Just enough of QEMU's machine protocol (QMP) to unplug a NIC and work a
 //! VM's power: one connection per batch of commands, each answered before
 //! the next; events in between are skipped.
+// Off Unix there is no socket to speak on: only the refusal is used.
+#![cfg_attr(not(unix), allow(dead_code))]
 
 use super::OutsideError;
 use serde_json::{Value, json};
-use std::io::{BufReader, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,8 +34,20 @@ pub(super) fn running(socket: &Path) -> Result<bool, OutsideError> {
         .unwrap_or(false))
 }
 
+/// QMP listens on a Unix socket: a VM lab runs on Linux only.
+#[cfg(not(unix))]
+pub(super) fn execute(socket: &Path, _commands: &[Value]) -> Result<Vec<Value>, OutsideError> {
+    Err(OutsideError::Failed(format!(
+        "QMP {}: a VM lab needs a Unix host",
+        socket.display()
+    )))
+}
+
 /// Run `commands` in order on the QMP socket; their answers (`return`s).
+#[cfg(unix)]
 pub(super) fn execute(socket: &Path, commands: &[Value]) -> Result<Vec<Value>, OutsideError> {
+    use std::io::{BufReader, Write as _};
+    use std::os::unix::net::UnixStream;
     let failed = |what: &str, error: &dyn std::fmt::Display| {
         OutsideError::Failed(format!("QMP {}: {what}: {error}", socket.display()))
     };

@@ -22,19 +22,29 @@ const MODULES: &[&str] = &[
     "nft_reject_ipv4",
     "nft_reject_ipv6",
     "tcp_diag",
+    // Degraded networks: tc's prio root, its u32 filter, netem; a veth
+    // pair for the agent to try netem on at start.
+    "sch_prio",
+    "cls_u32",
+    "sch_netem",
+    "veth",
 ];
 
 /// The programs the agent runs, besides itself.
-const TOOLS: &[&str] = &["ip", "ss", "nft"];
+const TOOLS: &[&str] = &["ip", "ss", "nft", "tc"];
 
 /// Files of this host's `/etc` the tools read (`nft` resolves protocol
 /// names such as `tcp` through `/etc/protocols`).
 const ETC: &[&str] = &["etc/protocols", "etc/services"];
 
+/// Where Debian's iproute2 keeps netem's distribution tables.
+const TC_TABLES: &str = "/usr/lib/x86_64-linux-gnu/tc";
+
 /// The guest's `/init` (busybox sh).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# iproute2's ip, ss and tc before busybox's applets of the same names.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -219,6 +229,20 @@ fn contents(agent: &Path, kernel: &Kernel) -> Result<Contents, VmError> {
         })?;
         files.push((format!("usr/sbin/{tool}"), found.clone()));
         programs.push(found);
+    }
+    // netem's jitter distributions, where tc looks for them.
+    for table in std::fs::read_dir(TC_TABLES)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let name = table.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".dist") {
+            files.push((
+                format!("{}/{name}", TC_TABLES.trim_start_matches('/')),
+                table.path(),
+            ));
+        }
     }
     for file in ETC {
         let host = Path::new("/").join(file);

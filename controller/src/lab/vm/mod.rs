@@ -176,7 +176,7 @@ pub(super) fn start(
         Some(network) => network.make_bridges()?,
         None => return Err(LabError::Network("lost the network".to_owned())),
     };
-    let mut allow = vec!["isolate", "link", "reboot"];
+    let mut allow = vec!["isolate", "link", "reboot", "degrade"];
     if grants.process {
         allow.push("process");
     }

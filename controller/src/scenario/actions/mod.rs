@@ -17,7 +17,7 @@ mod socket;
 mod timing;
 
 pub use faultlab_proto::CloseMode;
-pub use network::{IsolationMode, NetworkFault};
+pub use network::{Impairment, IsolationMode, NetworkFault};
 pub use process::ProcessFault;
 pub use socket::{Options, Payload, SocketCall};
 pub use timing::Timing;
@@ -61,6 +61,13 @@ pub enum Reference<'a> {
         /// The key.
         field: &'static str,
         /// The step's name.
+        name: &'a str,
+    },
+    /// Names a role of the scenario.
+    UsesRole {
+        /// The key.
+        field: &'static str,
+        /// The role.
         name: &'a str,
     },
     /// Opens a connection under this name.

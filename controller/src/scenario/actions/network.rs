@@ -44,6 +44,20 @@ pub enum NetworkFault {
     },
     /// Give the power back, and wait until the host's agent is back.
     PowerOn,
+    /// Make the network of the role's host bad until a deadline (needs
+    /// `degrade`: a kernel with sch_netem, e.g. the VM lab's guests).
+    Degrade {
+        /// What happens to the packets.
+        impairment: Impairment,
+        /// Only packets to this role's host.
+        towards: Option<String>,
+        /// Only this connection's packets (from its local port to its peer).
+        conn: Option<String>,
+        /// It heals by itself after this.
+        deadline_ms: u64,
+    },
+    /// Heal the role's host's degradations now.
+    Restore,
     /// Reboot the role's host, really or simulated (needs `reboot`, or
     /// `isolate` for a simulated one).
     Reboot {
@@ -81,6 +95,7 @@ impl NetworkFault {
             } => "reboot",
             Self::LinkDown { .. } | Self::LinkUp => "link",
             Self::PowerCut { .. } | Self::PowerOn => "power",
+            Self::Degrade { .. } | Self::Restore => "degrade",
         }
     }
 
@@ -90,6 +105,14 @@ impl NetworkFault {
             Self::Isolate {
                 conn: Some(conn), ..
             } => vec![Reference::conn(conn)],
+            Self::Degrade { conn, towards, .. } => conn
+                .iter()
+                .map(|conn| Reference::conn(conn))
+                .chain(towards.iter().map(|role| Reference::UsesRole {
+                    field: "towards",
+                    name: role,
+                }))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -111,6 +134,17 @@ impl NetworkFault {
                 deadline_ms: spec.deadline_ms,
             }),
             "power-on" => input.typed::<NothingSpec>().map(|_| Self::PowerOn),
+            "degrade" => {
+                let spec = input.typed::<DegradeSpec>()?;
+                let impairment = spec.impairment(input)?;
+                Some(Self::Degrade {
+                    impairment,
+                    towards: spec.towards,
+                    conn: spec.conn,
+                    deadline_ms: spec.deadline_ms,
+                })
+            }
+            "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
             _ => input.typed::<RebootSpec>().map(|spec| Self::Reboot {
                 simulated: spec.simulated,
                 down_ms: spec.down_ms,
@@ -130,6 +164,152 @@ struct IsolateSpec {
 
 fn drop_mode() -> IsolationMode {
     IsolationMode::Drop
+}
+
+/// What a degraded network does to the packets (see `degrade` in
+/// docs/scenarios.md); percentages are of packets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Impairment {
+    /// Added delay.
+    pub delay_ms: u64,
+    /// Spread around it.
+    pub jitter_ms: u64,
+    /// The spread's shape: `normal`, `pareto`, `paretonormal` (uniform when unsaid).
+    pub distribution: Option<String>,
+    /// Dropped.
+    pub loss: f64,
+    /// How much a loss depends on the one before (bursts).
+    pub loss_correlation: f64,
+    /// Sent twice.
+    pub duplicate: f64,
+    /// Sent without the delay, so ahead of others.
+    pub reorder: f64,
+    /// With one bit flipped.
+    pub corrupt: f64,
+    /// At most this many bits per second (0: no limit).
+    pub rate_bits_per_second: u64,
+}
+
+/// netem's jitter distributions.
+const DISTRIBUTIONS: &[&str] = &["normal", "pareto", "paretonormal"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DegradeSpec {
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    jitter_ms: u64,
+    distribution: Option<String>,
+    #[serde(default)]
+    loss: f64,
+    #[serde(default)]
+    loss_correlation: f64,
+    #[serde(default)]
+    duplicate: f64,
+    #[serde(default)]
+    reorder: f64,
+    #[serde(default)]
+    corrupt: f64,
+    rate: Option<String>,
+    towards: Option<String>,
+    conn: Option<String>,
+    deadline_ms: u64,
+}
+
+impl DegradeSpec {
+    /// The impairment, or `None` after recording what is wrong with it,
+    /// field by field.
+    fn impairment(&self, input: &mut StepInput<'_, '_, '_>) -> Option<Impairment> {
+        let mut fine = true;
+        for (field, value) in [
+            ("loss", self.loss),
+            ("loss_correlation", self.loss_correlation),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+            ("corrupt", self.corrupt),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                input.error(field, format!("{value} is not a percentage (0 to 100)"));
+                fine = false;
+            }
+        }
+        if self.jitter_ms > 0 && self.delay_ms == 0 {
+            input.error("jitter_ms", "needs a delay_ms to spread");
+            fine = false;
+        }
+        if self.reorder > 0.0 && self.delay_ms == 0 {
+            input.error(
+                "reorder",
+                "needs a delay_ms (packets are reordered by skipping it)",
+            );
+            fine = false;
+        }
+        if let Some(distribution) = &self.distribution
+            && (!DISTRIBUTIONS.contains(&distribution.as_str()) || self.jitter_ms == 0)
+        {
+            input.error(
+                "distribution",
+                format!("{distribution:?}: one of {DISTRIBUTIONS:?}, with a jitter_ms"),
+            );
+            fine = false;
+        }
+        let rate_bits_per_second = match self.rate.as_deref().map(bits_per_second) {
+            None => 0,
+            Some(Ok(rate)) => rate,
+            Some(Err(why)) => {
+                input.error("rate", why);
+                fine = false;
+                0
+            }
+        };
+        let impairment = Impairment {
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            distribution: self.distribution.clone(),
+            loss: self.loss,
+            loss_correlation: self.loss_correlation,
+            duplicate: self.duplicate,
+            reorder: self.reorder,
+            corrupt: self.corrupt,
+            rate_bits_per_second,
+        };
+        if fine && impairment == Impairment::default() {
+            input.error(
+                "",
+                "nothing to do: give delay_ms, loss, duplicate, reorder, corrupt or rate",
+            );
+            fine = false;
+        }
+        fine.then_some(impairment)
+    }
+}
+
+/// A rate such as `1mbit`, `500kbit`, `2gbit` or `64000bit`, in bits per second.
+fn bits_per_second(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (number, unit) = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((lower.as_str(), ""), |at| lower.split_at(at));
+    let scale = match unit {
+        "bit" | "" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: give bits per second as e.g. 1mbit, 500kbit, 64000bit"
+            ));
+        }
+    };
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(0) | None => Err(format!("{text:?}: a rate above 0, e.g. 1mbit")),
+        Some(rate) => Ok(rate),
+    }
 }
 
 #[derive(Deserialize)]

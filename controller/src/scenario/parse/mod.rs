@@ -223,6 +223,8 @@ struct ExpectSpec {
     unread_bytes_min: Option<u64>,
     within_ms: Option<u64>,
     since: Option<String>,
+    took_ms_min: Option<u64>,
+    took_ms_max: Option<u64>,
     wire_rst: Option<bool>,
     wire_fin: Option<bool>,
     wire_bytes_before_fin: Option<u64>,
@@ -316,6 +318,8 @@ fn expectation(spec: ExpectSpec) -> Expect {
         unread_bytes_min: spec.unread_bytes_min,
         within_ms: spec.within_ms,
         since: spec.since,
+        took_ms_min: spec.took_ms_min,
+        took_ms_max: spec.took_ms_max,
         wire_rst: spec.wire_rst,
         wire_fin: spec.wire_fin,
         wire_bytes_before_fin: spec.wire_bytes_before_fin,
@@ -414,6 +418,43 @@ expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
             errors[0].message.contains("did you mean \"EPIPE\""),
             "{errors:#?}"
         );
+    }
+
+    #[test]
+    fn a_bad_degradation_is_refused_field_by_field_with_its_line() {
+        let text = GOOD.replace(
+            "roles = [\"client\", \"server\"]",
+            "roles = [\"client\", \"server\"]\nneeds = [\"degrade\"]",
+        ) + r#"
+[[step]]
+role = "client"
+do = "degrade"
+loss = 101.0
+jitter_ms = 5
+distribution = "gauss"
+rate = "0mbit"
+towards = "nobody"
+deadline_ms = 1000
+"#;
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        for field in [
+            "step[5].loss",
+            "step[5].jitter_ms",
+            "step[5].distribution",
+            "step[5].rate",
+        ] {
+            assert!(fields.contains(&field), "{field} in {errors:#?}");
+        }
+        assert!(errors.iter().all(|error| error.line >= 27), "{errors:#?}");
+        let fine = GOOD.replace(
+            "roles = [\"client\", \"server\"]",
+            "roles = [\"client\", \"server\"]\nneeds = [\"degrade\"]",
+        ) + "\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\ndelay_ms = 200\njitter_ms = 20\ndistribution = \"normal\"\nrate = \"1mbit\"\ntowards = \"server\"\ndeadline_ms = 1000\n";
+        assert!(parse("ok.toml", &fine).is_ok());
+        let errors = errors_of(&fine.replace("towards = \"server\"", "towards = \"nobody\""));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "step[5].towards");
     }
 
     #[test]

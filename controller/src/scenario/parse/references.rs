@@ -21,7 +21,10 @@ pub(super) fn check(
     errors: &mut Errors<'_>,
 ) {
     check_header(scenario, document, errors);
-    let mut timeline = Timeline::default();
+    let mut timeline = Timeline {
+        roles: scenario.roles.iter().map(String::as_str).collect(),
+        ..Timeline::default()
+    };
     let mut previous: Option<&Step> = None;
     for (index, (step, table)) in steps.iter().enumerate() {
         if step.with.is_none() {
@@ -117,6 +120,8 @@ impl StepAt {
 /// What the steps so far have defined.
 #[derive(Default)]
 struct Timeline<'s> {
+    /// The scenario's roles.
+    roles: HashSet<&'s str>,
     listeners: HashSet<&'s str>,
     conns: HashSet<&'s str>,
     names: Vec<&'s str>,
@@ -200,6 +205,10 @@ impl<'s> Timeline<'s> {
                 Reference::UsesBackground { field, name } if !self.background.contains(&name) => {
                     Some((field, format!("{name:?} is not an earlier background step")))
                 }
+                Reference::UsesRole { field, name } if !self.roles.contains(name) => Some((
+                    field,
+                    format!("{name:?} is not one of the scenario's roles"),
+                )),
                 _ => None,
             };
             if let Some((field, message)) = missing {

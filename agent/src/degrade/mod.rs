@@ -1,0 +1,376 @@
+//! Bad networks that always heal: delay (with jitter), loss, duplication,
+//! reordering, corruption and a rate limit on one interface, for all its
+//! traffic or only towards one peer or from one local port, until a
+//! deadline.
+//!
+//! A degradation replaces the interface's root queueing discipline; healing
+//! puts back the one it had before (written down first, in a file, since
+//! the watchdog that may heal it is another process), and checks that it
+//! is back: never a blind delete. The privileged part is [`Shaper`]; the
+//! kernel's side is really tried at start, so a host that cannot (no
+//! `sch_netem`) says so instead of doing nothing.
+
+#[cfg(unix)]
+pub mod tc;
+
+use crate::link::{Watchdog, valid_interface};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What happens to the packets of a degraded interface.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Impairment {
+    /// Added to every packet's departure.
+    pub delay: Duration,
+    /// Spread around the delay.
+    pub jitter: Duration,
+    /// Shape of that spread (`normal`, `pareto`, `paretonormal`); uniform when unsaid.
+    pub distribution: Option<String>,
+    /// Packets dropped, in percent.
+    pub loss_percent: f64,
+    /// How much a loss depends on the one before, in percent (bursts).
+    pub loss_correlation_percent: f64,
+    /// Packets sent twice, in percent.
+    pub duplicate_percent: f64,
+    /// Packets sent at once instead of delayed (so out of order), in percent.
+    pub reorder_percent: f64,
+    /// Packets with one bit flipped, in percent.
+    pub corrupt_percent: f64,
+    /// At most this many bits per second (0: no limit).
+    pub rate_bits_per_second: u64,
+}
+
+/// Jitter distributions netem knows (tables shipped with iproute2).
+pub const DISTRIBUTIONS: &[&str] = &["normal", "pareto", "paretonormal"];
+
+impl Impairment {
+    /// Why it cannot be applied, if it cannot: every percentage within
+    /// 0–100, jitter and reordering only with a delay, a known distribution,
+    /// and something to do at all.
+    pub fn problem(&self) -> Option<String> {
+        let percentages = [
+            ("loss", self.loss_percent),
+            ("loss_correlation", self.loss_correlation_percent),
+            ("duplicate", self.duplicate_percent),
+            ("reorder", self.reorder_percent),
+            ("corrupt", self.corrupt_percent),
+        ];
+        for (name, value) in percentages {
+            if !(0.0..=100.0).contains(&value) {
+                return Some(format!("{name}: {value} is not a percentage (0 to 100)"));
+            }
+        }
+        if self.delay.is_zero() && !self.jitter.is_zero() {
+            return Some("jitter: needs a delay to spread".to_owned());
+        }
+        if self.delay.is_zero() && self.reorder_percent > 0.0 {
+            return Some(
+                "reorder: needs a delay (packets are reordered by skipping it)".to_owned(),
+            );
+        }
+        if let Some(distribution) = &self.distribution {
+            if !DISTRIBUTIONS.contains(&distribution.as_str()) {
+                return Some(format!(
+                    "distribution: {distribution:?} is not one of {DISTRIBUTIONS:?}"
+                ));
+            }
+            if self.jitter.is_zero() {
+                return Some("distribution: needs a jitter to shape".to_owned());
+            }
+        }
+        if *self == Self::default() {
+            return Some(
+                "nothing to do: give a delay, loss, duplicate, reorder, corrupt or rate".to_owned(),
+            );
+        }
+        None
+    }
+
+    /// Its netem arguments.
+    pub fn netem_arguments(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let us = |duration: Duration| format!("{}us", duration.as_micros());
+        if !self.delay.is_zero() {
+            args.extend(["delay".to_owned(), us(self.delay)]);
+            if !self.jitter.is_zero() {
+                args.push(us(self.jitter));
+                if let Some(distribution) = &self.distribution {
+                    args.extend(["distribution".to_owned(), distribution.clone()]);
+                }
+            }
+        }
+        let percent = |value: f64| format!("{value}%");
+        if self.loss_percent > 0.0 {
+            args.extend(["loss".to_owned(), percent(self.loss_percent)]);
+            if self.loss_correlation_percent > 0.0 {
+                args.push(percent(self.loss_correlation_percent));
+            }
+        }
+        for (name, value) in [
+            ("duplicate", self.duplicate_percent),
+            ("reorder", self.reorder_percent),
+            ("corrupt", self.corrupt_percent),
+        ] {
+            if value > 0.0 {
+                args.extend([name.to_owned(), percent(value)]);
+            }
+        }
+        if self.rate_bits_per_second > 0 {
+            args.extend([
+                "rate".to_owned(),
+                format!("{}bit", self.rate_bits_per_second),
+            ]);
+        }
+        args
+    }
+}
+
+/// Which packets of the interface it touches (all when both are unsaid).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only those going to this address.
+    pub peer: Option<IpAddr>,
+    /// Only those leaving from this local port.
+    pub local_port: Option<u16>,
+}
+
+/// Why a degradation request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DegradeError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The interface is degraded already.
+    #[error("interface {0} is degraded already; restore it first")]
+    AlreadyDegraded(String),
+    /// Nothing is degraded under that id.
+    #[error("no degradation {0:?} on this agent")]
+    NotDegraded(String),
+    /// The OS refused, or healing did not put back what was there.
+    #[error("{0}")]
+    System(String),
+}
+
+/// The privileged side: an interface's queueing.
+pub trait Shaper: Send + Sync {
+    /// Write down the interface's queueing, then degrade it; what the
+    /// kernel then reports (qdiscs and counters).
+    fn degrade(
+        &self,
+        interface: &str,
+        impairment: &Impairment,
+        selection: &Selection,
+    ) -> Result<String, DegradeError>;
+    /// Put back what was written down and check it is back; the counters
+    /// of the degradation just before it went.
+    fn heal(&self, interface: &str) -> Result<String, DegradeError>;
+    /// Start a watchdog that heals `interface` after `after`.
+    fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, DegradeError>;
+    /// Interfaces an earlier life of the agent left degraded.
+    fn leftovers(&self) -> Vec<String>;
+    /// The interface that holds `address`, if any.
+    fn interface_of(&self, address: IpAddr) -> Result<Option<String>, DegradeError>;
+}
+
+struct Active {
+    interface: String,
+    watchdog: Box<dyn Watchdog>,
+    expires: Instant,
+}
+
+/// The book of degradations this agent made.
+pub struct Degradations {
+    shaper: Box<dyn Shaper>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+impl Degradations {
+    /// Keep the book for `shaper`, after healing what an earlier agent left.
+    pub fn new(shaper: Box<dyn Shaper>) -> Self {
+        for interface in shaper.leftovers() {
+            match shaper.heal(&interface) {
+                Ok(_) => tracing::warn!(%interface, "healed a degradation an earlier agent left"),
+                Err(error) => {
+                    tracing::error!(%interface, %error, "cannot heal a degradation an earlier agent left")
+                }
+            }
+        }
+        Self {
+            shaper,
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+        let mut active = crate::sync::lock(&self.active);
+        active.retain(|_, entry| !entry.watchdog.finished());
+        active
+    }
+
+    /// Degrade `interface` until `deadline` (a watchdog heals it even if the
+    /// agent dies); what the kernel reports it applied.
+    pub fn degrade(
+        &self,
+        id: &str,
+        interface: &str,
+        impairment: &Impairment,
+        selection: &Selection,
+        deadline: Duration,
+    ) -> Result<String, DegradeError> {
+        if !valid_interface(interface) {
+            return Err(DegradeError::Invalid(format!(
+                "interface {interface:?} is not a valid interface name"
+            )));
+        }
+        if let Some(problem) = impairment.problem() {
+            return Err(DegradeError::Invalid(problem));
+        }
+        let mut active = self.active();
+        if active.contains_key(id) {
+            return Err(DegradeError::Invalid(format!(
+                "degradation id {id:?} is in use"
+            )));
+        }
+        if active.values().any(|entry| entry.interface == interface) {
+            return Err(DegradeError::AlreadyDegraded(interface.to_owned()));
+        }
+        // Arm first: once the interface is degraded, it must heal whatever happens.
+        let mut watchdog = self.shaper.arm(interface, deadline)?;
+        let applied = match self.shaper.degrade(interface, impairment, selection) {
+            Ok(applied) => applied,
+            Err(error) => {
+                watchdog.disarm();
+                return Err(error);
+            }
+        };
+        tracing::warn!(%interface, deadline_ms = deadline.as_millis(), "degraded");
+        active.insert(
+            id.to_owned(),
+            Active {
+                interface: interface.to_owned(),
+                watchdog,
+                expires: Instant::now() + deadline,
+            },
+        );
+        Ok(applied)
+    }
+
+    /// The interface named, or the one holding `address` when none is.
+    pub fn interface(&self, interface: &str, address: &str) -> Result<String, DegradeError> {
+        if !interface.is_empty() {
+            return Ok(interface.to_owned());
+        }
+        let parsed: IpAddr = address.parse().map_err(|_| {
+            DegradeError::Invalid(format!(
+                "interface or address: give an interface name, or an IP address ({address:?} is neither)"
+            ))
+        })?;
+        self.shaper
+            .interface_of(parsed)?
+            .ok_or_else(|| DegradeError::Invalid(format!("address: no interface holds {address}")))
+    }
+
+    /// Heal the degradation `id` now; its counters just before.
+    pub fn heal(&self, id: &str) -> Result<String, DegradeError> {
+        let mut entry = self
+            .active()
+            .remove(id)
+            .ok_or_else(|| DegradeError::NotDegraded(id.to_owned()))?;
+        entry.watchdog.disarm();
+        let counters = self.shaper.heal(&entry.interface)?;
+        tracing::warn!(interface = %entry.interface, late_by_ms = Instant::now().saturating_duration_since(entry.expires).as_millis(), "restored");
+        Ok(counters)
+    }
+
+    /// Heal every degradation; how many there were.
+    pub fn heal_all(&self) -> usize {
+        let ids: Vec<String> = self.active().keys().cloned().collect();
+        ids.iter().filter(|id| self.heal(id).is_ok()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delay(ms: u64) -> Impairment {
+        Impairment {
+            delay: Duration::from_millis(ms),
+            ..Impairment::default()
+        }
+    }
+
+    #[test]
+    fn netem_gets_what_was_asked_and_nothing_else() {
+        let impairment = Impairment {
+            jitter: Duration::from_millis(20),
+            distribution: Some("normal".to_owned()),
+            loss_percent: 10.0,
+            loss_correlation_percent: 25.0,
+            rate_bits_per_second: 1_000_000,
+            ..delay(200)
+        };
+        assert_eq!(
+            impairment.netem_arguments().join(" "),
+            "delay 200000us 20000us distribution normal loss 10% 25% rate 1000000bit"
+        );
+        assert_eq!(delay(5).netem_arguments().join(" "), "delay 5000us");
+    }
+
+    #[test]
+    fn impossible_impairments_are_refused_with_the_field_named() {
+        let problems = [
+            (
+                Impairment {
+                    loss_percent: 101.0,
+                    ..delay(1)
+                },
+                "loss: 101",
+            ),
+            (
+                Impairment {
+                    corrupt_percent: -1.0,
+                    ..delay(1)
+                },
+                "corrupt: -1",
+            ),
+            (
+                Impairment {
+                    loss_percent: f64::NAN,
+                    ..delay(1)
+                },
+                "loss: NaN",
+            ),
+            (
+                Impairment {
+                    jitter: Duration::from_millis(1),
+                    ..Impairment::default()
+                },
+                "jitter: needs a delay",
+            ),
+            (
+                Impairment {
+                    reorder_percent: 5.0,
+                    ..Impairment::default()
+                },
+                "reorder: needs a delay",
+            ),
+            (
+                Impairment {
+                    jitter: Duration::from_millis(1),
+                    distribution: Some("gauss".to_owned()),
+                    ..delay(1)
+                },
+                "distribution: \"gauss\"",
+            ),
+            (Impairment::default(), "nothing to do"),
+        ];
+        for (impairment, said) in problems {
+            let problem = impairment.problem().unwrap_or_default();
+            assert!(problem.starts_with(said), "{impairment:?}: {problem}");
+        }
+        assert_eq!(delay(200).problem(), None);
+    }
+}

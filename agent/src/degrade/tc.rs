@@ -1,0 +1,345 @@
+//! Degradations through `tc` (iproute2): the interface's root becomes a
+//! two-band `prio` whose every priority goes to band 2 (untouched), and a
+//! `u32` filter sends the selected packets to band 1, where `netem` does the
+//! damage. The root it had is written down first (one file per network
+//! namespace and interface), put back on heal, and compared with what is
+//! there after. The watchdog is this executable run as `faultlab-agent
+//! degrade-watchdog`.
+
+use super::{DegradeError, Impairment, Selection, Shaper};
+use crate::link::{Watchdog, valid_interface};
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `tc` commands; `exe` is the agent executable, run as the watchdog.
+pub struct Tc {
+    /// The agent executable.
+    pub exe: PathBuf,
+}
+
+/// The watchdog process's whole life: wait, then heal.
+pub fn watchdog_main(interface: &str, after: Duration) -> Result<(), DegradeError> {
+    std::thread::sleep(after);
+    Tc {
+        exe: PathBuf::new(),
+    }
+    .heal(interface)
+    .map(drop)
+}
+
+/// Whether this kernel can degrade: really try netem on a veth pair made
+/// for the purpose (and removed). Why not, if not.
+pub fn probe() -> Result<(), String> {
+    let name = format!("fldp{}", std::process::id() % 100_000);
+    let peer = format!("fldq{}", std::process::id() % 100_000);
+    run(
+        "ip",
+        &["link", "add", &name, "type", "veth", "peer", "name", &peer],
+    )
+    .map_err(|error| format!("cannot make an interface to try netem on: {error}"))?;
+    let tried = run(
+        "tc",
+        &[
+            "qdisc", "add", "dev", &name, "root", "netem", "delay", "1ms",
+        ],
+    );
+    let _ = run("ip", &["link", "del", &name]);
+    tried.map(drop).map_err(|error| {
+        if error.contains("qdisc kind is unknown") {
+            format!("this kernel has no sch_netem ({error})")
+        } else {
+            error
+        }
+    })
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run {program}: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+fn tc(args: &[&str]) -> Result<String, DegradeError> {
+    run("tc", args).map_err(DegradeError::System)
+}
+
+/// Where the root qdisc of `interface` is kept while it is degraded.
+fn snapshot_dir_prefix() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |meta| meta.ino());
+    format!("faultlab-degrade-{namespace}-")
+}
+
+fn snapshot_path(interface: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}{interface}", snapshot_dir_prefix()))
+}
+
+/// The root qdisc line of `tc qdisc show dev X root`, as a comparable form:
+/// its kind, handle and parameters, without `refcnt N`.
+fn root_form(shown: &str) -> String {
+    let line = shown.lines().next().unwrap_or_default();
+    let mut words: Vec<&str> = line.split_whitespace().collect();
+    if let Some(at) = words.iter().position(|word| *word == "refcnt") {
+        words.drain(at..(at + 2).min(words.len()));
+    }
+    words.join(" ")
+}
+
+/// The commands that put back a root written down as `form`: nothing for
+/// one the kernel made itself (handle `0:`: it comes back on its own once
+/// ours is deleted), else the same kind with the same handle and
+/// parameters.
+fn recreate(form: &str) -> Option<Vec<String>> {
+    let words: Vec<&str> = form.split_whitespace().collect();
+    // "qdisc KIND HANDLE root PARAMS..."
+    let (kind, handle) = (words.get(1)?, words.get(2)?);
+    if *handle == "0:" {
+        return None;
+    }
+    let mut args: Vec<String> = [
+        "qdisc", "replace", "dev", "{dev}", "root", "handle", handle, kind,
+    ]
+    .iter()
+    .map(|word| (*word).to_owned())
+    .collect();
+    args.extend(words.iter().skip(4).map(|word| (*word).to_owned()));
+    Some(args)
+}
+
+/// The `u32` filter's matches for `selection` (every packet when empty).
+fn matches(selection: &Selection) -> (&'static str, Vec<String>) {
+    let mut protocol = "ip";
+    let mut found = Vec::new();
+    match selection.peer {
+        Some(IpAddr::V4(peer)) => {
+            found.extend(["match", "ip", "dst", &format!("{peer}/32")].map(String::from))
+        }
+        Some(IpAddr::V6(peer)) => {
+            protocol = "ipv6";
+            found.extend(["match", "ip6", "dst", &format!("{peer}/128")].map(String::from));
+        }
+        None => {}
+    }
+    if let Some(port) = selection.local_port {
+        let family = if protocol == "ipv6" { "ip6" } else { "ip" };
+        found.extend(["match", family, "sport", &port.to_string(), "0xffff"].map(String::from));
+    }
+    if found.is_empty() {
+        found.extend(["match", "u32", "0", "0"].map(String::from));
+    }
+    (protocol, found)
+}
+
+/// A detached process that sleeps, then heals.
+struct Sleeper {
+    child: Child,
+}
+
+impl Watchdog for Sleeper {
+    fn disarm(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Tc {
+    fn apply(
+        &self,
+        interface: &str,
+        impairment: &Impairment,
+        selection: &Selection,
+    ) -> Result<(), DegradeError> {
+        let priomap = ["1"; 16];
+        let mut root = vec![
+            "qdisc", "replace", "dev", interface, "root", "handle", "1:", "prio", "bands", "2",
+            "priomap",
+        ];
+        root.extend(priomap);
+        tc(&root)?;
+        let netem = impairment.netem_arguments();
+        let mut damage = vec![
+            "qdisc", "add", "dev", interface, "parent", "1:1", "handle", "10:", "netem", "limit",
+            "100000",
+        ];
+        damage.extend(netem.iter().map(String::as_str));
+        tc(&damage)?;
+        let (protocol, found) = matches(selection);
+        let mut filter = vec![
+            "filter", "add", "dev", interface, "parent", "1:", "protocol", protocol, "prio", "1",
+            "u32",
+        ];
+        filter.extend(found.iter().map(String::as_str));
+        filter.extend(["flowid", "1:1"]);
+        tc(&filter)?;
+        Ok(())
+    }
+}
+
+impl Shaper for Tc {
+    fn degrade(
+        &self,
+        interface: &str,
+        impairment: &Impairment,
+        selection: &Selection,
+    ) -> Result<String, DegradeError> {
+        let kept = snapshot_path(interface);
+        if kept.exists() {
+            return Err(DegradeError::AlreadyDegraded(interface.to_owned()));
+        }
+        let before = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
+        std::fs::write(&kept, &before).map_err(|error| {
+            DegradeError::System(format!("cannot write {}: {error}", kept.display()))
+        })?;
+        if let Err(error) = self.apply(interface, impairment, selection) {
+            let _ = self.heal(interface);
+            return Err(error);
+        }
+        tc(&["-s", "qdisc", "show", "dev", interface])
+    }
+
+    fn heal(&self, interface: &str) -> Result<String, DegradeError> {
+        let kept = snapshot_path(interface);
+        let before = std::fs::read_to_string(&kept)
+            .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
+        let counters = tc(&["-s", "qdisc", "show", "dev", interface]).unwrap_or_default();
+        // Ours goes (a root the kernel made comes back by itself) ...
+        tc(&["qdisc", "del", "dev", interface, "root"])?;
+        // ... and one someone had set is put back as it was.
+        if let Some(args) = recreate(&before) {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|word| {
+                    if word == "{dev}" {
+                        interface
+                    } else {
+                        word.as_str()
+                    }
+                })
+                .collect();
+            tc(&args)?;
+        }
+        let after = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
+        if after != before {
+            return Err(DegradeError::System(format!(
+                "{interface} healed, but its root is not as before: was {before:?}, is {after:?}"
+            )));
+        }
+        let _ = std::fs::remove_file(&kept);
+        Ok(counters)
+    }
+
+    fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, DegradeError> {
+        if !valid_interface(interface) {
+            return Err(DegradeError::Invalid(format!(
+                "interface {interface:?} is not a valid interface name"
+            )));
+        }
+        let child = Command::new(&self.exe)
+            .args([
+                "degrade-watchdog",
+                interface,
+                &after.as_millis().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C or SIGTERM to the agent's group spares it.
+            .process_group(0)
+            .spawn()
+            .map_err(|error| {
+                DegradeError::System(format!("cannot start the degradation watchdog: {error}"))
+            })?;
+        Ok(Box::new(Sleeper { child }))
+    }
+
+    fn interface_of(&self, address: IpAddr) -> Result<Option<String>, DegradeError> {
+        crate::link::iproute::interface_holding(address)
+            .map_err(|error| DegradeError::System(error.to_string()))
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let prefix = snapshot_dir_prefix();
+        std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.strip_prefix(&prefix))
+                    .filter(|interface| valid_interface(interface))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_is_compared_without_its_reference_count() {
+        assert_eq!(
+            root_form("qdisc fq 8001: root refcnt 2 limit 10000p flow_limit 100p\n"),
+            "qdisc fq 8001: root limit 10000p flow_limit 100p"
+        );
+        assert_eq!(
+            root_form("qdisc noqueue 0: root refcnt 2 \n"),
+            "qdisc noqueue 0: root"
+        );
+    }
+
+    #[test]
+    fn a_root_the_kernel_made_comes_back_by_itself_one_set_by_hand_is_put_back() {
+        assert_eq!(recreate("qdisc noqueue 0: root"), None);
+        assert_eq!(recreate("qdisc fq_codel 0: root limit 10240p"), None);
+        assert_eq!(
+            recreate("qdisc tbf 8003: root rate 10Mbit burst 32Kb lat 50ms")
+                .map(|args| args.join(" ")),
+            Some(
+                "qdisc replace dev {dev} root handle 8003: tbf rate 10Mbit burst 32Kb lat 50ms"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn the_filter_selects_the_peer_and_port_or_everything() {
+        let (protocol, all) = matches(&Selection::default());
+        assert_eq!(
+            (protocol, all.join(" ")),
+            ("ip", "match u32 0 0".to_owned())
+        );
+        let selection = Selection {
+            peer: Some("198.18.1.11".parse().expect("an address")),
+            local_port: Some(7000),
+        };
+        let (protocol, some) = matches(&selection);
+        assert_eq!(
+            (protocol, some.join(" ")),
+            (
+                "ip",
+                "match ip dst 198.18.1.11/32 match ip sport 7000 0xffff".to_owned()
+            )
+        );
+    }
+}
