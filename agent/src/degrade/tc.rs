@@ -7,11 +7,11 @@
 //! degrade-watchdog`.
 
 use super::{DegradeError, Impairment, Selection, Shaper};
+use crate::link::iproute::Sleeper;
 use crate::link::{Watchdog, valid_interface};
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// `tc` commands; `exe` is the agent executable, run as the watchdog.
@@ -143,22 +143,6 @@ fn matches(selection: &Selection) -> (&'static str, Vec<String>) {
     (protocol, found)
 }
 
-/// A detached process that sleeps, then heals.
-struct Sleeper {
-    child: Child,
-}
-
-impl Watchdog for Sleeper {
-    fn disarm(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn finished(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-}
-
 impl Tc {
     fn apply(
         &self,
@@ -251,22 +235,12 @@ impl Shaper for Tc {
                 "interface {interface:?} is not a valid interface name"
             )));
         }
-        let child = Command::new(&self.exe)
-            .args([
-                "degrade-watchdog",
-                interface,
-                &after.as_millis().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C or SIGTERM to the agent's group spares it.
-            .process_group(0)
-            .spawn()
+        let millis = after.as_millis().to_string();
+        let sleeper = Sleeper::start(&self.exe, &["degrade-watchdog", interface, &millis])
             .map_err(|error| {
                 DegradeError::System(format!("cannot start the degradation watchdog: {error}"))
             })?;
-        Ok(Box::new(Sleeper { child }))
+        Ok(Box::new(sleeper))
     }
 
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, DegradeError> {

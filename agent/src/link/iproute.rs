@@ -57,9 +57,25 @@ pub fn interface_holding(address: IpAddr) -> Result<Option<String>, LinkError> {
         .map(|name| name.split('@').next().unwrap_or(name).to_owned()))
 }
 
-/// A detached process that sleeps, then sets the link up.
-struct Sleeper {
+/// A watchdog that is a detached process of this executable: it sleeps,
+/// then undoes a fault (links, degradations).
+pub struct Sleeper {
     child: Child,
+}
+
+impl Sleeper {
+    /// Start `exe ARGS...` detached, in its own process group (a Ctrl-C or
+    /// SIGTERM to the agent's group spares it).
+    pub fn start(exe: &std::path::Path, args: &[&str]) -> std::io::Result<Self> {
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Self { child })
+    }
 }
 
 impl Watchdog for Sleeper {
@@ -162,17 +178,11 @@ impl LinkControl for IpRoute {
         if !valid_interface(interface) {
             return Err(LinkError::BadName(interface.to_owned()));
         }
-        let child = Command::new(&self.exe)
-            .args(["link-watchdog", interface, &after.as_millis().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C or SIGTERM to the agent's group spares it.
-            .process_group(0)
-            .spawn()
-            .map_err(|error| {
+        let millis = after.as_millis().to_string();
+        let sleeper =
+            Sleeper::start(&self.exe, &["link-watchdog", interface, &millis]).map_err(|error| {
                 LinkError::System(format!("cannot start the link watchdog: {error}"))
             })?;
-        Ok(Box::new(Sleeper { child }))
+        Ok(Box::new(sleeper))
     }
 }
