@@ -376,6 +376,7 @@ mod tests {
                 checked: Some("linux (measured)".to_owned()),
                 expected: Some("eof".to_owned()),
                 released_ns: None,
+                detail: None,
             }],
             wire_evidence: false,
             wire: Vec::new(),

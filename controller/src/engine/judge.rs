@@ -35,6 +35,7 @@ pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<Observatio
                 }),
                 expected: step.expect.get(&os).map(Expect::summary),
                 released_ns: run.released.get(step.name.as_str()).copied(),
+                detail: outcome.detail.clone(),
             }
         })
         .collect();
@@ -251,6 +252,7 @@ mod tests {
             unread_bytes: 0,
             start_ns: 0,
             end_ns: 5_000_000,
+            detail: None,
         }
     }
 

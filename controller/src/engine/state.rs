@@ -69,6 +69,9 @@ pub(crate) struct Outcome {
     pub unread_bytes: u64,
     pub start_ns: i64,
     pub end_ns: i64,
+    /// What the fault really did, as the host reported it (a degradation's
+    /// qdiscs and counters).
+    pub detail: Option<String>,
 }
 
 impl Outcome {
@@ -84,6 +87,7 @@ impl Outcome {
             unread_bytes: 0,
             start_ns,
             end_ns,
+            detail: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl Outcome {
             unread_bytes: observation.unread_bytes,
             start_ns: agent.run_ns(observation.start_mono_ns),
             end_ns: agent.run_ns(observation.end_mono_ns),
+            detail: None,
         }
     }
 }

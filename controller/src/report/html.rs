@@ -494,6 +494,7 @@ mod tests {
                 checked: None,
                 expected: None,
                 released_ns: Some(5_000_000),
+                detail: None,
             });
         assert!(render(&run).contains("released together, +3 µs"));
     }

@@ -544,6 +544,7 @@ mod tests {
             checked: None,
             expected: None,
             released_ns: None,
+            detail: None,
         }
     }
 

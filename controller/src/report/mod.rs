@@ -212,6 +212,10 @@ pub struct ObservationReport {
     /// this one really acted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_ns: Option<i64>,
+    /// What a fault really did, as the host reported it: a degradation's
+    /// qdiscs as read back from the kernel, its counters when restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One TCP segment as one host saw it.

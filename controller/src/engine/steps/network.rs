@@ -194,18 +194,26 @@ impl Request {
                     .degrade(acting.request(request))
                     .await
                     .map_err(failed)?;
-                let call = format!("degrade ({})", reply.get_ref().mechanism);
-                return Ok(acting.ok(&call).into());
+                let reply = reply.into_inner();
+                let mut outcome = acting.ok(&format!("degrade ({})", reply.mechanism));
+                // What the kernel reports it applied, read back after.
+                outcome.detail = Some(format!("{}: {}", reply.interface, reply.applied.trim()));
+                return Ok(outcome.into());
             }
             Self::Restore(ids) => {
+                let mut counters = Vec::new();
                 for id in ids {
                     let request = pb::RestoreRequest { id };
-                    client
+                    let reply = client
                         .restore(acting.request(request))
                         .await
                         .map_err(failed)?;
+                    counters.push(reply.into_inner().counters.trim().to_owned());
                 }
-                "restore"
+                let mut outcome = acting.ok("restore");
+                // netem's counters just before it went: what it did.
+                outcome.detail = (!counters.is_empty()).then(|| counters.join("\n"));
+                return Ok(outcome.into());
             }
             Self::LinkDown(request) => {
                 client
