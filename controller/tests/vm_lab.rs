@@ -111,6 +111,8 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         ],
         &history,
     )?;
+    let (test_delayed, control_during, test_after) =
+        control_channel_while_degraded(&inventory, &scratch)?;
     let again = faultlab(
         &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
         &history,
@@ -180,6 +182,21 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     let not_expected = common::not_expected(&report);
     assert!(not_expected.is_empty(), "{not_expected:#?}");
     assert_eq!(report["summary"]["expected"], 7, "{}", report["cases"]);
+
+    // Only the test network was degraded: the control channel kept its
+    // round trip (a wide margin: 500 ms were added on the test network).
+    assert!(
+        test_delayed >= 450,
+        "the test network's round trip: {test_delayed} ms"
+    );
+    assert!(
+        control_during < 100,
+        "the control channel's: {control_during} ms"
+    );
+    assert!(
+        test_after < 100,
+        "restored, the test network's: {test_after} ms"
+    );
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
@@ -312,4 +329,70 @@ fn the_vms_of_a_killed_controller_are_swept_by_the_next_vm_lab() -> TestResult {
     let scratch_dir = faultlab::lab::default_state_dir().join(&prefix);
     assert!(!scratch_dir.exists(), "{} left", scratch_dir.display());
     nothing_left("flv")
+}
+
+/// Milliseconds until a TCP connection attempt to `address` is answered
+/// (accepted or refused: either way one round trip), at most 3 s.
+fn round_trip_ms(address: std::net::SocketAddr) -> u128 {
+    let started = std::time::Instant::now();
+    let _ = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3));
+    started.elapsed().as_millis()
+}
+
+/// Degrade vm-1's test network by 500 ms (a run of a scenario that holds
+/// it for 8 s), and measure from this machine, which has an address on both
+/// lab networks: the test network's round trip to vm-1 (a closed port's
+/// RST), the control channel's (the agent's port) meanwhile, and the test
+/// network's once the run restored it. In milliseconds.
+fn control_channel_while_degraded(
+    inventory: &str,
+    scratch: &std::path::Path,
+) -> Result<(u128, u128, u128), Box<dyn std::error::Error>> {
+    let case = scratch.join("slow.toml");
+    std::fs::write(
+        &case,
+        r#"id = "V1"
+name = "slow-test-network"
+title = "vm-1's test network 500 ms slower for 8 s"
+roles = ["client", "server"]
+needs = ["degrade"]
+
+[[step]]
+role = "client"
+do = "degrade"
+delay_ms = 500
+deadline_ms = 30000
+
+[[step]]
+do = "sleep"
+ms = 8000
+"#,
+    )?;
+    let text = std::fs::read_to_string(inventory)?;
+    let address_of = |key: &str| -> Result<std::net::IpAddr, Box<dyn std::error::Error>> {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(key))
+            .ok_or(format!("no {key} in the inventory"))?;
+        let value = line.split('"').nth(1).ok_or("no value")?;
+        let host = value.rsplit_once(':').map_or(value, |(host, _)| host);
+        Ok(host.parse()?)
+    };
+    let control = std::net::SocketAddr::new(address_of("address")?, 7420);
+    let test = std::net::SocketAddr::new(address_of("test_ip")?, 9);
+    let mut run = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", inventory, "--no-history"])
+        .arg(&case)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut test_delayed = 0;
+    while test_delayed < 450 && std::time::Instant::now() < deadline {
+        test_delayed = round_trip_ms(test);
+    }
+    let control_during = (0..5).map(|_| round_trip_ms(control)).max().unwrap_or(0);
+    run.wait()?;
+    let test_after = round_trip_ms(test);
+    Ok((test_delayed, control_during, test_after))
 }
