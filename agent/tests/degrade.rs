@@ -5,6 +5,7 @@
 //! neither), it fails, and the `tbf` must be there all the same. The VM
 //! lab's degraded suite heals kernel-made roots on a kernel that has them.
 //! Needs root.
+#![cfg(unix)]
 
 mod common;
 
