@@ -556,15 +556,21 @@ impl Agent {
         Duration::from_millis(u64::from(self.config.max_isolation_ms))
     }
 
-    /// Cut traffic until the isolation's deadline; returns when it lifts.
-    pub fn isolate(&self, isolation: Isolation) -> Result<Instant, AgentError> {
-        if isolation.deadline > self.max_isolation() {
+    /// Refuse a fault's deadline over this agent's limit.
+    fn within_limit(&self, deadline: Duration) -> Result<(), AgentError> {
+        if deadline > self.max_isolation() {
             return Err(AgentError::InvalidArgument(format!(
                 "deadline_ms: {} is over this agent's limit of {} ms",
-                isolation.deadline.as_millis(),
+                deadline.as_millis(),
                 self.config.max_isolation_ms
             )));
         }
+        Ok(())
+    }
+
+    /// Cut traffic until the isolation's deadline; returns when it lifts.
+    pub fn isolate(&self, isolation: Isolation) -> Result<Instant, AgentError> {
+        self.within_limit(isolation.deadline)?;
         let isolations = self.isolations()?;
         if !isolation.include_control_channel {
             return Ok(isolations.isolate(isolation)?);
@@ -650,13 +656,7 @@ impl Agent {
         control_address: Option<std::net::IpAddr>,
         allow_control_interface: bool,
     ) -> Result<Instant, AgentError> {
-        if deadline > self.max_isolation() {
-            return Err(AgentError::InvalidArgument(format!(
-                "deadline_ms: {} is over this agent's limit of {} ms",
-                deadline.as_millis(),
-                self.config.max_isolation_ms
-            )));
-        }
+        self.within_limit(deadline)?;
         Ok(self.links()?.take_down(
             interface,
             deadline,
@@ -699,13 +699,7 @@ impl Agent {
         selection: &Selection,
         deadline: Duration,
     ) -> Result<String, AgentError> {
-        if deadline > self.max_isolation() {
-            return Err(AgentError::InvalidArgument(format!(
-                "deadline_ms: {} is over this agent's limit of {} ms",
-                deadline.as_millis(),
-                self.config.max_isolation_ms
-            )));
-        }
+        self.within_limit(deadline)?;
         Ok(self
             .degradations()?
             .degrade(id, interface, impairment, selection, deadline)?)

@@ -464,12 +464,7 @@ fn pulled_then_controller_killed(
     inventory: &str,
     case: &std::path::Path,
 ) -> Result<String, Box<dyn std::error::Error>> {
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(["run", "--inventory", inventory, "--no-history"])
-        .arg(case)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut controller = common::run_in_background(inventory, case)?;
     let pulled = wait_for_operstate("fllt0", "down", Duration::from_secs(30));
     let host_end = Command::new("ip")
         .args(["netns", "exec", "fllh0", "ip", "-o", "link", "show", "eth1"])

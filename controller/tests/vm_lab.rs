@@ -38,6 +38,33 @@ fn leftovers(prefix: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     Ok(left)
 }
 
+/// The JSON report of `suite` run on the lab of `inventory`.
+fn suite_report(
+    suite: &str,
+    inventory: &str,
+    history: &std::path::Path,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let args = [
+        "run",
+        "--suite",
+        suite,
+        "--inventory",
+        inventory,
+        "--format",
+        "json",
+    ];
+    let run = faultlab(&args, history)?;
+    Ok(serde_json::from_slice(&run.stdout)?)
+}
+
+/// The case `id` of a report's cases.
+fn case_of<'a>(cases: &'a [serde_json::Value], id: &str) -> Result<&'a serde_json::Value, String> {
+    cases
+        .iter()
+        .find(|case| case["id"] == id)
+        .ok_or_else(|| format!("no {id}"))
+}
+
 /// The string `field` of every item of a JSON list.
 fn strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
     list.as_array()
@@ -87,30 +114,8 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     common::succeeded(&up)?;
     let inventory = format!("{state}/inventory.toml");
     let agents = faultlab(&["agents", "--inventory", &inventory], &history)?;
-    let physical = faultlab(
-        &[
-            "run",
-            "--suite",
-            "physical",
-            "--inventory",
-            &inventory,
-            "--format",
-            "json",
-        ],
-        &history,
-    )?;
-    let degraded = faultlab(
-        &[
-            "run",
-            "--suite",
-            "degraded",
-            "--inventory",
-            &inventory,
-            "--format",
-            "json",
-        ],
-        &history,
-    )?;
+    let physical = suite_report("physical", &inventory, &history)?;
+    let degraded = suite_report("degraded", &inventory, &history)?;
     let (test_delayed, control_during, test_after) =
         control_channel_while_degraded(&inventory, &scratch)?;
     let again = faultlab(
@@ -154,20 +159,14 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
     }
     // R1's reboot was real: the guest's kernel restarted, nothing shut down.
-    let r1 = cases
-        .iter()
-        .find(|case| case["id"] == "R1")
-        .ok_or("no R1")?;
+    let r1 = case_of(cases, "R1")?;
     let calls = strings(&r1["observations"], "call");
     assert!(calls.contains(&"reboot (reboot(2))"), "{calls:?}");
     let boots = strings(&report["agents"], "boot_id");
     assert_eq!(boots.len(), 2);
     assert_ne!(boots[0], boots[1], "two machines, two boots");
     // S1's cable was pulled at the switch side: a lost carrier.
-    let s1 = cases
-        .iter()
-        .find(|case| case["id"] == "S1")
-        .ok_or("no S1")?;
+    let s1 = case_of(cases, "S1")?;
     let calls = strings(&s1["observations"], "call");
     assert!(
         calls
@@ -178,7 +177,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
 
     // The degraded suite: netem in the guests' own kernels, every case as
     // measured, every interface restored (D1 restores it in a step).
-    let report: serde_json::Value = serde_json::from_slice(&degraded.stdout)?;
+    let report = degraded;
     let not_expected = common::not_expected(&report);
     assert!(not_expected.is_empty(), "{not_expected:#?}");
     assert_eq!(report["summary"]["expected"], 7, "{}", report["cases"]);
@@ -200,7 +199,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
-    let report: serde_json::Value = serde_json::from_slice(&physical.stdout)?;
+    let report = physical;
     let not_expected = common::not_expected(&report);
     assert!(not_expected.is_empty(), "{not_expected:#?}");
     assert_eq!(report["summary"]["expected"], 4, "{}", report["cases"]);
@@ -208,10 +207,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     for case in cases {
         assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
     }
-    let p2 = cases
-        .iter()
-        .find(|case| case["id"] == "P2")
-        .ok_or("no P2")?;
+    let p2 = case_of(cases, "P2")?;
     let calls = strings(&p2["observations"], "call");
     assert!(
         calls
@@ -380,12 +376,7 @@ ms = 8000
     };
     let control = std::net::SocketAddr::new(address_of("address")?, 7420);
     let test = std::net::SocketAddr::new(address_of("test_ip")?, 9);
-    let mut run = Command::new(env!("CARGO_BIN_EXE_faultlab"))
-        .args(["run", "--inventory", inventory, "--no-history"])
-        .arg(&case)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut run = common::run_in_background(inventory, &case)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut test_delayed = 0;
     while test_delayed < 450 && std::time::Instant::now() < deadline {

@@ -210,6 +210,25 @@ impl LocalLab {
     }
 }
 
+/// Every process's id and command-line words.
+pub(crate) fn processes() -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let words = cmdline
+                .split(|byte| *byte == 0)
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            Some((pid, words))
+        })
+        .collect()
+}
+
 impl Drop for LocalLab {
     fn drop(&mut self) {
         agents::stop_all(&mut self.agents);

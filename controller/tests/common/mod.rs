@@ -24,6 +24,21 @@ pub fn faultlab(args: &[&str], history: &std::path::Path) -> std::io::Result<std
         .output()
 }
 
+/// A run of the scenario file `case` on the lab of `inventory`, in the
+/// background (no history, its output discarded): for tests that do
+/// something to the lab, or to the controller, while it runs.
+pub fn run_in_background(
+    inventory: &str,
+    case: &std::path::Path,
+) -> std::io::Result<std::process::Child> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", inventory, "--no-history"])
+        .arg(case)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+}
+
 /// The cases of a JSON report that did not come out `expected`, with why.
 pub fn not_expected(report: &serde_json::Value) -> Vec<String> {
     report["cases"]

@@ -52,7 +52,7 @@ pub(super) fn arm(
 pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
     let fault: &str = fault.into();
     let key = side.key();
-    for (pid, words) in processes() {
+    for (pid, words) in crate::lab::processes() {
         let ours = words.iter().any(|word| word == WATCHDOG)
             && words
                 .windows(2)
@@ -69,7 +69,7 @@ pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
 /// directory). They would only fail later, or, worse, plug in a cable of
 /// the next lab of the same name.
 pub fn disarm_lab(marks: &[String]) {
-    for (pid, words) in processes() {
+    for (pid, words) in crate::lab::processes() {
         let ours = words.iter().any(|word| word == WATCHDOG)
             && words
                 .iter()
@@ -89,25 +89,6 @@ pub fn keep(
 ) -> Result<&'static str, OutsideError> {
     std::thread::sleep(after);
     side.apply(fault, false)
-}
-
-/// Every process's id and command-line words.
-fn processes() -> Vec<(u32, Vec<String>)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let words = cmdline
-                .split(|byte| *byte == 0)
-                .map(|word| String::from_utf8_lossy(word).into_owned())
-                .collect();
-            Some((pid, words))
-        })
-        .collect()
 }
 
 /// The faultlab executable: `FAULTLAB_EXE`, this one, the one beside a

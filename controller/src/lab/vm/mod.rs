@@ -403,22 +403,12 @@ pub(super) fn lab_machines_running(prefix: &str) -> bool {
 
 /// The QEMU processes of this machine: pid, and `-name`.
 fn qemu_processes() -> Vec<(String, String)> {
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    processes
-        .filter_map(Result::ok)
-        .filter_map(|process| {
-            let cmdline = std::fs::read(process.path().join("cmdline")).ok()?;
-            let words: Vec<String> = cmdline
-                .split(|byte| *byte == 0)
-                .map(|word| String::from_utf8_lossy(word).into_owned())
-                .collect();
-            if !words.first().is_some_and(|exe| exe.ends_with(QEMU)) {
-                return None;
-            }
+    super::processes()
+        .into_iter()
+        .filter(|(_, words)| words.first().is_some_and(|exe| exe.ends_with(QEMU)))
+        .filter_map(|(pid, words)| {
             let name = words.windows(2).find(|pair| pair[0] == "-name")?[1].clone();
-            Some((process.file_name().to_string_lossy().into_owned(), name))
+            Some((pid.to_string(), name))
         })
         .collect()
 }
