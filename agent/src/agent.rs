@@ -5,7 +5,7 @@
 //! domain types in and out; `grpc/` only translates.
 
 use crate::capture::{Captured, Captures, Filter};
-use crate::degrade::{Degradations, Impairment, Selection};
+use crate::degrade::{Applied, Degradations, Healed, Impairment, Selection};
 use crate::error::AgentError;
 use crate::events::{DEFAULT_CAPACITY, EventLog};
 use crate::holder::HolderProcess;
@@ -212,17 +212,25 @@ impl Agent {
         if config.allow.reboot {
             capabilities.push("reboot".to_owned());
         }
+        let mut unavailable = Vec::new();
         let degradations = if config.allow.degrade {
-            Current::shaper(&config.holder_exe).map(Degradations::new)
+            // `degrade`: what the host sends (netem); `loss`: what it
+            // receives (a firewall).
+            let shapers = Current::shapers(&config.holder_exe, control_port);
+            for (capability, shaper) in [("degrade", &shapers.outbound), ("loss", &shapers.inbound)]
+            {
+                match shaper {
+                    Ok(_) => capabilities.push(capability.to_owned()),
+                    Err(why) => unavailable.push(format!("{capability}: {why}")),
+                }
+            }
+            match (&shapers.outbound, &shapers.inbound) {
+                (Err(out), Err(_)) => Err(out.clone()),
+                _ => Ok(Degradations::new(shapers)),
+            }
         } else {
             Err("degrading the network is off on this agent: set allow.degrade = true in its config, or start it with --allow degrade".to_owned())
         };
-        let mut unavailable = Vec::new();
-        match &degradations {
-            Ok(_) => capabilities.push("degrade".to_owned()),
-            Err(why) if config.allow.degrade => unavailable.push(format!("degrade: {why}")),
-            Err(_) => {}
-        }
         // Capturing only reads; it is offered wherever the OS allows it.
         let captures = Current::packet_socket()
             .map(|_| Captures::default())
@@ -698,7 +706,7 @@ impl Agent {
         impairment: &Impairment,
         selection: &Selection,
         deadline: Duration,
-    ) -> Result<String, AgentError> {
+    ) -> Result<Applied, AgentError> {
         self.within_limit(deadline)?;
         Ok(self
             .degradations()?
@@ -711,7 +719,7 @@ impl Agent {
     }
 
     /// Heal a degradation now; its counters just before.
-    pub fn restore(&self, id: &str) -> Result<String, AgentError> {
+    pub fn restore(&self, id: &str) -> Result<Healed, AgentError> {
         Ok(self.degradations()?.heal(id)?)
     }
 

@@ -96,9 +96,11 @@ impl From<AgentError> for Status {
             AgentError::PermissionDenied(_) => Status::permission_denied(message),
             AgentError::Degrade(DegradeError::Invalid(_)) => Status::invalid_argument(message),
             AgentError::Degrade(DegradeError::NotDegraded(_)) => Status::not_found(message),
-            AgentError::Degrade(DegradeError::AlreadyDegraded(_) | DegradeError::System(_)) => {
-                Status::failed_precondition(message)
-            }
+            AgentError::Degrade(
+                DegradeError::AlreadyDegraded(_)
+                | DegradeError::Unsupported(_)
+                | DegradeError::System(_),
+            ) => Status::failed_precondition(message),
             AgentError::Process(ProcessError::Invalid(_)) => Status::invalid_argument(message),
             AgentError::Process(ProcessError::NotFound(_)) => Status::not_found(message),
             AgentError::Process(ProcessError::Refused(_))

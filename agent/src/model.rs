@@ -213,6 +213,9 @@ pub struct Observation {
     pub start_wall_unix_ns: i64,
     /// Bytes read, when asked for.
     pub data: Vec<u8>,
+    /// Send and recv: CRC-32 of all the bytes moved, in order.
+    #[serde(default)]
+    pub content_crc32: u32,
 }
 
 /// How a holder process ended.

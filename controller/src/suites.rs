@@ -142,6 +142,14 @@ const DEGRADED: &[(&str, &str)] = &[
         "degraded/d7-heals-at-its-deadline.toml",
         include_str!("../suites/degraded/d7-heals-at-its-deadline.toml"),
     ),
+    (
+        "degraded/d8-rate-limited.toml",
+        include_str!("../suites/degraded/d8-rate-limited.toml"),
+    ),
+    (
+        "degraded/d9-loss-as-asked.toml",
+        include_str!("../suites/degraded/d9-loss-as-asked.toml"),
+    ),
 ];
 
 /// Names of the built-in suites.

@@ -290,6 +290,7 @@ impl Connections {
         };
         let mut observation = timer.finish(Call::Send, id, progress.bytes, end);
         observation.messages = progress.messages;
+        observation.content_crc32 = progress.content.finalize();
         Ok(HolderReply::Observed(observation))
     }
 
@@ -322,6 +323,7 @@ impl Connections {
         let end = reading.unwrap_or(End::Timeout);
         let mut observation = timer.finish(Call::Recv, id, received.bytes, end);
         observation.data = received.data;
+        observation.content_crc32 = received.content.finalize();
         Ok(HolderReply::Observed(observation))
     }
 
@@ -494,6 +496,8 @@ async fn wait_for_unread(stream: &TcpStream, timeout_ms: u32) -> bool {
 struct Progress {
     bytes: u64,
     messages: u64,
+    /// What was written, fingerprinted.
+    content: crc32fast::Hasher,
 }
 
 async fn write_all(stream: &TcpStream, mut buf: &[u8], progress: &mut Progress) -> io::Result<()> {
@@ -502,6 +506,7 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], progress: &mut Progress) 
         match stream.try_write(buf) {
             Ok(written) => {
                 progress.bytes += written as u64;
+                progress.content.update(&buf[..written]);
                 buf = &buf[written..];
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -571,6 +576,8 @@ struct Received {
     bytes: u64,
     keep: bool,
     data: Vec<u8>,
+    /// What was read, fingerprinted.
+    content: crc32fast::Hasher,
 }
 
 impl Received {
@@ -579,11 +586,13 @@ impl Received {
             bytes: 0,
             keep,
             data: Vec::new(),
+            content: crc32fast::Hasher::new(),
         }
     }
 
     fn take(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
+        self.content.update(chunk);
         if self.keep {
             let room = MAX_RETURNED_BYTES.saturating_sub(self.data.len());
             self.data.extend_from_slice(&chunk[..chunk.len().min(room)]);

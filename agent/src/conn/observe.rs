@@ -60,6 +60,7 @@ impl CallTimer {
             end_mono_ns,
             start_wall_unix_ns: self.start_wall_unix_ns,
             data: Vec::new(),
+            content_crc32: 0,
         }
     }
 }

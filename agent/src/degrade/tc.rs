@@ -1,12 +1,13 @@
 //! Degradations through `tc` (iproute2): the interface's root becomes a
 //! two-band `prio` whose every priority goes to band 2 (untouched), and a
 //! `u32` filter sends the selected packets to band 1, where `netem` does the
-//! damage. The root it had is written down first (one file per network
+//! damage; a filter before it keeps the agent's own gRPC replies in band 2,
+//! so a host whose control channel shares the interface stays reachable. The root it had is written down first (one file per network
 //! namespace and interface), put back on heal, and compared with what is
 //! there after. The watchdog is this executable run as `faultlab-agent
 //! degrade-watchdog`.
 
-use super::{DegradeError, Impairment, Selection, Shaper};
+use super::{DegradeError, Healed, Impairment, Selection, Shaper};
 use crate::link::iproute::Sleeper;
 use crate::link::{Watchdog, valid_interface};
 use std::net::IpAddr;
@@ -18,6 +19,8 @@ use std::time::Duration;
 pub struct Tc {
     /// The agent executable.
     pub exe: PathBuf,
+    /// The agent's gRPC port, never degraded.
+    pub control_port: u16,
 }
 
 /// The watchdog process's whole life: wait, then heal.
@@ -25,6 +28,7 @@ pub fn watchdog_main(interface: &str, after: Duration) -> Result<(), DegradeErro
     std::thread::sleep(after);
     Tc {
         exe: PathBuf::new(),
+        control_port: 0,
     }
     .heal(interface)
     .map(drop)
@@ -119,6 +123,31 @@ fn recreate(form: &str) -> Option<Vec<String>> {
     Some(args)
 }
 
+/// The netem qdisc's counters in `tc -s qdisc show` output: packets sent
+/// on, packets dropped.
+fn netem_counters(shown: &str) -> (u64, u64) {
+    let mut lines = shown
+        .lines()
+        .skip_while(|line| !line.starts_with("qdisc netem 10:"));
+    let Some(sent) = lines.nth(1) else {
+        return (0, 0);
+    };
+    // " Sent 1234 bytes 12 pkt (dropped 3, overlimits 0 requeues 0)"
+    let words: Vec<&str> = sent
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+        .filter(|word| !word.is_empty())
+        .collect();
+    let after = |name: &str, offset: usize| {
+        words
+            .iter()
+            .position(|word| *word == name)
+            .and_then(|at| words.get(at + offset))
+            .and_then(|word| word.parse().ok())
+            .unwrap_or(0)
+    };
+    (after("bytes", 1), after("dropped", 1))
+}
+
 /// The `u32` filter's matches for `selection` (every packet when empty).
 fn matches(selection: &Selection) -> (&'static str, Vec<String>) {
     let mut protocol = "ip";
@@ -164,9 +193,20 @@ impl Tc {
         ];
         damage.extend(netem.iter().map(String::as_str));
         tc(&damage)?;
+        if self.control_port != 0 {
+            let port = self.control_port.to_string();
+            // One protocol per filter priority: IPv4's at 1, IPv6's at 2.
+            for (priority, protocol, family) in [("1", "ip", "ip"), ("2", "ipv6", "ip6")] {
+                tc(&[
+                    "filter", "add", "dev", interface, "parent", "1:", "protocol", protocol,
+                    "prio", priority, "u32", "match", family, "sport", &port, "0xffff", "flowid",
+                    "1:2",
+                ])?;
+            }
+        }
         let (protocol, found) = matches(selection);
         let mut filter = vec![
-            "filter", "add", "dev", interface, "parent", "1:", "protocol", protocol, "prio", "1",
+            "filter", "add", "dev", interface, "parent", "1:", "protocol", protocol, "prio", "3",
             "u32",
         ];
         filter.extend(found.iter().map(String::as_str));
@@ -177,11 +217,22 @@ impl Tc {
 }
 
 impl Shaper for Tc {
+    fn mechanism(&self) -> &'static str {
+        "tc netem (prio + u32 filter)"
+    }
+
+    fn cannot(&self, _impairment: &Impairment, selection: &Selection) -> Option<String> {
+        selection
+            .inbound
+            .then(|| "netem shapes what an interface sends, not what it receives".to_owned())
+    }
+
     fn degrade(
         &self,
         interface: &str,
         impairment: &Impairment,
         selection: &Selection,
+        _deadline: Duration,
     ) -> Result<String, DegradeError> {
         let kept = snapshot_path(interface);
         if kept.exists() {
@@ -198,7 +249,7 @@ impl Shaper for Tc {
         tc(&["-s", "qdisc", "show", "dev", interface])
     }
 
-    fn heal(&self, interface: &str) -> Result<String, DegradeError> {
+    fn heal(&self, interface: &str) -> Result<Healed, DegradeError> {
         let kept = snapshot_path(interface);
         let before = std::fs::read_to_string(&kept)
             .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
@@ -226,7 +277,12 @@ impl Shaper for Tc {
             )));
         }
         let _ = std::fs::remove_file(&kept);
-        Ok(counters)
+        let (sent, dropped) = netem_counters(&counters);
+        Ok(Healed {
+            report: counters,
+            sent,
+            dropped,
+        })
     }
 
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, DegradeError> {
@@ -297,6 +353,19 @@ mod tests {
     }
 
     #[test]
+    fn netems_counters_are_read_from_its_own_lines() {
+        let shown = "qdisc prio 1: root refcnt 2 bands 2 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1
+ Sent 5000 bytes 50 pkt (dropped 7, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+qdisc netem 10: parent 1:1 limit 100000 loss 10%
+ Sent 123456 bytes 902 pkt (dropped 98, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+";
+        assert_eq!(netem_counters(shown), (902, 98));
+        assert_eq!(netem_counters("qdisc noqueue 0: root refcnt 2\n"), (0, 0));
+    }
+
+    #[test]
     fn the_filter_selects_the_peer_and_port_or_everything() {
         let (protocol, all) = matches(&Selection::default());
         assert_eq!(
@@ -304,6 +373,7 @@ mod tests {
             ("ip", "match u32 0 0".to_owned())
         );
         let selection = Selection {
+            inbound: false,
             peer: Some("198.18.1.11".parse().expect("an address")),
             local_port: Some(7000),
         };

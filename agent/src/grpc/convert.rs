@@ -368,6 +368,7 @@ impl From<Observation> for pb::Observation {
             end_mono_ns: observation.end_mono_ns,
             start_wall_unix_ns: observation.start_wall_unix_ns,
             data: observation.data,
+            content_crc32: observation.content_crc32,
         }
     }
 }
@@ -526,7 +527,23 @@ pub(super) fn degradation(
                 .map_err(|_| invalid(format!("local_port: {port} is not a port (1 to 65535)")))?,
         ),
     };
-    Ok((impairment, Selection { peer, local_port }))
+    let inbound = match request.direction() {
+        pb::Direction::Unspecified | pb::Direction::Out => false,
+        pb::Direction::In => true,
+        pb::Direction::Both => {
+            return Err(invalid(
+                "direction: one degradation is for what the host sends (out) or what it receives (in), not both".to_owned(),
+            ));
+        }
+    };
+    Ok((
+        impairment,
+        Selection {
+            inbound,
+            peer,
+            local_port,
+        },
+    ))
 }
 
 pub(super) fn host_info(host: &HostInfo) -> pb::HostInfoReply {

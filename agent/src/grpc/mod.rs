@@ -385,8 +385,8 @@ impl pb::agent_server::Agent for AgentService {
                 .degrade(&id, &interface, &impairment, &selection, deadline)?;
             Ok(Response::new(pb::DegradeReply {
                 interface,
-                applied,
-                mechanism: "tc netem (prio + u32 filter)".to_owned(),
+                applied: applied.report,
+                mechanism: applied.mechanism.to_owned(),
             }))
         })
         .await
@@ -395,8 +395,12 @@ impl pb::agent_server::Agent for AgentService {
     async fn restore(&self, request: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
         audited(request, "Restore", |request| async move {
             let id = isolation_id(&request.into_inner().id)?;
-            let counters = self.agent.restore(&id)?;
-            Ok(Response::new(pb::RestoreReply { counters }))
+            let healed = self.agent.restore(&id)?;
+            Ok(Response::new(pb::RestoreReply {
+                counters: healed.report,
+                sent_packets: healed.sent,
+                dropped_packets: healed.dropped,
+            }))
         })
         .await
     }

@@ -144,11 +144,17 @@ impl Platform for Linux {
         }))
     }
 
-    fn shaper(exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String> {
-        crate::degrade::tc::probe()?;
-        Ok(Box::new(crate::degrade::tc::Tc {
-            exe: exe.to_path_buf(),
-        }))
+    fn shapers(exe: &std::path::Path, control_port: u16) -> crate::degrade::Shapers {
+        use crate::degrade::{Shaper, Shapers, nft, tc};
+        let outbound = tc::probe().map(|()| {
+            Box::new(tc::Tc {
+                exe: exe.to_path_buf(),
+                control_port,
+            }) as Box<dyn Shaper>
+        });
+        let inbound =
+            nft::probe().map(|()| Box::new(nft::NftLoss { control_port }) as Box<dyn Shaper>);
+        Shapers { outbound, inbound }
     }
 
     #[cfg(target_os = "linux")]

@@ -80,10 +80,10 @@ pub trait Platform {
     /// `exe` is the agent executable (its watchdog).
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>>;
 
-    /// Degrading the network (delay, loss, ...), run as `exe
-    /// degrade-watchdog` for deadlines; or why this host cannot (found by
-    /// really trying).
-    fn shaper(exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String>;
+    /// Ways of degrading the network (delay, loss, ...), run as `exe
+    /// degrade-watchdog` for deadlines, never touching `control_port`; or
+    /// why this host cannot (found by really trying).
+    fn shapers(exe: &std::path::Path, control_port: u16) -> crate::degrade::Shapers;
 
     /// A raw packet socket that sees every IP packet of the host, both
     /// directions, without link-layer headers (needs CAP_NET_RAW).

@@ -131,8 +131,12 @@ impl Platform for Windows {
         None
     }
 
-    fn shaper(_exe: &std::path::Path) -> Result<Box<dyn crate::degrade::Shaper>, String> {
-        Err("degrading the network is not implemented on Windows (it would need a WFP callout or a NDIS filter driver; netem is Linux's)".to_owned())
+    fn shapers(_exe: &std::path::Path, _control_port: u16) -> crate::degrade::Shapers {
+        let missing = "degrading the network is not implemented on Windows (it would need a WFP callout or a NDIS filter driver; netem is Linux's)";
+        crate::degrade::Shapers {
+            outbound: Err(missing.to_owned()),
+            inbound: Err(missing.to_owned()),
+        }
     }
 
     fn packet_socket() -> io::Result<socket2::Socket> {

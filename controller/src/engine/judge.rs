@@ -1,7 +1,7 @@
 //! What happened against what was expected: each step's outcome against
 //! the expectation for its host's OS, and the observations for the report.
 
-use super::state::{CaseRun, Outcome};
+use super::state::{CaseRun, Counted, Outcome};
 use super::wire::compare_wire;
 use crate::report::{ObservationReport, WireReport};
 use crate::scenario::{Action, Expect, NetworkFault, Scenario, Step};
@@ -36,6 +36,9 @@ pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<Observatio
                 expected: step.expect.get(&os).map(Expect::summary),
                 released_ns: run.released.get(step.name.as_str()).copied(),
                 detail: outcome.detail.clone(),
+                content_crc32: outcome.content_crc32,
+                fault_sent_packets: outcome.counted.map(|counted| counted.sent),
+                fault_dropped_packets: outcome.counted.map(|counted| counted.dropped),
             }
         })
         .collect();
@@ -150,6 +153,55 @@ fn with_application_bytes(expect: &Expect, rewrites: &[(u64, u64)]) -> Expect {
     }
 }
 
+fn crc_words(crc: Option<u32>) -> String {
+    crc.map_or_else(|| "none".to_owned(), |crc| format!("{crc:08x}"))
+}
+
+/// What differs between what a degradation was expected to drop and what
+/// the kernel counted.
+fn counted_differences(expect: &Expect, counted: Option<Counted>) -> Vec<String> {
+    let asks = expect.dropped_min.is_some()
+        || expect.dropped_max.is_some()
+        || expect.dropped_percent_min.is_some()
+        || expect.dropped_percent_max.is_some();
+    if !asks {
+        return Vec::new();
+    }
+    let Some(counted) = counted else {
+        return vec!["no degradation counts to check (only a restore has them)".to_owned()];
+    };
+    let mut found = Vec::new();
+    let (dropped, percent) = (counted.dropped, counted.dropped_percent());
+    if let Some(min) = expect.dropped_min
+        && dropped < min
+    {
+        found.push(format!(
+            "{dropped} packets dropped, expected at least {min}"
+        ));
+    }
+    if let Some(max) = expect.dropped_max
+        && dropped > max
+    {
+        found.push(format!("{dropped} packets dropped, expected at most {max}"));
+    }
+    let met = counted.sent + counted.dropped;
+    if let Some(min) = expect.dropped_percent_min
+        && percent < min
+    {
+        found.push(format!(
+            "{percent:.2} % of {met} packets dropped, expected at least {min} %"
+        ));
+    }
+    if let Some(max) = expect.dropped_percent_max
+        && percent > max
+    {
+        found.push(format!(
+            "{percent:.2} % of {met} packets dropped, expected at most {max} %"
+        ));
+    }
+    found
+}
+
 /// What differs between an expectation and an outcome, in words.
 fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>) -> Vec<String> {
     let mut found = Vec::new();
@@ -222,6 +274,24 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
             ));
         }
     }
+    if let Some(other) = &expect.same_bytes_as
+        && let Some(other_outcome) = steps.get(other.as_str())
+    {
+        let (mine, theirs) = (outcome.content_crc32, other_outcome.content_crc32);
+        if outcome.bytes != other_outcome.bytes {
+            found.push(format!(
+                "{} bytes, expected the {} of step {other}",
+                outcome.bytes, other_outcome.bytes
+            ));
+        } else if mine.is_none() || mine != theirs {
+            found.push(format!(
+                "other bytes than step {other}'s (CRC-32 {}, expected {})",
+                crc_words(mine),
+                crc_words(theirs)
+            ));
+        }
+    }
+    found.extend(counted_differences(expect, outcome.counted));
     let took_ms = u64::try_from((outcome.end_ns - outcome.start_ns) / 1_000_000).unwrap_or(0);
     if let Some(min) = expect.took_ms_min
         && took_ms < min
@@ -253,7 +323,64 @@ mod tests {
             start_ns: 0,
             end_ns: 5_000_000,
             detail: None,
+            content_crc32: None,
+            counted: None,
         }
+    }
+
+    #[test]
+    fn the_same_bytes_are_as_many_with_the_same_crc() {
+        let mut sent = outcome(ExpectedOutcome::Ok, "", 100);
+        sent.content_crc32 = Some(0xdead_beef);
+        let mut read = outcome(ExpectedOutcome::Eof, "", 100);
+        read.content_crc32 = Some(0xdead_beef);
+        let expect = Expect {
+            same_bytes_as: Some("send".to_owned()),
+            ..Expect::default()
+        };
+        let steps = BTreeMap::from([("send", &sent)]);
+        assert!(compare(&expect, &read, &steps).is_empty());
+        read.content_crc32 = Some(0xbeef_dead);
+        assert_eq!(
+            compare(&expect, &read, &steps),
+            ["other bytes than step send's (CRC-32 beefdead, expected deadbeef)"]
+        );
+        read.bytes = 99;
+        assert_eq!(
+            compare(&expect, &read, &steps),
+            ["99 bytes, expected the 100 of step send"]
+        );
+    }
+
+    #[test]
+    fn the_kernels_counts_are_held_to_the_expected_share() {
+        let expect = Expect {
+            dropped_min: Some(10),
+            dropped_percent_min: Some(9.0),
+            dropped_percent_max: Some(11.0),
+            ..Expect::default()
+        };
+        let mut restore = outcome(ExpectedOutcome::Ok, "", 0);
+        assert_eq!(
+            compare(&expect, &restore, &BTreeMap::new()),
+            ["no degradation counts to check (only a restore has them)"]
+        );
+        restore.counted = Some(Counted {
+            sent: 900,
+            dropped: 100,
+        });
+        assert!(compare(&expect, &restore, &BTreeMap::new()).is_empty());
+        restore.counted = Some(Counted {
+            sent: 80,
+            dropped: 5,
+        });
+        assert_eq!(
+            compare(&expect, &restore, &BTreeMap::new()),
+            [
+                "5 packets dropped, expected at least 10",
+                "5.88 % of 85 packets dropped, expected at least 9 %"
+            ]
+        );
     }
 
     #[test]

@@ -90,15 +90,14 @@ fn width(plan: &Plan) -> usize {
 }
 
 /// Whether a case must run alone: one that cuts hosts off, pulls their
-/// cables, cuts their power or reboots them
+/// cables, cuts their power, reboots them or degrades their network
 /// would disturb any other on the same hosts, and an application's probe
 /// counts every socket of its port.
 fn runs_alone(case: &Scenario, targets: &BTreeMap<String, Arc<TargetHandle>>) -> bool {
     !targets.is_empty()
-        || case
-            .needs
-            .iter()
-            .any(|need| ["isolate", "reboot", "link", "power"].contains(&need.as_str()))
+        || case.needs.iter().any(|need| {
+            ["isolate", "reboot", "link", "power", "degrade", "loss"].contains(&need.as_str())
+        })
 }
 
 /// The run's cases under way: one task per case and binding, each with a

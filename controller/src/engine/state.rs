@@ -72,6 +72,31 @@ pub(crate) struct Outcome {
     /// What the fault really did, as the host reported it (a degradation's
     /// qdiscs and counters).
     pub detail: Option<String>,
+    /// Send and recv: CRC-32 of the bytes the call moved.
+    pub content_crc32: Option<u32>,
+    /// A restore: packets its degradations sent on and dropped (kernel counts).
+    pub counted: Option<Counted>,
+}
+
+/// Packets a degradation met, as the kernel counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counted {
+    /// Sent on (duplicates included).
+    pub sent: u64,
+    /// Dropped.
+    pub dropped: u64,
+}
+
+impl Counted {
+    /// Dropped, in percent of all that met it (0 when none did).
+    pub fn dropped_percent(self) -> f64 {
+        let met = self.sent + self.dropped;
+        if met == 0 {
+            0.0
+        } else {
+            self.dropped as f64 * 100.0 / met as f64
+        }
+    }
 }
 
 impl Outcome {
@@ -88,6 +113,8 @@ impl Outcome {
             start_ns,
             end_ns,
             detail: None,
+            content_crc32: None,
+            counted: None,
         }
     }
 
@@ -120,6 +147,8 @@ impl Outcome {
             start_ns: agent.run_ns(observation.start_mono_ns),
             end_ns: agent.run_ns(observation.end_mono_ns),
             detail: None,
+            content_crc32: matches!(call, "send" | "recv").then_some(observation.content_crc32),
+            counted: None,
         }
     }
 }

@@ -233,19 +233,22 @@ pub(super) fn compare_wire(
 
 /// Whether some payload byte of `segments` (in time order) was sent
 /// again: a segment of a flow starts below the highest sequence number
-/// that flow has already covered.
+/// that flow has already covered. A segment lost before the capture saw it
+/// (a degradation drops it in the sender's own kernel) shows as the hole
+/// its retransmission fills, late.
 fn retransmits(segments: &[&WireReport]) -> bool {
-    let mut covered: HashMap<(&str, &str), (u32, u64)> = HashMap::new();
+    let mut covered: HashMap<(&str, &str), (u32, i64)> = HashMap::new();
     segments
         .iter()
         .filter(|segment| segment.payload > 0)
         .any(|segment| {
             let flow = (segment.source.as_str(), segment.destination.as_str());
-            let (first, end) = covered.entry(flow).or_insert((segment.seq, 0));
-            // Offsets from the flow's first data byte seen, modulo 2^32.
-            let start = u64::from(segment.seq.wrapping_sub(*first));
+            let (first, end) = covered.entry(flow).or_insert((segment.seq, i64::MIN));
+            // Offsets from the flow's first data segment seen, modulo 2^32:
+            // negative for one that fills a hole before it.
+            let start = i64::from(segment.seq.wrapping_sub(*first) as i32);
             let again = start < *end;
-            *end = (*end).max(start + u64::from(segment.payload));
+            *end = (*end).max(start + i64::from(segment.payload));
             again
         })
 }
@@ -306,6 +309,16 @@ mod tests {
         assert!(!retransmits(&[&first, &second, &other]));
         // Keepalive probes carry nothing.
         assert!(!retransmits(&[&first, &data(1_099, 0)]));
+        // The first segment never reached the capture (dropped by the
+        // sender's own kernel); its retransmission comes after the next.
+        assert!(retransmits(&[&second, &first]));
+        // Sequence numbers wrap.
+        assert!(retransmits(&[
+            &data(u32::MAX - 50, 100),
+            &data(49, 100),
+            &data(u32::MAX - 50, 100)
+        ]));
+        assert!(!retransmits(&[&data(u32::MAX - 50, 100), &data(49, 100)]));
     }
 
     #[test]

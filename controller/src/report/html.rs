@@ -495,6 +495,9 @@ mod tests {
                 expected: None,
                 released_ns: Some(5_000_000),
                 detail: None,
+                content_crc32: None,
+                fault_sent_packets: None,
+                fault_dropped_packets: None,
             });
         assert!(render(&run).contains("released together, +3 µs"));
     }

@@ -545,6 +545,9 @@ mod tests {
             expected: None,
             released_ns: None,
             detail: None,
+            content_crc32: None,
+            fault_sent_packets: None,
+            fault_dropped_packets: None,
         }
     }
 

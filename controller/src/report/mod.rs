@@ -216,6 +216,17 @@ pub struct ObservationReport {
     /// qdiscs as read back from the kernel, its counters when restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Send and recv: CRC-32 of the bytes the call moved (a reader's equals
+    /// its sender's when the stream arrived intact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_crc32: Option<u32>,
+    /// A restore: packets its degradations sent on (duplicates included),
+    /// as the kernel counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_sent_packets: Option<u64>,
+    /// ... and packets they dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_dropped_packets: Option<u64>,
 }
 
 /// One TCP segment as one host saw it.

@@ -26,8 +26,9 @@ pub use parse::{ScenarioError, ScenarioErrors, parse};
 use std::collections::BTreeMap;
 
 /// Capabilities a scenario may need from its agents beyond connections.
-pub const KNOWN_CAPABILITIES: &[&str] =
-    &["isolate", "link", "reboot", "process", "power", "degrade"];
+pub const KNOWN_CAPABILITIES: &[&str] = &[
+    "isolate", "link", "reboot", "process", "power", "degrade", "loss",
+];
 
 /// OS families an expectation can be written for (as agents report them).
 pub const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
@@ -108,7 +109,7 @@ impl ExpectedOutcome {
 }
 
 /// What one OS is expected to answer to a step.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Expect {
     /// How the call ends.
     pub outcome: Option<ExpectedOutcome>,
@@ -124,6 +125,19 @@ pub struct Expect {
     pub bytes_below: Option<String>,
     /// At least this many unread bytes at close.
     pub unread_bytes_min: Option<u64>,
+    /// The very bytes the named step moved (as many, and the same CRC-32):
+    /// a stream that arrived intact.
+    pub same_bytes_as: Option<String>,
+    /// A restore: its degradations dropped at least this many packets
+    /// (the kernel's count).
+    pub dropped_min: Option<u64>,
+    /// ... and at most this many.
+    pub dropped_max: Option<u64>,
+    /// A restore: the share of packets its degradations dropped, in percent
+    /// of those that met them, at least ...
+    pub dropped_percent_min: Option<f64>,
+    /// ... and at most.
+    pub dropped_percent_max: Option<f64>,
     /// Ends at most this long after the start of step `since`.
     pub within_ms: Option<u64>,
     /// The step `within_ms` counts from.
@@ -172,6 +186,21 @@ impl Expect {
         }
         if let Some(bytes) = self.unread_bytes_min {
             parts.push(format!("≥ {bytes} B unread"));
+        }
+        if let Some(step) = &self.same_bytes_as {
+            parts.push(format!("the bytes of {step}"));
+        }
+        match (self.dropped_min, self.dropped_max) {
+            (Some(min), Some(max)) => parts.push(format!("{min}–{max} packets dropped")),
+            (Some(min), None) => parts.push(format!("≥ {min} packets dropped")),
+            (None, Some(max)) => parts.push(format!("≤ {max} packets dropped")),
+            (None, None) => {}
+        }
+        match (self.dropped_percent_min, self.dropped_percent_max) {
+            (Some(min), Some(max)) => parts.push(format!("{min}–{max} % dropped")),
+            (Some(min), None) => parts.push(format!("≥ {min} % dropped")),
+            (None, Some(max)) => parts.push(format!("≤ {max} % dropped")),
+            (None, None) => {}
         }
         if let (Some(within), Some(since)) = (self.within_ms, &self.since) {
             parts.push(format!("within {within} ms of {since}"));

@@ -103,3 +103,14 @@ pub fn succeeded(output: &std::process::Output) -> Result<(), String> {
         ))
     }
 }
+
+/// The case `id` of a report's cases.
+pub fn case_of<'a>(
+    cases: &'a [serde_json::Value],
+    id: &str,
+) -> Result<&'a serde_json::Value, String> {
+    cases
+        .iter()
+        .find(|case| case["id"] == id)
+        .ok_or_else(|| format!("no {id}"))
+}

@@ -3,7 +3,7 @@
 
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
-use crate::engine::state::{Isolation, Names, StepError};
+use crate::engine::state::{Counted, Isolation, Names, StepError};
 use crate::lab::outside::{LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
@@ -100,12 +100,14 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             impairment,
             towards,
             conn,
+            inbound,
             deadline_ms,
         } => Request::Degrade(degrade_request(
             at,
             impairment,
             towards.as_deref(),
             conn.as_deref(),
+            *inbound,
             *deadline_ms,
         )?),
         NetworkFault::Restore => Request::Restore(
@@ -202,17 +204,22 @@ impl Request {
             }
             Self::Restore(ids) => {
                 let mut counters = Vec::new();
+                let mut counted = Counted::default();
                 for id in ids {
                     let request = pb::RestoreRequest { id };
                     let reply = client
                         .restore(acting.request(request))
                         .await
-                        .map_err(failed)?;
-                    counters.push(reply.into_inner().counters.trim().to_owned());
+                        .map_err(failed)?
+                        .into_inner();
+                    counters.push(reply.counters.trim().to_owned());
+                    counted.sent += reply.sent_packets;
+                    counted.dropped += reply.dropped_packets;
                 }
                 let mut outcome = acting.ok("restore");
-                // netem's counters just before it went: what it did.
+                // The counters just before it went: what it did.
                 outcome.detail = (!counters.is_empty()).then(|| counters.join("\n"));
+                outcome.counted = (!counters.is_empty()).then_some(counted);
                 return Ok(outcome.into());
             }
             Self::LinkDown(request) => {
@@ -279,6 +286,7 @@ fn degrade_request(
     impairment: &Impairment,
     towards: Option<&str>,
     conn: Option<&str>,
+    inbound: bool,
     deadline_ms: u64,
 ) -> Result<pb::DegradeRequest, StepError> {
     let flow = conn
@@ -316,6 +324,11 @@ fn degrade_request(
         reorder_percent: impairment.reorder,
         corrupt_percent: impairment.corrupt,
         rate_bits_per_second: impairment.rate_bits_per_second,
+        direction: if inbound {
+            pb::Direction::In
+        } else {
+            pb::Direction::Out
+        } as i32,
     })
 }
 

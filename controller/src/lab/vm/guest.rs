@@ -18,6 +18,7 @@ const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
     "nf_tables",
+    "nft_numgen",
     "nft_reject_inet",
     "nft_reject_ipv4",
     "nft_reject_ipv6",

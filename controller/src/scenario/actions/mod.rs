@@ -110,7 +110,7 @@ impl Action {
     /// The capability an agent needs for this action, if beyond connections.
     pub fn capability(&self) -> Option<&'static str> {
         match self {
-            Self::Network(fault) => Some(fault.capability()),
+            Self::Network(fault) => fault.capability(),
             Self::Process(fault) => fault.capability(),
             Self::Socket(_) | Self::Timing(_) => None,
         }

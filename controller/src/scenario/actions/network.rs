@@ -53,6 +53,9 @@ pub enum NetworkFault {
         towards: Option<String>,
         /// Only this connection's packets (from its local port to its peer).
         conn: Option<String>,
+        /// What the host receives instead of what it sends (loss only; then
+        /// `towards` and `conn` select by source and local destination).
+        inbound: bool,
         /// It heals by itself after this.
         deadline_ms: u64,
     },
@@ -80,9 +83,9 @@ pub enum IsolationMode {
 }
 
 impl NetworkFault {
-    /// The capability an agent needs for it.
-    pub fn capability(&self) -> &'static str {
-        match self {
+    /// The capability an agent needs for it (none to undo what this case did).
+    pub fn capability(&self) -> Option<&'static str> {
+        Some(match self {
             Self::Isolate { .. }
             | Self::Heal
             | Self::Reboot {
@@ -95,8 +98,12 @@ impl NetworkFault {
             } => "reboot",
             Self::LinkDown { .. } | Self::LinkUp => "link",
             Self::PowerCut { .. } | Self::PowerOn => "power",
-            Self::Degrade { .. } | Self::Restore => "degrade",
-        }
+            // What a host receives is lost by its firewall; what it sends
+            // is degraded by its queueing (netem).
+            Self::Degrade { inbound: true, .. } => "loss",
+            Self::Degrade { .. } => "degrade",
+            Self::Restore => return None,
+        })
     }
 
     /// The names it uses.
@@ -137,10 +144,19 @@ impl NetworkFault {
             "degrade" => {
                 let spec = input.typed::<DegradeSpec>()?;
                 let impairment = spec.impairment(input)?;
+                let inbound = spec.direction == Some(DegradeDirection::In);
+                if inbound && !impairment.is_plain_loss() {
+                    input.error(
+                        "direction",
+                        "what a host receives can only be lost (loss, without loss_correlation); delay, duplicate, reorder, corrupt and rate are made on what it sends (direction = \"out\")",
+                    );
+                    return None;
+                }
                 Some(Self::Degrade {
                     impairment,
                     towards: spec.towards,
                     conn: spec.conn,
+                    inbound,
                     deadline_ms: spec.deadline_ms,
                 })
             }
@@ -190,6 +206,17 @@ pub struct Impairment {
     pub rate_bits_per_second: u64,
 }
 
+impl Impairment {
+    /// Whether it only drops packets, independently of each other.
+    pub fn is_plain_loss(&self) -> bool {
+        *self
+            == Self {
+                loss: self.loss,
+                ..Self::default()
+            }
+    }
+}
+
 /// netem's jitter distributions.
 const DISTRIBUTIONS: &[&str] = &["normal", "pareto", "paretonormal"];
 
@@ -214,7 +241,18 @@ struct DegradeSpec {
     rate: Option<String>,
     towards: Option<String>,
     conn: Option<String>,
+    direction: Option<DegradeDirection>,
     deadline_ms: u64,
+}
+
+/// Which of a host's packets a degradation touches.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum DegradeDirection {
+    /// What it sends (the default).
+    Out,
+    /// What it receives.
+    In,
 }
 
 impl DegradeSpec {

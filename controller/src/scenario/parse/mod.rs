@@ -221,6 +221,11 @@ struct ExpectSpec {
     bytes_min: Option<u64>,
     bytes_below: Option<String>,
     unread_bytes_min: Option<u64>,
+    same_bytes_as: Option<String>,
+    dropped_min: Option<u64>,
+    dropped_max: Option<u64>,
+    dropped_percent_min: Option<f64>,
+    dropped_percent_max: Option<f64>,
     within_ms: Option<u64>,
     since: Option<String>,
     took_ms_min: Option<u64>,
@@ -316,6 +321,11 @@ fn expectation(spec: ExpectSpec) -> Expect {
         bytes_min: spec.bytes_min,
         bytes_below: spec.bytes_below,
         unread_bytes_min: spec.unread_bytes_min,
+        same_bytes_as: spec.same_bytes_as,
+        dropped_min: spec.dropped_min,
+        dropped_max: spec.dropped_max,
+        dropped_percent_min: spec.dropped_percent_min,
+        dropped_percent_max: spec.dropped_percent_max,
         within_ms: spec.within_ms,
         since: spec.since,
         took_ms_min: spec.took_ms_min,
@@ -455,6 +465,69 @@ deadline_ms = 1000
         let errors = errors_of(&fine.replace("towards = \"server\"", "towards = \"nobody\""));
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(errors[0].field, "step[5].towards");
+    }
+
+    #[test]
+    fn what_a_host_receives_can_only_be_lost_and_needs_loss() {
+        let with_needs = |needs: &str| {
+            GOOD.replace(
+                "roles = [\"client\", \"server\"]",
+                &format!("roles = [\"client\", \"server\"]\nneeds = [{needs}]"),
+            )
+        };
+        let step = "\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\ndirection = \"in\"\nloss = 10.0\ndeadline_ms = 1000\n";
+        let scenario = parse("ok.toml", &(with_needs("\"loss\"") + step));
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert_eq!(scenario.steps[4].action.capability(), Some("loss"));
+        // A delay on what arrives, a direction that is none, a need left out.
+        let errors =
+            errors_of(&(with_needs("\"loss\"") + &step.replace("loss = 10.0", "delay_ms = 50")));
+        assert_eq!(errors[0].field, "step[5].direction", "{errors:#?}");
+        assert!(
+            errors[0].message.contains("can only be lost"),
+            "{errors:#?}"
+        );
+        let errors = errors_of(&(with_needs("\"loss\"") + &step.replace("\"in\"", "\"sideways\"")));
+        assert!(
+            errors[0].message.contains("unknown variant `sideways`"),
+            "{errors:#?}"
+        );
+        let errors = errors_of(&(with_needs("\"degrade\"") + step));
+        assert_eq!(errors[0].field, "step[5].do", "{errors:#?}");
+        assert!(
+            errors[0].message.contains("\"loss\" capability"),
+            "{errors:#?}"
+        );
+        // What a host sends needs `degrade`; undoing needs nothing more.
+        let out = step.replace("direction = \"in\"\n", "");
+        let scenario = parse(
+            "ok.toml",
+            &(with_needs("\"degrade\"")
+                + &out
+                + "\n[[step]]\nrole = \"client\"\ndo = \"restore\"\n"),
+        );
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert_eq!(scenario.steps[4].action.capability(), Some("degrade"));
+        assert_eq!(scenario.steps[5].action.capability(), None);
+    }
+
+    #[test]
+    fn counts_and_contents_are_expected_of_earlier_steps_in_percent() {
+        let text = GOOD.replace(
+            "error = \"EPIPE\"",
+            "error = \"EPIPE\", same_bytes_as = \"later\", dropped_percent_max = 120.0",
+        );
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "step[4].expect.linux.same_bytes_as",
+                "step[4].expect.linux.dropped_percent_max"
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[1].message.contains("120 is not a percentage"));
     }
 
     #[test]

@@ -217,7 +217,8 @@ impl<'s> Timeline<'s> {
         }
     }
 
-    /// Known OSes, and `since`/`bytes_below` naming earlier steps.
+    /// Known OSes, `since`/`bytes_below`/`same_bytes_as` naming earlier
+    /// steps, percentages that are percentages.
     fn check_expectations(&self, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
         let span = at.key("expect");
         for (os, expect) in &step.expect {
@@ -231,6 +232,7 @@ impl<'s> Timeline<'s> {
             for (key, reference) in [
                 ("since", &expect.since),
                 ("bytes_below", &expect.bytes_below),
+                ("same_bytes_as", &expect.same_bytes_as),
             ] {
                 if let Some(reference) = reference
                     && !self.names.contains(&reference.as_str())
@@ -250,6 +252,20 @@ impl<'s> Timeline<'s> {
                     at.field(&format!("expect.{os}.error")),
                     problem,
                 ));
+            }
+            for (key, value) in [
+                ("dropped_percent_min", expect.dropped_percent_min),
+                ("dropped_percent_max", expect.dropped_percent_max),
+            ] {
+                if let Some(value) = value
+                    && !(0.0..=100.0).contains(&value)
+                {
+                    problems.push((
+                        span.clone(),
+                        at.field(&format!("expect.{os}.{key}")),
+                        format!("{value} is not a percentage (0 to 100)"),
+                    ));
+                }
             }
             if expect.within_ms.is_some() != expect.since.is_some() {
                 problems.push((
