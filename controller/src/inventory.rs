@@ -183,6 +183,7 @@ mod tests {
                     lab: Some(LabSide {
                         switch_port: Some("fllt0".to_owned()),
                         qmp: None,
+                        shell: None,
                     }),
                 },
                 AgentEntry {

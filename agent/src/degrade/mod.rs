@@ -6,9 +6,12 @@
 //! A degradation replaces the interface's root queueing discipline; healing
 //! puts back the one it had before (written down first, in a file, since
 //! the watchdog that may heal it is another process), and checks that it
-//! is back: never a blind delete. The privileged part is [`Shaper`]; the
-//! kernel's side is really tried at start, so a host that cannot (no
-//! `sch_netem`) says so instead of doing nothing.
+//! is back: never a blind delete. It also makes TCP forget the round trips
+//! it cached for the degraded path (`ip tcp_metrics`), which would
+//! otherwise slow the first retransmissions of every later connection. The
+//! privileged part is [`Shaper`]; the kernel's side is really tried at
+//! start, so a host that cannot (no `sch_netem`) says so instead of doing
+//! nothing.
 //!
 //! What a host *sends* is degraded by its queueing (netem): a packet netem
 //! drops is lost to the sender's TCP as on a wire. What it *receives* can

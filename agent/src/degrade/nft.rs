@@ -262,6 +262,9 @@ impl Shaper for NftLoss {
             // The last one: no empty table stays behind.
             let _ = nft(&format!("delete table {TABLE}\n"));
         }
+        // What TCP learned of the lossy path goes with it.
+        crate::link::iproute::forget_paths_via(interface)
+            .map_err(|error| DegradeError::System(error.to_string()))?;
         Ok(Healed {
             report: listed,
             sent,

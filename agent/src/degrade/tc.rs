@@ -277,6 +277,9 @@ impl Shaper for Tc {
             )));
         }
         let _ = std::fs::remove_file(&kept);
+        // What TCP learned of the degraded path goes with it.
+        crate::link::iproute::forget_paths_via(interface)
+            .map_err(|error| DegradeError::System(error.to_string()))?;
         let (sent, dropped) = netem_counters(&counters);
         Ok(Healed {
             report: counters,

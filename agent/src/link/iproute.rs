@@ -57,6 +57,25 @@ pub fn interface_holding(address: IpAddr) -> Result<Option<String>, LinkError> {
         .map(|name| name.split('@').next().unwrap_or(name).to_owned()))
 }
 
+/// Make TCP forget what it learned of the paths through `interface` (its
+/// per-destination cache, `ip tcp_metrics`, for the interface's networks).
+/// A degraded path's round trip stays cached after the heal, and a new
+/// connection's first retransmission timeout comes from it: measured on
+/// the VM lab, a cached 1.26 s round trip put a 3 s TCP_USER_TIMEOUT's
+/// ETIMEDOUT 7.3 s after the cut instead of 3.5 s.
+pub fn forget_paths_via(interface: &str) -> Result<(), LinkError> {
+    let listed = ip(&["-o", "addr", "show", "dev", interface])?;
+    for line in listed.lines() {
+        let mut words = line.split_whitespace();
+        let family = words.nth(2);
+        let prefix = words.next();
+        if let (Some("inet" | "inet6"), Some(prefix)) = (family, prefix) {
+            ip(&["tcp_metrics", "flush", prefix])?;
+        }
+    }
+    Ok(())
+}
+
 /// A watchdog that is a detached process of this executable: it sleeps,
 /// then undoes a fault (links, degradations).
 pub struct Sleeper {

@@ -43,8 +43,10 @@ enum LabAction {
         #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
         restart: Vec<(String, String)>,
     },
-    /// Run a command on a lab host (inside its network namespace), e.g. the
-    /// application under test: `faultlab lab exec 2 -- python3 server.py`.
+    /// Run a command on a lab host (inside its network namespace, or in its
+    /// VM through the VM's root shell), e.g. the application under test:
+    /// `faultlab lab exec 2 -- python3 server.py`. In a VM the command is one
+    /// shell line that must not read its input.
     Exec {
         /// The host's number (1 = host-1).
         host: usize,
@@ -110,7 +112,11 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
             switch_port,
             qmp,
         } => {
-            let side = LabSide { switch_port, qmp };
+            let side = LabSide {
+                switch_port,
+                qmp,
+                shell: None,
+            };
             let after = std::time::Duration::from_millis(after_ms);
             let how =
                 tokio::task::spawn_blocking(move || watchdog::keep(&side, fault, after)).await??;
@@ -146,7 +152,19 @@ fn up(
     Ok(true)
 }
 
+/// How long a command run in a lab VM may take.
+#[cfg(unix)]
+const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn exec(host: usize, command: &[String], state: &Path) -> anyhow::Result<bool> {
+    #[cfg(unix)]
+    if let Some(shell) = lab::lab_shell(state, host)? {
+        // A VM: its root shell on its second serial port.
+        let ran = lab::vm::shell::run(&shell, &command.join(" "), EXEC_TIMEOUT)?;
+        print!("{}", ran.output);
+        std::io::stdout().flush()?;
+        return Ok(ran.status == 0);
+    }
     let namespace = lab::lab_namespace(state, host)?;
     let mut process = match &namespace {
         Some(namespace) => {

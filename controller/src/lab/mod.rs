@@ -22,7 +22,9 @@ pub mod vm;
 
 pub use agents::{AGENT_EXE, AgentGrants, find_agent};
 pub use netns::{NETNS_CONTROL_PORT, netns_unavailable};
-pub use state::{LabStatus, default_state_dir, lab_down, lab_namespace, lab_status, lab_up};
+pub use state::{
+    LabStatus, default_state_dir, lab_down, lab_namespace, lab_shell, lab_status, lab_up,
+};
 
 use crate::inventory::Inventory;
 use agents::LocalAgent;

@@ -191,6 +191,7 @@ fn add_host(
             lab: Some(LabSide {
                 switch_port: Some(format!("{}t{index}", network.prefix)),
                 qmp: None,
+                shell: None,
             }),
         },
     ))

@@ -183,6 +183,18 @@ pub fn lab_status(state: &Path) -> Option<LabStatus> {
     })
 }
 
+/// The root shell socket of host `host` (1-based) of a `lab up` lab, if it
+/// is a VM.
+pub fn lab_shell(state: &Path, host: usize) -> Result<Option<PathBuf>, LabError> {
+    let status = lab_status(state).ok_or_else(|| LabError::NotUp(state.display().to_string()))?;
+    let hosts = status.inventory.agents.len();
+    let entry = host
+        .checked_sub(1)
+        .and_then(|index| status.inventory.agents.get(index))
+        .ok_or(LabError::NoSuchHost { host, hosts })?;
+    Ok(entry.lab.as_ref().and_then(|side| side.shell.clone()))
+}
+
 /// The network namespace of host `host` (1-based) of a `lab up` lab, or
 /// `None` for a loopback lab (its agents run on this host itself).
 pub fn lab_namespace(state: &Path, host: usize) -> Result<Option<String>, LabError> {

@@ -30,6 +30,10 @@ pub struct LabSide {
     /// The QMP socket of the host's virtual machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qmp: Option<PathBuf>,
+    /// A root shell on the virtual machine's second serial port (what
+    /// `faultlab lab exec` talks to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<PathBuf>,
 }
 
 /// A fault a lab makes from outside a host.
@@ -222,10 +226,12 @@ mod tests {
         let netns = LabSide {
             switch_port: Some("fllt0".to_owned()),
             qmp: None,
+            shell: None,
         };
         let vm = LabSide {
             switch_port: None,
             qmp: Some("/run/faultlab-lab/vm-1.qmp".into()),
+            shell: None,
         };
         assert_eq!(netns.capabilities(), ["link"]);
         assert_eq!(vm.capabilities(), ["link", "power"]);
@@ -241,6 +247,7 @@ mod tests {
         let side = LabSide {
             switch_port: Some("fllt0".to_owned()),
             qmp: None,
+            shell: None,
         };
         let text = toml::to_string(&side).expect("serializes");
         assert_eq!(text.trim(), "switch_port = \"fllt0\"");

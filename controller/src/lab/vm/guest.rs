@@ -3,8 +3,9 @@
 //! with the shared libraries they need, and the kernel modules the agent
 //! needs (the virtio network driver chain, nf_tables and its reject
 //! modules, the socket-diag modules `ss -K` uses). Its `/init` brings the
-//! two NICs up with the addresses on the kernel command line and starts the
-//! agent; after a reboot it does it again. The image is cached under the
+//! two NICs up with the addresses on the kernel command line, starts a root
+//! shell on the second serial port and the agent (again 5 s after it ends,
+//! as a service manager would); after a reboot it does it all again. The image is cached under the
 //! lab's state directory and rebuilt when anything in it changes.
 
 use super::VmError;
@@ -24,8 +25,10 @@ const MODULES: &[&str] = &[
     "nft_reject_ipv6",
     "tcp_diag",
     // Degraded networks: tc's prio root, its u32 filter, netem; a veth
-    // pair for the agent to try netem on at start.
+    // pair for the agent to try netem on at start; tbf, for a root set by
+    // hand that a degradation must give back.
     "sch_prio",
+    "sch_tbf",
     "cls_u32",
     "sch_netem",
     "veth",
@@ -63,10 +66,21 @@ hostname "$NAME"
 ip link set lo up
 ip addr add "$MGMT" dev eth0 && ip link set eth0 up
 ip addr add "$TEST" dev eth1 && ip link set eth1 up
+# A root shell on the second serial port (`faultlab lab exec`): its input
+# through a pipe, so that it is not interactive (no prompt, no echo). dd,
+# not cat: busybox's cat splices, holding the pipe while the port is quiet.
+# busybox's sh runs its own applets before anything on PATH: the first
+# line makes ip, ss, nft and tc (TOOLS) iproute2's and nftables' again.
+stty -F /dev/ttyS1 raw -echo
+TOOLS='ip() { /usr/sbin/ip "$@"; }; ss() { /usr/sbin/ss "$@"; }; nft() { /usr/sbin/nft "$@"; }; tc() { /usr/sbin/tc "$@"; }'
+( while true; do { echo "$TOOLS"; dd if=/dev/ttyS1 bs=512 2>/dev/null; } | sh > /dev/ttyS1 2>&1; sleep 1; done ) &
 echo "faultlab: $NAME up, agent on ${MGMT%/*}" > /dev/console
-/usr/bin/faultlab-agent --listen "${MGMT%/*}:7420" --insecure --allow "$ALLOW" > /dev/console 2>&1
-echo "faultlab: the agent ended; powering off" > /dev/console
-poweroff -f
+# Like a service manager: an agent that ends starts again, 5 s later.
+while true; do
+  /usr/bin/faultlab-agent --listen "${MGMT%/*}:7420" --insecure --allow "$ALLOW" > /dev/console 2>&1
+  echo "faultlab: the agent ended ($?); starting it again in 5 s" > /dev/console
+  sleep 5
+done
 "#;
 
 /// A kernel and the modules tree that goes with it.

@@ -7,6 +7,8 @@
 //! controller is swept away by the next lab.
 
 pub mod guest;
+#[cfg(unix)]
+pub mod shell;
 
 use super::agents::AgentGrants;
 use super::netns::{self, Network, ip};
@@ -201,6 +203,7 @@ pub(super) fn start(
             lab: Some(LabSide {
                 switch_port: None,
                 qmp: Some(dir.join(format!("{}.qmp", vm.name))),
+                shell: Some(dir.join(format!("{}.shell", vm.name))),
             }),
         });
     }
@@ -265,8 +268,14 @@ impl Vm<'_> {
         }
         let log = dir.join(format!("{}.console", self.name));
         let qmp = dir.join(format!("{}.qmp", self.name));
+        let shell = dir.join(format!("{}.shell", self.name));
         command
             .args(["-serial", &format!("file:{}", log.display())])
+            // The guest's ttyS1: a root shell for `faultlab lab exec`.
+            .args([
+                "-serial",
+                &format!("unix:{},server=on,wait=off", shell.display()),
+            ])
             .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp.display())])
             .arg("-kernel")
             .arg(&kernel.image)
