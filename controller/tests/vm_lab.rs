@@ -110,18 +110,25 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         let physical = suite_report("physical", &inventory, &history)?;
         let degraded = suite_report("degraded", &inventory, &history)?;
         let control = control_channel_while_degraded(&inventory, &scratch)?;
+        let on_control = control_interface_degraded(&inventory)?;
         let live = degradations_heal_on_a_live_kernel(&state, &inventory, &scratch, &history)?;
-        Ok((agents, physical, degraded, control, live))
+        Ok((agents, physical, degraded, control, on_control, live))
     };
-    let (agents, physical, degraded, (test_delayed, control_during, test_after), live) =
-        match on_the_lab() {
-            Ok(found) => found,
-            Err(error) => {
-                // The lab goes, whatever went wrong on it.
-                let _ = faultlab(&["lab", "down", "--state", &state], &history);
-                return Err(error);
-            }
-        };
+    let (
+        agents,
+        physical,
+        degraded,
+        (test_delayed, control_during, test_after),
+        (closed_port, agent_port),
+        live,
+    ) = match on_the_lab() {
+        Ok(found) => found,
+        Err(error) => {
+            // The lab goes, whatever went wrong on it.
+            let _ = faultlab(&["lab", "down", "--state", &state], &history);
+            return Err(error);
+        }
+    };
     let again = faultlab(
         &["lab", "up", "--vm", "--hosts", "2", "--state", &state],
         &history,
@@ -200,6 +207,15 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         test_after < 100,
         "restored, the test network's: {test_after} ms"
     );
+
+    // Degrading the very interface the control channel uses leaves the
+    // agent's replies alone (tc filters keep its port in the untouched
+    // band) and delays everything else on it.
+    assert!(
+        closed_port >= 280,
+        "a closed port's round trip: {closed_port} ms"
+    );
+    assert!(agent_port < 100, "the agent's port's: {agent_port} ms");
 
     // A root set by hand comes back after a restore, and after the
     // deadline of a degradation whose agent was killed: its watchdog, not
@@ -361,6 +377,55 @@ fn round_trip_ms(address: std::net::SocketAddr) -> u128 {
     started.elapsed().as_millis()
 }
 
+/// The first agent's (vm-1's) address under `key` in the inventory.
+fn first_address(
+    inventory: &str,
+    key: &str,
+) -> Result<std::net::IpAddr, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(inventory)?;
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(key))
+        .ok_or(format!("no {key} in the inventory"))?;
+    let value = line.split('"').nth(1).ok_or("no value")?;
+    let host = value.rsplit_once(':').map_or(value, |(host, _)| host);
+    Ok(host.parse()?)
+}
+
+/// Degrade the interface vm-1's control channel arrives on (its
+/// management NIC) by 300 ms, through the agent's own API, and measure
+/// from this machine: the round trip to a closed port there (delayed), the
+/// longest of five to the agent's port (its replies exempt), in ms.
+fn control_interface_degraded(inventory: &str) -> Result<(u128, u128), Box<dyn std::error::Error>> {
+    let management = first_address(inventory, "address")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut agent = faultlab::agents::connect(&format!("{management}:7420")).await?;
+        agent
+            .degrade(faultlab_proto::v1::DegradeRequest {
+                id: "control".to_owned(),
+                address: management.to_string(),
+                delay_us: 300_000,
+                deadline_ms: 20_000,
+                ..Default::default()
+            })
+            .await?;
+        let closed = round_trip_ms(std::net::SocketAddr::new(management, 9));
+        let control = (0..5)
+            .map(|_| round_trip_ms(std::net::SocketAddr::new(management, 7420)))
+            .max()
+            .unwrap_or(0);
+        agent
+            .restore(faultlab_proto::v1::RestoreRequest {
+                id: "control".to_owned(),
+            })
+            .await?;
+        Ok((closed, control))
+    })
+}
+
 /// Degrade vm-1's test network by 500 ms (a run of a scenario that holds
 /// it for 8 s), and measure from this machine, which has an address on both
 /// lab networks: the test network's round trip to vm-1 (a closed port's
@@ -390,18 +455,8 @@ do = "sleep"
 ms = 8000
 "#,
     )?;
-    let text = std::fs::read_to_string(inventory)?;
-    let address_of = |key: &str| -> Result<std::net::IpAddr, Box<dyn std::error::Error>> {
-        let line = text
-            .lines()
-            .find(|line| line.starts_with(key))
-            .ok_or(format!("no {key} in the inventory"))?;
-        let value = line.split('"').nth(1).ok_or("no value")?;
-        let host = value.rsplit_once(':').map_or(value, |(host, _)| host);
-        Ok(host.parse()?)
-    };
-    let control = std::net::SocketAddr::new(address_of("address")?, 7420);
-    let test = std::net::SocketAddr::new(address_of("test_ip")?, 9);
+    let control = std::net::SocketAddr::new(first_address(inventory, "address")?, 7420);
+    let test = std::net::SocketAddr::new(first_address(inventory, "test_ip")?, 9);
     let mut run = common::run_in_background(inventory, &case)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut test_delayed = 0;
