@@ -50,6 +50,8 @@ pub mod sockets;
 pub mod spans;
 mod sync;
 pub mod tls;
+#[cfg(unix)]
+pub mod tool;
 
 pub use agent::{Agent, AgentConfig, Allow};
 pub use error::AgentError;

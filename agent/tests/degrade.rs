@@ -132,21 +132,8 @@ async fn answers(
     address: &str,
     timeout_ms: u32,
 ) -> Result<bool, Box<dyn std::error::Error>> {
-    let reply = client
-        .rpc
-        .dial(pb::ConnectRequest {
-            holder_id: holder,
-            address: address.to_owned(),
-            options: None,
-            timeout_ms,
-        })
-        .await?
-        .into_inner();
-    let refused = reply
-        .observation
-        .as_ref()
-        .is_some_and(|observation| observation.error_name == "ECONNREFUSED");
-    Ok(common::outcome(&reply.observation) == pb::Outcome::Ok || refused)
+    let (outcome, error) = client.dial_within(holder, address, timeout_ms).await?;
+    Ok(outcome == pb::Outcome::Ok || error == "ECONNREFUSED")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

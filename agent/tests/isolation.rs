@@ -5,7 +5,7 @@
 mod common;
 
 use common::netns::{CONTROL_PORT, NetLab};
-use common::{Host, TestResult, outcome};
+use common::{Host, TestResult};
 use faultlab_proto::v1 as pb;
 use pb::{IsolationMode, Outcome};
 use std::time::{Duration, Instant};
@@ -30,22 +30,7 @@ async fn dial(
     address: &str,
     timeout_ms: u32,
 ) -> Result<(Outcome, String), Box<dyn std::error::Error>> {
-    let reply = host
-        .rpc
-        .dial(pb::ConnectRequest {
-            holder_id: holder,
-            address: address.to_owned(),
-            options: None,
-            timeout_ms,
-        })
-        .await?
-        .into_inner();
-    let name = reply
-        .observation
-        .as_ref()
-        .map(|observation| observation.error_name.clone())
-        .unwrap_or_default();
-    Ok((outcome(&reply.observation), name))
+    Ok(host.dial_within(holder, address, timeout_ms).await?)
 }
 
 /// Dial until the outcome is `wanted` (at most `within`); when it came.

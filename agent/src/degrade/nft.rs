@@ -18,9 +18,7 @@
 use super::{DegradeError, Healed, Impairment, Selection, Shaper};
 use crate::link::{Watchdog, valid_interface};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The table's family and name.
@@ -55,45 +53,13 @@ pub fn probe() -> Result<(), String> {
 }
 
 fn nft(script: &str) -> Result<String, String> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("cannot run nft: {error}"))?;
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(script.as_bytes())
-            .map_err(|error| format!("cannot write to nft: {error}"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|error| format!("nft: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    Ok(crate::tool::run("nft", &["-f", "-"], Some(script))?)
 }
 
 fn list(what: &str) -> Result<String, String> {
-    let output = Command::new("nft")
-        .args(["list"])
-        .args(what.split_whitespace())
-        .output()
-        .map_err(|error| format!("cannot run nft: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "nft list {what}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    let mut args = vec!["list"];
+    args.extend(what.split_whitespace());
+    Ok(crate::tool::run("nft", &args, None)?)
 }
 
 fn chain_of(interface: &str) -> String {
@@ -229,11 +195,7 @@ impl Shaper for NftLoss {
         selection: &Selection,
         deadline: Duration,
     ) -> Result<String, DegradeError> {
-        if !valid_interface(interface) {
-            return Err(DegradeError::Invalid(format!(
-                "interface {interface:?} is not a valid interface name"
-            )));
-        }
+        // The interface's name was checked by the book (`Degradations`).
         let script = degrade_script(
             interface,
             impairment.loss_percent,

@@ -12,7 +12,6 @@ use crate::link::iproute::Sleeper;
 use crate::link::{Watchdog, valid_interface};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 /// `tc` commands; `exe` is the agent executable, run as the watchdog.
@@ -61,19 +60,7 @@ pub fn probe() -> Result<(), String> {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|error| format!("cannot run {program}: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    Ok(crate::tool::run(program, args, None)?)
 }
 
 fn tc(args: &[&str]) -> Result<String, DegradeError> {

@@ -14,9 +14,8 @@
 //! request strings. The ruleset is a pure function, tested without root.
 
 use super::{Cidr, Firewall, FirewallError, Isolation, Mode};
+use crate::tool::ToolError;
 use std::fmt::Write;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 /// The table's family and name.
 pub const TABLE: &str = "inet faultlab";
@@ -261,37 +260,13 @@ impl Default for Nftables {
 
 impl Nftables {
     fn run(&self, args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
-        let mut child = Command::new(&self.program)
-            .args(args)
-            .stdin(if script.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| {
-                FirewallError::Unavailable(format!("cannot run {}: {error}", self.program))
-            })?;
-        if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|error| FirewallError::Unavailable(format!("nft: {error}")))?;
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|error| FirewallError::Unavailable(format!("nft: {error}")))?;
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else if stderr.contains("Operation not permitted") {
-            Err(FirewallError::Unavailable(format!(
-                "nft needs CAP_NET_ADMIN (root): {stderr}"
-            )))
-        } else {
-            Err(FirewallError::Refused(stderr))
-        }
+        crate::tool::run(&self.program, args, script).map_err(|error| match error {
+            ToolError::CannotRun(why) => FirewallError::Unavailable(why),
+            ToolError::Failed { said, .. } if said.contains("Operation not permitted") => {
+                FirewallError::Unavailable(format!("nft needs CAP_NET_ADMIN (root): {said}"))
+            }
+            ToolError::Failed { said, .. } => FirewallError::Refused(said),
+        })
     }
 
     /// Whether an error says the thing to delete is not there.

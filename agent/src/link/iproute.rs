@@ -31,19 +31,7 @@ pub fn watchdog_main(interface: &str, after: Duration) -> Result<(), LinkError> 
 }
 
 fn ip(args: &[&str]) -> Result<String, LinkError> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|error| LinkError::System(format!("cannot run ip: {error}")))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(LinkError::System(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    crate::tool::run("ip", args, None).map_err(|error| LinkError::System(error.to_string()))
 }
 
 /// The interface that holds `address`, if any.

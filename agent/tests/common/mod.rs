@@ -160,6 +160,32 @@ impl Host {
             .into_inner())
     }
 
+    /// Dial `address` with a short timeout: how it ended and the error's
+    /// portable name ("" when none).
+    pub async fn dial_within(
+        &mut self,
+        holder_id: u64,
+        address: &str,
+        timeout_ms: u32,
+    ) -> Result<(pb::Outcome, String), tonic::Status> {
+        let reply = self
+            .rpc
+            .dial(pb::ConnectRequest {
+                holder_id,
+                address: address.to_owned(),
+                options: None,
+                timeout_ms,
+            })
+            .await?
+            .into_inner();
+        let name = reply
+            .observation
+            .as_ref()
+            .map(|observation| observation.error_name.clone())
+            .unwrap_or_default();
+        Ok((outcome(&reply.observation), name))
+    }
+
     pub async fn accept(&mut self, listener_id: u64) -> Result<pb::ConnectReply, tonic::Status> {
         Ok(self
             .rpc
