@@ -50,7 +50,6 @@ pub mod sockets;
 pub mod spans;
 mod sync;
 pub mod tls;
-#[cfg(unix)]
 pub mod tool;
 
 pub use agent::{Agent, AgentConfig, Allow};

@@ -59,7 +59,7 @@ pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, 
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

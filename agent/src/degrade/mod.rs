@@ -43,8 +43,13 @@ pub struct Impairment {
     pub distribution: Option<String>,
     /// Packets dropped, in percent.
     pub loss_percent: f64,
-    /// How much a loss depends on the one before, in percent (bursts).
+    /// How much a loss depends on the one before, in percent (netem's
+    /// correlation).
     pub loss_correlation_percent: f64,
+    /// Losses come in runs of this many packets on average (a Gilbert
+    /// model: a good state that loses nothing, a bad one that loses all);
+    /// 0: each packet on its own.
+    pub loss_burst_packets: f64,
     /// Packets sent twice, in percent.
     pub duplicate_percent: f64,
     /// Packets sent at once instead of delayed (so out of order), in percent.
@@ -75,6 +80,11 @@ impl Impairment {
                 return Some(format!("{name}: {value} is not a percentage (0 to 100)"));
             }
         }
+        if self.loss_burst_packets != 0.0
+            && let Some(problem) = self.burst_problem()
+        {
+            return Some(problem);
+        }
         if self.delay.is_zero() && !self.jitter.is_zero() {
             return Some("jitter: needs a delay to spread".to_owned());
         }
@@ -101,6 +111,37 @@ impl Impairment {
         None
     }
 
+    fn burst_problem(&self) -> Option<String> {
+        let burst = self.loss_burst_packets;
+        if !(1.0..=1_000_000.0).contains(&burst) {
+            return Some(format!(
+                "loss_burst: {burst} is not a mean run of lost packets (1 or more)"
+            ));
+        }
+        if self.loss_percent <= 0.0 || self.loss_percent >= 100.0 {
+            return Some("loss_burst: needs a loss between 0 and 100 %".to_owned());
+        }
+        if self.loss_correlation_percent > 0.0 {
+            return Some("loss_burst: bursts or a correlation, not both".to_owned());
+        }
+        let (good_to_bad, _) = self.gilbert();
+        (good_to_bad > 100.0).then(|| {
+            format!(
+                "loss_burst: {} % lost in runs of {burst} would need more than every packet to start a run",
+                self.loss_percent
+            )
+        })
+    }
+
+    /// The Gilbert model's transition chances, in percent: good to bad (a
+    /// run starts) and bad to good (a run ends), such that the bad state's
+    /// share is the loss and a run lasts `loss_burst_packets` on average.
+    fn gilbert(&self) -> (f64, f64) {
+        let bad_to_good = 100.0 / self.loss_burst_packets;
+        let loss = self.loss_percent;
+        (bad_to_good * loss / (100.0 - loss), bad_to_good)
+    }
+
     /// Whether it only drops packets, independently of each other (what
     /// a firewall can do without netem).
     pub fn is_plain_loss(&self) -> bool {
@@ -125,7 +166,18 @@ impl Impairment {
             }
         }
         let percent = |value: f64| format!("{value}%");
-        if self.loss_percent > 0.0 {
+        if self.loss_percent > 0.0 && self.loss_burst_packets >= 1.0 {
+            let (good_to_bad, bad_to_good) = self.gilbert();
+            // netem's four-parameter model with its defaults for the rest:
+            // all lost in the bad state, none in the good.
+            let rounded = |value: f64| format!("{:.4}%", value);
+            args.extend([
+                "loss".to_owned(),
+                "gemodel".to_owned(),
+                rounded(good_to_bad),
+                rounded(bad_to_good),
+            ]);
+        } else if self.loss_percent > 0.0 {
             args.extend(["loss".to_owned(), percent(self.loss_percent)]);
             if self.loss_correlation_percent > 0.0 {
                 args.push(percent(self.loss_correlation_percent));
@@ -409,6 +461,43 @@ mod tests {
             "delay 200000us 20000us distribution normal loss 10% 25% rate 1000000bit"
         );
         assert_eq!(delay(5).netem_arguments().join(" "), "delay 5000us");
+        // 10 % in runs of 4: a run ends with 25 % per packet, and starts
+        // with 25 × 10/90 = 2.7778 %.
+        let bursts = Impairment {
+            loss_percent: 10.0,
+            loss_burst_packets: 4.0,
+            ..Impairment::default()
+        };
+        assert_eq!(bursts.problem(), None);
+        assert_eq!(
+            bursts.netem_arguments().join(" "),
+            "loss gemodel 2.7778% 25.0000%"
+        );
+        assert!(!bursts.is_plain_loss());
+    }
+
+    #[test]
+    fn impossible_bursts_are_refused() {
+        let bursts = |loss_percent: f64, loss_burst_packets: f64| Impairment {
+            loss_percent,
+            loss_burst_packets,
+            ..Impairment::default()
+        };
+        for (impairment, said) in [
+            (bursts(10.0, 0.5), "loss_burst: 0.5 is not"),
+            (bursts(0.0, 4.0), "loss_burst: needs a loss"),
+            (bursts(90.0, 1.0), "loss_burst: 90 % lost in runs of 1"),
+            (
+                Impairment {
+                    loss_correlation_percent: 25.0,
+                    ..bursts(10.0, 4.0)
+                },
+                "loss_burst: bursts or a correlation",
+            ),
+        ] {
+            let problem = impairment.problem().unwrap_or_default();
+            assert!(problem.starts_with(said), "{impairment:?}: {problem}");
+        }
     }
 
     #[test]

@@ -505,6 +505,7 @@ pub(super) fn degradation(
         distribution: (!request.distribution.is_empty()).then(|| request.distribution.clone()),
         loss_percent: request.loss_percent,
         loss_correlation_percent: request.loss_correlation_percent,
+        loss_burst_packets: request.loss_burst_packets,
         duplicate_percent: request.duplicate_percent,
         reorder_percent: request.reorder_percent,
         corrupt_percent: request.corrupt_percent,

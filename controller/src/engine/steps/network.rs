@@ -320,6 +320,7 @@ fn degrade_request(
         distribution: impairment.distribution.clone().unwrap_or_default(),
         loss_percent: impairment.loss,
         loss_correlation_percent: impairment.loss_correlation,
+        loss_burst_packets: impairment.loss_burst,
         duplicate_percent: impairment.duplicate,
         reorder_percent: impairment.reorder,
         corrupt_percent: impairment.corrupt,

@@ -148,7 +148,7 @@ impl NetworkFault {
                 if inbound && !impairment.is_plain_loss() {
                     input.error(
                         "direction",
-                        "what a host receives can only be lost (loss, without loss_correlation); delay, duplicate, reorder, corrupt and rate are made on what it sends (direction = \"out\")",
+                        "what a host receives can only be lost (loss, without loss_correlation or loss_burst); delay, duplicate, reorder, corrupt and rate are made on what it sends (direction = \"out\")",
                     );
                     return None;
                 }
@@ -194,8 +194,11 @@ pub struct Impairment {
     pub distribution: Option<String>,
     /// Dropped.
     pub loss: f64,
-    /// How much a loss depends on the one before (bursts).
+    /// How much a loss depends on the one before (netem's correlation).
     pub loss_correlation: f64,
+    /// Losses in runs of this many packets on average (a Gilbert model); 0:
+    /// each on its own.
+    pub loss_burst: f64,
     /// Sent twice.
     pub duplicate: f64,
     /// Sent without the delay, so ahead of others.
@@ -232,6 +235,8 @@ struct DegradeSpec {
     loss: f64,
     #[serde(default)]
     loss_correlation: f64,
+    #[serde(default)]
+    loss_burst: f64,
     #[serde(default)]
     duplicate: f64,
     #[serde(default)]
@@ -272,6 +277,31 @@ impl DegradeSpec {
                 fine = false;
             }
         }
+        if self.loss_burst != 0.0 {
+            let problem = if !(1.0..=1_000_000.0).contains(&self.loss_burst) {
+                Some(format!(
+                    "{} is not a mean run of lost packets (1 or more)",
+                    self.loss_burst
+                ))
+            } else if self.loss <= 0.0 || self.loss >= 100.0 {
+                Some("needs a loss between 0 and 100".to_owned())
+            } else if self.loss_correlation > 0.0 {
+                Some("bursts or a loss_correlation, not both".to_owned())
+            } else if self.loss / (100.0 - self.loss) > self.loss_burst {
+                // A run starts with chance (100 / burst) × loss / (100 − loss)
+                // per packet, which cannot be above 100 %.
+                Some(format!(
+                    "{} % lost in runs of {} would need more than every packet to start a run",
+                    self.loss, self.loss_burst
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                input.error("loss_burst", problem);
+                fine = false;
+            }
+        }
         if self.jitter_ms > 0 && self.delay_ms == 0 {
             input.error("jitter_ms", "needs a delay_ms to spread");
             fine = false;
@@ -307,6 +337,7 @@ impl DegradeSpec {
             distribution: self.distribution.clone(),
             loss: self.loss,
             loss_correlation: self.loss_correlation,
+            loss_burst: self.loss_burst,
             duplicate: self.duplicate,
             reorder: self.reorder,
             corrupt: self.corrupt,

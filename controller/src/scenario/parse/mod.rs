@@ -440,6 +440,7 @@ expect.windows = { outcome = "error", error = "ECONNABORTED", source = "seed" }
 role = "client"
 do = "degrade"
 loss = 101.0
+loss_burst = 0.5
 jitter_ms = 5
 distribution = "gauss"
 rate = "0mbit"
@@ -450,6 +451,7 @@ deadline_ms = 1000
         let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
         for field in [
             "step[5].loss",
+            "step[5].loss_burst",
             "step[5].jitter_ms",
             "step[5].distribution",
             "step[5].rate",
