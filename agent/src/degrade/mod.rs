@@ -26,6 +26,7 @@ pub mod nft;
 #[cfg(unix)]
 pub mod tc;
 
+pub use crate::isolate::Cidr;
 use crate::link::{Watchdog, valid_interface};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -202,15 +203,18 @@ impl Impairment {
     }
 }
 
-/// Which packets of the interface it touches (all when both are unsaid).
+/// Which packets of the interface it touches (all when nothing is said).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Those arriving instead of those leaving.
     pub inbound: bool,
-    /// Only those going to (arriving from) this address.
-    pub peer: Option<IpAddr>,
+    /// Only those going to (arriving from) this address or network.
+    pub peer: Option<Cidr>,
     /// Only those leaving from (arriving at) this local port.
     pub local_port: Option<u16>,
+    /// Only those going to (arriving from) this port of the peer: with
+    /// the rest, one flow.
+    pub peer_port: Option<u16>,
 }
 
 /// What a degradation did to the interface as soon as it was made.

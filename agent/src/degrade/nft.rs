@@ -16,6 +16,8 @@
 //! validated types (interface names, addresses, numbers).
 
 use super::{DegradeError, Healed, Impairment, Selection, Shaper};
+#[cfg(test)]
+use crate::isolate::Cidr;
 use crate::link::{Watchdog, valid_interface};
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -99,17 +101,20 @@ fn degrade_script(
         format!("numgen random mod {ONE_IN} < {threshold} ")
     };
     let mut matched = format!("iifname @lossy iifname \"{interface}\"");
-    match selection.peer {
-        Some(IpAddr::V4(peer)) => {
-            let _ = write!(matched, " ip saddr {peer}");
-        }
-        Some(IpAddr::V6(peer)) => {
-            let _ = write!(matched, " ip6 saddr {peer}");
-        }
-        None => {}
+    if let Some(peer) = selection.peer {
+        let family = if peer.is_v6() { "ip6" } else { "ip" };
+        let _ = write!(matched, " {family} saddr {}", peer.network());
     }
-    if let Some(port) = selection.local_port {
-        let _ = write!(matched, " meta l4proto {{ tcp, udp }} th dport {port}");
+    if selection.local_port.is_some() || selection.peer_port.is_some() {
+        matched.push_str(" meta l4proto { tcp, udp }");
+    }
+    for (field, port) in [
+        ("dport", selection.local_port),
+        ("sport", selection.peer_port),
+    ] {
+        if let Some(port) = port {
+            let _ = write!(matched, " th {field} {port}");
+        }
     }
     let mut script = format!(
         "add table {TABLE}\nadd set {TABLE} lossy {{ type ifname; flags timeout; }}\n\
@@ -270,15 +275,28 @@ mod tests {
     fn the_script_drops_the_share_asked_of_what_was_selected_until_the_deadline() {
         let selection = Selection {
             inbound: true,
-            peer: Some("198.18.1.11".parse().expect("an address")),
+            peer: Cidr::parse("198.18.1.11"),
             local_port: Some(7000),
+            peer_port: None,
         };
+        let flow = Selection {
+            peer: Cidr::parse("198.18.1.0/24"),
+            peer_port: Some(40000),
+            ..selection.clone()
+        };
+        let script = degrade_script("eth1", 10.0, &flow, 0, Duration::from_secs(1));
+        assert!(
+            script.contains(
+                "ip saddr 198.18.1.0/24 meta l4proto { tcp, udp } th dport 7000 th sport 40000 counter"
+            ),
+            "{script}"
+        );
         let script = degrade_script("eth1", 12.5, &selection, 7420, Duration::from_millis(3000));
         assert!(script.contains(
             "add rule inet faultlab_degrade loss_65746831 iifname \"eth1\" tcp dport 7420 accept\n"
         ));
         assert!(script.contains(
-            "iifname @lossy iifname \"eth1\" ip saddr 198.18.1.11 meta l4proto { tcp, udp } th dport 7000 counter numgen random mod 1000000 < 125000 counter drop\n"
+            "iifname @lossy iifname \"eth1\" ip saddr 198.18.1.11/32 meta l4proto { tcp, udp } th dport 7000 counter numgen random mod 1000000 < 125000 counter drop\n"
         ));
         assert!(
             script

@@ -7,7 +7,7 @@
 //! there after. The watchdog is this executable run as `faultlab-agent
 //! degrade-watchdog`.
 
-use super::{DegradeError, Healed, Impairment, Selection, Shaper};
+use super::{Cidr, DegradeError, Healed, Impairment, Selection, Shaper};
 use crate::link::iproute::Sleeper;
 use crate::link::{Watchdog, valid_interface};
 use std::net::IpAddr;
@@ -139,19 +139,20 @@ fn netem_counters(shown: &str) -> (u64, u64) {
 fn matches(selection: &Selection) -> (&'static str, Vec<String>) {
     let mut protocol = "ip";
     let mut found = Vec::new();
-    match selection.peer {
-        Some(IpAddr::V4(peer)) => {
-            found.extend(["match", "ip", "dst", &format!("{peer}/32")].map(String::from))
-        }
-        Some(IpAddr::V6(peer)) => {
-            protocol = "ipv6";
-            found.extend(["match", "ip6", "dst", &format!("{peer}/128")].map(String::from));
-        }
-        None => {}
+    if selection.peer.is_some_and(Cidr::is_v6) {
+        protocol = "ipv6";
     }
-    if let Some(port) = selection.local_port {
-        let family = if protocol == "ipv6" { "ip6" } else { "ip" };
-        found.extend(["match", family, "sport", &port.to_string(), "0xffff"].map(String::from));
+    let family = if protocol == "ipv6" { "ip6" } else { "ip" };
+    if let Some(peer) = selection.peer {
+        found.extend(["match", family, "dst", &peer.network().to_string()].map(String::from));
+    }
+    for (field, port) in [
+        ("sport", selection.local_port),
+        ("dport", selection.peer_port),
+    ] {
+        if let Some(port) = port {
+            found.extend(["match", family, field, &port.to_string(), "0xffff"].map(String::from));
+        }
     }
     if found.is_empty() {
         found.extend(["match", "u32", "0", "0"].map(String::from));
@@ -364,8 +365,9 @@ qdisc netem 10: parent 1:1 limit 100000 loss 10%
         );
         let selection = Selection {
             inbound: false,
-            peer: Some("198.18.1.11".parse().expect("an address")),
+            peer: Cidr::parse("198.18.1.11"),
             local_port: Some(7000),
+            peer_port: None,
         };
         let (protocol, some) = matches(&selection);
         assert_eq!(
@@ -374,6 +376,24 @@ qdisc netem 10: parent 1:1 limit 100000 loss 10%
                 "ip",
                 "match ip dst 198.18.1.11/32 match ip sport 7000 0xffff".to_owned()
             )
+        );
+        // A network (its host bits cleared), one flow, IPv6.
+        let flow = Selection {
+            peer: Cidr::parse("198.18.1.77/24"),
+            peer_port: Some(40000),
+            ..selection.clone()
+        };
+        assert_eq!(
+            matches(&flow).1.join(" "),
+            "match ip dst 198.18.1.0/24 match ip sport 7000 0xffff match ip dport 40000 0xffff"
+        );
+        let v6 = Selection {
+            peer: Cidr::parse("2001:db8::1/64"),
+            ..Selection::default()
+        };
+        assert_eq!(
+            (matches(&v6).0, matches(&v6).1.join(" ")),
+            ("ipv6", "match ip6 dst 2001:db8::/64".to_owned())
         );
     }
 }

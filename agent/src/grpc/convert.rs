@@ -516,18 +516,20 @@ pub(super) fn degradation(
     }
     let peer = match request.peer.as_str() {
         "" => None,
-        text => Some(
-            text.parse()
-                .map_err(|_| invalid(format!("peer: {text:?} is not an IP address")))?,
-        ),
+        text => Some(Cidr::parse(text).ok_or_else(|| {
+            invalid(format!(
+                "peer: {text:?} is not an IP address or network (198.18.1.11, 198.18.1.0/24)"
+            ))
+        })?),
     };
-    let local_port = match request.local_port {
-        0 => None,
-        port => Some(
-            u16::try_from(port)
-                .map_err(|_| invalid(format!("local_port: {port} is not a port (1 to 65535)")))?,
-        ),
+    let port = |field: &str, port: u32| match port {
+        0 => Ok(None),
+        port => u16::try_from(port)
+            .map(Some)
+            .map_err(|_| invalid(format!("{field}: {port} is not a port (1 to 65535)"))),
     };
+    let local_port = port("local_port", request.local_port)?;
+    let peer_port = port("peer_port", request.peer_port)?;
     let inbound = match request.direction() {
         pb::Direction::Unspecified | pb::Direction::Out => false,
         pb::Direction::In => true,
@@ -543,6 +545,7 @@ pub(super) fn degradation(
             inbound,
             peer,
             local_port,
+            peer_port,
         },
     ))
 }

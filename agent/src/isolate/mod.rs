@@ -76,6 +76,31 @@ impl Cidr {
         (prefix <= max).then_some(Self { address, prefix })
     }
 
+    /// The block's first address: host bits cleared ("198.18.1.5/24" is
+    /// 198.18.1.0/24).
+    pub fn network(self) -> Self {
+        let address = match self.address {
+            IpAddr::V4(address) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::from((u32::from(address) & mask).to_be_bytes())
+            }
+            IpAddr::V6(address) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::from((u128::from(address) & mask).to_be_bytes())
+            }
+        };
+        Self { address, ..self }
+    }
+
+    /// Whether it is an IPv6 block.
+    pub fn is_v6(self) -> bool {
+        self.address.is_ipv6()
+    }
+
     /// Every address of a family.
     pub fn everything(v6: bool) -> Self {
         Self {

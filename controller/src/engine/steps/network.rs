@@ -314,6 +314,8 @@ fn degrade_request(
         address: at.agent.test_ip.to_string(),
         peer: peer.map_or_else(String::new, |peer| peer.to_string()),
         local_port: flow.map_or(0, |(local, _)| u32::from(local.port())),
+        // A connection is one flow: its peer's port too.
+        peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
         deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
         delay_us: u32::try_from(impairment.delay_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
         jitter_us: u32::try_from(impairment.jitter_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
