@@ -32,6 +32,7 @@ pub mod agent;
 pub mod audit;
 pub mod capture;
 pub mod conn;
+pub mod counters;
 pub mod degrade;
 pub mod errno;
 pub mod error;

@@ -392,6 +392,21 @@ impl pb::agent_server::Agent for AgentService {
         .await
     }
 
+    async fn tcp_counters(
+        &self,
+        request: Request<pb::TcpCountersRequest>,
+    ) -> Reply<pb::TcpCountersReply> {
+        audited(request, "TcpCounters", |_| async move {
+            let counters = Current::tcp_counters().map_err(|error| {
+                AgentError::FailedPrecondition(format!("cannot read the TCP counters: {error}"))
+            })?;
+            Ok(Response::new(pb::TcpCountersReply {
+                counters: counters.into_iter().collect(),
+            }))
+        })
+        .await
+    }
+
     async fn restore(&self, request: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
         audited(request, "Restore", |request| async move {
             let id = isolation_id(&request.into_inner().id)?;

@@ -157,6 +157,13 @@ impl Platform for Linux {
         Shapers { outbound, inbound }
     }
 
+    fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>> {
+        let mut text = std::fs::read_to_string("/proc/net/snmp")?;
+        // TcpExt: retransmission and loss-recovery details; absent on some kernels.
+        text.push_str(&std::fs::read_to_string("/proc/net/netstat").unwrap_or_default());
+        Ok(crate::counters::parse_mib(&text))
+    }
+
     #[cfg(target_os = "linux")]
     fn packet_socket() -> io::Result<socket2::Socket> {
         // ETH_P_ALL in network byte order: every protocol; DGRAM strips the link header.

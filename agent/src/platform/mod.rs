@@ -89,6 +89,9 @@ pub trait Platform {
     /// directions, without link-layer headers (needs CAP_NET_RAW).
     fn packet_socket() -> io::Result<socket2::Socket>;
 
+    /// The host's TCP counters by `Section.Name` (see [`crate::counters`]).
+    fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>>;
+
     /// A pair of connected sockets: a byte written to the first makes the
     /// second readable, which wakes a [`Platform::wait_readable`] at once.
     fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)>;

@@ -139,6 +139,13 @@ impl Platform for Windows {
         }
     }
 
+    fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP counters are not read on Windows yet (GetTcpStatisticsEx would give them)",
+        ))
+    }
+
     fn packet_socket() -> io::Result<socket2::Socket> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,

@@ -286,6 +286,13 @@ impl Agent for Fake {
         not_faked("Degrade")
     }
 
+    async fn tcp_counters(
+        &self,
+        _: Request<pb::TcpCountersRequest>,
+    ) -> Reply<pb::TcpCountersReply> {
+        not_faked("TcpCounters")
+    }
+
     async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
         not_faked("Restore")
     }

@@ -157,6 +157,43 @@ fn crc_words(crc: Option<u32>) -> String {
     crc.map_or_else(|| "none".to_owned(), |crc| format!("{crc:08x}"))
 }
 
+/// What differs between the TCP counters' expected increase and theirs
+/// between the `counters_since` step and this one.
+fn counter_differences(
+    expect: &Expect,
+    outcome: &Outcome,
+    steps: &BTreeMap<&str, &Outcome>,
+) -> Vec<String> {
+    if expect.counters_increase_min.is_empty() {
+        return Vec::new();
+    }
+    let since = expect.counters_since.as_deref().unwrap_or_default();
+    let before = steps.get(since).and_then(|step| step.tcp_counters.as_ref());
+    let (Some(now), Some(before)) = (outcome.tcp_counters.as_ref(), before) else {
+        return vec![format!(
+            "no TCP counters to compare (this step and {since} must both be `counters`)"
+        )];
+    };
+    expect
+        .counters_increase_min
+        .iter()
+        .filter_map(|(name, &minimum)| {
+            let read = |counters: &BTreeMap<String, u64>| counters.get(name).copied();
+            let increase = read(now)?.saturating_sub(read(before)?);
+            (increase < minimum).then(|| {
+                format!("{name} rose by {increase} since {since}, expected at least {minimum}")
+            })
+        })
+        .chain(
+            expect
+                .counters_increase_min
+                .keys()
+                .filter(|name| !now.contains_key(*name))
+                .map(|name| format!("{name}: this host has no such counter")),
+        )
+        .collect()
+}
+
 /// What differs between what a degradation was expected to drop and what
 /// the kernel counted.
 fn counted_differences(expect: &Expect, counted: Option<Counted>) -> Vec<String> {
@@ -292,6 +329,7 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
         }
     }
     found.extend(counted_differences(expect, outcome.counted));
+    found.extend(counter_differences(expect, outcome, steps));
     let took_ms = u64::try_from((outcome.end_ns - outcome.start_ns) / 1_000_000).unwrap_or(0);
     if let Some(min) = expect.took_ms_min
         && took_ms < min
@@ -325,6 +363,7 @@ mod tests {
             detail: None,
             content_crc32: None,
             counted: None,
+            tcp_counters: None,
         }
     }
 
@@ -349,6 +388,42 @@ mod tests {
         assert_eq!(
             compare(&expect, &read, &steps),
             ["99 bytes, expected the 100 of step send"]
+        );
+    }
+
+    #[test]
+    fn tcp_counters_must_rise_as_expected_between_two_readings() {
+        let reading = |csum: u64| {
+            let mut step = outcome(ExpectedOutcome::Ok, "", 0);
+            step.tcp_counters = Some(BTreeMap::from([
+                ("Tcp.InCsumErrors".to_owned(), csum),
+                ("Tcp.InSegs".to_owned(), 10 + csum),
+            ]));
+            step
+        };
+        let before = reading(3);
+        let steps = BTreeMap::from([("before", &before)]);
+        let expect = Expect {
+            counters_increase_min: BTreeMap::from([("Tcp.InCsumErrors".to_owned(), 1)]),
+            counters_since: Some("before".to_owned()),
+            ..Expect::default()
+        };
+        assert!(compare(&expect, &reading(5), &steps).is_empty());
+        assert_eq!(
+            compare(&expect, &reading(3), &steps),
+            ["Tcp.InCsumErrors rose by 0 since before, expected at least 1"]
+        );
+        let unknown = Expect {
+            counters_increase_min: BTreeMap::from([("Tcp.Nope".to_owned(), 1)]),
+            ..expect.clone()
+        };
+        assert_eq!(
+            compare(&unknown, &reading(5), &steps),
+            ["Tcp.Nope: this host has no such counter"]
+        );
+        assert_eq!(
+            compare(&expect, &outcome(ExpectedOutcome::Ok, "", 0), &steps),
+            ["no TCP counters to compare (this step and before must both be `counters`)"]
         );
     }
 

@@ -76,6 +76,8 @@ pub(crate) struct Outcome {
     pub content_crc32: Option<u32>,
     /// A restore: packets its degradations sent on and dropped (kernel counts).
     pub counted: Option<Counted>,
+    /// A `counters` step: the host's TCP counters by `Section.Name`.
+    pub tcp_counters: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Packets a degradation met, as the kernel counted them.
@@ -115,6 +117,7 @@ impl Outcome {
             detail: None,
             content_crc32: None,
             counted: None,
+            tcp_counters: None,
         }
     }
 
@@ -149,6 +152,7 @@ impl Outcome {
             detail: None,
             content_crc32: matches!(call, "send" | "recv").then_some(observation.content_crc32),
             counted: None,
+            tcp_counters: None,
         }
     }
 }

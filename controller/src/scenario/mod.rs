@@ -138,6 +138,11 @@ pub struct Expect {
     pub dropped_percent_min: Option<f64>,
     /// ... and at most.
     pub dropped_percent_max: Option<f64>,
+    /// A `counters` step: these TCP counters of the host rose at least this
+    /// much since the `counters_since` step (e.g. "Tcp.InCsumErrors" = 1).
+    pub counters_increase_min: BTreeMap<String, u64>,
+    /// The earlier `counters` step the increase counts from.
+    pub counters_since: Option<String>,
     /// Ends at most this long after the start of step `since`.
     pub within_ms: Option<u64>,
     /// The step `within_ms` counts from.
@@ -189,6 +194,10 @@ impl Expect {
         }
         if let Some(step) = &self.same_bytes_as {
             parts.push(format!("the bytes of {step}"));
+        }
+        for (name, increase) in &self.counters_increase_min {
+            let since = self.counters_since.as_deref().unwrap_or("?");
+            parts.push(format!("{name} +≥ {increase} since {since}"));
         }
         match (self.dropped_min, self.dropped_max) {
             (Some(min), Some(max)) => parts.push(format!("{min}–{max} packets dropped")),

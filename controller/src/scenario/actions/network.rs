@@ -61,6 +61,9 @@ pub enum NetworkFault {
     },
     /// Heal the role's host's degradations now.
     Restore,
+    /// Read the role's host's TCP counters (nothing is done to it): a later
+    /// step's `counters_increase_min` compares two readings.
+    Counters,
     /// Reboot the role's host, really or simulated (needs `reboot`, or
     /// `isolate` for a simulated one).
     Reboot {
@@ -102,7 +105,7 @@ impl NetworkFault {
             // is degraded by its queueing (netem).
             Self::Degrade { inbound: true, .. } => "loss",
             Self::Degrade { .. } => "degrade",
-            Self::Restore => return None,
+            Self::Restore | Self::Counters => return None,
         })
     }
 
@@ -161,6 +164,7 @@ impl NetworkFault {
                 })
             }
             "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
+            "counters" => input.typed::<NothingSpec>().map(|_| Self::Counters),
             _ => input.typed::<RebootSpec>().map(|spec| Self::Reboot {
                 simulated: spec.simulated,
                 down_ms: spec.down_ms,

@@ -226,6 +226,9 @@ struct ExpectSpec {
     dropped_max: Option<u64>,
     dropped_percent_min: Option<f64>,
     dropped_percent_max: Option<f64>,
+    #[serde(default)]
+    counters_increase_min: BTreeMap<String, u64>,
+    counters_since: Option<String>,
     within_ms: Option<u64>,
     since: Option<String>,
     took_ms_min: Option<u64>,
@@ -326,6 +329,8 @@ fn expectation(spec: ExpectSpec) -> Expect {
         dropped_max: spec.dropped_max,
         dropped_percent_min: spec.dropped_percent_min,
         dropped_percent_max: spec.dropped_percent_max,
+        counters_increase_min: spec.counters_increase_min,
+        counters_since: spec.counters_since,
         within_ms: spec.within_ms,
         since: spec.since,
         took_ms_min: spec.took_ms_min,
@@ -530,6 +535,22 @@ deadline_ms = 1000
             "{errors:#?}"
         );
         assert!(errors[1].message.contains("120 is not a percentage"));
+    }
+
+    #[test]
+    fn a_counters_increase_needs_an_earlier_reading() {
+        let text = GOOD.replace(
+            "error = \"EPIPE\"",
+            "error = \"EPIPE\", counters_increase_min = { \"Tcp.InCsumErrors\" = 1 }",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(
+            errors[0].field,
+            "step[4].expect.linux.counters_increase_min"
+        );
+        let errors = errors_of(&text.replace("= 1 }", "= 1 }, counters_since = \"later\""));
+        assert_eq!(errors[0].field, "step[4].expect.linux.counters_since");
     }
 
     #[test]

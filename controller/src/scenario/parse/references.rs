@@ -233,6 +233,7 @@ impl<'s> Timeline<'s> {
                 ("since", &expect.since),
                 ("bytes_below", &expect.bytes_below),
                 ("same_bytes_as", &expect.same_bytes_as),
+                ("counters_since", &expect.counters_since),
             ] {
                 if let Some(reference) = reference
                     && !self.names.contains(&reference.as_str())
@@ -266,6 +267,13 @@ impl<'s> Timeline<'s> {
                         format!("{value} is not a percentage (0 to 100)"),
                     ));
                 }
+            }
+            if expect.counters_increase_min.is_empty() != expect.counters_since.is_none() {
+                problems.push((
+                    span.clone(),
+                    at.field(&format!("expect.{os}.counters_increase_min")),
+                    "counters_increase_min and counters_since go together".to_owned(),
+                ));
             }
             if expect.within_ms.is_some() != expect.since.is_some() {
                 problems.push((
