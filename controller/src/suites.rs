@@ -150,10 +150,6 @@ const DEGRADED: &[(&str, &str)] = &[
         "degraded/d9-loss-as-asked.toml",
         include_str!("../suites/degraded/d9-loss-as-asked.toml"),
     ),
-    (
-        "degraded/d10-bursty-loss.toml",
-        include_str!("../suites/degraded/d10-bursty-loss.toml"),
-    ),
 ];
 
 /// Names of the built-in suites.

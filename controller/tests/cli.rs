@@ -597,7 +597,7 @@ fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_else
     )?;
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
     let cases = report["cases"].as_array().ok_or("no cases")?;
-    assert_eq!(cases.len(), 10);
+    assert_eq!(cases.len(), 9);
     for case in cases {
         let reason = case["reason"].as_str().unwrap_or_default();
         // Loss of what a host receives needs only the firewall: it runs
