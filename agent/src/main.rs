@@ -108,6 +108,15 @@ enum Command {
     /// Internal: run as a holder process, driven over stdin/stdout by an agent.
     #[command(hide = true)]
     Holder,
+    /// Internal: the bench's floor, a bare process sending 1 byte at the
+    /// wall-clock moment AT_UNIX_NS; prints when its send began (ns,
+    /// monotonic clock).
+    #[command(hide = true)]
+    BareAct {
+        /// The moment, in ns since the Unix epoch (the clock every process
+        /// of the bench shares).
+        at_unix_ns: i64,
+    },
     /// Internal: lift isolation ID after MILLIS (Windows; started by an isolate).
     #[command(hide = true)]
     IsolationWatchdog {
@@ -132,6 +141,21 @@ enum Command {
         /// When.
         millis: u64,
     },
+}
+
+/// One process of `faultlab bench`'s floor: act at `at`, say when, and
+/// stay until the others have acted (exiting is work too).
+fn bare_act(at_unix_ns: i64) -> anyhow::Result<()> {
+    use faultlab_agent::platform::{Current, Platform as _, wall_unix_ns};
+    use std::io::Write as _;
+    let ahead = u64::try_from(at_unix_ns.saturating_sub(wall_unix_ns())).unwrap_or(0);
+    let began =
+        faultlab_agent::schedule::bare_act(Current::monotonic_ns() + ahead).context("bare act")?;
+    let mut out = std::io::stdout();
+    writeln!(out, "{began}")?;
+    out.flush()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,6 +199,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
         Some(Command::Service { action }) => service(action),
+        Some(Command::BareAct { at_unix_ns }) => bare_act(at_unix_ns),
         None => settings(&cli.serve).and_then(|serving| serve(serving, shutdown_signal())),
     };
     telemetry.shutdown();

@@ -13,9 +13,9 @@
 //!   the waits its scenarios ask for (sleeps, and sends or waits meant to
 //!   time out): what the engine adds on top.
 
-use crate::engine::{AgentHandle, RunClock, run_case};
+use crate::engine::{AgentHandle, RunClock, inherent_wait_ms, run_case};
 use crate::report::CaseReport;
-use crate::scenario::{Action, ExpectedOutcome, Scenario, SocketCall, Timing};
+use crate::scenario::Scenario;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -48,7 +48,8 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut nanos: Vec<i64>) -> Self {
+    /// The percentiles of `nanos`.
+    pub fn of(mut nanos: Vec<i64>) -> Self {
         nanos.sort_unstable();
         let at = |p: f64| {
             let index = ((nanos.len().saturating_sub(1)) as f64 * p).round() as usize;
@@ -144,10 +145,10 @@ pub struct Release {
     pub verdict: crate::report::Verdict,
     /// Why, when it is not `expected`.
     pub problems: Vec<String>,
-    /// Each agent's start of its send, from the earliest.
-    pub skew: Spread,
-    /// Each agent's start of its send, from the released moment.
-    pub lateness: Spread,
+    /// Each agent's start of its send, from the earliest, in ns.
+    pub skew_ns: Vec<i64>,
+    /// Each agent's start of its send, from the released moment, in ns.
+    pub lateness_ns: Vec<i64>,
 }
 
 /// The release case for `agents` agents (an even number): pairs connect
@@ -210,15 +211,17 @@ pub async fn release(case: &Scenario, agents: &[Arc<AgentHandle>], clock: RunClo
             .into_iter()
             .chain(report.differences)
             .collect(),
-        skew: Spread::of(starts.iter().map(|start| start - earliest).collect()),
-        lateness: Spread::of(lateness),
+        skew_ns: starts.iter().map(|start| start - earliest).collect(),
+        lateness_ns: lateness,
     }
 }
 
-/// The machine's floor for a release: `count` bare processes (`exe
-/// bench-wake`, see [`wake_at`]) all woken at one moment; how far apart
-/// they ran. Agents on one host cannot act closer together than this.
-pub fn wake_floor(exe: &std::path::Path, count: usize) -> std::io::Result<Spread> {
+/// The machine's floor for a release: `count` bare processes of the agent
+/// (`faultlab-agent bare-act`) each send 1 byte on a connected socket at one
+/// moment, waiting as the agent waits but with no gRPC, holder or runtime
+/// in between; how far apart their sends began (from the earliest, ns). Agents on one host cannot
+/// act closer together than this.
+pub fn act_floor(agent_exe: &std::path::Path, count: usize) -> std::io::Result<Vec<i64>> {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
     // Starting the processes takes about a millisecond each.
     let lead = Duration::from_millis(200)
@@ -230,64 +233,63 @@ pub fn wake_floor(exe: &std::path::Path, count: usize) -> std::io::Result<Spread
     let mut children = Vec::with_capacity(count);
     for _ in 0..count {
         children.push(
-            std::process::Command::new(exe)
-                .args(["bench-wake", &at.to_string()])
+            std::process::Command::new(agent_exe)
+                .args(["bare-act", &at.to_string()])
                 .stdout(std::process::Stdio::piped())
                 .spawn()?,
         );
     }
-    let mut lateness = Vec::with_capacity(count);
+    let mut began = Vec::with_capacity(count);
     for child in children {
         let output = child.wait_with_output()?;
         let text = String::from_utf8_lossy(&output.stdout);
-        lateness.push(
-            text.trim().parse::<i64>().map_err(|_| {
-                std::io::Error::other(format!("bench-wake printed {text:?}, not ns"))
-            })?,
-        );
+        began.push(text.trim().parse::<i64>().map_err(|_| {
+            std::io::Error::other(format!(
+                "bare-act printed {text:?}, not ns ({})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        })?);
     }
-    let earliest = lateness.iter().copied().min().unwrap_or(0);
-    Ok(Spread::of(
-        lateness.iter().map(|late| late - earliest).collect(),
-    ))
+    let earliest = began.iter().copied().min().unwrap_or(0);
+    Ok(began.iter().map(|at| at - earliest).collect())
 }
 
-/// A floor process's part: sleep until the wall-clock moment `at_unix_ns`
-/// (the clock all processes share), and say how late it woke, in ns.
-pub fn wake_at(at_unix_ns: u128) -> i128 {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-    let now = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos())
-    };
-    let left = at_unix_ns.saturating_sub(now());
-    std::thread::sleep(Duration::from_nanos(
-        u64::try_from(left).unwrap_or(u64::MAX),
-    ));
-    i128::try_from(now()).unwrap_or(i128::MAX) - i128::try_from(at_unix_ns).unwrap_or(i128::MAX)
+/// `count` CPU-bound busy loops (threads of this process, at the ordinary
+/// priority the agents have) until the value is dropped: a loaded host on
+/// purpose, for `faultlab bench --load`.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<std::thread::JoinHandle<u64>>,
 }
 
-/// The waits a scenario asks for, in ms: sleeps, and the timeouts of steps
-/// whose Linux expectation is a timeout (they end only at their deadline).
-pub fn inherent_wait_ms(case: &Scenario) -> u64 {
-    case.steps
-        .iter()
-        .map(|step| {
-            let times_out = step.expect.get("linux").and_then(|expect| expect.outcome)
-                == Some(ExpectedOutcome::Timeout);
-            match &step.action {
-                Action::Timing(Timing::Sleep { ms }) => *ms,
-                Action::Socket(
-                    SocketCall::Send { timeout_ms, .. }
-                    | SocketCall::Recv { timeout_ms, .. }
-                    | SocketCall::WaitEnd { timeout_ms, .. }
-                    | SocketCall::Connect { timeout_ms, .. },
-                ) if times_out => u64::from(*timeout_ms),
-                _ => 0,
-            }
-        })
-        .sum()
+impl Load {
+    /// Start `count` busy loops.
+    pub fn start(count: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = (0..count)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut spins = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                    spins
+                })
+            })
+            .collect();
+        Self { stop, loops }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for busy in self.loops.drain(..) {
+            let _ = busy.join();
+        }
+    }
 }
 
 /// What a sequential suite run measured.

@@ -126,6 +126,10 @@ impl History {
                     failed INTEGER NOT NULL,
                     skipped INTEGER NOT NULL,
                     report TEXT NOT NULL
+                );
+                CREATE TABLE IF NOT EXISTS case_durations (
+                    case_id TEXT PRIMARY KEY,
+                    duration_ms INTEGER NOT NULL
                 );",
             )
             .map_err(database)?;
@@ -186,7 +190,39 @@ impl History {
                 ],
             )
             .map_err(|source| self.database(source))?;
-        Ok(self.connection.last_insert_rowid())
+        let number = self.connection.last_insert_rowid();
+        // What each case took, for placing it next time (a skipped case
+        // took nothing worth knowing).
+        for case in &report.cases {
+            if case.verdict != crate::report::Verdict::Skipped {
+                self.connection
+                    .execute(
+                        "INSERT OR REPLACE INTO case_durations (case_id, duration_ms) VALUES (?1, ?2)",
+                        params![case.id, i64::try_from(case.duration_ms).unwrap_or(i64::MAX)],
+                    )
+                    .map_err(|source| self.database(source))?;
+            }
+        }
+        Ok(number)
+    }
+
+    /// How long each case took when it last ran, by case id (ms).
+    pub fn durations(&self) -> Result<std::collections::BTreeMap<String, u64>, HistoryError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT case_id, duration_ms FROM case_durations")
+            .map_err(|source| self.database(source))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(|source| self.database(source))?;
+        let mut durations = std::collections::BTreeMap::new();
+        for row in rows {
+            let (id, ms) = row.map_err(|source| self.database(source))?;
+            durations.insert(id, u64::try_from(ms).unwrap_or(0));
+        }
+        Ok(durations)
     }
 
     /// The newest `limit` runs, newest first.
@@ -383,6 +419,7 @@ mod tests {
             }],
             wire_evidence: false,
             wire: Vec::new(),
+            started_ms: 0,
             duration_ms: 1,
             span_id: None,
             trace_url: None,
@@ -487,9 +524,21 @@ mod tests {
             "{:?}",
             history.diff("1", "3")
         );
+        // What each case took last time, for placing it: the newest run
+        // that played it (a skipped case says nothing).
+        let mut slow = report("r4", Verdict::Differs, "");
+        slow.cases[0].duration_ms = 4_200;
+        history.save(&slow)?;
+        let mut skipped = report("r5", Verdict::Skipped, "");
+        skipped.cases[0].duration_ms = 0;
+        history.save(&skipped)?;
+        assert_eq!(
+            history.durations()?,
+            BTreeMap::from([("C2".to_owned(), 4_200)])
+        );
         drop(history);
         // Opening again (the column exists now) keeps everything.
-        assert_eq!(History::open(&path)?.list(10)?.len(), 3);
+        assert_eq!(History::open(&path)?.list(10)?.len(), 5);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

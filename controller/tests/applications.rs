@@ -130,6 +130,7 @@ async fn run_against(
         pinned: BTreeMap::new(),
         targets: BTreeMap::from([("server".to_owned(), Arc::new(placed))]),
         parallel: 4,
+        durations: Default::default(),
     };
     let (_stop, stop) = tokio::sync::watch::channel(false);
     Ok(engine::run(plan, clock, Arc::new(Quiet), stop).await)

@@ -70,6 +70,7 @@ async fn the_html_report_renders_in_a_real_browser() -> TestResult {
         pinned: Default::default(),
         targets: std::collections::BTreeMap::new(),
         parallel: 1,
+        durations: Default::default(),
     };
     let (_stop, stop) = tokio::sync::watch::channel(false);
     let report = engine::run(plan, clock, Arc::new(Quiet), stop).await;

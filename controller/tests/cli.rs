@@ -356,12 +356,13 @@ async fn heal_all_lifts_every_isolation_of_every_agent() -> TestResult {
 }
 
 #[test]
-fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() -> TestResult {
+fn a_four_host_lab_runs_cases_at_once_on_disjoint_hosts_with_wire_evidence_and_leaves_nothing()
+-> TestResult {
     let _turn = netns_lab_turn()?;
     let scratch = Scratch::new("lab")?;
     let state = scratch.0.join("state").display().to_string();
     let history = scratch.0.join("h.sqlite");
-    let up = faultlab(&["lab", "up", "--hosts", "3", "--state", &state], &history)?;
+    let up = faultlab(&["lab", "up", "--hosts", "4", "--state", &state], &history)?;
     assert_eq!(
         up.status.code(),
         Some(0),
@@ -371,7 +372,7 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
     let status = faultlab(&["lab", "status", "--state", &state], &history)?;
     let listed = String::from_utf8_lossy(&status.stdout);
     assert!(
-        listed.contains("3 of 3 agent processes running") && listed.matches(" ok ").count() == 3,
+        listed.contains("4 of 4 agent processes running") && listed.matches(" ok ").count() == 4,
         "{listed}"
     );
 
@@ -394,9 +395,56 @@ fn a_three_host_lab_runs_the_seed_suite_with_wire_evidence_and_leaves_nothing() 
             case["id"]
         );
     }
+    // The plan was printed, on two pairs of hosts.
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains("plan: 15 cases"), "{said}");
+    // Cases that ran at once never shared a host (every host captures, so
+    // every case has its hosts to itself), and cases that cut hosts off
+    // did run at once: the point of more hosts.
+    let window = |case: &serde_json::Value| {
+        let start = case["started_ms"].as_u64().unwrap_or(0);
+        (start, start + case["duration_ms"].as_u64().unwrap_or(0))
+    };
+    let hosts = |case: &serde_json::Value| -> Vec<String> {
+        case["roles"]
+            .as_object()
+            .map(|roles| {
+                roles
+                    .values()
+                    .filter_map(|agent| agent.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let cuts_hosts_off = ["S1", "K1", "U1", "F2", "R1"];
+    let mut disruptive_at_once = 0;
+    for (index, first) in cases.iter().enumerate() {
+        for second in &cases[index + 1..] {
+            let ((a0, a1), (b0, b1)) = (window(first), window(second));
+            if a0 < b1 && b0 < a1 {
+                let (mine, theirs) = (hosts(first), hosts(second));
+                assert!(
+                    mine.iter().all(|host| !theirs.contains(host)),
+                    "{} on {mine:?} and {} on {theirs:?} ran at once",
+                    first["id"],
+                    second["id"]
+                );
+                let disruptive = |case: &serde_json::Value| {
+                    cuts_hosts_off.contains(&case["id"].as_str().unwrap_or_default())
+                };
+                if disruptive(first) && disruptive(second) {
+                    disruptive_at_once += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        disruptive_at_once >= 1,
+        "no two cases that cut hosts off ran at once: {said}"
+    );
 
     assert_eq!(down.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&down.stdout).contains("3 namespaces"));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("4 namespaces"));
     let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
     assert!(
         !String::from_utf8_lossy(&namespaces.stdout).contains("fll"),

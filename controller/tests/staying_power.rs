@@ -56,6 +56,7 @@ async fn run(
         pinned: Default::default(),
         targets: std::collections::BTreeMap::new(),
         parallel,
+        durations: Default::default(),
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     Ok(engine::run(plan, clock, Arc::new(Quiet), stop).await)

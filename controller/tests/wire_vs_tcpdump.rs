@@ -119,6 +119,7 @@ async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
         pinned: Default::default(),
         targets: std::collections::BTreeMap::new(),
         parallel: 1,
+        durations: Default::default(),
     };
     let (_stop, stop) = tokio::sync::watch::channel(false);
     let report = engine::run(plan, clock, Arc::new(Quiet), stop).await;

@@ -6,6 +6,7 @@
 use super::protocol::{Envelope, HolderMessage, HolderRequest};
 use crate::conn::Connections;
 use crate::platform::{Current, Platform, StdioPipes};
+use crate::schedule::at_moment;
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -42,21 +43,16 @@ async fn serve_pipe() -> io::Result<()> {
                 continue;
             }
         };
+        let moment = envelope.start_at_mono_ns;
         if let HolderRequest::Exit { code } = envelope.request {
-            if let Some(start_ns) = envelope.start_at_mono_ns {
-                crate::schedule::wait_until(start_ns).await;
-            }
             // The point of this request: no destructor, no close(); the
             // kernel cleans up after the process as after a crash.
-            std::process::exit(code);
+            at_moment(moment, async { std::process::exit(code) }).await;
         }
         let engine = Arc::clone(&engine);
         let outbox = outbox.clone();
         tokio::spawn(async move {
-            if let Some(start_ns) = envelope.start_at_mono_ns {
-                crate::schedule::wait_until(start_ns).await;
-            }
-            let reply = engine.handle(envelope.request).await;
+            let reply = at_moment(moment, engine.handle(envelope.request)).await;
             let _ = outbox.send(HolderMessage::Reply {
                 id: envelope.id,
                 reply,

@@ -2,7 +2,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, StdioPipes, keepalive_params, millis};
+use super::{Platform, StdioPipes, ThreadSchedule, URGENT_PRIORITY, keepalive_params, millis};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -266,6 +266,63 @@ impl Platform for Linux {
         // Not pipes (started by hand from a terminal): use the portable way.
         pipes().unwrap_or_else(|_| StdioPipes::portable())
     }
+
+    fn raise_thread() -> io::Result<ThreadSchedule> {
+        // SAFETY: pid 0 is the calling thread; `param` is a valid, writable
+        // sched_param for the duration of each call.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut param = libc::sched_param { sched_priority: 0 };
+            if policy < 0 || libc::sched_getparam(0, &mut param) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let before = ThreadSchedule {
+                policy,
+                priority: param.sched_priority,
+            };
+            let urgent = libc::sched_param {
+                sched_priority: URGENT_PRIORITY,
+            };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &urgent) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(before)
+        }
+    }
+
+    fn restore_thread(before: ThreadSchedule) {
+        let param = libc::sched_param {
+            sched_priority: before.priority,
+        };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+        // Going back to a lower class is always permitted.
+        unsafe {
+            libc::sched_setscheduler(0, before.policy, &param);
+        }
+    }
+
+    fn sleep_until(at_ns: u64) {
+        let deadline = libc::timespec {
+            tv_sec: libc::time_t::try_from(at_ns / 1_000_000_000).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::try_from(at_ns % 1_000_000_000).unwrap_or(0),
+        };
+        // Bounded: a signal interrupts the sleep at most once per signal.
+        for _ in 0..1_000 {
+            // SAFETY: `deadline` is a valid timespec; no remainder is asked
+            // for with TIMER_ABSTIME.
+            let rc = unsafe {
+                libc::clock_nanosleep(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TIMER_ABSTIME,
+                    &deadline,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc != libc::EINTR {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +334,33 @@ mod tests {
         let first = Linux::monotonic_ns();
         let second = Linux::monotonic_ns();
         assert!(first > 0 && second >= first);
+    }
+
+    #[test]
+    fn a_raised_thread_is_real_time_until_restored() {
+        // SAFETY: reads the calling thread's policy.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        match Linux::raise_thread() {
+            Ok(saved) => {
+                assert_eq!(policy(), libc::SCHED_FIFO);
+                assert_eq!(saved.policy, before);
+                Linux::restore_thread(saved);
+                assert_eq!(policy(), before);
+            }
+            // Not root: refused, and nothing changed.
+            Err(error) => {
+                assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
+                assert_eq!(policy(), before);
+            }
+        }
+    }
+
+    #[test]
+    fn a_sleep_until_ends_at_its_deadline_not_before() {
+        let at = Linux::monotonic_ns() + 5_000_000;
+        Linux::sleep_until(at);
+        assert!(Linux::monotonic_ns() >= at);
     }
 
     #[test]

@@ -117,6 +117,36 @@ pub trait Platform {
     /// where the OS allows (tokio's own stdio goes through a thread pool,
     /// which costs two thread hand-offs per request).
     fn stdio_pipes() -> StdioPipes;
+
+    /// Make the calling thread run as soon as it is woken, even on a busy
+    /// host: a real-time class (Linux: `SCHED_FIFO`, priority
+    /// [`URGENT_PRIORITY`]; Windows: time-critical priority, and a 1 ms
+    /// timer period for the process, as Windows' default tick is 15.6 ms
+    /// where sleeps have no high-resolution timer). Returns how it was
+    /// scheduled before, for [`Platform::restore_thread`]; an error when the
+    /// OS does not permit it (Linux: neither root nor `CAP_SYS_NICE`).
+    fn raise_thread() -> io::Result<ThreadSchedule>;
+
+    /// Schedule the calling thread as it was before [`Platform::raise_thread`].
+    fn restore_thread(before: ThreadSchedule);
+
+    /// Block the calling thread until [`Platform::monotonic_ns`] reads
+    /// `at_ns` (an absolute deadline: no drift from computing what is left).
+    fn sleep_until(at_ns: u64);
+}
+
+/// The real-time priority of a thread waiting for a scheduled moment: above
+/// every ordinary thread, below the kernel's own real-time threads (50 and
+/// up on Linux) and what audio or control software usually takes.
+pub const URGENT_PRIORITY: i32 = 10;
+
+/// How a thread was scheduled, to put back (see [`Platform::raise_thread`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSchedule {
+    /// The OS's scheduling class or policy.
+    pub policy: i32,
+    /// The priority within it.
+    pub priority: i32,
 }
 
 /// A process's stdin and stdout, ready for tokio.

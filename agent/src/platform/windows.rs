@@ -2,7 +2,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, StdioPipes, keepalive_params};
+use super::{Platform, StdioPipes, ThreadSchedule, keepalive_params};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -188,5 +188,50 @@ impl Platform for Windows {
 
     fn stdio_pipes() -> StdioPipes {
         StdioPipes::portable()
+    }
+
+    fn raise_thread() -> io::Result<ThreadSchedule> {
+        use windows_sys::Win32::System::Threading::{
+            GetCurrentThread, GetThreadPriority, SetThreadPriority, THREAD_PRIORITY_TIME_CRITICAL,
+        };
+        /// GetThreadPriority's failure (MAXLONG; windows-sys has no name for it).
+        const THREAD_PRIORITY_ERROR_RETURN: i32 = i32::MAX;
+        use windows_sys::Win32::Media::timeBeginPeriod;
+        // Process-wide and counted by the OS: asked for once, kept while the
+        // process lives. Refused only for a period out of range.
+        static PERIOD: std::sync::Once = std::sync::Once::new();
+        // SAFETY: timeBeginPeriod takes a period in ms and has no pointers.
+        PERIOD.call_once(|| unsafe {
+            timeBeginPeriod(1);
+        });
+        // SAFETY: GetCurrentThread returns a pseudo-handle valid on this
+        // thread; both calls only read or set this thread's priority.
+        unsafe {
+            let priority = GetThreadPriority(GetCurrentThread());
+            if priority == THREAD_PRIORITY_ERROR_RETURN {
+                return Err(io::Error::last_os_error());
+            }
+            if SetThreadPriority(GetCurrentThread(), THREAD_PRIORITY_TIME_CRITICAL) == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(ThreadSchedule {
+                policy: 0,
+                priority,
+            })
+        }
+    }
+
+    fn restore_thread(before: ThreadSchedule) {
+        use windows_sys::Win32::System::Threading::{GetCurrentThread, SetThreadPriority};
+        // SAFETY: as in raise_thread.
+        unsafe {
+            SetThreadPriority(GetCurrentThread(), before.priority);
+        }
+    }
+
+    fn sleep_until(at_ns: u64) {
+        // std's sleep uses a high-resolution waitable timer where Windows has one.
+        let left = at_ns.saturating_sub(Self::monotonic_ns());
+        std::thread::sleep(std::time::Duration::from_nanos(left));
     }
 }

@@ -1,5 +1,6 @@
 //! `faultlab bench`: the engine's numbers on a local lab (fan-out skew,
-//! release skew against the machine's floor, memory, suite overhead).
+//! release skew against the machine's floor, idle or under a load made on
+//! purpose, memory, suite overhead).
 
 use super::say;
 use anyhow::bail;
@@ -9,7 +10,7 @@ use faultlab::engine::{AgentHandle, RunClock};
 use faultlab::lab::{self, LabError, LocalLab};
 use faultlab::scenario::Scenario;
 use faultlab::suites;
-use std::io::Write;
+use std::io::Write as _;
 use std::sync::Arc;
 
 /// What to measure.
@@ -21,16 +22,16 @@ pub struct BenchArgs {
     /// The case the fan-out plays on every pair.
     #[arg(long, default_value = "C1")]
     case: String,
-    /// Times to repeat the sequential suite run.
+    /// Times to repeat the sequential suite run (0: not at all).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-}
-
-/// When to wake.
-#[derive(clap::Args)]
-pub struct WakeArgs {
-    /// The moment, in ns since the Unix epoch.
-    at_unix_ns: u128,
+    /// Times to repeat the release and its floor (their samples pooled).
+    #[arg(long, default_value_t = 5)]
+    releases: usize,
+    /// CPU-bound busy loops running beside the agents while the fan-out
+    /// and the releases are measured (a busy host, reproducibly).
+    #[arg(long, default_value_t = 0)]
+    load: usize,
 }
 
 /// Run every measurement and print it; whether every case came out expected.
@@ -43,8 +44,13 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
     let local = LocalLab::start(&exe, args.agents.max(2))?;
     let clock = RunClock::start();
     let handles = AgentHandle::connect_all(&Connector::plain(), &local.inventory, &clock).await?;
+    let load = bench::Load::start(args.load);
+    if args.load > 0 {
+        say!("load: {} busy loops beside the agents", args.load);
+    }
     let fanned_out = fanout(fanned, &handles, clock).await?;
-    let released = release(&handles, clock).await?;
+    let released = release(&handles, &exe, args.releases.max(1), clock).await?;
+    drop(load);
     if let Some((rss, peak)) = bench::own_memory_kib() {
         say!(
             "controller memory with {} agents connected: RSS {:.1} MiB, peak {:.1} MiB",
@@ -65,17 +71,6 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(fanned_out && released)
-}
-
-/// One process of the wake-up floor: sleep until the moment, print how late.
-pub fn wake(args: &WakeArgs) -> anyhow::Result<bool> {
-    let late = bench::wake_at(args.at_unix_ns);
-    let mut out = std::io::stdout();
-    writeln!(out, "{late}")?;
-    out.flush()?;
-    // Exiting is work too: stay until the others have woken.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    Ok(true)
 }
 
 /// The case on every pair at once; whether all came out expected.
@@ -101,39 +96,52 @@ async fn fanout(
     Ok(result.expected == result.pairs)
 }
 
-/// Every agent acting at one released moment, against the machine's floor;
-/// whether the release case came out expected.
-async fn release(handles: &[Arc<AgentHandle>], clock: RunClock) -> anyhow::Result<bool> {
+/// Every agent acting at one released moment, `times` times, against the
+/// machine's floor (as many bare processes doing the same act); whether
+/// every release came out expected.
+async fn release(
+    handles: &[Arc<AgentHandle>],
+    agent_exe: &std::path::Path,
+    times: usize,
+    clock: RunClock,
+) -> anyhow::Result<bool> {
     let pairs = handles.len() / 2;
     let release_case = bench::release_case(pairs * 2)
         .map_err(|errors| anyhow::anyhow!("the release case does not parse: {errors}"))?;
-    let release = bench::release(&release_case, handles, clock).await;
+    let (mut skews, mut late, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut all_expected = true;
+    for _ in 0..times {
+        let release = bench::release(&release_case, handles, clock).await;
+        if release.verdict != faultlab::report::Verdict::Expected {
+            all_expected = false;
+            say!(
+                "release: {:?}: {}",
+                release.verdict,
+                release.problems.join("; ")
+            );
+        }
+        skews.extend(release.skew_ns);
+        late.extend(release.lateness_ns);
+        floors.extend(bench::act_floor(agent_exe, pairs * 2)?);
+    }
+    let (skew, late, floor) = (Spread::of(skews), Spread::of(late), Spread::of(floors));
     say!(
-        "release: {} agents act at one released moment ({:?}{}): skew p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-        release.agents,
-        release.verdict,
-        if release.problems.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", release.problems.join("; "))
-        },
-        release.skew.p50_us,
-        release.skew.p99_us,
-        release.skew.max_us
+        "release: {} agents send 1 byte at one released moment, {times} times: skew p50 {:.0} us, p99 {:.0} us, max {:.0} us: p99 {:.1}x the floor",
+        pairs * 2,
+        skew.p50_us,
+        skew.p99_us,
+        skew.max_us,
+        skew.p99_us / floor.p99_us.max(1.0)
     );
+    print_spread("after the moment (clock offsets included)", &late)?;
     print_spread(
-        "after the moment (clock offsets included)",
-        &release.lateness,
+        &format!(
+            "floor ({} bare processes send 1 byte at one moment, waiting as agents do)",
+            pairs * 2
+        ),
+        &floor,
     )?;
-    let floor = bench::wake_floor(&std::env::current_exe()?, release.agents.max(2))?;
-    say!(
-        "  floor: {} bare processes woken at one moment on this machine: spread p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-        floor.samples,
-        floor.p50_us,
-        floor.p99_us,
-        floor.max_us
-    );
-    Ok(release.verdict == faultlab::report::Verdict::Expected)
+    Ok(all_expected)
 }
 
 fn print_spread(what: &str, spread: &Spread) -> anyhow::Result<()> {

@@ -62,13 +62,10 @@ pub enum Command {
     /// Each agent's host's TCP connections (every program's) with their
     /// states: what an application left behind, e.g. in CLOSE-WAIT.
     Connections(connections::ConnectionsArgs),
-    /// Benchmarks on a local lab: fan-out skew over many agents, and the
+    /// Benchmarks on a local lab: fan-out skew over many agents, release
+    /// skew against the machine's floor (idle or under --load), and the
     /// seed suite's wall time against its inherent waits.
     Bench(bench::BenchArgs),
-    /// One process of the bench's wake-up floor: sleep until a wall-clock
-    /// moment, print how late it woke (ns).
-    #[command(hide = true)]
-    BenchWake(bench::WakeArgs),
     /// A lab of network-namespace hosts on this machine that outlives the
     /// command (needs root): up, down, status.
     Lab(lab::LabArgs),
@@ -93,7 +90,6 @@ pub async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
         Command::Agents(args) => agents::agents(args, &tls).await,
         Command::Connections(args) => connections::connections(args, &tls).await,
         Command::Bench(args) => bench::bench(&args).await,
-        Command::BenchWake(args) => bench::wake(&args),
         Command::Lab(args) => lab::lab(args).await,
         Command::Heal(args) => heal::heal(args, &tls).await,
         Command::Report(args) => report::report(&args),
@@ -156,6 +152,18 @@ impl HistoryArgs {
     pub fn open(&self) -> anyhow::Result<History> {
         let path = self.history.clone().unwrap_or_else(history::default_path);
         Ok(History::open(&path)?)
+    }
+
+    /// What each case took when it last ran, if a history exists (none is
+    /// made for asking) and can be read; else nothing.
+    pub fn durations(&self) -> std::collections::BTreeMap<String, u64> {
+        let path = self.history.clone().unwrap_or_else(history::default_path);
+        if !path.exists() {
+            return Default::default();
+        }
+        History::open(&path)
+            .and_then(|history| history.durations())
+            .unwrap_or_default()
     }
 }
 

@@ -43,6 +43,10 @@ pub struct RunArgs {
     lab: LabKind,
     #[command(flatten)]
     vm: VmOptions,
+    /// Hosts of the local lab (default: as many as the widest case has
+    /// roles). More hosts let cases on disjoint hosts run at once.
+    #[arg(long, conflicts_with = "inventory")]
+    hosts: Option<usize>,
     /// Run each case on every ordered choice of agents (the OS × OS matrix).
     #[arg(long)]
     all_bindings: bool,
@@ -239,7 +243,8 @@ async fn run_on_lab(
             (inventory, None, connector)
         }
         None => {
-            let hosts = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
+            let widest = cases.iter().map(|case| case.roles.len()).max().unwrap_or(2);
+            let hosts = args.hosts.unwrap_or(widest).max(widest);
             let application = if targets.is_empty() {
                 ApplicationHost::None
             } else {
@@ -306,6 +311,9 @@ async fn play(
         all_bindings: args.all_bindings,
         pinned,
         parallel: args.parallel,
+        // What the cases took last time places them best; none known (a
+        // first run, an unreadable history): estimated from the scenarios.
+        durations: args.history.durations(),
     };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -327,6 +335,22 @@ async fn play(
     Ok(report)
 }
 
+/// The plan, one line per set of hosts: the cases it runs, in turn order.
+fn plan_lines(placements: &[faultlab::engine::Placement]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for placement in placements {
+        let hosts = placement.hosts.join(", ");
+        match groups.iter_mut().find(|(known, _)| *known == hosts) {
+            Some((_, cases)) => cases.push(&placement.case.id),
+            None => groups.push((hosts, vec![&placement.case.id])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(hosts, cases)| format!("{hosts}: {}", cases.join(" ")))
+        .collect()
+}
+
 /// Progress on stderr (hidden when stderr is not a terminal).
 struct Bars {
     bar: ProgressBar,
@@ -343,6 +367,20 @@ impl Bars {
 }
 
 impl Progress for Bars {
+    fn placed(&self, placements: &[faultlab::engine::Placement]) {
+        let groups = plan_lines(placements);
+        if groups.len() > 1 {
+            // Not through the bar: the plan is worth keeping in a CI log.
+            eprintln!(
+                "plan: {} cases; cases on disjoint hosts run at once, each host takes its turns:",
+                placements.len()
+            );
+            for line in groups {
+                eprintln!("  {line}");
+            }
+        }
+    }
+
     fn started(&self, case: &Scenario, agents: &[String]) {
         self.bar
             .set_message(format!("{} {} on {}", case.id, case.name, agents.join("→")));

@@ -103,6 +103,7 @@ async fn play_case(
 ) -> CaseReport {
     let started = Instant::now();
     let mut report = empty_report(case, binding, targets);
+    report.started_ms = u64::try_from(clock.now_ns() / 1_000_000).unwrap_or(0);
     if let Err(why) = playable(case, binding, targets) {
         report.verdict = Verdict::Skipped;
         report.reason = Some(why);
@@ -411,6 +412,7 @@ pub(super) fn empty_report(
         observations: Vec::new(),
         wire_evidence: false,
         wire: Vec::new(),
+        started_ms: 0,
         duration_ms: 0,
         span_id: None,
         trace_url: None,

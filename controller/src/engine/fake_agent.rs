@@ -351,13 +351,41 @@ pub async fn handles(
     faults: Faults,
     clock: &super::RunClock,
 ) -> Result<Vec<(Arc<super::AgentHandle>, Arc<Script>)>, Box<dyn std::error::Error>> {
+    handles_at(count, faults, clock, |_| None).await
+}
+
+/// `count` fake agents, each said to be a host of its own: its test
+/// address is 198.18.1.N (never dialled: the fakes answer on loopback).
+pub async fn hosts(
+    count: usize,
+    clock: &super::RunClock,
+) -> Result<Vec<Arc<super::AgentHandle>>, Box<dyn std::error::Error>> {
+    let handles = handles_at(count, Faults::default(), clock, |index| {
+        Some(std::net::IpAddr::from([
+            198,
+            18,
+            1,
+            u8::try_from(index).unwrap_or(255),
+        ]))
+    })
+    .await?;
+    Ok(handles.into_iter().map(|(handle, _)| handle).collect())
+}
+
+async fn handles_at(
+    count: usize,
+    faults: Faults,
+    clock: &super::RunClock,
+    test_ip: impl Fn(usize) -> Option<std::net::IpAddr>,
+) -> Result<Vec<(Arc<super::AgentHandle>, Arc<Script>)>, Box<dyn std::error::Error>> {
     let connector = crate::agents::Connector::plain();
     let wire = Arc::new(Wire::default());
     let mut handles = Vec::new();
     for index in 1..=count {
         let (address, script) = start(Arc::clone(&wire), faults).await?;
         let name = format!("fake-{index}");
-        let handle = super::AgentHandle::connect(&connector, &name, &address, None, clock).await?;
+        let handle =
+            super::AgentHandle::connect(&connector, &name, &address, test_ip(index), clock).await?;
         handles.push((Arc::new(handle), script));
     }
     Ok(handles)

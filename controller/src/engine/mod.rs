@@ -28,6 +28,7 @@ mod case;
 mod fake_agent;
 mod handles;
 mod judge;
+mod placement;
 mod plan;
 pub mod probe;
 mod run;
@@ -38,6 +39,7 @@ mod wire;
 
 pub use case::{run_case, run_case_on};
 pub use handles::{AgentHandle, PlaceError, RunClock, TargetHandle};
+pub use placement::{Placement, inherent_wait_ms};
 pub use plan::{Plan, Progress, Quiet};
 pub use run::{new_run_id, run, run_span};
 

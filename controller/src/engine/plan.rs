@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 /// Told as cases start and finish (the terminal's progress bars).
 pub trait Progress: Send + Sync {
+    /// The cases were placed on their hosts, in turn order.
+    fn placed(&self, _placements: &[super::placement::Placement]) {}
     /// A case began.
     fn started(&self, _case: &Scenario, _agents: &[String]) {}
     /// A case ended.
@@ -40,6 +42,9 @@ pub struct Plan {
     pub targets: BTreeMap<String, Arc<TargetHandle>>,
     /// Cases at once.
     pub parallel: usize,
+    /// How long cases took when they last ran, by id (ms), for placing
+    /// them; a case not in it is estimated from its scenario.
+    pub durations: BTreeMap<String, u64>,
 }
 
 impl Plan {
@@ -79,18 +84,10 @@ impl Plan {
             return;
         };
         let pinned = self.pinned.get(*role);
-        let hosts_an_application = |agent: &AgentHandle| {
-            self.targets.values().any(|target| {
-                target
-                    .host
-                    .as_ref()
-                    .is_some_and(|host| host.name == agent.name)
-            })
-        };
         for index in 0..self.agents.len() {
             let fits = match pinned {
                 Some(name) => &self.agents[index].name == name,
-                None => !hosts_an_application(&self.agents[index]),
+                None => !self.hosts_an_application(&self.agents[index]),
             };
             if fits && !chosen.contains(&index) {
                 chosen.push(index);
@@ -98,6 +95,17 @@ impl Plan {
                 chosen.pop();
             }
         }
+    }
+
+    /// Whether an application under test runs on `agent`'s host (the
+    /// agent counts its sockets: it plays no role).
+    pub fn hosts_an_application(&self, agent: &AgentHandle) -> bool {
+        self.targets.values().any(|target| {
+            target
+                .host
+                .as_ref()
+                .is_some_and(|host| host.name == agent.name)
+        })
     }
 
     /// The applications that play roles of `case`.
@@ -131,6 +139,7 @@ mod tests {
             pinned: BTreeMap::new(),
             targets: BTreeMap::new(),
             parallel: 1,
+            durations: Default::default(),
         })
     }
 

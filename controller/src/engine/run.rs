@@ -1,8 +1,9 @@
-//! A whole run: every case of the plan on each of its bindings, a few at a
-//! time, until done or stopped; then the run's report.
+//! A whole run: every case of the plan on its hosts in its turn, cases on
+//! disjoint hosts at once, until done or stopped; then the run's report.
 
 use super::case::{empty_report, run_case_on};
 use super::handles::{AgentHandle, RunClock, TargetHandle};
+use super::placement::{Placement, place};
 use super::plan::{Plan, Progress};
 use crate::report::{CaseReport, RunReport, SCHEMA, Summary, Verdict};
 use crate::scenario::Scenario;
@@ -10,7 +11,7 @@ use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{RwLock, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{Id as TaskId, JoinSet};
 use tracing::{Instrument as _, Span};
 
@@ -41,9 +42,11 @@ pub fn run_span(run_id: &str, suite: &str) -> Span {
     )
 }
 
-/// Run every case of the plan on its bindings, `parallel` at a time, until
-/// done or `stop` turns true (then unfinished cases are reported as errors
-/// and every agent is reset).
+/// Run every case of the plan on its hosts in its turn ([`place`]), at most
+/// `parallel` at a time unless every host captures (then each host takes
+/// one case at a time, and disjoint hosts run theirs at once), until done
+/// or `stop` turns true (then unfinished cases are reported as errors and
+/// every agent is reset).
 ///
 /// The caller's current span is the run's span (see [`run_span`]): each
 /// case's span, and through the agents every host's spans, hang under it.
@@ -55,8 +58,9 @@ pub async fn run(
 ) -> RunReport {
     let started_unix_ms = wall_ms();
     let run_span = Span::current();
-    let mut cases = Cases::spawn(&plan, clock, &progress, &run_span);
-    if cases.collect(stop).await {
+    let mut cases = Cases::new(&plan);
+    progress.placed(&cases.placed);
+    if cases.run_all(clock, &progress, &run_span, stop).await {
         reset_all(&plan.agents).await;
     }
     let reports = cases.reports(&plan);
@@ -76,102 +80,126 @@ pub async fn run(
     }
 }
 
-/// How many cases may run at once. Wire evidence needs quiet hosts: a
-/// neighbour's flood (S4 moves hundreds of MB) makes the kernel drop
-/// packets meant for a capture, and a verdict on a partial capture would
-/// be wrong. With captures, one case at a time.
-fn width(plan: &Plan) -> usize {
-    let capturing = !plan.agents.is_empty()
+/// Whether every agent captures its host's packets (then every case needs
+/// its hosts to itself: see [`super::placement`]).
+fn capturing(plan: &Plan) -> bool {
+    !plan.agents.is_empty()
         && plan
             .agents
             .iter()
-            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"));
-    if capturing { 1 } else { plan.parallel.max(1) }
+            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"))
 }
 
-/// Whether a case must run alone: one that cuts hosts off, pulls their
-/// cables, cuts their power, reboots them or degrades their network
-/// would disturb any other on the same hosts, and an application's probe
-/// counts every socket of its port.
-fn runs_alone(case: &Scenario, targets: &BTreeMap<String, Arc<TargetHandle>>) -> bool {
-    !targets.is_empty()
-        || case.needs.iter().any(|need| {
-            ["isolate", "reboot", "link", "power", "degrade", "loss"].contains(&need.as_str())
-        })
-}
-
-/// The run's cases under way: one task per case and binding, each with a
-/// slot for its report in plan order.
+/// The run's cases: those waiting for their turn (in turn order), those
+/// under way, and a slot for each report in plan order.
 struct Cases {
+    placed: Vec<Placement>,
+    waiting: Vec<Placement>,
+    running: HashMap<TaskId, Placement>,
     tasks: JoinSet<(usize, CaseReport)>,
     slots: Vec<Option<CaseReport>>,
-    slot_of_task: HashMap<TaskId, usize>,
     /// A task that failed (a bug) still ends as its own case's error.
     failures: HashMap<usize, String>,
+    /// Cases at once, at most.
+    width: usize,
 }
 
 impl Cases {
-    fn spawn(plan: &Plan, clock: RunClock, progress: &Arc<dyn Progress>, span: &Span) -> Self {
-        let gate = Arc::new(Semaphore::new(width(plan)));
-        let alone = Arc::new(RwLock::new(()));
-        let mut cases = Self {
+    fn new(plan: &Plan) -> Self {
+        let capturing = capturing(plan);
+        let placed = place(plan, capturing);
+        Self {
+            slots: vec![None; placed.len()],
+            waiting: placed.clone(),
+            placed,
+            running: HashMap::new(),
             tasks: JoinSet::new(),
-            slots: Vec::new(),
-            slot_of_task: HashMap::new(),
             failures: HashMap::new(),
-        };
-        for case in &plan.cases {
-            let targets = plan.targets_of(case);
-            for binding in plan.bindings(case) {
-                let index = cases.slots.len();
-                cases.slots.push(None);
-                let (case, targets) = (case.clone(), targets.clone());
-                let (gate, alone) = (Arc::clone(&gate), Arc::clone(&alone));
-                let progress = Arc::clone(progress);
-                let task = cases.tasks.spawn(
-                    async move {
-                        let (_shared, _sole) = if runs_alone(&case, &targets) {
-                            (None, Some(alone.write_owned().await))
-                        } else {
-                            (Some(alone.read_owned().await), None)
-                        };
-                        let _permit = gate.acquire_owned().await;
-                        let names: Vec<String> =
-                            binding.iter().map(|agent| agent.name.clone()).collect();
-                        progress.started(&case, &names);
-                        let report = run_case_on(&case, &binding, &targets, clock).await;
-                        progress.finished(&report);
-                        (index, report)
-                    }
-                    .instrument(span.clone()),
-                );
-                cases.slot_of_task.insert(task.id(), index);
-            }
+            // With captures every case has its hosts to itself: the turns
+            // are the limit, not a width.
+            width: if capturing {
+                usize::MAX
+            } else {
+                plan.parallel.max(1)
+            },
         }
-        cases
     }
 
-    /// Wait for every case, or for `stop`; whether the run was interrupted.
-    async fn collect(&mut self, mut stop: watch::Receiver<bool>) -> bool {
+    /// Start every waiting case whose turn it is: nothing it conflicts with
+    /// is running or waiting before it.
+    fn start_turns(&mut self, clock: RunClock, progress: &Arc<dyn Progress>, span: &Span) {
+        let mut index = 0;
+        while index < self.waiting.len() && self.running.len() < self.width {
+            let candidate = &self.waiting[index];
+            let blocked = self
+                .running
+                .values()
+                .chain(&self.waiting[..index])
+                .any(|other| other.conflicts_with(candidate));
+            if blocked {
+                index += 1;
+                continue;
+            }
+            let placement = self.waiting.remove(index);
+            let (case, binding, targets, slot) = (
+                placement.case.clone(),
+                placement.binding.clone(),
+                placement.targets.clone(),
+                placement.slot,
+            );
+            let progress = Arc::clone(progress);
+            let task = self.tasks.spawn(
+                async move {
+                    let names: Vec<String> =
+                        binding.iter().map(|agent| agent.name.clone()).collect();
+                    progress.started(&case, &names);
+                    let report = run_case_on(&case, &binding, &targets, clock).await;
+                    progress.finished(&report);
+                    (slot, report)
+                }
+                .instrument(span.clone()),
+            );
+            self.running.insert(task.id(), placement);
+        }
+    }
+
+    /// Run every case in its turn, until all are done or `stop`; whether
+    /// the run was interrupted.
+    async fn run_all(
+        &mut self,
+        clock: RunClock,
+        progress: &Arc<dyn Progress>,
+        span: &Span,
+        mut stop: watch::Receiver<bool>,
+    ) -> bool {
         let mut interrupted = false;
+        self.start_turns(clock, progress, span);
         while !self.tasks.is_empty() {
             tokio::select! {
-                joined = self.tasks.join_next() => match joined {
-                    Some(Ok((index, report))) => self.slots[index] = Some(report),
-                    Some(Err(error)) if !error.is_cancelled() => {
-                        if let Some(index) = self.slot_of_task.get(&error.id()) {
-                            self.failures.insert(*index, format!("the case's task failed: {error}"));
+                joined = self.tasks.join_next_with_id() => match joined {
+                    Some(Ok((id, (slot, report)))) => {
+                        self.running.remove(&id);
+                        self.slots[slot] = Some(report);
+                    }
+                    Some(Err(error)) => {
+                        if let Some(placement) = self.running.remove(&error.id())
+                            && !error.is_cancelled()
+                        {
+                            self.failures.insert(placement.slot, format!("the case's task failed: {error}"));
                         }
                     }
-                    Some(Err(_)) => {}
                     None => break,
                 },
                 changed = stop.changed(), if !interrupted => {
                     if changed.is_err() || *stop.borrow() {
                         interrupted = true;
+                        self.waiting.clear();
                         self.tasks.abort_all();
                     }
                 }
+            }
+            if !interrupted {
+                self.start_turns(clock, progress, span);
             }
         }
         interrupted
@@ -181,26 +209,28 @@ impl Cases {
     /// skipped, a case that did not finish is an error.
     fn reports(mut self, plan: &Plan) -> Vec<CaseReport> {
         let mut reports = Vec::new();
-        let mut index = 0;
-        for case in &plan.cases {
-            let bindings = plan.bindings(case);
-            let targets = plan.targets_of(case);
-            if bindings.is_empty() {
-                reports.push(unbound(plan, case, &targets));
+        for (index, case) in plan.cases.iter().enumerate() {
+            let mut mine: Vec<&Placement> = self
+                .placed
+                .iter()
+                .filter(|placement| placement.case_index == index)
+                .collect();
+            if mine.is_empty() {
+                reports.push(unbound(plan, case, &plan.targets_of(case)));
             }
-            for binding in bindings {
-                let report = self.slots[index].take().unwrap_or_else(|| {
-                    let mut report = empty_report(case, &binding, &targets);
+            mine.sort_by_key(|placement| placement.slot);
+            for placement in mine {
+                let report = self.slots[placement.slot].take().unwrap_or_else(|| {
+                    let mut report = empty_report(case, &placement.binding, &placement.targets);
                     report.verdict = Verdict::Error;
                     report.reason = Some(
                         self.failures
-                            .remove(&index)
+                            .remove(&placement.slot)
                             .unwrap_or_else(|| "interrupted before it finished".to_owned()),
                     );
                     report
                 });
                 reports.push(report);
-                index += 1;
             }
         }
         reports

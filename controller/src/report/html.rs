@@ -433,6 +433,7 @@ mod tests {
             observations: Vec::new(),
             wire_evidence: false,
             wire: Vec::new(),
+            started_ms: 0,
             duration_ms: 3,
             span_id: None,
             trace_url: None,

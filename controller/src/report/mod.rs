@@ -130,6 +130,10 @@ pub struct CaseReport {
     pub wire_evidence: bool,
     /// The TCP segments each host saw on the case's connections, by time.
     pub wire: Vec<WireReport>,
+    /// When the case began, in ms after the run's clock started (cases on
+    /// disjoint hosts may overlap).
+    #[serde(default)]
+    pub started_ms: u64,
     /// Wall time of the case.
     pub duration_ms: u64,
     /// The case's span id (hex) in the run's trace, when traces were exported.

@@ -334,6 +334,7 @@ mod tests {
             observations: Vec::new(),
             wire_evidence: true,
             wire,
+            started_ms: 0,
             duration_ms: 1,
             span_id: None,
             trace_url: None,

@@ -24,14 +24,17 @@ use std::time::Duration;
 use tracing::{Instrument as _, Span};
 
 /// Steps released together are sent this long, plus two round trips of the
-/// slowest agent, plus [`RELEASE_PER_STEP`] each, before they act.
-const RELEASE_MARGIN: Duration = Duration::from_millis(2);
+/// slowest agent, plus [`RELEASE_PER_STEP`] each, before they act. A busy
+/// host delivers late: with two busy loops per core, 16 agents (debug
+/// build) got requests sent 10 ms ahead up to 24 ms late; sent 50 ms ahead
+/// they arrived 38–55 ms early. Nothing waits for it but the released
+/// steps themselves (and no built-in suite releases steps).
+const RELEASE_MARGIN: Duration = Duration::from_millis(50);
 /// What one more step of a release costs until it reaches its holder. With
 /// 256 agents and the controller on one 2-core machine, 100 µs let the last
-/// requests arrive just after the moment; from 300 µs on, all of them came
-/// ≥ 54 ms early and the skew did not change (it is the wake-up, not the
-/// delivery).
-const RELEASE_PER_STEP: Duration = Duration::from_micros(200);
+/// requests arrive just after the moment when idle, 200 µs did not suffice
+/// with two busy loops beside them (p99 67 ms late).
+const RELEASE_PER_STEP: Duration = Duration::from_micros(500);
 
 /// The moment steps released together act: on the run clock, and on the
 /// clock of the agent that acts (what it is told).
