@@ -232,8 +232,7 @@ impl Agent {
             Err("degrading the network is off on this agent: set allow.degrade = true in its config, or start it with --allow degrade".to_owned())
         };
         // Capturing only reads; it is offered wherever the OS allows it.
-        let captures = Current::packet_socket()
-            .map(|_| Captures::default())
+        let captures = Captures::new()
             .map_err(|error| format!("packet capture is not possible here: {error}"));
         if captures.is_ok() {
             capabilities.push("capture".to_owned());

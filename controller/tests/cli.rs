@@ -395,6 +395,24 @@ fn a_four_host_lab_runs_cases_at_once_on_disjoint_hosts_with_wire_evidence_and_l
             case["id"]
         );
     }
+    // Times from the wire are the kernel's: every reader waiting for a FIN
+    // or RST noticed it after it arrived (same host, no clock involved),
+    // and no segment arrived before it left beyond the offsets' error.
+    let mut delays = Vec::new();
+    for case in cases {
+        for observation in case["observations"].as_array().into_iter().flatten() {
+            if let Some(delay) = observation["detected_after_arrival_ns"].as_i64() {
+                delays.push((case["id"].clone(), delay));
+            }
+        }
+        if let Some(check) = case["clock_check"].as_object() {
+            let violation = check["worst_violation_ns"].as_i64().unwrap_or(i64::MAX);
+            let error = check["uncertainty_ns"].as_i64().unwrap_or(0);
+            assert!(violation <= error, "{}: {check:?}", case["id"]);
+        }
+    }
+    assert!(delays.len() >= 2, "{delays:?}");
+    assert!(delays.iter().all(|(_, delay)| *delay >= 0), "{delays:?}");
     // The plan was printed, on two pairs of hosts.
     let said = String::from_utf8_lossy(&run.stderr);
     assert!(said.contains("plan: 15 cases"), "{said}");

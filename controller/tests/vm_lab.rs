@@ -173,6 +173,38 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     for case in cases {
         assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
     }
+    // Two kernels, two clocks: after each host's offset is applied, every
+    // segment seen leaving one guest and arriving at the other arrives
+    // after it left, or within the offsets' stated error.
+    let mut checked = 0;
+    for case in cases {
+        let check = &case["clock_check"];
+        if check.is_null() {
+            continue;
+        }
+        let violation = check["worst_violation_ns"].as_i64().ok_or("no violation")?;
+        let error = check["uncertainty_ns"].as_i64().ok_or("no uncertainty")?;
+        assert!(
+            violation <= error,
+            "{}: a segment arrived {violation} ns before it left, beyond ±{error} ns",
+            case["id"]
+        );
+        checked += check["segments"].as_u64().unwrap_or(0);
+    }
+    assert!(checked >= 100, "{checked} segments seen on both ends");
+    // And a waiting reader's EOF comes after its FIN's arrival (kernel
+    // stamps, same guest's clock).
+    let s2 = case_of(cases, "S2")?;
+    let delays: Vec<i64> = s2["observations"]
+        .as_array()
+        .ok_or("no observations")?
+        .iter()
+        .filter_map(|observation| observation["detected_after_arrival_ns"].as_i64())
+        .collect();
+    assert!(
+        !delays.is_empty() && delays.iter().all(|delay| *delay >= 0),
+        "{delays:?}"
+    );
     // R1's reboot was real: the guest's kernel restarted, nothing shut down.
     let r1 = case_of(cases, "R1")?;
     let calls = strings(&r1["observations"], "call");

@@ -4,7 +4,11 @@
 //!
 //! A capture is a thread reading a raw packet socket (every interface of the
 //! host, both directions), keeping the TCP segments whose ports match, each
-//! stamped with the host's monotonic clock, the same clock as observations.
+//! stamped by the kernel as it reached or left the host's stack (converted
+//! to the host's monotonic clock, the same clock as observations), not when
+//! the thread got to it: on a busy host the reader lags by up to
+//! milliseconds, and an arrival stamped late made readers look as if they
+//! saw a FIN before it came.
 //! It is bounded in events and in lifetime, and needs CAP_NET_RAW.
 
 pub mod segment;
@@ -70,6 +74,8 @@ pub struct Captured {
     pub events: Vec<WireEvent>,
     /// Segments not kept because of [`MAX_EVENTS`].
     pub dropped: u64,
+    /// Packets the kernel gave no timestamp, stamped when read instead.
+    pub reader_stamped: u64,
 }
 
 /// Why a capture request failed.
@@ -97,12 +103,25 @@ struct Running {
 }
 
 /// The captures running on this agent.
-#[derive(Default)]
 pub struct Captures {
     running: Mutex<HashMap<String, Running>>,
+    /// Keeps the kernel stamping packets for as long as the agent runs.
+    _stamping: socket2::Socket,
 }
 
 impl Captures {
+    /// Captures on this host, if it can capture; from now on the kernel
+    /// stamps every packet (see [`Platform::stamp_packets`]).
+    pub fn new() -> Result<Self, CaptureError> {
+        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
+        // A packet socket must be possible here, not only a stamping one.
+        drop(Current::packet_socket().map_err(unavailable)?);
+        Ok(Self {
+            running: Mutex::default(),
+            _stamping: Current::stamp_packets().map_err(unavailable)?,
+        })
+    }
+
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
         crate::sync::lock(&self.running)
     }
@@ -220,15 +239,19 @@ fn read_queued(
     buffer: &mut [u8],
     captured: &mut Captured,
 ) -> std::io::Result<bool> {
-    let mut reader = socket;
     for _ in 0..BATCH {
-        let length = match reader.read(buffer) {
-            Ok(length) => length,
+        let (length, kernel_ns) = match Current::read_packet(socket, buffer) {
+            Ok(read) => read,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
         };
-        let mono_ns = Current::monotonic_ns();
+        // The kernel's time of the packet; the reader's only where the
+        // kernel gave none (counted: those times are late by the reader's lag).
+        let mono_ns = kernel_ns.unwrap_or_else(|| {
+            captured.reader_stamped += 1;
+            Current::monotonic_ns()
+        });
         let Some(segment) = segment::parse(&buffer[..length]) else {
             continue;
         };
@@ -263,6 +286,56 @@ mod tests {
             ack: 1,
             payload: 0,
         }
+    }
+
+    // Packet capture is Linux's (Windows says it cannot capture yet).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_late_reader_still_gets_the_kernels_times() -> std::io::Result<()> {
+        let socket = Current::packet_socket().map_err(|error| {
+            std::io::Error::other(format!(
+                "this test needs a packet socket (root or CAP_NET_RAW; CI runs it as root): {error}"
+            ))
+        })?;
+        socket.set_nonblocking(true)?;
+        // The kernel turns stamping on a moment after it is first asked
+        // (a deferred static-key switch); an agent asks once, at its start.
+        let _stamping = Current::stamp_packets()?;
+        std::thread::sleep(Duration::from_millis(100));
+        // A connection on loopback: its handshake is captured.
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let before = Current::monotonic_ns();
+        let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (_server, _) = listener.accept()?;
+        let after = Current::monotonic_ns();
+        // The reader comes 50 ms late, on purpose (a busy host).
+        std::thread::sleep(Duration::from_millis(50));
+        let mut captured = Captured::default();
+        let filter = Filter {
+            ports: vec![port],
+            exclude_ports: Vec::new(),
+        };
+        read_queued(&socket, &filter, &mut vec![0u8; 65_536], &mut captured)?;
+        assert_eq!(
+            captured.reader_stamped, 0,
+            "the kernel stamped every packet"
+        );
+        let handshake: Vec<u8> = captured
+            .events
+            .iter()
+            .map(|event| event.segment.flags)
+            .collect();
+        assert!(captured.events.len() >= 3, "{handshake:?}");
+        for event in &captured.events {
+            // Within 100 µs of when it really happened, not 50 ms later.
+            assert!(
+                event.mono_ns >= before && event.mono_ns <= after + 100_000,
+                "stamped {} ns after the connect returned",
+                i128::from(event.mono_ns) - i128::from(after)
+            );
+        }
+        Ok(())
     }
 
     #[test]

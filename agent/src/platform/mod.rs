@@ -89,6 +89,19 @@ pub trait Platform {
     /// directions, without link-layer headers (needs CAP_NET_RAW).
     fn packet_socket() -> io::Result<socket2::Socket>;
 
+    /// Keep the kernel stamping every packet as it reaches or leaves the
+    /// stack, while the returned socket is open (the kernel switches
+    /// stamping on a moment after it is first asked, so an agent that
+    /// captures asks at its start, not when a capture starts).
+    fn stamp_packets() -> io::Result<socket2::Socket>;
+
+    /// Read one packet from a [`Platform::packet_socket`]: its length, and
+    /// when the kernel received or sent it, on [`Platform::monotonic_ns`]
+    /// (`None` when the kernel gave no timestamp). Not when the reader got
+    /// to it: a capture thread may lag behind a busy host.
+    fn read_packet(socket: &socket2::Socket, buffer: &mut [u8])
+    -> io::Result<(usize, Option<u64>)>;
+
     /// The host's TCP counters by `Section.Name` (see [`crate::counters`]).
     fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>>;
 

@@ -153,6 +153,20 @@ impl Platform for Windows {
         ))
     }
 
+    fn stamp_packets() -> io::Result<socket2::Socket> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture is not implemented on Windows yet",
+        ))
+    }
+
+    fn read_packet(_: &socket2::Socket, _: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "packet capture is not implemented on Windows yet",
+        ))
+    }
+
     fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,

@@ -3,6 +3,7 @@
 //! own, the undoing of what it did, the application probes, and the
 //! verdict.
 
+use super::detection;
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::judge::{judge, observations};
 use super::probe::{self, SocketCounts};
@@ -101,6 +102,11 @@ async fn play_case(
     targets: &BTreeMap<String, Arc<TargetHandle>>,
     clock: RunClock,
 ) -> CaseReport {
+    for agent in binding {
+        agent
+            .refresh_clock(&clock, super::handles::CLOCK_REFRESH)
+            .await;
+    }
     let started = Instant::now();
     let mut report = empty_report(case, binding, targets);
     report.started_ms = u64::try_from(clock.now_ns() / 1_000_000).unwrap_or(0);
@@ -146,6 +152,23 @@ async fn play_case(
     report.observations = observations(&run, case);
     report.wire_evidence = run.capture.is_some();
     report.wire = run.wire.clone();
+    let test_ips = run
+        .agents
+        .values()
+        .map(|agent| (agent.name.clone(), agent.test_ip))
+        .collect();
+    detection::annotate(&mut report.observations, &report.wire, &test_ips);
+    let clocks = run
+        .agents
+        .values()
+        .map(|agent| {
+            (
+                agent.name.clone(),
+                (agent.test_ip, agent.clock_rtt_ns() / 2),
+            )
+        })
+        .collect();
+    report.clock_check = detection::clock_check(&report.wire, &clocks);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match played {
         Err(_) => {
@@ -413,6 +436,7 @@ pub(super) fn empty_report(
         wire_evidence: false,
         wire: Vec::new(),
         started_ms: 0,
+        clock_check: None,
         duration_ms: 0,
         span_id: None,
         trace_url: None,

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 const CLOCK_SAMPLES: usize = 8;
 /// How long an agent whose host may be booting gets to answer.
 const BOOT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A clock offset older than this is measured again before the next case:
+/// two clocks drift apart (tens of µs per second between hosts without
+/// NTP), and a long run must not carry its first offset to the end.
+pub(super) const CLOCK_REFRESH: Duration = Duration::from_secs(30);
 
 /// Nanoseconds since the run started, on the controller.
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +80,8 @@ struct Boot {
     clock_offset_ns: i64,
     /// Round trip of the sample the offset came from.
     clock_rtt_ns: u64,
+    /// When it was measured, on the run clock.
+    measured_at_ns: i64,
 }
 
 impl AgentHandle {
@@ -178,6 +184,32 @@ impl AgentHandle {
         true
     }
 
+    /// Measure its clock again if the offset is older than `older_than`
+    /// ([`CLOCK_REFRESH`] between cases; same boot only, and a failed
+    /// measurement keeps the old one).
+    pub(super) async fn refresh_clock(&self, clock: &RunClock, older_than: Duration) {
+        let age = clock.now_ns() - self.boot().measured_at_ns;
+        if age < i64::try_from(older_than.as_nanos()).unwrap_or(i64::MAX) {
+            return;
+        }
+        let mut client = self.client.clone();
+        let measured = tokio::time::timeout(BOOT_CHECK_TIMEOUT, measure(&mut client, clock)).await;
+        if let Ok(Ok((boot, _))) = measured {
+            let mut known = self
+                .boot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if boot.id == known.id {
+                tracing::debug!(
+                    agent = %self.name,
+                    drift_ns = boot.clock_offset_ns - known.clock_offset_ns,
+                    "clock offset measured again"
+                );
+                *known = boot;
+            }
+        }
+    }
+
     fn boot(&self) -> Boot {
         self.boot
             .lock()
@@ -228,6 +260,7 @@ async fn measure(
         id: info.boot_id.clone(),
         clock_offset_ns,
         clock_rtt_ns,
+        measured_at_ns: clock.now_ns(),
     };
     Ok((boot, info))
 }
@@ -303,5 +336,26 @@ impl TargetHandle {
         } else {
             format!("app {} ({})", self.target.name, self.address)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_agent;
+    use super::*;
+
+    #[tokio::test]
+    async fn an_old_clock_offset_is_measured_again_and_a_fresh_one_kept() {
+        let clock = RunClock::start();
+        let Ok(agents) = fake_agent::hosts(1, &clock).await else {
+            panic!("no fake agent");
+        };
+        let agent = &agents[0];
+        let first = agent.boot().measured_at_ns;
+        agent.refresh_clock(&clock, CLOCK_REFRESH).await;
+        assert_eq!(agent.boot().measured_at_ns, first, "fresh: kept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        agent.refresh_clock(&clock, Duration::from_millis(1)).await;
+        assert!(agent.boot().measured_at_ns > first, "old: measured again");
     }
 }

@@ -24,6 +24,7 @@
 //! - `probe`: an application's health after a case.
 
 mod case;
+mod detection;
 #[cfg(test)]
 mod fake_agent;
 mod handles;

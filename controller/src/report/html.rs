@@ -434,6 +434,7 @@ mod tests {
             wire_evidence: false,
             wire: Vec::new(),
             started_ms: 0,
+            clock_check: None,
             duration_ms: 3,
             span_id: None,
             trace_url: None,
@@ -499,6 +500,8 @@ mod tests {
                 content_crc32: None,
                 fault_sent_packets: None,
                 fault_dropped_packets: None,
+                detected_after_arrival_ns: None,
+                clock_uncertainty_ns: None,
             });
         assert!(render(&run).contains("released together, +3 µs"));
     }

@@ -548,6 +548,8 @@ mod tests {
             content_crc32: None,
             fault_sent_packets: None,
             fault_dropped_packets: None,
+            detected_after_arrival_ns: None,
+            clock_uncertainty_ns: None,
         }
     }
 

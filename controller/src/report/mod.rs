@@ -134,6 +134,10 @@ pub struct CaseReport {
     /// disjoint hosts may overlap).
     #[serde(default)]
     pub started_ms: u64,
+    /// The hosts' clocks checked against the wire: segments seen leaving
+    /// one host and arriving at another must arrive after they left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_check: Option<ClockCheck>,
     /// Wall time of the case.
     pub duration_ms: u64,
     /// The case's span id (hex) in the run's trace, when traces were exported.
@@ -181,7 +185,7 @@ pub struct ProbeReport {
 }
 
 /// What one step's call returned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservationReport {
     /// The step's name.
     pub step: String,
@@ -231,6 +235,43 @@ pub struct ObservationReport {
     /// ... and packets they dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_dropped_packets: Option<u64>,
+    /// A call that was waiting when the FIN (EOF) or RST (ECONNRESET) that
+    /// ended it reached its host: how long after that arrival (the kernel's
+    /// stamp of the segment, on the same host's clock, so no clock offset
+    /// is involved) the call ended, in ns. Never negative when stamps are
+    /// right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_after_arrival_ns: Option<i64>,
+    /// How far `t_ns` can be off as a time on the run's axis, next to other
+    /// hosts' times: the host's clock-offset error (± half the round trip of
+    /// the sample the offset came from), in ns. Times of one host compared
+    /// with each other do not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_uncertainty_ns: Option<u64>,
+}
+
+/// Causality on the wire, after each host's clock offset is applied: a
+/// segment seen by its sender's capture and by its receiver's must be
+/// received after it was sent. By how much that fails (worst segment) says
+/// how wrong the offsets are; it should stay within their stated error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockCheck {
+    /// Segments seen on both ends.
+    pub segments: u64,
+    /// The worst segment's receive time before its send time, in ns
+    /// (negative: every segment arrived after it left, the worst by this
+    /// little).
+    pub worst_violation_ns: i64,
+    /// The stated error of that segment's two hosts' offsets together (the
+    /// sum of their `clock_uncertainty_ns`), in ns.
+    pub uncertainty_ns: u64,
+}
+
+impl ClockCheck {
+    /// Whether the worst violation is within the offsets' stated error.
+    pub fn within_uncertainty(&self) -> bool {
+        self.worst_violation_ns <= i64::try_from(self.uncertainty_ns).unwrap_or(i64::MAX)
+    }
 }
 
 /// One TCP segment as one host saw it.

@@ -67,7 +67,40 @@ pub fn render_with(report: &RunReport, wire: WireView) -> String {
         out.push_str(&matrix(report));
     }
     let _ = writeln!(out, "\n{}", report.summary.counts());
+    if let Some(line) = clocks_line(report) {
+        let _ = writeln!(out, "{line}");
+    }
     out
+}
+
+/// The run's worst causality violation on the wire after clock-offset
+/// correction, against the offsets' stated error (None without segments
+/// seen on two hosts).
+fn clocks_line(report: &RunReport) -> Option<String> {
+    let checks: Vec<&crate::report::ClockCheck> = report
+        .cases
+        .iter()
+        .filter_map(|case| case.clock_check.as_ref())
+        .collect();
+    let worst = checks.iter().max_by_key(|check| check.worst_violation_ns)?;
+    let segments: u64 = checks.iter().map(|check| check.segments).sum();
+    let error = worst.uncertainty_ns as f64 / 1_000.0;
+    let by = worst.worst_violation_ns as f64 / 1_000.0;
+    Some(if worst.worst_violation_ns <= 0 {
+        format!(
+            "clocks: {segments} segments seen on both ends all arrived after they left by the hosts' offsets (the closest by {:.1} µs; offsets' stated error ±{error:.1} µs)",
+            -by
+        )
+    } else {
+        format!(
+            "clocks: {segments} segments seen on both ends; by the hosts' offsets the worst arrived {by:.1} µs before it left: {} their stated error ±{error:.1} µs",
+            if worst.within_uncertainty() {
+                "within"
+            } else {
+                "BEYOND"
+            }
+        )
+    })
 }
 
 /// The run, its trace, and its agents.
@@ -335,6 +368,7 @@ mod tests {
             wire_evidence: true,
             wire,
             started_ms: 0,
+            clock_check: None,
             duration_ms: 1,
             span_id: None,
             trace_url: None,
