@@ -192,19 +192,22 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         checked += check["segments"].as_u64().unwrap_or(0);
     }
     assert!(checked >= 100, "{checked} segments seen on both ends");
-    // And a waiting reader's EOF comes after its FIN's arrival (kernel
-    // stamps, same guest's clock).
-    let s2 = case_of(cases, "S2")?;
-    let delays: Vec<i64> = s2["observations"]
-        .as_array()
-        .ok_or("no observations")?
+    // And a reader that was waiting when its FIN or RST arrived ended
+    // after it arrived (kernel stamps, same guest's clock). Which readers
+    // were already waiting depends on the guests' pace (S2's server may
+    // start reading after the FIN came), so no count is asserted.
+    let delays: Vec<(String, i64)> = cases
         .iter()
-        .filter_map(|observation| observation["detected_after_arrival_ns"].as_i64())
+        .flat_map(|case| {
+            case["observations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|observation| observation["detected_after_arrival_ns"].as_i64())
+                .map(|delay| (case["id"].to_string(), delay))
+        })
         .collect();
-    assert!(
-        !delays.is_empty() && delays.iter().all(|delay| *delay >= 0),
-        "{delays:?}"
-    );
+    assert!(delays.iter().all(|(_, delay)| *delay >= 0), "{delays:?}");
     // R1's reboot was real: the guest's kernel restarted, nothing shut down.
     let r1 = case_of(cases, "R1")?;
     let calls = strings(&r1["observations"], "call");
