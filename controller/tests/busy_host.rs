@@ -2,19 +2,14 @@
 //! test binary, so that its busy loops and 16 agents do not load the
 //! machine under other tests (cargo runs test binaries one at a time).
 
+mod common;
+
+use common::local_lab;
 use faultlab::engine::{AgentHandle, RunClock};
-use faultlab::lab::{self, LocalLab};
 use faultlab::report::Verdict;
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn local_lab(agents: usize) -> Result<LocalLab, Box<dyn std::error::Error>> {
-    let exe = lab::find_agent().ok_or(
-        "faultlab-agent is not built: run `cargo test --workspace` (or cargo build -p faultlab-agent)",
-    )?;
-    Ok(LocalLab::start(&exe, agents)?)
-}
 
 /// How far apart 16 released steps may act on a busy host (two busy loops
 /// per core), and how late after their moment: the bound this test holds

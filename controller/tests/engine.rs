@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::local_lab;
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock};
 use faultlab::lab::{self, LocalLab};
 use faultlab::report::{RunReport, Verdict, junit};
@@ -13,13 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn local_lab(agents: usize) -> Result<LocalLab, Box<dyn std::error::Error>> {
-    let exe = lab::find_agent().ok_or(
-        "faultlab-agent is not built: run `cargo test --workspace` (or cargo build -p faultlab-agent)",
-    )?;
-    Ok(LocalLab::start(&exe, agents)?)
-}
 
 async fn plan(
     lab: &LocalLab,

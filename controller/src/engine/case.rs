@@ -152,13 +152,8 @@ async fn play_case(
     report.observations = observations(&run, case);
     report.wire_evidence = run.capture.is_some();
     report.wire = run.wire.clone();
-    let test_ips = run
-        .agents
-        .values()
-        .map(|agent| (agent.name.clone(), agent.test_ip))
-        .collect();
-    detection::annotate(&mut report.observations, &report.wire, &test_ips);
-    let clocks = run
+    // Each host's test address and clock error, by agent name.
+    let hosts = run
         .agents
         .values()
         .map(|agent| {
@@ -168,7 +163,8 @@ async fn play_case(
             )
         })
         .collect();
-    report.clock_check = detection::clock_check(&report.wire, &clocks);
+    detection::annotate(&mut report.observations, &report.wire, &hosts);
+    report.clock_check = detection::clock_check(&report.wire, &hosts);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match played {
         Err(_) => {

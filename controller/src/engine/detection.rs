@@ -23,11 +23,12 @@ const UNRELATED_AFTER_NS: i64 = 5_000_000;
 /// arrival to the call's end, in ns (`detected_after_arrival_ns`): the first
 /// such segment the host's own capture saw arriving at its test address
 /// after the call began. Negative would mean the call ended before the
-/// segment arrived, which cannot be: a sign of a stamp taken late.
+/// segment arrived, which cannot be: a sign of a stamp taken late. `hosts`
+/// gives each host's test address (and its clock error, unused here).
 pub(super) fn annotate(
     observations: &mut [ObservationReport],
     wire: &[WireReport],
-    test_ips: &HashMap<String, IpAddr>,
+    hosts: &HashMap<String, (IpAddr, u64)>,
 ) {
     for observation in observations {
         let flag = match (
@@ -41,7 +42,7 @@ pub(super) fn annotate(
         if !WAITING_CALLS.contains(&observation.call.as_str()) {
             continue;
         }
-        let Some(ip) = test_ips.get(&observation.host) else {
+        let Some((ip, _)) = hosts.get(&observation.host) else {
             continue;
         };
         let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(i64::MAX);
@@ -215,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_delay_runs_from_the_arrival_the_reader_waited_for() {
-        let ips = HashMap::from([("b".to_owned(), IpAddr::from([198, 18, 0, 11]))]);
+        let ips = HashMap::from([("b".to_owned(), (IpAddr::from([198, 18, 0, 11]), 0))]);
         let wire = [
             // Before the read began: not what ended it.
             segment("b", 500, "198.18.0.11:7000", "F."),

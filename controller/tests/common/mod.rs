@@ -2,6 +2,14 @@
 
 #![allow(dead_code, missing_docs)]
 
+/// A loopback lab of `agents` agents from the workspace build.
+pub fn local_lab(agents: usize) -> Result<faultlab::lab::LocalLab, Box<dyn std::error::Error>> {
+    let exe = faultlab::lab::find_agent().ok_or(
+        "faultlab-agent is not built: run `cargo test --workspace` (or cargo build -p faultlab-agent)",
+    )?;
+    Ok(faultlab::lab::LocalLab::start(&exe, agents)?)
+}
+
 /// Check a JSON report against `controller/schema/run.schema.json`; the
 /// problems found, each with where it is.
 pub fn schema_problems(
