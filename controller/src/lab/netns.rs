@@ -330,10 +330,16 @@ fn first_free(candidates: impl Iterator<Item = u8>, addresses: &str) -> Option<u
 /// Put a free /24 on `bridge` (its .1): one that no other interface uses,
 /// checked again after claiming it, in case another run claimed it too.
 fn claim_subnet(bridge: &str) -> Result<u8, LabError> {
+    // Labs made at once by one process (tests run in parallel) start from
+    // different candidates too: with the pid alone they collided on the
+    // same /24 again and again, in step, until none was left.
+    static CLAIMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed =
+        std::process::id().wrapping_add(CLAIMS.fetch_add(37, std::sync::atomic::Ordering::Relaxed));
     let mut tried = Vec::new();
     loop {
         let addresses = ip(&["-o", "-4", "addr", "show"])?;
-        let candidates = candidate_subnets(std::process::id()).filter(|s| !tried.contains(s));
+        let candidates = candidate_subnets(seed).filter(|s| !tried.contains(s));
         let Some(subnet) = first_free(candidates, &addresses) else {
             return Err(LabError::Network(
                 "no free /24 left in 198.18.100.0-198.18.250.255".to_owned(),
