@@ -401,7 +401,9 @@ fn a_four_host_lab_runs_cases_at_once_on_disjoint_hosts_with_wire_evidence_and_l
     let mut delays = Vec::new();
     for case in cases {
         for observation in case["observations"].as_array().into_iter().flatten() {
-            if let Some(delay) = observation["detected_after_arrival_ns"].as_i64() {
+            let detection = &observation["detection"];
+            if let Some(delay) = detection["after_arrival_ns"].as_i64() {
+                assert_eq!(detection["clocks"], "same-host", "{detection}");
                 delays.push((case["id"].clone(), delay));
             }
         }

@@ -203,7 +203,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|observation| observation["detected_after_arrival_ns"].as_i64())
+                .filter_map(|observation| observation["detection"]["after_arrival_ns"].as_i64())
                 .map(|delay| (case["id"].to_string(), delay))
         })
         .collect();

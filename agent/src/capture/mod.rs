@@ -2,18 +2,20 @@
 //! case ran, so a verdict can rest on the packets (a RST and no FIN, a FIN
 //! after all data), as the seed's author proved each claim with a capture.
 //!
-//! A capture is a thread reading a raw packet socket (every interface of the
+//! A capture is a thread reading a [`PacketTap`] (every interface of the
 //! host, both directions), keeping the TCP segments whose ports match, each
 //! stamped by the kernel as it reached or left the host's stack (converted
 //! to the host's monotonic clock, the same clock as observations), not when
 //! the thread got to it: on a busy host the reader lags by up to
 //! milliseconds, and an arrival stamped late made readers look as if they
-//! saw a FIN before it came.
+//! saw a FIN before it came. The kernel hands packets over in batches, so
+//! the capture is not woken by each one (a wake-up per packet delayed the
+//! very readers whose FIN it was timing).
 //! It is bounded in events and in lifetime, and needs CAP_NET_RAW.
 
 pub mod segment;
 
-use crate::platform::{Current, Platform};
+use crate::platform::{Current, PacketTap, Platform};
 pub use segment::Segment;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,16 +29,6 @@ pub const MAX_EVENTS: usize = 100_000;
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
 /// How often an idle reader looks at its lifetime (a stop wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// After a stop, the reader still drains what the kernel queued for it
-/// (it may lag behind a busy host), for at most this long.
-const DRAIN: Duration = Duration::from_millis(500);
-/// Once the queue is empty after a stop, the reader waits this long for a
-/// straggler (a loopback packet's receive side runs a moment after its
-/// send) and then ends: the kernel queues a packet for the capture as the
-/// host sends or receives it, so nothing done before the stop comes later.
-const DRAIN_QUIET: Duration = Duration::from_millis(1);
-/// Packets read between two looks at the stop flag.
-const BATCH: usize = 1024;
 /// The same segment seen again this soon is the loopback echo of itself.
 const ECHO_WINDOW_NS: u64 = 1_000_000;
 
@@ -74,7 +66,11 @@ pub struct Captured {
     pub events: Vec<WireEvent>,
     /// Segments not kept because of [`MAX_EVENTS`].
     pub dropped: u64,
-    /// Packets the kernel gave no timestamp, stamped when read instead.
+    /// Packets the kernel had no room for (the reader fell too far behind):
+    /// the capture is incomplete.
+    pub lost: u64,
+    /// Packets whose kernel stamp could not be believed (a clock stepped
+    /// meanwhile), stamped when read instead: late by the reader's lag.
     pub reader_stamped: u64,
 }
 
@@ -105,20 +101,14 @@ struct Running {
 /// The captures running on this agent.
 pub struct Captures {
     running: Mutex<HashMap<String, Running>>,
-    /// Keeps the kernel stamping packets for as long as the agent runs.
-    _stamping: socket2::Socket,
 }
 
 impl Captures {
-    /// Captures on this host, if it can capture; from now on the kernel
-    /// stamps every packet (see [`Platform::stamp_packets`]).
+    /// Captures on this host, if it can capture (tried for real).
     pub fn new() -> Result<Self, CaptureError> {
-        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
-        // A packet socket must be possible here, not only a stamping one.
-        drop(Current::packet_socket().map_err(unavailable)?);
+        drop(Current::packet_tap().map_err(|error| CaptureError::Unavailable(error.to_string()))?);
         Ok(Self {
             running: Mutex::default(),
-            _stamping: Current::stamp_packets().map_err(unavailable)?,
         })
     }
 
@@ -133,8 +123,7 @@ impl Captures {
             return Err(CaptureError::IdInUse(id.to_owned()));
         }
         let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
-        let socket = Current::packet_socket().map_err(unavailable)?;
-        socket.set_nonblocking(true).map_err(unavailable)?;
+        let mut tap = Current::packet_tap().map_err(unavailable)?;
         let (wake, woken) = Current::wake_pair().map_err(unavailable)?;
         woken.set_nonblocking(true).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -143,8 +132,8 @@ impl Captures {
         std::thread::Builder::new()
             .name(format!("capture-{id}"))
             .spawn(move || {
-                let _ = hand_over.send(read(&socket, &woken, &filter, &stopped));
-                // `socket` closes here, after the hand-over.
+                let _ = hand_over.send(read(tap.as_mut(), &woken, &filter, &stopped));
+                // The tap closes here, after the hand-over.
             })
             .map_err(unavailable)?;
         running.insert(
@@ -182,95 +171,93 @@ impl Captures {
     }
 }
 
-/// The reader thread: everything queued is read as it comes; a stop wakes
-/// it, it reads what is queued (bounded by [`DRAIN`]), gives stragglers one
-/// [`DRAIN_QUIET`], and hands over. Traffic after the stop (the control
-/// channel carrying other hosts' captures) does not keep it reading.
+/// The reader thread: each batch is read as the kernel hands it over; a
+/// stop wakes it, and it goes on reading until everything from before the
+/// stop has been handed over, then hands what it kept over. Traffic after
+/// the stop (the control channel carrying other hosts' captures) does not
+/// keep it reading.
 fn read(
-    socket: &socket2::Socket,
+    tap: &mut dyn PacketTap,
     woken: &socket2::Socket,
     filter: &Filter,
     stop: &AtomicBool,
 ) -> Captured {
     let started = Instant::now();
     let mut captured = Captured::default();
-    let mut buffer = vec![0u8; 65_536];
-    let mut draining_until: Option<Instant> = None;
-    let mut waited_for_stragglers = false;
-    while started.elapsed() < MAX_LIFETIME {
-        let emptied = match read_queued(socket, filter, &mut buffer, &mut captured) {
-            Ok(emptied) => emptied,
-            Err(error) => {
-                tracing::error!(%error, "capture stopped reading");
-                break;
-            }
-        };
-        let wait = match draining_until {
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        if let Err(error) = tap.drain(&mut |packet, kernel_ns| {
+            keep(packet, kernel_ns, filter, &mut captured);
+        }) {
+            tracing::error!(%error, "capture stopped reading");
+            break;
+        }
+        let now = Instant::now();
+        let wait = match stopped_at {
             None if stop.load(Ordering::Relaxed) => {
-                draining_until = Some(Instant::now() + DRAIN);
+                stopped_at = Some(now);
                 // The wake-up byte: read it, or every wait would end at once.
                 let _ = (&*woken).read(&mut [0u8; 8]);
-                continue;
+                tap.handed_over_within()
             }
+            None if now.duration_since(started) >= MAX_LIFETIME => break,
             None => IDLE_WAIT,
-            Some(until) if Instant::now() >= until || (emptied && waited_for_stragglers) => {
-                break;
-            }
-            Some(_) if emptied => {
-                waited_for_stragglers = true;
-                DRAIN_QUIET
-            }
-            Some(_) => continue,
+            Some(at) => match (at + tap.handed_over_within()).checked_duration_since(now) {
+                Some(left) if !left.is_zero() => left,
+                // Everything from before the stop was handed over, and read above.
+                _ => break,
+            },
         };
-        if let Err(error) = Current::wait_readable(socket, woken, wait) {
+        if let Err(error) = tap.wait(woken, wait) {
             tracing::error!(%error, "capture stopped waiting");
             break;
         }
     }
+    match tap.lost() {
+        Ok(lost) => captured.lost = lost,
+        Err(error) => tracing::warn!(%error, "capture: cannot read the kernel's drop count"),
+    }
+    if captured.lost > 0 {
+        tracing::warn!(
+            lost = captured.lost,
+            "capture: the kernel had no room for packets"
+        );
+    }
+    if captured.reader_stamped > 0 {
+        tracing::warn!(
+            packets = captured.reader_stamped,
+            "capture: kernel stamps not believed (the clock stepped?); stamped when read"
+        );
+    }
     captured
 }
 
-/// Read what the kernel has queued (the socket is non-blocking), keeping
-/// the segments `filter` keeps; at most [`BATCH`] packets, so that a flood
-/// cannot keep the reader from its stop. True when the queue is empty.
-fn read_queued(
-    socket: &socket2::Socket,
-    filter: &Filter,
-    buffer: &mut [u8],
-    captured: &mut Captured,
-) -> std::io::Result<bool> {
-    for _ in 0..BATCH {
-        let (length, kernel_ns) = match Current::read_packet(socket, buffer) {
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        // The kernel's time of the packet; the reader's only where the
-        // kernel gave none (counted: those times are late by the reader's lag).
-        let mono_ns = kernel_ns.unwrap_or_else(|| {
-            captured.reader_stamped += 1;
-            Current::monotonic_ns()
-        });
-        let Some(segment) = segment::parse(&buffer[..length]) else {
-            continue;
-        };
-        if !filter.keeps(&segment) {
-            continue;
-        }
-        let echo = captured.events.iter().rev().take(4).any(|seen| {
-            seen.segment == segment && mono_ns.saturating_sub(seen.mono_ns) < ECHO_WINDOW_NS
-        });
-        if echo {
-            continue;
-        }
-        if captured.events.len() < MAX_EVENTS {
-            captured.events.push(WireEvent { mono_ns, segment });
-        } else {
-            captured.dropped += 1;
-        }
+/// Keep one packet if it is a segment `filter` keeps (not the loopback echo
+/// of one just kept), stamped with the kernel's time of it.
+fn keep(packet: &[u8], kernel_ns: Option<u64>, filter: &Filter, captured: &mut Captured) {
+    let Some(segment) = segment::parse(packet) else {
+        return;
+    };
+    if !filter.keeps(&segment) {
+        return;
     }
-    Ok(false)
+    // The reader's time only where the kernel's cannot be believed
+    // (counted: those times are late by the reader's lag).
+    let mono_ns = kernel_ns.unwrap_or_else(|| {
+        captured.reader_stamped += 1;
+        Current::monotonic_ns()
+    });
+    let echo = captured.events.iter().rev().take(4).any(|seen| {
+        seen.segment == segment && mono_ns.saturating_sub(seen.mono_ns) < ECHO_WINDOW_NS
+    });
+    if echo {
+        return;
+    }
+    if captured.events.len() < MAX_EVENTS {
+        captured.events.push(WireEvent { mono_ns, segment });
+    } else {
+        captured.dropped += 1;
+    }
 }
 
 #[cfg(test)]
@@ -292,16 +279,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_late_reader_still_gets_the_kernels_times() -> std::io::Result<()> {
-        let socket = Current::packet_socket().map_err(|error| {
+        let mut tap = Current::packet_tap().map_err(|error| {
             std::io::Error::other(format!(
                 "this test needs a packet socket (root or CAP_NET_RAW; CI runs it as root): {error}"
             ))
         })?;
-        socket.set_nonblocking(true)?;
-        // The kernel turns stamping on a moment after it is first asked
-        // (a deferred static-key switch); an agent asks once, at its start.
-        let _stamping = Current::stamp_packets()?;
-        std::thread::sleep(Duration::from_millis(100));
         // A connection on loopback: its handshake is captured.
         let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
@@ -309,14 +291,15 @@ mod tests {
         let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
         let (_server, _) = listener.accept()?;
         let after = Current::monotonic_ns();
-        // The reader comes 50 ms late, on purpose (a busy host).
-        std::thread::sleep(Duration::from_millis(50));
+        // The reader comes late, on purpose (a busy host): well after the
+        // kernel handed the packets over.
+        std::thread::sleep(tap.handed_over_within() + Duration::from_millis(50));
         let mut captured = Captured::default();
         let filter = Filter {
             ports: vec![port],
             exclude_ports: Vec::new(),
         };
-        read_queued(&socket, &filter, &mut vec![0u8; 65_536], &mut captured)?;
+        tap.drain(&mut |packet, kernel_ns| keep(packet, kernel_ns, &filter, &mut captured))?;
         assert_eq!(
             captured.reader_stamped, 0,
             "the kernel stamped every packet"
@@ -335,6 +318,41 @@ mod tests {
                 i128::from(event.mono_ns) - i128::from(after)
             );
         }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_tap_that_falls_behind_counts_what_the_kernel_had_no_room_for() -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut tap = Current::packet_tap()?;
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        client.set_nodelay(true)?;
+        let (mut server, _) = listener.accept()?;
+        let reader = std::thread::spawn(move || std::io::copy(&mut server, &mut std::io::sink()));
+        // One-byte segments, nobody draining the tap, until the ring is full.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut writes = 0u32;
+        while tap.lost()? == 0 && writes < 1_000_000 && Instant::now() < deadline {
+            for _ in 0..1000 {
+                client.write_all(&[1])?;
+            }
+            writes += 1000;
+        }
+        let lost = tap.lost()?;
+        drop(client);
+        let _ = reader.join();
+        assert!(lost > 0, "{writes} one-byte writes and nothing lost");
+        // What the ring kept is still there, stamped by the kernel.
+        let mut kept = 0u64;
+        let mut unstamped = 0u64;
+        tap.drain(&mut |_, kernel_ns| {
+            kept += 1;
+            unstamped += u64::from(kernel_ns.is_none());
+        })?;
+        assert!(kept > 1000, "kept {kept}, lost {lost}");
+        assert_eq!(unstamped, 0);
         Ok(())
     }
 

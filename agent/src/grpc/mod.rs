@@ -469,6 +469,7 @@ impl pb::agent_server::Agent for AgentService {
                     })
                     .collect(),
                 dropped: captured.dropped,
+                lost: captured.lost,
             }))
         })
         .await

@@ -2,7 +2,9 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, StdioPipes, ThreadSchedule, URGENT_PRIORITY, keepalive_params, millis};
+use super::{
+    PacketTap, Platform, StdioPipes, ThreadSchedule, URGENT_PRIORITY, keepalive_params, millis,
+};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -39,29 +41,6 @@ const TCP_HEADERS_ONLY: [socket2::SockFilter; 10] = {
     ]
 };
 
-/// Ask the kernel to stamp what `socket` receives (`SO_TIMESTAMPNS`). The
-/// first socket that asks turns stamping on for the whole host, a moment
-/// later (a deferred static-key switch); until then packets are stamped
-/// only when read.
-fn ask_for_timestamps(socket: &socket2::Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the fd is open; `on` is a valid c_int for the call, and its
-    // size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A timespec in ns (`None` for a negative or empty one).
 fn timespec_ns(time: &libc::timespec) -> Option<u64> {
     let secs = u64::try_from(time.tv_sec).ok()?;
@@ -75,7 +54,7 @@ fn timespec_ns(time: &libc::timespec) -> Option<u64> {
 /// `CLOCK_MONOTONIC`. The two clocks are read back to back (tens of ns
 /// apart); a stamp from the future, or older than a minute, is not
 /// believed (a clock stepped in between, or not a real-time stamp).
-fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
+pub(super) fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
     let read = |clock| {
         let mut now = libc::timespec {
             tv_sec: 0,
@@ -92,6 +71,35 @@ fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
         return None;
     }
     mono_now.checked_sub(age)
+}
+
+/// Wait until `socket` or `wake` is readable, or `timeout` has passed;
+/// true when `socket` is. Precise to the millisecond (unlike a socket's
+/// read timeout, which the kernel counts in scheduler ticks: 1 ms waited
+/// 8 ms on a 250 Hz kernel).
+pub(super) fn wait_readable(
+    socket: &socket2::Socket,
+    wake: &socket2::Socket,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    let mut fds = [socket.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of
+    // the call, and its length is passed with it.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(error)
+        };
+    }
+    Ok(fds[0].revents & libc::POLLIN != 0)
 }
 
 fn duration_ms(duration: std::time::Duration) -> u32 {
@@ -220,7 +228,7 @@ impl Platform for Linux {
     }
 
     #[cfg(target_os = "linux")]
-    fn packet_socket() -> io::Result<socket2::Socket> {
+    fn packet_tap() -> io::Result<Box<dyn PacketTap>> {
         // ETH_P_ALL in network byte order: every protocol; DGRAM strips the link header.
         let every_protocol = i32::from(0x0003u16.to_be());
         let socket = socket2::Socket::new(
@@ -229,69 +237,11 @@ impl Platform for Linux {
             Some(socket2::Protocol::from(every_protocol)),
         )?;
         socket.attach_filter(&TCP_HEADERS_ONLY)?;
-        // The kernel's own time of each packet (as it reached the stack, or
-        // left it), not the reader's.
-        ask_for_timestamps(&socket)?;
-        Ok(socket)
-    }
-
-    fn stamp_packets() -> io::Result<socket2::Socket> {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        ask_for_timestamps(&socket)?;
-        Ok(socket)
-    }
-
-    #[cfg(target_os = "linux")]
-    fn read_packet(
-        socket: &socket2::Socket,
-        buffer: &mut [u8],
-    ) -> io::Result<(usize, Option<u64>)> {
-        let mut part = libc::iovec {
-            iov_base: buffer.as_mut_ptr().cast(),
-            iov_len: buffer.len(),
-        };
-        // Room for one control message holding a timespec, aligned.
-        let mut control = [0u64; 8];
-        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_iov = &raw mut part;
-        header.msg_iovlen = 1;
-        header.msg_control = control.as_mut_ptr().cast();
-        header.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: `header` points at `part` (into `buffer`) and `control`,
-        // both valid and writable for the lengths given, during the call.
-        let length = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut header, 0) };
-        let length = usize::try_from(length).map_err(|_| io::Error::last_os_error())?;
-        let mut kernel_real_ns = None;
-        // SAFETY: the control messages are those recvmsg wrote into
-        // `control`, walked with the kernel's own macros, which stay within
-        // msg_controllen; the timestamp is read unaligned.
-        unsafe {
-            let mut message = libc::CMSG_FIRSTHDR(&raw const header);
-            while !message.is_null() {
-                if (*message).cmsg_level == libc::SOL_SOCKET
-                    && (*message).cmsg_type == libc::SCM_TIMESTAMPNS
-                {
-                    let stamp: libc::timespec =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
-                    kernel_real_ns = timespec_ns(&stamp);
-                }
-                message = libc::CMSG_NXTHDR(&raw const header, message);
-            }
-        }
-        Ok((length, kernel_real_ns.and_then(real_to_monotonic)))
+        Ok(Box::new(super::packet_ring::PacketRing::on(socket)?))
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn read_packet(_: &socket2::Socket, _: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "packet capture needs Linux",
-        ))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn packet_socket() -> io::Result<socket2::Socket> {
+    fn packet_tap() -> io::Result<Box<dyn PacketTap>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "packet capture needs Linux",
@@ -300,31 +250,6 @@ impl Platform for Linux {
 
     fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)> {
         socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None)
-    }
-
-    fn wait_readable(
-        socket: &socket2::Socket,
-        wake: &socket2::Socket,
-        timeout: std::time::Duration,
-    ) -> io::Result<bool> {
-        let mut fds = [socket.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of
-        // the call, and its length is passed with it.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(error)
-            };
-        }
-        Ok(fds[0].revents & libc::POLLIN != 0)
     }
 
     fn socket_table() -> Box<dyn crate::sockets::SocketTable> {

@@ -11,6 +11,8 @@ use std::process::ExitStatus;
 
 #[cfg(unix)]
 mod linux;
+#[cfg(target_os = "linux")]
+mod packet_ring;
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
@@ -24,6 +26,30 @@ pub type Current = linux::Linux;
 /// The backend for the OS this agent was built for.
 #[cfg(windows)]
 pub type Current = windows::Windows;
+
+/// A capture's kernel side ([`Platform::packet_tap`]): the kernel queues
+/// each packet for it as the host sends or receives it, stamped then, and
+/// hands them over in batches.
+pub trait PacketTap: Send {
+    /// Give each packet handed over so far to `each`: its bytes from the IP
+    /// header (TCP headers included, payload cut), and when the kernel
+    /// received or sent it, on [`Platform::monotonic_ns`] (`None` when the
+    /// stamp cannot be believed). Not when the reader got to it: a capture
+    /// thread may lag behind a busy host. Returns how many batches.
+    fn drain(&mut self, each: &mut dyn FnMut(&[u8], Option<u64>)) -> io::Result<usize>;
+
+    /// Wait until packets are handed over, `wake` is readable, or `timeout`
+    /// has passed. Precise to the millisecond (unlike a socket's read
+    /// timeout, which the kernel counts in scheduler ticks).
+    fn wait(&self, wake: &socket2::Socket, timeout: std::time::Duration) -> io::Result<()>;
+
+    /// The longest the kernel holds a packet before handing it over: after
+    /// a stop, waiting this long (draining) sees everything from before it.
+    fn handed_over_within(&self) -> std::time::Duration;
+
+    /// Packets the kernel had no room for since the tap opened.
+    fn lost(&mut self) -> io::Result<u64>;
+}
 
 /// What the agent needs from the OS beyond what `socket2` and `tokio` offer.
 pub trait Platform {
@@ -85,39 +111,16 @@ pub trait Platform {
     /// why this host cannot (found by really trying).
     fn shapers(exe: &std::path::Path, control_port: u16) -> crate::degrade::Shapers;
 
-    /// A raw packet socket that sees every IP packet of the host, both
-    /// directions, without link-layer headers (needs CAP_NET_RAW).
-    fn packet_socket() -> io::Result<socket2::Socket>;
-
-    /// Keep the kernel stamping every packet as it reaches or leaves the
-    /// stack, while the returned socket is open (the kernel switches
-    /// stamping on a moment after it is first asked, so an agent that
-    /// captures asks at its start, not when a capture starts).
-    fn stamp_packets() -> io::Result<socket2::Socket>;
-
-    /// Read one packet from a [`Platform::packet_socket`]: its length, and
-    /// when the kernel received or sent it, on [`Platform::monotonic_ns`]
-    /// (`None` when the kernel gave no timestamp). Not when the reader got
-    /// to it: a capture thread may lag behind a busy host.
-    fn read_packet(socket: &socket2::Socket, buffer: &mut [u8])
-    -> io::Result<(usize, Option<u64>)>;
+    /// Every TCP packet of the host from now on, both directions, headers
+    /// only, each with the kernel's time of it (needs CAP_NET_RAW).
+    fn packet_tap() -> io::Result<Box<dyn PacketTap>>;
 
     /// The host's TCP counters by `Section.Name` (see [`crate::counters`]).
     fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>>;
 
     /// A pair of connected sockets: a byte written to the first makes the
-    /// second readable, which wakes a [`Platform::wait_readable`] at once.
+    /// second readable, which wakes a [`PacketTap::wait`] at once.
     fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)>;
-
-    /// Wait until `socket` or `wake` is readable, or `timeout` has passed;
-    /// true when `socket` is. Precise to the millisecond (unlike a socket's
-    /// read timeout, which the kernel counts in scheduler ticks: 1 ms waited
-    /// 8 ms on a 250 Hz kernel).
-    fn wait_readable(
-        socket: &socket2::Socket,
-        wake: &socket2::Socket,
-        timeout: std::time::Duration,
-    ) -> io::Result<bool>;
 
     /// The host's table of TCP connections (every program's).
     fn socket_table() -> Box<dyn crate::sockets::SocketTable>;

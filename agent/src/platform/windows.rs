@@ -2,7 +2,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Platform, StdioPipes, ThreadSchedule, keepalive_params};
+use super::{PacketTap, Platform, StdioPipes, ThreadSchedule, keepalive_params};
 use crate::model::Keepalive;
 use socket2::SockRef;
 use std::io;
@@ -146,21 +146,7 @@ impl Platform for Windows {
         ))
     }
 
-    fn packet_socket() -> io::Result<socket2::Socket> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "packet capture is not implemented on Windows yet",
-        ))
-    }
-
-    fn stamp_packets() -> io::Result<socket2::Socket> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "packet capture is not implemented on Windows yet",
-        ))
-    }
-
-    fn read_packet(_: &socket2::Socket, _: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    fn packet_tap() -> io::Result<Box<dyn PacketTap>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "packet capture is not implemented on Windows yet",
@@ -168,17 +154,6 @@ impl Platform for Windows {
     }
 
     fn wake_pair() -> io::Result<(socket2::Socket, socket2::Socket)> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "packet capture is not implemented on Windows yet",
-        ))
-    }
-
-    fn wait_readable(
-        _socket: &socket2::Socket,
-        _wake: &socket2::Socket,
-        _timeout: std::time::Duration,
-    ) -> io::Result<bool> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "packet capture is not implemented on Windows yet",

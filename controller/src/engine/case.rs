@@ -119,6 +119,7 @@ async fn play_case(
         case_id: case.id.clone(),
         capture: None,
         wire: Vec::new(),
+        wire_missed: BTreeMap::new(),
         wire_lost: Vec::new(),
         agents: role_agents(case, binding, targets),
         targets: targets.clone(),
@@ -152,18 +153,25 @@ async fn play_case(
     report.observations = observations(&run, case);
     report.wire_evidence = run.capture.is_some();
     report.wire = run.wire.clone();
-    // Each host's test address and clock error, by agent name.
+    report.wire_missed = run.wire_missed.clone();
+    // Each host's test address and clock error (by the case's end), by agent name.
+    let ended_ns = run.clock.now_ns();
     let hosts = run
         .agents
         .values()
         .map(|agent| {
             (
                 agent.name.clone(),
-                (agent.test_ip, agent.clock_rtt_ns() / 2),
+                (agent.test_ip, agent.clock_uncertainty_ns(ended_ns)),
             )
         })
         .collect();
-    detection::annotate(&mut report.observations, &report.wire, &hosts);
+    detection::annotate(
+        &mut report.observations,
+        &report.wire,
+        &hosts,
+        &run.wire_lost,
+    );
     report.clock_check = detection::clock_check(&report.wire, &hosts);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match played {
@@ -431,6 +439,7 @@ pub(super) fn empty_report(
         observations: Vec::new(),
         wire_evidence: false,
         wire: Vec::new(),
+        wire_missed: BTreeMap::new(),
         started_ms: 0,
         clock_check: None,
         duration_ms: 0,

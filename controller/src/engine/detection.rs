@@ -8,7 +8,9 @@
 //! stamping's. A time placed on the run's axis next to other hosts' carries
 //! the host's clock-offset error (±RTT/2 of the sample it came from).
 
-use crate::report::{ClockCheck, ObservationReport, WireReport};
+use crate::report::{
+    ClockCheck, Detection, DetectionClocks, ObservationReport, SAME_HOST_UNCERTAINTY_NS, WireReport,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -19,16 +21,20 @@ const WAITING_CALLS: [&str; 3] = ["recv", "watch", "wait-end"];
 const UNRELATED_AFTER_NS: i64 = 5_000_000;
 
 /// Each observation of a call already waiting when the FIN (EOF) or RST
-/// (ECONNRESET) that ended it reached its host gets the delay from that
-/// arrival to the call's end, in ns (`detected_after_arrival_ns`): the first
-/// such segment the host's own capture saw arriving at its test address
-/// after the call began. Negative would mean the call ended before the
-/// segment arrived, which cannot be: a sign of a stamp taken late. `hosts`
-/// gives each host's test address (and its clock error, unused here).
+/// (ECONNRESET) that ended it reached its host gets its [`Detection`]: from
+/// the first such segment the host's own capture saw arriving at its test
+/// address after the call began, to the call's end (same host, one clock).
+/// When that host captured nothing (`lost_captures`: it rebooted or lost
+/// power meanwhile), from the segment leaving its sender instead, by the
+/// sender's capture (cross-host: two clocks, and the time on the wire).
+/// Negative would mean the call ended before the segment arrived, which
+/// cannot be: a sign of a stamp taken late. `hosts` gives each host's test
+/// address and clock error.
 pub(super) fn annotate(
     observations: &mut [ObservationReport],
     wire: &[WireReport],
     hosts: &HashMap<String, (IpAddr, u64)>,
+    lost_captures: &[String],
 ) {
     for observation in observations {
         let flag = match (
@@ -42,19 +48,38 @@ pub(super) fn annotate(
         if !WAITING_CALLS.contains(&observation.call.as_str()) {
             continue;
         }
-        let Some((ip, _)) = hosts.get(&observation.host) else {
+        let Some(&(ip, reader_error)) = hosts.get(&observation.host) else {
             continue;
         };
         let end = observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(i64::MAX);
-        let arrival = wire
-            .iter()
-            .filter(|segment| segment.host == observation.host && segment.flags.contains(flag))
-            .filter(|segment| arrives_at(segment, *ip))
-            .map(|segment| segment.t_ns)
-            .filter(|&t_ns| t_ns >= observation.t_ns && t_ns <= end + UNRELATED_AFTER_NS)
-            .min();
-        if let Some(arrived) = arrival {
-            observation.detected_after_arrival_ns = Some(end - arrived);
+        let same_host = !lost_captures.contains(&observation.host);
+        let first = |seen_by: &dyn Fn(&WireReport) -> Option<u64>| {
+            wire.iter()
+                .filter(|segment| segment.flags.contains(flag) && arrives_at(segment, ip))
+                .filter(|segment| {
+                    segment.t_ns >= observation.t_ns && segment.t_ns <= end + UNRELATED_AFTER_NS
+                })
+                .filter_map(|segment| Some((segment.t_ns, seen_by(segment)?)))
+                .min_by_key(|(t_ns, _)| *t_ns)
+        };
+        let found = if same_host {
+            first(&|segment| (segment.host == observation.host).then_some(SAME_HOST_UNCERTAINTY_NS))
+                .map(|found| (found, DetectionClocks::SameHost))
+        } else {
+            // Seen leaving by its sender (the host whose address it came from).
+            first(&|segment| {
+                let &(sender_ip, sender_error) = hosts.get(&segment.host)?;
+                (segment.host != observation.host && leaves(segment, sender_ip))
+                    .then_some(reader_error + sender_error + SAME_HOST_UNCERTAINTY_NS)
+            })
+            .map(|found| (found, DetectionClocks::CrossHost))
+        };
+        if let Some(((arrived, uncertainty_ns), clocks)) = found {
+            observation.detection = Some(Detection {
+                after_arrival_ns: end - arrived,
+                uncertainty_ns,
+                clocks,
+            });
         }
     }
 }
@@ -137,6 +162,14 @@ impl<'a> SegmentKey<'a> {
             payload: segment.payload,
         }
     }
+}
+
+/// Whether `segment` comes from `ip`.
+fn leaves(segment: &WireReport, ip: IpAddr) -> bool {
+    segment
+        .source
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|source| source.ip() == ip)
 }
 
 /// Whether `segment` is addressed to `ip`.
@@ -235,21 +268,53 @@ mod tests {
             observation("send", "error", "ECONNRESET", 1_000),
             observation("recv", "ok", "", 1_000),
         ];
-        annotate(&mut seen, &wire, &ips);
+        annotate(&mut seen, &wire, &ips, &[]);
+        let after = |observation: &ObservationReport| {
+            observation.detection.map(|detection| {
+                assert_eq!(detection.clocks, DetectionClocks::SameHost);
+                assert_eq!(detection.uncertainty_ns, SAME_HOST_UNCERTAINTY_NS);
+                detection.after_arrival_ns
+            })
+        };
         // The calls ended at 1 001 000 ns: 39 µs after the FIN arrived,
         // 50 µs after the RST.
-        assert_eq!(seen[0].detected_after_arrival_ns, Some(39_000));
-        assert_eq!(seen[1].detected_after_arrival_ns, Some(50_000));
+        assert_eq!(after(&seen[0]), Some(39_000));
+        assert_eq!(after(&seen[1]), Some(50_000));
         // Had only the late FIN been seen, the delay is negative, and said so.
         let mut late = [observation("recv", "eof", "", 1_000)];
-        annotate(&mut late, &wire[2..3], &ips);
-        assert_eq!(late[0].detected_after_arrival_ns, None, "leaving b");
-        annotate(&mut late, &wire[5..], &ips);
-        assert_eq!(late[0].detected_after_arrival_ns, Some(-39_000));
+        annotate(&mut late, &wire[2..3], &ips, &[]);
+        assert_eq!(after(&late[0]), None, "leaving b");
+        annotate(&mut late, &wire[5..], &ips, &[]);
+        assert_eq!(after(&late[0]), Some(-39_000));
+        assert_eq!(after(&seen[2]), None, "a send does not wait");
+        assert_eq!(after(&seen[3]), None, "nothing ended it");
+    }
+
+    #[test]
+    fn a_reader_whose_host_lost_its_capture_is_timed_from_the_senders() {
+        let hosts = HashMap::from([
+            ("a".to_owned(), (IpAddr::from([198, 18, 0, 10]), 30_000)),
+            ("b".to_owned(), (IpAddr::from([198, 18, 0, 11]), 20_000)),
+        ]);
+        let wire = [
+            // a's capture saw its FIN leave for b at 950 µs (run clock).
+            segment("a", 950_000, "198.18.0.11:7000", "F."),
+            // Something else's sighting on a third host: not the sender's.
+            segment("c", 900_000, "198.18.0.11:7000", "F."),
+        ];
+        let mut seen = [observation("recv", "eof", "", 1_000)];
+        annotate(&mut seen, &wire, &hosts, &["b".to_owned()]);
         assert_eq!(
-            seen[2].detected_after_arrival_ns, None,
-            "a send does not wait"
+            seen[0].detection,
+            Some(Detection {
+                after_arrival_ns: 51_000,
+                uncertainty_ns: 50_000 + SAME_HOST_UNCERTAINTY_NS,
+                clocks: DetectionClocks::CrossHost,
+            })
         );
-        assert_eq!(seen[3].detected_after_arrival_ns, None, "nothing ended it");
+        // With its own capture, another host's sighting is not used.
+        let mut own = [observation("recv", "eof", "", 1_000)];
+        annotate(&mut own, &wire, &hosts, &[]);
+        assert_eq!(own[0].detection, None);
     }
 }

@@ -82,6 +82,30 @@ struct Boot {
     clock_rtt_ns: u64,
     /// When it was measured, on the run clock.
     measured_at_ns: i64,
+    /// This boot's first offset, when it was measured, and its sample's
+    /// round trip: against the latest, how fast this clock drifts from the
+    /// run clock.
+    first: (i64, i64, u64),
+}
+
+impl Boot {
+    /// Parts per billion this clock ran fast (+) or slow (−) against the
+    /// run clock between this boot's first offset and its latest, and how
+    /// far that can be off (the two offsets' errors over the time between
+    /// them); `None` until measured again.
+    fn drift_ppb(&self) -> Option<(i64, u64)> {
+        let (first_offset_ns, first_at_ns, first_rtt_ns) = self.first;
+        let span_ns = self.measured_at_ns - first_at_ns;
+        let per_billion =
+            |ns: i128| i64::try_from(ns * 1_000_000_000 / i128::from(span_ns)).unwrap_or(i64::MAX);
+        (span_ns > 0).then(|| {
+            let error_ns = i128::from(first_rtt_ns / 2 + self.clock_rtt_ns / 2);
+            (
+                per_billion(i128::from(self.clock_offset_ns - first_offset_ns)),
+                per_billion(error_ns).unsigned_abs(),
+            )
+        })
+    }
 }
 
 impl AgentHandle {
@@ -165,6 +189,20 @@ impl AgentHandle {
         self.boot().clock_rtt_ns
     }
 
+    /// How far a time of this agent at `t_ns` (run clock) can be off on
+    /// the run's axis: half its offset sample's round trip, plus how far
+    /// its clock can have drifted since that offset was measured, once its
+    /// drift is known (drift and its error, times the time since).
+    pub fn clock_uncertainty_ns(&self, t_ns: i64) -> u64 {
+        let boot = self.boot();
+        let since_ns = u128::from((t_ns - boot.measured_at_ns).unsigned_abs());
+        let drifted_ns = boot.drift_ppb().map_or(0, |(drift, error)| {
+            let ppb = u128::from(drift.unsigned_abs()) + u128::from(error);
+            u64::try_from(ppb * since_ns / 1_000_000_000).unwrap_or(u64::MAX)
+        });
+        boot.clock_rtt_ns / 2 + drifted_ns
+    }
+
     /// Whether its host booted since it was last measured: if so, its
     /// clock is measured again (a new boot's monotonic clock starts anew).
     pub(super) async fn booted_again(&self, clock: &RunClock) -> bool {
@@ -205,7 +243,10 @@ impl AgentHandle {
                     drift_ns = boot.clock_offset_ns - known.clock_offset_ns,
                     "clock offset measured again"
                 );
-                *known = boot;
+                *known = Boot {
+                    first: known.first,
+                    ..boot
+                };
             }
         }
     }
@@ -232,6 +273,8 @@ impl AgentHandle {
             capabilities: self.info.capabilities.clone(),
             clock_offset_ns: self.clock_offset_ns(),
             clock_rtt_ns: self.clock_rtt_ns(),
+            clock_drift_ppb: self.boot().drift_ppb().map(|(drift, _)| drift),
+            clock_drift_error_ppb: self.boot().drift_ppb().map(|(_, error)| error),
         }
     }
 }
@@ -256,11 +299,13 @@ async fn measure(
     }
     let (clock_rtt_ns, clock_offset_ns, info) =
         best.ok_or_else(|| tonic::Status::internal("no clock sample"))?;
+    let measured_at_ns = clock.now_ns();
     let boot = Boot {
         id: info.boot_id.clone(),
         clock_offset_ns,
         clock_rtt_ns,
-        measured_at_ns: clock.now_ns(),
+        measured_at_ns,
+        first: (clock_offset_ns, measured_at_ns, clock_rtt_ns),
     };
     Ok((boot, info))
 }
@@ -355,7 +400,19 @@ mod tests {
         agent.refresh_clock(&clock, CLOCK_REFRESH).await;
         assert_eq!(agent.boot().measured_at_ns, first, "fresh: kept");
         tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            agent.boot().drift_ppb(),
+            None,
+            "one measurement: no drift yet"
+        );
         agent.refresh_clock(&clock, Duration::from_millis(1)).await;
         assert!(agent.boot().measured_at_ns > first, "old: measured again");
+        assert!(agent.boot().drift_ppb().is_some(), "two: a drift");
+        // Its times carry the drift's worth of error as they get older.
+        let now = agent.boot().measured_at_ns;
+        assert!(
+            agent.clock_uncertainty_ns(now + 60_000_000_000) >= agent.clock_uncertainty_ns(now),
+            "an older offset is no better"
+        );
     }
 }

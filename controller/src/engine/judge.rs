@@ -39,8 +39,9 @@ pub(super) fn observations(run: &CaseRun<'_>, case: &Scenario) -> Vec<Observatio
                 content_crc32: outcome.content_crc32,
                 fault_sent_packets: outcome.counted.map(|counted| counted.sent),
                 fault_dropped_packets: outcome.counted.map(|counted| counted.dropped),
-                detected_after_arrival_ns: None,
-                clock_uncertainty_ns: agent.map(|agent| agent.clock_rtt_ns() / 2),
+                detection: None,
+                clock_uncertainty_ns: agent
+                    .map(|agent| agent.clock_uncertainty_ns(outcome.start_ns)),
             }
         })
         .collect();

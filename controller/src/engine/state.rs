@@ -316,6 +316,8 @@ pub(crate) struct CaseRun<'a> {
     /// Hosts whose capture was lost (a reboot, a power cut): what they sent
     /// is what the others saw of it.
     pub wire_lost: Vec<String>,
+    /// Hosts whose capture missed packets, and how many.
+    pub wire_missed: BTreeMap<String, u64>,
     /// Each role's agent (for a role an application plays: the agent on its host, if any).
     pub agents: HashMap<String, Arc<AgentHandle>>,
     /// Roles played by applications.

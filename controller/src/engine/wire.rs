@@ -101,7 +101,13 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
             run.wire_lost.push(agent.name.clone());
             continue;
         };
-        for segment in reply.into_inner().segments {
+        let reply = reply.into_inner();
+        let missed = reply.dropped + reply.lost;
+        if missed > 0 {
+            tracing::warn!(host = %agent.name, missed, "the capture missed packets");
+            run.wire_missed.insert(agent.name.clone(), missed);
+        }
+        for segment in reply.segments {
             let ours = [&segment.source, &segment.destination]
                 .iter()
                 .any(|address| port_of(address).is_some_and(|port| ports.contains(&port)));

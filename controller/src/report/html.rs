@@ -433,6 +433,7 @@ mod tests {
             observations: Vec::new(),
             wire_evidence: false,
             wire: Vec::new(),
+            wire_missed: BTreeMap::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 3,
@@ -500,7 +501,7 @@ mod tests {
                 content_crc32: None,
                 fault_sent_packets: None,
                 fault_dropped_packets: None,
-                detected_after_arrival_ns: None,
+                detection: None,
                 clock_uncertainty_ns: None,
             });
         assert!(render(&run).contains("released together, +3 µs"));

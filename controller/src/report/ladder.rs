@@ -469,6 +469,15 @@ fn arrows(lanes: &Lanes<'_>, rows: &Rows, flights: &[Flight<'_>]) -> Vec<Arrow> 
     arrows
 }
 
+/// "52 µs" under a millisecond, "1.234 ms" from there.
+fn short_duration(ns: i64) -> String {
+    if ns.abs() < 1_000_000 {
+        format!("{} µs", ns / 1_000)
+    } else {
+        format!("{:.3} ms", ns as f64 / 1e6)
+    }
+}
+
 /// Detection: a FIN/RST arriving at a host, then the call there that ended
 /// with EOF/error.
 fn brackets(
@@ -488,6 +497,22 @@ fn brackets(
             continue;
         };
         let end = end_of(observation);
+        // Measured for a call that was waiting: the engine's own figure,
+        // with how far it can be off (rows of other hosts may carry more).
+        if let Some(detection) = observation.detection {
+            let arrived = end - detection.after_arrival_ns;
+            brackets.push(Bracket {
+                x: lanes.x(lane) - 14.0,
+                y1: rows.y(arrived.min(end)),
+                y2: rows.y(end),
+                text: format!(
+                    "+{} ±{}",
+                    short_duration(detection.after_arrival_ns),
+                    short_duration(i64::try_from(detection.uncertainty_ns).unwrap_or(i64::MAX))
+                ),
+            });
+            continue;
+        }
         let arrival = flights
             .iter()
             .filter(|flight| flight.to == Some(lane) && flight.from != Some(lane))
@@ -548,7 +573,7 @@ mod tests {
             content_crc32: None,
             fault_sent_packets: None,
             fault_dropped_packets: None,
-            detected_after_arrival_ns: None,
+            detection: None,
             clock_uncertainty_ns: None,
         }
     }
@@ -570,6 +595,39 @@ mod tests {
             ack: 1,
             payload: 0,
         }
+    }
+
+    #[test]
+    fn a_waiting_reads_bracket_is_the_measured_delay_with_its_uncertainty() {
+        // The reader's clock is 300 µs behind the server's by the offsets:
+        // the arrow would go back in time, the bracket must not.
+        let mut read = observation("a", "recv", "eof", "", 1_052_000);
+        read.detection = Some(crate::report::Detection {
+            after_arrival_ns: 52_000,
+            uncertainty_ns: 1_000,
+            clocks: crate::report::DetectionClocks::SameHost,
+        });
+        let wire = [
+            segment(
+                "b",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "F.",
+                1_300_000,
+            ),
+            segment(
+                "a",
+                "198.18.1.11:7000",
+                "198.18.1.10:40000",
+                "F.",
+                1_000_000,
+            ),
+        ];
+        let ladder = layout(&two_hosts(), &[read], &wire);
+        assert_eq!(ladder.brackets.len(), 1);
+        let bracket = &ladder.brackets[0];
+        assert_eq!(bracket.text, "+52 µs ±1 µs");
+        assert!(bracket.y2 > bracket.y1, "from the arrival down to the end");
     }
 
     fn two_hosts() -> Vec<Host> {

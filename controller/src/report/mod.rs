@@ -68,6 +68,17 @@ pub struct AgentReport {
     pub clock_offset_ns: i64,
     /// Round trip of the best clock sample, ns (the offset's uncertainty is half of it).
     pub clock_rtt_ns: u64,
+    /// How fast its clock drifted from the run clock over the run, in parts
+    /// per billion (+: ran fast): from this boot's first offset to its
+    /// latest (offsets older than 30 s are measured again before a case).
+    /// Absent when measured once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_drift_ppb: Option<i64>,
+    /// How far `clock_drift_ppb` can be off: the two offsets' errors over
+    /// the time between them (a 1 ms round trip over 30 s is ±33 ppm; over
+    /// 10 minutes ±1.7 ppm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_drift_error_ppb: Option<u64>,
 }
 
 /// The verdict on one case.
@@ -130,6 +141,11 @@ pub struct CaseReport {
     pub wire_evidence: bool,
     /// The TCP segments each host saw on the case's connections, by time.
     pub wire: Vec<WireReport>,
+    /// Hosts whose capture missed packets, and how many (the kernel had no
+    /// room while the capture fell behind a flood, or the capture's cap of
+    /// 100 000 segments was reached): their wire evidence is incomplete.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wire_missed: BTreeMap<String, u64>,
     /// When the case began, in ms after the run's clock started (cases on
     /// disjoint hosts may overlap).
     #[serde(default)]
@@ -236,12 +252,10 @@ pub struct ObservationReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_dropped_packets: Option<u64>,
     /// A call that was waiting when the FIN (EOF) or RST (ECONNRESET) that
-    /// ended it reached its host: how long after that arrival (the kernel's
-    /// stamp of the segment, on the same host's clock, so no clock offset
-    /// is involved) the call ended, in ns. Never negative when stamps are
-    /// right.
+    /// ended it reached its host: how long after that arrival it ended, and
+    /// how far that can be off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detected_after_arrival_ns: Option<i64>,
+    pub detection: Option<Detection>,
     /// How far `t_ns` can be off as a time on the run's axis, next to other
     /// hosts' times: the host's clock-offset error (± half the round trip of
     /// the sample the offset came from), in ns. Times of one host compared
@@ -249,6 +263,39 @@ pub struct ObservationReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_uncertainty_ns: Option<u64>,
 }
+
+/// How long after a FIN or RST reached a host the call waiting for it there
+/// ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// From the segment's arrival to the call's end, in ns. Never negative
+    /// when the times are right (beyond `uncertainty_ns`).
+    pub after_arrival_ns: i64,
+    /// How far `after_arrival_ns` can be off, in ns.
+    pub uncertainty_ns: u64,
+    /// Which clocks the two times come from.
+    pub clocks: DetectionClocks,
+}
+
+/// Where a detection's arrival time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectionClocks {
+    /// The reader's own host's capture: one clock, no offset involved; the
+    /// uncertainty is the stamps' own (see [`SAME_HOST_UNCERTAINTY_NS`]).
+    SameHost,
+    /// The reader's host captured nothing (it lost its capture): the
+    /// segment leaving its sender, by the sender's capture, so two clocks
+    /// (their offsets' errors together) and the time on the wire.
+    CrossHost,
+}
+
+/// How far a same-host detection can be off: the kernel stamps packets in
+/// its real-time clock and the agent converts them to the monotonic clock
+/// of observations when the kernel hands them over, at most about 2 ms
+/// later (measured); at the 500 ppm a clock may be slewed by NTP at most,
+/// that conversion is off by at most 1 µs.
+pub const SAME_HOST_UNCERTAINTY_NS: u64 = 1_000;
 
 /// Causality on the wire, after each host's clock offset is applied: a
 /// segment seen by its sender's capture and by its receiver's must be

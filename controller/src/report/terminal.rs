@@ -120,13 +120,20 @@ fn header(report: &RunReport) -> String {
     for agent in &report.agents {
         let _ = writeln!(
             out,
-            "  agent {:<10} {:<22} {} {}, kernel {}, clock known to ±{} us",
+            "  agent {:<10} {:<22} {} {}, kernel {}, clock known to ±{} us{}",
             agent.name,
             agent.address,
             agent.hostname,
             agent.os_version,
             agent.kernel_version,
-            agent.clock_rtt_ns / 2_000
+            agent.clock_rtt_ns / 2_000,
+            agent
+                .clock_drift_ppb
+                .map_or_else(String::new, |ppb| format!(
+                    ", drifting {:+.2} ppm (±{:.2})",
+                    ppb as f64 / 1_000.0,
+                    agent.clock_drift_error_ppb.unwrap_or(0) as f64 / 1_000.0
+                ))
         );
     }
     let _ = writeln!(out);
@@ -165,6 +172,13 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: 
     let indent = 4 + 1 + 28 + 1 + hosts_width + 1 + 11 + 1 + 8 + 2;
     for more in case.differences.iter().skip(1) {
         let _ = writeln!(out, "{:>indent$}{more}", "");
+    }
+    for (host, missed) in &case.wire_missed {
+        let _ = writeln!(
+            out,
+            "{:>indent$}wire evidence incomplete: {host}'s capture missed {missed} packets",
+            ""
+        );
     }
     wire_lines(out, case, wire);
 }
@@ -367,6 +381,7 @@ mod tests {
             observations: Vec::new(),
             wire_evidence: true,
             wire,
+            wire_missed: BTreeMap::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 1,
@@ -415,6 +430,19 @@ mod tests {
         );
         let short = render_with(&run(vec![case("S2", "linux/linux", 5)]), WireView::Summary);
         assert!(!short.contains("not shown"), "{short}");
+    }
+
+    #[test]
+    fn a_capture_that_missed_packets_says_its_evidence_is_incomplete() {
+        let mut flood = case("S4", "linux/linux", 3);
+        let whole = render(&run(vec![flood.clone()]), false);
+        assert!(!whole.contains("incomplete"), "{whole}");
+        flood.wire_missed.insert("host-2".to_owned(), 512);
+        let text = render(&run(vec![flood]), false);
+        assert!(
+            text.contains("wire evidence incomplete: host-2's capture missed 512 packets"),
+            "{text}"
+        );
     }
 
     #[test]
