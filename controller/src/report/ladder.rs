@@ -506,7 +506,12 @@ fn brackets(
                 y1: rows.y(arrived.min(end)),
                 y2: rows.y(end),
                 text: format!(
-                    "+{} ±{}",
+                    "{}{} ±{}",
+                    if detection.after_arrival_ns < 0 {
+                        ""
+                    } else {
+                        "+"
+                    },
                     short_duration(detection.after_arrival_ns),
                     short_duration(i64::try_from(detection.uncertainty_ns).unwrap_or(i64::MAX))
                 ),
