@@ -43,7 +43,7 @@ const RETIRE_MS: u32 = 2;
 /// retire time, plus a timer tick of a 100 Hz kernel (older kernels run
 /// the retire timer on ticks; 6.x ones measured here hand over within
 /// 2.0 ms).
-pub const HANDED_OVER_WITHIN: Duration = Duration::from_millis(RETIRE_MS as u64 + 10);
+const HANDED_OVER_WITHIN: Duration = Duration::from_millis(RETIRE_MS as u64 + 10);
 
 /// A packet socket with its receive ring mapped.
 pub struct PacketRing {

@@ -198,16 +198,7 @@ mod tests {
     }
 
     fn segment(host: &str, t_ns: i64, destination: &str, flags: &str) -> WireReport {
-        WireReport {
-            host: host.to_owned(),
-            t_ns,
-            source: "198.18.0.10:40000".to_owned(),
-            destination: destination.to_owned(),
-            flags: flags.to_owned(),
-            seq: 1,
-            ack: 1,
-            payload: 0,
-        }
+        WireReport::seen(host, t_ns, "198.18.0.10:40000", destination, flags)
     }
 
     #[test]

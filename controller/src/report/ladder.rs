@@ -590,16 +590,7 @@ mod tests {
         flags: &str,
         t_ns: i64,
     ) -> WireReport {
-        WireReport {
-            host: seen_by.to_owned(),
-            t_ns,
-            source: source.to_owned(),
-            destination: destination.to_owned(),
-            flags: flags.to_owned(),
-            seq: 1,
-            ack: 1,
-            payload: 0,
-        }
+        WireReport::seen(seen_by, t_ns, source, destination, flags)
     }
 
     #[test]

@@ -342,6 +342,29 @@ pub struct WireReport {
     pub payload: u32,
 }
 
+#[cfg(test)]
+impl WireReport {
+    /// A bare segment (seq and ack 1, no payload) as `host` saw it, for tests.
+    pub(crate) fn seen(
+        host: &str,
+        t_ns: i64,
+        source: &str,
+        destination: &str,
+        flags: &str,
+    ) -> Self {
+        Self {
+            host: host.to_owned(),
+            t_ns,
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            flags: flags.to_owned(),
+            seq: 1,
+            ack: 1,
+            payload: 0,
+        }
+    }
+}
+
 /// Counts by verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
