@@ -181,8 +181,12 @@ fn main() -> anyhow::Result<()> {
     };
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colours only for a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colours only for a terminal, and not when NO_COLOR is set (a
+        // serial port kept as a file): journald and log files get plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+        )
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

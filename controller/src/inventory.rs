@@ -182,8 +182,7 @@ mod tests {
                     test_ip: Some("198.18.121.10".parse()?),
                     lab: Some(LabSide {
                         switch_port: Some("fllt0".to_owned()),
-                        qmp: None,
-                        shell: None,
+                        ..LabSide::default()
                     }),
                 },
                 AgentEntry {

@@ -559,7 +559,7 @@ struct LiveHeal {
     snapshots_left: String,
     /// Whether the agents answered again afterwards (restarted 5 s after).
     agents_back: bool,
-    /// vm-1's console from the kill on.
+    /// vm-1's agent log from the kill on.
     console: String,
 }
 
@@ -620,7 +620,7 @@ fn degradations_heal_on_a_live_kernel(
         &killed,
         scenario("killed", 3_000, "\n[[step]]\ndo = \"sleep\"\nms = 20000\n"),
     )?;
-    let console_path = std::path::Path::new(state).join("vm-1.console");
+    let console_path = std::path::Path::new(state).join("vm-1.agent.log");
     let console_before = std::fs::read_to_string(&console_path)?.len();
     let mut run = common::run_in_background(inventory, &killed)?;
     let waited = std::time::Instant::now();

@@ -75,6 +75,21 @@ enum LabAction {
         #[arg(long)]
         qmp: Option<PathBuf>,
     },
+    /// Run a VM's QEMU, and a fresh one each time its guest resets
+    /// (started by the VM lab; see `lab::vm::keeper`).
+    #[command(hide = true)]
+    Keeper {
+        /// Where QEMU's output and the keeper's notes go (appended).
+        #[arg(long)]
+        log: PathBuf,
+        /// The VM's QMP socket: a cable still pulled is pulled again on a
+        /// fresh QEMU.
+        #[arg(long)]
+        qmp: PathBuf,
+        /// QEMU's arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        qemu: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Carry out the action; whether it went well.
@@ -115,12 +130,23 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
             let side = LabSide {
                 switch_port,
                 qmp,
-                shell: None,
+                ..LabSide::default()
             };
             let after = std::time::Duration::from_millis(after_ms);
             let how =
                 tokio::task::spawn_blocking(move || watchdog::keep(&side, fault, after)).await??;
             say!("watchdog: {how}");
+            Ok(true)
+        }
+        LabAction::Keeper { log, qmp, qemu } => {
+            let side = LabSide {
+                qmp: Some(qmp),
+                ..LabSide::default()
+            };
+            tokio::task::spawn_blocking(move || {
+                lab::vm::keeper::keep(&qemu, &log, || side.pulled_again())
+            })
+            .await??;
             Ok(true)
         }
     }

@@ -190,8 +190,7 @@ fn add_host(
             // The bridge end of its test veth: the switch port of its cable.
             lab: Some(LabSide {
                 switch_port: Some(format!("{}t{index}", network.prefix)),
-                qmp: None,
-                shell: None,
+                ..LabSide::default()
             }),
         },
     ))

@@ -122,7 +122,16 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
         .lines()
         .filter_map(|line| line.trim().parse().ok())
         .collect();
-    for pid in pids.iter().copied().filter(|&pid| alive(pid)) {
+    // A VM lab's pids are its keepers (each with its QEMU).
+    let (keepers, pids): (Vec<u32>, Vec<u32>) = pids
+        .into_iter()
+        .filter(|&pid| alive(pid))
+        .partition(|&pid| vm::is_keeper(pid));
+    if !keepers.is_empty() {
+        vm::stop_groups(&keepers);
+        removed.push(format!("{} VMs", keepers.len()));
+    }
+    for pid in pids.iter().copied() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

@@ -34,6 +34,13 @@ pub struct LabSide {
     /// `faultlab lab exec` talks to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<PathBuf>,
+    /// Where the lab keeps the host's serial console (a VM's kernel and
+    /// init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<PathBuf>,
+    /// Where the lab keeps the log of the host's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_log: Option<PathBuf>,
 }
 
 /// A fault a lab makes from outside a host.
@@ -64,6 +71,8 @@ pub enum OutsideError {
 
 /// How long a host whose cable is back gets to answer on its test network.
 const LINK_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a fresh QEMU may take to open its QMP socket.
+const QMP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of that.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A port nobody listens on in a lab host (discard): its RST is the answer.
@@ -157,18 +166,12 @@ impl LabSide {
                 if qmp::running(socket)? {
                     return Ok("it was on");
                 }
-                // The reset button while off: it starts from its firmware,
-                // its memory's kernel gone.
-                qmp::execute(
-                    socket,
-                    &[
-                        qmp::command("system_reset"),
-                        qmp::set_link(VM_TEST_NIC, true),
-                        qmp::set_link(VM_MANAGEMENT_NIC, true),
-                        qmp::command("cont"),
-                    ],
-                )?;
-                Ok("QMP system_reset, cont")
+                // The reset button while off: QEMU (run with -no-reboot)
+                // ends, and the VM's keeper starts a fresh one, NICs
+                // plugged: the guest starts from its firmware with empty
+                // memory.
+                qmp::execute(socket, &[qmp::command("system_reset")])?;
+                Ok("QMP system_reset: a fresh QEMU, from its firmware")
             }
             _ => Err(OutsideError::Cannot(fault.into())),
         }
@@ -186,6 +189,45 @@ impl LabSide {
             answers(address, LINK_SETTLE_TIMEOUT);
         }
         Ok(how)
+    }
+
+    /// On a VM whose QEMU was started afresh (its guest reset): pull its
+    /// cable again if it was pulled and is not yet due back (its watchdog
+    /// still waits), as a reset does not plug a cable in. What it did.
+    pub fn pulled_again(&self) -> Option<String> {
+        let socket = self.qmp.as_ref()?;
+        if !watchdog::armed(self, OutsideFault::Cable) {
+            return None;
+        }
+        let deadline = Instant::now() + QMP_READY_TIMEOUT;
+        loop {
+            match qmp::execute(socket, &[qmp::set_link(VM_TEST_NIC, false)]) {
+                Ok(_) => return Some("its cable is still out: unplugged again".to_owned()),
+                Err(error) if Instant::now() > deadline => {
+                    return Some(format!("its cable is still out, but: {error}"));
+                }
+                Err(_) => std::thread::sleep(PROBE_TIMEOUT),
+            }
+        }
+    }
+
+    /// Where the lab keeps this host's logs, each with its last `lines`
+    /// lines (what a report says when the host's agent was lost); empty
+    /// when the lab keeps none.
+    pub fn last_words(&self, lines: usize) -> String {
+        let mut said = String::new();
+        for (what, path) in [("console", &self.console), ("agent log", &self.agent_log)] {
+            let Some(path) = path else { continue };
+            let text = std::fs::read(path)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            let all: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+            said.push_str(&format!("{what}: {}\n", path.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                said.push_str(&format!("  | {}\n", line.trim_end()));
+            }
+        }
+        said
     }
 
     /// A short name of the host's reach, for the watchdog's command line.
@@ -225,13 +267,12 @@ mod tests {
     fn a_namespace_host_offers_a_cable_and_a_vm_its_power_too() {
         let netns = LabSide {
             switch_port: Some("fllt0".to_owned()),
-            qmp: None,
-            shell: None,
+            ..LabSide::default()
         };
         let vm = LabSide {
             switch_port: None,
             qmp: Some("/run/faultlab-lab/vm-1.qmp".into()),
-            shell: None,
+            ..LabSide::default()
         };
         assert_eq!(netns.capabilities(), ["link"]);
         assert_eq!(vm.capabilities(), ["link", "power"]);
@@ -246,8 +287,7 @@ mod tests {
     fn it_reads_and_writes_as_an_inventory_table() {
         let side = LabSide {
             switch_port: Some("fllt0".to_owned()),
-            qmp: None,
-            shell: None,
+            ..LabSide::default()
         };
         let text = toml::to_string(&side).expect("serializes");
         assert_eq!(text.trim(), "switch_port = \"fllt0\"");

@@ -48,19 +48,33 @@ pub(super) fn arm(
         .map_err(|error| OutsideError::NoWatchdog(format!("{}: {error}", exe.display())))
 }
 
-/// Stop the watchdogs of `fault` on `side` (there is at most one).
-pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
+/// The watchdogs of `fault` on `side` (there is at most one).
+fn watchdogs(side: &LabSide, fault: OutsideFault) -> Vec<u32> {
     let fault: &str = fault.into();
     let key = side.key();
-    for (pid, words) in crate::lab::processes() {
-        let ours = words.iter().any(|word| word == WATCHDOG)
-            && words
-                .windows(2)
-                .any(|pair| pair[0] == "--fault" && pair[1] == fault)
-            && words.contains(&key);
-        if ours && pid != std::process::id() {
-            let _ = Command::new("kill").arg(pid.to_string()).output();
-        }
+    crate::lab::processes()
+        .into_iter()
+        .filter(|(pid, words)| {
+            words.iter().any(|word| word == WATCHDOG)
+                && words
+                    .windows(2)
+                    .any(|pair| pair[0] == "--fault" && pair[1] == fault)
+                && words.contains(&key)
+                && *pid != std::process::id()
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Whether `fault` on `side` is made and waits for its deadline.
+pub(super) fn armed(side: &LabSide, fault: OutsideFault) -> bool {
+    !watchdogs(side, fault).is_empty()
+}
+
+/// Stop the watchdogs of `fault` on `side`.
+pub(super) fn disarm(side: &LabSide, fault: OutsideFault) {
+    for pid in watchdogs(side, fault) {
+        let _ = Command::new("kill").arg(pid.to_string()).output();
     }
 }
 
@@ -93,7 +107,7 @@ pub fn keep(
 
 /// The faultlab executable: `FAULTLAB_EXE`, this one, the one beside a
 /// test binary (`target/<profile>/deps/..`), or one on PATH.
-fn faultlab_exe() -> Option<PathBuf> {
+pub(crate) fn faultlab_exe() -> Option<PathBuf> {
     if let Some(exe) = std::env::var_os("FAULTLAB_EXE") {
         return Some(exe.into());
     }

@@ -74,11 +74,17 @@ ip addr add "$TEST" dev eth1 && ip link set eth1 up
 stty -F /dev/ttyS1 raw -echo
 TOOLS='ip() { /usr/sbin/ip "$@"; }; ss() { /usr/sbin/ss "$@"; }; nft() { /usr/sbin/nft "$@"; }; tc() { /usr/sbin/tc "$@"; }'
 ( while true; do { echo "$TOOLS"; dd if=/dev/ttyS1 bs=512 2>/dev/null; } | sh > /dev/ttyS1 2>&1; sleep 1; done ) &
-echo "faultlab: $NAME up, agent on ${MGMT%/*}" > /dev/console
+echo "faultlab: $NAME up after $(cut -d' ' -f1 /proc/uptime) s, agent on ${MGMT%/*}" > /dev/console
+# The agent's log on the third serial port (a file of the lab's), plain.
+stty -F /dev/ttyS2 raw -echo
+export NO_COLOR=1
 # Like a service manager: an agent that ends starts again, 5 s later.
 while true; do
-  /usr/bin/faultlab-agent --listen "${MGMT%/*}:7420" --insecure --allow "$ALLOW" > /dev/console 2>&1
-  echo "faultlab: the agent ended ($?); starting it again in 5 s" > /dev/console
+  echo "faultlab: agent starting after $(cut -d' ' -f1 /proc/uptime) s of uptime" > /dev/ttyS2
+  /usr/bin/faultlab-agent --listen "${MGMT%/*}:7420" --insecure --allow "$ALLOW" > /dev/ttyS2 2>&1
+  status=$?
+  echo "faultlab: the agent ended ($status); starting it again in 5 s" > /dev/console
+  echo "faultlab: the agent ended ($status); starting it again in 5 s" > /dev/ttyS2
   sleep 5
 done
 "#;
@@ -90,64 +96,171 @@ pub struct Kernel {
     pub image: PathBuf,
     /// Its modules (`/lib/modules/<release>`).
     pub modules: PathBuf,
+    /// Their dependencies: the tree's own `modules.dep`, or one `depmod`
+    /// made in the lab's cache for a tree that has none (a kernel package
+    /// unpacked without installing it).
+    pub dep: PathBuf,
 }
 
 impl Kernel {
-    /// `file`, with its modules in `modules`; or, with no file, a kernel
-    /// of this host's `/boot` whose modules are installed (the newest).
-    pub fn find(file: Option<&Path>, modules: Option<&Path>) -> Result<Self, VmError> {
-        if let Some(image) = file {
-            let modules = match modules {
-                Some(modules) => modules.to_owned(),
-                None => modules_of(image).ok_or_else(|| {
-                    VmError::Kernel(format!(
-                        "no modules found for {}: give --kernel-modules DIR",
-                        image.display()
-                    ))
-                })?,
-            };
-            return Ok(Self {
-                image: image.to_owned(),
-                modules,
-            });
+    /// `file`, with its modules in `modules` (by default the tree of its
+    /// release in `/lib/modules`, or beside it as a package unpacked with
+    /// `dpkg -x` lays it out: `ROOT/boot/vmlinuz-R`, `ROOT/lib/modules/R`);
+    /// with no file, the newest kernel of this host's `/boot` whose modules
+    /// are installed. A tree without `modules.dep` gets one made by
+    /// `depmod` in `cache`.
+    pub fn find(file: Option<&Path>, modules: Option<&Path>, cache: &Path) -> Result<Self, VmError> {
+        let (image, modules) = match file {
+            Some(image) => {
+                let modules = match modules {
+                    Some(modules) => modules.to_owned(),
+                    None => modules_of(image).ok_or_else(|| {
+                        VmError::Kernel(format!(
+                            "no modules found for {}: give --kernel-modules DIR",
+                            image.display()
+                        ))
+                    })?,
+                };
+                (image.to_owned(), modules)
+            }
+            None => newest_in_boot()?,
+        };
+        if !modules.is_dir() {
+            return Err(VmError::Kernel(format!(
+                "{} is not a modules directory",
+                modules.display()
+            )));
         }
-        let mut images: Vec<PathBuf> = std::fs::read_dir("/boot")
-            .map_err(|error| VmError::Kernel(format!("cannot read /boot: {error}")))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| {
-                path.file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name.starts_with("vmlinuz-"))
-            })
-            .filter(|image| modules_of(image).is_some())
-            .collect();
-        images.sort();
-        let image = images.pop().ok_or_else(|| {
-            VmError::Kernel(
-                "no kernel in /boot with its modules (apt-get install linux-image-cloud-amd64), or give --kernel FILE".to_owned(),
-            )
-        })?;
-        let modules = modules_of(&image).unwrap_or_default();
-        Ok(Self { image, modules })
+        let dep = match modules.join("modules.dep") {
+            dep if dep.is_file() => dep,
+            _ => depmod(&modules, cache)?,
+        };
+        Ok(Self {
+            image,
+            modules,
+            dep,
+        })
+    }
+
+    /// The modules built into the kernel (`modules.builtin`), as paths
+    /// like `kernel/drivers/virtio/virtio_pci.ko`; none when the tree does
+    /// not say.
+    fn builtin(&self) -> String {
+        std::fs::read_to_string(self.modules.join("modules.builtin")).unwrap_or_default()
     }
 }
 
-/// `/lib/modules/<release>` of `/boot/vmlinuz-<release>`, when it exists.
+/// The newest `/boot/vmlinuz-*` whose modules are installed, and them.
+fn newest_in_boot() -> Result<(PathBuf, PathBuf), VmError> {
+    let mut images: Vec<(PathBuf, PathBuf)> = std::fs::read_dir("/boot")
+        .map_err(|error| VmError::Kernel(format!("cannot read /boot: {error}")))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("vmlinuz-"))
+        })
+        .filter_map(|image| Some((modules_of(&image)?, image)))
+        .map(|(modules, image)| (image, modules))
+        .collect();
+    images.sort();
+    images.pop().ok_or_else(|| {
+        VmError::Kernel(
+            "no kernel in /boot with its modules (apt-get install linux-image-cloud-amd64), or give --kernel FILE".to_owned(),
+        )
+    })
+}
+
+/// The modules tree of `.../vmlinuz-<release>`: `/lib/modules/<release>`,
+/// or `../lib/modules/<release>` beside the image's directory (a package
+/// unpacked with `dpkg -x`), when it holds modules.
 fn modules_of(image: &Path) -> Option<PathBuf> {
     let release = image.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
-    let modules = Path::new("/lib/modules").join(release);
-    modules.join("modules.dep").is_file().then_some(modules)
+    let unpacked = image
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("lib/modules").join(release));
+    [Some(Path::new("/lib/modules").join(release)), unpacked]
+        .into_iter()
+        .flatten()
+        .find(|tree| tree.join("modules.dep").is_file() || tree.join("kernel").is_dir())
+}
+
+/// Make the `modules.dep` a tree lacks with `depmod -b`, in `cache` (the
+/// tree itself may be read-only): a directory laid out as depmod wants
+/// it, `lib/modules/<release>/kernel` a link to the tree's modules. Made
+/// once per tree; its path.
+fn depmod(modules: &Path, cache: &Path) -> Result<PathBuf, VmError> {
+    let release = modules
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| VmError::Kernel(format!("{}: no release in its name", modules.display())))?;
+    let command = format!(
+        "depmod -b {} {release}",
+        modules
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("ROOT"))
+            .display()
+    );
+    let refused = |why: String| {
+        VmError::Kernel(format!(
+            "{} has no modules.dep and {why}; make it with `{command}`",
+            modules.display()
+        ))
+    };
+    let base = cache.join("depmod").join(release);
+    let tree = base.join("lib/modules").join(release);
+    let link = tree.join("kernel");
+    let made = tree.join("modules.dep");
+    let target = modules.join("kernel");
+    if made.is_file() && std::fs::read_link(&link).is_ok_and(|to| to == target) {
+        return Ok(made);
+    }
+    let depmod = which("depmod").ok_or_else(|| refused("depmod is missing (apt-get install kmod)".to_owned()))?;
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&tree).map_err(|error| refused(format!("{}: {error}", tree.display())))?;
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|error| refused(format!("{}: {error}", link.display())))?;
+    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        let from = modules.join(file);
+        if from.is_file() {
+            std::fs::copy(&from, tree.join(file))
+                .map_err(|error| refused(format!("{}: {error}", from.display())))?;
+        }
+    }
+    let output = Command::new(depmod)
+        .arg("-b")
+        .arg(&base)
+        .arg(release)
+        .output()
+        .map_err(|error| refused(format!("depmod did not run: {error}")))?;
+    if !output.status.success() || !made.is_file() {
+        return Err(refused(format!(
+            "depmod failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(made)
 }
 
 /// The modules to load, dependencies first, as paths relative to the
-/// modules tree, from `modules.dep` (`path: dep dep ...`).
-pub fn module_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, VmError> {
+/// modules tree, from `modules.dep` (`path: dep dep ...`); a wanted module
+/// listed in `modules.builtin` is in the kernel already.
+pub fn module_order(
+    modules_dep: &str,
+    modules_builtin: &str,
+    wanted: &[&str],
+) -> Result<Vec<String>, VmError> {
     let deps: Vec<(&str, Vec<&str>)> = modules_dep
         .lines()
         .filter_map(|line| line.split_once(':'))
         .map(|(module, deps)| (module.trim(), deps.split_whitespace().collect()))
         .collect();
+    let builtin: BTreeSet<String> = modules_builtin.lines().map(module_name).collect();
     let path_of = |name: &str| {
         deps.iter()
             .map(|(path, _)| *path)
@@ -155,9 +268,12 @@ pub fn module_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, V
     };
     let mut order: Vec<String> = Vec::new();
     for name in wanted {
+        if builtin.contains(&name.replace('-', "_")) {
+            continue;
+        }
         let path = path_of(name).ok_or_else(|| {
             VmError::Kernel(format!(
-                "the kernel has no module {name} (the agent needs it); build it as a module or give another --kernel"
+                "the kernel has no module {name}, built in or loadable (the agent needs it); build it or give another --kernel"
             ))
         })?;
         visit(path, &deps, &mut order, 0);
@@ -177,6 +293,48 @@ fn visit(path: &str, deps: &[(&str, Vec<&str>)], order: &mut Vec<String>, depth:
         }
     }
     order.push(path.to_owned());
+}
+
+/// How a module file is compressed, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packing {
+    Plain,
+    Xz,
+    Zstd,
+}
+
+impl Packing {
+    /// `virtio_net.ko.xz` → (`virtio_net.ko`, xz).
+    fn of(path: &str) -> Result<(&str, Self), VmError> {
+        if let Some(plain) = path.strip_suffix(".xz") {
+            Ok((plain, Self::Xz))
+        } else if let Some(plain) = path.strip_suffix(".zst") {
+            Ok((plain, Self::Zstd))
+        } else if path.ends_with(".ko") {
+            Ok((path, Self::Plain))
+        } else {
+            Err(VmError::Kernel(format!(
+                "module {path}: only .ko, .ko.xz and .ko.zst modules can go into the guest"
+            )))
+        }
+    }
+
+    /// `data` as it is in the guest: decompressed (busybox's insmod reads
+    /// plain modules only).
+    fn unpack(self, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let mut plain = Vec::with_capacity(data.len() * 4);
+        match self {
+            Self::Plain => return Ok(data),
+            Self::Xz => lzma_rs::xz_decompress(&mut data.as_slice(), &mut plain)
+                .map_err(|error| std::io::Error::other(format!("xz: {error}")))?,
+            Self::Zstd => {
+                let mut decoder = ruzstd::decoding::StreamingDecoder::new(data.as_slice())
+                    .map_err(|error| std::io::Error::other(format!("zstd: {error}")))?;
+                std::io::Read::read_to_end(&mut decoder, &mut plain)?;
+            }
+        }
+        Ok(plain)
+    }
 }
 
 /// `kernel/drivers/net/virtio_net.ko` → `virtio_net`.
@@ -277,15 +435,15 @@ fn contents(agent: &Path, kernel: &Kernel) -> Result<Contents, VmError> {
         let inside = lib.to_string_lossy().trim_start_matches('/').to_owned();
         files.push((inside, lib));
     }
-    let dep = std::fs::read_to_string(kernel.modules.join("modules.dep")).map_err(|error| {
-        VmError::Kernel(format!(
-            "cannot read {}/modules.dep: {error}",
-            kernel.modules.display()
-        ))
+    let dep = std::fs::read_to_string(&kernel.dep).map_err(|error| {
+        VmError::Kernel(format!("cannot read {}: {error}", kernel.dep.display()))
     })?;
-    let order = module_order(&dep, MODULES)?;
-    for module in &order {
-        files.push((format!("lib/modules/{module}"), kernel.modules.join(module)));
+    let mut order = Vec::new();
+    for module in module_order(&dep, &kernel.builtin(), MODULES)? {
+        // Plain in the guest (see `Packing::unpack`).
+        let (plain, _) = Packing::of(&module)?;
+        files.push((format!("lib/modules/{plain}"), kernel.modules.join(&module)));
+        order.push(plain.to_owned());
     }
     Ok(Contents {
         files,
@@ -410,8 +568,13 @@ fn write_cpio(contents: &Contents, image: &Path) -> Result<(), VmError> {
         entry(&mut out, dir, 0o755, ModeFileType::Directory, &[]).map_err(failed)?;
     }
     for (inside, host) in &contents.files {
-        let data = std::fs::read(host)
-            .map_err(|error| VmError::Guest(format!("cannot read {}: {error}", host.display())))?;
+        let unreadable =
+            |error: std::io::Error| VmError::Guest(format!("cannot read {}: {error}", host.display()));
+        let mut data = std::fs::read(host).map_err(unreadable)?;
+        if inside.starts_with("lib/modules/") {
+            let (_, packing) = Packing::of(&host.to_string_lossy())?;
+            data = packing.unpack(data).map_err(unreadable)?;
+        }
         entry(&mut out, inside, 0o755, ModeFileType::Regular, &data).map_err(failed)?;
     }
     entry(
@@ -451,7 +614,7 @@ kernel/net/core/failover.ko:
 
     #[test]
     fn modules_come_after_what_they_need_and_once() -> Result<(), VmError> {
-        let order = module_order(DEP, &["virtio_pci", "virtio_net"])?;
+        let order = module_order(DEP, "", &["virtio_pci", "virtio_net"])?;
         let at = |name: &str| {
             order
                 .iter()
@@ -467,8 +630,63 @@ kernel/net/core/failover.ko:
             assert!(at(before) < at(after), "{before} before {after}: {order:?}");
         }
         assert_eq!(order.len(), 8, "each once: {order:?}");
-        let missing = module_order(DEP, &["sch_netem"]);
+        let missing = module_order(DEP, "", &["sch_netem"]);
         assert!(matches!(missing, Err(VmError::Kernel(message)) if message.contains("sch_netem")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_built_in_driver_needs_no_module() -> Result<(), VmError> {
+        // As in Debian's 6.12 kernels: the virtio PCI transport built in.
+        let dep = DEP
+            .lines()
+            .filter(|line| !line.starts_with("kernel/drivers/virtio/virtio_pci"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let builtin = "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/virtio/virtio_pci_modern_dev.ko\n";
+        let order = module_order(&dep, builtin, &["virtio_pci", "virtio_net"])?;
+        assert!(order.iter().all(|path| !path.contains("virtio_pci")), "{order:?}");
+        assert!(order.last().is_some_and(|last| last.ends_with("virtio_net.ko")));
+        let missing = module_order(&dep, "", &["virtio_pci"]);
+        assert!(
+            matches!(missing, Err(VmError::Kernel(message)) if message.contains("virtio_pci, built in or loadable"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn packed_modules_go_into_the_guest_plain() -> Result<(), Box<dyn std::error::Error>> {
+        let module = b"\x7fELF a module's bytes, again and again and again".repeat(100);
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut module.as_slice(), &mut xz)?;
+        let zstd = ruzstd::encoding::compress_to_vec(
+            module.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for (name, packed) in [("m.ko.xz", xz), ("m.ko.zst", zstd), ("m.ko", module.clone())] {
+            let (plain, packing) = Packing::of(name)?;
+            assert_eq!(plain, "m.ko");
+            assert_eq!(packing.unpack(packed)?, module, "{name}");
+        }
+        assert!(Packing::of("m.ko.gz").is_err());
+        assert!(Packing::Xz.unpack(b"not xz".to_vec()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_kernel_package_unpacked_beside_its_modules_is_found() -> Result<(), Box<dyn std::error::Error>> {
+        let root = std::env::temp_dir().join(format!("faultlab-kernel-{}", std::process::id()));
+        let release = "6.12.0-test";
+        let modules = root.join("lib/modules").join(release);
+        std::fs::create_dir_all(modules.join("kernel"))?;
+        std::fs::create_dir_all(root.join("boot"))?;
+        let image = root.join("boot").join(format!("vmlinuz-{release}"));
+        std::fs::write(&image, b"a kernel")?;
+        std::fs::write(modules.join("modules.dep"), "kernel/a.ko:\n")?;
+        let kernel = Kernel::find(Some(&image), None, &root.join("cache"))?;
+        assert_eq!(kernel.modules, modules);
+        assert_eq!(kernel.dep, modules.join("modules.dep"));
+        let _ = std::fs::remove_dir_all(&root);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! controller is swept away by the next lab.
 
 pub mod guest;
+pub mod keeper;
 #[cfg(unix)]
 pub mod shell;
 
@@ -16,6 +17,7 @@ use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
 use guest::Kernel;
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,10 +31,18 @@ const GUEST_MIB: u64 = 128;
 pub const VM_CONTROL_PORT: u16 = 7420;
 /// How long a guest may take to boot until its agent answers (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Lines of each log quoted when a VM does not come up.
+const LAST_LINES: usize = 8;
 /// How long a KVM guest gets to show it boots before KVM is given up.
 const KVM_PROBE: Duration = Duration::from_secs(4);
 /// Names of a run's VM lab start with this, then the pid.
 const VM_PREFIX: &str = "flv";
+/// The word of a VM keeper's command line (`faultlab lab keeper`).
+pub const KEEPER: &str = "keeper";
+/// Where runs' VM labs keep their logs, under the state directory.
+const RUN_LOGS: &str = "vm-logs";
+/// How many runs' VM logs are kept.
+const RUN_LOGS_KEPT: usize = 5;
 
 /// Why the VM lab could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +57,35 @@ pub enum VmError {
     #[error("guest image: {0}")]
     Guest(String),
     /// A VM did not come up.
-    #[error("VM {name}: {reason} (its console: {log})")]
+    #[error("VM {name}: {reason}\n{logs}")]
     Boot {
         /// The VM.
         name: String,
         /// What went wrong.
         reason: String,
-        /// Its serial console's log.
-        log: String,
+        /// Where its logs are, and their last lines.
+        logs: String,
     },
 }
 
-/// What a VM lab is made of, besides its network: the QEMU processes and
-/// their taps.
+/// What a VM lab is made of, besides its network: each VM's keeper (with
+/// its QEMU, in the keeper's process group) and their taps.
 pub(super) struct Machines {
-    children: Vec<Child>,
+    keepers: Vec<Child>,
     taps: Vec<String>,
-    /// A run's own directory (consoles, QMP sockets), removed with it.
+    /// A run's own directory (QMP and shell sockets), removed with it.
     scratch: Option<PathBuf>,
 }
 
 impl Machines {
-    /// Stop every VM (QEMU quits on SIGTERM; SIGKILL if it does not) and
-    /// remove the taps.
+    /// Stop every VM (its keeper and QEMU: see [`stop_groups`]) and remove
+    /// the taps.
     pub(super) fn stop(&mut self) {
-        for child in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .output();
+        stop_groups(&self.pids());
+        for keeper in &mut self.keepers {
+            let _ = keeper.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for child in &mut self.children {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
+        self.keepers.clear();
         for tap in self.taps.drain(..) {
             let _ = ip(&["link", "del", &tap]);
         }
@@ -94,14 +95,15 @@ impl Machines {
         }
     }
 
-    /// The QEMU processes' ids, in host order.
+    /// The keepers' process ids (each its VM's process group), in host
+    /// order.
     pub(super) fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.keepers.iter().map(Child::id).collect()
     }
 
     /// Let the VMs outlive this process (`lab up`).
     pub(super) fn detach(&mut self) {
-        self.children.clear();
+        self.keepers.clear();
         self.taps.clear();
         self.scratch = None;
     }
@@ -159,16 +161,30 @@ pub(super) fn start(
         return Err(LabError::Network(why));
     }
     sweep_stale();
-    let kernel = Kernel::find(options.kernel.as_deref(), options.kernel_modules.as_deref())?;
+    let kernel = Kernel::find(
+        options.kernel.as_deref(),
+        options.kernel_modules.as_deref(),
+        &cache(),
+    )?;
     let image = guest::initramfs(exe, &kernel, &cache())?;
     let accel = accelerator(&kernel, &image, &cache());
-    std::fs::create_dir_all(dir)
-        .map_err(|error| LabError::Network(format!("cannot create {}: {error}", dir.display())))?;
+    // A run's logs outlive its lab (the newest few runs'); a `lab up`
+    // lab's are in its state directory, begun anew.
+    let logs = if scratch {
+        run_logs(&prefix)
+    } else {
+        dir.to_owned()
+    };
+    for made in [dir, &logs] {
+        std::fs::create_dir_all(made).map_err(|error| {
+            LabError::Network(format!("cannot create {}: {error}", made.display()))
+        })?;
+    }
     let mut lab = LocalLab {
         agents: Vec::new(),
         network: Some(Network::new(prefix.clone(), 0)),
         machines: Some(Machines {
-            children: Vec::new(),
+            keepers: Vec::new(),
             taps: Vec::new(),
             scratch: scratch.then(|| dir.to_owned()),
         }),
@@ -191,9 +207,13 @@ pub(super) fn start(
             test: Network::address(test, index),
             subnets: (management, test),
         };
-        let (child, taps) = vm.launch(&kernel, &image, dir, accel, &allow.join(","))?;
+        let files = VmFiles::of(&vm.name, dir, &logs);
+        for log in [&files.console, &files.agent_log, &files.qemu_log] {
+            let _ = std::fs::remove_file(log);
+        }
+        let (child, taps) = vm.launch(&kernel, &image, dir, &logs, accel, &allow.join(","))?;
         if let Some(machines) = lab.machines.as_mut() {
-            machines.children.push(child);
+            machines.keepers.push(child);
             machines.taps.extend(taps);
         }
         lab.inventory.agents.push(AgentEntry {
@@ -202,13 +222,33 @@ pub(super) fn start(
             test_ip: Some(vm.test.into()),
             lab: Some(LabSide {
                 switch_port: None,
-                qmp: Some(dir.join(format!("{}.qmp", vm.name))),
-                shell: Some(dir.join(format!("{}.shell", vm.name))),
+                qmp: Some(files.qmp),
+                shell: Some(files.shell),
+                console: Some(files.console),
+                agent_log: Some(files.agent_log),
             }),
         });
     }
-    wait_for_agents(&lab, dir)?;
+    wait_for_agents(&lab)?;
     Ok(lab)
+}
+
+/// Where the logs of a run's VM lab named `prefix` are kept: beside those
+/// of the [`RUN_LOGS_KEPT`] runs before it, older ones removed.
+fn run_logs(prefix: &str) -> PathBuf {
+    let all = super::default_state_dir().join(RUN_LOGS);
+    let mut earlier: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&all)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    earlier.sort();
+    let surplus = earlier.len().saturating_sub(RUN_LOGS_KEPT - 1);
+    for (_, old) in earlier.into_iter().take(surplus) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    all.join(prefix)
 }
 
 /// One VM to launch.
@@ -222,18 +262,19 @@ struct Vm<'a> {
 }
 
 impl Vm<'_> {
-    /// Its taps on the bridges, and QEMU booting the guest.
+    /// Its taps on the bridges, and its keeper running QEMU, which boots
+    /// the guest.
     fn launch(
         &self,
         kernel: &Kernel,
         image: &Path,
         dir: &Path,
+        logs: &Path,
         accel: &str,
         allow: &str,
     ) -> Result<(Child, Vec<String>), LabError> {
         let mut taps = Vec::new();
-        let mut command = Command::new(QEMU);
-        command.args([
+        let mut args: Vec<OsString> = [
             "-name",
             &format!("{}v{}", self.prefix, self.index),
             "-accel",
@@ -246,7 +287,12 @@ impl Vm<'_> {
             "-no-user-config",
             "-display",
             "none",
-        ]);
+            // A reset ends QEMU and its keeper starts a fresh one (see
+            // `keeper`).
+            "-no-reboot",
+        ]
+        .map(OsString::from)
+        .into();
         for (tag, bridge, subnet) in [
             ("m", format!("{}mb", self.prefix), self.subnets.0),
             ("t", format!("{}tb", self.prefix), self.subnets.1),
@@ -255,43 +301,83 @@ impl Vm<'_> {
             ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
             taps.push(tap.clone());
             ip(&["link", "set", &tap, "master", &bridge, "up"])?;
-            command.args([
-                "-netdev",
-                &format!("tap,id={tag},ifname={tap},script=no,downscript=no"),
-                "-device",
-                &format!(
-                    "virtio-net-pci,netdev={tag},mac=52:54:00:{subnet:02x}:{:02x}:{:02x}",
-                    self.index,
-                    if tag == "m" { 1 } else { 2 }
-                ),
-            ]);
+            args.extend(
+                [
+                    "-netdev".to_owned(),
+                    format!("tap,id={tag},ifname={tap},script=no,downscript=no"),
+                    "-device".to_owned(),
+                    format!(
+                        "virtio-net-pci,netdev={tag},mac=52:54:00:{subnet:02x}:{:02x}:{:02x}",
+                        self.index,
+                        if tag == "m" { 1 } else { 2 }
+                    ),
+                ]
+                .map(OsString::from),
+            );
         }
-        let log = dir.join(format!("{}.console", self.name));
-        let qmp = dir.join(format!("{}.qmp", self.name));
-        let shell = dir.join(format!("{}.shell", self.name));
+        let files = VmFiles::of(&self.name, dir, logs);
+        let qmp = files.qmp.display();
+        let shell = files.shell.display();
+        // Logs are appended: a fresh QEMU after a reset writes on.
+        for (id, log) in [("console", &files.console), ("agent", &files.agent_log)] {
+            args.extend(
+                [
+                    "-chardev".to_owned(),
+                    format!("file,id={id},path={},append=on", log.display()),
+                    "-serial".to_owned(),
+                    format!("chardev:{id}"),
+                ]
+                .map(OsString::from),
+            );
+            if id == "console" {
+                // The guest's ttyS1, between its console (ttyS0) and its
+                // agent's log (ttyS2): a root shell for `faultlab lab exec`.
+                args.extend(
+                    [
+                        "-serial".to_owned(),
+                        format!("unix:{shell},server=on,wait=off"),
+                    ]
+                    .map(OsString::from),
+                );
+            }
+        }
+        args.extend(
+            [
+                "-qmp".to_owned(),
+                format!("unix:{qmp},server=on,wait=off"),
+                "-kernel".to_owned(),
+            ]
+            .map(OsString::from),
+        );
+        args.push(kernel.image.clone().into());
+        args.push("-initrd".into());
+        args.push(image.into());
+        args.push("-append".into());
+        args.push(
+            format!(
+                "console=ttyS0 panic=-1 faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24 faultlab.allow={allow}",
+                self.name, self.management, self.test
+            )
+            .into(),
+        );
+        let exe = super::outside::watchdog::faultlab_exe().ok_or_else(|| LabError::Start {
+            exe: "faultlab".to_owned(),
+            reason: "a VM's keeper is faultlab itself, and it was not found (set FAULTLAB_EXE)"
+                .to_owned(),
+        })?;
+        let mut command = Command::new(&exe);
         command
-            .args(["-serial", &format!("file:{}", log.display())])
-            // The guest's ttyS1: a root shell for `faultlab lab exec`.
-            .args([
-                "-serial",
-                &format!("unix:{},server=on,wait=off", shell.display()),
-            ])
-            .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp.display())])
-            .arg("-kernel")
-            .arg(&kernel.image)
-            .arg("-initrd")
-            .arg(image)
-            .args([
-                "-append",
-                &format!(
-                    "console=ttyS0 panic=-1 faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24 faultlab.allow={allow}",
-                    self.name, self.management, self.test
-                ),
-            ])
+            .args(["lab", KEEPER, "--log"])
+            .arg(&files.qemu_log)
+            .arg("--qmp")
+            .arg(&files.qmp)
+            .arg("--")
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // Its own process group: a Ctrl-C at the terminal reaches the
+        // Its own process group, shared with its QEMU: the lab stops both
+        // with one signal, and a Ctrl-C at the terminal reaches only the
         // controller, which stops the VMs itself after its last word.
         #[cfg(unix)]
         {
@@ -299,10 +385,37 @@ impl Vm<'_> {
             command.process_group(0);
         }
         let child = command.spawn().map_err(|error| LabError::Start {
-            exe: QEMU.to_owned(),
+            exe: exe.display().to_string(),
             reason: error.to_string(),
         })?;
         Ok((child, taps))
+    }
+}
+
+/// Where a VM's sockets and logs are: sockets in the lab's directory,
+/// logs in its log directory (the same for `lab up`; kept after a run).
+pub struct VmFiles {
+    /// The guest's serial console (its kernel, its init).
+    pub console: PathBuf,
+    /// The guest's agent's log (its third serial port).
+    pub agent_log: PathBuf,
+    /// What QEMU and its keeper said.
+    pub qemu_log: PathBuf,
+    /// QEMU's machine protocol.
+    pub qmp: PathBuf,
+    /// The guest's root shell.
+    pub shell: PathBuf,
+}
+
+impl VmFiles {
+    fn of(name: &str, dir: &Path, logs: &Path) -> Self {
+        Self {
+            console: logs.join(format!("{name}.console")),
+            agent_log: logs.join(format!("{name}.agent.log")),
+            qemu_log: logs.join(format!("{name}.qemu.log")),
+            qmp: dir.join(format!("{name}.qmp")),
+            shell: dir.join(format!("{name}.shell")),
+        }
     }
 }
 
@@ -314,7 +427,7 @@ fn guest_mib(image: &Path) -> u64 {
 }
 
 /// Wait until every VM's agent accepts connections (its guest booted).
-fn wait_for_agents(lab: &LocalLab, dir: &Path) -> Result<(), LabError> {
+fn wait_for_agents(lab: &LocalLab) -> Result<(), LabError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     for entry in &lab.inventory.agents {
         let address: SocketAddr = entry
@@ -326,13 +439,11 @@ fn wait_for_agents(lab: &LocalLab, dir: &Path) -> Result<(), LabError> {
                 break;
             }
             if Instant::now() > deadline {
+                let side = entry.lab.clone().unwrap_or_default();
                 return Err(VmError::Boot {
                     name: entry.name.clone(),
                     reason: format!("its agent did not answer within {BOOT_TIMEOUT:?}"),
-                    log: dir
-                        .join(format!("{}.console", entry.name))
-                        .display()
-                        .to_string(),
+                    logs: side.last_words(LAST_LINES),
                 }
                 .into());
             }
@@ -402,36 +513,89 @@ fn kvm_boots(kernel: &Kernel, image: &Path, dir: &Path) -> bool {
     booted
 }
 
-/// Whether a QEMU of the lab named `prefix` runs.
+/// Stop the VMs whose keepers are `leaders`: SIGTERM to each keeper's
+/// process group (the keeper ends; QEMU quits), SIGKILL to what is left
+/// of them after 3 s.
+pub(super) fn stop_groups(leaders: &[u32]) {
+    let signal = |signal: &str, leader: u32| {
+        Command::new("kill")
+            .args([signal, "--", &format!("-{leader}")])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    for &leader in leaders {
+        signal("-TERM", leader);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while leaders.iter().any(|&leader| signal("-0", leader)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &leader in leaders {
+        signal("-KILL", leader);
+    }
+}
+
+/// Whether a QEMU (or its keeper) of the lab named `prefix` runs.
 pub(super) fn lab_machines_running(prefix: &str) -> bool {
-    qemu_processes().iter().any(|(_, name)| {
-        name.strip_prefix(prefix)
+    vm_processes().iter().any(|vm| {
+        vm.name
+            .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('v'))
     })
 }
 
-/// The QEMU processes of this machine: pid, and `-name`.
-fn qemu_processes() -> Vec<(String, String)> {
+/// A QEMU process of a VM lab, or its keeper.
+struct VmProcess {
+    pid: u32,
+    /// Its `-name`.
+    name: String,
+    keeper: bool,
+}
+
+/// The QEMU processes of this machine and their keepers.
+fn vm_processes() -> Vec<VmProcess> {
     super::processes()
         .into_iter()
-        .filter(|(_, words)| words.first().is_some_and(|exe| exe.ends_with(QEMU)))
         .filter_map(|(pid, words)| {
+            let qemu = words.first().is_some_and(|exe| exe.ends_with(QEMU));
+            let keeper = words
+                .windows(2)
+                .any(|pair| pair[0] == "lab" && pair[1] == KEEPER);
+            if !qemu && !keeper {
+                return None;
+            }
             let name = words.windows(2).find(|pair| pair[0] == "-name")?[1].clone();
-            Some((pid.to_string(), name))
+            Some(VmProcess { pid, name, keeper })
         })
         .collect()
 }
 
-/// Kill the VMs and remove the links of VM labs whose controller is gone.
+/// Whether the process `pid` is a VM's keeper.
+pub(super) fn is_keeper(pid: u32) -> bool {
+    vm_processes()
+        .iter()
+        .any(|vm| vm.keeper && vm.pid == pid)
+}
+
+/// Kill the VMs and remove the links of VM labs whose controller is gone:
+/// keepers first (they would start a killed QEMU again), then QEMU.
 fn sweep_stale() {
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
-    for (pid, name) in qemu_processes() {
-        let owner = name
-            .strip_prefix(VM_PREFIX)
-            .and_then(|rest| rest.split('v').next());
-        if owner.is_some_and(|owner| !alive(owner)) {
-            let _ = Command::new("kill").args(["-KILL", &pid]).output();
-        }
+    let mut stale: Vec<VmProcess> = vm_processes()
+        .into_iter()
+        .filter(|vm| {
+            let owner = vm
+                .name
+                .strip_prefix(VM_PREFIX)
+                .and_then(|rest| rest.split('v').next());
+            owner.is_some_and(|owner| !alive(owner))
+        })
+        .collect();
+    stale.sort_by_key(|vm| !vm.keeper);
+    for vm in stale {
+        let _ = Command::new("kill")
+            .args(["-KILL", &vm.pid.to_string()])
+            .output();
     }
     netns::sweep_links(VM_PREFIX, alive);
     // Their scratch directories (consoles, QMP sockets).
