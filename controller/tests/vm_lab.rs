@@ -113,8 +113,10 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         let on_control = control_interface_degraded(&inventory)?;
         let bursty = bursts_read_back(&inventory, &scratch, &history)?;
         let live = degradations_heal_on_a_live_kernel(&state, &inventory, &scratch, &history)?;
+        let late = a_case_that_times_out(&inventory, &scratch, &history)?;
+        let carrier = cable_across_a_reset(&state, &inventory, &scratch, &history)?;
         Ok((
-            agents, physical, degraded, control, on_control, bursty, live,
+            agents, physical, degraded, control, on_control, bursty, live, late, carrier,
         ))
     };
     let (
@@ -125,6 +127,8 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         (closed_port, agent_port),
         bursty,
         live,
+        late,
+        carrier,
     ) = match on_the_lab() {
         Ok(found) => found,
         Err(error) => {
@@ -272,6 +276,16 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         live.snapshots_left
     );
     assert!(live.agents_back, "{}", live.console);
+    // A case that timed out points to its hosts' logs and quotes them.
+    assert_eq!(late["verdict"], "timeout", "{late}");
+    let logs = late["host_logs"]["vm-1"].as_str().unwrap_or_default();
+    assert!(
+        logs.contains(&format!("console: {state}/vm-1.console"))
+            && logs.contains(&format!("agent log: {state}/vm-1.agent.log"))
+            && logs.contains("  | "),
+        "{late}"
+    );
+    assert!(late["host_logs"]["vm-2"].is_string(), "{late}");
     assert!(live.console.contains("the agent ended"), "{}", live.console);
     assert!(
         !live
@@ -280,6 +294,13 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         "{}",
         live.console
     );
+
+    // A guest that resets gets a fresh QEMU, and a cable pulled before
+    // the reset is still out after it; the case's cleanup plugs it in.
+    let (new_boot, during, after) = carrier;
+    assert!(new_boot, "the guest booted again");
+    assert_eq!(during.trim(), "0", "eth1's carrier after the reset");
+    assert_eq!(after.trim(), "1", "eth1's carrier after the case");
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
@@ -565,13 +586,19 @@ struct LiveHeal {
 
 /// Run one shell line in vm-1 of the lab in `state`; its output.
 fn in_vm(state: &str, history: &std::path::Path, line: &str) -> Result<String, String> {
-    let ran = faultlab(&["lab", "--state", state, "exec", "1", "--", line], history)
+    in_vm_n(state, history, 1, line)
+}
+
+/// Run one shell line in VM `n` of the lab in `state`; its output.
+fn in_vm_n(state: &str, history: &std::path::Path, n: usize, line: &str) -> Result<String, String> {
+    let n = n.to_string();
+    let ran = faultlab(&["lab", "--state", state, "exec", &n, "--", line], history)
         .map_err(|error| error.to_string())?;
     if ran.status.success() {
         Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
     } else {
         Err(format!(
-            "{line:?} in vm-1: {}{}",
+            "{line:?} in vm-{n}: {}{}",
             String::from_utf8_lossy(&ran.stdout),
             String::from_utf8_lossy(&ran.stderr)
         ))
@@ -673,4 +700,75 @@ fn degradations_heal_on_a_live_kernel(
         agents_back,
         console,
     })
+}
+
+/// Run a scenario file's text on the lab of `inventory`; its JSON report.
+fn run_text(
+    inventory: &str,
+    scratch: &std::path::Path,
+    history: &std::path::Path,
+    name: &str,
+    text: &str,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let case = scratch.join(name);
+    std::fs::write(&case, text)?;
+    let case = case.display().to_string();
+    let ran = faultlab(
+        &["run", "--inventory", inventory, "--no-history", "--format", "json", &case],
+        history,
+    )?;
+    Ok(serde_json::from_slice(&ran.stdout)?)
+}
+
+/// A case that outlasts its timeout on the VM lab: its report.
+fn a_case_that_times_out(
+    inventory: &str,
+    scratch: &std::path::Path,
+    history: &std::path::Path,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let report = run_text(
+        inventory,
+        scratch,
+        history,
+        "late.toml",
+        "id = \"V4\"\nname = \"late\"\ntitle = \"late\"\nroles = [\"client\", \"server\"]\ntimeout_ms = 1000\n\n[[step]]\ndo = \"sleep\"\nms = 5000\n",
+    )?;
+    Ok(report["cases"][0].clone())
+}
+
+/// Pull vm-2's cable, then reboot vm-2 and read its test NIC's carrier
+/// while the case still holds the cable out, and once the case is over:
+/// whether vm-2 booted anew, the carrier then, and after.
+fn cable_across_a_reset(
+    state: &str,
+    inventory: &str,
+    scratch: &std::path::Path,
+    history: &std::path::Path,
+) -> Result<(bool, String, String), Box<dyn std::error::Error>> {
+    let boot_before = in_vm_n(state, history, 2, "cat /proc/sys/kernel/random/boot_id")?;
+    let case = scratch.join("reset.toml");
+    std::fs::write(
+        &case,
+        "id = \"V5\"\nname = \"reset-unplugged\"\ntitle = \"reset-unplugged\"\nroles = [\"client\", \"server\"]\nneeds = [\"link\", \"reboot\"]\ntimeout_ms = 90000\n\n[[step]]\nrole = \"server\"\ndo = \"link-down\"\ndeadline_ms = 60000\n\n[[step]]\nrole = \"server\"\ndo = \"reboot\"\n\n[[step]]\ndo = \"sleep\"\nms = 20000\n",
+    )?;
+    let mut run = common::run_in_background(inventory, &case)?;
+    // The reboot step ends once the agent answers from its new boot.
+    let waited = std::time::Instant::now();
+    let mut boot_after = boot_before.clone();
+    while boot_after == boot_before && waited.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        boot_after = in_vm_n(state, history, 2, "cat /proc/sys/kernel/random/boot_id")
+            .unwrap_or_else(|_| boot_before.clone());
+    }
+    let during = in_vm_n(state, history, 2, "cat /sys/class/net/eth1/carrier")?;
+    let ending = std::time::Instant::now();
+    while matches!(run.try_wait(), Ok(None)) && ending.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = run.kill();
+    let _ = run.wait();
+    // The plugged cable's carrier is back within a second.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let after = in_vm_n(state, history, 2, "cat /sys/class/net/eth1/carrier")?;
+    Ok((boot_after != boot_before, during, after))
 }

@@ -192,7 +192,24 @@ async fn play_case(
         }
         Ok(Ok(())) => give_verdict(&mut report, &run),
     }
+    if matches!(report.verdict, Verdict::AgentLost | Verdict::Timeout) {
+        report.host_logs = host_logs(&run);
+    }
     report
+}
+
+/// Lines of each host log a report quotes.
+const LOG_LINES: usize = 12;
+
+/// Where the case's hosts' labs keep their logs, with their last lines.
+fn host_logs(run: &CaseRun<'_>) -> BTreeMap<String, String> {
+    run.agents
+        .values()
+        .filter_map(|agent| {
+            let said = agent.lab.as_ref()?.last_words(LOG_LINES);
+            (!said.is_empty()).then(|| (agent.name.clone(), said))
+        })
+        .collect()
 }
 
 /// Why the case cannot be played on this binding, if it cannot.
@@ -440,6 +457,7 @@ pub(super) fn empty_report(
         wire_evidence: false,
         wire: Vec::new(),
         wire_missed: BTreeMap::new(),
+        host_logs: BTreeMap::new(),
         started_ms: 0,
         clock_check: None,
         duration_ms: 0,

@@ -434,6 +434,7 @@ mod tests {
             wire_evidence: false,
             wire: Vec::new(),
             wire_missed: BTreeMap::new(),
+            host_logs: BTreeMap::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 3,

@@ -146,6 +146,11 @@ pub struct CaseReport {
     /// 100 000 segments was reached): their wire evidence is incomplete.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub wire_missed: BTreeMap<String, u64>,
+    /// For a case that ended `agent-lost` or `timeout`, by agent: where
+    /// its lab keeps the host's logs (a VM's console and agent log) and
+    /// their last lines.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_logs: BTreeMap<String, String>,
     /// When the case began, in ms after the run's clock started (cases on
     /// disjoint hosts may overlap).
     #[serde(default)]

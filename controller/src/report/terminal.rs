@@ -180,6 +180,12 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: 
             ""
         );
     }
+    for (host, logs) in &case.host_logs {
+        let _ = writeln!(out, "{:>indent$}{host}'s logs:", "");
+        for line in logs.lines() {
+            let _ = writeln!(out, "{:>indent$}  {line}", "");
+        }
+    }
     wire_lines(out, case, wire);
 }
 
@@ -382,6 +388,7 @@ mod tests {
             wire_evidence: true,
             wire,
             wire_missed: BTreeMap::new(),
+            host_logs: BTreeMap::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 1,
@@ -443,6 +450,21 @@ mod tests {
             text.contains("wire evidence incomplete: host-2's capture missed 512 packets"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_lost_host_shows_where_its_logs_are_and_their_last_lines() {
+        let mut lost = case("R1", "linux/linux", 0);
+        lost.verdict = Verdict::AgentLost;
+        lost.host_logs.insert(
+            "vm-2".to_owned(),
+            "console: /run/faultlab-lab/vm-2.console\n  | reboot: Restarting system\n".to_owned(),
+        );
+        let text = render(&run(vec![lost]), false);
+        let at = text.find("vm-2's logs:").unwrap_or(usize::MAX);
+        let console = text.find("console: /run/faultlab-lab/vm-2.console").unwrap_or(0);
+        let quoted = text.find("  | reboot: Restarting system").unwrap_or(0);
+        assert!(at < console && console < quoted, "{text}");
     }
 
     #[test]

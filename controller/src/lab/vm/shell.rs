@@ -58,41 +58,38 @@ pub fn run(path: &Path, command: &str, timeout: Duration) -> Result<Ran, ShellEr
     })?;
     let marker = format!("faultlab-end-{:016x}", rand_word());
     let mut writer = stream.try_clone()?;
-    // A newline first ends whatever an earlier client left half-written.
-    writer.write_all(format!("\n{command}\necho \"{marker} $?\"\n").as_bytes())?;
     let deadline = Instant::now() + timeout;
     let mut reader = BufReader::new(stream);
+    let timed_out = |output: String| ShellError::Timeout {
+        command: command.to_owned(),
+        seconds: timeout.as_secs(),
+        output,
+    };
+    // The shell answers once its guest has booted: what is written to the
+    // port before (while the guest's kernel or init has it) is lost. So a
+    // word is echoed first, again each second, until it comes back.
+    let ready = format!("{marker}-ready");
+    let mut answered = false;
+    while !answered {
+        if Instant::now() >= deadline {
+            return Err(timed_out("(the VM's shell never answered)".to_owned()));
+        }
+        // A newline first ends whatever an earlier client left half-written.
+        writer.write_all(format!("\necho {ready}\n").as_bytes())?;
+        let round = (Instant::now() + READY_POLL).min(deadline);
+        while let Some(line) = read_line_until(&mut reader, round)? {
+            if line.trim_end() == ready {
+                answered = true;
+                break;
+            }
+        }
+    }
+    writer.write_all(format!("{command}\necho \"{marker} $?\"\n").as_bytes())?;
     let mut output = String::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ShellError::Timeout {
-                command: command.to_owned(),
-                seconds: timeout.as_secs(),
-                output,
-            });
-        }
-        reader.get_ref().set_read_timeout(Some(left))?;
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => {
-                return Err(ShellError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the VM closed its shell",
-                )));
-            }
-            Ok(_) => {}
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let line = line.replace('\r', "");
+        let Some(line) = read_line_until(&mut reader, deadline)? else {
+            return Err(timed_out(output));
+        };
         if let Some(status) = line.trim_end().strip_prefix(&format!("{marker} ")) {
             return Ok(Ran {
                 output,
@@ -100,6 +97,40 @@ pub fn run(path: &Path, command: &str, timeout: Duration) -> Result<Ran, ShellEr
             });
         }
         output.push_str(&line);
+    }
+}
+
+/// How long to wait for the shell's answer before asking again.
+const READY_POLL: Duration = Duration::from_secs(1);
+
+/// The next line (`\r` removed), or `None` when `deadline` passed first.
+fn read_line_until(
+    reader: &mut BufReader<UnixStream>,
+    deadline: Instant,
+) -> Result<Option<String>, ShellError> {
+    let mut line = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                return Err(ShellError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the VM closed its shell",
+                )));
+            }
+            Ok(_) if line.ends_with('\n') => return Ok(Some(line.replace('\r', ""))),
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 
