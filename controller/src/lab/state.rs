@@ -131,7 +131,7 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
         vm::stop_groups(&keepers);
         removed.push(format!("{} VMs", keepers.len()));
     }
-    for pid in pids.iter().copied() {
+    for pid in &pids {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

@@ -462,7 +462,9 @@ mod tests {
         );
         let text = render(&run(vec![lost]), false);
         let at = text.find("vm-2's logs:").unwrap_or(usize::MAX);
-        let console = text.find("console: /run/faultlab-lab/vm-2.console").unwrap_or(0);
+        let console = text
+            .find("console: /run/faultlab-lab/vm-2.console")
+            .unwrap_or(0);
         let quoted = text.find("  | reboot: Restarting system").unwrap_or(0);
         assert!(at < console && console < quoted, "{text}");
     }

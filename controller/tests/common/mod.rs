@@ -55,9 +55,22 @@ pub fn not_expected(report: &serde_json::Value) -> Vec<String> {
         .flatten()
         .filter(|case| case["verdict"] != "expected")
         .map(|case| {
+            // A lost or late case quotes its hosts' logs (a VM lab's).
             format!(
-                "{} {} {} {}",
-                case["id"], case["verdict"], case["reason"], case["differences"]
+                "{} {} {} {} {}",
+                case["id"],
+                case["verdict"],
+                case["reason"],
+                case["differences"],
+                case["host_logs"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(host, logs)| format!(
+                        "\n{host}'s logs:\n{}",
+                        logs.as_str().unwrap_or_default()
+                    ))
+                    .collect::<String>()
             )
         })
         .collect()
@@ -105,9 +118,10 @@ pub fn succeeded(output: &std::process::Output) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "exit {:?}: {}",
+            "exit {:?}: {}{}",
             output.status.code(),
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
         ))
     }
 }

@@ -221,7 +221,10 @@ impl LabSide {
             let text = std::fs::read(path)
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default();
-            let all: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+            let all: Vec<&str> = text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .collect();
             said.push_str(&format!("{what}: {}\n", path.display()));
             for line in &all[all.len().saturating_sub(lines)..] {
                 said.push_str(&format!("  | {}\n", line.trim_end()));

@@ -109,7 +109,11 @@ impl Kernel {
     /// with no file, the newest kernel of this host's `/boot` whose modules
     /// are installed. A tree without `modules.dep` gets one made by
     /// `depmod` in `cache`.
-    pub fn find(file: Option<&Path>, modules: Option<&Path>, cache: &Path) -> Result<Self, VmError> {
+    pub fn find(
+        file: Option<&Path>,
+        modules: Option<&Path>,
+        cache: &Path,
+    ) -> Result<Self, VmError> {
         let (image, modules) = match file {
             Some(image) => {
                 let modules = match modules {
@@ -219,13 +223,19 @@ fn depmod(modules: &Path, cache: &Path) -> Result<PathBuf, VmError> {
     if made.is_file() && std::fs::read_link(&link).is_ok_and(|to| to == target) {
         return Ok(made);
     }
-    let depmod = which("depmod").ok_or_else(|| refused("depmod is missing (apt-get install kmod)".to_owned()))?;
+    let depmod = which("depmod")
+        .ok_or_else(|| refused("depmod is missing (apt-get install kmod)".to_owned()))?;
     let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&tree).map_err(|error| refused(format!("{}: {error}", tree.display())))?;
+    std::fs::create_dir_all(&tree)
+        .map_err(|error| refused(format!("{}: {error}", tree.display())))?;
     #[cfg(unix)]
     std::os::unix::fs::symlink(&target, &link)
         .map_err(|error| refused(format!("{}: {error}", link.display())))?;
-    for file in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+    for file in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
         let from = modules.join(file);
         if from.is_file() {
             std::fs::copy(&from, tree.join(file))
@@ -568,8 +578,9 @@ fn write_cpio(contents: &Contents, image: &Path) -> Result<(), VmError> {
         entry(&mut out, dir, 0o755, ModeFileType::Directory, &[]).map_err(failed)?;
     }
     for (inside, host) in &contents.files {
-        let unreadable =
-            |error: std::io::Error| VmError::Guest(format!("cannot read {}: {error}", host.display()));
+        let unreadable = |error: std::io::Error| {
+            VmError::Guest(format!("cannot read {}: {error}", host.display()))
+        };
         let mut data = std::fs::read(host).map_err(unreadable)?;
         if inside.starts_with("lib/modules/") {
             let (_, packing) = Packing::of(&host.to_string_lossy())?;
@@ -643,10 +654,18 @@ kernel/net/core/failover.ko:
             .filter(|line| !line.starts_with("kernel/drivers/virtio/virtio_pci"))
             .collect::<Vec<_>>()
             .join("\n");
-        let builtin = "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/virtio/virtio_pci_modern_dev.ko\n";
+        let builtin =
+            "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/virtio/virtio_pci_modern_dev.ko\n";
         let order = module_order(&dep, builtin, &["virtio_pci", "virtio_net"])?;
-        assert!(order.iter().all(|path| !path.contains("virtio_pci")), "{order:?}");
-        assert!(order.last().is_some_and(|last| last.ends_with("virtio_net.ko")));
+        assert!(
+            order.iter().all(|path| !path.contains("virtio_pci")),
+            "{order:?}"
+        );
+        assert!(
+            order
+                .last()
+                .is_some_and(|last| last.ends_with("virtio_net.ko"))
+        );
         let missing = module_order(&dep, "", &["virtio_pci"]);
         assert!(
             matches!(missing, Err(VmError::Kernel(message)) if message.contains("virtio_pci, built in or loadable"))
@@ -663,7 +682,11 @@ kernel/net/core/failover.ko:
             module.as_slice(),
             ruzstd::encoding::CompressionLevel::Fastest,
         );
-        for (name, packed) in [("m.ko.xz", xz), ("m.ko.zst", zstd), ("m.ko", module.clone())] {
+        for (name, packed) in [
+            ("m.ko.xz", xz),
+            ("m.ko.zst", zstd),
+            ("m.ko", module.clone()),
+        ] {
             let (plain, packing) = Packing::of(name)?;
             assert_eq!(plain, "m.ko");
             assert_eq!(packing.unpack(packed)?, module, "{name}");
@@ -674,7 +697,8 @@ kernel/net/core/failover.ko:
     }
 
     #[test]
-    fn a_kernel_package_unpacked_beside_its_modules_is_found() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_kernel_package_unpacked_beside_its_modules_is_found()
+    -> Result<(), Box<dyn std::error::Error>> {
         let root = std::env::temp_dir().join(format!("faultlab-kernel-{}", std::process::id()));
         let release = "6.12.0-test";
         let modules = root.join("lib/modules").join(release);

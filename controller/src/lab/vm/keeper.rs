@@ -54,7 +54,11 @@ pub fn keep(
 ) -> Result<(), KeeperError> {
     let qemu = super::QEMU;
     let note = |text: &str| {
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(file, "faultlab keeper: {text}");
         }
     };

@@ -572,9 +572,7 @@ fn vm_processes() -> Vec<VmProcess> {
 
 /// Whether the process `pid` is a VM's keeper.
 pub(super) fn is_keeper(pid: u32) -> bool {
-    vm_processes()
-        .iter()
-        .any(|vm| vm.keeper && vm.pid == pid)
+    vm_processes().iter().any(|vm| vm.keeper && vm.pid == pid)
 }
 
 /// Kill the VMs and remove the links of VM labs whose controller is gone:
