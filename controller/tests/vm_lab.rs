@@ -302,10 +302,10 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
 
     // A guest that resets gets a fresh QEMU, and a cable pulled before
     // the reset is still out after it; the case's cleanup plugs it in.
-    let (new_boot, during, after) = carrier;
-    assert!(new_boot, "the guest booted again");
-    assert_eq!(during.trim(), "0", "eth1's carrier after the reset");
-    assert_eq!(after.trim(), "1", "eth1's carrier after the case");
+    let (new_boot, during, after, said) = carrier;
+    assert!(new_boot, "the guest did not boot again: {said}");
+    assert_eq!(during.trim(), "0", "eth1's carrier after the reset: {said}");
+    assert_eq!(after.trim(), "1", "eth1's carrier after the case: {said}");
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
@@ -832,14 +832,20 @@ fn cable_across_a_reset(
     inventory: &str,
     scratch: &std::path::Path,
     history: &std::path::Path,
-) -> Result<(bool, String, String), Box<dyn std::error::Error>> {
+) -> Result<(bool, String, String, String), Box<dyn std::error::Error>> {
     let boot_before = in_vm_n(state, history, 2, "cat /proc/sys/kernel/random/boot_id")?;
     let case = scratch.join("reset.toml");
     std::fs::write(
         &case,
-        "id = \"V5\"\nname = \"reset-unplugged\"\ntitle = \"reset-unplugged\"\nroles = [\"client\", \"server\"]\nneeds = [\"link\", \"reboot\"]\ntimeout_ms = 90000\n\n[[step]]\nrole = \"server\"\ndo = \"link-down\"\ndeadline_ms = 60000\n\n[[step]]\nrole = \"server\"\ndo = \"reboot\"\n\n[[step]]\ndo = \"sleep\"\nms = 20000\n",
+        "id = \"V5\"\nname = \"reset-unplugged\"\ntitle = \"reset-unplugged\"\nroles = [\"client\", \"server\"]\nneeds = [\"link\", \"isolate\"]\ntimeout_ms = 90000\n\n[[step]]\nrole = \"server\"\ndo = \"link-down\"\ndeadline_ms = 60000\n\n[[step]]\nrole = \"server\"\ndo = \"reboot\"\n\n[[step]]\ndo = \"sleep\"\nms = 20000\n",
     )?;
-    let mut run = common::run_in_background(inventory, &case)?;
+    let said = scratch.join("reset.out");
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", inventory, "--no-history"])
+        .arg(&case)
+        .stdout(std::fs::File::create(&said)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     // The reboot step ends once the agent answers from its new boot.
     let waited = std::time::Instant::now();
     let mut boot_after = boot_before.clone();
@@ -860,7 +866,8 @@ fn cable_across_a_reset(
     // The plugged cable's carrier is back within a second.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let after = in_vm_n(state, history, 2, "cat /sys/class/net/eth1/carrier")?;
-    Ok((boot_after != boot_before, during, after))
+    let said = std::fs::read_to_string(said).unwrap_or_default();
+    Ok((boot_after != boot_before, during, after, said))
 }
 
 /// How long R1 took, and its reboot step (the reboot, until the agent
