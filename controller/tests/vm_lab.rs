@@ -515,23 +515,12 @@ fn bursts_read_back(
     scratch: &std::path::Path,
     history: &std::path::Path,
 ) -> Result<String, Box<dyn std::error::Error>> {
-    let case = scratch.join("bursty.toml");
-    std::fs::write(
-        &case,
-        "id = \"V3\"\nname = \"bursty\"\ntitle = \"bursty\"\nroles = [\"client\", \"server\"]\nneeds = [\"degrade\"]\n\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\nloss = 10.0\nloss_burst = 4.0\ndeadline_ms = 20000\nexpect.linux = { outcome = \"ok\" }\n\n[[step]]\nrole = \"client\"\ndo = \"restore\"\nexpect.linux = { outcome = \"ok\" }\n",
-    )?;
-    let case = case.display().to_string();
-    let ran = faultlab(
-        &[
-            "run",
-            "--inventory",
-            inventory,
-            "--no-history",
-            "--format",
-            "json",
-            &case,
-        ],
+    let ran = run_text(
+        inventory,
+        scratch,
         history,
+        "bursty.toml",
+        "id = \"V3\"\nname = \"bursty\"\ntitle = \"bursty\"\nroles = [\"client\", \"server\"]\nneeds = [\"degrade\"]\n\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\nloss = 10.0\nloss_burst = 4.0\ndeadline_ms = 20000\nexpect.linux = { outcome = \"ok\" }\n\n[[step]]\nrole = \"client\"\ndo = \"restore\"\nexpect.linux = { outcome = \"ok\" }\n",
     )?;
     common::succeeded(&ran)?;
     let report: serde_json::Value = serde_json::from_slice(&ran.stdout)?;
@@ -782,14 +771,15 @@ fn degradations_heal_on_a_live_kernel(
     })
 }
 
-/// Run a scenario file's text on the lab of `inventory`; its JSON report.
+/// Run a scenario file's text on the lab of `inventory`, with a JSON
+/// report on its standard output.
 fn run_text(
     inventory: &str,
     scratch: &std::path::Path,
     history: &std::path::Path,
     name: &str,
     text: &str,
-) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+) -> Result<std::process::Output, Box<dyn std::error::Error>> {
     let case = scratch.join(name);
     std::fs::write(&case, text)?;
     let case = case.display().to_string();
@@ -805,7 +795,7 @@ fn run_text(
         ],
         history,
     )?;
-    Ok(serde_json::from_slice(&ran.stdout)?)
+    Ok(ran)
 }
 
 /// A case that outlasts its timeout on the VM lab: its report.
@@ -814,13 +804,14 @@ fn a_case_that_times_out(
     scratch: &std::path::Path,
     history: &std::path::Path,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let report = run_text(
+    let ran = run_text(
         inventory,
         scratch,
         history,
         "late.toml",
         "id = \"V4\"\nname = \"late\"\ntitle = \"late\"\nroles = [\"client\", \"server\"]\ntimeout_ms = 1000\n\n[[step]]\ndo = \"sleep\"\nms = 5000\n",
     )?;
+    let report: serde_json::Value = serde_json::from_slice(&ran.stdout)?;
     Ok(report["cases"][0].clone())
 }
 
