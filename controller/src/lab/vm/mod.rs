@@ -273,6 +273,49 @@ impl Vm<'_> {
         accel: &str,
         allow: &str,
     ) -> Result<(Child, Vec<String>), LabError> {
+        let files = VmFiles::of(&self.name, dir, logs);
+        let (args, taps) = self.qemu_args(kernel, image, &files, accel, allow)?;
+        let exe = super::outside::watchdog::faultlab_exe().ok_or_else(|| LabError::Start {
+            exe: "faultlab".to_owned(),
+            reason: "a VM's keeper is faultlab itself, and it was not found (set FAULTLAB_EXE)"
+                .to_owned(),
+        })?;
+        let mut command = Command::new(&exe);
+        command
+            .args(["lab", KEEPER, "--log"])
+            .arg(&files.qemu_log)
+            .arg("--qmp")
+            .arg(&files.qmp)
+            .arg("--")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own process group, shared with its QEMU: the lab stops both
+        // with one signal, and a Ctrl-C at the terminal reaches only the
+        // controller, which stops the VMs itself after its last word.
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let child = command.spawn().map_err(|error| LabError::Start {
+            exe: exe.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        Ok((child, taps))
+    }
+
+    /// QEMU's command line for this VM, and the taps made for it on the
+    /// lab's bridges.
+    fn qemu_args(
+        &self,
+        kernel: &Kernel,
+        image: &Path,
+        files: &VmFiles,
+        accel: &str,
+        allow: &str,
+    ) -> Result<(Vec<OsString>, Vec<String>), LabError> {
         let mut taps = Vec::new();
         let mut args: Vec<OsString> = [
             "-name",
@@ -315,7 +358,6 @@ impl Vm<'_> {
                 .map(OsString::from),
             );
         }
-        let files = VmFiles::of(&self.name, dir, logs);
         let qmp = files.qmp.display();
         let shell = files.shell.display();
         // Logs are appended: a fresh QEMU after a reset writes on.
@@ -360,35 +402,7 @@ impl Vm<'_> {
             )
             .into(),
         );
-        let exe = super::outside::watchdog::faultlab_exe().ok_or_else(|| LabError::Start {
-            exe: "faultlab".to_owned(),
-            reason: "a VM's keeper is faultlab itself, and it was not found (set FAULTLAB_EXE)"
-                .to_owned(),
-        })?;
-        let mut command = Command::new(&exe);
-        command
-            .args(["lab", KEEPER, "--log"])
-            .arg(&files.qemu_log)
-            .arg("--qmp")
-            .arg(&files.qmp)
-            .arg("--")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Its own process group, shared with its QEMU: the lab stops both
-        // with one signal, and a Ctrl-C at the terminal reaches only the
-        // controller, which stops the VMs itself after its last word.
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            command.process_group(0);
-        }
-        let child = command.spawn().map_err(|error| LabError::Start {
-            exe: exe.display().to_string(),
-            reason: error.to_string(),
-        })?;
-        Ok((child, taps))
+        Ok((args, taps))
     }
 }
 
