@@ -8,10 +8,10 @@ use crate::capture::{Captured, Captures, Filter};
 use crate::degrade::{Applied, Degradations, Healed, Impairment, Selection};
 use crate::error::AgentError;
 use crate::events::{DEFAULT_CAPACITY, EventLog};
-use crate::holder::HolderProcess;
 use crate::holder::protocol::{HolderReply, HolderRequest, RefusalKind, SocketTarget};
+use crate::holder::{HolderError, HolderProcess};
 use crate::hostinfo::HostInfo;
-use crate::isolate::{Direction, Isolation, Isolations, Mode};
+use crate::isolate::{Direction, Isolation, Isolations, Lifted, LiftedAll, Mode};
 use crate::link::Links;
 use crate::model::{
     CloseMode, ConnId, HolderExit, HolderId, ListenerId, Observation, Payload, RecvMode,
@@ -596,13 +596,14 @@ impl Agent {
         Ok(Instant::now() + CONTROL_CHANNEL_GRACE)
     }
 
-    /// Lift one isolation.
-    pub fn heal(&self, id: &str) -> Result<(), AgentError> {
+    /// Lift one isolation (confirmed by reading the filter back).
+    pub fn heal(&self, id: &str) -> Result<Lifted, AgentError> {
         Ok(self.isolations()?.heal(id)?)
     }
 
-    /// Lift every isolation; returns how many there were.
-    pub fn heal_all(&self) -> Result<usize, AgentError> {
+    /// Lift every isolation, and every entry of faultlab's rules no
+    /// isolation accounts for (confirmed by reading the filter back).
+    pub fn heal_all(&self) -> Result<LiftedAll, AgentError> {
         Ok(self.isolations()?.heal_all()?)
     }
 
@@ -808,19 +809,31 @@ impl Agent {
             .map_err(|error| AgentError::FailedPrecondition(format!("cannot reboot: {error}")))
     }
 
-    /// Kill every holder still running, forget all sockets, lift every
-    /// isolation, clear the event log. Returns how many holders were killed.
-    pub async fn reset(&self) -> usize {
-        if let Ok(isolations) = &self.isolations
-            && let Err(error) = isolations.heal_all()
-        {
-            tracing::error!(%error, "reset could not lift every isolation");
+    /// Undo everything this agent made: lift every isolation (and stray
+    /// entries of its rules), bring its links up, heal its degradations,
+    /// stop its captures, kill every holder (its sockets and floods go with
+    /// it), forget all sockets, clear the event log. What could not be
+    /// undone is in the report, never dropped.
+    pub async fn reset(&self) -> ResetReport {
+        let mut report = ResetReport::default();
+        if let Ok(isolations) = &self.isolations {
+            match isolations.heal_all() {
+                Ok(lifted) => {
+                    report.isolations = lifted.isolations;
+                    report.unbooked = lifted.unbooked;
+                }
+                Err(error) => report.not_undone.push(error.to_string()),
+            }
         }
         if let Ok(links) = &self.links {
-            links.bring_all_up();
+            let (up, failed) = links.bring_all_up();
+            report.links = up;
+            report.not_undone.extend(failed);
         }
         if let Ok(degradations) = &self.degradations {
-            degradations.heal_all();
+            let (healed, failed) = degradations.heal_all();
+            report.degradations = healed;
+            report.not_undone.extend(failed);
         }
         if let Ok(captures) = &self.captures {
             captures.stop_all();
@@ -829,14 +842,36 @@ impl Agent {
             .drain()
             .map(|(_, holder)| holder)
             .collect();
-        let mut killed = 0;
         for holder in holders {
-            if holder.kill().await.is_ok() {
-                killed += 1;
+            match holder.kill().await {
+                Ok(_) => report.holders += 1,
+                // Ended by itself already: nothing left to undo.
+                Err(HolderError::Gone(_)) => {}
+                Err(error) => report.not_undone.push(format!("holder: {error}")),
             }
         }
         lock(&self.owners).clear();
         self.events.clear();
-        killed
+        for what in &report.not_undone {
+            tracing::error!(%what, "reset could not undo");
+        }
+        report
     }
+}
+
+/// What [`Agent::reset`] undid, and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// Isolations lifted.
+    pub isolations: usize,
+    /// Entries of faultlab's rules lifted that no isolation accounted for.
+    pub unbooked: Vec<String>,
+    /// Links brought back up.
+    pub links: usize,
+    /// Degradations healed.
+    pub degradations: usize,
+    /// Holder processes killed.
+    pub holders: usize,
+    /// What is still in place, each with why; empty when all was undone.
+    pub not_undone: Vec<String>,
 }

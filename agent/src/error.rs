@@ -79,7 +79,7 @@ impl From<AgentError> for Status {
             | AgentError::Isolate(
                 IsolateError::IdInUse(_)
                 | IsolateError::SameScope(_)
-                | IsolateError::Firewall(FirewallError::Unavailable(_)),
+                | IsolateError::Firewall(FirewallError::Unavailable(_) | FirewallError::Overlaps(_)),
             ) => Status::failed_precondition(message),
             AgentError::Isolate(IsolateError::Unknown(_))
             | AgentError::Link(LinkError::NotDown(_) | LinkError::NoInterface(_)) => {
@@ -109,9 +109,11 @@ impl From<AgentError> for Status {
             }
             AgentError::Process(ProcessError::System(_))
             | AgentError::Sockets(SocketsError::System(_)) => Status::internal(message),
-            AgentError::Isolate(IsolateError::Firewall(FirewallError::Refused(_))) => {
-                Status::internal(message)
-            }
+            // Something of the fault is still in place (read back): the
+            // host is not healed, and the fault stays booked to heal again.
+            AgentError::Isolate(
+                IsolateError::Firewall(FirewallError::Refused(_)) | IsolateError::NotLifted { .. },
+            ) => Status::internal(message),
             AgentError::Holder(HolderError::Pipe { .. }) => Status::unavailable(message),
             AgentError::Holder(HolderError::Spawn { .. }) | AgentError::Internal(_) => {
                 Status::internal(message)

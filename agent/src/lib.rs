@@ -107,7 +107,12 @@ pub async fn serve_agent(
         ))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    let killed = agent.reset().await;
-    tracing::info!(holders_killed = killed, "agent stopped");
+    let undone = agent.reset().await;
+    tracing::info!(
+        holders_killed = undone.holders,
+        isolations_lifted = undone.isolations,
+        not_undone = undone.not_undone.len(),
+        "agent stopped"
+    );
     served
 }

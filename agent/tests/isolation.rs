@@ -358,3 +358,111 @@ async fn one_peer_or_one_port_can_be_cut_while_the_rest_flows() -> TestResult {
     );
     Ok(())
 }
+
+/// The elements faultlab's table holds in host `index`, read with nft itself.
+fn elements_in_place(lab: &NetLab, index: usize) -> Result<usize, Box<dyn std::error::Error>> {
+    let listed = lab.exec(index, &["nft", "-j", "list", "table", "inet", "faultlab"])?;
+    Ok(listed.matches("\"val\":").count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heal_that_finds_part_of_its_isolation_gone_lifts_the_rest_and_says_so() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let address = format!("{}:7003", lab.ip(1));
+    server.listen_on(server_holder, address.clone()).await?;
+    server
+        .rpc
+        .isolate(isolate("cut", IsolationMode::Drop, 60_000))
+        .await?;
+    // Someone empties one of the isolation's sets by hand (an interval set:
+    // deleting its element again says "element does not exist").
+    lab.exec(
+        1,
+        &["nft", "flush", "set", "inet", "faultlab", "drop_in_v4"],
+    )?;
+    assert_eq!(
+        dial(&mut client, holder, &address, 300).await?.0,
+        Outcome::Timeout,
+        "the outbound half still cuts the host"
+    );
+    let healed = server
+        .rpc
+        .heal(pb::HealRequest {
+            id: "cut".to_owned(),
+            all: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(healed.healed, 1);
+    assert_eq!(healed.already_gone, ["drop_in_v4 { 0.0.0.0/0 }"]);
+    assert_eq!(elements_in_place(&lab, 1)?, 0, "nothing of it is left");
+    assert_eq!(
+        dial(&mut client, holder, &address, 1_000).await?.0,
+        Outcome::Ok
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_lifts_every_entry_of_the_table_booked_or_not_and_says_which() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let address = format!("{}:7004", lab.ip(1));
+    server.listen_on(server_holder, address.clone()).await?;
+    server
+        .rpc
+        .isolate(isolate("cut", IsolationMode::Drop, 60_000))
+        .await?;
+    // An entry nobody booked: the agent must lift it too.
+    let peer = lab.ip(0).to_string();
+    lab.exec(
+        1,
+        &[
+            "nft",
+            &format!("add element inet faultlab reject_in_v4 {{ {peer} timeout 60s }}"),
+        ],
+    )?;
+    assert_eq!(elements_in_place(&lab, 1)?, 5);
+    let reset = server.rpc.reset(pb::ResetRequest {}).await?.into_inner();
+    assert_eq!(reset.isolations_lifted, 1);
+    assert_eq!(reset.unbooked, [format!("reject_in_v4 {{ {peer} }}")]);
+    assert!(reset.not_undone.is_empty(), "{:?}", reset.not_undone);
+    assert_eq!(elements_in_place(&lab, 1)?, 0);
+    // Its listener went with its holder: a refusal, not silence.
+    assert_eq!(
+        dial(&mut client, holder, &address, 1_000).await?.0,
+        Outcome::Error
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_host_cut_over_an_active_one_peer_cut_is_refused_as_a_clash() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let mut one_peer = isolate("peer", IsolationMode::Drop, 60_000);
+    one_peer.peer = lab.ip(0).to_string();
+    server.rpc.isolate(one_peer).await?;
+    let refused = server
+        .rpc
+        .isolate(isolate("host", IsolationMode::Drop, 60_000))
+        .await
+        .err()
+        .ok_or("a whole-host cut over a one-peer cut was accepted")?;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("heal it first"), "{refused:?}");
+    // Nothing of the refused one is in place; the first is untouched.
+    assert_eq!(elements_in_place(&lab, 1)?, 2);
+    Ok(())
+}

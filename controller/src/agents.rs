@@ -106,17 +106,14 @@ impl Connector {
             })
     }
 
-    /// Lift every isolation of the agent at `address`; how many there were.
-    pub async fn heal_all(&self, address: &str) -> Result<u32, AgentsError> {
+    /// Undo everything the agent at `address` made (its Reset): what it
+    /// undid, and in `not_undone` what it could not.
+    pub async fn reset(&self, address: &str) -> Result<pb::ResetReply, AgentsError> {
         let mut client = self.connect(address).await?;
-        let request = pb::HealRequest {
-            id: String::new(),
-            all: true,
-        };
         client
-            .heal(request)
+            .reset(pb::ResetRequest {})
             .await
-            .map(|reply| reply.into_inner().healed)
+            .map(tonic::Response::into_inner)
             .map_err(|status| AgentsError::Call {
                 address: address.to_owned(),
                 status,

@@ -130,13 +130,18 @@ pub struct Validity {
     pub not_after: OffsetDateTime,
 }
 
+/// The longest validity `faultlab certs issue` gives: 100 years (X.509
+/// dates end in 9999; a lab's certificates should end long before).
+pub const MAX_DAYS: i64 = 36_500;
+
 impl Validity {
-    /// From now for `days`.
+    /// From now for `days`, held to 1 ..= [`MAX_DAYS`].
     pub fn days(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
+        let days = Duration::days(days.clamp(1, MAX_DAYS));
         Self {
-            not_before: now - Duration::minutes(5),
-            not_after: now + Duration::days(days),
+            not_before: now.saturating_sub(Duration::minutes(5)),
+            not_after: now.saturating_add(days),
         }
     }
 }
@@ -198,6 +203,15 @@ pub fn issue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validity_is_held_to_its_bounds_whatever_is_asked() {
+        for asked in [i64::MIN, -1, 0, 99_999_999, i64::MAX] {
+            let validity = Validity::days(asked);
+            assert!(validity.not_after > validity.not_before, "{asked}");
+            assert!(validity.not_after.year() <= 2200, "{asked}");
+        }
+    }
 
     #[test]
     fn a_ca_issues_and_nothing_is_overwritten() -> Result<(), Box<dyn std::error::Error>> {

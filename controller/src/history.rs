@@ -423,6 +423,7 @@ mod tests {
             wire: Vec::new(),
             wire_missed: BTreeMap::new(),
             host_logs: BTreeMap::new(),
+            left_in_place: Vec::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 1,

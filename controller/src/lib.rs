@@ -16,6 +16,12 @@
 //!
 //! The binary `faultlab` is thin: `main.rs` dispatches to one file of `cli/` per subcommand.
 
+/// The longest any fault may last before it heals itself, in ms: 10
+/// minutes, the cap the agents put on theirs by default (`max_isolation_ms`),
+/// and the cap on what a lab does from outside (cable pulls, power cuts).
+/// `faultlab check` refuses a longer `deadline_ms`.
+pub const MAX_FAULT_MS: u64 = 600_000;
+
 pub mod agents;
 pub mod bench;
 pub mod certs;

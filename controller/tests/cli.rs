@@ -340,13 +340,39 @@ async fn heal_all_lifts_every_isolation_of_every_agent() -> TestResult {
             })
             .await?;
     }
+    // A 100 % inbound loss and a held connection's holder go too.
+    let test_ip = lab.inventory.agents[0]
+        .test_ip
+        .ok_or("a namespace host has a test address")?
+        .to_string();
+    client
+        .degrade(faultlab_proto::v1::DegradeRequest {
+            id: "lossy".to_owned(),
+            address: test_ip,
+            deadline_ms: 60_000,
+            loss_percent: 100.0,
+            direction: faultlab_proto::v1::Direction::In as i32,
+            ..Default::default()
+        })
+        .await?;
+    client
+        .spawn_holder(faultlab_proto::v1::SpawnHolderRequest {
+            label: "held".to_owned(),
+        })
+        .await?;
     let scratch = Scratch::new("heal")?;
     let out = faultlab(&["heal", "--all", &address], &scratch.0.join("h.sqlite"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("healed 2 isolation(s)"), "{stdout}");
+    assert!(
+        stdout.contains("healed: 2 isolation(s), 0 link(s), 1 degradation(s), 1 holder(s)"),
+        "{stdout}"
+    );
     let again = faultlab(&["heal", "--all", &address], &scratch.0.join("h.sqlite"))?;
-    assert!(String::from_utf8_lossy(&again.stdout).contains("healed 0"));
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .contains("healed: 0 isolation(s), 0 link(s), 0 degradation(s), 0 holder(s)")
+    );
     let nobody = faultlab(
         &["heal", "--all", "127.0.0.1:1"],
         &scratch.0.join("h.sqlite"),
@@ -689,5 +715,23 @@ fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_else
     let dropped = heal["fault_dropped_packets"].as_u64().unwrap_or_default();
     let sent = heal["fault_sent_packets"].as_u64().unwrap_or_default();
     assert!(dropped > 0 && sent > dropped, "{heal}");
+    Ok(())
+}
+
+#[test]
+fn a_lab_of_more_hosts_than_its_address_plan_holds_or_of_none_is_refused() -> TestResult {
+    let scratch = Scratch::new("hosts")?;
+    let history = scratch.0.join("h.sqlite");
+    let state = scratch.0.join("state").display().to_string();
+    for hosts in ["0", "241", "300"] {
+        let lab_up = ["lab", "up", "--hosts", hosts, "--state", &state];
+        let run = ["run", "--suite", "seed", "--hosts", hosts];
+        for args in [&lab_up[..], &run[..]] {
+            let out = faultlab(args, &history)?;
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+            assert!(said.contains("1 to 240 hosts"), "{args:?}: {said}");
+        }
+    }
     Ok(())
 }

@@ -317,3 +317,29 @@ fn an_agent_will_not_serve_in_plain_text_off_loopback_unless_told() -> TestResul
     assert!(log.contains("INSECURE"), "{log}");
     Ok(())
 }
+
+#[test]
+fn certs_take_any_days_value_without_a_panic() -> TestResult {
+    let scratch = Scratch::new("days")?;
+    let dir = scratch.0.display().to_string();
+    let faultlab = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_faultlab"))
+            .args(args)
+            .output()
+    };
+    let init = faultlab(&["certs", "init", "--dir", &dir])?;
+    assert!(init.status.success(), "{init:?}");
+    for days in ["99999999", "0", "-5", "9223372036854775807", "x"] {
+        let asked = format!("--days={days}");
+        let issued = faultlab(&["certs", "issue", "x", "--dir", &dir, &asked])?;
+        // A clear refusal from the argument parser, never a panic (101).
+        assert_eq!(issued.status.code(), Some(2), "--days {days}: {issued:?}");
+        assert!(
+            String::from_utf8_lossy(&issued.stderr).contains("--days"),
+            "--days {days}: {issued:?}"
+        );
+    }
+    let issued = faultlab(&["certs", "issue", "x", "--dir", &dir, "--days", "36500"])?;
+    assert!(issued.status.success(), "{issued:?}");
+    Ok(())
+}

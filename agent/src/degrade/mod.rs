@@ -27,7 +27,7 @@ pub mod nft;
 pub mod tc;
 
 pub use crate::isolate::Cidr;
-use crate::link::{Watchdog, valid_interface};
+use crate::link::{REARM_AT_LEAST, Watchdog, valid_interface};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -420,22 +420,54 @@ impl Degradations {
             .ok_or_else(|| DegradeError::Invalid(format!("address: no interface holds {address}")))
     }
 
-    /// Heal the degradation `id` now; its counters just before.
+    /// Heal the degradation `id` now; its counters just before. It leaves
+    /// the book only once the interface reads back as it was; until then a
+    /// watchdog keeps its deadline.
     pub fn heal(&self, id: &str) -> Result<Healed, DegradeError> {
-        let mut entry = self
-            .active()
-            .remove(id)
+        let mut active = self.active();
+        let entry = active
+            .get_mut(id)
             .ok_or_else(|| DegradeError::NotDegraded(id.to_owned()))?;
+        let shaper = self.shaper(entry.inbound)?;
         entry.watchdog.disarm();
-        let counters = self.shaper(entry.inbound)?.heal(&entry.interface)?;
-        tracing::warn!(interface = %entry.interface, late_by_ms = Instant::now().saturating_duration_since(entry.expires).as_millis(), "restored");
+        let counters = match shaper.heal(&entry.interface) {
+            Ok(counters) => counters,
+            Err(error) => {
+                let left = entry
+                    .expires
+                    .saturating_duration_since(Instant::now())
+                    .max(REARM_AT_LEAST);
+                return match shaper.arm(&entry.interface, left) {
+                    Ok(watchdog) => {
+                        entry.watchdog = watchdog;
+                        Err(error)
+                    }
+                    Err(arm_error) => Err(DegradeError::System(format!(
+                        "{error}; and its watchdog could not be armed again: {arm_error}"
+                    ))),
+                };
+            }
+        };
+        let interface = entry.interface.clone();
+        let expires = entry.expires;
+        active.remove(id);
+        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(expires).as_millis(), "restored");
         Ok(counters)
     }
 
-    /// Heal every degradation; how many there were.
-    pub fn heal_all(&self) -> usize {
+    /// Heal every degradation: how many were healed, and what was not,
+    /// with why.
+    pub fn heal_all(&self) -> (usize, Vec<String>) {
         let ids: Vec<String> = self.active().keys().cloned().collect();
-        ids.iter().filter(|id| self.heal(id).is_ok()).count()
+        let mut failed = Vec::new();
+        let mut healed = 0;
+        for id in ids {
+            match self.heal(&id) {
+                Ok(_) => healed += 1,
+                Err(error) => failed.push(format!("degradation {id:?}: {error}")),
+            }
+        }
+        (healed, failed)
     }
 }
 

@@ -225,7 +225,13 @@ impl Shaper for NftLoss {
             let _ = writeln!(script, "delete element {TABLE} lossy {{ \"{interface}\" }}");
         }
         nft(&script).map_err(DegradeError::System)?;
-        if self.leftovers().is_empty() {
+        let left = self.leftovers();
+        if left.iter().any(|left| left == interface) {
+            return Err(DegradeError::System(format!(
+                "{interface} is not healed: its chain {chain} reads back still in {TABLE}"
+            )));
+        }
+        if left.is_empty() {
             // The last one: no empty table stays behind.
             let _ = nft(&format!("delete table {TABLE}\n"));
         }

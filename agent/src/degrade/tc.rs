@@ -242,8 +242,9 @@ impl Shaper for Tc {
         let before = std::fs::read_to_string(&kept)
             .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
         let counters = tc(&["-s", "qdisc", "show", "dev", interface]).unwrap_or_default();
-        // Ours goes (a root the kernel made comes back by itself) ...
-        tc(&["qdisc", "del", "dev", interface, "root"])?;
+        // Ours goes (a root the kernel made comes back by itself) ... If it
+        // is gone already (removed by hand), the read-back below decides.
+        let deleted = tc(&["qdisc", "del", "dev", interface, "root"]);
         // ... and one someone had set is put back as it was.
         if let Some(args) = recreate(&before) {
             let args: Vec<&str> = args
@@ -261,8 +262,14 @@ impl Shaper for Tc {
         let after = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
         if after != before {
             return Err(DegradeError::System(format!(
-                "{interface} healed, but its root is not as before: was {before:?}, is {after:?}"
+                "{interface} is not healed: its root qdisc was {before:?} and is {after:?}{}",
+                deleted
+                    .err()
+                    .map_or_else(String::new, |error| format!(" (tc said: {error})"))
             )));
+        }
+        if let Err(error) = deleted {
+            tracing::warn!(%interface, %error, "the degradation's qdisc was gone already");
         }
         let _ = std::fs::remove_file(&kept);
         // What TCP learned of the degraded path goes with it.

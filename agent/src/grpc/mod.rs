@@ -302,24 +302,33 @@ impl pb::agent_server::Agent for AgentService {
     async fn heal(&self, request: Request<pb::HealRequest>) -> Reply<pb::HealReply> {
         audited(request, "Heal", |request| async move {
             let request = request.into_inner();
-            let healed = match (request.id.as_str(), request.all) {
-                ("", true) => self.agent.heal_all()?,
+            let reply = match (request.id.as_str(), request.all) {
+                ("", true) => {
+                    let lifted = self.agent.heal_all()?;
+                    pb::HealReply {
+                        healed: u32::try_from(lifted.isolations).unwrap_or(u32::MAX),
+                        already_gone: Vec::new(),
+                        unbooked: lifted.unbooked,
+                    }
+                }
                 ("", false) => {
                     return Err(
                         invalid("id: name the isolation to heal, or set all".to_owned()).into(),
                     );
                 }
                 (id, false) => {
-                    self.agent.heal(id)?;
-                    1
+                    let lifted = self.agent.heal(id)?;
+                    pb::HealReply {
+                        healed: 1,
+                        already_gone: lifted.already_gone,
+                        unbooked: Vec::new(),
+                    }
                 }
                 (_, true) => {
                     return Err(invalid("give either id or all, not both".to_owned()).into());
                 }
             };
-            Ok(Response::new(pb::HealReply {
-                healed: u32::try_from(healed).unwrap_or(u32::MAX),
-            }))
+            Ok(Response::new(reply))
         })
         .await
     }
@@ -559,9 +568,15 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
         audited(request, "Reset", |_| async move {
-            let killed = self.agent.reset().await;
+            let undone = self.agent.reset().await;
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             Ok(Response::new(pb::ResetReply {
-                holders_killed: u32::try_from(killed).unwrap_or(u32::MAX),
+                holders_killed: count(undone.holders),
+                isolations_lifted: count(undone.isolations),
+                unbooked: undone.unbooked,
+                links_up: count(undone.links),
+                degradations_healed: count(undone.degradations),
+                not_undone: undone.not_undone,
             }))
         })
         .await

@@ -14,7 +14,7 @@
 pub mod nftables;
 pub mod windows_firewall;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -175,9 +175,19 @@ pub enum FirewallError {
     /// The backend refused a change.
     #[error("the firewall refused the change: {0}")]
     Refused(String),
+    /// Another isolation's entry already covers part of this one (a
+    /// whole-host cut while a one-peer cut is active, in one set).
+    #[error(
+        "another active isolation already cuts part of this traffic; heal it first (the firewall said: {0})"
+    )]
+    Overlaps(String),
 }
 
 /// The privileged side: the host's packet filter.
+///
+/// Nothing here is trusted to have worked because a command said so: the
+/// book reads the filter back ([`Firewall::in_place`]) before and after each
+/// undo and compares.
 pub trait Firewall: Send + Sync {
     /// Remove every trace of an earlier agent; returns what was removed (for the log).
     fn clean_up(&self) -> Result<Option<String>, FirewallError>;
@@ -185,8 +195,35 @@ pub trait Firewall: Send + Sync {
     fn prepare(&self, control_port: u16) -> Result<(), FirewallError>;
     /// Cut traffic as `isolation` says, until its deadline (enforced by the kernel).
     fn add(&self, isolation: &Isolation) -> Result<(), FirewallError>;
-    /// Lift it (an already expired isolation is not an error).
+    /// The entries `isolation` consists of, named as [`Firewall::in_place`] names them.
+    fn entries(&self, isolation: &Isolation) -> Vec<String>;
+    /// Every entry faultlab's rules hold now, read back from the filter.
+    fn in_place(&self) -> Result<BTreeSet<String>, FirewallError>;
+    /// Try to remove each entry of `isolation`; one already gone is no error
+    /// (the caller reads back what is left).
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError>;
+    /// Remove every entry faultlab holds, booked or not.
+    fn remove_all(&self) -> Result<(), FirewallError>;
+}
+
+/// What lifting one isolation found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lifted {
+    /// Its entries that were still in place and are gone now.
+    pub removed: Vec<String>,
+    /// Its entries that were gone already (expired, or removed by hand).
+    pub already_gone: Vec<String>,
+}
+
+/// What lifting every isolation found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiftedAll {
+    /// Isolations the book held.
+    pub isolations: usize,
+    /// Entries removed from the filter, booked or not.
+    pub entries: usize,
+    /// Of them, entries no booked isolation accounts for.
+    pub unbooked: Vec<String>,
 }
 
 /// Why an isolation request was refused.
@@ -204,6 +241,16 @@ pub enum IsolateError {
     /// The firewall failed.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// An undo left entries in place (read back after it).
+    #[error("{what} is not lifted: still in place: {}{}", left.join(", "), why.as_ref().map_or_else(String::new, |why| format!(" (the firewall said: {why})")))]
+    NotLifted {
+        /// The isolation, or "every isolation".
+        what: String,
+        /// The entries still there.
+        left: Vec<String>,
+        /// What the firewall said when asked to remove them.
+        why: Option<String>,
+    },
 }
 
 struct Active {
@@ -264,27 +311,78 @@ impl Isolations {
         Ok(expires)
     }
 
-    /// Lift one isolation.
-    pub fn heal(&self, id: &str) -> Result<(), IsolateError> {
-        let entry = self
-            .active()
-            .remove(id)
+    /// Lift one isolation: it leaves the book only once the filter, read
+    /// back, no longer holds any of its entries. Entries found gone already
+    /// are said, not an error.
+    pub fn heal(&self, id: &str) -> Result<Lifted, IsolateError> {
+        let mut active = self.active();
+        let isolation = active
+            .get(id)
+            .map(|entry| entry.isolation.clone())
             .ok_or_else(|| IsolateError::Unknown(id.to_owned()))?;
-        self.firewall.remove(&entry.isolation)?;
-        tracing::warn!(%id, "healed");
-        Ok(())
+        let entries = self.firewall.entries(&isolation);
+        let before = self.firewall.in_place()?;
+        let tried = self.firewall.remove(&isolation);
+        let after = self.firewall.in_place()?;
+        let left: Vec<String> = entries
+            .iter()
+            .filter(|entry| after.contains(*entry))
+            .cloned()
+            .collect();
+        if !left.is_empty() {
+            tracing::error!(%id, left = ?left, "heal left entries in place");
+            return Err(IsolateError::NotLifted {
+                what: format!("isolation {id:?}"),
+                left,
+                why: tried.err().map(|error| error.to_string()),
+            });
+        }
+        active.remove(id);
+        let (removed, already_gone) = entries
+            .into_iter()
+            .partition(|entry| before.contains(entry));
+        let lifted = Lifted {
+            removed,
+            already_gone,
+        };
+        if lifted.already_gone.is_empty() {
+            tracing::warn!(%id, "healed");
+        } else {
+            tracing::warn!(%id, already_gone = ?lifted.already_gone, "healed; some entries were gone already");
+        }
+        Ok(lifted)
     }
 
-    /// Lift every isolation; returns how many were active.
-    pub fn heal_all(&self) -> Result<usize, IsolateError> {
-        let entries: Vec<Active> = self.active().drain().map(|(_, entry)| entry).collect();
-        for entry in &entries {
-            self.firewall.remove(&entry.isolation)?;
+    /// Lift every isolation, and every entry of faultlab's rules that no
+    /// isolation accounts for; the book is emptied only once the filter,
+    /// read back, holds nothing.
+    pub fn heal_all(&self) -> Result<LiftedAll, IsolateError> {
+        let mut active = self.active();
+        let before = self.firewall.in_place()?;
+        let tried = self.firewall.remove_all();
+        let after = self.firewall.in_place()?;
+        if !after.is_empty() {
+            tracing::error!(left = ?after, "heal of every isolation left entries in place");
+            return Err(IsolateError::NotLifted {
+                what: "every isolation".to_owned(),
+                left: after.into_iter().collect(),
+                why: tried.err().map(|error| error.to_string()),
+            });
         }
-        if !entries.is_empty() {
-            tracing::warn!(count = entries.len(), "healed all");
+        let booked: BTreeSet<String> = active
+            .values()
+            .flat_map(|entry| self.firewall.entries(&entry.isolation))
+            .collect();
+        let lifted = LiftedAll {
+            isolations: active.len(),
+            entries: before.len(),
+            unbooked: before.difference(&booked).cloned().collect(),
+        };
+        active.clear();
+        if lifted.entries > 0 || lifted.isolations > 0 {
+            tracing::warn!(isolations = lifted.isolations, entries = lifted.entries, unbooked = ?lifted.unbooked, "healed all");
         }
-        Ok(entries.len())
+        Ok(lifted)
     }
 }
 
@@ -293,13 +391,44 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// Records what the book asks of the firewall.
+    /// A filter in memory: entries named `ID-in` / `ID-out`; the ones in
+    /// `stuck` refuse to go; every call is recorded.
     #[derive(Default)]
-    struct Recorder {
+    struct Filter {
+        held: Mutex<BTreeSet<String>>,
+        stuck: Mutex<BTreeSet<String>>,
         calls: Mutex<Vec<String>>,
     }
 
-    impl Firewall for Arc<Recorder> {
+    impl Filter {
+        fn record(&self, call: String) {
+            crate::sync::lock(&self.calls).push(call);
+        }
+        fn calls(&self) -> Vec<String> {
+            crate::sync::lock(&self.calls).clone()
+        }
+        fn remove_by_hand(&self, entry: &str) {
+            crate::sync::lock(&self.held).remove(entry);
+        }
+        fn put_by_hand(&self, entry: &str) {
+            crate::sync::lock(&self.held).insert(entry.to_owned());
+        }
+        fn make_stuck(&self, entry: &str, stuck: bool) {
+            let mut set = crate::sync::lock(&self.stuck);
+            if stuck {
+                set.insert(entry.to_owned());
+            } else {
+                set.remove(entry);
+            }
+        }
+        fn drop_unless_stuck(&self, entry: &str) {
+            if !crate::sync::lock(&self.stuck).contains(entry) {
+                crate::sync::lock(&self.held).remove(entry);
+            }
+        }
+    }
+
+    impl Firewall for Arc<Filter> {
         fn clean_up(&self) -> Result<Option<String>, FirewallError> {
             Ok(None)
         }
@@ -307,16 +436,37 @@ mod tests {
             Ok(())
         }
         fn add(&self, isolation: &Isolation) -> Result<(), FirewallError> {
-            self.calls.lock().map_or(Ok(()), |mut calls| {
-                calls.push(format!("add {}", isolation.id));
-                Ok(())
-            })
+            self.record(format!("add {}", isolation.id));
+            crate::sync::lock(&self.held).extend(self.entries(isolation));
+            Ok(())
+        }
+        fn entries(&self, isolation: &Isolation) -> Vec<String> {
+            let mut entries = Vec::new();
+            if isolation.direction.inbound() {
+                entries.push(format!("{}-in", isolation.id));
+            }
+            if isolation.direction.outbound() {
+                entries.push(format!("{}-out", isolation.id));
+            }
+            entries
+        }
+        fn in_place(&self) -> Result<BTreeSet<String>, FirewallError> {
+            Ok(crate::sync::lock(&self.held).clone())
         }
         fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
-            self.calls.lock().map_or(Ok(()), |mut calls| {
-                calls.push(format!("remove {}", isolation.id));
-                Ok(())
-            })
+            self.record(format!("remove {}", isolation.id));
+            for entry in self.entries(isolation) {
+                self.drop_unless_stuck(&entry);
+            }
+            Ok(())
+        }
+        fn remove_all(&self) -> Result<(), FirewallError> {
+            self.record("remove all".to_owned());
+            let held = crate::sync::lock(&self.held).clone();
+            for entry in held {
+                self.drop_unless_stuck(&entry);
+            }
+            Ok(())
         }
     }
 
@@ -347,8 +497,8 @@ mod tests {
 
     #[test]
     fn the_book_refuses_clashes_and_forgets_what_expired() -> Result<(), IsolateError> {
-        let recorder = Arc::new(Recorder::default());
-        let book = Isolations::new(Box::new(Arc::clone(&recorder)));
+        let filter = Arc::new(Filter::default());
+        let book = Isolations::new(Box::new(Arc::clone(&filter)));
         book.isolate(isolation("a", 60_000))?;
         assert!(matches!(
             book.isolate(isolation("a", 10)),
@@ -364,22 +514,74 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         // Expired: the kernel lifted it; the book forgets it and allows the scope again.
         book.isolate(isolation("again", 60_000))?;
-        assert_eq!(book.heal_all()?, 1);
-        let calls = recorder
-            .calls
-            .lock()
-            .map(|calls| calls.clone())
-            .unwrap_or_default();
+        filter.remove_by_hand("short-in");
+        filter.remove_by_hand("short-out");
+        assert_eq!(book.heal_all()?.isolations, 1);
         assert_eq!(
-            calls,
-            [
-                "add a",
-                "remove a",
-                "add short",
-                "add again",
-                "remove again"
-            ]
+            filter.calls(),
+            ["add a", "remove a", "add short", "add again", "remove all"]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_isolation_partly_gone_is_lifted_and_said_so() -> Result<(), IsolateError> {
+        let filter = Arc::new(Filter::default());
+        let book = Isolations::new(Box::new(Arc::clone(&filter)));
+        book.isolate(isolation("cut", 60_000))?;
+        filter.remove_by_hand("cut-in");
+        let lifted = book.heal("cut")?;
+        assert_eq!(lifted.removed, ["cut-out"]);
+        assert_eq!(lifted.already_gone, ["cut-in"]);
+        assert!(filter.in_place()?.is_empty());
+        assert!(matches!(book.heal("cut"), Err(IsolateError::Unknown(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn an_isolation_that_will_not_go_stays_booked_until_it_does() -> Result<(), IsolateError> {
+        let filter = Arc::new(Filter::default());
+        let book = Isolations::new(Box::new(Arc::clone(&filter)));
+        book.isolate(isolation("cut", 60_000))?;
+        filter.make_stuck("cut-out", true);
+        match book.heal("cut") {
+            Err(IsolateError::NotLifted { left, .. }) => assert_eq!(left, ["cut-out"]),
+            other => panic!("a heal that left an entry said {other:?}"),
+        }
+        // Still booked: healing again is not "no such isolation".
+        assert!(matches!(
+            book.heal("cut"),
+            Err(IsolateError::NotLifted { .. })
+        ));
+        filter.make_stuck("cut-out", false);
+        let lifted = book.heal("cut")?;
+        assert_eq!(lifted.removed, ["cut-out"]);
+        assert_eq!(lifted.already_gone, ["cut-in"]);
+        Ok(())
+    }
+
+    #[test]
+    fn healing_everything_lifts_unbooked_entries_and_reports_what_stays() -> Result<(), IsolateError>
+    {
+        let filter = Arc::new(Filter::default());
+        let book = Isolations::new(Box::new(Arc::clone(&filter)));
+        book.isolate(isolation("cut", 60_000))?;
+        filter.put_by_hand("stray-in");
+        filter.make_stuck("stray-in", true);
+        match book.heal_all() {
+            Err(IsolateError::NotLifted { what, left, .. }) => {
+                assert_eq!(what, "every isolation");
+                assert_eq!(left, ["stray-in"]);
+            }
+            other => panic!("a heal that left an entry said {other:?}"),
+        }
+        filter.make_stuck("stray-in", false);
+        // The book kept "cut" although its entries went: it is counted now.
+        let lifted = book.heal_all()?;
+        assert_eq!(lifted.isolations, 1);
+        assert_eq!(lifted.entries, 1);
+        assert_eq!(lifted.unbooked, ["stray-in"]);
+        assert_eq!(book.heal_all()?, LiftedAll::default());
         Ok(())
     }
 }

@@ -15,6 +15,7 @@
 
 use super::{Cidr, Firewall, FirewallError, Isolation, Mode};
 use crate::tool::ToolError;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 /// The table's family and name.
@@ -190,7 +191,8 @@ pub fn table_script(control_port: u16) -> String {
     script
 }
 
-/// The (set, element) pairs an isolation consists of.
+/// The (set, element) pairs an isolation consists of, each element in the
+/// form nftables reads back ([`element_name`]).
 fn elements(isolation: &Isolation) -> Vec<(String, String)> {
     let peers: Vec<Cidr> = match isolation.peer {
         Some(peer) => vec![peer],
@@ -214,15 +216,93 @@ fn elements(isolation: &Isolation) -> Vec<(String, String)> {
                 key: Key::of(isolation),
                 control_too: isolation.include_control_channel,
             };
+            let peer = address_name(*peer);
             let element = match (isolation.port, isolation.peer_port) {
                 (Some(port), Some(peer_port)) => format!("{peer} . {port} . {peer_port}"),
                 (Some(port), None) => format!("{peer} . {port}"),
-                (None, _) => peer.to_string(),
+                (None, _) => peer,
             };
             found.push((kind.name(), element));
         }
     }
     found
+}
+
+/// An address block as nftables shows it: its network, and a single
+/// address without its prefix.
+fn address_name(block: Cidr) -> String {
+    let block = block.network();
+    let full = if block.is_v6() { 128 } else { 32 };
+    if block.prefix == full {
+        block.address.to_string()
+    } else {
+        block.to_string()
+    }
+}
+
+/// How an entry is named in reports: `set { element }`.
+fn entry_name(set: &str, element: &str) -> String {
+    format!("{set} {{ {element} }}")
+}
+
+/// One element's key from `nft -j` output (a string, a number, a prefix,
+/// a range or a concatenation of these), in the form [`elements`] writes.
+fn element_name(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Object(object) => {
+            if let Some(inner) = object.get("elem") {
+                return element_name(inner.get("val").unwrap_or(inner));
+            }
+            if let Some(prefix) = object.get("prefix") {
+                let address = prefix.get("addr")?.as_str()?;
+                let length = prefix.get("len")?.as_u64()?;
+                return Some(format!("{address}/{length}"));
+            }
+            if let Some(Value::Array(ends)) = object.get("range") {
+                let ends: Option<Vec<String>> = ends.iter().map(element_name).collect();
+                return Some(ends?.join("-"));
+            }
+            if let Some(Value::Array(parts)) = object.get("concat") {
+                let parts: Option<Vec<String>> = parts.iter().map(element_name).collect();
+                return Some(parts?.join(" . "));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Every entry of faultlab's table in `nft -j list table` output, named as
+/// [`Firewall::entries`] names them; an element nftables shows in a form
+/// not known here is named by its JSON text (it still counts as in place).
+pub fn listed_entries(json: &str) -> Result<BTreeSet<String>, FirewallError> {
+    let listed: serde_json::Value = serde_json::from_str(json)
+        .map_err(|error| FirewallError::Refused(format!("nft -j gave no JSON: {error}")))?;
+    let mut found = BTreeSet::new();
+    let objects = listed
+        .get("nftables")
+        .and_then(serde_json::Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for set in objects.iter().filter_map(|object| object.get("set")) {
+        let name = set
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        let elements = set
+            .get("elem")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for element in elements {
+            let text = element_name(element).unwrap_or_else(|| element.to_string());
+            found.insert(entry_name(name, &text));
+        }
+    }
+    Ok(found)
 }
 
 /// The script that applies an isolation until its deadline.
@@ -242,6 +322,14 @@ pub fn remove_scripts(isolation: &Isolation) -> Vec<String> {
     elements(isolation)
         .into_iter()
         .map(|(set, element)| format!("delete element {TABLE} {set} {{ {element} }}\n"))
+        .collect()
+}
+
+/// The script that empties every set of the table in one transaction.
+pub fn flush_script() -> String {
+    SetKind::all()
+        .into_iter()
+        .map(|kind| format!("flush set {TABLE} {}\n", kind.name()))
         .collect()
 }
 
@@ -295,19 +383,48 @@ impl Firewall for Nftables {
     }
 
     fn add(&self, isolation: &Isolation) -> Result<(), FirewallError> {
-        self.run(&["-f", "-"], Some(&add_script(isolation)))
-            .map(drop)
+        match self.run(&["-f", "-"], Some(&add_script(isolation))) {
+            Ok(_) => Ok(()),
+            Err(FirewallError::Refused(said))
+                if said.contains("interval overlaps") || said.contains("File exists") =>
+            {
+                Err(FirewallError::Overlaps(said))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn entries(&self, isolation: &Isolation) -> Vec<String> {
+        elements(isolation)
+            .iter()
+            .map(|(set, element)| entry_name(set, element))
+            .collect()
+    }
+
+    fn in_place(&self) -> Result<BTreeSet<String>, FirewallError> {
+        match self.run(&["-j", "list", "table", "inet", "faultlab"], None) {
+            Ok(listed) => listed_entries(&listed),
+            // No table: nothing of ours is in place.
+            Err(error) if Self::is_missing(&error) => Ok(BTreeSet::new()),
+            Err(error) => Err(error),
+        }
     }
 
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        // Each element on its own: one already gone ("element does not
+        // exist" for interval sets) must not keep the others. What is left
+        // is read back by the caller; the first refusal is kept for it.
+        let mut refused = None;
         for script in remove_scripts(isolation) {
-            match self.run(&["-f", "-"], Some(&script)) {
-                Ok(_) => {}
-                Err(error) if Self::is_missing(&error) => {}
-                Err(error) => return Err(error),
+            if let Err(error) = self.run(&["-f", "-"], Some(&script)) {
+                refused.get_or_insert(error);
             }
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
+    }
+
+    fn remove_all(&self) -> Result<(), FirewallError> {
+        self.run(&["-f", "-"], Some(&flush_script())).map(drop)
     }
 }
 
@@ -363,11 +480,11 @@ mod tests {
         let one = isolation(Direction::In, Some("198.18.0.3"), Some(7000));
         assert_eq!(
             add_script(&one),
-            "add element inet faultlab reject_in_v4_port { 198.18.0.3/32 . 7000 timeout 2500ms }\n"
+            "add element inet faultlab reject_in_v4_port { 198.18.0.3 . 7000 timeout 2500ms }\n"
         );
         assert_eq!(
             remove_scripts(&one),
-            ["delete element inet faultlab reject_in_v4_port { 198.18.0.3/32 . 7000 }\n"]
+            ["delete element inet faultlab reject_in_v4_port { 198.18.0.3 . 7000 }\n"]
         );
     }
 
@@ -377,12 +494,48 @@ mod tests {
         flow.peer_port = Some(45678);
         assert_eq!(
             add_script(&flow),
-            "add element inet faultlab reject_in_v4_flow { 198.18.1.2/32 . 7000 . 45678 timeout 2500ms }\n\
-             add element inet faultlab reject_out_v4_flow { 198.18.1.2/32 . 7000 . 45678 timeout 2500ms }\n"
+            "add element inet faultlab reject_in_v4_flow { 198.18.1.2 . 7000 . 45678 timeout 2500ms }\n\
+             add element inet faultlab reject_out_v4_flow { 198.18.1.2 . 7000 . 45678 timeout 2500ms }\n"
         );
         let script = table_script(7420);
         assert!(script.contains("ip saddr . th dport . th sport @reject_in_v4_flow"));
         assert!(script.contains("ip daddr . th sport . th dport @reject_out_v4_flow"));
         assert!(script.contains("type ipv4_addr . inet_service . inet_service;"));
+    }
+
+    /// `nft -j list table inet faultlab` as nftables 1.0.6 printed it for
+    /// elements added as the scripts above add them.
+    const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "faultlab", "handle": 1}}, {"set": {"family": "inet", "name": "drop_in_v4", "table": "faultlab", "type": "ipv4_addr", "handle": 1, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "198.18.1.0", "len": 24}}, "timeout": 60, "expires": 59}}]}}, {"set": {"family": "inet", "name": "drop_in_v6", "table": "faultlab", "type": "ipv6_addr", "handle": 2, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "::", "len": 0}}, "timeout": 60, "expires": 59}}]}}, {"set": {"family": "inet", "name": "drop_in_v4_port", "table": "faultlab", "type": ["ipv4_addr", "inet_service"], "handle": 3, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"concat": ["198.18.0.3", 7000]}, "timeout": 60, "expires": 59}}]}}, {"set": {"family": "inet", "name": "drop_in_v4_flow", "table": "faultlab", "type": ["ipv4_addr", "inet_service", "inet_service"], "handle": 4, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"concat": ["198.18.0.3", 7000, 45678]}, "timeout": 60, "expires": 59}}]}}, {"set": {"family": "inet", "name": "drop_out_v4", "table": "faultlab", "type": "ipv4_addr", "handle": 5, "flags": ["interval", "timeout"]}}]}"#;
+
+    #[test]
+    fn what_nftables_reads_back_is_named_as_the_isolations_name_their_entries()
+    -> Result<(), FirewallError> {
+        let listed = listed_entries(LISTED)?;
+        let firewall = Nftables::default();
+        let mut isolations = vec![
+            isolation(Direction::In, Some("198.18.1.77/24"), None),
+            isolation(Direction::In, Some("198.18.0.3"), Some(7000)),
+            isolation(Direction::In, Some("::/0"), None),
+        ];
+        let mut flow = isolation(Direction::In, Some("198.18.0.3"), Some(7000));
+        flow.peer_port = Some(45678);
+        isolations.push(flow);
+        let mut named = BTreeSet::new();
+        for one in &mut isolations {
+            one.mode = Mode::Drop;
+            named.extend(firewall.entries(one));
+        }
+        assert_eq!(listed, named);
+        assert!(listed.contains("drop_in_v4_port { 198.18.0.3 . 7000 }"));
+        assert!(listed_entries("not json").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn healing_everything_empties_every_set_in_one_transaction() {
+        let script = flush_script();
+        assert_eq!(script.lines().count(), 48);
+        assert!(script.contains("flush set inet faultlab drop_in_v4\n"));
+        assert!(script.contains("flush set inet faultlab reject_out_v6_flow_ctl\n"));
     }
 }

@@ -14,7 +14,7 @@
 //! alphabet, addresses, numbers), never from raw request strings.
 
 use super::{Firewall, FirewallError, Isolation, Mode};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -73,6 +73,15 @@ fn ports_without(control_port: u16) -> String {
 
 /// The PowerShell that makes an isolation's rules.
 pub fn add_script(isolation: &Isolation, control_port: u16) -> String {
+    rules(isolation, control_port)
+        .into_iter()
+        .map(|(_, command)| command)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An isolation's rules: (display name, the command that makes it).
+fn rules(isolation: &Isolation, control_port: u16) -> Vec<(String, String)> {
     let remote = isolation
         .peer
         .map_or_else(|| "Any".to_owned(), |peer| peer.to_string());
@@ -108,14 +117,15 @@ pub fn add_script(isolation: &Isolation, control_port: u16) -> String {
             }
         }
         for (protocol, matching) in protocols {
-            rules.push(format!(
-                "New-NetFirewallRule -Group '{GROUP}' -DisplayName '{}{short}-{protocol}' \
-                 -Direction {direction} -Action Block -RemoteAddress {remote} {matching} | Out-Null",
-                rule_prefix(&isolation.id)
-            ));
+            let name = format!("{}{short}-{protocol}", rule_prefix(&isolation.id));
+            let command = format!(
+                "New-NetFirewallRule -Group '{GROUP}' -DisplayName '{name}' \
+                 -Direction {direction} -Action Block -RemoteAddress {remote} {matching} | Out-Null"
+            );
+            rules.push((name, command));
         }
     }
-    rules.join("; ")
+    rules
 }
 
 /// Windows Defender Firewall through PowerShell.
@@ -183,13 +193,58 @@ impl Firewall for WindowsFirewall {
         powershell(&add_script(isolation, control_port)).map(drop)
     }
 
+    fn entries(&self, isolation: &Isolation) -> Vec<String> {
+        let control_port = *crate::sync::lock(&self.control_port);
+        rules(isolation, control_port)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn in_place(&self) -> Result<BTreeSet<String>, FirewallError> {
+        let listed = powershell(&format!(
+            "Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | \
+             ForEach-Object {{ $_.DisplayName }}"
+        ))?;
+        Ok(listed
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
+        remove_rules(&isolation.id)?;
+        // Its watchdog goes only once its rules are gone: until then it
+        // still keeps the deadline.
+        let names = self.entries(isolation);
+        if self.in_place()?.iter().any(|name| names.contains(name)) {
+            return Ok(());
+        }
         let watchdog = crate::sync::lock(&self.watchdogs).remove(&isolation.id);
         if let Some(mut watchdog) = watchdog {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
-        remove_rules(&isolation.id)
+        Ok(())
+    }
+
+    fn remove_all(&self) -> Result<(), FirewallError> {
+        powershell(&format!(
+            "Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Remove-NetFirewallRule"
+        ))?;
+        if self.in_place()?.is_empty() {
+            let watchdogs: Vec<Child> = crate::sync::lock(&self.watchdogs)
+                .drain()
+                .map(|(_, watchdog)| watchdog)
+                .collect();
+            for mut watchdog in watchdogs {
+                let _ = watchdog.kill();
+                let _ = watchdog.wait();
+            }
+        }
+        Ok(())
     }
 }
 

@@ -125,6 +125,35 @@ fn snapshot(interface: &str) -> Result<String, LinkError> {
     Ok(kept)
 }
 
+/// Whether the kernel says `interface` is administratively up (IFF_UP).
+fn is_up(interface: &str) -> Result<bool, LinkError> {
+    let path = format!("/sys/class/net/{interface}/flags");
+    let flags = std::fs::read_to_string(&path)
+        .map_err(|error| LinkError::System(format!("cannot read {path}: {error}")))?;
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        .map_err(|error| LinkError::System(format!("{path}: {error}")))?;
+    Ok(flags & 0x1 != 0)
+}
+
+/// The lines of a [`snapshot`] (`written`) missing from another (`now`),
+/// words compared as sets of lines; routes the kernel makes for the link's
+/// own addresses (`proto kernel`) come back by themselves and are left out.
+fn not_back(written: &str, now: &str) -> Vec<String> {
+    let normal = |line: &str| {
+        line.split_whitespace()
+            .filter(|word| *word != "linkdown")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let now: std::collections::BTreeSet<String> = now.lines().map(normal).collect();
+    written
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.contains("proto kernel"))
+        .map(normal)
+        .filter(|line| !now.contains(line))
+        .collect()
+}
+
 /// Put back what [`snapshot`] wrote down and the link lost; the lines that
 /// could not be put back.
 fn restore(interface: &str, kept: &str) -> Vec<String> {
@@ -164,15 +193,31 @@ impl LinkControl for IpRoute {
             interface,
             if up { "up" } else { "down" },
         ])?;
-        if up && let Ok(written) = std::fs::read_to_string(&kept) {
+        if !up {
+            return Ok(());
+        }
+        if !is_up(interface)? {
+            return Err(LinkError::System(format!(
+                "{interface} was set up, but reads back down"
+            )));
+        }
+        if let Ok(written) = std::fs::read_to_string(&kept) {
             let failed = restore(interface, &written);
-            let _ = std::fs::remove_file(&kept);
-            if !failed.is_empty() {
+            // Read back: every route and address written down is there again.
+            let missing = not_back(&written, &snapshot(interface)?);
+            if !missing.is_empty() {
+                // The record stays: a watchdog or a later heal tries again.
                 return Err(LinkError::System(format!(
-                    "{interface} is up, but these could not be put back: {}",
-                    failed.join("; ")
+                    "{interface} is up, but these are not back: {}{}",
+                    missing.join("; "),
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (ip refused: {})", failed.join("; "))
+                    }
                 )));
             }
+            let _ = std::fs::remove_file(&kept);
         }
         Ok(())
     }
@@ -191,5 +236,19 @@ impl LinkControl for IpRoute {
                 LinkError::System(format!("cannot start the link watchdog: {error}"))
             })?;
         Ok(Box::new(sleeper))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_that_did_not_come_back_is_named() {
+        let written = "-4 route default via 198.18.1.1\n-4 route 198.18.1.0/24 proto kernel scope link src 198.18.1.11\n-4 addr 198.18.1.11/24\n";
+        let now = "-4 route 198.18.1.0/24 proto kernel scope link src 198.18.1.11 linkdown\n-4 addr 198.18.1.11/24\n";
+        assert_eq!(not_back(written, now), ["-4 route default via 198.18.1.1"]);
+        let back = "-4 route default via 198.18.1.1 linkdown\n-4 addr 198.18.1.11/24\n";
+        assert!(not_back(written, back).is_empty());
     }
 }

@@ -68,6 +68,10 @@ pub enum LinkError {
     System(String),
 }
 
+/// A watchdog armed again after a failed undo waits at least this long, so
+/// that it does not race the undo that just failed.
+pub const REARM_AT_LEAST: Duration = Duration::from_millis(500);
+
 struct Down {
     watchdog: Box<dyn Watchdog>,
     expires: Instant,
@@ -136,24 +140,48 @@ impl Links {
             .ok_or_else(|| LinkError::NoInterface(address.to_string()))
     }
 
-    /// Bring `interface` back up now.
+    /// Bring `interface` back up now. It leaves the book only once it reads
+    /// back up with its routes and addresses; until then a watchdog keeps
+    /// its deadline.
     pub fn bring_up(&self, interface: &str) -> Result<(), LinkError> {
-        let mut entry = self
-            .down()
-            .remove(interface)
+        let mut down = self.down();
+        let entry = down
+            .get_mut(interface)
             .ok_or_else(|| LinkError::NotDown(interface.to_owned()))?;
         entry.watchdog.disarm();
-        self.control.set_up(interface, true)?;
-        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(entry.expires).as_millis(), "link up");
+        if let Err(error) = self.control.set_up(interface, true) {
+            let left = entry
+                .expires
+                .saturating_duration_since(Instant::now())
+                .max(REARM_AT_LEAST);
+            return match self.control.arm(interface, left) {
+                Ok(watchdog) => {
+                    entry.watchdog = watchdog;
+                    Err(error)
+                }
+                Err(arm_error) => Err(LinkError::System(format!(
+                    "{error}; and its watchdog could not be armed again: {arm_error}"
+                ))),
+            };
+        }
+        let expires = entry.expires;
+        down.remove(interface);
+        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(expires).as_millis(), "link up");
         Ok(())
     }
 
-    /// Bring every link this agent took down back up; returns how many.
-    pub fn bring_all_up(&self) -> usize {
+    /// Bring every link this agent took down back up: how many came up,
+    /// and what did not, with why.
+    pub fn bring_all_up(&self) -> (usize, Vec<String>) {
         let names: Vec<String> = self.down().keys().cloned().collect();
-        names
-            .iter()
-            .filter(|name| self.bring_up(name).is_ok())
-            .count()
+        let mut failed = Vec::new();
+        let mut up = 0;
+        for name in names {
+            match self.bring_up(&name) {
+                Ok(()) => up += 1,
+                Err(error) => failed.push(format!("link {name}: {error}")),
+            }
+        }
+        (up, failed)
     }
 }

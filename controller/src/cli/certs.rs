@@ -37,8 +37,9 @@ enum CertsAction {
         /// default NAME): an agent's must include the address the controller dials.
         #[arg(long = "san", value_name = "ADDRESS|NAME")]
         sans: Vec<String>,
-        /// Days of validity.
-        #[arg(long, default_value_t = certs::DEFAULT_DAYS)]
+        /// Days of validity (1 to 36500).
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(i64).range(1..=certs::MAX_DAYS))]
         days: i64,
     },
 }

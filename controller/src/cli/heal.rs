@@ -1,6 +1,8 @@
 //! `faultlab heal --all`: plug back every cable and switch on every host
-//! their lab took (an inventory's local-lab hosts), and lift every
-//! isolation on the agents.
+//! their lab took (an inventory's local-lab hosts), and have every agent
+//! undo everything it made (its Reset: isolations, links, degradations,
+//! holders with their connections and floods). Each line says what was
+//! undone and what was not; the exit code is non-zero unless everything was.
 
 use super::{AgentsGiven, TlsArgs, say};
 use faultlab::inventory::Inventory;
@@ -42,8 +44,21 @@ pub async fn heal(args: HealArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
     }
     let (entries, connector) = args.given.entries(tls)?;
     for (name, address) in entries {
-        match connector.heal_all(&address).await {
-            Ok(count) => say!("{name:<14} {address:<22} healed {count} isolation(s)"),
+        match connector.reset(&address).await {
+            Ok(undone) if undone.not_undone.is_empty() => {
+                say!(
+                    "{name:<14} {address:<22} healed: {}",
+                    undone_summary(&undone)
+                );
+            }
+            Ok(undone) => {
+                all_healed = false;
+                say!(
+                    "{name:<14} {address:<22} NOT HEALED: {}; still in place: {}",
+                    undone_summary(&undone),
+                    undone.not_undone.join("; ")
+                );
+            }
             Err(error) => {
                 all_healed = false;
                 say!("{name:<14} {address:<22} NOT HEALED: {error:#}");
@@ -51,4 +66,22 @@ pub async fn heal(args: HealArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_healed)
+}
+
+/// What an agent's Reset undid, in a few words.
+fn undone_summary(undone: &faultlab_proto::v1::ResetReply) -> String {
+    let mut said = format!(
+        "{} isolation(s), {} link(s), {} degradation(s), {} holder(s)",
+        undone.isolations_lifted,
+        undone.links_up,
+        undone.degradations_healed,
+        undone.holders_killed
+    );
+    if !undone.unbooked.is_empty() {
+        said.push_str(&format!(
+            ", and entries no isolation accounted for: {}",
+            undone.unbooked.join(", ")
+        ));
+    }
+    said
 }

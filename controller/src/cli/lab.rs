@@ -26,8 +26,8 @@ enum LabAction {
     /// Make the hosts (management and test network, an agent in each) and
     /// write their inventory.
     Up {
-        /// How many hosts.
-        #[arg(long, default_value_t = 3)]
+        /// How many hosts (1 to 240).
+        #[arg(long, default_value_t = 3, value_parser = host_count)]
         hosts: usize,
         /// Let the agents act on other programs (process faults on an
         /// application, aborting its connections).
@@ -65,8 +65,8 @@ enum LabAction {
         /// What was cut.
         #[arg(long, value_enum)]
         fault: OutsideFault,
-        /// When to give it back.
-        #[arg(long)]
+        /// When to give it back (at most the cap every fault has, 600000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=faultlab::MAX_FAULT_MS))]
         after_ms: u64,
         /// The host's switch port.
         #[arg(long)]
@@ -169,7 +169,7 @@ fn up(
             "lab up: {why}: {hosts} agents on loopback instead; cases that cut hosts off will be skipped (run as root for network namespaces)"
         ),
     }
-    let inventory = lab::lab_up(&exe, hosts.max(1), state, &grants, kind, vm_options)?;
+    let inventory = lab::lab_up(&exe, hosts, state, &grants, kind, vm_options)?;
     say!("inventory {}", inventory.display());
     say!(
         "run:    faultlab run --suite seed --inventory {}",
@@ -225,4 +225,12 @@ async fn status(state: &Path) -> anyhow::Result<bool> {
     say!("{running} of {} agent processes running", pids.len());
     let healthy = agents(AgentsArgs::of_inventory(path), &TlsArgs::default()).await?;
     Ok(healthy && running == inventory.agents.len())
+}
+
+/// A number of hosts a lab can have (`--hosts`).
+pub(super) fn host_count(text: &str) -> Result<usize, String> {
+    let count: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of hosts"))?;
+    lab::host_count(count).map_err(|error| error.to_string())
 }

@@ -45,7 +45,7 @@ pub struct RunArgs {
     vm: VmOptions,
     /// Hosts of the local lab (default: as many as the widest case has
     /// roles). More hosts let cases on disjoint hosts run at once.
-    #[arg(long, conflicts_with = "inventory")]
+    #[arg(long, conflicts_with = "inventory", value_parser = super::lab::host_count)]
     hosts: Option<usize>,
     /// Run each case on every ordered choice of agents (the OS × OS matrix).
     #[arg(long)]

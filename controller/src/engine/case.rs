@@ -3,30 +3,20 @@
 //! own, the undoing of what it did, the application probes, and the
 //! verdict.
 
+use super::cleanup::{Leftover, cleanup};
 use super::detection;
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::judge::{judge, observations};
 use super::probe::{self, SocketCounts};
-use super::state::{CLEANUP_TIMEOUT, CaseRun, Names, StepError};
-use super::steps::{by_the_lab, process_target, wait_for_new_boot};
+use super::state::{CaseRun, Names, StepError};
 use super::timeline::play;
 use super::wire::collect_wire;
-use crate::lab::outside::OutsideFault;
 use crate::report::{CaseReport, Verdict};
 use crate::scenario::{Action, Expect, NetworkFault, Scenario};
-use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument as _, Span};
-
-/// How long a host switched back on by cleanup may take to boot until
-/// its agent answers (a VM under TCG takes 5 to 10 s).
-const POWER_ON_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a host whose cable cleanup plugged back at the switch side is
-/// left to settle: its neighbour entries that failed meanwhile are tried
-/// again (three ARP probes a second apart).
-const CABLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// Run one case on one binding (agents in role order), in a span of its
 /// own under the current one.
@@ -145,7 +135,7 @@ async fn play_case(
     }
     // Before cleanup: the FINs and RSTs of killing the holders are not evidence.
     collect_wire(&mut run).await;
-    cleanup(&run).await;
+    let leftovers = cleanup(&run).await;
     // After cleanup: the case's clients are gone, its isolations lifted and
     // its frozen applications thawed; what is left is the application's doing.
     report.probes = probes(binding, targets, &baselines).await;
@@ -192,10 +182,39 @@ async fn play_case(
         }
         Ok(Ok(())) => give_verdict(&mut report, &run),
     }
+    if !leftovers.is_empty() {
+        not_healed(&mut report, &leftovers);
+    }
     if matches!(report.verdict, Verdict::AgentLost | Verdict::Timeout) {
         report.host_logs = host_logs(&run);
     }
     report
+}
+
+/// A case whose cleanup could not confirm every undo is not `expected`
+/// whatever it saw: `agent-lost` when an agent could not be reached,
+/// `error` when one said its undo failed; either way it names what may
+/// still be in place, where, and the command that heals it.
+fn not_healed(report: &mut CaseReport, leftovers: &[Leftover]) {
+    report.left_in_place = leftovers.iter().map(Leftover::describe).collect();
+    let said = format!(
+        "cleanup could not confirm everything undone: {}",
+        report.left_in_place.join("; ")
+    );
+    report.reason = Some(match report.reason.take() {
+        Some(reason) => format!("{reason}; {said}"),
+        None => said,
+    });
+    if !matches!(
+        report.verdict,
+        Verdict::AgentLost | Verdict::Timeout | Verdict::Error
+    ) {
+        report.verdict = if leftovers.iter().any(|leftover| leftover.agent_lost) {
+            Verdict::AgentLost
+        } else {
+            Verdict::Error
+        };
+    }
 }
 
 /// Lines of each host log a report quotes.
@@ -458,6 +477,7 @@ pub(super) fn empty_report(
         wire: Vec::new(),
         wire_missed: BTreeMap::new(),
         host_logs: BTreeMap::new(),
+        left_in_place: Vec::new(),
         started_ms: 0,
         clock_check: None,
         duration_ms: 0,
@@ -465,96 +485,5 @@ pub(super) fn empty_report(
         trace_url: None,
         probes: Vec::new(),
         unchecked: Vec::new(),
-    }
-}
-
-/// Thaw the case's frozen applications, plug its cables back in, switch
-/// its hosts back on, lift its isolations, and kill its holders (their
-/// sockets close with them).
-async fn cleanup(run: &CaseRun<'_>) {
-    let names = &run.names;
-    for role in &names.frozen {
-        let process = run
-            .targets
-            .get(role)
-            .and_then(|target| target.target.process.as_ref());
-        if let (Some(agent), Some(process)) = (run.agents.get(role), process) {
-            let thaw = pb::ProcessFaultRequest {
-                target: Some(process_target(process)),
-                action: pb::ProcessAction::Continue as i32,
-            };
-            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().process_fault(thaw))
-                .await;
-        }
-    }
-    for role in &names.links_down {
-        let Some(agent) = run.agents.get(role) else {
-            continue;
-        };
-        match agent.lab.clone().filter(|lab| lab.can(OutsideFault::Cable)) {
-            Some(lab) => {
-                let _ = tokio::time::timeout(
-                    CLEANUP_TIMEOUT,
-                    by_the_lab(lab, OutsideFault::Cable, None, agent.test_ip),
-                )
-                .await;
-                // A peer it failed to resolve while the cable was out can
-                // fail its next connect at once (EHOSTUNREACH, seen on the
-                // VM lab): the next case gets a host that settled.
-                tokio::time::sleep(CABLE_SETTLE).await;
-            }
-            None => {
-                let up = pb::LinkUpRequest {
-                    interface: String::new(),
-                    address: agent.test_ip.to_string(),
-                };
-                let _ =
-                    tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().link_up(up)).await;
-            }
-        }
-    }
-    // A host left without power is switched on, and the next case waits
-    // for its agent.
-    for role in &names.powered_off {
-        if let Some((agent, lab)) = run
-            .agents
-            .get(role)
-            .and_then(|agent| Some((agent, agent.lab.clone()?)))
-        {
-            let _ = tokio::time::timeout(POWER_ON_TIMEOUT, async {
-                if by_the_lab(lab, OutsideFault::Power, None, agent.test_ip)
-                    .await
-                    .is_ok()
-                {
-                    wait_for_new_boot(agent, &run.clock).await;
-                }
-            })
-            .await;
-        }
-    }
-    for degradation in &names.degradations {
-        if let Some(agent) = run.agents.get(&degradation.role) {
-            let restore = pb::RestoreRequest {
-                id: degradation.id.clone(),
-            };
-            let _ =
-                tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().restore(restore)).await;
-        }
-    }
-    for isolation in &names.isolations {
-        if let Some(agent) = run.agents.get(&isolation.role) {
-            let heal = pb::HealRequest {
-                id: isolation.id.clone(),
-                all: false,
-            };
-            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().heal(heal)).await;
-        }
-    }
-    for (role, holder) in &names.holders {
-        if let Some(agent) = run.agents.get(role) {
-            let kill = pb::KillHolderRequest { holder_id: *holder };
-            let _ =
-                tokio::time::timeout(CLEANUP_TIMEOUT, agent.client.clone().kill_holder(kill)).await;
-        }
     }
 }

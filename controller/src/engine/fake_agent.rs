@@ -340,7 +340,7 @@ impl Agent for Fake {
 
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
         self.note("Reset", &request)?;
-        Ok(Response::new(pb::ResetReply { holders_killed: 0 }))
+        Ok(Response::new(pb::ResetReply::default()))
     }
 }
 

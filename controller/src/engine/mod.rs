@@ -15,6 +15,7 @@
 //! - `plan`: what to run where (bindings of roles to agents);
 //! - `run`: the whole run, a few cases at a time, into a [`RunReport`];
 //! - `case`: one case on one binding, from checks to verdict;
+//! - `cleanup`: the undoing of what a case made, and what it could not confirm;
 //! - `timeline`: a case's steps in order, released together, in the background;
 //! - `steps`: one step as the agent call that performs it, one file per
 //!   family of actions;
@@ -24,6 +25,7 @@
 //! - `probe`: an application's health after a case.
 
 mod case;
+mod cleanup;
 mod detection;
 #[cfg(test)]
 mod fake_agent;

@@ -43,6 +43,9 @@ pub enum LabError {
     /// The lab's network could not be made.
     #[error("cannot make the lab network: {0}")]
     Network(String),
+    /// More hosts than the lab's address plan holds, or none.
+    #[error("a lab has 1 to {MAX_HOSTS} hosts (198.18.x.10 to 198.18.x.{last} on each /24); {0} asked", last = 9 + MAX_HOSTS)]
+    HostCount(usize),
     /// A `lab up` lab is up already.
     #[error("a lab is up already: {0}; `faultlab lab down` removes it first")]
     AlreadyUp(String),
@@ -78,6 +81,19 @@ pub struct LocalLab {
     machines: Option<vm::Machines>,
     /// Their inventory (names `local-1`, `local-2`, ... or `host-1`, ...).
     pub inventory: Inventory,
+}
+
+/// The most hosts a lab made here can have: each host takes one address of
+/// a /24 per network, from .10 up.
+pub const MAX_HOSTS: usize = 240;
+
+/// `count` if a lab can have that many hosts.
+pub fn host_count(count: usize) -> Result<usize, LabError> {
+    if (1..=MAX_HOSTS).contains(&count) {
+        Ok(count)
+    } else {
+        Err(LabError::HostCount(count))
+    }
 }
 
 /// Which kind of local lab a run gets.

@@ -101,6 +101,7 @@ pub(super) fn start(
     logs: Option<&Path>,
     grants: &AgentGrants,
 ) -> Result<LocalLab, LabError> {
+    super::host_count(count)?;
     if let Some(why) = netns_unavailable() {
         return Err(LabError::Network(why));
     }

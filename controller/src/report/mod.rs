@@ -151,6 +151,12 @@ pub struct CaseReport {
     /// their last lines.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_logs: BTreeMap<String, String>,
+    /// What the case's cleanup could not confirm undone: each line names
+    /// the fault, its host, why, and the `faultlab heal` command to run.
+    /// Never empty for a case that says so in its verdict (`error` or
+    /// `agent-lost`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_in_place: Vec<String>,
     /// When the case began, in ms after the run's clock started (cases on
     /// disjoint hosts may overlap).
     #[serde(default)]

@@ -180,6 +180,9 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: 
             ""
         );
     }
+    for leftover in &case.left_in_place {
+        let _ = writeln!(out, "{:>indent$}NOT HEALED: {leftover}", "");
+    }
     for (host, logs) in &case.host_logs {
         let _ = writeln!(out, "{:>indent$}{host}'s logs:", "");
         for line in logs.lines() {
@@ -389,6 +392,7 @@ mod tests {
             wire,
             wire_missed: BTreeMap::new(),
             host_logs: BTreeMap::new(),
+            left_in_place: Vec::new(),
             started_ms: 0,
             clock_check: None,
             duration_ms: 1,

@@ -62,6 +62,9 @@ pub enum OutsideError {
     /// The switch port or the VM did not do it.
     #[error("{0}")]
     Failed(String),
+    /// The deadline is over the cap every fault has.
+    #[error("a deadline of {0} ms is over the cap of {cap} ms every fault has", cap = crate::MAX_FAULT_MS)]
+    OverCap(u128),
     /// No watchdog could be started, so the fault was not made.
     #[error(
         "no watchdog: {0} (a fault without one could outlive the controller; set FAULTLAB_EXE to the faultlab executable)"
@@ -115,17 +118,22 @@ impl LabSide {
         if !self.can(fault) {
             return Err(OutsideError::Cannot(fault.into()));
         }
+        if deadline.as_millis() > u128::from(crate::MAX_FAULT_MS) {
+            return Err(OutsideError::OverCap(deadline.as_millis()));
+        }
         watchdog::arm(self, fault, deadline)?;
         self.apply(fault, true).inspect_err(|_| {
             let _ = self.undo(fault);
         })
     }
 
-    /// Undo `fault` now (its watchdog is disarmed first); returns how.
-    /// Undoing what is not made does nothing. Blocking.
+    /// Undo `fault` now; returns how. Its watchdog is disarmed only once
+    /// the undo is done: one that failed leaves it to try again at the
+    /// deadline. Undoing what is not made does nothing. Blocking.
     pub fn undo(&self, fault: OutsideFault) -> Result<&'static str, OutsideError> {
+        let how = self.apply(fault, false)?;
         watchdog::disarm(self, fault);
-        self.apply(fault, false)
+        Ok(how)
     }
 
     /// Make (`cut`) or undo the fault.

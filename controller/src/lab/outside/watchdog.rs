@@ -102,8 +102,23 @@ pub fn keep(
     after: Duration,
 ) -> Result<&'static str, OutsideError> {
     std::thread::sleep(after);
-    side.apply(fault, false)
+    // An undo that fails (a QEMU busy at that moment) is tried again, a
+    // second apart, a bounded number of times.
+    let mut tries = UNDO_TRIES;
+    loop {
+        match side.apply(fault, false) {
+            Ok(how) => return Ok(how),
+            Err(error) if tries <= 1 => return Err(error),
+            Err(_) => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
+
+/// How many times a watchdog tries its undo.
+const UNDO_TRIES: u32 = 10;
 
 /// The faultlab executable: `FAULTLAB_EXE`, this one, the one beside a
 /// test binary (`target/<profile>/deps/..`), or one on PATH.

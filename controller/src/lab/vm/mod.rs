@@ -157,6 +157,7 @@ pub(super) fn start(
     options: &VmOptions,
     grants: &AgentGrants,
 ) -> Result<LocalLab, LabError> {
+    crate::lab::host_count(count)?;
     if let Some(why) = unavailable() {
         return Err(LabError::Network(why));
     }

@@ -130,19 +130,28 @@ impl NetworkFault {
     /// Read the step's own fields for `keyword` (one of its variants' names).
     pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
-            "isolate" => input.typed::<IsolateSpec>().map(|spec| Self::Isolate {
-                mode: spec.mode,
-                deadline_ms: spec.deadline_ms,
-                conn: spec.conn,
-            }),
+            "isolate" => {
+                let spec = input.typed::<IsolateSpec>()?;
+                Some(Self::Isolate {
+                    mode: spec.mode,
+                    deadline_ms: capped(input, spec.deadline_ms)?,
+                    conn: spec.conn,
+                })
+            }
             "heal" => input.typed::<NothingSpec>().map(|_| Self::Heal),
-            "link-down" => input.typed::<DeadlineSpec>().map(|spec| Self::LinkDown {
-                deadline_ms: spec.deadline_ms,
-            }),
+            "link-down" => {
+                let spec = input.typed::<DeadlineSpec>()?;
+                Some(Self::LinkDown {
+                    deadline_ms: capped(input, spec.deadline_ms)?,
+                })
+            }
             "link-up" => input.typed::<NothingSpec>().map(|_| Self::LinkUp),
-            "power-cut" => input.typed::<DeadlineSpec>().map(|spec| Self::PowerCut {
-                deadline_ms: spec.deadline_ms,
-            }),
+            "power-cut" => {
+                let spec = input.typed::<DeadlineSpec>()?;
+                Some(Self::PowerCut {
+                    deadline_ms: capped(input, spec.deadline_ms)?,
+                })
+            }
             "power-on" => input.typed::<NothingSpec>().map(|_| Self::PowerOn),
             "degrade" => {
                 let spec = input.typed::<DegradeSpec>()?;
@@ -160,7 +169,7 @@ impl NetworkFault {
                     towards: spec.towards,
                     conn: spec.conn,
                     inbound,
-                    deadline_ms: spec.deadline_ms,
+                    deadline_ms: capped(input, spec.deadline_ms)?,
                 })
             }
             "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
@@ -171,6 +180,30 @@ impl NetworkFault {
             }),
         }
     }
+}
+
+/// A fault's `deadline_ms`, if it is within the cap every fault has
+/// ([`crate::MAX_FAULT_MS`]: the agents refuse more, and a lab's cable or
+/// power must not stay cut for longer either); else an error at the field.
+fn capped(input: &mut StepInput<'_, '_, '_>, deadline_ms: u64) -> Option<u64> {
+    if deadline_ms == 0 {
+        input.error(
+            "deadline_ms",
+            "every fault needs a deadline after which it heals itself: give one above 0",
+        );
+        return None;
+    }
+    if deadline_ms > crate::MAX_FAULT_MS {
+        input.error(
+            "deadline_ms",
+            format!(
+                "{deadline_ms} ms is over the cap of {} ms (10 minutes) every fault has, after which it heals itself",
+                crate::MAX_FAULT_MS
+            ),
+        );
+        return None;
+    }
+    Some(deadline_ms)
 }
 
 #[derive(Deserialize)]

@@ -83,11 +83,7 @@ impl fmt::Display for ScenarioErrors {
 
 /// Parse and validate one scenario. `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
-    let mut errors = Errors {
-        file,
-        text,
-        found: Vec::new(),
-    };
+    let mut errors = Errors::new(file, text);
     let document: SpannedTable = match toml::from_str(text) {
         Ok(document) => document,
         Err(error) => {
@@ -698,5 +694,48 @@ deadline_ms = 1000
         );
         let declared = text.replace("roles = [", "needs = [\"isolate\"]\nroles = [");
         assert!(parse("ok.toml", &declared).is_ok());
+    }
+
+    #[test]
+    fn a_deadline_over_the_cap_or_of_zero_is_refused_at_its_own_line() {
+        for (keyword, needs, more) in [
+            ("isolate", "isolate", ""),
+            ("link-down", "link", ""),
+            ("power-cut", "power", ""),
+            ("degrade", "degrade", "delay_ms = 10\n"),
+        ] {
+            for (deadline, said) in [
+                ("9223372036854775807", "over the cap of 600000 ms"),
+                ("0", "needs a deadline"),
+            ] {
+                let text = format!(
+                    "{GOOD}\n[[step]]\nrole = \"client\"\ndo = \"{keyword}\"\n{more}deadline_ms = {deadline}\n"
+                )
+                .replace("roles = [", &format!("needs = [\"{needs}\"]\nroles = ["));
+                let errors = errors_of(&text);
+                assert_eq!(errors.len(), 1, "{keyword}: {errors:?}");
+                let line = text
+                    .lines()
+                    .position(|line| line.starts_with("deadline_ms ="))
+                    .map_or(0, |index| index + 1);
+                assert_eq!(errors[0].line, line, "{keyword}: {errors:?}");
+                assert!(errors[0].field.ends_with(".deadline_ms"), "{errors:?}");
+                assert!(errors[0].message.contains(said), "{errors:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_are_found_in_a_long_file_as_in_a_short_one() {
+        let errors = Errors::new("f.toml", "a\nbb\n\nccc");
+        assert_eq!(errors.line_of(0), 1);
+        assert_eq!(errors.line_of(1), 1);
+        assert_eq!(errors.line_of(2), 2);
+        assert_eq!(errors.line_of(5), 3);
+        assert_eq!(errors.line_of(6), 4);
+        assert_eq!(errors.line_of(100), 4);
+        let mut errors = errors;
+        errors.at(&(7..8), "x", "m");
+        assert_eq!((errors.found[0].line, errors.found[0].column), (4, 2));
     }
 }

@@ -1,0 +1,227 @@
+//! A case never says "expected" over a host it may have left cut off: each
+//! way a cleanup can fail is made to happen for real on a namespace lab —
+//! the agent killed or stopped while its host is cut off, a rule removed
+//! by hand — and the run's verdict, its exit code and the host's filter are
+//! read afterwards.
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+use faultlab::lab::{self, LocalLab};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Labs of namespaces want the machine's network to themselves.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A two-host namespace lab, its inventory file, and a scratch directory.
+struct Lab {
+    lab: LocalLab,
+    dir: PathBuf,
+    inventory: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn start(name: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        if let Some(why) = lab::netns_unavailable() {
+            return Err(format!("this test needs network namespaces: {why}").into());
+        }
+        let turn = ONE_LAB_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let exe =
+            lab::find_agent().ok_or("faultlab-agent is not built: run cargo test --workspace")?;
+        let lab = LocalLab::start_netns(&exe, 2)?;
+        let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut text = String::new();
+        for agent in &lab.inventory.agents {
+            text.push_str(&format!(
+                "[[agent]]\nname = \"{}\"\naddress = \"{}\"\n",
+                agent.name, agent.address
+            ));
+            if let Some(ip) = agent.test_ip {
+                text.push_str(&format!("test_ip = \"{ip}\"\n"));
+            }
+        }
+        let inventory = dir.join("lab.toml");
+        std::fs::write(&inventory, text)?;
+        Ok(Self {
+            lab,
+            dir,
+            inventory,
+            _turn: turn,
+        })
+    }
+
+    /// The first host's test address (role `a` is bound to it).
+    fn first_ip(&self) -> Result<IpAddr, Box<dyn std::error::Error>> {
+        Ok(self
+            .lab
+            .inventory
+            .agents
+            .first()
+            .and_then(|agent| agent.test_ip)
+            .ok_or("the lab's first host has no test address")?)
+    }
+
+    /// Start `faultlab run` on `scenario` (JSON to a pipe).
+    fn run(&self, scenario: &str) -> Result<Child, Box<dyn std::error::Error>> {
+        let file = self.dir.join("case.toml");
+        std::fs::write(&file, scenario)?;
+        Ok(Command::new(env!("CARGO_BIN_EXE_faultlab"))
+            .args(["run", "--no-history", "--format", "json", "--inventory"])
+            .arg(&self.inventory)
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
+    /// How many elements faultlab's table holds in the first host.
+    fn elements_in_place(&self) -> Result<usize, Box<dyn std::error::Error>> {
+        let namespace = self.lab.namespace(0).ok_or("no namespace")?;
+        let listed = Command::new("ip")
+            .args(["netns", "exec", &namespace])
+            .args(["nft", "-j", "list", "table", "inet", "faultlab"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&listed.stdout)
+            .matches("\"val\":")
+            .count())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `ip` answers a TCP connect (a refusal counts: only silence does not).
+fn reachable(ip: IpAddr) -> bool {
+    match TcpStream::connect_timeout(&SocketAddr::new(ip, 9), Duration::from_millis(150)) {
+        Ok(_) => true,
+        Err(error) => error.kind() != std::io::ErrorKind::TimedOut,
+    }
+}
+
+/// Wait (at most 15 s) until `ip` is cut off.
+fn wait_until_cut(ip: IpAddr) -> TestResult {
+    let started = Instant::now();
+    while reachable(ip) {
+        if started.elapsed() > Duration::from_secs(15) {
+            return Err(format!("{ip} was never cut off").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn signal(signal: &str, pid: u32) -> TestResult {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill {signal} {pid} failed").into());
+    }
+    Ok(())
+}
+
+/// The run's exit code and its only case (as JSON).
+fn finish(run: Child) -> Result<(Option<i32>, serde_json::Value), Box<dyn std::error::Error>> {
+    let output = run.wait_with_output()?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok((output.status.code(), report["cases"][0].clone()))
+}
+
+/// A case that cuts host `a` off with `fault` (a step's lines), checks a
+/// connection made before, then sleeps while the test does its harm.
+fn cut_then_sleep(needs: &str, fault: &str) -> String {
+    format!(
+        "id = \"Z7\"\nname = \"cut-then-sleep\"\ntitle = \"A host cut off, then a wait\"\n\
+         roles = [\"a\", \"b\"]\nneeds = [\"{needs}\"]\ntimeout_ms = 60000\n\n\
+         [[step]]\nrole = \"a\"\ndo = \"listen\"\nas = \"l\"\n\n\
+         [[step]]\nrole = \"b\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\nexpect.linux = {{ outcome = \"ok\" }}\n\n\
+         [[step]]\nrole = \"a\"\n{fault}\ndeadline_ms = 30000\n\n\
+         [[step]]\ndo = \"sleep\"\nms = 3000\n"
+    )
+}
+
+fn left_in_place(case: &serde_json::Value) -> String {
+    case["left_in_place"].to_string()
+}
+
+#[test]
+fn an_agent_killed_while_its_host_is_cut_off_makes_the_case_agent_lost_naming_the_isolation()
+-> TestResult {
+    let lab = Lab::start("killed")?;
+    let ip = lab.first_ip()?;
+    let run = lab.run(&cut_then_sleep(
+        "isolate",
+        "do = \"isolate\"\nmode = \"drop\"",
+    ))?;
+    wait_until_cut(ip)?;
+    let agent = *lab.lab.pids().first().ok_or("no agent")?;
+    signal("-KILL", agent)?;
+    let (code, case) = finish(run)?;
+    assert_eq!(case["verdict"], "agent-lost", "{case}");
+    let left = left_in_place(&case);
+    assert!(
+        left.contains("isolation") && left.contains("faultlab heal --all"),
+        "{left}"
+    );
+    assert_ne!(
+        code,
+        Some(0),
+        "a case that left a host cut off fails the run"
+    );
+    // And truly so: the kernel still holds it (until its deadline).
+    assert_eq!(lab.elements_in_place()?, 4);
+    Ok(())
+}
+
+#[test]
+fn an_agent_stopped_while_its_host_loses_everything_makes_the_case_agent_lost() -> TestResult {
+    let lab = Lab::start("stopped")?;
+    let ip = lab.first_ip()?;
+    let run = lab.run(&cut_then_sleep(
+        "loss",
+        "do = \"degrade\"\ndirection = \"in\"\nloss = 100.0",
+    ))?;
+    wait_until_cut(ip)?;
+    let agent = *lab.lab.pids().first().ok_or("no agent")?;
+    signal("-STOP", agent)?;
+    let finished = finish(run);
+    signal("-CONT", agent)?;
+    let (code, case) = finished?;
+    assert_eq!(case["verdict"], "agent-lost", "{case}");
+    assert!(left_in_place(&case).contains("degradation"), "{case}");
+    assert_ne!(code, Some(0));
+    Ok(())
+}
+
+#[test]
+fn a_rule_removed_by_hand_mid_case_is_found_gone_and_the_rest_is_lifted() -> TestResult {
+    let lab = Lab::start("by-hand")?;
+    let ip = lab.first_ip()?;
+    let run = lab.run(&cut_then_sleep(
+        "isolate",
+        "do = \"isolate\"\nmode = \"drop\"",
+    ))?;
+    wait_until_cut(ip)?;
+    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
+    let flushed = Command::new("ip")
+        .args(["netns", "exec", &namespace])
+        .args(["nft", "flush", "set", "inet", "faultlab", "drop_in_v4"])
+        .status()?;
+    assert!(flushed.success());
+    let (code, case) = finish(run)?;
+    // The heal found one entry gone, removed the other three and read the
+    // filter back: nothing is left, so the case may say what it saw.
+    assert_eq!(case["verdict"], "expected", "{case}");
+    assert_eq!(code, Some(0));
+    assert_eq!(lab.elements_in_place()?, 0);
+    assert!(reachable(ip));
+    Ok(())
+}
