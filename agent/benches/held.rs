@@ -59,6 +59,7 @@ async fn main() -> BenchResult<()> {
     let idle = rss_kib(agent.id());
     let spawn = |label: &str| pb::SpawnHolderRequest {
         label: label.to_owned(),
+        session: String::new(),
     };
     let server = client.spawn_holder(spawn("server")).await?.into_inner();
     let dialer = client.spawn_holder(spawn("client")).await?.into_inner();

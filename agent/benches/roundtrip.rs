@@ -88,6 +88,7 @@ async fn start_bare_tonic() -> BenchResult<String> {
 async fn connection(agent: &mut AgentClient<tonic::transport::Channel>) -> BenchResult<u64> {
     let holder = |label: &str| pb::SpawnHolderRequest {
         label: label.to_owned(),
+        session: String::new(),
     };
     let server = agent.spawn_holder(holder("server")).await?.into_inner();
     let client = agent.spawn_holder(holder("client")).await?.into_inner();

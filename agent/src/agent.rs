@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::platform::{Current, Platform};
 use crate::process::{ProcessAction, ProcessOutcome, ProcessTarget, Processes};
+use crate::sessions::Sessions;
 use crate::sockets::{ConnectionFilter, Sockets, TcpConnection};
 use crate::sync::lock;
 use std::collections::HashMap;
@@ -75,6 +76,36 @@ pub struct AgentConfig {
     pub max_isolation_ms: u32,
     /// Process name → the command that starts it again.
     pub restart_commands: std::collections::BTreeMap<String, String>,
+    /// How much it takes on at most.
+    pub limits: Limits,
+}
+
+/// How much an agent takes on at most, so that no caller (a runaway
+/// scenario, a hostile client) can exhaust its host. A request over a
+/// limit is refused with `RESOURCE_EXHAUSTED` naming it. Config file
+/// section `[limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Holder processes alive at once.
+    pub holders: usize,
+    /// Sockets (listeners and connections) held at once, over all holders.
+    pub connections: usize,
+    /// Bytes one Send may ask for (a flood).
+    pub send_bytes: u64,
+    /// Faults active at once: isolations, degradations, links down.
+    pub faults: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            holders: 256,
+            connections: 4096,
+            send_bytes: 64 << 30,
+            faults: 64,
+        }
+    }
 }
 
 impl AgentConfig {
@@ -85,6 +116,7 @@ impl AgentConfig {
             allow: Allow::default(),
             max_isolation_ms: DEFAULT_MAX_ISOLATION_MS,
             restart_commands: std::collections::BTreeMap::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -133,6 +165,8 @@ pub struct Agent {
     holders: Mutex<HashMap<HolderId, Arc<HolderProcess>>>,
     /// Owner of every listener and connection, by raw id.
     owners: Mutex<HashMap<u64, HolderId>>,
+    /// Callers' sessions and the holders spawned in them.
+    sessions: Sessions,
     next_id: AtomicU64,
     events: Arc<EventLog>,
     /// Isolation, when allowed and the firewall works; else why not.
@@ -248,6 +282,7 @@ impl Agent {
             host,
             holders: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
             next_id: AtomicU64::new(1),
             events: Arc::new(EventLog::new(DEFAULT_CAPACITY)),
             isolations,
@@ -274,13 +309,60 @@ impl Agent {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Start a holder process.
-    pub fn spawn_holder(&self, label: String) -> Result<(HolderId, u32), AgentError> {
+    /// A stream of session `id` opened: holders spawned in it live while
+    /// one of its streams is open.
+    pub fn open_session(&self, id: &str) {
+        self.sessions.open(id);
+        tracing::info!(session = %id, "session opened");
+    }
+
+    /// A stream of session `id` ended; when it was the last, kill every
+    /// holder spawned in the session (work never outlives its owner).
+    /// Returns how many were killed.
+    pub async fn close_session(&self, id: &str) -> usize {
+        let ended = self.sessions.close(id);
+        let alive: Vec<Arc<HolderProcess>> = {
+            let holders = lock(&self.holders);
+            ended
+                .iter()
+                .filter_map(|holder| holders.get(holder))
+                .filter(|holder| holder.exited().is_none())
+                .cloned()
+                .collect()
+        };
+        let mut killed = 0;
+        for holder in alive {
+            if holder.kill().await.is_ok() {
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            tracing::warn!(session = %id, killed, "session ended: killed the holders it left");
+        }
+        killed
+    }
+
+    /// Start a holder process, in the caller's `session` if it names one.
+    pub fn spawn_holder(
+        &self,
+        label: String,
+        session: Option<String>,
+    ) -> Result<(HolderId, u32), AgentError> {
         if !self.config.allow.connections {
             return Err(AgentError::PermissionDenied(
                 "connections are off on this agent: set allow.connections = true in its config"
                     .to_owned(),
             ));
+        }
+        let alive = lock(&self.holders)
+            .values()
+            .filter(|holder| holder.exited().is_none())
+            .count();
+        if alive >= self.config.limits.holders {
+            return Err(AgentError::Exhausted(format!(
+                "{alive} holders are alive, this agent's limit (limits.holders = {}): kill some, or raise the limit",
+                self.config.limits.holders
+            )));
         }
         let id = HolderId(self.new_id());
         let holder =
@@ -291,6 +373,9 @@ impl Agent {
         // A new case begins: what the last one's capture held is free now.
         Current::return_free_memory();
         lock(&self.holders).insert(id, Arc::new(holder));
+        if let Some(session) = session {
+            self.sessions.spawned(id, session);
+        }
         Ok((id, pid))
     }
 
@@ -407,6 +492,7 @@ impl Agent {
         timeout_ms: u32,
     ) -> Result<Connection, AgentError> {
         let holder = self.owner_of(listener.0, "listener")?;
+        self.room_for_a_socket()?;
         let conn = ConnId(self.new_id());
         let request = HolderRequest::Accept {
             listener,
@@ -425,6 +511,7 @@ impl Agent {
         timeout_ms: u32,
     ) -> Result<Connection, AgentError> {
         let holder = self.holder(holder)?;
+        self.room_for_a_socket()?;
         let conn = ConnId(self.new_id());
         let request = HolderRequest::Connect {
             conn,
@@ -433,6 +520,27 @@ impl Agent {
             timeout_ms,
         };
         self.connection(&holder, conn, request).await
+    }
+
+    /// Whether one more socket stays within `limits.connections` (the
+    /// sockets of holders still alive count).
+    fn room_for_a_socket(&self) -> Result<(), AgentError> {
+        let alive: std::collections::HashSet<HolderId> = lock(&self.holders)
+            .values()
+            .filter(|holder| holder.exited().is_none())
+            .map(|holder| holder.id())
+            .collect();
+        let held = lock(&self.owners)
+            .values()
+            .filter(|owner| alive.contains(owner))
+            .count();
+        if held >= self.config.limits.connections {
+            return Err(AgentError::Exhausted(format!(
+                "{held} sockets are held, this agent's limit (limits.connections = {}): close some, or raise the limit",
+                self.config.limits.connections
+            )));
+        }
+        Ok(())
     }
 
     async fn connection(
@@ -481,6 +589,13 @@ impl Agent {
         payload: Payload,
         timeout_ms: u32,
     ) -> Result<Observation, AgentError> {
+        let bytes = payload.total_bytes();
+        if bytes > self.config.limits.send_bytes {
+            return Err(AgentError::Exhausted(format!(
+                "a send of {bytes} bytes is over this agent's limit (limits.send_bytes = {})",
+                self.config.limits.send_bytes
+            )));
+        }
         let request = HolderRequest::Send {
             conn,
             payload,
@@ -563,13 +678,23 @@ impl Agent {
         Duration::from_millis(u64::from(self.config.max_isolation_ms))
     }
 
-    /// Refuse a fault's deadline over this agent's limit.
+    /// Refuse a fault whose deadline is over this agent's limit, or that
+    /// would make more faults active than `limits.faults`.
     fn within_limit(&self, deadline: Duration) -> Result<(), AgentError> {
         if deadline > self.max_isolation() {
             return Err(AgentError::InvalidArgument(format!(
                 "deadline_ms: {} is over this agent's limit of {} ms",
                 deadline.as_millis(),
                 self.config.max_isolation_ms
+            )));
+        }
+        let active = self.isolations.as_ref().map_or(0, |book| book.count())
+            + self.links.as_ref().map_or(0, Links::count)
+            + self.degradations.as_ref().map_or(0, Degradations::count);
+        if active >= self.config.limits.faults {
+            return Err(AgentError::Exhausted(format!(
+                "{active} faults are active, this agent's limit (limits.faults = {}): heal some, or raise the limit",
+                self.config.limits.faults
             )));
         }
         Ok(())

@@ -33,6 +33,9 @@ pub enum AgentError {
     /// The agent's configuration does not allow it.
     #[error("{0}")]
     PermissionDenied(String),
+    /// It would take the agent over one of its limits (config `[limits]`).
+    #[error("{0}")]
+    Exhausted(String),
     /// An isolation request failed.
     #[error(transparent)]
     Isolate(#[from] IsolateError),
@@ -94,6 +97,7 @@ impl From<AgentError> for Status {
                 LinkError::ControlInterface(_) | LinkError::AlreadyDown(_) | LinkError::System(_),
             ) => Status::failed_precondition(message),
             AgentError::PermissionDenied(_) => Status::permission_denied(message),
+            AgentError::Exhausted(_) => Status::resource_exhausted(message),
             AgentError::Degrade(DegradeError::Invalid(_)) => Status::invalid_argument(message),
             AgentError::Degrade(DegradeError::NotDegraded(_)) => Status::not_found(message),
             AgentError::Degrade(

@@ -6,6 +6,7 @@
 //!   [`model`] types.
 //! - [`agent`]: the domain service: holders, who owns which socket, routing.
 //! - [`holder`]: holder processes, where test sockets live, and the pipe to them.
+//! - [`sessions`]: which holders belong to which caller, so that none outlives it.
 //! - [`conn`]: the connection engine run inside a holder: real sockets, observations.
 //! - [`capture`]: wire evidence: the TCP segments a host really sent and received.
 //! - [`events`]: the numbered event log (holder deaths, FIN/RST seen by watchers).
@@ -46,6 +47,7 @@ pub mod model;
 pub mod platform;
 pub mod process;
 pub mod schedule;
+pub mod sessions;
 pub mod settings;
 pub mod sockets;
 pub mod spans;
@@ -60,6 +62,10 @@ use faultlab_proto::v1::agent_server::AgentServer;
 use std::future::Future;
 use std::sync::Arc;
 use tonic::transport::server::TcpIncoming;
+
+/// How often the agent pings a caller's connection; one silent for twice
+/// this is closed.
+pub const CALLER_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serve the agent's gRPC API (and the standard gRPC health service) on
 /// `listener` until `shutdown` completes; then kill every holder.
@@ -94,7 +100,11 @@ pub async fn serve_agent(
         .local_addr()
         .map_or_else(|_| String::new(), |address| address.to_string());
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
+    // A caller whose host went silent (power lost, cable pulled) is found
+    // dead by HTTP/2 pings, so its session ends and its holders go.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(CALLER_KEEPALIVE))
+        .http2_keepalive_timeout(Some(CALLER_KEEPALIVE * 2));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -252,6 +252,7 @@ struct Serving {
     allow: Allow,
     max_isolation_ms: u32,
     restart_commands: std::collections::BTreeMap<String, String>,
+    limits: faultlab_agent::agent::Limits,
     tls: Option<TlsFiles>,
 }
 
@@ -305,6 +306,7 @@ fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
             .or(file.max_isolation_ms)
             .unwrap_or(faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS),
         restart_commands,
+        limits: file.limits,
         tls,
     })
 }
@@ -342,6 +344,7 @@ fn serve(
         allow,
         max_isolation_ms,
         restart_commands,
+        limits,
         tls,
     } = serving;
     let tls = tls.map(|files| files.server_config()).transpose()?;
@@ -360,6 +363,7 @@ fn serve(
             allow,
             max_isolation_ms,
             restart_commands,
+            limits,
         };
         // Clean up after an earlier life before saying we are ready.
         let agent = std::sync::Arc::new(faultlab_agent::Agent::new(config, local.port()));

@@ -113,6 +113,21 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// How many bytes it sends in all (at least; a template's sequence
+    /// numbers may add a few).
+    pub fn total_bytes(&self) -> u64 {
+        match self {
+            Self::Bytes(bytes) => bytes.len() as u64,
+            Self::Filler(count) => *count,
+            Self::Messages { count, size, .. } => {
+                u64::from(*count).saturating_mul(u64::from(*size).max(MESSAGE_HEADER_BYTES as u64))
+            }
+            Self::Template { text, count, .. } => (text.len() as u64).saturating_mul(*count),
+        }
+    }
+}
+
 /// What a template's `{seq}` placeholder is replaced with.
 pub const SEQUENCE_PLACEHOLDER: &[u8] = b"{seq}";
 

@@ -17,13 +17,19 @@
 //! [restart]           # how a restart fault starts a program again, by process name
 //! "echo_server.py" = "python3 /opt/echo_server.py --port 7000"
 //!
+//! [limits]            # how much it takes on at most (RESOURCE_EXHAUSTED beyond)
+//! holders = 256       # holder processes alive at once
+//! connections = 4096  # sockets held at once, over all holders
+//! send_bytes = 68719476736  # bytes one Send may ask for (64 GiB)
+//! faults = 64         # isolations, degradations and links down at once
+//!
 //! [tls]               # mutual TLS: required off loopback unless insecure = true
 //! cert = "agent.pem"  # paths relative to this file
 //! key = "agent.key"
 //! ca = "ca.pem"       # client certificates must chain to it
 //! ```
 
-use crate::agent::Allow;
+use crate::agent::{Allow, Limits};
 use crate::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -48,6 +54,9 @@ pub struct Settings {
     /// Process name → the command that starts it again after a restart fault.
     #[serde(default)]
     pub restart: std::collections::BTreeMap<String, String>,
+    /// How much the agent takes on at most.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Why the configuration cannot be used.

@@ -273,6 +273,7 @@ async fn a_holder_that_dies_on_its_own_is_reported() -> TestResult {
         .rpc
         .spawn_holder(pb::SpawnHolderRequest {
             label: "crashy".to_owned(),
+            session: String::new(),
         })
         .await?
         .into_inner();
@@ -383,6 +384,7 @@ async fn holders_do_not_outlive_a_killed_agent() -> TestResult {
         .rpc
         .spawn_holder(pb::SpawnHolderRequest {
             label: "orphan?".to_owned(),
+            session: String::new(),
         })
         .await?
         .into_inner();

@@ -146,6 +146,13 @@ impl Inventory {
         }
         let mut names = std::collections::HashSet::new();
         for agent in &inventory.agents {
+            if let Some(why) = address_problem(&agent.address) {
+                let offset = text.find(&format!("\"{}\"", agent.address)).unwrap_or(0);
+                return Err(malformed(
+                    offset,
+                    format!("agent {:?}: address {:?} {why}", agent.name, agent.address),
+                ));
+            }
             if !names.insert(&agent.name) {
                 let offset = text.find(&format!("\"{}\"", agent.name)).unwrap_or(0);
                 return Err(malformed(
@@ -155,6 +162,30 @@ impl Inventory {
             }
         }
         Ok(inventory)
+    }
+}
+
+/// What is wrong with an agent's gRPC address, if anything: it must be
+/// `host:port` (an IP address, `[IPv6]`, or a DNS name) with a port.
+fn address_problem(address: &str) -> Option<&'static str> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return None;
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Some("is not host:port (e.g. 198.18.0.2:7420)");
+    };
+    if port.parse::<u16>().map_or(true, |port| port == 0) {
+        return Some("has no port from 1 to 65535 (e.g. 198.18.0.2:7420)");
+    }
+    let name_like = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if name_like {
+        None
+    } else {
+        Some("is neither ip:port nor a DNS name with a port (e.g. 198.18.0.2:7420)")
     }
 }
 
@@ -236,5 +267,29 @@ mod tests {
             twice,
             Err(InventoryError::Malformed { line: 2, .. })
         ));
+    }
+
+    #[test]
+    fn an_agent_address_that_cannot_be_dialled_is_refused_at_its_line() {
+        for bad in [
+            "not an address",
+            "198.18.0.2",
+            "198.18.0.2:0",
+            "host:99999",
+            ":7420",
+        ] {
+            let text = format!("[[agent]]\nname = \"a\"\naddress = \"{bad}\"\n");
+            match Inventory::parse("lab.toml", &text) {
+                Err(InventoryError::Malformed { line, message, .. }) => {
+                    assert_eq!(line, 3, "{bad}: {message}");
+                    assert!(message.contains("address"), "{bad}: {message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for good in ["198.18.0.2:7420", "[::1]:7420", "lab-host.example:7420"] {
+            let text = format!("[[agent]]\nname = \"a\"\naddress = \"{good}\"\n");
+            assert!(Inventory::parse("lab.toml", &text).is_ok(), "{good}");
+        }
     }
 }

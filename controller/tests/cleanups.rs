@@ -225,3 +225,88 @@ fn a_rule_removed_by_hand_mid_case_is_found_gone_and_the_rest_is_lifted() -> Tes
     assert!(reachable(ip));
     Ok(())
 }
+
+/// Holder processes of the agent `agent_pid` (its children running `holder`).
+fn holders_of(agent_pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": the fields after the command's ')'.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let mut fields = after.split_whitespace();
+            let state = fields.next();
+            let parent = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(agent_pid)
+                && state != Some("Z")
+                && cmdline
+                    .split(|&byte| byte == 0)
+                    .any(|word| word == b"holder")
+        })
+        .count()
+}
+
+/// Bytes received by the first host on its connections other than the
+/// agent's own (the flood's).
+fn flood_bytes(lab: &Lab) -> Result<u64, Box<dyn std::error::Error>> {
+    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
+    let filter = format!("( not sport = :{} )", lab::NETNS_CONTROL_PORT);
+    let listed = Command::new("ip")
+        .args(["netns", "exec", &namespace])
+        .args(["ss", "-tinH", "state", "established", &filter])
+        .output()?;
+    Ok(String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("bytes_received:"))
+        .filter_map(|count| count.parse::<u64>().ok())
+        .sum())
+}
+
+#[test]
+fn a_controller_killed_mid_flood_leaves_no_holder_and_no_traffic() -> TestResult {
+    const TRIALS: usize = 20;
+    let lab = Lab::start("flood-kill")?;
+    let scenario = "id = \"Z8\"\nname = \"flood-then-wait\"\ntitle = \"A flood, then a long wait\"\n\
+        roles = [\"server\", \"client\"]\ntimeout_ms = 60000\n\n\
+        [[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"l\"\n\n\
+        [[step]]\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\n\n\
+        [[step]]\nrole = \"server\"\ndo = \"accept\"\nlistener = \"l\"\nas = \"s\"\n\n\
+        [[step]]\nrole = \"server\"\ndo = \"watch\"\nconn = \"s\"\n\n\
+        [[step]]\nname = \"flood\"\nrole = \"client\"\ndo = \"send\"\nconn = \"c\"\n\
+        bytes = 17179869184\ntimeout_ms = 50000\nbackground = true\n\n\
+        [[step]]\ndo = \"sleep\"\nms = 40000\n";
+    let agents = lab.lab.pids();
+    let mut left_holders = 0;
+    let mut moved_after = 0;
+    for trial in 1..=TRIALS {
+        let mut controller = lab.run(scenario)?;
+        // Wait (at most 15 s) until the flood flows, then kill -9.
+        let started = Instant::now();
+        let before = flood_bytes(&lab)?;
+        while flood_bytes(&lab)? < before + (1 << 20) {
+            if started.elapsed() > Duration::from_secs(15) {
+                let _ = controller.kill();
+                return Err(format!("trial {trial}: the flood never flowed").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        controller.kill()?;
+        controller.wait()?;
+        std::thread::sleep(Duration::from_secs(2));
+        left_holders += agents.iter().map(|&agent| holders_of(agent)).sum::<usize>();
+        let settled = flood_bytes(&lab)?;
+        std::thread::sleep(Duration::from_millis(500));
+        moved_after += flood_bytes(&lab)?.saturating_sub(settled);
+    }
+    eprintln!(
+        "{TRIALS} controllers killed mid-flood: {left_holders} holders left, {moved_after} bytes moved 2 s after"
+    );
+    assert_eq!(left_holders, 0);
+    assert_eq!(moved_after, 0);
+    Ok(())
+}

@@ -358,6 +358,7 @@ async fn heal_all_lifts_every_isolation_of_every_agent() -> TestResult {
     client
         .spawn_holder(faultlab_proto::v1::SpawnHolderRequest {
             label: "held".to_owned(),
+            session: String::new(),
         })
         .await?;
     let scratch = Scratch::new("heal")?;

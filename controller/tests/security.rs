@@ -226,6 +226,7 @@ async fn capabilities_that_are_off_are_refused_naming_the_setting_and_every_chan
     let holder = client
         .spawn_holder(pb::SpawnHolderRequest {
             label: "refused".to_owned(),
+            session: String::new(),
         })
         .await;
     let status = holder

@@ -144,9 +144,11 @@ impl Connections {
             HolderRequest::SetOptions { target, options } => self.set_options(target, &options),
             HolderRequest::Watch { conn } => self.watch(conn),
             HolderRequest::ArmAbort => Ok(self.arm_abort()),
-            HolderRequest::Exit { .. } => Err(Refusal::precondition(
-                "exit is carried out by the holder process, not its connections",
-            )),
+            HolderRequest::Exit { .. } | HolderRequest::Cancel { .. } => {
+                Err(Refusal::precondition(
+                    "exit and cancel are carried out by the holder process, not its connections",
+                ))
+            }
         };
         handled.unwrap_or_else(|refusal| HolderReply::Refused {
             kind: refusal.kind,

@@ -404,6 +404,11 @@ impl Degradations {
         })
     }
 
+    /// How many degradations are active.
+    pub fn count(&self) -> usize {
+        self.active().len()
+    }
+
     /// The interface named, or the one holding `address` when none is.
     pub fn interface(&self, interface: &str, address: &str) -> Result<String, DegradeError> {
         if !interface.is_empty() {

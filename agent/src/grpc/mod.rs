@@ -71,7 +71,12 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::SpawnHolderRequest>,
     ) -> Reply<pb::SpawnHolderReply> {
         audited(request, "SpawnHolder", |request| async move {
-            let (holder, pid) = self.agent.spawn_holder(request.into_inner().label)?;
+            let request = request.into_inner();
+            let session = match request.session.as_str() {
+                "" => None,
+                id => Some(isolation_id(id).map_err(|error| invalid(format!("session: {error}")))?),
+            };
+            let (holder, pid) = self.agent.spawn_holder(request.label, session)?;
             Ok(Response::new(pb::SpawnHolderReply {
                 holder_id: holder.0,
                 pid,
@@ -278,6 +283,24 @@ impl pb::agent_server::Agent for AgentService {
                     () = tx.closed() => return,
                 }
             }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+    async fn session(&self, request: Request<pb::SessionRequest>) -> Reply<Self::SessionStream> {
+        let id = isolation_id(&request.into_inner().id)
+            .map_err(|error| Status::from(invalid(format!("id: {error}"))))?;
+        self.agent.open_session(&id);
+        let (tx, rx) = mpsc::channel(1);
+        // Buffered: the caller learns the session is open before anything else.
+        let _ = tx.send(Ok(pb::SessionEvent { opened: true })).await;
+        let agent = Arc::clone(&self.agent);
+        tokio::spawn(async move {
+            // The caller hung up (or its connection died): the session ends.
+            tx.closed().await;
+            agent.close_session(&id).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -136,11 +136,22 @@ impl HolderProcess {
             request,
             start_at_mono_ns: crate::schedule::moment_for_holder(),
         };
+        // From here on, a caller that gives up (its RPC cancelled: the
+        // controller stopped waiting, or is gone) stops the holder's work.
+        let mut in_flight = InFlight {
+            id,
+            stdin: Arc::clone(&self.stdin),
+            pending: Arc::clone(&self.pending),
+            answered: false,
+        };
         if let Err(error) = self.write(&envelope).await {
+            in_flight.answered = true;
             lock(&self.pending).remove(&id);
             return Err(self.gone_or(error));
         }
-        match reply_rx.await {
+        let reply = reply_rx.await;
+        in_flight.answered = true;
+        match reply {
             Ok(reply) => Ok(reply),
             // The listener drops every pending request when the holder ends.
             Err(_) => Err(HolderError::Gone(self.wait_exit().await)),
@@ -221,6 +232,43 @@ impl HolderProcess {
                 };
             }
         }
+    }
+}
+
+/// A request sent to a holder and not yet answered. Dropped unanswered
+/// (its caller's future was dropped), it tells the holder to stop it.
+struct InFlight {
+    id: u64,
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
+    pending: Pending,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        lock(&self.pending).remove(&self.id);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cancel = Envelope {
+            id: 0,
+            request: HolderRequest::Cancel { request: self.id },
+            start_at_mono_ns: None,
+        };
+        let stdin = Arc::clone(&self.stdin);
+        runtime.spawn(async move {
+            let Ok(mut line) = serde_json::to_vec(&cancel) else {
+                return;
+            };
+            line.push(b'\n');
+            if let Some(stdin) = stdin.lock().await.as_mut() {
+                let _ = stdin.write_all(&line).await;
+                let _ = stdin.flush().await;
+            }
+        });
     }
 }
 

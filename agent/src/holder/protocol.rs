@@ -124,6 +124,13 @@ pub enum HolderRequest {
         /// The exit code.
         code: i32,
     },
+    /// Stop the request with this envelope id: its caller gave up (the RPC
+    /// was cancelled, or the controller is gone). A send stops sending, a
+    /// wait stops waiting; the connection stays as it is. No reply.
+    Cancel {
+        /// The envelope id of the request to stop.
+        request: u64,
+    },
 }
 
 impl HolderRequest {
@@ -141,6 +148,7 @@ impl HolderRequest {
             Self::Watch { .. } => "watch",
             Self::ArmAbort => "arm-abort",
             Self::Exit { .. } => "exit",
+            Self::Cancel { .. } => "cancel",
         }
     }
 }

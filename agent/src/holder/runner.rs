@@ -7,10 +7,13 @@ use super::protocol::{Envelope, HolderMessage, HolderRequest};
 use crate::conn::Connections;
 use crate::platform::{Current, Platform, StdioPipes};
 use crate::schedule::at_moment;
+use crate::sync::lock;
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 /// Run the holder until the agent hangs up (or asks it to exit).
 pub fn run() -> io::Result<()> {
@@ -34,6 +37,8 @@ async fn serve_pipe() -> io::Result<()> {
         io::Result::Ok(())
     });
     let engine = Arc::new(Connections::new(outbox.clone()));
+    // The requests under way, by envelope id: a cancel aborts one.
+    let running: Arc<Mutex<HashMap<u64, AbortHandle>>> = Arc::default();
     let mut lines = BufReader::new(input).lines();
     while let Some(line) = lines.next_line().await? {
         let envelope: Envelope = match serde_json::from_str(&line) {
@@ -44,20 +49,32 @@ async fn serve_pipe() -> io::Result<()> {
             }
         };
         let moment = envelope.start_at_mono_ns;
-        if let HolderRequest::Exit { code } = envelope.request {
-            // The point of this request: no destructor, no close(); the
-            // kernel cleans up after the process as after a crash.
-            at_moment(moment, async { std::process::exit(code) }).await;
+        match envelope.request {
+            HolderRequest::Exit { code } => {
+                // The point of this request: no destructor, no close(); the
+                // kernel cleans up after the process as after a crash.
+                at_moment(moment, async { std::process::exit(code) }).await;
+            }
+            HolderRequest::Cancel { request } => {
+                if let Some(task) = lock(&running).remove(&request) {
+                    task.abort();
+                }
+                continue;
+            }
+            _ => {}
         }
         let engine = Arc::clone(&engine);
         let outbox = outbox.clone();
-        tokio::spawn(async move {
+        let finished = Arc::clone(&running);
+        let id = envelope.id;
+        let task = tokio::spawn(async move {
             let reply = at_moment(moment, engine.handle(envelope.request)).await;
-            let _ = outbox.send(HolderMessage::Reply {
-                id: envelope.id,
-                reply,
-            });
+            lock(&finished).remove(&id);
+            let _ = outbox.send(HolderMessage::Reply { id, reply });
         });
+        // On this single-threaded runtime the task cannot run (and remove
+        // itself) before it is entered here.
+        lock(&running).insert(id, task.abort_handle());
     }
     drop(outbox);
     drop(engine);

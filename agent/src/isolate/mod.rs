@@ -293,6 +293,11 @@ impl Isolations {
         }
     }
 
+    /// How many isolations are active.
+    pub fn count(&self) -> usize {
+        self.active().len()
+    }
+
     /// Whether `isolation` could be applied now.
     pub fn check(&self, isolation: &Isolation) -> Result<(), IsolateError> {
         Self::clash(&self.active(), isolation)

@@ -133,6 +133,11 @@ impl Links {
         Ok(expires)
     }
 
+    /// How many links this agent holds down.
+    pub fn count(&self) -> usize {
+        self.down().len()
+    }
+
     /// The interface that holds `address`.
     pub fn interface_of(&self, address: IpAddr) -> Result<String, LinkError> {
         self.control

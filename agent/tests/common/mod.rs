@@ -101,6 +101,7 @@ impl Host {
             .rpc
             .spawn_holder(pb::SpawnHolderRequest {
                 label: label.to_owned(),
+                session: String::new(),
             })
             .await?;
         Ok(reply.into_inner().holder_id)

@@ -338,6 +338,12 @@ impl Agent for Fake {
         not_faked("Events")
     }
 
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+    async fn session(&self, _: Request<pb::SessionRequest>) -> Reply<Self::SessionStream> {
+        not_faked("Session")
+    }
+
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
         self.note("Reset", &request)?;
         Ok(Response::new(pb::ResetReply::default()))

@@ -58,6 +58,9 @@ pub async fn run(
 ) -> RunReport {
     let started_unix_ms = wall_ms();
     let run_span = Span::current();
+    // Held open for the run: if this controller dies, its agents kill the
+    // holders it left (with their connections and floods).
+    let _sessions = open_sessions(&plan.agents).await;
     let mut cases = Cases::new(&plan);
     progress.placed(&cases.placed);
     if cases.run_all(clock, &progress, &run_span, stop).await {
@@ -256,6 +259,35 @@ fn unbound(
         }
     ));
     report
+}
+
+/// This controller process's session on the agents: holders it spawns name
+/// it, and live while one of its session streams is open.
+pub fn session_id() -> &'static str {
+    static SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SESSION.get_or_init(|| format!("controller-{}", new_run_id()))
+}
+
+/// Open this controller's session on every agent (see [`session_id`]).
+/// An agent that cannot (an older one) is logged: its holders would
+/// outlive a killed controller until the next Reset.
+async fn open_sessions(agents: &[Arc<AgentHandle>]) -> Vec<tonic::Streaming<pb::SessionEvent>> {
+    let mut open = Vec::new();
+    for agent in agents {
+        let request = pb::SessionRequest {
+            id: session_id().to_owned(),
+        };
+        match tokio::time::timeout(RESET_TIMEOUT, agent.client.clone().session(request)).await {
+            Ok(Ok(reply)) => open.push(reply.into_inner()),
+            Ok(Err(status)) => {
+                tracing::warn!(agent = %agent.name, %status, "no session: holders of a killed controller would outlive it");
+            }
+            Err(_) => {
+                tracing::warn!(agent = %agent.name, "no session: the agent did not answer");
+            }
+        }
+    }
+    open
 }
 
 /// After an interruption: every agent drops what the run left.

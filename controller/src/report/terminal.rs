@@ -162,16 +162,16 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: 
     let _ = writeln!(
         out,
         "{:<4} {:<28} {:<hosts_width$} {:<11} {:>6}ms  {}",
-        case.id,
-        case.name,
+        printable(&case.id),
+        printable(&case.name),
         hosts_of(case),
         verdict_cell(case),
         case.duration_ms,
-        detail
+        printable(&detail)
     );
     let indent = 4 + 1 + 28 + 1 + hosts_width + 1 + 11 + 1 + 8 + 2;
     for more in case.differences.iter().skip(1) {
-        let _ = writeln!(out, "{:>indent$}{more}", "");
+        let _ = writeln!(out, "{:>indent$}{}", "", printable(more));
     }
     for (host, missed) in &case.wire_missed {
         let _ = writeln!(
@@ -181,15 +181,34 @@ fn case_lines(out: &mut String, case: &CaseReport, wire: WireView, hosts_width: 
         );
     }
     for leftover in &case.left_in_place {
-        let _ = writeln!(out, "{:>indent$}NOT HEALED: {leftover}", "");
+        let _ = writeln!(out, "{:>indent$}NOT HEALED: {}", "", printable(leftover));
     }
     for (host, logs) in &case.host_logs {
         let _ = writeln!(out, "{:>indent$}{host}'s logs:", "");
         for line in logs.lines() {
-            let _ = writeln!(out, "{:>indent$}  {line}", "");
+            let _ = writeln!(out, "{:>indent$}  {}", "", printable(line));
         }
     }
     wire_lines(out, case, wire);
+}
+
+/// Text from outside (a scenario, an agent, a guest's console) as it is
+/// safe to print: control characters (escape codes) written as `\u{1b}`.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 /// Segments shown at each end of a long capture in a summary.
@@ -363,6 +382,18 @@ fn worst(verdicts: &[Verdict]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_codes_from_outside_are_printed_as_text() {
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        let mut lost = case("S1", "linux/linux", 0);
+        lost.reason = Some("agent said \u{1b}]0;owned\u{7}".to_owned());
+        let mut out = String::new();
+        case_lines(&mut out, &lost, WireView::Hidden, 11);
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains("\\u{1b}]0;owned\\u{7}"), "{out:?}");
+    }
 
     fn case(id: &str, os_pair: &str, segments: u32) -> CaseReport {
         let wire = (0..segments)

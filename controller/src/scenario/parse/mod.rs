@@ -99,6 +99,22 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
         .into_iter()
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
+    // What reaches a terminal is text, never control characters.
+    for field in ["id", "name", "title", "seed"] {
+        let written = header
+            .iter()
+            .find(|(key, _)| key.get_ref() == field)
+            .and_then(|(key, value)| Some((key.span(), value.get_ref().as_str()?)));
+        if let Some((span, value)) = written
+            && value.chars().any(char::is_control)
+        {
+            errors.at(
+                &span,
+                field,
+                "control characters (escape codes, tabs, newlines) are not allowed here",
+            );
+        }
+    }
     let header = typed::<Header>(&header, &(0..text.len()), "", &mut errors);
     let parsed_steps: Vec<(Step, SpannedTable)> = step_tables(&steps, text, &mut errors)
         .iter()
@@ -737,5 +753,17 @@ deadline_ms = 1000
         let mut errors = errors;
         errors.at(&(7..8), "x", "m");
         assert_eq!((errors.found[0].line, errors.found[0].column), (4, 2));
+    }
+
+    #[test]
+    fn escape_codes_in_a_cases_names_are_refused() {
+        let text = GOOD.replace(
+            "name = \"send-after-server-close\"",
+            "name = \"\\u001b[2Jwiped\"",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "name");
+        assert!(errors[0].message.contains("control characters"));
     }
 }
