@@ -168,8 +168,8 @@ impl Inventory {
 /// What is wrong with an agent's gRPC address, if anything: it must be
 /// `host:port` (an IP address, `[IPv6]`, or a DNS name) with a port.
 fn address_problem(address: &str) -> Option<&'static str> {
-    if address.parse::<std::net::SocketAddr>().is_ok() {
-        return None;
+    if let Ok(address) = address.parse::<std::net::SocketAddr>() {
+        return (address.port() == 0).then_some("has port 0, which cannot be dialled");
     }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Some("is not host:port (e.g. 198.18.0.2:7420)");

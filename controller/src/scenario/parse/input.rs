@@ -103,6 +103,15 @@ impl<'a> Errors<'a> {
         });
     }
 
+    /// The byte offset where 1-based `line` starts (the text's end past
+    /// its last line).
+    pub fn line_start(&self, line: usize) -> usize {
+        self.line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(self.text.len())
+    }
+
     /// The 1-based line of a byte offset.
     pub fn line_of(&self, offset: usize) -> usize {
         // The number of lines that start at or before `offset`.

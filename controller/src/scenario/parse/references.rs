@@ -89,12 +89,7 @@ struct StepAt {
 impl StepAt {
     fn new(index: usize, step: &Step, table: &SpannedTable, errors: &Errors<'_>) -> Self {
         let whole = 0..errors.text.len();
-        let start = errors
-            .text
-            .lines()
-            .take(step.line - 1)
-            .map(|line| line.len() + 1)
-            .sum::<usize>();
+        let start = errors.line_start(step.line);
         Self {
             path: format!("step[{}]", index + 1),
             step_span: table.keys().next().map_or(whole, Spanned::span),
@@ -124,8 +119,8 @@ struct Timeline<'s> {
     roles: HashSet<&'s str>,
     listeners: HashSet<&'s str>,
     conns: HashSet<&'s str>,
-    names: Vec<&'s str>,
-    background: Vec<&'s str>,
+    names: HashSet<&'s str>,
+    background: HashSet<&'s str>,
     /// Names a step defines become usable once its group (steps released
     /// together) has ended: they are only known after it.
     defined_listeners: Vec<&'s str>,
@@ -146,9 +141,9 @@ impl<'s> Timeline<'s> {
                 _ => {}
             }
         }
-        self.names.push(&step.name);
+        self.names.insert(&step.name);
         if step.background {
-            self.background.push(&step.name);
+            self.background.insert(&step.name);
         }
     }
 
