@@ -40,7 +40,54 @@ pub enum HistoryError {
     /// No run has that number or id.
     #[error("no run {0} in the history (faultlab runs lists them)")]
     NoSuchRun(String),
+    /// The run has no report: it is running, was interrupted, or failed.
+    #[error("run {run} has no report: it {state}")]
+    NoReport {
+        /// Which run.
+        run: String,
+        /// What became of it, in words.
+        state: String,
+    },
 }
+
+/// What became of a run: in the history from its start, it ends one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Under way (or its controller is on another machine).
+    Running,
+    /// Played to its end (whatever its verdicts); its report is kept.
+    Finished,
+    /// Its controller was killed: found by the next one to open the history.
+    Interrupted,
+    /// It could not be played (the lab, an agent, a file); `note` says why.
+    Failed,
+}
+
+impl RunState {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Interrupted => "interrupted",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "running" => Self::Running,
+            "interrupted" => Self::Interrupted,
+            "failed" => Self::Failed,
+            _ => Self::Finished,
+        }
+    }
+}
+
+/// How long a write waits for a database another process holds locked
+/// (another run saving, someone reading it): a run's result is not lost to
+/// a lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A run as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +112,10 @@ pub struct RunRow {
     pub skipped: i64,
     /// The run's trace id, when traces were exported.
     pub trace_id: Option<String>,
+    /// What became of it.
+    pub state: RunState,
+    /// Why it failed, for a failed run.
+    pub note: Option<String>,
 }
 
 /// A case whose result changed between two runs.
@@ -133,20 +184,103 @@ impl History {
                 );",
             )
             .map_err(database)?;
-        // Databases made before traces existed get the column.
-        let has_trace_id = connection
-            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'trace_id'")
-            .and_then(|mut statement| statement.exists([]))
-            .map_err(database)?;
-        if !has_trace_id {
-            connection
-                .execute_batch("ALTER TABLE runs ADD COLUMN trace_id TEXT;")
+        connection.busy_timeout(LOCK_WAIT).map_err(database)?;
+        // Databases made before traces, or before runs were kept from their
+        // start, get the columns.
+        for (column, definition) in [
+            ("trace_id", "trace_id TEXT"),
+            ("state", "state TEXT NOT NULL DEFAULT 'finished'"),
+            ("pid", "pid INTEGER"),
+            ("note", "note TEXT"),
+        ] {
+            let exists = connection
+                .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")
+                .and_then(|mut statement| statement.exists([column]))
                 .map_err(database)?;
+            if !exists {
+                connection
+                    .execute_batch(&format!("ALTER TABLE runs ADD COLUMN {definition};"))
+                    .map_err(database)?;
+            }
         }
-        Ok(Self {
+        let history = Self {
             connection,
             path: shown,
-        })
+        };
+        history.find_interrupted()?;
+        Ok(history)
+    }
+
+    /// Runs still marked running whose controller (on this machine) is
+    /// gone were interrupted: say so.
+    fn find_interrupted(&self) -> Result<(), HistoryError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT number, pid FROM runs WHERE state = 'running'")
+            .map_err(|source| self.database(source))?;
+        let running: Vec<(i64, Option<i64>)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|source| self.database(source))?
+            .collect::<Result<_, _>>()
+            .map_err(|source| self.database(source))?;
+        for (number, pid) in running {
+            let gone = pid
+                .and_then(|pid| u32::try_from(pid).ok())
+                .is_some_and(|pid| !controller_alive(pid));
+            if gone {
+                self.connection
+                    .execute(
+                        "UPDATE runs SET state = 'interrupted', note = 'its controller ended before the run did' WHERE number = ?1 AND state = 'running'",
+                        params![number],
+                    )
+                    .map_err(|source| self.database(source))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep a run from its start (`running`, this process's id); returns
+    /// its number, for [`History::finish`] or [`History::fail`].
+    pub fn begin(
+        &self,
+        run_id: &str,
+        suite: &str,
+        started_unix_ms: u64,
+    ) -> Result<i64, HistoryError> {
+        self.connection
+            .execute(
+                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report, state, pid)
+                 VALUES (?1, ?2, ?3, '', 0, 0, 0, 0, '', 'running', ?4)",
+                params![
+                    run_id,
+                    i64::try_from(started_unix_ms).unwrap_or(i64::MAX),
+                    suite,
+                    std::process::id()
+                ],
+            )
+            .map_err(|source| self.database(source))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// A run begun could not be played: why.
+    pub fn fail(&self, number: i64, why: &str) -> Result<(), HistoryError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET state = 'failed', note = ?2 WHERE number = ?1",
+                params![number, why],
+            )
+            .map_err(|source| self.database(source))?;
+        Ok(())
+    }
+
+    /// A run begun played to its end: its report, in its row.
+    pub fn finish(&self, number: i64, report: &RunReport) -> Result<(), HistoryError> {
+        self.write(Some(number), report).map(drop)
+    }
+
+    /// The database file, as given.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     fn database(&self, source: rusqlite::Error) -> HistoryError {
@@ -156,8 +290,13 @@ impl History {
         }
     }
 
-    /// Keep a run; returns its number.
+    /// Keep a run that has ended; returns its number.
     pub fn save(&self, report: &RunReport) -> Result<i64, HistoryError> {
+        self.write(None, report)
+    }
+
+    /// Write a finished run into row `number`, or a new row.
+    fn write(&self, number: Option<i64>, report: &RunReport) -> Result<i64, HistoryError> {
         let json = serde_json::to_string(report).map_err(|source| HistoryError::Corrupt {
             run: report.run_id.clone(),
             source,
@@ -172,25 +311,38 @@ impl History {
         let s = &report.summary;
         let failed = s.differs + s.error + s.agent_lost + s.timeout;
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.connection
-            .execute(
-                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report, trace_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    report.run_id,
-                    report.started_unix_ms,
-                    report.suite,
-                    pairs.join(","),
-                    count(s.total),
-                    count(s.expected),
-                    count(failed),
-                    count(s.skipped),
-                    json,
-                    report.trace_id
-                ],
-            )
-            .map_err(|source| self.database(source))?;
-        let number = self.connection.last_insert_rowid();
+        let values = params![
+            report.run_id,
+            report.started_unix_ms,
+            report.suite,
+            pairs.join(","),
+            count(s.total),
+            count(s.expected),
+            count(failed),
+            count(s.skipped),
+            json,
+            report.trace_id,
+        ];
+        let written = match number {
+            Some(number) => {
+                let mut values = values.to_vec();
+                values.push(&number);
+                self.connection.execute(
+                    "UPDATE runs SET run_id = ?1, started_unix_ms = ?2, suite = ?3, os_pairs = ?4,
+                         total = ?5, expected = ?6, failed = ?7, skipped = ?8, report = ?9,
+                         trace_id = ?10, state = 'finished'
+                     WHERE number = ?11",
+                    values.as_slice(),
+                )
+            }
+            None => self.connection.execute(
+                "INSERT INTO runs (run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, report, trace_id, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'finished')",
+                values,
+            ),
+        };
+        written.map_err(|source| self.database(source))?;
+        let number = number.unwrap_or_else(|| self.connection.last_insert_rowid());
         // What each case took, for placing it next time (a skipped case
         // took nothing worth knowing).
         for case in &report.cases {
@@ -230,7 +382,7 @@ impl History {
         let mut statement = self
             .connection
             .prepare(
-                "SELECT number, run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, trace_id
+                "SELECT number, run_id, started_unix_ms, suite, os_pairs, total, expected, failed, skipped, trace_id, state, note
                  FROM runs ORDER BY number DESC LIMIT ?1",
             )
             .map_err(|source| self.database(source))?;
@@ -247,6 +399,8 @@ impl History {
                     failed: row.get(7)?,
                     skipped: row.get(8)?,
                     trace_id: row.get(9)?,
+                    state: RunState::parse(&row.get::<_, String>(10)?),
+                    note: row.get(11)?,
                 })
             })
             .map_err(|source| self.database(source))?;
@@ -256,16 +410,27 @@ impl History {
 
     /// A run by its number or its id.
     pub fn get(&self, run: &str) -> Result<RunReport, HistoryError> {
-        let json: Option<String> = self
+        let found: Option<(String, String, Option<String>)> = self
             .connection
             .query_row(
-                "SELECT report FROM runs WHERE run_id = ?1 OR CAST(number AS TEXT) = ?1",
+                "SELECT report, state, note FROM runs WHERE run_id = ?1 OR CAST(number AS TEXT) = ?1",
                 params![run],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()
             .map_err(|source| self.database(source))?;
-        let json = json.ok_or_else(|| HistoryError::NoSuchRun(run.to_owned()))?;
+        let (json, state, note) = found.ok_or_else(|| HistoryError::NoSuchRun(run.to_owned()))?;
+        if json.is_empty() {
+            let state = match (RunState::parse(&state), note) {
+                (RunState::Running, _) => "is still running".to_owned(),
+                (state, Some(note)) => format!("{}: {note}", state.as_str()),
+                (state, None) => state.as_str().to_owned(),
+            };
+            return Err(HistoryError::NoReport {
+                run: run.to_owned(),
+                state,
+            });
+        }
         serde_json::from_str(&json).map_err(|source| HistoryError::Corrupt {
             run: run.to_owned(),
             source,
@@ -276,6 +441,24 @@ impl History {
     pub fn diff(&self, a: &str, b: &str) -> Result<Vec<Change>, HistoryError> {
         Ok(changes(&self.get(a)?, &self.get(b)?))
     }
+}
+
+/// Whether process `pid` on this machine is a faultlab controller still
+/// running. Where that cannot be known (no /proc), it is taken as alive:
+/// a run is never called interrupted on a guess.
+fn controller_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    if !proc.is_dir() {
+        return true;
+    }
+    let Ok(cmdline) = std::fs::read(proc.join(pid.to_string()).join("cmdline")) else {
+        return false;
+    };
+    // A reused pid of another program is not our controller.
+    cmdline
+        .split(|&byte| byte == 0)
+        .next()
+        .is_some_and(|exe| String::from_utf8_lossy(exe).contains("faultlab"))
 }
 
 /// A case's key across runs: its id and its binding's position among the
@@ -545,6 +728,86 @@ mod tests {
         drop(history);
         // Opening again (the column exists now) keeps everything.
         assert_eq!(History::open(&path)?.list(10)?.len(), 5);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "faultlab-history-{name}-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn a_run_is_kept_from_its_start_and_ends_finished_failed_or_interrupted()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = scratch("states");
+        let history = History::open(&path)?;
+        let finished = history.begin("r-finished", "seed", 1)?;
+        let failed = history.begin("r-failed", "seed", 2)?;
+        let killed = history.begin("r-killed", "seed", 3)?;
+        let state = |history: &History, number: i64| -> Result<RunState, HistoryError> {
+            Ok(history
+                .list(10)?
+                .into_iter()
+                .find(|row| row.number == number)
+                .map_or(RunState::Finished, |row| row.state))
+        };
+        assert_eq!(state(&history, killed)?, RunState::Running);
+        assert!(matches!(
+            history.get("r-killed"),
+            Err(HistoryError::NoReport { .. })
+        ));
+        history.finish(finished, &report("r-finished", Verdict::Expected, ""))?;
+        history.fail(failed, "cannot make the lab network")?;
+        // The third's controller dies: a process that has ended.
+        let mut gone = std::process::Command::new("true").spawn()?;
+        gone.wait()?;
+        history.connection.execute(
+            "UPDATE runs SET pid = ?1 WHERE number = ?2",
+            params![gone.id(), killed],
+        )?;
+        drop(history);
+        let history = History::open(&path)?;
+        assert_eq!(state(&history, finished)?, RunState::Finished);
+        assert_eq!(history.get("r-finished")?.cases.len(), 1);
+        assert_eq!(state(&history, failed)?, RunState::Failed);
+        assert_eq!(state(&history, killed)?, RunState::Interrupted);
+        match history.get("r-failed") {
+            Err(HistoryError::NoReport { state, .. }) => {
+                assert_eq!(state, "failed: cannot make the lab network");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(history);
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn a_history_locked_for_seconds_is_waited_for_not_lost()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let path = scratch("locked");
+        let history = History::open(&path)?;
+        let holder_path = path.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        // Another process's lock, longer than SQLite's usual 5 s.
+        let holder = std::thread::spawn(move || -> Result<(), rusqlite::Error> {
+            let other = Connection::open(&holder_path)?;
+            other.execute_batch("BEGIN EXCLUSIVE;")?;
+            let _ = locked_tx.send(());
+            std::thread::sleep(std::time::Duration::from_millis(5_500));
+            other.execute_batch("COMMIT;")
+        });
+        locked_rx.recv()?;
+        let number = history.save(&report("late", Verdict::Expected, ""))?;
+        assert_eq!(history.get("late")?.run_id, "late");
+        assert_eq!(number, 1);
+        holder.join().map_err(|_| "the lock holder panicked")??;
+        drop(history);
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

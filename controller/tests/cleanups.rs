@@ -310,3 +310,58 @@ fn a_controller_killed_mid_flood_leaves_no_holder_and_no_traffic() -> TestResult
     assert_eq!(moved_after, 0);
     Ok(())
 }
+
+#[test]
+fn a_lab_acts_only_on_the_switch_ports_and_vms_it_made() -> TestResult {
+    use faultlab::lab::outside::{LabSide, OutsideError, OutsideFault};
+    let lab = Lab::start("ours")?;
+    let side = lab
+        .lab
+        .inventory
+        .agents
+        .first()
+        .and_then(|agent| agent.lab.clone())
+        .ok_or("a namespace host has a lab side")?;
+    let port = side.switch_port.clone().ok_or("no switch port")?;
+    // Its own test port: pulled and plugged back.
+    side.make(OutsideFault::Cable, Duration::from_secs(5))?;
+    side.undo(OutsideFault::Cable)?;
+    // The management port beside it, loopback, a path: refused, untouched.
+    let management = {
+        // "<prefix>t<index>" → "<prefix>m<index>"
+        let at = port.rfind('t').ok_or("a test port ends in t<index>")?;
+        format!("{}m{}", &port[..at], &port[at + 1..])
+    };
+    for stranger in [management.as_str(), "lo", "../../x"] {
+        let other = LabSide {
+            switch_port: Some(stranger.to_owned()),
+            ..side.clone()
+        };
+        match other.make(OutsideFault::Cable, Duration::from_secs(5)) {
+            Err(OutsideError::NotOurs(why)) => assert!(why.contains(stranger), "{why}"),
+            done => return Err(format!("{stranger}: {done:?}").into()),
+        }
+    }
+    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
+    let up = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &namespace,
+            "cat",
+            "/sys/class/net/eth0/operstate",
+        ])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), "up");
+    // A QMP socket no lab VM serves.
+    let stray = LabSide {
+        qmp: Some(std::env::temp_dir().join("not-a-lab-vm.qmp")),
+        switch_port: None,
+        ..side
+    };
+    match stray.make(OutsideFault::Power, Duration::from_secs(5)) {
+        Err(OutsideError::NotOurs(why)) => assert!(why.contains("not-a-lab-vm.qmp"), "{why}"),
+        done => return Err(format!("stray QMP: {done:?}").into()),
+    }
+    Ok(())
+}

@@ -736,3 +736,65 @@ fn a_lab_of_more_hosts_than_its_address_plan_holds_or_of_none_is_refused() -> Te
     }
     Ok(())
 }
+
+#[test]
+fn a_run_is_in_the_history_from_its_start_and_a_killed_one_is_found_interrupted() -> TestResult {
+    // Its killed run leaves a lab for the next to sweep: not beside another lab test.
+    let _turn = lab_turn();
+    let scratch = Scratch::new("killed-run")?;
+    let history = scratch.0.join("h.sqlite");
+    // A history that cannot be one stops the run before anything starts.
+    let refused = faultlab(
+        &["run", "--suite", "seed", "--history", "/proc/version"],
+        &history,
+    )?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{said}");
+    assert!(said.contains("/proc/version"), "{said}");
+    assert!(!said.contains("local lab"), "nothing starts: {said}");
+    assert!(refused.stdout.is_empty(), "no report: {said}");
+
+    let slow = scratch.0.join("slow.toml");
+    std::fs::write(
+        &slow,
+        "id = \"X3\"\nname = \"idle\"\ntitle = \"idles\"\nroles = [\"client\"]\n\n[[step]]\ndo = \"sleep\"\nms = 30000\n",
+    )?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", &slow.display().to_string()])
+        .env("FAULTLAB_HISTORY", &history)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Running as soon as it starts (bounded: 30 s).
+    let started = std::time::Instant::now();
+    loop {
+        let listed = faultlab(&["runs"], &history)?;
+        if String::from_utf8_lossy(&listed.stdout).contains("RUNNING") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err(format!(
+                "the run never showed as running: {}{}",
+                String::from_utf8_lossy(&listed.stdout),
+                String::from_utf8_lossy(&listed.stderr)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id();
+    child.kill()?;
+    child.wait()?;
+    let listed = faultlab(&["runs"], &history)?;
+    let said = format!(
+        "controller {pid}: {}{}",
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        said.contains("INTERRUPTED: its controller ended before the run did"),
+        "{said}"
+    );
+    Ok(())
+}

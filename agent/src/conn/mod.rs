@@ -510,6 +510,11 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], progress: &mut Progress) 
                 progress.bytes += written as u64;
                 progress.content.update(&buf[..written]);
                 buf = &buf[written..];
+                // A socket that never fills (a fast reader) never makes
+                // this wait: let the holder's other work run between
+                // writes, the agent's requests on its pipe among them (a
+                // cancel, a close, a recv on another connection).
+                tokio::task::yield_now().await;
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
@@ -626,6 +631,9 @@ async fn receive(stream: &TcpStream, mode: RecvMode, limit: u64, received: &mut 
                 if mode == RecvMode::Once || received.bytes >= limit {
                     return End::Ok;
                 }
+                // A flood never empties the socket: let the rest of the
+                // holder run between reads (see `write_all`).
+                tokio::task::yield_now().await;
             }
             Err(error) => return End::Error(error),
         }

@@ -7,6 +7,7 @@ use super::{Format, HistoryArgs, TlsArgs, TraceUrlArgs, parse_pair, print_report
 use anyhow::{Context as _, bail};
 use faultlab::agents::Connector;
 use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle};
+use faultlab::history::HistoryError;
 use faultlab::inventory::Inventory;
 use faultlab::lab::vm::VmOptions;
 use faultlab::lab::{ApplicationHost, LabKind, LocalLab};
@@ -94,7 +95,34 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
     let (label, scenarios) = load_scenarios(&args.suite, &args.files, &args.cases)?;
     check_roles(&scenarios, &args)?;
-    let mut report = run_on_lab(label, scenarios, &args, tls).await?;
+    let run_id = engine::new_run_id();
+    // The run is in the history from its start (a history that cannot be
+    // used stops it before anything is made); a killed controller's run is
+    // found `interrupted` by the next.
+    let kept = match args.no_history {
+        true => None,
+        false => {
+            let history = args.history.open()?;
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
+            let number = history.begin(&run_id, &label, started)?;
+            Some((history, number))
+        }
+    };
+    let mut report = match run_on_lab(label, scenarios, &args, tls, run_id).await {
+        Ok(report) => report,
+        Err(error) => {
+            if let Some((history, number)) = &kept
+                && let Err(not_kept) = history.fail(*number, &format!("{error:#}"))
+            {
+                eprintln!("the history could not keep why the run failed: {not_kept}");
+            }
+            return Err(error);
+        }
+    };
     args.trace_url.link(&mut report);
     print_report(&report, args.format, args.wire)?;
     if let Some(path) = &args.html {
@@ -104,14 +132,34 @@ pub async fn run(args: RunArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
         let xml = junit::render(&report).context("cannot render JUnit XML")?;
         std::fs::write(path, xml).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if !args.no_history {
-        let number = args.history.open()?.save(&report)?;
-        match &report.trace_id {
-            Some(trace) => eprintln!("kept as run {number} ({}), trace {trace}", report.run_id),
-            None => eprintln!("kept as run {number} ({})", report.run_id),
+    if let Some((history, number)) = kept {
+        match history.finish(number, &report) {
+            Ok(()) => match &report.trace_id {
+                Some(trace) => eprintln!("kept as run {number} ({}), trace {trace}", report.run_id),
+                None => eprintln!("kept as run {number} ({})", report.run_id),
+            },
+            Err(error) => keep_aside(&report, history.path(), &error)?,
         }
     }
     Ok(report.passed(args.strict))
+}
+
+/// A run the history could not keep (locked past the wait, disk full) is
+/// written beside it, and said so: a result is never lost silently.
+fn keep_aside(report: &RunReport, history: &str, error: &HistoryError) -> anyhow::Result<()> {
+    let aside = PathBuf::from(format!("{history}.run-{}.json", report.run_id));
+    let json = serde_json::to_string_pretty(report).context("cannot render the report")?;
+    std::fs::write(&aside, json).with_context(|| {
+        format!(
+            "the history could not keep this run ({error}), nor could {} be written",
+            aside.display()
+        )
+    })?;
+    eprintln!(
+        "the history could not keep this run ({error}); its report is in {}",
+        aside.display()
+    );
+    Ok(())
 }
 
 /// The built-in suites and files named, only the cases asked for; and a
@@ -227,6 +275,7 @@ async fn run_on_lab(
     cases: Vec<Scenario>,
     args: &RunArgs,
     tls: &TlsArgs,
+    run_id: String,
 ) -> anyhow::Result<RunReport> {
     let given = match &args.inventory {
         Some(path) => Some(Inventory::load(path)?),
@@ -261,13 +310,14 @@ async fn run_on_lab(
             (local.inventory.clone(), Some(local), Connector::plain())
         }
     };
-    let report = play(suite, cases, &inventory, &connector, targets, args).await;
+    let report = play(run_id, suite, cases, &inventory, &connector, targets, args).await;
     drop(local);
     report
 }
 
 /// Connect to the agents, place the applications, and run the plan.
 async fn play(
+    run_id: String,
     suite: String,
     cases: Vec<Scenario>,
     inventory: &Inventory,
@@ -275,7 +325,6 @@ async fn play(
     targets: Vec<(String, Target)>,
     args: &RunArgs,
 ) -> anyhow::Result<RunReport> {
-    let run_id = engine::new_run_id();
     let span = engine::run_span(&run_id, &suite);
     if let Some(trace) = faultlab_telemetry::trace_id(&span) {
         eprintln!("run {run_id}: trace {trace}");

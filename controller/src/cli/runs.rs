@@ -2,7 +2,7 @@
 
 use super::{Format, HistoryArgs, print_report, say};
 use clap::Subcommand;
-use faultlab::history::History;
+use faultlab::history::{History, RunState};
 use faultlab::report::terminal::WireView;
 use std::io::Write;
 
@@ -94,6 +94,20 @@ fn list(history: &History, limit: usize) -> anyhow::Result<()> {
         "SKIPPED"
     );
     for row in rows {
+        if row.state != RunState::Finished {
+            // No results yet, or none to come: say what became of it.
+            say!(
+                "{:>4}  {:<20} {:<suite$} {}{}",
+                row.number,
+                row.run_id,
+                row.suite,
+                row.state.as_str().to_uppercase(),
+                row.note
+                    .as_deref()
+                    .map_or_else(String::new, |note| format!(": {note}"))
+            );
+            continue;
+        }
         say!(
             "{:>4}  {:<20} {:<suite$} {:<pairs$} {:>5} {:>8} {:>6} {:>7}  {}",
             row.number,

@@ -62,6 +62,9 @@ pub enum OutsideError {
     /// The switch port or the VM did not do it.
     #[error("{0}")]
     Failed(String),
+    /// The switch port or QMP socket is not one a faultlab lab made.
+    #[error("{0}: a lab acts only on what it made")]
+    NotOurs(String),
     /// The deadline is over the cap every fault has.
     #[error("a deadline of {0} ms is over the cap of {cap} ms every fault has", cap = crate::MAX_FAULT_MS)]
     OverCap(u128),
@@ -80,6 +83,16 @@ const QMP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A port nobody listens on in a lab host (discard): its RST is the answer.
 const DISCARD_PORT: u16 = 9;
+
+/// Whether `name` can be a Linux interface name (1 to 15 characters, no
+/// slash or space, not `.` or `..`): it is used in a /sys path.
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ' ', '\0'])
+        && !name.chars().any(char::is_whitespace)
+}
 
 /// The QEMU network device of a VM's test NIC (see `vm::Vm::launch`).
 const VM_TEST_NIC: &str = "t";
@@ -118,6 +131,7 @@ impl LabSide {
         if !self.can(fault) {
             return Err(OutsideError::Cannot(fault.into()));
         }
+        self.ours()?;
         if deadline.as_millis() > u128::from(crate::MAX_FAULT_MS) {
             return Err(OutsideError::OverCap(deadline.as_millis()));
         }
@@ -131,9 +145,40 @@ impl LabSide {
     /// the undo is done: one that failed leaves it to try again at the
     /// deadline. Undoing what is not made does nothing. Blocking.
     pub fn undo(&self, fault: OutsideFault) -> Result<&'static str, OutsideError> {
+        self.ours()?;
         let how = self.apply(fault, false)?;
         watchdog::disarm(self, fault);
         Ok(how)
+    }
+
+    /// Refuse a switch port or QMP socket that no faultlab lab made (an
+    /// inventory could name any interface of this machine): a switch port
+    /// must be a port of a lab's test bridge (`fl...tb`), a QMP socket one
+    /// a lab's VM keeper serves.
+    fn ours(&self) -> Result<(), OutsideError> {
+        if let Some(socket) = &self.qmp
+            && !crate::lab::vm::lab_serves_qmp(socket)
+        {
+            return Err(OutsideError::NotOurs(format!(
+                "QMP socket {} is not served by a VM of a faultlab lab",
+                socket.display()
+            )));
+        }
+        if let Some(port) = &self.switch_port {
+            let bridge = std::fs::read_link(format!("/sys/class/net/{port}/master"))
+                .ok()
+                .and_then(|master| Some(master.file_name()?.to_string_lossy().into_owned()));
+            let test_bridge = bridge
+                .as_deref()
+                .is_some_and(|bridge| bridge.starts_with("fl") && bridge.ends_with("tb"));
+            if !is_interface_name(port) || !test_bridge {
+                return Err(OutsideError::NotOurs(format!(
+                    "switch port {port:?} is not a port of a faultlab lab's test bridge (its bridge: {})",
+                    bridge.as_deref().unwrap_or("none")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Make (`cut`) or undo the fault.

@@ -585,6 +585,18 @@ fn vm_processes() -> Vec<VmProcess> {
         .collect()
 }
 
+/// Whether `socket` is the QMP socket of a VM a faultlab lab launched: a
+/// keeper of this machine (only the lab starts them) runs QEMU with it.
+pub(crate) fn lab_serves_qmp(socket: &Path) -> bool {
+    let wanted = format!("unix:{},", socket.display());
+    super::processes().into_iter().any(|(_, words)| {
+        words
+            .windows(2)
+            .any(|pair| pair[0] == "lab" && pair[1] == KEEPER)
+            && words.iter().any(|word| word.starts_with(&wanted))
+    })
+}
+
 /// Whether the process `pid` is a VM's keeper.
 pub(super) fn is_keeper(pid: u32) -> bool {
     vm_processes().iter().any(|vm| vm.keeper && vm.pid == pid)

@@ -88,7 +88,13 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
         Ok(document) => document,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
-            errors.at(&span, "(file)", error.message().trim().to_owned());
+            let message = error.message().trim();
+            let message = if message.contains("invalid type: integer") {
+                "this number is out of range (integers go up to 9223372036854775807)"
+            } else {
+                message
+            };
+            errors.at(&span, field_at(text, span.start), message.to_owned());
             return Err(ScenarioErrors(errors.found));
         }
     };
@@ -132,6 +138,28 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
         Ok(scenario)
     } else {
         Err(ScenarioErrors(errors.found))
+    }
+}
+
+/// The field written on the line of byte `offset` (`step[2].deadline_ms`,
+/// or `name` in the header), for an error the TOML reader found before any
+/// field was known; "(file)" when the line holds no `key = value`.
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    let Some((key, _)) = line.split_once('=') else {
+        return "(file)".to_owned();
+    };
+    let key = key.trim().trim_matches('"');
+    let steps = text[..start]
+        .lines()
+        .filter(|line| line.trim() == "[[step]]")
+        .count();
+    if steps == 0 {
+        key.to_owned()
+    } else {
+        format!("step[{steps}].{key}")
     }
 }
 
@@ -765,5 +793,18 @@ deadline_ms = 1000
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].field, "name");
         assert!(errors[0].message.contains("control characters"));
+    }
+
+    #[test]
+    fn a_number_too_large_for_toml_names_its_field_and_line() {
+        let text = format!(
+            "{GOOD}\n[[step]]\nrole = \"client\"\ndo = \"isolate\"\ndeadline_ms = 99999999999999999999\n"
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let steps = text.matches("[[step]]").count();
+        assert_eq!(errors[0].field, format!("step[{steps}].deadline_ms"));
+        assert_eq!(errors[0].line, text.lines().count());
+        assert!(errors[0].message.contains("out of range"), "{errors:?}");
     }
 }
