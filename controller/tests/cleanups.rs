@@ -35,18 +35,8 @@ impl Lab {
         let lab = LocalLab::start_netns(&exe, 2)?;
         let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut text = String::new();
-        for agent in &lab.inventory.agents {
-            text.push_str(&format!(
-                "[[agent]]\nname = \"{}\"\naddress = \"{}\"\n",
-                agent.name, agent.address
-            ));
-            if let Some(ip) = agent.test_ip {
-                text.push_str(&format!("test_ip = \"{ip}\"\n"));
-            }
-        }
         let inventory = dir.join("lab.toml");
-        std::fs::write(&inventory, text)?;
+        std::fs::write(&inventory, lab.inventory.agents_toml("a test's lab")?)?;
         Ok(Self {
             lab,
             dir,
@@ -79,13 +69,21 @@ impl Lab {
             .spawn()?)
     }
 
+    /// Run `command` inside the first host.
+    fn in_first_host(
+        &self,
+        command: &[&str],
+    ) -> Result<std::process::Output, Box<dyn std::error::Error>> {
+        let namespace = self.lab.namespace(0).ok_or("no namespace")?;
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &namespace])
+            .args(command)
+            .output()?)
+    }
+
     /// How many elements faultlab's table holds in the first host.
     fn elements_in_place(&self) -> Result<usize, Box<dyn std::error::Error>> {
-        let namespace = self.lab.namespace(0).ok_or("no namespace")?;
-        let listed = Command::new("ip")
-            .args(["netns", "exec", &namespace])
-            .args(["nft", "-j", "list", "table", "inet", "faultlab"])
-            .output()?;
+        let listed = self.in_first_host(&["nft", "-j", "list", "table", "inet", "faultlab"])?;
         Ok(String::from_utf8_lossy(&listed.stdout)
             .matches("\"val\":")
             .count())
@@ -148,6 +146,19 @@ fn cut_then_sleep(needs: &str, fault: &str) -> String {
     )
 }
 
+/// A two-host lab running `cut_then_sleep(needs, fault)`, once the first
+/// host is cut off.
+fn cut_off(
+    name: &str,
+    needs: &str,
+    fault: &str,
+) -> Result<(Lab, Child), Box<dyn std::error::Error>> {
+    let lab = Lab::start(name)?;
+    let run = lab.run(&cut_then_sleep(needs, fault))?;
+    wait_until_cut(lab.first_ip()?)?;
+    Ok((lab, run))
+}
+
 fn left_in_place(case: &serde_json::Value) -> String {
     case["left_in_place"].to_string()
 }
@@ -155,13 +166,7 @@ fn left_in_place(case: &serde_json::Value) -> String {
 #[test]
 fn an_agent_killed_while_its_host_is_cut_off_makes_the_case_agent_lost_naming_the_isolation()
 -> TestResult {
-    let lab = Lab::start("killed")?;
-    let ip = lab.first_ip()?;
-    let run = lab.run(&cut_then_sleep(
-        "isolate",
-        "do = \"isolate\"\nmode = \"drop\"",
-    ))?;
-    wait_until_cut(ip)?;
+    let (lab, run) = cut_off("killed", "isolate", "do = \"isolate\"\nmode = \"drop\"")?;
     let agent = *lab.lab.pids().first().ok_or("no agent")?;
     signal("-KILL", agent)?;
     let (code, case) = finish(run)?;
@@ -183,13 +188,11 @@ fn an_agent_killed_while_its_host_is_cut_off_makes_the_case_agent_lost_naming_th
 
 #[test]
 fn an_agent_stopped_while_its_host_loses_everything_makes_the_case_agent_lost() -> TestResult {
-    let lab = Lab::start("stopped")?;
-    let ip = lab.first_ip()?;
-    let run = lab.run(&cut_then_sleep(
+    let (lab, run) = cut_off(
+        "stopped",
         "loss",
         "do = \"degrade\"\ndirection = \"in\"\nloss = 100.0",
-    ))?;
-    wait_until_cut(ip)?;
+    )?;
     let agent = *lab.lab.pids().first().ok_or("no agent")?;
     signal("-STOP", agent)?;
     let finished = finish(run);
@@ -203,19 +206,10 @@ fn an_agent_stopped_while_its_host_loses_everything_makes_the_case_agent_lost() 
 
 #[test]
 fn a_rule_removed_by_hand_mid_case_is_found_gone_and_the_rest_is_lifted() -> TestResult {
-    let lab = Lab::start("by-hand")?;
+    let (lab, run) = cut_off("by-hand", "isolate", "do = \"isolate\"\nmode = \"drop\"")?;
     let ip = lab.first_ip()?;
-    let run = lab.run(&cut_then_sleep(
-        "isolate",
-        "do = \"isolate\"\nmode = \"drop\"",
-    ))?;
-    wait_until_cut(ip)?;
-    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
-    let flushed = Command::new("ip")
-        .args(["netns", "exec", &namespace])
-        .args(["nft", "flush", "set", "inet", "faultlab", "drop_in_v4"])
-        .status()?;
-    assert!(flushed.success());
+    let flushed = lab.in_first_host(&["nft", "flush", "set", "inet", "faultlab", "drop_in_v4"])?;
+    assert!(flushed.status.success());
     let (code, case) = finish(run)?;
     // The heal found one entry gone, removed the other three and read the
     // filter back: nothing is left, so the case may say what it saw.
@@ -254,12 +248,8 @@ fn holders_of(agent_pid: u32) -> usize {
 /// Bytes received by the first host on its connections other than the
 /// agent's own (the flood's).
 fn flood_bytes(lab: &Lab) -> Result<u64, Box<dyn std::error::Error>> {
-    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
     let filter = format!("( not sport = :{} )", lab::NETNS_CONTROL_PORT);
-    let listed = Command::new("ip")
-        .args(["netns", "exec", &namespace])
-        .args(["ss", "-tinH", "state", "established", &filter])
-        .output()?;
+    let listed = lab.in_first_host(&["ss", "-tinH", "state", "established", &filter])?;
     Ok(String::from_utf8_lossy(&listed.stdout)
         .split_whitespace()
         .filter_map(|word| word.strip_prefix("bytes_received:"))
@@ -342,16 +332,7 @@ fn a_lab_acts_only_on_the_switch_ports_and_vms_it_made() -> TestResult {
             done => return Err(format!("{stranger}: {done:?}").into()),
         }
     }
-    let namespace = lab.lab.namespace(0).ok_or("no namespace")?;
-    let up = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &namespace,
-            "cat",
-            "/sys/class/net/eth0/operstate",
-        ])
-        .output()?;
+    let up = lab.in_first_host(&["cat", "/sys/class/net/eth0/operstate"])?;
     assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), "up");
     // A QMP socket no lab VM serves.
     let stray = LabSide {

@@ -164,13 +164,24 @@ async fn play_case(
     );
     report.clock_check = detection::clock_check(&report.wire, &hosts);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    conclude(&mut report, played, &run, &leftovers, case.timeout_ms);
+    report
+}
+
+/// The verdict of a case from how its timeline ended (`played`: within
+/// its timeout or not) and what its cleanup left; a lost or late case
+/// quotes its hosts' logs.
+fn conclude(
+    report: &mut CaseReport,
+    played: Result<Result<(), StepError>, tokio::time::error::Elapsed>,
+    run: &CaseRun<'_>,
+    leftovers: &[Leftover],
+    timeout_ms: u64,
+) {
     match played {
         Err(_) => {
             report.verdict = Verdict::Timeout;
-            report.reason = Some(format!(
-                "the case did not finish within {} ms",
-                case.timeout_ms
-            ));
+            report.reason = Some(format!("the case did not finish within {timeout_ms} ms"));
         }
         Ok(Err(StepError::AgentLost(reason))) => {
             report.verdict = Verdict::AgentLost;
@@ -180,15 +191,14 @@ async fn play_case(
             report.verdict = Verdict::Error;
             report.reason = Some(reason);
         }
-        Ok(Ok(())) => give_verdict(&mut report, &run),
+        Ok(Ok(())) => give_verdict(report, run),
     }
     if !leftovers.is_empty() {
-        not_healed(&mut report, &leftovers);
+        not_healed(report, leftovers);
     }
     if matches!(report.verdict, Verdict::AgentLost | Verdict::Timeout) {
-        report.host_logs = host_logs(&run);
+        report.host_logs = host_logs(run);
     }
-    report
 }
 
 /// A case whose cleanup could not confirm every undo is not `expected`

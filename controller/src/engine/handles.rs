@@ -384,6 +384,19 @@ impl TargetHandle {
     }
 }
 
+/// This controller process's session on the agents: holders it spawns name
+/// it, and live while one of its session streams is open (a run holds one
+/// on each agent; see `run`).
+pub fn session_id() -> &'static str {
+    static SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SESSION.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        format!("controller-{}-{nanos:x}", std::process::id())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fake_agent;

@@ -96,7 +96,7 @@ async fn request_reply(
     let holder = client
         .spawn_holder(pb::SpawnHolderRequest {
             label: format!("probe/{}", target.target.name),
-            session: super::run::session_id().to_owned(),
+            session: super::handles::session_id().to_owned(),
         })
         .await
         .map_err(|status| format!("agent {}: {}", from.name, status.message()))?

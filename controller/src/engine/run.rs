@@ -261,21 +261,15 @@ fn unbound(
     report
 }
 
-/// This controller process's session on the agents: holders it spawns name
-/// it, and live while one of its session streams is open.
-pub fn session_id() -> &'static str {
-    static SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SESSION.get_or_init(|| format!("controller-{}", new_run_id()))
-}
-
-/// Open this controller's session on every agent (see [`session_id`]).
+/// Open this controller's session on every agent (see
+/// [`super::handles::session_id`]).
 /// An agent that cannot (an older one) is logged: its holders would
 /// outlive a killed controller until the next Reset.
 async fn open_sessions(agents: &[Arc<AgentHandle>]) -> Vec<tonic::Streaming<pb::SessionEvent>> {
     let mut open = Vec::new();
     for agent in agents {
         let request = pb::SessionRequest {
-            id: session_id().to_owned(),
+            id: super::handles::session_id().to_owned(),
         };
         match tokio::time::timeout(RESET_TIMEOUT, agent.client.clone().session(request)).await {
             Ok(Ok(reply)) => open.push(reply.into_inner()),

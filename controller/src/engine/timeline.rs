@@ -71,7 +71,7 @@ async fn spawn_holders(case: &Scenario, run: &mut CaseRun<'_>) -> Result<(), Ste
         };
         let request = pb::SpawnHolderRequest {
             label: format!("{}/{role}", case.id),
-            session: super::run::session_id().to_owned(),
+            session: super::handles::session_id().to_owned(),
         };
         let spawned = agent
             .client

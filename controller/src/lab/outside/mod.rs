@@ -157,7 +157,7 @@ impl LabSide {
     /// a lab's VM keeper serves.
     fn ours(&self) -> Result<(), OutsideError> {
         if let Some(socket) = &self.qmp
-            && !crate::lab::vm::lab_serves_qmp(socket)
+            && !qmp::served_by_a_lab(socket)
         {
             return Err(OutsideError::NotOurs(format!(
                 "QMP socket {} is not served by a VM of a faultlab lab",

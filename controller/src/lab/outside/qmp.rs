@@ -95,6 +95,18 @@ fn read_answer(reader: &mut impl std::io::BufRead) -> Result<Value, String> {
     Err(format!("no answer in {MAX_LINES} lines"))
 }
 
+/// Whether `socket` is the QMP socket of a VM a faultlab lab launched: a
+/// VM's keeper (`faultlab lab keeper ... --qmp SOCKET`, only the lab starts
+/// them) of this machine names it.
+pub(super) fn served_by_a_lab(socket: &Path) -> bool {
+    let socket = socket.as_os_str().to_string_lossy();
+    crate::lab::processes().into_iter().any(|(_, words)| {
+        words
+            .windows(2)
+            .any(|pair| pair[0] == "--qmp" && pair[1] == socket)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

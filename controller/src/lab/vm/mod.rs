@@ -169,18 +169,7 @@ pub(super) fn start(
     )?;
     let image = guest::initramfs(exe, &kernel, &cache())?;
     let accel = accelerator(&kernel, &image, &cache());
-    // A run's logs outlive its lab (the newest few runs'); a `lab up`
-    // lab's are in its state directory, begun anew.
-    let logs = if scratch {
-        run_logs(&prefix)
-    } else {
-        dir.to_owned()
-    };
-    for made in [dir, &logs] {
-        std::fs::create_dir_all(made).map_err(|error| {
-            LabError::Network(format!("cannot create {}: {error}", made.display()))
-        })?;
-    }
+    let logs = log_dir(scratch, &prefix, dir)?;
     let mut lab = LocalLab {
         agents: Vec::new(),
         network: Some(Network::new(prefix.clone(), 0)),
@@ -232,6 +221,23 @@ pub(super) fn start(
     }
     wait_for_agents(&lab)?;
     Ok(lab)
+}
+
+/// Where a VM lab keeps its logs, made with the lab's directory `dir`: a
+/// run's outlive its lab (the newest few runs'); a `lab up` lab's are in
+/// its state directory, begun anew.
+fn log_dir(scratch: bool, prefix: &str, dir: &Path) -> Result<PathBuf, LabError> {
+    let logs = if scratch {
+        run_logs(prefix)
+    } else {
+        dir.to_owned()
+    };
+    for made in [dir, &logs] {
+        std::fs::create_dir_all(made).map_err(|error| {
+            LabError::Network(format!("cannot create {}: {error}", made.display()))
+        })?;
+    }
+    Ok(logs)
 }
 
 /// Where the logs of a run's VM lab named `prefix` are kept: beside those
@@ -317,7 +323,6 @@ impl Vm<'_> {
         accel: &str,
         allow: &str,
     ) -> Result<(Vec<OsString>, Vec<String>), LabError> {
-        let mut taps = Vec::new();
         let mut args: Vec<OsString> = [
             "-name",
             &format!("{}v{}", self.prefix, self.index),
@@ -337,6 +342,34 @@ impl Vm<'_> {
         ]
         .map(OsString::from)
         .into();
+        let taps = self.nics(&mut args)?;
+        args.extend(serial_ports(files));
+        args.extend(
+            [
+                "-qmp".to_owned(),
+                format!("unix:{},server=on,wait=off", files.qmp.display()),
+                "-kernel".to_owned(),
+            ]
+            .map(OsString::from),
+        );
+        args.push(kernel.image.clone().into());
+        args.push("-initrd".into());
+        args.push(image.into());
+        args.push("-append".into());
+        args.push(
+            format!(
+                "console=ttyS0 panic=-1 faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24 faultlab.allow={allow}",
+                self.name, self.management, self.test
+            )
+            .into(),
+        );
+        Ok((args, taps))
+    }
+
+    /// Its two NICs (management, test), each a tap on its lab's bridge:
+    /// their arguments added to `args`; the taps made.
+    fn nics(&self, args: &mut Vec<OsString>) -> Result<Vec<String>, LabError> {
+        let mut taps = Vec::new();
         for (tag, bridge, subnet) in [
             ("m", format!("{}mb", self.prefix), self.subnets.0),
             ("t", format!("{}tb", self.prefix), self.subnets.1),
@@ -359,51 +392,7 @@ impl Vm<'_> {
                 .map(OsString::from),
             );
         }
-        let qmp = files.qmp.display();
-        let shell = files.shell.display();
-        // Logs are appended: a fresh QEMU after a reset writes on.
-        for (id, log) in [("console", &files.console), ("agent", &files.agent_log)] {
-            args.extend(
-                [
-                    "-chardev".to_owned(),
-                    format!("file,id={id},path={},append=on", log.display()),
-                    "-serial".to_owned(),
-                    format!("chardev:{id}"),
-                ]
-                .map(OsString::from),
-            );
-            if id == "console" {
-                // The guest's ttyS1, between its console (ttyS0) and its
-                // agent's log (ttyS2): a root shell for `faultlab lab exec`.
-                args.extend(
-                    [
-                        "-serial".to_owned(),
-                        format!("unix:{shell},server=on,wait=off"),
-                    ]
-                    .map(OsString::from),
-                );
-            }
-        }
-        args.extend(
-            [
-                "-qmp".to_owned(),
-                format!("unix:{qmp},server=on,wait=off"),
-                "-kernel".to_owned(),
-            ]
-            .map(OsString::from),
-        );
-        args.push(kernel.image.clone().into());
-        args.push("-initrd".into());
-        args.push(image.into());
-        args.push("-append".into());
-        args.push(
-            format!(
-                "console=ttyS0 panic=-1 faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24 faultlab.allow={allow}",
-                self.name, self.management, self.test
-            )
-            .into(),
-        );
-        Ok((args, taps))
+        Ok(taps)
     }
 }
 
@@ -420,6 +409,37 @@ pub struct VmFiles {
     pub qmp: PathBuf,
     /// The guest's root shell.
     pub shell: PathBuf,
+}
+
+/// A VM's serial ports: its console (ttyS0), a root shell for `faultlab lab
+/// exec` (ttyS1) and its agent's log (ttyS2). Logs are appended: a fresh
+/// QEMU after a reset writes on.
+fn serial_ports(files: &VmFiles) -> Vec<OsString> {
+    let mut args = Vec::new();
+    let shell = files.shell.display();
+    for (id, log) in [("console", &files.console), ("agent", &files.agent_log)] {
+        args.extend(
+            [
+                "-chardev".to_owned(),
+                format!("file,id={id},path={},append=on", log.display()),
+                "-serial".to_owned(),
+                format!("chardev:{id}"),
+            ]
+            .map(OsString::from),
+        );
+        if id == "console" {
+            // The guest's ttyS1, between its console (ttyS0) and its
+            // agent's log (ttyS2): a root shell for `faultlab lab exec`.
+            args.extend(
+                [
+                    "-serial".to_owned(),
+                    format!("unix:{shell},server=on,wait=off"),
+                ]
+                .map(OsString::from),
+            );
+        }
+    }
+    args
 }
 
 impl VmFiles {
@@ -583,18 +603,6 @@ fn vm_processes() -> Vec<VmProcess> {
             Some(VmProcess { pid, name, keeper })
         })
         .collect()
-}
-
-/// Whether `socket` is the QMP socket of a VM a faultlab lab launched: a
-/// keeper of this machine (only the lab starts them) runs QEMU with it.
-pub(crate) fn lab_serves_qmp(socket: &Path) -> bool {
-    let wanted = format!("unix:{},", socket.display());
-    super::processes().into_iter().any(|(_, words)| {
-        words
-            .windows(2)
-            .any(|pair| pair[0] == "lab" && pair[1] == KEEPER)
-            && words.iter().any(|word| word.starts_with(&wanted))
-    })
 }
 
 /// Whether the process `pid` is a VM's keeper.
