@@ -811,6 +811,11 @@ impl Agent {
         Ok(self.links()?.interface_of(address)?)
     }
 
+    /// What the kernel says of a link now.
+    pub fn link_state(&self, interface: &str) -> Result<crate::link::LinkState, AgentError> {
+        Ok(self.links()?.state(interface)?)
+    }
+
     /// Bring a link back up now.
     pub fn link_up(&self, interface: &str) -> Result<(), AgentError> {
         Ok(self.links()?.bring_up(interface)?)

@@ -203,3 +203,50 @@ fn causes(error: &dyn std::error::Error) -> String {
 pub async fn connect(address: &str) -> Result<Client, AgentsError> {
     Connector::plain().connect(address).await
 }
+
+/// How often [`carrier_back`] asks.
+const CARRIER_POLL: Duration = Duration::from_millis(20);
+
+/// Wait until the host's own kernel sees a carrier on the interface that
+/// holds `address` (a cable its lab plugged back at the far end), at most
+/// `within`: what the kernel last said, or why the cable is not confirmed
+/// back. A lab cannot read the cable of a VM's NIC back (QEMU has no query
+/// for it), and a switch port that is up says nothing of the host's end:
+/// the host's side is where a carrier is seen.
+pub async fn carrier_back(
+    client: &Client,
+    address: std::net::IpAddr,
+    within: Duration,
+) -> Result<pb::LinkStateReply, String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let request = pb::LinkStateRequest {
+        interface: String::new(),
+        address: address.to_string(),
+    };
+    loop {
+        let said = client.clone().link_state(request.clone()).await;
+        let last = match said {
+            Ok(reply) if reply.get_ref().carrier => return Ok(reply.into_inner()),
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                format!(
+                    "its kernel sees no carrier on {} (operstate {}, {})",
+                    reply.interface,
+                    reply.operstate,
+                    if reply.up { "up" } else { "down" }
+                )
+            }
+            Err(status) => format!(
+                "its agent cannot say whether the carrier is back: {}",
+                status.message()
+            ),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "not confirmed after {} ms: {last}",
+                within.as_millis()
+            ));
+        }
+        tokio::time::sleep(CARRIER_POLL).await;
+    }
+}

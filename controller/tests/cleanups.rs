@@ -220,6 +220,36 @@ fn a_rule_removed_by_hand_mid_case_is_found_gone_and_the_rest_is_lifted() -> Tes
     Ok(())
 }
 
+#[test]
+fn a_cable_plugged_back_whose_host_sees_no_carrier_is_not_called_healed() -> TestResult {
+    // The lab pulls host a's cable at the switch side; meanwhile the
+    // host's own end is taken down by hand, so plugging the switch end
+    // back gives it no carrier.
+    let (lab, run) = cut_off("carrier", "link", "do = \"link-down\"")?;
+    let ip = lab.first_ip()?.to_string();
+    let holder = lab.in_first_host(&["ip", "-o", "address", "show", "to", &ip])?;
+    let listed = String::from_utf8_lossy(&holder.stdout).into_owned();
+    let interface = listed
+        .split_whitespace()
+        .nth(1)
+        .ok_or(format!("no interface holds {ip}: {listed}"))?
+        .to_owned();
+    let down = lab.in_first_host(&["ip", "link", "set", &interface, "down"])?;
+    assert!(down.status.success());
+    let finished = finish(run);
+    let up = lab.in_first_host(&["ip", "link", "set", &interface, "up"])?;
+    let (code, case) = finished?;
+    assert!(up.status.success());
+    assert_eq!(case["verdict"], "error", "{case}");
+    let left = left_in_place(&case);
+    assert!(
+        left.contains("pulled cable") && left.contains("no carrier"),
+        "{left}"
+    );
+    assert_ne!(code, Some(0));
+    Ok(())
+}
+
 /// Holder processes of the agent `agent_pid` (its children running `holder`).
 fn holders_of(agent_pid: u32) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {

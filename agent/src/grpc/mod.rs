@@ -396,6 +396,23 @@ impl pb::agent_server::Agent for AgentService {
         .await
     }
 
+    async fn link_state(
+        &self,
+        request: Request<pb::LinkStateRequest>,
+    ) -> Reply<pb::LinkStateReply> {
+        let request = request.into_inner();
+        let interface = self
+            .agent
+            .link_interface(&request.interface, &request.address)?;
+        let state = self.agent.link_state(&interface)?;
+        Ok(Response::new(pb::LinkStateReply {
+            interface,
+            up: state.up,
+            carrier: state.carrier,
+            operstate: state.operstate,
+        }))
+    }
+
     async fn degrade(&self, request: Request<pb::DegradeRequest>) -> Reply<pb::DegradeReply> {
         audited(request, "Degrade", |request| async move {
             let request = request.into_inner();

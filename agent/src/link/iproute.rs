@@ -9,7 +9,7 @@
 //! down (in a file, since the watchdog that may bring it up is another
 //! process), and whoever brings it up puts back what is missing.
 
-use super::{LinkControl, LinkError, Watchdog, valid_interface};
+use super::{LinkControl, LinkError, LinkState, Watchdog, valid_interface};
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -224,6 +224,19 @@ impl LinkControl for IpRoute {
 
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError> {
         interface_holding(address)
+    }
+
+    fn state(&self, interface: &str) -> Result<LinkState, LinkError> {
+        let read =
+            |what: &str| std::fs::read_to_string(format!("/sys/class/net/{interface}/{what}"));
+        let operstate = read("operstate")
+            .map_err(|error| LinkError::System(format!("{interface}: operstate: {error}")))?;
+        Ok(LinkState {
+            up: is_up(interface)?,
+            // An interface that is down has no carrier to read (EINVAL).
+            carrier: read("carrier").is_ok_and(|carrier| carrier.trim() == "1"),
+            operstate: operstate.trim().to_owned(),
+        })
     }
 
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, LinkError> {

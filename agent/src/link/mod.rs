@@ -41,6 +41,21 @@ pub trait LinkControl: Send + Sync {
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError>;
     /// Start a watchdog that brings `interface` up after `after`.
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, LinkError>;
+    /// What the kernel says of `interface` now.
+    fn state(&self, interface: &str) -> Result<LinkState, LinkError>;
+}
+
+/// An interface as the host's kernel sees it: what tells a cable plugged
+/// back at the far end (the carrier) from one still out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// A carrier: the other end of the cable is there and up.
+    pub carrier: bool,
+    /// The kernel's operational state (RFC 2863: "up", "down",
+    /// "lowerlayerdown", ...).
+    pub operstate: String,
 }
 
 /// Why a link request failed.
@@ -143,6 +158,14 @@ impl Links {
         self.control
             .interface_of(address)?
             .ok_or_else(|| LinkError::NoInterface(address.to_string()))
+    }
+
+    /// What the kernel says of `interface` now.
+    pub fn state(&self, interface: &str) -> Result<LinkState, LinkError> {
+        if !valid_interface(interface) {
+            return Err(LinkError::BadName(interface.to_owned()));
+        }
+        self.control.state(interface)
     }
 
     /// Bring `interface` back up now. It leaves the book only once it reads

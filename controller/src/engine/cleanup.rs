@@ -10,7 +10,7 @@
 
 use super::handles::AgentHandle;
 use super::state::{CLEANUP_TIMEOUT, CaseRun, StepError, holder_gone};
-use super::steps::{by_the_lab, process_target, wait_for_new_boot};
+use super::steps::{PLUG_BACK_TIMEOUT, by_the_lab, process_target, wait_for_new_boot};
 use crate::lab::outside::OutsideFault;
 use faultlab_proto::v1 as pb;
 use std::future::Future;
@@ -107,8 +107,10 @@ impl Ledger {
 pub(super) async fn cleanup(run: &CaseRun<'_>) -> Vec<Leftover> {
     let mut ledger = Ledger::default();
     thaw(run, &mut ledger).await;
-    plug_back(run, &mut ledger).await;
+    // A host switched back on first: a cable is confirmed back by its
+    // host's kernel, which must run.
     power_on(run, &mut ledger).await;
+    plug_back(run, &mut ledger).await;
     let names = &run.names;
     for degradation in &names.degradations {
         if let Some(agent) = run.agents.get(&degradation.role) {
@@ -176,8 +178,8 @@ async fn plug_back(run: &CaseRun<'_>, ledger: &mut Ledger) {
         match agent.lab.clone().filter(|lab| lab.can(OutsideFault::Cable)) {
             Some(lab) => {
                 let plugged = tokio::time::timeout(
-                    CLEANUP_TIMEOUT,
-                    by_the_lab(lab, OutsideFault::Cable, None, agent.test_ip),
+                    PLUG_BACK_TIMEOUT,
+                    by_the_lab(agent, lab, OutsideFault::Cable, None),
                 )
                 .await;
                 ledger.note(agent, what, lab_undo(plugged));
@@ -210,7 +212,7 @@ async fn power_on(run: &CaseRun<'_>, ledger: &mut Ledger) {
             continue;
         };
         let booted = tokio::time::timeout(POWER_ON_TIMEOUT, async {
-            by_the_lab(lab, OutsideFault::Power, None, agent.test_ip).await?;
+            by_the_lab(agent, lab, OutsideFault::Power, None).await?;
             wait_for_new_boot(agent, &run.clock).await;
             Ok(())
         })

@@ -282,6 +282,10 @@ impl Agent for Fake {
         not_faked("LinkUp")
     }
 
+    async fn link_state(&self, _: Request<pb::LinkStateRequest>) -> Reply<pb::LinkStateReply> {
+        not_faked("LinkState")
+    }
+
     async fn degrade(&self, _: Request<pb::DegradeRequest>) -> Reply<pb::DegradeReply> {
         not_faked("Degrade")
     }

@@ -10,7 +10,7 @@ mod process;
 mod socket;
 mod timing;
 
-pub(super) use network::{by_the_lab, wait_for_new_boot};
+pub(super) use network::{PLUG_BACK_TIMEOUT, by_the_lab, wait_for_new_boot};
 pub(super) use process::process_target;
 
 use super::handles::{AgentHandle, RunClock, TargetHandle};

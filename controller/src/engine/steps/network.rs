@@ -4,11 +4,10 @@
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
 use crate::engine::state::{Counted, Isolation, Names, StepError};
-use crate::lab::outside::{LabSide, OutsideFault};
+use crate::lab::outside::{self, LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 /// TCP counters a `counters` step shows in its report.
 const SHOWN_COUNTERS: &[&str] = &[
@@ -298,7 +297,7 @@ impl Request {
                         tokio::time::sleep(Duration::from_nanos(early_ns)).await;
                     }
                 }
-                let how = by_the_lab(lab, fault, deadline, acting.agent.test_ip).await?;
+                let how = by_the_lab(&acting.agent, lab, fault, deadline).await?;
                 if fault == OutsideFault::Power && deadline.is_none() {
                     wait_for_new_boot(&acting.agent, &acting.clock).await;
                 }
@@ -380,25 +379,46 @@ fn no_power() -> StepError {
     StepError::Failed("this host's lab cannot cut its power (only a VM lab can)".to_owned())
 }
 
-/// Have the lab make `fault` (until `deadline`) or undo it (a cable: until
-/// the host answers at `address` again); how it did.
+/// Have the lab make `fault` (until `deadline`) or undo it; how it did. A
+/// cable is back when the host's own kernel sees its carrier again (and
+/// the host answers on its test network); a power cut is undone when a
+/// fresh machine runs (the caller waits for its agent's new boot).
 pub(in crate::engine) async fn by_the_lab(
+    agent: &AgentHandle,
     lab: LabSide,
     fault: OutsideFault,
     deadline: Option<Duration>,
-    address: IpAddr,
 ) -> Result<&'static str, StepError> {
+    let address = agent.test_ip;
     let done = tokio::task::spawn_blocking(move || match deadline {
         Some(deadline) => lab.make(fault, deadline),
-        None => lab.undo_and_wait(fault, address),
+        None => lab.undo(fault),
     })
     .await;
-    match done {
-        Ok(Ok(how)) => Ok(how),
-        Ok(Err(error)) => Err(StepError::Failed(format!("lab: {error}"))),
-        Err(error) => Err(StepError::Failed(format!("lab: {error}"))),
+    let how = match done {
+        Ok(Ok(how)) => how,
+        Ok(Err(error)) => return Err(StepError::Failed(format!("lab: {error}"))),
+        Err(error) => return Err(StepError::Failed(format!("lab: {error}"))),
+    };
+    if fault == OutsideFault::Cable && deadline.is_none() {
+        crate::agents::carrier_back(&agent.client, address, CARRIER_BACK_TIMEOUT)
+            .await
+            .map_err(|why| StepError::Failed(format!("lab: {how}, but the cable is {why}")))?;
+        // Then until the host answers there (see `outside::answers`).
+        let _ = tokio::task::spawn_blocking(move || {
+            outside::answers(address, outside::LINK_SETTLE_TIMEOUT)
+        })
+        .await;
     }
+    Ok(how)
 }
+
+/// How long a host's kernel may take to see the carrier of a cable its lab
+/// plugged back (a veth or a VM's virtio NIC: well under a second).
+const CARRIER_BACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the lab may take to plug a cable back, confirm it and wait
+/// for the host to answer.
+pub(in crate::engine) const PLUG_BACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// After a real reboot or a power cycle: wait until the agent answers
 /// from a new boot, its clock measured again (the case's timeout bounds

@@ -76,7 +76,7 @@ pub enum OutsideError {
 }
 
 /// How long a host whose cable is back gets to answer on its test network.
-const LINK_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LINK_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fresh QEMU may take to open its QMP socket.
 const QMP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of that.
@@ -93,6 +93,22 @@ fn is_interface_name(name: &str) -> bool {
         && !name.contains(['/', ' ', '\0'])
         && !name.chars().any(char::is_whitespace)
 }
+
+/// How an undone power cut says it found the machine running (left alone).
+pub const POWER_WAS_ON: &str = "it was on";
+
+/// Whether the kernel says interface `name` is administratively up.
+fn admin_up(name: &str) -> Result<bool, OutsideError> {
+    let path = format!("/sys/class/net/{name}/flags");
+    let flags = std::fs::read_to_string(&path)
+        .map_err(|error| OutsideError::Failed(format!("{path}: {error}")))?;
+    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        .map(|flags| flags & IFF_UP != 0)
+        .map_err(|error| OutsideError::Failed(format!("{path}: {flags:?}: {error}")))
+}
+
+/// The administratively-up bit of an interface's flags (linux/if.h).
+const IFF_UP: u32 = 0x1;
 
 /// The QEMU network device of a VM's test NIC (see `vm::Vm::launch`).
 const VM_TEST_NIC: &str = "t";
@@ -196,6 +212,13 @@ impl LabSide {
                 let state = if cut { "down" } else { "up" };
                 crate::lab::netns::ip(&["link", "set", port, state])
                     .map_err(|error| OutsideError::Failed(error.to_string()))?;
+                // Read back: `ip` answering is not the port being so.
+                if admin_up(port)? == cut {
+                    return Err(OutsideError::Failed(format!(
+                        "switch port {port} was set {state}, but reads back {}",
+                        if cut { "up" } else { "down" }
+                    )));
+                }
                 Ok(if cut {
                     "carrier lost: the switch end of the host's veth down"
                 } else {
@@ -217,31 +240,34 @@ impl LabSide {
             }
             (OutsideFault::Power, Some(socket), _) => {
                 if qmp::running(socket)? {
-                    return Ok("it was on");
+                    return Ok(POWER_WAS_ON);
                 }
                 // The reset button while off: QEMU (run with -no-reboot)
                 // ends, and the VM's keeper starts a fresh one, NICs
                 // plugged: the guest starts from its firmware with empty
                 // memory.
                 qmp::execute(socket, &[qmp::command("system_reset")])?;
+                // Read back: the fresh QEMU its keeper starts runs.
+                let deadline = Instant::now() + QMP_READY_TIMEOUT;
+                loop {
+                    match qmp::running(socket) {
+                        Ok(true) => break,
+                        Ok(false) | Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(PROBE_TIMEOUT);
+                        }
+                        Ok(false) => {
+                            return Err(OutsideError::Failed(format!(
+                                "QMP {}: system_reset done, but the VM reads back not running",
+                                socket.display()
+                            )));
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
                 Ok("QMP system_reset: a fresh QEMU, from its firmware")
             }
             _ => Err(OutsideError::Cannot(fault.into())),
         }
-    }
-
-    /// Undo `fault` now, then, for a cable, wait until the host answers at
-    /// `address` on its test network (see [`answers`]); returns how.
-    pub fn undo_and_wait(
-        &self,
-        fault: OutsideFault,
-        address: IpAddr,
-    ) -> Result<&'static str, OutsideError> {
-        let how = self.undo(fault)?;
-        if fault == OutsideFault::Cable {
-            answers(address, LINK_SETTLE_TIMEOUT);
-        }
-        Ok(how)
     }
 
     /// On a VM whose QEMU was started afresh (its guest reset): pull its
@@ -302,7 +328,7 @@ impl LabSide {
 /// NIC whose carrier came back up to a second later, and a peer address it
 /// failed to resolve meanwhile fails again until then. The lab's bridge
 /// has an address on the test network, so this machine can ask.
-fn answers(address: IpAddr, within: Duration) -> bool {
+pub fn answers(address: IpAddr, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let target = SocketAddr::new(address, DISCARD_PORT);
     while Instant::now() < deadline {
