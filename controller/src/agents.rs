@@ -233,7 +233,11 @@ pub async fn carrier_back(
                     "its kernel sees no carrier on {} (operstate {}, {})",
                     reply.interface,
                     reply.operstate,
-                    if reply.up { "up" } else { "down" }
+                    if reply.up {
+                        "administratively up"
+                    } else {
+                        "administratively down"
+                    }
                 )
             }
             Err(status) => format!(

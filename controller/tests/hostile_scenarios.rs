@@ -44,6 +44,38 @@ fn check(text: &str) {
     }
 }
 
+/// Field names of a scenario's header and steps, and some that are none.
+const FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "title",
+    "seed",
+    "roles",
+    "needs",
+    "timeout_ms",
+    "application",
+    "role",
+    "do",
+    "as",
+    "to",
+    "conn",
+    "bytes",
+    "ms",
+    "deadline_ms",
+    "mode",
+    "direction",
+    "loss",
+    "delay_ms",
+    "expect",
+    "since",
+    "options",
+    "messages",
+    "at",
+    "timeout",
+    "bogus",
+    "step",
+];
+
 /// 256 cases in CI; `PROPTEST_CASES` for longer runs.
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -85,6 +117,41 @@ proptest! {
             .map(|(index, original)| if index == line { replacement.clone() } else { original.to_owned() })
             .collect();
         check(&mutated.join("\n"));
+    }
+
+    #[test]
+    fn a_field_of_any_value_anywhere_is_refused_at_its_field_and_line(
+        line in 0usize..80,
+        key in prop::sample::select(FIELDS),
+        value in prop_oneof![
+            any::<i64>().prop_map(|number| number.to_string()),
+            "\\PC{0,12}".prop_map(|text| format!("{text:?}")),
+            Just("-1".to_owned()),
+            Just("1e99".to_owned()),
+            Just("true".to_owned()),
+            Just("[1, \"x\"]".to_owned()),
+            Just("{ x = 1 }".to_owned()),
+        ],
+        which in 0usize..4,
+    ) {
+        let files = every_seed_file();
+        prop_assume!(!files.is_empty());
+        let text = &files[which % files.len()];
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let at = line.min(lines.len());
+        lines.insert(at, format!("{key} = {value}"));
+        let mutated = lines.join("\n");
+        // Only well-formed TOML: a syntax error has no field to name.
+        prop_assume!(mutated.parse::<toml::Table>().is_ok());
+        if let Err(ScenarioErrors(errors)) = scenario::parse("hostile.toml", &mutated) {
+            for error in errors {
+                prop_assert!(
+                    !error.field.is_empty() && error.field != "(file)",
+                    "{error}: names no field ({key} = {value} at line {})", at + 1
+                );
+                prop_assert!(error.line >= 1 && error.line <= lines.len() + 1, "{error}");
+            }
+        }
     }
 
     #[test]

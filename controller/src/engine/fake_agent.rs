@@ -46,11 +46,18 @@ pub struct Faults {
 pub struct Script {
     calls: Mutex<Vec<Call>>,
     next_id: AtomicU64,
+    /// Its host's boots so far (a boot id changes with each).
+    boots: AtomicU64,
     wire: Arc<Wire>,
     faults: Faults,
 }
 
 impl Script {
+    /// Its host boots again: a new boot id from now on.
+    pub fn reboot(&self) {
+        self.boots.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The calls so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.calls
@@ -154,7 +161,7 @@ impl Agent for Fake {
         Ok(Response::new(pb::HostInfoReply {
             hostname: "fake".to_owned(),
             os_family: "linux".to_owned(),
-            boot_id: "fake-boot".to_owned(),
+            boot_id: format!("fake-boot-{}", self.script.boots.load(Ordering::Relaxed)),
             capabilities: vec!["connections".to_owned()],
             mono_ns: self.mono_ns(),
             ..pb::HostInfoReply::default()
@@ -344,8 +351,10 @@ impl Agent for Fake {
 
     type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
 
-    async fn session(&self, _: Request<pb::SessionRequest>) -> Reply<Self::SessionStream> {
-        not_faked("Session")
+    async fn session(&self, request: Request<pb::SessionRequest>) -> Reply<Self::SessionStream> {
+        self.note("Session", &request)?;
+        // Open until the caller drops it, as the real agent's.
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
     }
 
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {

@@ -69,6 +69,9 @@ pub struct AgentHandle {
     boot: std::sync::Mutex<Boot>,
     /// What its lab can do to its host from outside (local labs).
     pub lab: Option<LabSide>,
+    /// This controller's session on the agent, open while the handle
+    /// lives (see [`AgentHandle::open_session`]).
+    session: std::sync::Mutex<Option<tonic::Streaming<pb::SessionEvent>>>,
 }
 
 /// A host's boot as its agent's clock sees it: its monotonic clock starts
@@ -108,6 +111,9 @@ impl Boot {
     }
 }
 
+/// How long an agent may take to open a session.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl AgentHandle {
     /// Connect, ask for host info, and measure the clock offset.
     pub async fn connect(
@@ -140,6 +146,7 @@ impl AgentHandle {
             info,
             boot: std::sync::Mutex::new(boot),
             lab: None,
+            session: std::sync::Mutex::new(None),
         })
     }
 
@@ -211,15 +218,48 @@ impl AgentHandle {
         let Ok(Ok((boot, _))) = measured else {
             return false;
         };
-        let mut known = self
-            .boot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if boot.id == known.id {
-            return false;
+        {
+            let mut known = self
+                .boot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if boot.id == known.id {
+                return false;
+            }
+            *known = boot;
         }
-        *known = boot;
+        // A new boot is a new agent, which knows no session: the holders
+        // the run spawns from now on must die with it too.
+        self.open_session().await;
         true
+    }
+
+    /// Open this controller's session on the agent (see [`session_id`]):
+    /// the holders spawned in it die when the handle (the run) ends, even
+    /// if the controller is killed. An agent that cannot (an older one) is
+    /// logged: its holders would outlive a killed controller until the
+    /// next Reset.
+    pub(super) async fn open_session(&self) {
+        let request = pb::SessionRequest {
+            id: session_id().to_owned(),
+        };
+        let opened =
+            tokio::time::timeout(SESSION_TIMEOUT, self.client.clone().session(request)).await;
+        let stream = match opened {
+            Ok(Ok(reply)) => Some(reply.into_inner()),
+            Ok(Err(status)) => {
+                tracing::warn!(agent = %self.name, %status, "no session: holders of a killed controller would outlive it");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(agent = %self.name, "no session: the agent did not answer");
+                None
+            }
+        };
+        *self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stream;
     }
 
     /// Measure its clock again if the offset is older than `older_than`
@@ -427,5 +467,29 @@ mod tests {
             agent.clock_uncertainty_ns(now + 60_000_000_000) >= agent.clock_uncertainty_ns(now),
             "an older offset is no better"
         );
+    }
+    #[tokio::test]
+    async fn an_agent_that_booted_again_gets_the_session_opened_again() {
+        let clock = RunClock::start();
+        let Ok(mut agents) = fake_agent::handles(1, fake_agent::Faults::default(), &clock).await
+        else {
+            panic!("no fake agent");
+        };
+        let (agent, script) = agents.remove(0);
+        let sessions = || {
+            script
+                .calls()
+                .iter()
+                .filter(|call| call.rpc == "Session")
+                .count()
+        };
+        agent.open_session().await;
+        assert_eq!(sessions(), 1);
+        assert!(!agent.booted_again(&clock).await, "same boot");
+        assert_eq!(sessions(), 1, "the same boot keeps its session");
+        script.reboot();
+        assert!(agent.booted_again(&clock).await, "a new boot id");
+        assert_eq!(sessions(), 2, "a new boot's agent knows no session");
+        assert!(agent.session.lock().is_ok_and(|open| open.is_some()));
     }
 }

@@ -60,7 +60,9 @@ pub async fn run(
     let run_span = Span::current();
     // Held open for the run: if this controller dies, its agents kill the
     // holders it left (with their connections and floods).
-    let _sessions = open_sessions(&plan.agents).await;
+    for agent in &plan.agents {
+        agent.open_session().await;
+    }
     let mut cases = Cases::new(&plan);
     progress.placed(&cases.placed);
     if cases.run_all(clock, &progress, &run_span, stop).await {
@@ -259,29 +261,6 @@ fn unbound(
         }
     ));
     report
-}
-
-/// Open this controller's session on every agent (see
-/// [`super::handles::session_id`]).
-/// An agent that cannot (an older one) is logged: its holders would
-/// outlive a killed controller until the next Reset.
-async fn open_sessions(agents: &[Arc<AgentHandle>]) -> Vec<tonic::Streaming<pb::SessionEvent>> {
-    let mut open = Vec::new();
-    for agent in agents {
-        let request = pb::SessionRequest {
-            id: super::handles::session_id().to_owned(),
-        };
-        match tokio::time::timeout(RESET_TIMEOUT, agent.client.clone().session(request)).await {
-            Ok(Ok(reply)) => open.push(reply.into_inner()),
-            Ok(Err(status)) => {
-                tracing::warn!(agent = %agent.name, %status, "no session: holders of a killed controller would outlive it");
-            }
-            Err(_) => {
-                tracing::warn!(agent = %agent.name, "no session: the agent did not answer");
-            }
-        }
-    }
-    open
 }
 
 /// After an interruption: every agent drops what the run left.
