@@ -163,8 +163,17 @@ impl History {
             path: shown.clone(),
             source,
         };
-        let connection = Connection::open(path).map_err(database)?;
-        connection
+        let mut connection = Connection::open(path).map_err(database)?;
+        // Before anything else: another controller may be making or
+        // changing the tables at this moment (one polling `runs` while its
+        // run starts); wait for it rather than fail.
+        connection.busy_timeout(LOCK_WAIT).map_err(database)?;
+        // Made and brought up to date in one write transaction, so two
+        // controllers never both add a column.
+        let schema = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(database)?;
+        schema
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS runs (
                     number INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -184,7 +193,6 @@ impl History {
                 );",
             )
             .map_err(database)?;
-        connection.busy_timeout(LOCK_WAIT).map_err(database)?;
         // Databases made before traces, or before runs were kept from their
         // start, get the columns.
         for (column, definition) in [
@@ -193,16 +201,17 @@ impl History {
             ("pid", "pid INTEGER"),
             ("note", "note TEXT"),
         ] {
-            let exists = connection
+            let exists = schema
                 .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")
                 .and_then(|mut statement| statement.exists([column]))
                 .map_err(database)?;
             if !exists {
-                connection
+                schema
                     .execute_batch(&format!("ALTER TABLE runs ADD COLUMN {definition};"))
                     .map_err(database)?;
             }
         }
+        schema.commit().map_err(database)?;
         let history = Self {
             connection,
             path: shown,
@@ -739,6 +748,32 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&path);
         path
+    }
+
+    #[test]
+    fn controllers_opening_a_new_history_at_once_all_get_it() {
+        // `faultlab runs` and `faultlab run` started together (a CI job
+        // polling its own run) both make the tables of a new history.
+        for attempt in 0..20 {
+            let path = scratch(&format!("race-{attempt}"));
+            let _ = std::fs::remove_file(&path);
+            let opened: Vec<Result<(), String>> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| History::open(&path).map(drop)))
+                    .collect();
+                openers
+                    .into_iter()
+                    .map(|opener| match opener.join() {
+                        Ok(opened) => opened.map_err(|error| error.to_string()),
+                        Err(_) => Err("the opener panicked".to_owned()),
+                    })
+                    .collect()
+            });
+            let _ = std::fs::remove_file(&path);
+            for result in opened {
+                assert!(result.is_ok(), "attempt {attempt}: {result:?}");
+            }
+        }
     }
 
     #[test]

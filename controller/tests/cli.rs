@@ -763,7 +763,7 @@ fn a_run_is_in_the_history_from_its_start_and_a_killed_one_is_found_interrupted(
         .args(["run", &slow.display().to_string()])
         .env("FAULTLAB_HISTORY", &history)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.0.join("run.stderr"))?)
         .spawn()?;
     // Running as soon as it starts (bounded: 30 s).
     let started = std::time::Instant::now();
@@ -775,9 +775,10 @@ fn a_run_is_in_the_history_from_its_start_and_a_killed_one_is_found_interrupted(
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             return Err(format!(
-                "the run never showed as running: {}{}",
+                "the run never showed as running: {}{}; the run said: {}",
                 String::from_utf8_lossy(&listed.stdout),
-                String::from_utf8_lossy(&listed.stderr)
+                String::from_utf8_lossy(&listed.stderr),
+                std::fs::read_to_string(scratch.0.join("run.stderr")).unwrap_or_default()
             )
             .into());
         }
