@@ -39,10 +39,7 @@ for file in usr/local/bin/faultlab-agent etc/systemd/system/faultlab-agent.servi
   [ -e "$work/sd/$file" ] || { echo "install.sh did not install $file"; exit 1; }
 done
 
-if ! [ -x "$venv/bin/ansible-playbook" ] || ! [ -x "$venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "ansible==11.*" "kubernetes-validate==1.37.0"
-fi
+bash "$repo/deploy/ansible-venv.sh" "$venv"
 
 echo "-- kubernetes: the manifests validate (API 1.31, strict)"
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version 1.31.0 \

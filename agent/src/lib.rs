@@ -42,6 +42,7 @@ pub mod grpc;
 pub mod holder;
 pub mod hostinfo;
 pub mod isolate;
+pub mod keep;
 pub mod link;
 pub mod model;
 pub mod platform;

@@ -86,9 +86,12 @@ impl Inventory {
     pub fn agents_toml(&self, comment: &str) -> Result<String, toml::ser::Error> {
         #[derive(Serialize)]
         struct Agents<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tls: Option<&'a crate::agents::ClientTls>,
             agent: &'a [AgentEntry],
         }
         let body = toml::to_string(&Agents {
+            tls: self.tls.as_ref(),
             agent: &self.agents,
         })?;
         Ok(format!("# {comment}\n\n{body}"))

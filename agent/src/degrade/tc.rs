@@ -75,7 +75,7 @@ fn snapshot_dir_prefix() -> String {
 }
 
 fn snapshot_path(interface: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}{interface}", snapshot_dir_prefix()))
+    crate::keep::dir().join(format!("{}{interface}", snapshot_dir_prefix()))
 }
 
 /// The root qdisc line of `tc qdisc show dev X root`, as a comparable form:
@@ -304,7 +304,7 @@ impl Shaper for Tc {
 
     fn leftovers(&self) -> Vec<String> {
         let prefix = snapshot_dir_prefix();
-        std::fs::read_dir(std::env::temp_dir())
+        std::fs::read_dir(crate::keep::dir())
             .into_iter()
             .flatten()
             .filter_map(Result::ok)

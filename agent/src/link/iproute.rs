@@ -101,7 +101,7 @@ impl Watchdog for Sleeper {
 fn snapshot_path(interface: &str) -> std::path::PathBuf {
     use std::os::unix::fs::MetadataExt;
     let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |meta| meta.ino());
-    std::env::temp_dir().join(format!("faultlab-link-{namespace}-{interface}"))
+    crate::keep::dir().join(format!("faultlab-link-{namespace}-{interface}"))
 }
 
 /// What `interface` carries that a down and up would lose: its routes

@@ -146,6 +146,17 @@ impl Kernel {
         })
     }
 
+    /// Its release (`6.1.0-57-cloud-amd64`): its modules tree's name.
+    pub fn release(&self) -> Result<String, VmError> {
+        self.modules
+            .file_name()
+            .and_then(|name| name.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                VmError::Kernel(format!("{}: no release in its name", self.modules.display()))
+            })
+    }
+
     /// The modules built into the kernel (`modules.builtin`), as paths
     /// like `kernel/drivers/virtio/virtio_pci.ko`; none when the tree does
     /// not say.

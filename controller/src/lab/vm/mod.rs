@@ -6,7 +6,9 @@
 //! process is the lab's child and dies with it; a lab left by a crashed
 //! controller is swept away by the next lab.
 
+pub mod debian;
 pub mod guest;
+mod install;
 pub mod keeper;
 #[cfg(unix)]
 pub mod shell;
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 const QEMU: &str = "qemu-system-x86_64";
 /// Guest memory (MiB) for a release build's image (about 20 MB).
 const GUEST_MIB: u64 = 128;
+/// Guest memory (MiB) of a whole Debian system.
+const DEBIAN_MIB: u64 = 512;
 /// The agents' gRPC port in the guests.
 pub const VM_CONTROL_PORT: u16 = 7420;
 /// How long a guest may take to boot until its agent answers (TCG is slow).
@@ -119,6 +123,29 @@ pub struct VmOptions {
     /// That kernel's modules directory (default: /lib/modules/<release>).
     #[arg(long, value_name = "DIR", requires = "kernel")]
     pub kernel_modules: Option<PathBuf>,
+    /// What each VM runs.
+    #[arg(long, value_enum, default_value_t)]
+    pub guest: GuestKind,
+}
+
+/// What a VM runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestKind {
+    /// The agent as the guest's init, from an initramfs: boots in seconds.
+    #[default]
+    Initramfs,
+    /// A whole Debian system (systemd, journald, sshd, its own users), the
+    /// agent installed by the project's Ansible role over SSH, started by
+    /// systemd with the shipped unit and spoken to over mutual TLS.
+    Debian,
+}
+
+/// How a VM boots.
+enum Boot {
+    /// The initramfs with the agent as init.
+    Initramfs(PathBuf),
+    /// A Debian image (each host an overlay of it).
+    Debian(debian::Image),
 }
 
 /// Why a VM lab cannot be made here, if it cannot.
@@ -169,6 +196,10 @@ pub(super) fn start(
     )?;
     let image = guest::initramfs(exe, &kernel, &cache())?;
     let accel = accelerator(&kernel, &image, &cache());
+    let boot = match options.guest {
+        GuestKind::Initramfs => Boot::Initramfs(image),
+        GuestKind::Debian => Boot::Debian(debian::image(&kernel)?),
+    };
     let logs = log_dir(scratch, &prefix, dir)?;
     let mut lab = LocalLab {
         agents: Vec::new(),
@@ -201,7 +232,10 @@ pub(super) fn start(
         for log in [&files.console, &files.agent_log, &files.qemu_log] {
             let _ = std::fs::remove_file(log);
         }
-        let (child, taps) = vm.launch(&kernel, &image, dir, &logs, accel, &allow.join(","))?;
+        if let Boot::Debian(image) = &boot {
+            debian::overlay(image, &files.disk)?;
+        }
+        let (child, taps) = vm.launch(&kernel, &boot, dir, &logs, accel, &allow.join(","))?;
         if let Some(machines) = lab.machines.as_mut() {
             machines.keepers.push(child);
             machines.taps.extend(taps);
@@ -219,9 +253,34 @@ pub(super) fn start(
             }),
         });
     }
-    wait_for_agents(&lab)?;
+    if let Boot::Debian(image) = &boot {
+        wait_for_port(&lab, SSH_PORT, DEBIAN_BOOT_TIMEOUT)?;
+        let hosts: Vec<install::Host> = lab
+            .inventory
+            .agents
+            .iter()
+            .filter_map(|agent| {
+                let address: SocketAddr = agent.address.parse().ok()?;
+                match address.ip() {
+                    std::net::IpAddr::V4(management) => Some(install::Host {
+                        name: agent.name.clone(),
+                        management,
+                    }),
+                    std::net::IpAddr::V6(_) => None,
+                }
+            })
+            .collect();
+        lab.inventory.tls = Some(install::agents(exe, &hosts, image, &allow, dir)?);
+    }
+    wait_for_port(&lab, VM_CONTROL_PORT, BOOT_TIMEOUT)?;
     Ok(lab)
 }
+
+/// sshd's port on a Debian host.
+const SSH_PORT: u16 = 22;
+/// How long a Debian host may take to boot until sshd answers (systemd
+/// under TCG: about 25 s measured).
+const DEBIAN_BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Where a VM lab keeps its logs, made with the lab's directory `dir`: a
 /// run's outlive its lab (the newest few runs'); a `lab up` lab's are in
@@ -274,14 +333,14 @@ impl Vm<'_> {
     fn launch(
         &self,
         kernel: &Kernel,
-        image: &Path,
+        boot: &Boot,
         dir: &Path,
         logs: &Path,
         accel: &str,
         allow: &str,
     ) -> Result<(Child, Vec<String>), LabError> {
         let files = VmFiles::of(&self.name, dir, logs);
-        let (args, taps) = self.qemu_args(kernel, image, &files, accel, allow)?;
+        let (args, taps) = self.qemu_args(kernel, boot, &files, accel, allow)?;
         let exe = super::outside::watchdog::faultlab_exe().ok_or_else(|| LabError::Start {
             exe: "faultlab".to_owned(),
             reason: "a VM's keeper is faultlab itself, and it was not found (set FAULTLAB_EXE)"
@@ -318,18 +377,22 @@ impl Vm<'_> {
     fn qemu_args(
         &self,
         kernel: &Kernel,
-        image: &Path,
+        boot: &Boot,
         files: &VmFiles,
         accel: &str,
         allow: &str,
     ) -> Result<(Vec<OsString>, Vec<String>), LabError> {
+        let memory = match boot {
+            Boot::Initramfs(image) => guest_mib(image),
+            Boot::Debian(_) => DEBIAN_MIB,
+        };
         let mut args: Vec<OsString> = [
             "-name",
             &format!("{}v{}", self.prefix, self.index),
             "-accel",
             accel,
             "-m",
-            &guest_mib(image).to_string(),
+            &memory.to_string(),
             "-smp",
             "1",
             "-nodefaults",
@@ -354,15 +417,25 @@ impl Vm<'_> {
         );
         args.push(kernel.image.clone().into());
         args.push("-initrd".into());
-        args.push(image.into());
-        args.push("-append".into());
-        args.push(
-            format!(
-                "console=ttyS0 panic=-1 faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24 faultlab.allow={allow}",
-                self.name, self.management, self.test
-            )
-            .into(),
+        let host = format!(
+            "faultlab.name={} faultlab.mgmt={}/24 faultlab.test={}/24",
+            self.name, self.management, self.test
         );
+        let line = match boot {
+            Boot::Initramfs(image) => {
+                args.push(image.into());
+                format!("console=ttyS0 panic=-1 {host} faultlab.allow={allow}")
+            }
+            Boot::Debian(image) => {
+                args.push(image.initrd.clone().into());
+                args.push("-drive".into());
+                args.push(format!("file={},if=virtio,format=qcow2", files.disk.display()).into());
+                // eth0 and eth1 in the NICs' order: management, test.
+                format!("root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 {host}")
+            }
+        };
+        args.push("-append".into());
+        args.push(line.into());
         Ok((args, taps))
     }
 
@@ -409,6 +482,8 @@ pub struct VmFiles {
     pub qmp: PathBuf,
     /// The guest's root shell.
     pub shell: PathBuf,
+    /// A Debian guest's disk (an overlay of the lab's image).
+    pub disk: PathBuf,
 }
 
 /// A VM's serial ports: its console (ttyS0), a root shell for `faultlab lab
@@ -450,6 +525,7 @@ impl VmFiles {
             qemu_log: logs.join(format!("{name}.qemu.log")),
             qmp: dir.join(format!("{name}.qmp")),
             shell: dir.join(format!("{name}.shell")),
+            disk: dir.join(format!("{name}.qcow2")),
         }
     }
 }
@@ -461,14 +537,16 @@ fn guest_mib(image: &Path) -> u64 {
     GUEST_MIB.max(3 * image_mib + 64)
 }
 
-/// Wait until every VM's agent accepts connections (its guest booted).
-fn wait_for_agents(lab: &LocalLab) -> Result<(), LabError> {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
+/// Wait until every VM accepts connections on `port` of its management
+/// address (its guest booted, its sshd or its agent serves).
+fn wait_for_port(lab: &LocalLab, port: u16, within: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + within;
     for entry in &lab.inventory.agents {
-        let address: SocketAddr = entry
+        let mut address: SocketAddr = entry
             .address
             .parse()
             .map_err(|_| LabError::Network(format!("bad address {}", entry.address)))?;
+        address.set_port(port);
         loop {
             if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
                 break;
@@ -477,7 +555,7 @@ fn wait_for_agents(lab: &LocalLab) -> Result<(), LabError> {
                 let side = entry.lab.clone().unwrap_or_default();
                 return Err(VmError::Boot {
                     name: entry.name.clone(),
-                    reason: format!("its agent did not answer within {BOOT_TIMEOUT:?}"),
+                    reason: format!("nothing answered on {address} within {within:?}"),
                     logs: side.last_words(LAST_LINES),
                 }
                 .into());

@@ -1,0 +1,195 @@
+//! Agents installed on a lab's Debian hosts the way a user installs them on
+//! their own: certificates from `faultlab certs` (each host's names its
+//! management address), then the project's Ansible role over SSH, which
+//! copies the agent, the shipped systemd unit and its drop-ins, and has
+//! systemd start it. The role is the one in `deploy/ansible`, built into
+//! this binary so that a lab installs exactly what the project ships.
+
+use super::VmError;
+use super::debian::{ADMIN, Image};
+use crate::agents::ClientTls;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `deploy/`'s files the role uses, as shipped (path under `deploy/`).
+const DEPLOY: &[(&str, &str)] = &[
+    ("ansible/site.yml", include_str!("../../../../deploy/ansible/site.yml")),
+    (
+        "ansible/roles/faultlab_agent/defaults/main.yml",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/defaults/main.yml"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/handlers/main.yml",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/handlers/main.yml"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/tasks/main.yml",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/tasks/main.yml"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/tasks/linux.yml",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/tasks/linux.yml"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/tasks/windows.yml",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/tasks/windows.yml"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/templates/agent.toml.j2",
+        include_str!("../../../../deploy/ansible/roles/faultlab_agent/templates/agent.toml.j2"),
+    ),
+    (
+        "systemd/faultlab-agent.service",
+        include_str!("../../../../deploy/systemd/faultlab-agent.service"),
+    ),
+    (
+        "systemd/allow-reboot.conf",
+        include_str!("../../../../deploy/systemd/allow-reboot.conf"),
+    ),
+    (
+        "systemd/50-faultlab-reboot.rules",
+        include_str!("../../../../deploy/systemd/50-faultlab-reboot.rules"),
+    ),
+];
+
+/// One host to install: its name and management address.
+pub struct Host {
+    /// Its name (the inventory's, the certificate's).
+    pub name: String,
+    /// Where SSH and the agent listen.
+    pub management: Ipv4Addr,
+}
+
+/// Install the agent `agent` on `hosts` (booted from `image`, sshd up) from
+/// `dir`: certificates in `dir/certs`, the role in `dir/deploy`, the
+/// Ansible inventory and log in `dir`. The controller's side of mutual TLS.
+pub fn agents(
+    agent: &Path,
+    hosts: &[Host],
+    image: &Image,
+    allow: &[&str],
+    dir: &Path,
+) -> Result<ClientTls, VmError> {
+    let failed = |what: &str, error: &dyn std::fmt::Display| {
+        VmError::Guest(format!("installing the agents: {what}: {error}"))
+    };
+    let certs = dir.join("certs");
+    let _ = std::fs::remove_dir_all(&certs);
+    crate::certs::init(&certs, "faultlab lab CA").map_err(|error| failed("certs init", &error))?;
+    let validity = crate::certs::Validity::days(30);
+    for host in hosts {
+        crate::certs::issue(&certs, &host.name, &[host.management.to_string()], validity)
+            .map_err(|error| failed("certs issue", &error))?;
+    }
+    crate::certs::issue(&certs, "controller", &[], validity)
+        .map_err(|error| failed("certs issue", &error))?;
+    let deploy = dir.join("deploy");
+    for (path, contents) in DEPLOY {
+        let file = deploy.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| failed("mkdir", &error))?;
+        }
+        std::fs::write(&file, contents).map_err(|error| failed(path, &error))?;
+    }
+    let inventory = dir.join("ansible-inventory.ini");
+    std::fs::write(&inventory, inventory_ini(agent, hosts, image, allow, &certs))
+        .map_err(|error| failed("the Ansible inventory", &error))?;
+    let log = dir.join("ansible.log");
+    let playbook = ansible_playbook().ok_or_else(|| {
+        VmError::Guest(
+            "ansible-playbook is not installed (pip install ansible, or set FAULTLAB_ANSIBLE_PLAYBOOK)"
+                .to_owned(),
+        )
+    })?;
+    let output = std::fs::File::create(&log).map_err(|error| failed("the log", &error))?;
+    let status = Command::new(&playbook)
+        .arg("-i")
+        .arg(&inventory)
+        .arg(deploy.join("ansible/site.yml"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+        .stdin(std::process::Stdio::null())
+        .stdout(output.try_clone().map_err(|error| failed("the log", &error))?)
+        .stderr(output)
+        .status()
+        .map_err(|error| failed(&playbook.display().to_string(), &error))?;
+    if !status.success() {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let last: Vec<&str> = said.lines().rev().take(12).collect();
+        return Err(VmError::Guest(format!(
+            "the Ansible role failed ({status}); the last lines of {}:\n{}",
+            log.display(),
+            last.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )));
+    }
+    Ok(ClientTls {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("controller.pem"),
+        key: certs.join("controller.key"),
+    })
+}
+
+/// The Ansible inventory of `hosts`: logged in as the image's
+/// administrator with its key, each agent listening on its management
+/// address only, allowed `allow`.
+fn inventory_ini(
+    agent: &Path,
+    hosts: &[Host],
+    image: &Image,
+    allow: &[&str],
+    certs: &Path,
+) -> String {
+    let mut ini = String::from("[faultlab_agents]\n");
+    for host in hosts {
+        ini.push_str(&format!(
+            "{} ansible_host={} faultlab_listen={}:{}\n",
+            host.name,
+            host.management,
+            host.management,
+            super::VM_CONTROL_PORT
+        ));
+    }
+    ini.push_str("\n[faultlab_agents:vars]\n");
+    for (key, value) in [
+        ("ansible_user", ADMIN.to_owned()),
+        ("ansible_become", "true".to_owned()),
+        ("ansible_python_interpreter", "/usr/bin/python3".to_owned()),
+        (
+            "ansible_ssh_private_key_file",
+            image.key.display().to_string(),
+        ),
+        // Hosts made a minute ago, with keys of their own: nothing to pin.
+        (
+            "ansible_ssh_common_args",
+            "'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'"
+                .to_owned(),
+        ),
+        ("faultlab_agent_binary", agent.display().to_string()),
+        ("faultlab_certs_dir", certs.display().to_string()),
+    ] {
+        ini.push_str(&format!("{key}={value}\n"));
+    }
+    for capability in allow {
+        ini.push_str(&format!("faultlab_allow_{capability}=true\n"));
+    }
+    ini
+}
+
+/// `FAULTLAB_ANSIBLE_PLAYBOOK`, one on `PATH`, or the one `deploy/check.sh`
+/// installs beside this build (`target/deploy-venv`).
+fn ansible_playbook() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FAULTLAB_ANSIBLE_PLAYBOOK") {
+        return Some(path.into());
+    }
+    if let Some(found) = super::guest::which("ansible-playbook") {
+        return Some(found);
+    }
+    let me = std::env::current_exe().ok()?;
+    me.ancestors()
+        .skip(1)
+        .take(4)
+        .map(|dir| dir.join("deploy-venv/bin/ansible-playbook"))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,110 @@
+//! Hosts installed the way users install them: `faultlab lab up --vm
+//! --guest debian` boots whole Debian systems (systemd, journald, sshd),
+//! the project's Ansible role installs the agent on them over SSH, systemd
+//! starts it with the shipped unit, and the controller speaks mutual TLS to
+//! it; then the seed suite runs there, R1 a real reboot through systemd.
+//! Needs root, QEMU, debootstrap, qemu-img, Debian's cloud kernel with its
+//! initrd and ansible-playbook (CI installs them).
+
+mod common;
+
+use common::{case_of, faultlab, lab_turn, not_expected};
+use std::time::Instant;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A scratch directory for one test, and a history file in it.
+fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let history = dir.join("h.sqlite");
+    Ok((dir, history))
+}
+
+/// What a shell line on lab host `host` (its number) printed (`faultlab
+/// lab exec`).
+fn on_host(state: &str, host: &str, command: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["lab", "exec", "--state", state, host, "--", command])
+        .output()?;
+    Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
+}
+
+#[test]
+fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() -> TestResult {
+    if let Some(why) = faultlab::lab::vm::unavailable() {
+        return Err(format!("this test needs a VM lab: {why} (CI installs what it needs)").into());
+    }
+    let _turn = lab_turn();
+    let (scratch, history) = scratch("debian")?;
+    let state = scratch.join("state").display().to_string();
+    let started = Instant::now();
+    let up = faultlab(
+        &[
+            "lab", "up", "--vm", "--guest", "debian", "--hosts", "2", "--state", &state,
+        ],
+        &history,
+    )?;
+    let up_took = started.elapsed();
+    common::succeeded(&up)?;
+    let inventory = format!("{state}/inventory.toml");
+    let on_the_lab = || -> Result<_, Box<dyn std::error::Error>> {
+        let listed = faultlab(&["agents", "--inventory", &inventory], &history)?;
+        // Without the lab's certificates, the agent will not talk.
+        let address = std::fs::read_to_string(&inventory)?
+            .lines()
+            .find_map(|line| line.strip_prefix("address = "))
+            .map(|address| address.trim_matches('"').to_owned())
+            .ok_or("no address in the inventory")?;
+        let plain = faultlab(&["agents", &address], &history)?;
+        let unit = on_host(&state, "1", "systemctl is-active faultlab-agent; systemctl show -p FragmentPath,User faultlab-agent")?;
+        let seed_started = Instant::now();
+        let seed = faultlab(
+            &["run", "--suite", "seed", "--inventory", &inventory, "--format", "json"],
+            &history,
+        )?;
+        let seed_took = seed_started.elapsed();
+        let journal = on_host(
+            &state,
+            "2",
+            "journalctl -u faultlab-agent --no-pager -o cat | grep -c 'caller=controller'",
+        )?;
+        Ok((listed, plain, unit, seed, seed_took, journal))
+    };
+    let found = on_the_lab();
+    let down = faultlab(&["lab", "down", "--state", &state], &history)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (listed, plain, unit, seed, seed_took, journal) = found?;
+    common::succeeded(&down)?;
+    common::succeeded(&listed)?;
+    let said = String::from_utf8_lossy(&listed.stdout);
+    assert!(said.contains("Debian GNU/Linux 12"), "{said}");
+    assert_ne!(
+        plain.status.code(),
+        Some(0),
+        "a plain-text client is refused: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    assert!(
+        unit.contains("active") && unit.contains("/etc/systemd/system/faultlab-agent.service"),
+        "{unit}"
+    );
+    assert!(unit.contains("User=faultlab"), "{unit}");
+    let report: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    let cases = report["cases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cases.len(), 15, "{report}");
+    assert!(not_expected(&report).is_empty(), "{:?}", not_expected(&report));
+    let reboot = case_of(&cases, "R1")?;
+    assert!(
+        reboot.to_string().contains("systemctl reboot"),
+        "R1 is a real reboot through systemd: {reboot}"
+    );
+    let audited: u32 = journal.trim().parse().unwrap_or(0);
+    assert!(audited > 0, "the agent's journal shows no audited call: {journal:?}");
+    eprintln!(
+        "debian lab: up (image, boot, Ansible) {:.1} s; seed suite {:.1} s; {audited} audited calls in vm-2's journal",
+        up_took.as_secs_f64(),
+        seed_took.as_secs_f64()
+    );
+    Ok(())
+}
