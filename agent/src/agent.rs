@@ -243,10 +243,18 @@ impl Agent {
         if links.is_ok() {
             capabilities.push("link".to_owned());
         }
+        let mut unavailable = Vec::new();
         if config.allow.reboot {
             capabilities.push("reboot".to_owned());
+            if Current::reboots_orderly() {
+                capabilities.push("orderly-reboot".to_owned());
+            } else {
+                unavailable.push(
+                    "orderly-reboot: no service manager runs here (systemd) to shut down first"
+                        .to_owned(),
+                );
+            }
         }
-        let mut unavailable = Vec::new();
         let degradations = if config.allow.degrade {
             // `degrade`: what the host sends (netem); `loss`: what it
             // receives (a firewall).
@@ -927,15 +935,16 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// Really reboot the host, if this agent is allowed to; how it did.
-    pub fn reboot(&self) -> Result<&'static str, AgentError> {
+    /// Really reboot the host (`orderly`: through its service manager), if
+    /// this agent is allowed to; how it did.
+    pub fn reboot(&self, orderly: bool) -> Result<&'static str, AgentError> {
         if !self.config.allow.reboot {
             return Err(AgentError::PermissionDenied(
                 "reboot is off on this agent: set allow.reboot = true in its config, or start it with --allow reboot".to_owned(),
             ));
         }
         tracing::warn!("rebooting the host on request");
-        Current::reboot()
+        Current::reboot(orderly)
             .map_err(|error| AgentError::FailedPrecondition(format!("cannot reboot: {error}")))
     }
 

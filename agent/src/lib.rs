@@ -85,8 +85,14 @@ pub async fn serve(
     .await
 }
 
+/// How long calls in flight (a caller's open streams among them) get once
+/// the agent is asked to stop.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serve an agent already made (its start-up clean-up done) on `listener`,
-/// over mutual TLS when `tls` is given.
+/// over mutual TLS when `tls` is given, until `shutdown` (then calls still
+/// open get [`STOP_GRACE`]); its holders are killed and its faults undone
+/// on the way out.
 pub async fn serve_agent(
     listener: tokio::net::TcpListener,
     agent: Arc<Agent>,
@@ -109,15 +115,33 @@ pub async fn serve_agent(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let served = builder
+    // Asked to stop, the server waits for calls in flight; a caller's
+    // Session or Events stream never ends by itself, so after a grace the
+    // agent stops anyway (systemd would otherwise wait its whole stop
+    // timeout, 90 s, and then SIGKILL the agent, leaving its holders).
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let asked = Arc::clone(&stopping);
+    let serving = builder
         .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
         .layer(schedule::ScheduleLayer)
         .add_service(health_service)
         .add_service(AgentServer::new(grpc::AgentService::new(Arc::clone(
             &agent,
         ))))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            asked.notify_one();
+        });
+    let served = tokio::select! {
+        served = serving => served,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            tracing::warn!(grace_ms = STOP_GRACE.as_millis(), "calls still open when asked to stop: stopping anyway");
+            Ok(())
+        }
+    };
     let undone = agent.reset().await;
     tracing::info!(
         holders_killed = undone.holders,

@@ -265,6 +265,7 @@ async fn a_simulated_reboot_leaves_peers_to_meet_a_reset() -> TestResult {
         .reboot(pb::RebootRequest {
             simulated: true,
             down_ms: 1_000,
+            ..Default::default()
         })
         .await?
         .into_inner();

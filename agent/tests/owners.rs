@@ -240,3 +240,49 @@ async fn holders_die_when_the_last_stream_of_their_session_ends() -> TestResult 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_asked_to_stop_stops_with_sessions_open_and_kills_its_holders() -> TestResult {
+    // What systemd does at a reboot or `systemctl stop`: SIGTERM, while a
+    // controller's Session and Events streams are open and a holder lives.
+    let mut agent = common::Host::start().await?;
+    let session = agent
+        .rpc
+        .clone()
+        .session(pb::SessionRequest {
+            id: "run-1".to_owned(),
+        })
+        .await?
+        .into_inner();
+    let events = agent
+        .rpc
+        .clone()
+        .events(pb::EventsRequest::default())
+        .await?
+        .into_inner();
+    let holder = agent
+        .rpc
+        .spawn_holder(pb::SpawnHolderRequest {
+            label: "a".to_owned(),
+            session: "run-1".to_owned(),
+        })
+        .await?
+        .into_inner();
+    let pid = agent.process.pid();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    // Bounded: without the grace the agent waited for the streams forever.
+    let started = std::time::Instant::now();
+    while alive(pid) {
+        if started.elapsed() > Duration::from_secs(20) {
+            return Err("the agent did not stop within 20 s of SIGTERM with streams open".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+    gone_within(holder.pid).await?;
+    drop((session, events));
+    Ok(())
+}

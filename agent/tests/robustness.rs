@@ -434,6 +434,7 @@ async fn dangerous_capabilities_are_off_unless_allowed_and_say_how_to_allow_them
         .reboot(pb::RebootRequest {
             simulated: false,
             down_ms: 0,
+            orderly: true,
         })
         .await;
     expect_status(reboot, Code::PermissionDenied, &["--allow reboot"])?;
@@ -442,6 +443,7 @@ async fn dangerous_capabilities_are_off_unless_allowed_and_say_how_to_allow_them
         .reboot(pb::RebootRequest {
             simulated: true,
             down_ms: 100,
+            ..Default::default()
         })
         .await;
     expect_status(simulated, Code::PermissionDenied, &["--allow isolate"])?;

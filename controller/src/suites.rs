@@ -108,6 +108,10 @@ const PHYSICAL: &[(&str, &str)] = &[
         "physical/p4-cable-back-in-time.toml",
         include_str!("../suites/physical/p4-cable-back-in-time.toml"),
     ),
+    (
+        "physical/p5-orderly-reboot.toml",
+        include_str!("../suites/physical/p5-orderly-reboot.toml"),
+    ),
 ];
 
 /// Bad networks, not only dead ones: delay, loss, duplication, reordering

@@ -2,7 +2,8 @@
 //! --guest debian` boots whole Debian systems (systemd, journald, sshd),
 //! the project's Ansible role installs the agent on them over SSH, systemd
 //! starts it with the shipped unit, and the controller speaks mutual TLS to
-//! it; then the seed suite runs there, R1 a real reboot through systemd.
+//! it; then the seed and physical suites run there: R1 a real abrupt
+//! reboot, P5 an orderly one through systemd (logind and polkit).
 //! Needs root, QEMU, debootstrap, qemu-img, Debian's cloud kernel with its
 //! initrd and ansible-playbook (CI installs them).
 
@@ -19,6 +20,32 @@ fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBu
     std::fs::create_dir_all(&dir)?;
     let history = dir.join("h.sqlite");
     Ok((dir, history))
+}
+
+/// The cases of `suite` run on the lab of `inventory`: `count` of them,
+/// each `expected`.
+fn all_expected(
+    suite: &str,
+    inventory: &str,
+    history: &std::path::Path,
+    count: usize,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let args = [
+        "run",
+        "--suite",
+        suite,
+        "--inventory",
+        inventory,
+        "--format",
+        "json",
+    ];
+    let report: serde_json::Value = serde_json::from_slice(&faultlab(&args, history)?.stdout)?;
+    let cases = report["cases"].as_array().cloned().unwrap_or_default();
+    let wrong = not_expected(&report);
+    if cases.len() != count || !wrong.is_empty() {
+        return Err(format!("{suite}: {} cases, not expected: {wrong:#?}", cases.len()).into());
+    }
+    Ok(cases)
 }
 
 /// What a shell line on lab host `host` (its number) printed (`faultlab
@@ -57,50 +84,79 @@ fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() ->
             .map(|address| address.trim_matches('"').to_owned())
             .ok_or("no address in the inventory")?;
         let plain = faultlab(&["agents", &address], &history)?;
-        let unit = on_host(&state, "1", "systemctl is-active faultlab-agent; systemctl show -p FragmentPath,User faultlab-agent")?;
-        let seed_started = Instant::now();
-        let seed = faultlab(
-            &["run", "--suite", "seed", "--inventory", &inventory, "--format", "json"],
-            &history,
+        let unit = on_host(
+            &state,
+            "1",
+            "systemctl is-active faultlab-agent; systemctl show -p FragmentPath,User faultlab-agent",
         )?;
+        let seed_started = Instant::now();
+        let seed = all_expected("seed", &inventory, &history, 15)?;
         let seed_took = seed_started.elapsed();
+        let physical = all_expected("physical", &inventory, &history, 5)?;
         let journal = on_host(
             &state,
             "2",
             "journalctl -u faultlab-agent --no-pager -o cat | grep -c 'caller=controller'",
         )?;
-        Ok((listed, plain, unit, seed, seed_took, journal))
+        Ok((listed, plain, unit, seed, seed_took, physical, journal))
     };
     let found = on_the_lab();
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
     let _ = std::fs::remove_dir_all(&scratch);
-    let (listed, plain, unit, seed, seed_took, journal) = found?;
+    let (listed, plain, unit, seed, seed_took, physical, journal) = found?;
     common::succeeded(&down)?;
     common::succeeded(&listed)?;
     let said = String::from_utf8_lossy(&listed.stdout);
     assert!(said.contains("Debian GNU/Linux 12"), "{said}");
-    assert_ne!(
-        plain.status.code(),
-        Some(0),
-        "a plain-text client is refused: {}",
-        String::from_utf8_lossy(&plain.stdout)
+    let refused = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.status.code() != Some(0) && refused.contains("down"),
+        "a plain-text client is refused: {refused}"
     );
     assert!(
         unit.contains("active") && unit.contains("/etc/systemd/system/faultlab-agent.service"),
         "{unit}"
     );
     assert!(unit.contains("User=faultlab"), "{unit}");
-    let report: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
-    let cases = report["cases"].as_array().cloned().unwrap_or_default();
-    assert_eq!(cases.len(), 15, "{report}");
-    assert!(not_expected(&report).is_empty(), "{:?}", not_expected(&report));
-    let reboot = case_of(&cases, "R1")?;
+    // R1 is the seed's abrupt reboot (nothing shut down first), real.
+    let abrupt = case_of(&seed, "R1")?;
     assert!(
-        reboot.to_string().contains("systemctl reboot"),
-        "R1 is a real reboot through systemd: {reboot}"
+        abrupt.to_string().contains("reboot (reboot(2))"),
+        "{abrupt}"
+    );
+    // The physical suite: cables and power by the lab, and P5's orderly
+    // reboot through systemd (logind, polkit): the FIN of the stopped
+    // server before the host goes.
+    let orderly = case_of(&physical, "P5")?;
+    assert!(
+        orderly.to_string().contains("reboot (systemctl reboot)"),
+        "{orderly}"
+    );
+    let fin_from_server = orderly["wire"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|segment| {
+            segment["flags"]
+                .as_str()
+                .is_some_and(|flags| flags.contains('F'))
+                && segment["source"]
+                    .as_str()
+                    .is_some_and(|source| source.starts_with("198.18."))
+                && segment["host"] == "vm-1"
+                && segment["destination"]
+                    .as_str()
+                    .is_some_and(|to| orderly["wire"][0]["source"].as_str() == Some(to))
+        });
+    assert!(
+        fin_from_server,
+        "the stopped server's FIN reached the client: {orderly}"
     );
     let audited: u32 = journal.trim().parse().unwrap_or(0);
-    assert!(audited > 0, "the agent's journal shows no audited call: {journal:?}");
+    assert!(
+        audited > 0,
+        "the agent's journal shows no audited call: {journal:?}"
+    );
     eprintln!(
         "debian lab: up (image, boot, Ansible) {:.1} s; seed suite {:.1} s; {audited} audited calls in vm-2's journal",
         up_took.as_secs_f64(),

@@ -309,12 +309,20 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
+    // P5's orderly reboot needs a service manager, which the initramfs
+    // guests do not run: it is skipped, saying so (the Debian lab runs it).
     let report = physical;
-    let not_expected = common::not_expected(&report);
+    let cases = report["cases"].as_array().ok_or("no cases")?;
+    let orderly = case_of(cases, "P5")?;
+    assert_eq!(orderly["verdict"], "skipped", "{orderly}");
+    assert!(orderly.to_string().contains("orderly-reboot"), "{orderly}");
+    let not_expected: Vec<String> = common::not_expected(&report)
+        .into_iter()
+        .filter(|case| !case.starts_with("\"P5\""))
+        .collect();
     assert!(not_expected.is_empty(), "{not_expected:#?}");
     assert_eq!(report["summary"]["expected"], 4, "{}", report["cases"]);
-    let cases = report["cases"].as_array().ok_or("no cases")?;
-    for case in cases {
+    for case in cases.iter().filter(|case| case["id"] != "P5") {
         assert_eq!(case["wire_evidence"], true, "{}", case["id"]);
     }
     let p2 = case_of(cases, "P2")?;

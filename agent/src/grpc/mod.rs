@@ -528,7 +528,7 @@ impl pb::agent_server::Agent for AgentService {
         audited(request, "Reboot", |request| async move {
             let request = request.into_inner();
             if !request.simulated {
-                let method = self.agent.reboot()?;
+                let method = self.agent.reboot(request.orderly)?;
                 return Ok(Response::new(pb::RebootReply {
                     method: method.to_owned(),
                     ..pb::RebootReply::default()

@@ -256,20 +256,17 @@ impl Platform for Linux {
         Box::new(crate::sockets::procfs::ProcTable)
     }
 
-    fn reboot() -> io::Result<&'static str> {
-        // With systemd: an orderly reboot. Without it (a busybox init, an
-        // appliance, a lab VM): sync, then reboot(2), as a reset button
-        // would, a moment later so that the reply reaches the controller.
-        if std::path::Path::new("/run/systemd/system").is_dir() {
-            let status = std::process::Command::new("systemctl")
-                .arg("reboot")
-                .status()?;
-            return if status.success() {
-                Ok("systemctl reboot")
-            } else {
-                Err(io::Error::other(format!("systemctl reboot: {status}")))
-            };
+    fn reboots_orderly() -> bool {
+        std::path::Path::new("/run/systemd/system").is_dir()
+    }
+
+    fn reboot(orderly: bool) -> io::Result<&'static str> {
+        if orderly {
+            return systemctl_reboot();
         }
+        // Abrupt: sync, then reboot(2), as a reset button would (after
+        // the sync), a moment later so that the reply reaches the
+        // controller. Nothing is shut down: no process closes its sockets.
         std::thread::Builder::new()
             .name("reboot".to_owned())
             .spawn(|| {
@@ -361,6 +358,33 @@ impl Platform for Linux {
             }
         }
     }
+}
+
+/// An orderly reboot through systemd: `systemctl reboot`, which logind
+/// lets a user other than root do only when polkit says so.
+fn systemctl_reboot() -> io::Result<&'static str> {
+    if !Linux::reboots_orderly() {
+        return Err(io::Error::other(
+            "an orderly reboot needs systemd, and this host does not run it (an abrupt reboot does not)",
+        ));
+    }
+    let ran = std::process::Command::new("systemctl")
+        .arg("reboot")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if ran.status.success() {
+        return Ok("systemctl reboot");
+    }
+    let said = String::from_utf8_lossy(&ran.stderr).trim().to_owned();
+    let hint = if said.contains("Access denied") {
+        " (logind asks polkit: install polkitd and deploy/systemd/50-faultlab-reboot.rules)"
+    } else {
+        ""
+    };
+    Err(io::Error::other(format!(
+        "systemctl reboot: {}: {said}{hint}",
+        ran.status
+    )))
 }
 
 #[cfg(test)]

@@ -125,9 +125,15 @@ pub trait Platform {
     /// The host's table of TCP connections (every program's).
     fn socket_table() -> Box<dyn crate::sockets::SocketTable>;
 
-    /// Reboot the host now; how (systemctl reboot, or reboot(2) where
-    /// there is no systemd; shutdown /r).
-    fn reboot() -> io::Result<&'static str>;
+    /// Reboot the host now; how. `orderly`: through the service manager,
+    /// services stopped first (systemctl reboot; shutdown /r); else
+    /// abruptly, nothing shut down first (sync, then reboot(2); Windows
+    /// has no such call for a service, and says so).
+    fn reboot(orderly: bool) -> io::Result<&'static str>;
+
+    /// Whether an orderly reboot can be asked of a service manager here
+    /// (Linux: systemd runs; Windows: always).
+    fn reboots_orderly() -> bool;
 
     /// A holder's stdin and stdout as async streams, driven by the reactor
     /// where the OS allows (tokio's own stdio goes through a thread pool,

@@ -164,7 +164,13 @@ impl Platform for Windows {
         Box::new(super::windows_tcp_table::IpHelperTable)
     }
 
-    fn reboot() -> io::Result<&'static str> {
+    fn reboots_orderly() -> bool {
+        true
+    }
+
+    fn reboot(_orderly: bool) -> io::Result<&'static str> {
+        // Windows gives a service no abrupt reboot: both are `shutdown /r`
+        // (the reply's method says which way was used).
         let status = std::process::Command::new("shutdown")
             .args(["/r", "/t", "0"])
             .status()?;

@@ -76,7 +76,16 @@ pub fn host_of(agent: &AgentHandle) -> String {
 /// their network.
 pub fn disrupts_hosts(case: &Scenario) -> bool {
     case.needs.iter().any(|need| {
-        ["isolate", "reboot", "link", "power", "degrade", "loss"].contains(&need.as_str())
+        [
+            "isolate",
+            "reboot",
+            "orderly-reboot",
+            "link",
+            "power",
+            "degrade",
+            "loss",
+        ]
+        .contains(&need.as_str())
     })
 }
 

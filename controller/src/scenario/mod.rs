@@ -27,7 +27,14 @@ use std::collections::BTreeMap;
 
 /// Capabilities a scenario may need from its agents beyond connections.
 pub const KNOWN_CAPABILITIES: &[&str] = &[
-    "isolate", "link", "reboot", "process", "power", "degrade", "loss",
+    "isolate",
+    "link",
+    "reboot",
+    "orderly-reboot",
+    "process",
+    "power",
+    "degrade",
+    "loss",
 ];
 
 /// OS families an expectation can be written for (as agents report them).

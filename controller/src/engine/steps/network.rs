@@ -141,10 +141,15 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             fault: OutsideFault::Power,
             deadline: None,
         },
-        NetworkFault::Reboot { simulated, down_ms } => Request::Reboot(pb::RebootRequest {
+        NetworkFault::Reboot {
+            simulated,
+            down_ms,
+            orderly,
+        } => Request::Reboot(pb::RebootRequest {
             // The best way the host allows: real where its agent may.
             simulated: simulated.unwrap_or_else(|| !at.agent.offers("reboot")),
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
+            orderly: *orderly,
         }),
     })
 }

@@ -25,10 +25,13 @@ const SUITE: &str = "bookworm";
 /// /etc/protocols, which nft needs to name protocols.
 const PACKAGES: &str =
     "systemd-sysv,udev,kmod,dbus,netbase,openssh-server,python3,sudo,iproute2,nftables,procps";
+/// Installed once the base system is (its maintainer scripts need one):
+/// polkit, which logind asks before it reboots for a user other than root.
+const LATER_PACKAGES: &str = "polkitd";
 /// The size of the image's disk (sparse: about 400 MB are written).
 const DISK_BYTES: u64 = 2 << 30;
 /// Bump when [`GLUE`] or [`PACKAGES`] change: a new image is built.
-const IMAGE_VERSION: u32 = 2;
+const IMAGE_VERSION: u32 = 3;
 /// The user the lab's installer logs in as (sudo without a password).
 pub const ADMIN: &str = "faultlab-admin";
 
@@ -91,10 +94,16 @@ pub fn image(kernel: &Kernel) -> Result<Image, VmError> {
     if image.disk.is_file() && image.key.is_file() {
         return Ok(image);
     }
+    sweep_builds(&name);
     let building = cache_dir().join(format!("{name}.building-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&building);
     let built = build(&building, kernel);
     if let Err(error) = built {
+        // Keep debootstrap's own log beside the build's; the tree goes.
+        let _ = std::fs::copy(
+            building.join("root/debootstrap/debootstrap.log"),
+            building.join("debootstrap.log"),
+        );
         let _ = std::fs::remove_dir_all(building.join("root"));
         return Err(error);
     }
@@ -112,11 +121,33 @@ pub fn image(kernel: &Kernel) -> Result<Image, VmError> {
     }
 }
 
+/// Remove what builds of image `name` left when their process was killed
+/// (`NAME.building-PID` of a PID that is gone).
+fn sweep_builds(name: &str) {
+    let prefix = format!("{name}.building-");
+    for entry in std::fs::read_dir(cache_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|file| file.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Build the image in `dir`: debootstrap, the kernel's modules, the glue,
 /// the administrator and its key, then one ext4 disk of it all.
 fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
     let failed = |what: &str, error: &dyn std::fmt::Display| {
-        VmError::Guest(format!("building the Debian image in {}: {what}: {error}", dir.display()))
+        VmError::Guest(format!(
+            "building the Debian image in {}: {what}: {error}",
+            dir.display()
+        ))
     };
     let root = dir.join("root");
     std::fs::create_dir_all(&root).map_err(|error| failed("mkdir", &error))?;
@@ -138,7 +169,10 @@ fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
             .arg(modules.join(&release)),
         &log,
     )?;
-    run(Command::new("depmod").arg("-b").arg(&root).arg(&release), &log)?;
+    run(
+        Command::new("depmod").arg("-b").arg(&root).arg(&release),
+        &log,
+    )?;
     for (path, contents, mode) in GLUE {
         let file = root.join(path.trim_start_matches('/'));
         if let Some(parent) = file.parent() {
@@ -150,7 +184,16 @@ fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
     let key = dir.join("admin_key");
     run(
         Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "faultlab lab administrator", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "faultlab lab administrator",
+                "-f",
+            ])
             .arg(&key),
         &log,
     )?;
@@ -158,6 +201,9 @@ fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
         .map_err(|error| failed("the key", &error))?;
     let script = format!(
         "set -e
+mount -t proc proc /proc
+trap 'umount /proc' EXIT
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}
 useradd --create-home --shell /bin/bash {ADMIN}
 install -d -m 0700 -o {ADMIN} -g {ADMIN} /home/{ADMIN}/.ssh
 printf '%s\\n' '{}' > /home/{ADMIN}/.ssh/authorized_keys
@@ -172,9 +218,15 @@ systemctl enable faultlab-lab-setup.service faultlab-lab-shell.service faultlab-
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer systemd-timesyncd.service 2>/dev/null || true
 apt-get clean
 ",
+        LATER_PACKAGES.replace(',', " "),
         public.trim()
     );
-    run(Command::new("chroot").arg(&root).args(["/bin/sh", "-c", &script]), &log)?;
+    run(
+        Command::new("chroot")
+            .arg(&root)
+            .args(["/bin/sh", "-c", &script]),
+        &log,
+    )?;
     let disk = dir.join("disk.raw");
     let file = std::fs::File::create(&disk).map_err(|error| failed("the disk", &error))?;
     file.set_len(DISK_BYTES)
@@ -234,8 +286,8 @@ fn mirror() -> String {
     if let Ok(mirror) = std::env::var("FAULTLAB_DEBIAN_MIRROR") {
         return mirror;
     }
-    let sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
-        .unwrap_or_default();
+    let sources =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     let deb822 = sources
         .lines()
         .find_map(|line| line.strip_prefix("URIs:"))
@@ -264,7 +316,9 @@ pub fn overlay(image: &Image, path: &Path) -> Result<(), VmError> {
         .arg(&image.disk)
         .arg(path)
         .output()
-        .map_err(|error| VmError::Guest(format!("qemu-img (apt-get install qemu-utils): {error}")))?;
+        .map_err(|error| {
+            VmError::Guest(format!("qemu-img (apt-get install qemu-utils): {error}"))
+        })?;
     if output.status.success() {
         Ok(())
     } else {

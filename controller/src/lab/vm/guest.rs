@@ -153,7 +153,10 @@ impl Kernel {
             .and_then(|name| name.to_str())
             .map(str::to_owned)
             .ok_or_else(|| {
-                VmError::Kernel(format!("{}: no release in its name", self.modules.display()))
+                VmError::Kernel(format!(
+                    "{}: no release in its name",
+                    self.modules.display()
+                ))
             })
     }
 

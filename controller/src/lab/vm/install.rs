@@ -14,7 +14,10 @@ use std::process::Command;
 
 /// `deploy/`'s files the role uses, as shipped (path under `deploy/`).
 const DEPLOY: &[(&str, &str)] = &[
-    ("ansible/site.yml", include_str!("../../../../deploy/ansible/site.yml")),
+    (
+        "ansible/site.yml",
+        include_str!("../../../../deploy/ansible/site.yml"),
+    ),
     (
         "ansible/roles/faultlab_agent/defaults/main.yml",
         include_str!("../../../../deploy/ansible/roles/faultlab_agent/defaults/main.yml"),
@@ -93,8 +96,11 @@ pub fn agents(
         std::fs::write(&file, contents).map_err(|error| failed(path, &error))?;
     }
     let inventory = dir.join("ansible-inventory.ini");
-    std::fs::write(&inventory, inventory_ini(agent, hosts, image, allow, &certs))
-        .map_err(|error| failed("the Ansible inventory", &error))?;
+    std::fs::write(
+        &inventory,
+        inventory_ini(agent, hosts, image, allow, &certs),
+    )
+    .map_err(|error| failed("the Ansible inventory", &error))?;
     let log = dir.join("ansible.log");
     let playbook = ansible_playbook().ok_or_else(|| {
         VmError::Guest(
@@ -111,7 +117,11 @@ pub fn agents(
         .env("ANSIBLE_HOST_KEY_CHECKING", "False")
         .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
         .stdin(std::process::Stdio::null())
-        .stdout(output.try_clone().map_err(|error| failed("the log", &error))?)
+        .stdout(
+            output
+                .try_clone()
+                .map_err(|error| failed("the log", &error))?,
+        )
         .stderr(output)
         .status()
         .map_err(|error| failed(&playbook.display().to_string(), &error))?;

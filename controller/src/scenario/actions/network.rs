@@ -72,6 +72,9 @@ pub enum NetworkFault {
         simulated: Option<bool>,
         /// How long the host stays down (simulated).
         down_ms: u64,
+        /// A real reboot through the host's service manager (services
+        /// stopped first, their sockets closed), not an abrupt one.
+        orderly: bool,
     },
 }
 
@@ -95,6 +98,7 @@ impl NetworkFault {
                 simulated: Some(true) | None,
                 ..
             } => "isolate",
+            Self::Reboot { orderly: true, .. } => "orderly-reboot",
             Self::Reboot {
                 simulated: Some(false),
                 ..
@@ -174,9 +178,24 @@ impl NetworkFault {
             }
             "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
             "counters" => input.typed::<NothingSpec>().map(|_| Self::Counters),
-            _ => input.typed::<RebootSpec>().map(|spec| Self::Reboot {
-                simulated: spec.simulated,
-                down_ms: spec.down_ms,
+            _ => input.typed::<RebootSpec>().and_then(|spec| {
+                if spec.orderly && spec.simulated == Some(true) {
+                    input.error(
+                        "orderly",
+                        "an orderly reboot is a real one: drop `simulated = true`",
+                    );
+                    return None;
+                }
+                Some(Self::Reboot {
+                    // An orderly reboot is real.
+                    simulated: if spec.orderly {
+                        Some(false)
+                    } else {
+                        spec.simulated
+                    },
+                    down_ms: spec.down_ms,
+                    orderly: spec.orderly,
+                })
             }),
         }
     }
@@ -432,6 +451,8 @@ struct DeadlineSpec {
 #[serde(deny_unknown_fields)]
 struct RebootSpec {
     simulated: Option<bool>,
+    #[serde(default)]
+    orderly: bool,
     #[serde(default = "default_down_ms")]
     down_ms: u64,
 }
