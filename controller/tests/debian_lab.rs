@@ -57,6 +57,50 @@ fn on_host(state: &str, host: &str, command: &str) -> Result<String, Box<dyn std
     Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
 }
 
+/// What a host's network is: routes, addresses, queueing, firewall.
+const SNAPSHOT: &str = "ip route; ip -6 route; ip address; tc qdisc; nft list ruleset";
+
+/// A case that cuts host b (role `b`) off and delays what it sends, each
+/// until a deadline of 20 s, then waits.
+const FAULTS_THEN_WAIT: &str = "id = \"Z9\"\nname = \"faults-then-wait\"\ntitle = \"Host b cut off and degraded, then a wait\"\n\
+roles = [\"a\", \"b\"]\nneeds = [\"isolate\", \"degrade\"]\ntimeout_ms = 90000\n\n\
+[[step]]\nrole = \"b\"\ndo = \"isolate\"\nmode = \"drop\"\ndeadline_ms = 20000\n\n\
+[[step]]\nrole = \"b\"\ndo = \"degrade\"\ndelay_ms = 100\ndeadline_ms = 20000\n\n\
+[[step]]\ndo = \"sleep\"\nms = 30000\n";
+
+/// Host 2's network before a case cuts it off and degrades it, while it is,
+/// and after its agent was SIGKILLed by systemd mid-case and the case and
+/// the deadlines are over.
+fn agent_killed_mid_faults(
+    state: &str,
+    inventory: &str,
+    scratch: &std::path::Path,
+) -> Result<(String, String, String), Box<dyn std::error::Error>> {
+    let before = on_host(state, "2", SNAPSHOT)?;
+    let case = scratch.join("faults.toml");
+    std::fs::write(&case, FAULTS_THEN_WAIT)?;
+    let mut run = common::run_in_background(inventory, &case)?;
+    let started = Instant::now();
+    let during = loop {
+        let now = on_host(state, "2", SNAPSHOT)?;
+        if now.contains("netem") && now.contains("0.0.0.0/0") {
+            break now;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = run.kill();
+            return Err(format!("the faults were never in place: {now}").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    on_host(state, "2", "systemctl kill --signal=KILL faultlab-agent")?;
+    run.wait()?;
+    // Past the deadlines, whoever healed (the agent systemd started again,
+    // or the watchdogs).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let after = on_host(state, "2", SNAPSHOT)?;
+    Ok((before, during, after))
+}
+
 #[test]
 fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() -> TestResult {
     if let Some(why) = faultlab::lab::vm::unavailable() {
@@ -93,17 +137,20 @@ fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() ->
         let seed = all_expected("seed", &inventory, &history, 15)?;
         let seed_took = seed_started.elapsed();
         let physical = all_expected("physical", &inventory, &history, 5)?;
+        let killed = agent_killed_mid_faults(&state, &inventory, &scratch)?;
         let journal = on_host(
             &state,
             "2",
             "journalctl -u faultlab-agent --no-pager -o cat | grep -c 'caller=controller'",
         )?;
-        Ok((listed, plain, unit, seed, seed_took, physical, journal))
+        Ok((
+            listed, plain, unit, seed, seed_took, physical, killed, journal,
+        ))
     };
     let found = on_the_lab();
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
     let _ = std::fs::remove_dir_all(&scratch);
-    let (listed, plain, unit, seed, seed_took, physical, journal) = found?;
+    let (listed, plain, unit, seed, seed_took, physical, killed, journal) = found?;
     common::succeeded(&down)?;
     common::succeeded(&listed)?;
     let said = String::from_utf8_lossy(&listed.stdout);
@@ -152,6 +199,15 @@ fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() ->
         fin_from_server,
         "the stopped server's FIN reached the client: {orderly}"
     );
+    // The agent SIGKILLed by systemd while its host was cut off and
+    // degraded: systemd started it again, and the host is exactly as it
+    // was (routes, addresses, qdiscs, the whole ruleset).
+    let (before, during, after) = killed;
+    assert!(
+        during.contains("drop_in_v4") && during.contains("netem"),
+        "{during}"
+    );
+    assert_eq!(before, after, "the host is not as it was");
     let audited: u32 = journal.trim().parse().unwrap_or(0);
     assert!(
         audited > 0,
