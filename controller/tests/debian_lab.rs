@@ -9,18 +9,10 @@
 
 mod common;
 
-use common::{case_of, faultlab, lab_turn, not_expected};
+use common::{case_of, faultlab, lab_turn, not_expected, scratch, suite_report};
 use std::time::Instant;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A scratch directory for one test, and a history file in it.
-fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let history = dir.join("h.sqlite");
-    Ok((dir, history))
-}
 
 /// The cases of `suite` run on the lab of `inventory`: `count` of them,
 /// each `expected`.
@@ -30,16 +22,7 @@ fn all_expected(
     history: &std::path::Path,
     count: usize,
 ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
-    let args = [
-        "run",
-        "--suite",
-        suite,
-        "--inventory",
-        inventory,
-        "--format",
-        "json",
-    ];
-    let report: serde_json::Value = serde_json::from_slice(&faultlab(&args, history)?.stdout)?;
+    let report = suite_report(suite, inventory, history)?;
     let cases = report["cases"].as_array().cloned().unwrap_or_default();
     let wrong = not_expected(&report);
     if cases.len() != count || !wrong.is_empty() {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{case_of, faultlab, lab_turn};
+use common::{case_of, faultlab, lab_turn, scratch, suite_report};
 use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -36,25 +36,6 @@ fn leftovers(prefix: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
         }
     }
     Ok(left)
-}
-
-/// The JSON report of `suite` run on the lab of `inventory`.
-fn suite_report(
-    suite: &str,
-    inventory: &str,
-    history: &std::path::Path,
-) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let args = [
-        "run",
-        "--suite",
-        suite,
-        "--inventory",
-        inventory,
-        "--format",
-        "json",
-    ];
-    let run = faultlab(&args, history)?;
-    Ok(serde_json::from_slice(&run.stdout)?)
 }
 
 /// The string `field` of every item of a JSON list.
@@ -84,14 +65,6 @@ fn vm_lab_turn() -> Result<std::sync::MutexGuard<'static, ()>, String> {
         )),
         None => Ok(lab_turn()),
     }
-}
-
-/// A scratch directory for one test, and a history file in it.
-fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let history = dir.join("h.sqlite");
-    Ok((dir, history))
 }
 
 #[test]

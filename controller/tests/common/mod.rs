@@ -136,3 +136,30 @@ pub fn case_of<'a>(
         .find(|case| case["id"] == id)
         .ok_or_else(|| format!("no {id}"))
 }
+
+/// The JSON report of `suite` run on the lab of `inventory`.
+pub fn suite_report(
+    suite: &str,
+    inventory: &str,
+    history: &std::path::Path,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let args = [
+        "run",
+        "--suite",
+        suite,
+        "--inventory",
+        inventory,
+        "--format",
+        "json",
+    ];
+    let run = faultlab(&args, history)?;
+    Ok(serde_json::from_slice(&run.stdout)?)
+}
+
+/// A scratch directory for one test, and a history file in it.
+pub fn scratch(name: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("faultlab-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let history = dir.join("h.sqlite");
+    Ok((dir, history))
+}

@@ -254,7 +254,7 @@ fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
 
 /// Run `command`, its output appended to `log`; a failure quotes the
 /// log's last lines.
-fn run(command: &mut Command, log: &Path) -> Result<(), VmError> {
+pub(super) fn run(command: &mut Command, log: &Path) -> Result<(), VmError> {
     let shown = format!("{command:?}");
     let output = std::fs::OpenOptions::new()
         .create(true)

@@ -108,32 +108,17 @@ pub fn agents(
                 .to_owned(),
         )
     })?;
-    let output = std::fs::File::create(&log).map_err(|error| failed("the log", &error))?;
-    let status = Command::new(&playbook)
-        .arg("-i")
-        .arg(&inventory)
-        .arg(deploy.join("ansible/site.yml"))
-        .env("ANSIBLE_NOCOLOR", "1")
-        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
-        .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
-        .stdin(std::process::Stdio::null())
-        .stdout(
-            output
-                .try_clone()
-                .map_err(|error| failed("the log", &error))?,
-        )
-        .stderr(output)
-        .status()
-        .map_err(|error| failed(&playbook.display().to_string(), &error))?;
-    if !status.success() {
-        let said = std::fs::read_to_string(&log).unwrap_or_default();
-        let last: Vec<&str> = said.lines().rev().take(12).collect();
-        return Err(VmError::Guest(format!(
-            "the Ansible role failed ({status}); the last lines of {}:\n{}",
-            log.display(),
-            last.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )));
-    }
+    let _ = std::fs::remove_file(&log);
+    super::debian::run(
+        Command::new(&playbook)
+            .arg("-i")
+            .arg(&inventory)
+            .arg(deploy.join("ansible/site.yml"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False"),
+        &log,
+    )?;
     Ok(ClientTls {
         ca: certs.join("ca.pem"),
         cert: certs.join("controller.pem"),
