@@ -151,7 +151,12 @@ async fn two_hundred_cases_in_a_row_leak_nothing() -> TestResult {
         .cases
         .iter()
         .filter(|case| case.verdict != Verdict::Expected)
-        .map(|case| format!("{} {:?} {:?}", case.id, case.verdict, case.reason))
+        .map(|case| {
+            format!(
+                "{} {:?} {:?} {:?}",
+                case.id, case.verdict, case.reason, case.differences
+            )
+        })
         .collect();
     assert!(unexpected.is_empty(), "{unexpected:#?}");
     settle().await?;
