@@ -32,10 +32,11 @@ echo "-- systemd: install.sh under a prefix"
 "$bin/faultlab" certs issue localhost --san 127.0.0.1 --dir "$work/certs" >/dev/null
 "$bin/faultlab" certs issue controller --dir "$work/certs" >/dev/null
 bash "$repo/deploy/systemd/install.sh" "$bin/faultlab-agent" "$work/certs" localhost \
-  --prefix "$work/sd" --allow-reboot
+  --prefix "$work/sd" --allow-reboot --allow-process
 for file in usr/local/bin/faultlab-agent etc/systemd/system/faultlab-agent.service \
   etc/faultlab/agent.toml etc/faultlab/agent.key etc/faultlab/ca.pem \
-  etc/systemd/system/faultlab-agent.service.d/allow-reboot.conf; do
+  etc/systemd/system/faultlab-agent.service.d/allow-reboot.conf \
+  etc/systemd/system/faultlab-agent.service.d/allow-process.conf; do
   [ -e "$work/sd/$file" ] || { echo "install.sh did not install $file"; exit 1; }
 done
 
@@ -54,9 +55,14 @@ echo "-- ansible: apply to localhost under a prefix"
   -e faultlab_hosts=localhost -e "faultlab_prefix=$work/ansible" \
   -e "ansible_python_interpreter=$venv/bin/python" \
   -e "faultlab_agent_binary=$bin/faultlab-agent" -e "faultlab_certs_dir=$work/certs" \
-  -e faultlab_cert_name=localhost -e faultlab_allow_isolate=true
+  -e faultlab_cert_name=localhost -e faultlab_allow_isolate=true \
+  -e '{"faultlab_allow_process": true, "faultlab_process_units": ["echo.service"],
+       "faultlab_restart": {"echo_server.py": "python3 /opt/echo_server.py --listen \"0.0.0.0:7000\""}}'
 root=$work/ansible
 grep -q '^isolate = true' "$root/etc/faultlab/agent.toml"
+grep -q '^"echo_server.py" = "python3 /opt/echo_server.py --listen \\"0.0.0.0:7000\\""$' "$root/etc/faultlab/agent.toml"
+grep -q '"echo.service"' "$root/etc/polkit-1/rules.d/50-faultlab-units.rules"
+[ -e "$root/etc/systemd/system/faultlab-agent.service.d/allow-process.conf" ]
 echo "-- the installed agent serves over mutual TLS"
 "$root/usr/local/bin/faultlab-agent" --config "$root/etc/faultlab/agent.toml" \
   --listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &

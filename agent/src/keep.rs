@@ -4,8 +4,15 @@
 //! unit's runtime directory (`RuntimeDirectory=`, kept across restarts by
 //! `RuntimeDirectoryPreserve=yes`), not its private /tmp, which systemd
 //! empties when the service stops; elsewhere the temporary directory.
+//!
+//! Each record also carries its fault's deadline, so that an agent started
+//! again after a crash (whose watchdogs may have died with it: `systemctl
+//! kill` signals the whole unit) takes the fault over and heals it when it
+//! was due, neither never nor early.
 
+use crate::platform::{Current, Platform};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The directory (`$RUNTIME_DIRECTORY`'s first entry, else the temporary
 /// directory).
@@ -14,4 +21,54 @@ pub fn dir() -> PathBuf {
         .and_then(|dirs| std::env::split_paths(&dirs).next())
         .filter(|dir| dir.is_dir())
         .unwrap_or_else(std::env::temp_dir)
+}
+
+/// The first line of a record: when its fault's deadline falls, on
+/// `CLOCK_MONOTONIC` (one clock for every process of this boot; the
+/// runtime directory does not outlive a boot).
+const DEADLINE_LINE: &str = "# deadline-mono-ns ";
+
+/// `body` headed by a deadline `left` from now.
+pub fn with_deadline(body: &str, left: Duration) -> String {
+    let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+    let at = Current::monotonic_ns().saturating_add(left);
+    format!("{DEADLINE_LINE}{at}\n{body}")
+}
+
+/// A record's body, and how far its deadline still is (zero when it has
+/// passed, or when the record has none).
+pub fn split_deadline(record: &str) -> (&str, Duration) {
+    match record
+        .strip_prefix(DEADLINE_LINE)
+        .and_then(|rest| rest.split_once('\n'))
+    {
+        Some((at, body)) => {
+            let left = at
+                .trim()
+                .parse::<u64>()
+                .map_or(0, |at| at.saturating_sub(Current::monotonic_ns()));
+            (body, Duration::from_nanos(left))
+        }
+        None => (record, Duration::ZERO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_gives_back_its_body_and_the_time_left() {
+        let record = with_deadline("-4 route default via 198.18.1.1\n", Duration::from_secs(60));
+        let (body, left) = split_deadline(&record);
+        assert_eq!(body, "-4 route default via 198.18.1.1\n");
+        assert!(
+            left > Duration::from_secs(59) && left <= Duration::from_secs(60),
+            "{left:?}"
+        );
+        let (body, left) = split_deadline("qdisc fq 8001: root");
+        assert_eq!((body, left), ("qdisc fq 8001: root", Duration::ZERO));
+        let past = format!("{DEADLINE_LINE}1\nbody");
+        assert_eq!(split_deadline(&past), ("body", Duration::ZERO));
+    }
 }

@@ -102,7 +102,7 @@ fn an_interface_gets_back_the_root_qdisc_set_by_hand() -> TestResult {
     }
     assert_eq!(root(&name)?, before);
     assert!(
-        shaper.leftovers().iter().all(|left| *left != name),
+        shaper.leftovers().iter().all(|(left, _)| *left != name),
         "nothing is left to heal"
     );
     Ok(())

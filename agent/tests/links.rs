@@ -267,3 +267,65 @@ async fn a_static_route_survives_a_link_down_and_up() -> TestResult {
     assert_eq!(routes(&lab, 1)?, before, "put back by the watchdog");
     Ok(())
 }
+
+/// The pids of this host's link watchdogs (`faultlab-agent link-watchdog`).
+fn watchdogs(lab: &NetLab, index: usize) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "pids", &lab.namespace(index)])
+        .output()?;
+    Ok(String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("link-watchdog"))
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What `systemctl kill` does to a unit: the agent and every process of
+/// it, its link watchdog too. The agent systemd starts again finds the
+/// link's record, keeps it down until its deadline and brings it up then,
+/// with its routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_with_its_watchdog_is_replaced_by_one_that_brings_the_link_up_at_its_deadline()
+-> TestResult {
+    let lab = NetLab::new(2)?;
+    lab.add_test_link(0, 1)?;
+    let before = routes(&lab, 1)?;
+    let mut server = lab.agent(1, &["--allow", "link"]).await?;
+    server
+        .rpc
+        .link_down(pb::LinkDownRequest {
+            interface: "test0".to_owned(),
+            deadline_ms: 3_000,
+            ..Default::default()
+        })
+        .await?;
+    let downed = Instant::now();
+    let pids = watchdogs(&lab, 1)?;
+    assert_eq!(pids.len(), 1, "one watchdog: {pids:?}");
+    server.process.kill();
+    for pid in &pids {
+        std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status()?;
+    }
+    let _again = lab.agent(1, &["--allow", "link"]).await?;
+    assert!(
+        !lab.link_is_up(1, "test0")?,
+        "the new agent keeps the link down until its deadline"
+    );
+    let back = wait_for_link(&lab, 1, true, Duration::from_secs(10)).await?;
+    eprintln!(
+        "link back up {} ms after a 3000 ms link-down whose agent and watchdog were killed",
+        (back - downed).as_millis()
+    );
+    assert!(back - downed >= Duration::from_millis(2_900));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while routes(&lab, 1)? != before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(routes(&lab, 1)?, before, "its routes are back");
+    Ok(())
+}

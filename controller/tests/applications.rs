@@ -189,6 +189,7 @@ async fn the_seed_and_app_cases_run_against_a_real_echo_server() -> TestResult {
     let mut apps = Apps::new("good")?;
     let script = apps.script.display().to_string();
     let grants = AgentGrants {
+        units: Vec::new(),
         process: true,
         restart: vec![(
             apps.script_name(),

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # Install the faultlab agent as a systemd service.
 #
-#   deploy/systemd/install.sh AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot]
+#   deploy/systemd/install.sh AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot] [--allow-process]
 #
 # CERT_DIR holds ca.pem and HOSTNAME.pem/.key (`faultlab certs issue
 # HOSTNAME --san ADDRESS`). With --prefix, files go under DIR and nothing
 # is started (no user, no systemctl): for packaging and for the tests.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-prefix=/ allow_reboot=0 args=()
+prefix=/ allow_reboot=0 allow_process=0 args=()
 while (($#)); do
   case $1 in
   --prefix) prefix=$2; shift 2 ;;
   --allow-reboot) allow_reboot=1; shift ;;
+  --allow-process) allow_process=1; shift ;;
   *) args+=("$1"); shift ;;
   esac
 done
 ((${#args[@]} == 1 || ${#args[@]} == 3)) || {
-  echo "usage: $0 AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot]" >&2
+  echo "usage: $0 AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot] [--allow-process]" >&2
   exit 2
 }
 binary=${args[0]}
@@ -35,6 +36,12 @@ fi
 if ((allow_reboot)); then
   install -D -m 0644 "$here/allow-reboot.conf" "$root/etc/systemd/system/faultlab-agent.service.d/allow-reboot.conf"
   install -D -m 0644 "$here/50-faultlab-reboot.rules" "$root/etc/polkit-1/rules.d/50-faultlab-reboot.rules"
+fi
+# Programs of other users visible and signalled (set allow.process = true
+# too); an application that is a systemd unit needs a polkit rule instead
+# (docs/security.md).
+if ((allow_process)); then
+  install -D -m 0644 "$here/allow-process.conf" "$root/etc/systemd/system/faultlab-agent.service.d/allow-process.conf"
 fi
 if [ "$prefix" = / ]; then
   getent passwd faultlab >/dev/null ||

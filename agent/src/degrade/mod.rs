@@ -287,8 +287,9 @@ pub trait Shaper: Send + Sync {
     fn heal(&self, interface: &str) -> Result<Healed, DegradeError>;
     /// Start a watchdog that heals `interface` after `after`.
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, DegradeError>;
-    /// Interfaces an earlier life of the agent left degraded.
-    fn leftovers(&self) -> Vec<String>;
+    /// Interfaces an earlier life of the agent left degraded, each with the
+    /// time left until its deadline (zero when unknown or past).
+    fn leftovers(&self) -> Vec<(String, Duration)>;
     /// The interface that holds `address`, if any.
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, DegradeError>;
 }
@@ -307,10 +308,34 @@ pub struct Degradations {
 }
 
 impl Degradations {
-    /// Keep the book for `shapers`, after healing what an earlier agent left.
+    /// Keep the book for `shapers`, with what an earlier life of the agent
+    /// left degraded: each kept until its deadline under a new watchdog, or
+    /// healed now when that has passed or is unknown.
     pub fn new(shapers: Shapers) -> Self {
-        for shaper in [&shapers.outbound, &shapers.inbound].into_iter().flatten() {
-            for interface in shaper.leftovers() {
+        let mut active = HashMap::new();
+        for (shaper, inbound) in [(&shapers.outbound, false), (&shapers.inbound, true)] {
+            let Ok(shaper) = shaper else { continue };
+            for (interface, left) in shaper.leftovers() {
+                if !left.is_zero() {
+                    match shaper.arm(&interface, left) {
+                        Ok(watchdog) => {
+                            tracing::warn!(%interface, left_ms = left.as_millis(), "took over a degradation an earlier agent made");
+                            active.insert(
+                                format!("earlier-{interface}"),
+                                Active {
+                                    interface,
+                                    inbound,
+                                    watchdog,
+                                    expires: Instant::now() + left,
+                                },
+                            );
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::error!(%interface, %error, "cannot watch a degradation an earlier agent made: healing it now");
+                        }
+                    }
+                }
                 match shaper.heal(&interface) {
                     Ok(_) => {
                         tracing::warn!(%interface, "healed a degradation an earlier agent left")
@@ -323,7 +348,7 @@ impl Degradations {
         }
         Self {
             shapers,
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(active),
         }
     }
 

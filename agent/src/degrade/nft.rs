@@ -226,7 +226,7 @@ impl Shaper for NftLoss {
         }
         nft(&script).map_err(DegradeError::System)?;
         let left = self.leftovers();
-        if left.iter().any(|left| left == interface) {
+        if left.iter().any(|(left, _)| left == interface) {
             return Err(DegradeError::System(format!(
                 "{interface} is not healed: its chain {chain} reads back still in {TABLE}"
             )));
@@ -250,7 +250,9 @@ impl Shaper for NftLoss {
             .map_err(|error| DegradeError::System(error.to_string()))
     }
 
-    fn leftovers(&self) -> Vec<String> {
+    /// Its deadline is the kernel's (the set element's timeout): what is
+    /// left of a chain is healed at once.
+    fn leftovers(&self) -> Vec<(String, Duration)> {
         list(&format!("table {TABLE}"))
             .unwrap_or_default()
             .lines()
@@ -258,6 +260,7 @@ impl Shaper for NftLoss {
                 let name = line.trim().strip_prefix("chain ")?;
                 interface_of_chain(name.trim_end_matches(['{', ' ']))
             })
+            .map(|interface| (interface, Duration::ZERO))
             .collect()
     }
 }

@@ -220,14 +220,15 @@ impl Shaper for Tc {
         interface: &str,
         impairment: &Impairment,
         selection: &Selection,
-        _deadline: Duration,
+        deadline: Duration,
     ) -> Result<String, DegradeError> {
         let kept = snapshot_path(interface);
         if kept.exists() {
             return Err(DegradeError::AlreadyDegraded(interface.to_owned()));
         }
         let before = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
-        std::fs::write(&kept, &before).map_err(|error| {
+        let record = crate::keep::with_deadline(&before, deadline);
+        std::fs::write(&kept, record).map_err(|error| {
             DegradeError::System(format!("cannot write {}: {error}", kept.display()))
         })?;
         if let Err(error) = self.apply(interface, impairment, selection) {
@@ -239,14 +240,15 @@ impl Shaper for Tc {
 
     fn heal(&self, interface: &str) -> Result<Healed, DegradeError> {
         let kept = snapshot_path(interface);
-        let before = std::fs::read_to_string(&kept)
+        let record = std::fs::read_to_string(&kept)
             .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
+        let (before, _) = crate::keep::split_deadline(&record);
         let counters = tc(&["-s", "qdisc", "show", "dev", interface]).unwrap_or_default();
         // Ours goes (a root the kernel made comes back by itself) ... If it
         // is gone already (removed by hand), the read-back below decides.
         let deleted = tc(&["qdisc", "del", "dev", interface, "root"]);
         // ... and one someone had set is put back as it was.
-        if let Some(args) = recreate(&before) {
+        if let Some(args) = recreate(before) {
             let args: Vec<&str> = args
                 .iter()
                 .map(|word| {
@@ -302,19 +304,19 @@ impl Shaper for Tc {
             .map_err(|error| DegradeError::System(error.to_string()))
     }
 
-    fn leftovers(&self) -> Vec<String> {
+    fn leftovers(&self) -> Vec<(String, Duration)> {
         let prefix = snapshot_dir_prefix();
         std::fs::read_dir(crate::keep::dir())
             .into_iter()
             .flatten()
             .filter_map(Result::ok)
             .filter_map(|entry| {
-                entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|name| name.strip_prefix(&prefix))
-                    .filter(|interface| valid_interface(interface))
-                    .map(str::to_owned)
+                let name = entry.file_name().to_str()?.to_owned();
+                let interface = name
+                    .strip_prefix(&prefix)
+                    .filter(|interface| valid_interface(interface))?;
+                let record = std::fs::read_to_string(entry.path()).ok()?;
+                Some((interface.to_owned(), crate::keep::split_deadline(&record).1))
             })
             .collect()
     }

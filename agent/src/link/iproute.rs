@@ -27,7 +27,7 @@ pub fn watchdog_main(interface: &str, after: Duration) -> Result<(), LinkError> 
     IpRoute {
         exe: std::path::PathBuf::new(),
     }
-    .set_up(interface, true)
+    .set_up(interface)
 }
 
 fn ip(args: &[&str]) -> Result<String, LinkError> {
@@ -99,9 +99,14 @@ impl Watchdog for Sleeper {
 /// Where the routes and addresses of `interface` are kept while it is down:
 /// one file per network namespace (hosts of a namespace lab share /tmp).
 fn snapshot_path(interface: &str) -> std::path::PathBuf {
+    crate::keep::dir().join(format!("{}{interface}", snapshot_prefix()))
+}
+
+/// The start of the names of this network namespace's records.
+fn snapshot_prefix() -> String {
     use std::os::unix::fs::MetadataExt;
     let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |meta| meta.ino());
-    crate::keep::dir().join(format!("faultlab-link-{namespace}-{interface}"))
+    format!("faultlab-link-{namespace}-")
 }
 
 /// What `interface` carries that a down and up would lose: its routes
@@ -175,36 +180,35 @@ fn restore(interface: &str, kept: &str) -> Vec<String> {
 }
 
 impl LinkControl for IpRoute {
-    fn set_up(&self, interface: &str, up: bool) -> Result<(), LinkError> {
+    fn set_down(&self, interface: &str, left: Duration) -> Result<(), LinkError> {
         if !valid_interface(interface) {
             return Err(LinkError::BadName(interface.to_owned()));
         }
         let kept = snapshot_path(interface);
-        if !up {
-            let written = snapshot(interface)?;
-            std::fs::write(&kept, written).map_err(|error| {
-                LinkError::System(format!("cannot write {}: {error}", kept.display()))
-            })?;
+        let written = crate::keep::with_deadline(&snapshot(interface)?, left);
+        std::fs::write(&kept, written).map_err(|error| {
+            LinkError::System(format!("cannot write {}: {error}", kept.display()))
+        })?;
+        ip(&["link", "set", "dev", interface, "down"])?;
+        Ok(())
+    }
+
+    fn set_up(&self, interface: &str) -> Result<(), LinkError> {
+        if !valid_interface(interface) {
+            return Err(LinkError::BadName(interface.to_owned()));
         }
-        ip(&[
-            "link",
-            "set",
-            "dev",
-            interface,
-            if up { "up" } else { "down" },
-        ])?;
-        if !up {
-            return Ok(());
-        }
+        let kept = snapshot_path(interface);
+        ip(&["link", "set", "dev", interface, "up"])?;
         if !is_up(interface)? {
             return Err(LinkError::System(format!(
                 "{interface} was set up, but reads back down"
             )));
         }
-        if let Ok(written) = std::fs::read_to_string(&kept) {
-            let failed = restore(interface, &written);
+        if let Ok(record) = std::fs::read_to_string(&kept) {
+            let (written, _) = crate::keep::split_deadline(&record);
+            let failed = restore(interface, written);
             // Read back: every route and address written down is there again.
-            let missing = not_back(&written, &snapshot(interface)?);
+            let missing = not_back(written, &snapshot(interface)?);
             if !missing.is_empty() {
                 // The record stays: a watchdog or a later heal tries again.
                 return Err(LinkError::System(format!(
@@ -224,6 +228,23 @@ impl LinkControl for IpRoute {
 
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError> {
         interface_holding(address)
+    }
+
+    fn leftovers(&self) -> Vec<(String, Duration)> {
+        let prefix = snapshot_prefix();
+        std::fs::read_dir(crate::keep::dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str()?.to_owned();
+                let interface = name
+                    .strip_prefix(&prefix)
+                    .filter(|name| valid_interface(name))?;
+                let record = std::fs::read_to_string(entry.path()).ok()?;
+                Some((interface.to_owned(), crate::keep::split_deadline(&record).1))
+            })
+            .collect()
     }
 
     fn state(&self, interface: &str) -> Result<LinkState, LinkError> {

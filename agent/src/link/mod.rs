@@ -35,8 +35,14 @@ pub trait Watchdog: Send {
 
 /// The privileged side: the host's interfaces.
 pub trait LinkControl: Send + Sync {
-    /// Set the link administratively up or down.
-    fn set_up(&self, interface: &str, up: bool) -> Result<(), LinkError>;
+    /// Set the link administratively down, writing down what bringing it
+    /// up must put back and its deadline, `left` from now.
+    fn set_down(&self, interface: &str, left: Duration) -> Result<(), LinkError>;
+    /// Set it up again with what was written down, and check it is back.
+    fn set_up(&self, interface: &str) -> Result<(), LinkError>;
+    /// Links an earlier life of the agent took down and did not bring up,
+    /// each with the time left until its deadline.
+    fn leftovers(&self) -> Vec<(String, Duration)>;
     /// The interface that holds `address`, if any.
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, LinkError>;
     /// Start a watchdog that brings `interface` up after `after`.
@@ -99,11 +105,37 @@ pub struct Links {
 }
 
 impl Links {
-    /// Keep the book for `control`.
+    /// Keep the book for `control`, with the links an earlier life of the
+    /// agent left down: each kept down until its deadline under a new
+    /// watchdog, or brought up now when that has passed.
     pub fn new(control: Box<dyn LinkControl>) -> Self {
+        let mut down = HashMap::new();
+        for (interface, left) in control.leftovers() {
+            if !left.is_zero() {
+                match control.arm(&interface, left) {
+                    Ok(watchdog) => {
+                        tracing::warn!(%interface, left_ms = left.as_millis(), "took over a link an earlier agent took down");
+                        let expires = Instant::now() + left;
+                        down.insert(interface, Down { watchdog, expires });
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%interface, %error, "cannot watch a link an earlier agent took down: bringing it up now");
+                    }
+                }
+            }
+            match control.set_up(&interface) {
+                Ok(()) => {
+                    tracing::warn!(%interface, "brought up a link an earlier agent left down")
+                }
+                Err(error) => {
+                    tracing::error!(%interface, %error, "cannot bring up a link an earlier agent left down")
+                }
+            }
+        }
         Self {
             control,
-            down: Mutex::new(HashMap::new()),
+            down: Mutex::new(down),
         }
     }
 
@@ -138,7 +170,7 @@ impl Links {
         }
         // Arm first: once the link is down, it must come back whatever happens.
         let mut watchdog = self.control.arm(interface, deadline)?;
-        if let Err(error) = self.control.set_up(interface, false) {
+        if let Err(error) = self.control.set_down(interface, deadline) {
             watchdog.disarm();
             return Err(error);
         }
@@ -177,7 +209,7 @@ impl Links {
             .get_mut(interface)
             .ok_or_else(|| LinkError::NotDown(interface.to_owned()))?;
         entry.watchdog.disarm();
-        if let Err(error) = self.control.set_up(interface, true) {
+        if let Err(error) = self.control.set_up(interface) {
             let left = entry
                 .expires
                 .saturating_duration_since(Instant::now())

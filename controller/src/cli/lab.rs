@@ -42,6 +42,12 @@ enum LabAction {
         /// How the agents restart a program, as NAME=COMMAND (repeatable).
         #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
         restart: Vec<(String, String)>,
+        /// A systemd unit (an application under test) the agents may stop,
+        /// kill and restart through systemd (repeatable; with
+        /// --allow-process). Hosts whose agent runs as its own user (Debian
+        /// VMs) get a polkit rule naming these units and no other.
+        #[arg(long = "unit", value_name = "NAME", requires = "allow_process")]
+        units: Vec<String>,
     },
     /// Run a command on a lab host (inside its network namespace, or in its
     /// VM through the VM's root shell), e.g. the application under test:
@@ -102,10 +108,12 @@ pub async fn lab(args: LabArgs) -> anyhow::Result<bool> {
             vm,
             vm_options,
             restart,
+            units,
         } => {
             let grants = AgentGrants {
                 process: allow_process,
                 restart,
+                units,
             };
             let kind = if vm { LabKind::Vm } else { LabKind::Auto };
             up(hosts, grants, kind, &vm_options, state)

@@ -58,6 +58,10 @@ pub struct AgentGrants {
     pub process: bool,
     /// Restart commands by process name (`--restart NAME=COMMAND`).
     pub restart: Vec<(String, String)>,
+    /// Systemd units of applications the agents may stop, kill and restart
+    /// through systemd (`--unit NAME`): on hosts whose agent runs as its
+    /// own user (the Debian VM lab's), a polkit rule names them.
+    pub units: Vec<String>,
 }
 
 impl AgentGrants {

@@ -8,6 +8,7 @@
 use super::VmError;
 use super::debian::{ADMIN, Image};
 use crate::agents::ClientTls;
+use crate::lab::AgentGrants;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +55,16 @@ const DEPLOY: &[(&str, &str)] = &[
         "systemd/50-faultlab-reboot.rules",
         include_str!("../../../../deploy/systemd/50-faultlab-reboot.rules"),
     ),
+    (
+        "systemd/allow-process.conf",
+        include_str!("../../../../deploy/systemd/allow-process.conf"),
+    ),
+    (
+        "ansible/roles/faultlab_agent/templates/50-faultlab-units.rules.j2",
+        include_str!(
+            "../../../../deploy/ansible/roles/faultlab_agent/templates/50-faultlab-units.rules.j2"
+        ),
+    ),
 ];
 
 /// One host to install: its name and management address.
@@ -65,13 +76,15 @@ pub struct Host {
 }
 
 /// Install the agent `agent` on `hosts` (booted from `image`, sshd up) from
-/// `dir`: certificates in `dir/certs`, the role in `dir/deploy`, the
-/// Ansible inventory and log in `dir`. The controller's side of mutual TLS.
+/// `dir`, allowed what `allow` lists and `grants` gives: certificates in
+/// `dir/certs`, the role in `dir/deploy`, the Ansible inventory and log in
+/// `dir`. The controller's side of mutual TLS.
 pub fn agents(
     agent: &Path,
     hosts: &[Host],
     image: &Image,
     allow: &[&str],
+    grants: &AgentGrants,
     dir: &Path,
 ) -> Result<ClientTls, VmError> {
     let failed = |what: &str, error: &dyn std::fmt::Display| {
@@ -98,7 +111,7 @@ pub fn agents(
     let inventory = dir.join("ansible-inventory.ini");
     std::fs::write(
         &inventory,
-        inventory_ini(agent, hosts, image, allow, &certs),
+        inventory_ini(agent, hosts, image, allow, grants, &certs),
     )
     .map_err(|error| failed("the Ansible inventory", &error))?;
     let log = dir.join("ansible.log");
@@ -114,6 +127,8 @@ pub fn agents(
             .arg("-i")
             .arg(&inventory)
             .arg(deploy.join("ansible/site.yml"))
+            // A first install has nothing running to roll over: all at once.
+            .args(["-e", "faultlab_serial=100%"])
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_HOST_KEY_CHECKING", "False")
             .env("ANSIBLE_RETRY_FILES_ENABLED", "False"),
@@ -128,12 +143,14 @@ pub fn agents(
 
 /// The Ansible inventory of `hosts`: logged in as the image's
 /// administrator with its key, each agent listening on its management
-/// address only, allowed `allow`.
+/// address only, allowed `allow`, with the units and restart commands of
+/// `grants` (as Python literals, which Ansible reads from an INI file).
 fn inventory_ini(
     agent: &Path,
     hosts: &[Host],
     image: &Image,
     allow: &[&str],
+    grants: &AgentGrants,
     certs: &Path,
 ) -> String {
     let mut ini = String::from("[faultlab_agents]\n");
@@ -169,12 +186,25 @@ fn inventory_ini(
     for capability in allow {
         ini.push_str(&format!("faultlab_allow_{capability}=true\n"));
     }
+    if !grants.units.is_empty() {
+        let units = serde_json::to_string(&grants.units).unwrap_or_default();
+        ini.push_str(&format!("faultlab_process_units={units}\n"));
+    }
+    if !grants.restart.is_empty() {
+        let commands: std::collections::BTreeMap<&str, &str> = grants
+            .restart
+            .iter()
+            .map(|(name, command)| (name.as_str(), command.as_str()))
+            .collect();
+        let commands = serde_json::to_string(&commands).unwrap_or_default();
+        ini.push_str(&format!("faultlab_restart={commands}\n"));
+    }
     ini
 }
 
 /// `FAULTLAB_ANSIBLE_PLAYBOOK`, one on `PATH`, or the one `deploy/check.sh`
 /// installs beside this build (`target/deploy-venv`).
-fn ansible_playbook() -> Option<PathBuf> {
+pub fn ansible_playbook() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("FAULTLAB_ANSIBLE_PLAYBOOK") {
         return Some(path.into());
     }

@@ -9,6 +9,7 @@
 pub mod debian;
 pub mod guest;
 mod install;
+pub use install::ansible_playbook;
 pub mod keeper;
 #[cfg(unix)]
 pub mod shell;
@@ -270,7 +271,7 @@ pub(super) fn start(
                 }
             })
             .collect();
-        lab.inventory.tls = Some(install::agents(exe, &hosts, image, &allow, dir)?);
+        lab.inventory.tls = Some(install::agents(exe, &hosts, image, &allow, grants, dir)?);
     }
     wait_for_port(&lab, VM_CONTROL_PORT, BOOT_TIMEOUT)?;
     Ok(lab)
