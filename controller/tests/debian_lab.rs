@@ -436,8 +436,9 @@ fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() ->
     let (scratch, history) = scratch("debian")?;
     let state = scratch.join("state").display().to_string();
     let started = Instant::now();
-    let up = faultlab(
-        &[
+    // With its phases' times (boot, Ansible) in its log.
+    let up = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args([
             "lab",
             "up",
             "--vm",
@@ -452,9 +453,15 @@ fn debian_hosts_installed_by_ansible_over_ssh_play_the_seed_suite_over_mtls() ->
             ECHO_UNIT,
             "--restart",
             "echo_server.py=python3 /opt/echo_server.py --listen 0.0.0.0:7000",
-        ],
-        &history,
-    )?;
+        ])
+        .env("FAULTLAB_HISTORY", &history)
+        .env("RUST_LOG", "faultlab=info")
+        .output()?;
+    for line in String::from_utf8_lossy(&up.stderr).lines() {
+        if line.contains("took_ms") {
+            eprintln!("lab up: {line}");
+        }
+    }
     let up_took = started.elapsed();
     common::succeeded(&up)?;
     let inventory = format!("{state}/inventory.toml");

@@ -150,7 +150,7 @@ pub struct Expect {
     pub counters_increase_min: BTreeMap<String, u64>,
     /// The earlier `counters` step the increase counts from.
     pub counters_since: Option<String>,
-    /// Ends at most this long after the start of step `since`.
+    /// Ends at most this long after step `since` returned (its fault in force).
     pub within_ms: Option<u64>,
     /// The step `within_ms` counts from.
     pub since: Option<String>,

@@ -220,6 +220,7 @@ pub(super) fn start(
     if grants.process {
         allow.push("process");
     }
+    let booting = std::time::Instant::now();
     for index in 0..count {
         let vm = Vm {
             name: format!("vm-{}", index + 1),
@@ -256,6 +257,10 @@ pub(super) fn start(
     }
     if let Boot::Debian(image) = &boot {
         wait_for_port(&lab, SSH_PORT, DEBIAN_BOOT_TIMEOUT)?;
+        tracing::info!(
+            took_ms = booting.elapsed().as_millis(),
+            "Debian hosts booted: sshd answers on each"
+        );
         let hosts: Vec<install::Host> = lab
             .inventory
             .agents
@@ -271,9 +276,18 @@ pub(super) fn start(
                 }
             })
             .collect();
+        let installing = std::time::Instant::now();
         lab.inventory.tls = Some(install::agents(exe, &hosts, image, &allow, grants, dir)?);
+        tracing::info!(
+            took_ms = installing.elapsed().as_millis(),
+            "agents installed by the Ansible role"
+        );
     }
     wait_for_port(&lab, VM_CONTROL_PORT, BOOT_TIMEOUT)?;
+    tracing::info!(
+        took_ms = booting.elapsed().as_millis(),
+        "every agent answers"
+    );
     Ok(lab)
 }
 
