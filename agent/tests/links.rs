@@ -235,6 +235,21 @@ async fn a_static_route_survives_a_link_down_and_up() -> TestResult {
             .any(|route| route.starts_with("198.19.0.0/16 via")),
         "{before:?}"
     );
+    // Every interface's IPv6 routes: each has its own fe80::/64.
+    let all_v6 = || -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut routes: Vec<String> = lab
+            .exec(1, &["ip", "-6", "route", "show"])?
+            .lines()
+            .map(|line| line.replace(" linkdown", "").trim().to_owned())
+            .collect();
+        routes.sort();
+        Ok(routes)
+    };
+    let v6_before = all_v6()?;
+    assert!(
+        v6_before.iter().any(|route| route.contains("dev eth0")),
+        "{v6_before:?}"
+    );
     let mut server = lab.agent(1, &["--allow", "link"]).await?;
     let down = |deadline_ms| pb::LinkDownRequest {
         address: server_ip.to_string(),
@@ -256,6 +271,7 @@ async fn a_static_route_survives_a_link_down_and_up() -> TestResult {
         })
         .await?;
     assert_eq!(routes(&lab, 1)?, before, "put back by link-up");
+    assert_eq!(all_v6()?, v6_before, "no other interface's route taken");
     // Brought up by the watchdog, the agent gone.
     server.rpc.link_down(down(800)).await?;
     server.process.kill();

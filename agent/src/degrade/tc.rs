@@ -89,6 +89,16 @@ fn root_form(shown: &str) -> String {
     words.join(" ")
 }
 
+/// Whether the root read back (`after`) is the one written down
+/// (`before`). One the kernel made (handle `0:`) is back when the kernel's
+/// is there again, whichever: an interface that is down (its link pulled
+/// by another fault) shows `noop` until it is up, when the kernel attaches
+/// its default again.
+fn root_is_back(before: &str, after: &str) -> bool {
+    let handle = |form: &str| form.split_whitespace().nth(2).map(str::to_owned);
+    after == before || (handle(before).as_deref() == Some("0:") && handle(after) == handle(before))
+}
+
 /// The commands that put back a root written down as `form`: nothing for
 /// one the kernel made itself (handle `0:`: it comes back on its own once
 /// ours is deleted), else the same kind with the same handle and
@@ -262,7 +272,7 @@ impl Shaper for Tc {
             tc(&args)?;
         }
         let after = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
-        if after != before {
+        if !root_is_back(before, &after) {
             return Err(DegradeError::System(format!(
                 "{interface} is not healed: its root qdisc was {before:?} and is {after:?}{}",
                 deleted
@@ -350,6 +360,18 @@ mod tests {
                     .to_owned()
             )
         );
+    }
+
+    #[test]
+    fn a_kernel_root_is_back_whichever_the_kernel_attached() {
+        let before = "qdisc fq_codel 0: root limit 10240p flows 1024";
+        assert!(root_is_back(before, before));
+        // The interface is down: the kernel shows noop until it is up.
+        assert!(root_is_back(before, "qdisc noop 0: root"));
+        assert!(!root_is_back(before, "qdisc prio 1: root bands 2"));
+        let set_by_hand = "qdisc tbf 8003: root rate 10Mbit";
+        assert!(root_is_back(set_by_hand, set_by_hand));
+        assert!(!root_is_back(set_by_hand, "qdisc noop 0: root"));
     }
 
     #[test]

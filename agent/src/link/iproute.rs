@@ -163,7 +163,14 @@ fn not_back(written: &str, now: &str) -> Vec<String> {
 /// could not be put back.
 fn restore(interface: &str, kept: &str) -> Vec<String> {
     let mut failed = Vec::new();
-    for line in kept.lines().filter(|line| !line.trim().is_empty()) {
+    // Routes of the link's own addresses come back by themselves, and are
+    // not ours to write: `replace` of IPv6's `fe80::/64 proto kernel`
+    // would take the same route of another interface (measured: eth0 lost
+    // its link-local route to eth1 on a Debian host).
+    for line in kept
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.contains("proto kernel"))
+    {
         let mut args: Vec<&str> = line.split_whitespace().collect();
         // `ip -4 route show` adds a flag that is not an argument.
         args.retain(|word| *word != "linkdown");
@@ -171,8 +178,7 @@ fn restore(interface: &str, kept: &str) -> Vec<String> {
             args.insert(2, "replace");
         }
         args.extend(["dev", interface]);
-        // Routes of the link's own addresses come back by themselves.
-        if ip(&args).is_err() && !line.contains("proto kernel") {
+        if ip(&args).is_err() {
             failed.push(line.to_owned());
         }
     }
