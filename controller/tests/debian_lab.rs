@@ -69,7 +69,14 @@ fn faults_in_place(
 ) -> Result<(std::process::Child, String), Box<dyn std::error::Error>> {
     let case = scratch.join("faults.toml");
     std::fs::write(&case, faults_then_wait(deadline_ms))?;
-    let mut run = common::run_in_background(inventory, &case)?;
+    // Its report kept, to say why if the faults never come.
+    let log = scratch.join("faults.out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(["run", "--inventory", inventory, "--no-history"])
+        .arg(&case)
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let started = Instant::now();
     loop {
         let now = on_host(state, "2", SNAPSHOT)?;
@@ -79,7 +86,8 @@ fn faults_in_place(
         if started.elapsed() > Duration::from_secs(60) {
             let _ = run.kill();
             let _ = run.wait();
-            return Err(format!("the faults were never in place: {now}").into());
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("the faults were never in place: {said}\n{now}").into());
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -185,7 +193,8 @@ fn lab_playbook(state: &str) -> Result<Command, Box<dyn std::error::Error>> {
         .arg(format!("{state}/ansible-inventory.ini"))
         .arg(format!("{state}/deploy/ansible/site.yml"))
         .env("ANSIBLE_NOCOLOR", "1")
-        .env("ANSIBLE_HOST_KEY_CHECKING", "False");
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_PIPELINING", "True");
     Ok(command)
 }
 
