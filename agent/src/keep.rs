@@ -10,8 +10,10 @@
 //! kill` signals the whole unit) takes the fault over and heals it when it
 //! was due, neither never nor early.
 
-use crate::platform::{Current, Platform};
+#[cfg(unix)]
+use crate::platform::clock::monotonic_ns;
 use std::path::PathBuf;
+#[cfg(unix)]
 use std::time::Duration;
 
 /// The directory (`$RUNTIME_DIRECTORY`'s first entry, else the temporary
@@ -26,17 +28,20 @@ pub fn dir() -> PathBuf {
 /// The first line of a record: when its fault's deadline falls, on
 /// `CLOCK_MONOTONIC` (one clock for every process of this boot; the
 /// runtime directory does not outlive a boot).
+#[cfg(unix)]
 const DEADLINE_LINE: &str = "# deadline-mono-ns ";
 
 /// `body` headed by a deadline `left` from now.
+#[cfg(unix)]
 pub fn with_deadline(body: &str, left: Duration) -> String {
     let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
-    let at = Current::monotonic_ns().saturating_add(left);
+    let at = monotonic_ns().saturating_add(left);
     format!("{DEADLINE_LINE}{at}\n{body}")
 }
 
 /// A record's body, and how far its deadline still is (zero when it has
 /// passed, or when the record has none).
+#[cfg(unix)]
 pub fn split_deadline(record: &str) -> (&str, Duration) {
     match record
         .strip_prefix(DEADLINE_LINE)
@@ -46,14 +51,14 @@ pub fn split_deadline(record: &str) -> (&str, Duration) {
             let left = at
                 .trim()
                 .parse::<u64>()
-                .map_or(0, |at| at.saturating_sub(Current::monotonic_ns()));
+                .map_or(0, |at| at.saturating_sub(monotonic_ns()));
             (body, Duration::from_nanos(left))
         }
         None => (record, Duration::ZERO),
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

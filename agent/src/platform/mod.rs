@@ -10,6 +10,8 @@ use std::io;
 use std::process::ExitStatus;
 
 #[cfg(unix)]
+pub mod clock;
+#[cfg(unix)]
 mod linux;
 #[cfg(target_os = "linux")]
 mod packet_ring;
