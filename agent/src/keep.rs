@@ -27,34 +27,57 @@ pub fn dir() -> PathBuf {
 
 /// The first line of a record: when its fault's deadline falls, on
 /// `CLOCK_MONOTONIC` (one clock for every process of this boot; the
-/// runtime directory does not outlive a boot).
+/// runtime directory does not outlive a boot), then the fault's id.
 #[cfg(unix)]
 const DEADLINE_LINE: &str = "# deadline-mono-ns ";
 
-/// `body` headed by a deadline `left` from now.
+/// What a record holds besides its header.
 #[cfg(unix)]
-pub fn with_deadline(body: &str, left: Duration) -> String {
-    let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
-    let at = monotonic_ns().saturating_add(left);
-    format!("{DEADLINE_LINE}{at}\n{body}")
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kept<'a> {
+    /// What undoing the fault puts back.
+    pub body: &'a str,
+    /// How far its deadline still is (zero when it has passed, or when the
+    /// record has none).
+    pub left: Duration,
+    /// The id the fault was asked under (empty when none was written).
+    pub id: &'a str,
 }
 
-/// A record's body, and how far its deadline still is (zero when it has
-/// passed, or when the record has none).
+/// `body` headed by a deadline `left` from now and the fault's `id`
+/// (a line of its own: anything after a line break is left out).
 #[cfg(unix)]
-pub fn split_deadline(record: &str) -> (&str, Duration) {
+pub fn with_deadline(body: &str, left: Duration, id: &str) -> String {
+    let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+    let at = monotonic_ns().saturating_add(left);
+    let id = id.lines().next().unwrap_or_default();
+    format!("{DEADLINE_LINE}{at} {id}\n{body}")
+}
+
+/// Read a record written by [`with_deadline`] (or a bare body).
+#[cfg(unix)]
+pub fn read(record: &str) -> Kept<'_> {
     match record
         .strip_prefix(DEADLINE_LINE)
         .and_then(|rest| rest.split_once('\n'))
     {
-        Some((at, body)) => {
+        Some((header, body)) => {
+            let (at, id) = header.split_once(' ').unwrap_or((header, ""));
             let left = at
                 .trim()
                 .parse::<u64>()
                 .map_or(0, |at| at.saturating_sub(monotonic_ns()));
-            (body, Duration::from_nanos(left))
+            Kept {
+                body,
+                left: Duration::from_nanos(left),
+                id: id.trim(),
+            }
         }
-        None => (record, Duration::ZERO),
+        None => Kept {
+            body: record,
+            left: Duration::ZERO,
+            id: "",
+        },
     }
 }
 
@@ -63,17 +86,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_gives_back_its_body_and_the_time_left() {
-        let record = with_deadline("-4 route default via 198.18.1.1\n", Duration::from_secs(60));
-        let (body, left) = split_deadline(&record);
-        assert_eq!(body, "-4 route default via 198.18.1.1\n");
-        assert!(
-            left > Duration::from_secs(59) && left <= Duration::from_secs(60),
-            "{left:?}"
+    fn a_record_gives_back_its_body_its_id_and_the_time_left() {
+        let record = with_deadline(
+            "-4 route default via 198.18.1.1\n",
+            Duration::from_secs(60),
+            "Z9-2-degrade-40e429b5",
         );
-        let (body, left) = split_deadline("qdisc fq 8001: root");
-        assert_eq!((body, left), ("qdisc fq 8001: root", Duration::ZERO));
-        let past = format!("{DEADLINE_LINE}1\nbody");
-        assert_eq!(split_deadline(&past), ("body", Duration::ZERO));
+        let kept = read(&record);
+        assert_eq!(kept.body, "-4 route default via 198.18.1.1\n");
+        assert_eq!(kept.id, "Z9-2-degrade-40e429b5");
+        assert!(
+            kept.left > Duration::from_secs(59) && kept.left <= Duration::from_secs(60),
+            "{:?}",
+            kept.left
+        );
+        let bare = read("qdisc fq 8001: root");
+        assert_eq!(
+            bare,
+            Kept {
+                body: "qdisc fq 8001: root",
+                left: Duration::ZERO,
+                id: ""
+            }
+        );
+        let past = format!("{DEADLINE_LINE}1 x\nbody");
+        assert_eq!(
+            (read(&past).body, read(&past).left),
+            ("body", Duration::ZERO)
+        );
     }
 }

@@ -84,6 +84,7 @@ fn an_interface_gets_back_the_root_qdisc_set_by_hand() -> TestResult {
         ..Impairment::default()
     };
     match shaper.degrade(
+        "d1",
         &name,
         &impairment,
         &Selection::default(),
@@ -102,7 +103,7 @@ fn an_interface_gets_back_the_root_qdisc_set_by_hand() -> TestResult {
     }
     assert_eq!(root(&name)?, before);
     assert!(
-        shaper.leftovers().iter().all(|(left, _)| *left != name),
+        shaper.leftovers().iter().all(|left| left.interface != name),
         "nothing is left to heal"
     );
     Ok(())

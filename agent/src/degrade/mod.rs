@@ -277,6 +277,7 @@ pub trait Shaper: Send + Sync {
     /// kernel then reports (qdiscs and counters).
     fn degrade(
         &self,
+        id: &str,
         interface: &str,
         impairment: &Impairment,
         selection: &Selection,
@@ -287,11 +288,22 @@ pub trait Shaper: Send + Sync {
     fn heal(&self, interface: &str) -> Result<Healed, DegradeError>;
     /// Start a watchdog that heals `interface` after `after`.
     fn arm(&self, interface: &str, after: Duration) -> Result<Box<dyn Watchdog>, DegradeError>;
-    /// Interfaces an earlier life of the agent left degraded, each with the
-    /// time left until its deadline (zero when unknown or past).
-    fn leftovers(&self) -> Vec<(String, Duration)>;
+    /// What an earlier life of the agent left degraded.
+    fn leftovers(&self) -> Vec<Earlier>;
     /// The interface that holds `address`, if any.
     fn interface_of(&self, address: IpAddr) -> Result<Option<String>, DegradeError>;
+}
+
+/// A degradation an earlier life of the agent made, found by the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Earlier {
+    /// Its interface.
+    pub interface: String,
+    /// The time left until its deadline (zero when unknown or past).
+    pub left: Duration,
+    /// The id it was asked under, when known: the next agent keeps it under
+    /// that id, so the caller's restore finds it.
+    pub id: Option<String>,
 }
 
 struct Active {
@@ -315,13 +327,19 @@ impl Degradations {
         let mut active = HashMap::new();
         for (shaper, inbound) in [(&shapers.outbound, false), (&shapers.inbound, true)] {
             let Ok(shaper) = shaper else { continue };
-            for (interface, left) in shaper.leftovers() {
+            for Earlier {
+                interface,
+                left,
+                id,
+            } in shaper.leftovers()
+            {
                 if !left.is_zero() {
                     match shaper.arm(&interface, left) {
                         Ok(watchdog) => {
-                            tracing::warn!(%interface, left_ms = left.as_millis(), "took over a degradation an earlier agent made");
+                            let id = id.unwrap_or_else(|| format!("earlier-{interface}"));
+                            tracing::warn!(%interface, %id, left_ms = left.as_millis(), "took over a degradation an earlier agent made");
                             active.insert(
-                                format!("earlier-{interface}"),
+                                id,
                                 Active {
                                     interface,
                                     inbound,
@@ -406,7 +424,7 @@ impl Degradations {
         }
         // Arm first: once the interface is degraded, it must heal whatever happens.
         let mut watchdog = shaper.arm(interface, deadline)?;
-        let report = match shaper.degrade(interface, impairment, selection, deadline) {
+        let report = match shaper.degrade(id, interface, impairment, selection, deadline) {
             Ok(applied) => applied,
             Err(error) => {
                 watchdog.disarm();

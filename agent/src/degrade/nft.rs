@@ -15,7 +15,7 @@
 //! Scripts are text fed to `nft -f -`; every value in them comes from
 //! validated types (interface names, addresses, numbers).
 
-use super::{DegradeError, Healed, Impairment, Selection, Shaper};
+use super::{DegradeError, Earlier, Healed, Impairment, Selection, Shaper};
 #[cfg(test)]
 use crate::isolate::Cidr;
 use crate::link::{Watchdog, valid_interface};
@@ -195,6 +195,7 @@ impl Shaper for NftLoss {
 
     fn degrade(
         &self,
+        _id: &str,
         interface: &str,
         impairment: &Impairment,
         selection: &Selection,
@@ -226,7 +227,7 @@ impl Shaper for NftLoss {
         }
         nft(&script).map_err(DegradeError::System)?;
         let left = self.leftovers();
-        if left.iter().any(|(left, _)| left == interface) {
+        if left.iter().any(|left| left.interface == interface) {
             return Err(DegradeError::System(format!(
                 "{interface} is not healed: its chain {chain} reads back still in {TABLE}"
             )));
@@ -252,7 +253,7 @@ impl Shaper for NftLoss {
 
     /// Its deadline is the kernel's (the set element's timeout): what is
     /// left of a chain is healed at once.
-    fn leftovers(&self) -> Vec<(String, Duration)> {
+    fn leftovers(&self) -> Vec<Earlier> {
         list(&format!("table {TABLE}"))
             .unwrap_or_default()
             .lines()
@@ -260,7 +261,11 @@ impl Shaper for NftLoss {
                 let name = line.trim().strip_prefix("chain ")?;
                 interface_of_chain(name.trim_end_matches(['{', ' ']))
             })
-            .map(|interface| (interface, Duration::ZERO))
+            .map(|interface| Earlier {
+                interface,
+                left: Duration::ZERO,
+                id: None,
+            })
             .collect()
     }
 }

@@ -7,7 +7,7 @@
 //! there after. The watchdog is this executable run as `faultlab-agent
 //! degrade-watchdog`.
 
-use super::{Cidr, DegradeError, Healed, Impairment, Selection, Shaper};
+use super::{Cidr, DegradeError, Earlier, Healed, Impairment, Selection, Shaper};
 use crate::link::iproute::Sleeper;
 use crate::link::{Watchdog, valid_interface};
 use std::net::IpAddr;
@@ -233,6 +233,7 @@ impl Shaper for Tc {
 
     fn degrade(
         &self,
+        id: &str,
         interface: &str,
         impairment: &Impairment,
         selection: &Selection,
@@ -243,7 +244,7 @@ impl Shaper for Tc {
             return Err(DegradeError::AlreadyDegraded(interface.to_owned()));
         }
         let before = root_form(&tc(&["qdisc", "show", "dev", interface, "root"])?);
-        let record = crate::keep::with_deadline(&before, deadline);
+        let record = crate::keep::with_deadline(&before, deadline, id);
         std::fs::write(&kept, record).map_err(|error| {
             DegradeError::System(format!("cannot write {}: {error}", kept.display()))
         })?;
@@ -258,7 +259,7 @@ impl Shaper for Tc {
         let kept = snapshot_path(interface);
         let record = std::fs::read_to_string(&kept)
             .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
-        let (before, _) = crate::keep::split_deadline(&record);
+        let before = crate::keep::read(&record).body;
         let counters = tc(&["-s", "qdisc", "show", "dev", interface]).unwrap_or_default();
         // Ours goes (a root the kernel made comes back by itself) ... If it
         // is gone already (removed by hand), the read-back below decides.
@@ -320,7 +321,7 @@ impl Shaper for Tc {
             .map_err(|error| DegradeError::System(error.to_string()))
     }
 
-    fn leftovers(&self) -> Vec<(String, Duration)> {
+    fn leftovers(&self) -> Vec<Earlier> {
         let prefix = snapshot_dir_prefix();
         std::fs::read_dir(crate::keep::dir())
             .into_iter()
@@ -332,7 +333,12 @@ impl Shaper for Tc {
                     .strip_prefix(&prefix)
                     .filter(|interface| valid_interface(interface))?;
                 let record = std::fs::read_to_string(entry.path()).ok()?;
-                Some((interface.to_owned(), crate::keep::split_deadline(&record).1))
+                let kept = crate::keep::read(&record);
+                Some(Earlier {
+                    interface: interface.to_owned(),
+                    left: kept.left,
+                    id: Some(kept.id.to_owned()).filter(|id| !id.is_empty()),
+                })
             })
             .collect()
     }

@@ -191,7 +191,7 @@ impl LinkControl for IpRoute {
             return Err(LinkError::BadName(interface.to_owned()));
         }
         let kept = snapshot_path(interface);
-        let written = crate::keep::with_deadline(&snapshot(interface)?, left);
+        let written = crate::keep::with_deadline(&snapshot(interface)?, left, interface);
         std::fs::write(&kept, written).map_err(|error| {
             LinkError::System(format!("cannot write {}: {error}", kept.display()))
         })?;
@@ -211,7 +211,7 @@ impl LinkControl for IpRoute {
             )));
         }
         if let Ok(record) = std::fs::read_to_string(&kept) {
-            let (written, _) = crate::keep::split_deadline(&record);
+            let written = crate::keep::read(&record).body;
             let failed = restore(interface, written);
             // Read back: every route and address written down is there again.
             let missing = not_back(written, &snapshot(interface)?);
@@ -248,7 +248,7 @@ impl LinkControl for IpRoute {
                     .strip_prefix(&prefix)
                     .filter(|name| valid_interface(name))?;
                 let record = std::fs::read_to_string(entry.path()).ok()?;
-                Some((interface.to_owned(), crate::keep::split_deadline(&record).1))
+                Some((interface.to_owned(), crate::keep::read(&record).left))
             })
             .collect()
     }

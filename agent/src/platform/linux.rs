@@ -49,11 +49,19 @@ fn timespec_ns(time: &libc::timespec) -> Option<u64> {
     (total > 0).then_some(total)
 }
 
+/// How far in the future a packet's stamp may seem and still be believed:
+/// a stamp taken on one CPU can be ahead of a clock read just after on
+/// another (their counters are not exactly in step, in a VM above all).
+/// Seen: a packet stamped and drained at once read as from the future, so
+/// it took the reader's later time, behind segments sent after it.
+const FUTURE_SKEW_NS: u64 = 1_000_000;
+
 /// How long ago a packet was stamped is the same on every clock: a
 /// `CLOCK_REALTIME` stamp (what the kernel gives packet sockets) as
 /// `CLOCK_MONOTONIC`. The two clocks are read back to back (tens of ns
-/// apart); a stamp from the future, or older than a minute, is not
-/// believed (a clock stepped in between, or not a real-time stamp).
+/// apart); a stamp further in the future than [`FUTURE_SKEW_NS`], or older
+/// than a minute, is not believed (a clock stepped in between, or not a
+/// real-time stamp).
 pub(super) fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
     let read = |clock| {
         let mut now = libc::timespec {
@@ -66,7 +74,11 @@ pub(super) fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
     };
     let real_now = read(libc::CLOCK_REALTIME)?;
     let mono_now = read(libc::CLOCK_MONOTONIC)?;
-    let age = real_now.checked_sub(stamp_real_ns)?;
+    let age = match real_now.checked_sub(stamp_real_ns) {
+        Some(age) => age,
+        None if stamp_real_ns - real_now <= FUTURE_SKEW_NS => 0,
+        None => return None,
+    };
     if age > 60_000_000_000 {
         return None;
     }
@@ -384,6 +396,28 @@ mod tests {
         let first = Linux::monotonic_ns();
         let second = Linux::monotonic_ns();
         assert!(first > 0 && second >= first);
+    }
+
+    #[test]
+    fn a_stamp_a_hair_in_the_future_is_now_and_a_stepped_one_is_not_believed() {
+        let real_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(0))
+        };
+        // Another CPU's counter a little ahead: believed, as about now.
+        let before = Linux::monotonic_ns();
+        let ahead = real_to_monotonic(real_now() + 200_000);
+        let after = Linux::monotonic_ns();
+        assert!(
+            ahead.is_some_and(|mono| mono >= before && mono <= after),
+            "{ahead:?} not within {before}..{after}"
+        );
+        // A second ahead: a clock stepped; not believed.
+        assert_eq!(real_to_monotonic(real_now() + 1_000_000_000), None);
+        // A millisecond ago: a millisecond ago.
+        let ago = real_to_monotonic(real_now() - 1_000_000).unwrap_or(0);
+        assert!(ago < Linux::monotonic_ns().saturating_sub(900_000), "{ago}");
     }
 
     #[test]
