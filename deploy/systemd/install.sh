@@ -50,7 +50,18 @@ if [ "$prefix" = / ]; then
   [ -e /etc/faultlab/agent.key ] && chgrp faultlab /etc/faultlab/agent.key
   systemctl daemon-reload
   systemctl enable --now faultlab-agent.service
-  echo "faultlab-agent installed and started; edit /etc/faultlab/agent.toml, then: systemctl restart faultlab-agent"
+  # Done once the agent listens (systemd says "started" as soon as the
+  # process runs), like the Ansible role; a slow host gets 60 s.
+  port=$(sed -n 's/^listen *= *"[^"]*:\([0-9][0-9]*\)".*/\1/p' /etc/faultlab/agent.toml | head -n 1)
+  for _ in $(seq 1 120); do
+    [ -n "$port" ] && ss -ltnH "sport = :$port" | grep -q . && break
+    sleep 0.5
+  done
+  if [ -z "$port" ] || ! ss -ltnH "sport = :$port" | grep -q .; then
+    echo "faultlab-agent did not start listening${port:+ on port $port} within 60 s: journalctl -u faultlab-agent" >&2
+    exit 1
+  fi
+  echo "faultlab-agent installed and started (listening on port $port); edit /etc/faultlab/agent.toml, then: systemctl restart faultlab-agent"
 else
   echo "faultlab-agent installed under $prefix (nothing started)"
 fi
