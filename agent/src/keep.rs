@@ -25,6 +25,26 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
+/// The records kept for interfaces, by the start of their names
+/// (`prefix`, then a valid interface name): each interface with what its
+/// record says.
+#[cfg(unix)]
+pub fn records_of_interfaces(prefix: &str) -> Vec<(String, String)> {
+    std::fs::read_dir(dir())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let interface = name
+                .strip_prefix(prefix)
+                .filter(|interface| crate::link::valid_interface(interface))?;
+            let record = std::fs::read_to_string(entry.path()).ok()?;
+            Some((interface.to_owned(), record))
+        })
+        .collect()
+}
+
 /// The first line of a record: when its fault's deadline falls, on
 /// `CLOCK_MONOTONIC` (one clock for every process of this boot; the
 /// runtime directory does not outlive a boot), then the fault's id.

@@ -322,23 +322,15 @@ impl Shaper for Tc {
     }
 
     fn leftovers(&self) -> Vec<Earlier> {
-        let prefix = snapshot_dir_prefix();
-        std::fs::read_dir(crate::keep::dir())
+        crate::keep::records_of_interfaces(&snapshot_dir_prefix())
             .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().to_str()?.to_owned();
-                let interface = name
-                    .strip_prefix(&prefix)
-                    .filter(|interface| valid_interface(interface))?;
-                let record = std::fs::read_to_string(entry.path()).ok()?;
+            .map(|(interface, record)| {
                 let kept = crate::keep::read(&record);
-                Some(Earlier {
-                    interface: interface.to_owned(),
+                Earlier {
                     left: kept.left,
                     id: Some(kept.id.to_owned()).filter(|id| !id.is_empty()),
-                })
+                    interface,
+                }
             })
             .collect()
     }

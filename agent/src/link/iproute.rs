@@ -237,18 +237,11 @@ impl LinkControl for IpRoute {
     }
 
     fn leftovers(&self) -> Vec<(String, Duration)> {
-        let prefix = snapshot_prefix();
-        std::fs::read_dir(crate::keep::dir())
+        crate::keep::records_of_interfaces(&snapshot_prefix())
             .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().to_str()?.to_owned();
-                let interface = name
-                    .strip_prefix(&prefix)
-                    .filter(|name| valid_interface(name))?;
-                let record = std::fs::read_to_string(entry.path()).ok()?;
-                Some((interface.to_owned(), crate::keep::read(&record).left))
+            .map(|(interface, record)| {
+                let left = crate::keep::read(&record).left;
+                (interface, left)
             })
             .collect()
     }

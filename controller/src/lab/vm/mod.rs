@@ -256,32 +256,7 @@ pub(super) fn start(
         });
     }
     if let Boot::Debian(image) = &boot {
-        wait_for_port(&lab, SSH_PORT, DEBIAN_BOOT_TIMEOUT)?;
-        tracing::info!(
-            took_ms = booting.elapsed().as_millis(),
-            "Debian hosts booted: sshd answers on each"
-        );
-        let hosts: Vec<install::Host> = lab
-            .inventory
-            .agents
-            .iter()
-            .filter_map(|agent| {
-                let address: SocketAddr = agent.address.parse().ok()?;
-                match address.ip() {
-                    std::net::IpAddr::V4(management) => Some(install::Host {
-                        name: agent.name.clone(),
-                        management,
-                    }),
-                    std::net::IpAddr::V6(_) => None,
-                }
-            })
-            .collect();
-        let installing = std::time::Instant::now();
-        lab.inventory.tls = Some(install::agents(exe, &hosts, image, &allow, grants, dir)?);
-        tracing::info!(
-            took_ms = installing.elapsed().as_millis(),
-            "agents installed by the Ansible role"
-        );
+        install_on_debian(&mut lab, image, exe, &allow, grants, dir, booting)?;
     }
     wait_for_port(&lab, VM_CONTROL_PORT, BOOT_TIMEOUT)?;
     tracing::info!(
@@ -289,6 +264,48 @@ pub(super) fn start(
         "every agent answers"
     );
     Ok(lab)
+}
+
+/// Once every Debian host of `lab` (booting since `booting`) lets SSH in,
+/// install the agents there with the project's Ansible role, allowed
+/// `allow` and `grants`; the lab's inventory gets the controller's side of
+/// mutual TLS.
+fn install_on_debian(
+    lab: &mut LocalLab,
+    image: &debian::Image,
+    exe: &Path,
+    allow: &[&str],
+    grants: &AgentGrants,
+    dir: &Path,
+    booting: std::time::Instant,
+) -> Result<(), LabError> {
+    wait_for_port(lab, SSH_PORT, DEBIAN_BOOT_TIMEOUT)?;
+    tracing::info!(
+        took_ms = booting.elapsed().as_millis(),
+        "Debian hosts booted: sshd answers on each"
+    );
+    let hosts: Vec<install::Host> = lab
+        .inventory
+        .agents
+        .iter()
+        .filter_map(|agent| {
+            let address: SocketAddr = agent.address.parse().ok()?;
+            match address.ip() {
+                std::net::IpAddr::V4(management) => Some(install::Host {
+                    name: agent.name.clone(),
+                    management,
+                }),
+                std::net::IpAddr::V6(_) => None,
+            }
+        })
+        .collect();
+    let installing = std::time::Instant::now();
+    lab.inventory.tls = Some(install::agents(exe, &hosts, image, allow, grants, dir)?);
+    tracing::info!(
+        took_ms = installing.elapsed().as_millis(),
+        "agents installed by the Ansible role"
+    );
+    Ok(())
 }
 
 /// sshd's port on a Debian host.
