@@ -5,7 +5,7 @@
 //! (the same document `--format json` prints), so nothing is lost and old
 //! runs re-render with the current code.
 
-use crate::report::{CaseReport, RunReport};
+use crate::report::{AgentReport, CaseReport, RunReport};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -487,11 +487,12 @@ fn keyed(report: &RunReport) -> BTreeMap<(String, usize), &CaseReport> {
 }
 
 /// What a case came to, in one line: verdict, each checked step's outcome
-/// and errno and whether data moved, and which hosts sent a FIN or RST.
-/// Counts that vary from run to run by nature (how many bytes a flood moved
-/// before its kill, timings) are left out: a diff lists what changed in
-/// meaning.
-fn gist(case: &CaseReport) -> String {
+/// and errno and whether data moved, and which role's host sent a FIN or
+/// RST. What varies from run to run by nature is left out — how many bytes
+/// a flood moved before its kill, timings, and the lab's addresses and
+/// ephemeral ports (two labs give the same case other subnets): a diff
+/// lists what changed in meaning.
+fn gist(case: &CaseReport, agents: &[AgentReport]) -> String {
     let steps: Vec<String> = case
         .observations
         .iter()
@@ -520,7 +521,9 @@ fn gist(case: &CaseReport) -> String {
             [('F', "FIN"), ('R', "RST")]
                 .into_iter()
                 .filter(|(flag, _)| segment.flags.contains(*flag))
-                .map(|(_, name)| format!("{name} from {}", segment.source))
+                .map(|(_, name)| {
+                    format!("{name} from {}", sender_role(case, agents, &segment.source))
+                })
         })
         .collect();
     ends.sort();
@@ -538,6 +541,32 @@ fn gist(case: &CaseReport) -> String {
     )
 }
 
+/// The role whose host sent from `source` ("198.18.4.11:40112"): the case's
+/// roles name agents, the run's agents name their test addresses. Roles
+/// sharing a host are named together ("client+server").
+fn sender_role(case: &CaseReport, agents: &[AgentReport], source: &str) -> String {
+    let ip = source
+        .rsplit_once(':')
+        .map_or(source, |(ip, _)| ip)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let roles: Vec<&str> = case
+        .roles
+        .iter()
+        .filter(|(_, agent)| {
+            agents
+                .iter()
+                .any(|known| &known.name == *agent && known.test_ip == ip)
+        })
+        .map(|(role, _)| role.as_str())
+        .collect();
+    if roles.is_empty() {
+        "a host that plays no role".to_owned()
+    } else {
+        roles.join("+")
+    }
+}
+
 /// Cases whose gist differs between two reports (or that exist in one only).
 pub fn changes(before: &RunReport, after: &RunReport) -> Vec<Change> {
     let (old, new) = (keyed(before), keyed(after));
@@ -548,10 +577,10 @@ pub fn changes(before: &RunReport, after: &RunReport) -> Vec<Change> {
         .filter_map(|key| {
             let was = old
                 .get(key)
-                .map_or_else(|| "(not run)".to_owned(), |case| gist(case));
+                .map_or_else(|| "(not run)".to_owned(), |case| gist(case, &before.agents));
             let is = new
                 .get(key)
-                .map_or_else(|| "(not run)".to_owned(), |case| gist(case));
+                .map_or_else(|| "(not run)".to_owned(), |case| gist(case, &after.agents));
             let hosts = new
                 .get(key)
                 .or_else(|| old.get(key))
@@ -739,6 +768,72 @@ mod tests {
         assert_eq!(History::open(&path)?.list(10)?.len(), 5);
         let _ = std::fs::remove_file(&path);
         Ok(())
+    }
+
+    /// `report` on a lab whose two hosts have the addresses `ips`, with the
+    /// case's server ("b") sending `flags` to its client ("a").
+    fn on_lab(run_id: &str, ips: [&str; 2], ports: [u16; 2], flags: &str) -> RunReport {
+        let mut run = report(run_id, Verdict::Expected, "");
+        run.agents = ["a", "b"]
+            .into_iter()
+            .zip(ips)
+            .map(|(name, ip)| AgentReport {
+                name: name.to_owned(),
+                address: format!("{ip}:7420"),
+                test_ip: ip.to_owned(),
+                hostname: name.to_owned(),
+                os_family: "linux".to_owned(),
+                os_version: String::new(),
+                kernel_version: String::new(),
+                arch: String::new(),
+                agent_version: String::new(),
+                boot_id: String::new(),
+                capabilities: Vec::new(),
+                clock_offset_ns: 0,
+                clock_rtt_ns: 0,
+                clock_drift_ppb: None,
+                clock_drift_error_ppb: None,
+            })
+            .collect();
+        let case = &mut run.cases[0];
+        case.roles.insert("server".to_owned(), "b".to_owned());
+        case.wire = vec![crate::report::WireReport::seen(
+            "a",
+            1,
+            &format!("{}:{}", ips[1], ports[1]),
+            &format!("{}:{}", ips[0], ports[0]),
+            flags,
+        )];
+        run
+    }
+
+    #[test]
+    fn the_same_outcome_on_another_lab_is_no_change_and_another_sender_is() {
+        let here = on_lab("r1", ["198.18.154.10", "198.18.154.11"], [46615, 7000], "R");
+        let there = on_lab("r2", ["198.18.217.10", "198.18.217.11"], [36473, 7000], "R");
+        assert_eq!(changes(&here, &there), Vec::new());
+        // The RST now comes from the client's host: a change in meaning.
+        let mut turned = there.clone();
+        let segment = &mut turned.cases[0].wire[0];
+        std::mem::swap(&mut segment.source, &mut segment.destination);
+        let found = changes(&here, &turned);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].before.ends_with("wire: RST from server"),
+            "{found:?}"
+        );
+        assert!(
+            found[0].after.ends_with("wire: RST from client"),
+            "{found:?}"
+        );
+        // A FIN where there was an RST is one too.
+        let fin = on_lab(
+            "r3",
+            ["198.18.217.10", "198.18.217.11"],
+            [36473, 7000],
+            "F.",
+        );
+        assert_eq!(changes(&here, &fin).len(), 1);
     }
 
     fn scratch(name: &str) -> PathBuf {

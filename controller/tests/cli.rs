@@ -541,6 +541,208 @@ fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
     Ok(())
 }
 
+/// `lab down` of each state directory when dropped: a test that fails
+/// half-way leaves no lab behind.
+struct LabsDown(Vec<String>, PathBuf);
+
+impl Drop for LabsDown {
+    fn drop(&mut self) {
+        for state in &self.0 {
+            let _ = faultlab(&["lab", "down", "--state", state], &self.1);
+        }
+    }
+}
+
+/// S2 with the client's close an abort: the same case id, a real change
+/// (the server reads ECONNRESET, the wire carries the client's RST).
+const S2_ABORTED: &str = r#"id = "S2"
+name = "graceful-close"
+title = "S2 with an abort where the seed's client closes"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+name = "send"
+role = "client"
+do = "send"
+conn = "c"
+messages = { count = 1000, size = 100 }
+expect.linux = { outcome = "ok", bytes = 100000 }
+
+[[step]]
+do = "sleep"
+ms = 200
+
+[[step]]
+name = "close"
+role = "client"
+do = "close"
+conn = "c"
+mode = "abort"
+expect.linux = { outcome = "ok", wire_rst = true }
+
+[[step]]
+name = "server-reads"
+role = "server"
+do = "recv"
+conn = "s"
+expect.linux = { outcome = "error", error = "ECONNRESET" }
+"#;
+
+#[test]
+fn two_labs_run_side_by_side_and_a_diff_shows_only_changes_in_meaning() -> TestResult {
+    let _turn = netns_lab_turn()?;
+    let scratch = Scratch::new("side-by-side")?;
+    let history = scratch.0.join("h.sqlite");
+    let states = ["a", "b"].map(|lab| scratch.0.join(lab).display().to_string());
+    let prefixes = states
+        .clone()
+        .map(|state| faultlab::lab::lab_prefix(std::path::Path::new(&state)));
+    assert_ne!(prefixes[0], prefixes[1]);
+    let _down_at_the_end = LabsDown(states.to_vec(), history.clone());
+    // Both labs made at once, then the seed suite on both at once.
+    let ups = std::thread::scope(|scope| {
+        let ups: Vec<_> = states
+            .iter()
+            .map(|state| {
+                let history = &history;
+                scope.spawn(move || faultlab(&["lab", "up", "--state", state], history))
+            })
+            .collect();
+        ups.into_iter()
+            .map(|up| up.join().map_err(|_| "lab up panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    for up in ups {
+        common::succeeded(&up?)?;
+    }
+    let status_a = faultlab(&["lab", "status", "--state", &states[0]], &history)?;
+    let said_a = String::from_utf8_lossy(&status_a.stdout).into_owned();
+    let runs = std::thread::scope(|scope| {
+        let runs: Vec<_> = states
+            .iter()
+            .map(|state| {
+                let history = &history;
+                let inventory = format!("{state}/inventory.toml");
+                scope.spawn(move || {
+                    faultlab(
+                        &[
+                            "run",
+                            "--suite",
+                            "seed",
+                            "--inventory",
+                            &inventory,
+                            "--format",
+                            "json",
+                        ],
+                        history,
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().map_err(|_| "run panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut subnets = Vec::new();
+    for run in runs {
+        let run = run?;
+        let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{}\n{:#?}",
+            String::from_utf8_lossy(&run.stderr),
+            common::not_expected(&report)
+        );
+        subnets.push(report["agents"][0]["test_ip"].to_string());
+    }
+    assert_ne!(subnets[0], subnets[1], "two labs, two subnets");
+
+    // Lab a's down leaves lab b whole.
+    let down_a = faultlab(&["lab", "down", "--state", &states[0]], &history)?;
+    common::succeeded(&down_a)?;
+    let status_b = faultlab(&["lab", "status", "--state", &states[1]], &history)?;
+    let said_b = String::from_utf8_lossy(&status_b.stdout).into_owned();
+    let status_a_after = faultlab(&["lab", "status", "--state", &states[0]], &history)?;
+    let said_a_after = String::from_utf8_lossy(&status_a_after.stdout).into_owned();
+
+    // The same suite on two labs (other subnets, other ports): no change.
+    let same = faultlab(&["runs", "diff", "1", "2"], &history)?;
+    let same_said = String::from_utf8_lossy(&same.stdout).into_owned();
+    // A real change: S2 with an abort, against the seed's S2, on lab b.
+    let changed = scratch.0.join("s2-aborted.toml");
+    std::fs::write(&changed, S2_ABORTED)?;
+    let inventory_b = format!("{}/inventory.toml", states[1]);
+    let changed_arg = changed.display().to_string();
+    for run in [
+        vec![
+            "run",
+            "--suite",
+            "seed",
+            "--case",
+            "S2",
+            "--inventory",
+            &inventory_b,
+        ],
+        vec!["run", &changed_arg, "--inventory", &inventory_b],
+    ] {
+        common::succeeded(&faultlab(&run, &history)?)?;
+    }
+    let diff = faultlab(&["runs", "diff", "3", "4"], &history)?;
+    let diff_said = String::from_utf8_lossy(&diff.stdout).into_owned();
+    let down_b = faultlab(&["lab", "down", "--state", &states[1]], &history)?;
+    common::succeeded(&down_b)?;
+
+    assert!(
+        said_a.contains(&format!("names {}*", prefixes[0]))
+            && said_a.contains(&format!("{} (names {}*)", states[1], prefixes[1])),
+        "lab a's status names its own lab and the other: {said_a}"
+    );
+    assert_eq!(
+        status_b.status.code(),
+        Some(0),
+        "lab b survived a's down: {said_b}"
+    );
+    assert!(
+        said_b.contains("2 of 2 agent processes running"),
+        "{said_b}"
+    );
+    assert_eq!(status_a_after.status.code(), Some(1), "{said_a_after}");
+    assert!(
+        said_a_after.contains("no lab is up") && said_a_after.contains(&states[1]),
+        "{said_a_after}"
+    );
+    assert_eq!(same.status.code(), Some(0), "{same_said}");
+    assert!(same_said.contains("no case changed"), "{same_said}");
+    assert_eq!(diff.status.code(), Some(1), "{diff_said}");
+    assert!(
+        diff_said.starts_with("S2 [")
+            && diff_said.contains("server-reads eof")
+            && diff_said.contains("server-reads error ECONNRESET")
+            && diff_said.contains("wire: FIN from client")
+            && diff_said.contains("RST from client"),
+        "{diff_said}"
+    );
+    Ok(())
+}
+
 /// This test's turn at a network-namespace lab, or why none can be made.
 fn netns_lab_turn() -> Result<std::sync::MutexGuard<'static, ()>, String> {
     match faultlab::lab::netns_unavailable() {
@@ -552,17 +754,27 @@ fn netns_lab_turn() -> Result<std::sync::MutexGuard<'static, ()>, String> {
 }
 
 /// Run `case` (whose first fault pulls host-1's cable) on the lab of
-/// `inventory`, and kill -9 the controller once the cable is out (the
-/// switch end of host-1's test veth is fllt0). What `ip link` then said
-/// of host-1's own end.
+/// `inventory` whose names start with `prefix`, and kill -9 the controller
+/// once the cable is out (the switch end of host-1's test veth is
+/// `<prefix>t0`). What `ip link` then said of host-1's own end.
 fn pulled_then_controller_killed(
     inventory: &str,
+    prefix: &str,
     case: &std::path::Path,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let mut controller = common::run_in_background(inventory, case)?;
-    let pulled = wait_for_operstate("fllt0", "down", Duration::from_secs(30));
+    let pulled = wait_for_operstate(&format!("{prefix}t0"), "down", Duration::from_secs(30));
     let host_end = Command::new("ip")
-        .args(["netns", "exec", "fllh0", "ip", "-o", "link", "show", "eth1"])
+        .args([
+            "netns",
+            "exec",
+            &format!("{prefix}h0"),
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "eth1",
+        ])
         .output()?;
     controller.kill()?;
     controller.wait()?;
@@ -626,10 +838,12 @@ ms = 60000
 "#,
     )?;
     let inventory = format!("{state}/inventory.toml");
-    let host_end = pulled_then_controller_killed(&inventory, &case)?;
-    let still_down = operstate("fllt0");
-    wait_for_operstate("fllt0", "up", Duration::from_secs(15));
-    let after_kill = operstate("fllt0");
+    let prefix = faultlab::lab::lab_prefix(std::path::Path::new(&state));
+    let switch_port = format!("{prefix}t0");
+    let host_end = pulled_then_controller_killed(&inventory, &prefix, &case)?;
+    let still_down = operstate(&switch_port);
+    wait_for_operstate(&switch_port, "up", Duration::from_secs(15));
+    let after_kill = operstate(&switch_port);
 
     // Pulled again with a long deadline, the controller killed again: `lab
     // down` stops the watchdog (it would plug in a cable of the next lab).
@@ -637,10 +851,10 @@ ms = 60000
         &case,
         std::fs::read_to_string(&case)?.replace("deadline_ms = 4000", "deadline_ms = 600000"),
     )?;
-    pulled_then_controller_killed(&inventory, &case)?;
-    let watchdogs_before = watchdogs();
+    pulled_then_controller_killed(&inventory, &prefix, &case)?;
+    let watchdogs_before = watchdogs(&prefix);
     let down = faultlab(&["lab", "down", "--state", &state], &history)?;
-    let watchdogs_after = watchdogs();
+    let watchdogs_after = watchdogs(&prefix);
 
     // A pulled cable: the host's own end stays UP and loses its carrier.
     assert!(
@@ -661,15 +875,18 @@ ms = 60000
     Ok(())
 }
 
-/// How many `faultlab lab watchdog` processes of a `lab up` lab run.
-fn watchdogs() -> usize {
+/// How many `faultlab lab watchdog` processes of the `lab up` lab whose
+/// names start with `prefix` run.
+fn watchdogs(prefix: &str) -> usize {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .filter_map(|process| std::fs::read(process.path().join("cmdline")).ok())
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(" lab watchdog ") && cmdline.contains("fllt"))
+        .filter(|cmdline| {
+            cmdline.contains(" lab watchdog ") && cmdline.contains(&format!(" {prefix}t"))
+        })
         .count()
 }
 

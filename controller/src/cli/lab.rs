@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub struct LabArgs {
     #[command(subcommand)]
     action: LabAction,
-    /// Where the lab's state is kept (inventory, agent pids, logs).
+    /// Where the lab's state is kept (inventory, agent pids, logs). Each
+    /// state directory is a lab of its own: labs of two run side by side.
     #[arg(long, value_name = "DIR", default_value_os_t = lab::default_state_dir(), global = true)]
     state: PathBuf,
 }
@@ -26,8 +27,9 @@ enum LabAction {
     /// Make the hosts (management and test network, an agent in each) and
     /// write their inventory.
     Up {
-        /// How many hosts (1 to 240).
-        #[arg(long, default_value_t = 3, value_parser = host_count)]
+        /// How many hosts (1 to 240); 2, as `run` makes for the built-in
+        /// suites.
+        #[arg(long, default_value_t = 2, value_parser = host_count)]
         hosts: usize,
         /// Let the agents act on other programs (process faults on an
         /// application, aborting its connections).
@@ -219,16 +221,29 @@ fn exec(host: usize, command: &[String], state: &Path) -> anyhow::Result<bool> {
 }
 
 async fn status(state: &Path) -> anyhow::Result<bool> {
+    let others = lab::other_labs(state);
+    let others = match others.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; other labs up on this machine (--state): {}",
+            others
+                .iter()
+                .map(|(state, prefix)| format!("{state} (names {prefix}*)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let Some(LabStatus {
         inventory_path: path,
         inventory,
         pids,
+        prefix,
     }) = lab::lab_status(state)
     else {
-        say!("no lab is up (state {})", state.display());
+        say!("no lab is up (state {}){others}", state.display());
         return Ok(false);
     };
-    say!("inventory {}", path.display());
+    say!("inventory {} (names {prefix}*{others})", path.display());
     let running = pids.iter().filter(|(_, alive)| *alive).count();
     say!("{running} of {} agent processes running", pids.len());
     let healthy = agents(AgentsArgs::of_inventory(path), &TlsArgs::default()).await?;

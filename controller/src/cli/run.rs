@@ -10,7 +10,7 @@ use faultlab::engine::{self, AgentHandle, Plan, Progress, RunClock, TargetHandle
 use faultlab::history::HistoryError;
 use faultlab::inventory::Inventory;
 use faultlab::lab::vm::VmOptions;
-use faultlab::lab::{ApplicationHost, LabKind, LocalLab};
+use faultlab::lab::{AgentGrants, ApplicationHost, LabKind, LocalLab};
 use faultlab::report::terminal::WireView;
 use faultlab::report::{CaseReport, RunReport, junit};
 use faultlab::scenario::Scenario;
@@ -48,6 +48,15 @@ pub struct RunArgs {
     /// roles). More hosts let cases on disjoint hosts run at once.
     #[arg(long, conflicts_with = "inventory", value_parser = super::lab::host_count)]
     hosts: Option<usize>,
+    /// Let the local lab's agents act on other programs (process faults on
+    /// an application: stop, kill, restart; aborting its connections).
+    /// Off unless asked: an agent that may kill programs is a dangerous one.
+    #[arg(long, conflicts_with = "inventory")]
+    allow_process: bool,
+    /// How the local lab's agents restart a program, as NAME=COMMAND
+    /// (repeatable; with --allow-process).
+    #[arg(long = "restart", value_name = "NAME=COMMAND", requires = "allow_process", value_parser = |text: &str| parse_pair(text, "NAME=COMMAND"))]
+    restart: Vec<(String, String)>,
     /// Run each case on every ordered choice of agents (the OS × OS matrix).
     #[arg(long)]
     all_bindings: bool,
@@ -299,7 +308,12 @@ async fn run_on_lab(
             } else {
                 ApplicationHost::ThisHost
             };
-            let (local, said) = LocalLab::for_run(hosts, application, args.lab, &args.vm)?;
+            let grants = AgentGrants {
+                process: args.allow_process,
+                restart: args.restart.clone(),
+                units: Vec::new(),
+            };
+            let (local, said) = LocalLab::for_run(hosts, application, args.lab, &args.vm, &grants)?;
             eprintln!("{said}");
             // The application runs here: the last agent counts its sockets.
             if let Some(last) = local.inventory.agents.last() {

@@ -35,7 +35,9 @@ enum RunsAction {
         #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "summary", default_value = "hidden")]
         wire: WireView,
     },
-    /// The cases whose outcome changed between two runs.
+    /// The cases whose outcome changed between two runs (exit 1 when any
+    /// did): verdicts, outcomes, errnos, which role's host sent a FIN or RST.
+    /// Addresses, ports, byte counts and times are left out.
     Diff {
         /// The earlier run.
         a: String,
@@ -44,7 +46,8 @@ enum RunsAction {
     },
 }
 
-/// List, show or compare stored runs.
+/// List, show or compare stored runs; a diff that finds a change is not a
+/// success (exit 1), so a script can ask "did anything change?".
 pub fn runs(args: RunsArgs) -> anyhow::Result<bool> {
     let history = args.history.open()?;
     match args.action.unwrap_or(RunsAction::List { limit: 20 }) {
@@ -54,6 +57,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<bool> {
             let changes = history.diff(&a, &b)?;
             if changes.is_empty() {
                 say!("no case changed between {a} and {b}");
+                return Ok(true);
             }
             for change in changes {
                 say!(
@@ -63,6 +67,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<bool> {
                     change.after
                 );
             }
+            return Ok(false);
         }
     }
     Ok(true)

@@ -277,7 +277,17 @@ fn playable(
                 .unavailable
                 .iter()
                 .find_map(|line| line.strip_prefix(&format!("{missing}: ")))
-                .map_or_else(String::new, |why| format!(": {why}"));
+                .map_or_else(
+                    || match missing {
+                        // Off unless allowed: say where it is allowed.
+                        "process" => " (it is off unless allowed: `faultlab run --allow-process` \
+                             on a local lab, `faultlab lab up --allow-process`, or the agent's \
+                             `--allow process`)"
+                            .to_owned(),
+                        _ => String::new(),
+                    },
+                    |why| format!(": {why}"),
+                );
             return Err(format!(
                 "needs capability {missing:?}, which agent {} does not offer{why}",
                 agent.name

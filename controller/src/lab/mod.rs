@@ -23,7 +23,8 @@ pub mod vm;
 pub use agents::{AGENT_EXE, AgentGrants, find_agent};
 pub use netns::{NETNS_CONTROL_PORT, netns_unavailable};
 pub use state::{
-    LabStatus, default_state_dir, lab_down, lab_namespace, lab_shell, lab_status, lab_up,
+    LabStatus, default_state_dir, lab_down, lab_namespace, lab_prefix, lab_shell, lab_status,
+    lab_up, other_labs,
 };
 
 use crate::inventory::Inventory;
@@ -47,7 +48,7 @@ pub enum LabError {
     #[error("a lab has 1 to {MAX_HOSTS} hosts (198.18.x.10 to 198.18.x.{last} on each /24); {0} asked", last = 9 + MAX_HOSTS)]
     HostCount(usize),
     /// A `lab up` lab is up already.
-    #[error("a lab is up already: {0}; `faultlab lab down` removes it first")]
+    #[error("a lab is up already: {0}; `faultlab lab down` with the same --state removes it first")]
     AlreadyUp(String),
     /// No `lab up` lab is up.
     #[error("no lab is up (no state in {0}): `faultlab lab up` makes one")]
@@ -141,28 +142,34 @@ impl LocalLab {
         netns::start(exe, count, netns::run_prefix(), None, grants)
     }
 
-    /// Start `count` VMs (needs root, QEMU and a kernel); removed on drop.
-    pub fn start_vm(exe: &Path, count: usize, options: &vm::VmOptions) -> Result<Self, LabError> {
+    /// Start `count` VMs (needs root, QEMU and a kernel) whose agents are
+    /// granted `grants`; removed on drop.
+    pub fn start_vm(
+        exe: &Path,
+        count: usize,
+        options: &vm::VmOptions,
+        grants: &AgentGrants,
+    ) -> Result<Self, LabError> {
         let dir = default_state_dir().join(vm::run_prefix());
-        let grants = AgentGrants::default();
-        vm::start(exe, count, vm::run_prefix(), &dir, true, options, &grants)
+        vm::start(exe, count, vm::run_prefix(), &dir, true, options, grants)
     }
 
-    /// The lab a run without an inventory gets, for `hosts` roles, and a
-    /// line that says which and why: the agents on loopback when the
-    /// application runs on this host; else network-namespace hosts where
-    /// they can be made; else loopback, where cases that cut hosts off are
-    /// skipped.
+    /// The lab a run without an inventory gets, for `hosts` roles, its
+    /// agents granted `grants`, and a line that says which and why: the
+    /// agents on loopback when the application runs on this host; else
+    /// network-namespace hosts where they can be made; else loopback, where
+    /// cases that cut hosts off are skipped.
     pub fn for_run(
         hosts: usize,
         application: ApplicationHost,
         kind: LabKind,
         vm_options: &vm::VmOptions,
+        grants: &AgentGrants,
     ) -> Result<(Self, String), LabError> {
         let exe = find_agent().ok_or(LabError::NoAgent)?;
         let hosts = hosts.max(2);
         if kind == LabKind::Vm {
-            let lab = Self::start_vm(&exe, hosts, vm_options)?;
+            let lab = Self::start_vm(&exe, hosts, vm_options, grants)?;
             let said = format!(
                 "local lab: {} QEMU VMs with their own kernels on {}",
                 lab.inventory.agents.len(),
@@ -171,7 +178,7 @@ impl LocalLab {
             return Ok((lab, said));
         }
         if application == ApplicationHost::ThisHost {
-            let lab = Self::start(&exe, hosts)?;
+            let lab = Self::start_with(&exe, hosts, grants)?;
             let said = format!(
                 "local lab: {} agents on loopback, on the application's host (the last one counts its sockets)",
                 lab.inventory.agents.len()
@@ -180,7 +187,7 @@ impl LocalLab {
         }
         match netns_unavailable() {
             None => {
-                let lab = Self::start_netns(&exe, hosts)?;
+                let lab = Self::start_netns_with(&exe, hosts, grants)?;
                 let said = format!(
                     "local lab: {} network-namespace hosts on {} ({})",
                     lab.inventory.agents.len(),
@@ -190,7 +197,7 @@ impl LocalLab {
                 Ok((lab, said))
             }
             Some(why) => {
-                let lab = Self::start(&exe, hosts)?;
+                let lab = Self::start_with(&exe, hosts, grants)?;
                 let said = format!(
                     "local lab: {} agents on loopback ({why}: cases that cut hosts off are skipped; run as root for a lab of network namespaces)",
                     lab.inventory.agents.len()

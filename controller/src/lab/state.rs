@@ -1,6 +1,12 @@
 //! A lab that outlives the command (`faultlab lab up`, `down`, `status`,
 //! `exec`): its hosts stay up, and its state directory holds what the next
 //! command needs to find them (inventory, agent pids, logs).
+//!
+//! Each state directory is a lab of its own: its namespaces, links and VMs
+//! are named after a prefix that comes from the directory
+//! ([`lab_prefix`]), its /24s are whichever are free, and its agents are
+//! the processes it started. Two labs (two people, two CI jobs) run side
+//! by side, and `lab down` of one never touches the other.
 
 use super::agents::AgentGrants;
 use super::netns::{self, LAB_PREFIX, ip, netns_unavailable, remove_network};
@@ -21,6 +27,30 @@ pub fn default_state_dir() -> PathBuf {
         .map_or_else(std::env::temp_dir, PathBuf::from)
         .join("faultlab-lab")
 }
+
+/// The names of the lab kept in `state` start with this: `fll` for the
+/// default state directory, else `fll` and five digits from the
+/// directory's absolute path (digits, so no name of one lab is read as a
+/// host of another: `fllh0` is host 0 of the default lab, `fll40213h0` of
+/// another). Interface names stay within Linux's 15 characters
+/// (`fll40213t239`).
+pub fn lab_prefix(state: &Path) -> String {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let state = absolute(state);
+    if state == absolute(&default_state_dir()) {
+        return LAB_PREFIX.to_owned();
+    }
+    // FNV-1a: the same path gives the same name in every build.
+    let hash = state
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{LAB_PREFIX}{:05}", hash % 100_000)
+}
+
 const INVENTORY_FILE: &str = "inventory.toml";
 const PIDS_FILE: &str = "agents.pids";
 
@@ -48,14 +78,26 @@ pub fn lab_up(
         LabError::Network(format!("{what} {}: {error}", state.display()))
     };
     std::fs::create_dir_all(state).map_err(|error| failed("cannot create", error))?;
+    let prefix = lab_prefix(state);
     let mut lab = if kind == LabKind::Vm {
-        let prefix = LAB_PREFIX.to_owned();
-        vm::start(exe, hosts, prefix, state, false, vm_options, grants)?
+        vm::start(exe, hosts, prefix.clone(), state, false, vm_options, grants)?
     } else if netns_unavailable().is_none() {
-        netns::start(exe, hosts, LAB_PREFIX.to_owned(), Some(state), grants)?
+        netns::start(exe, hosts, prefix.clone(), Some(state), grants)?
     } else {
         loopback::start(exe, hosts, Some(state), grants)?
     };
+    if lab.network.is_some() {
+        // The lab's bridge says which state directory holds it, for
+        // `lab status` of another.
+        let absolute = std::path::absolute(state).unwrap_or_else(|_| state.to_owned());
+        ip(&[
+            "link",
+            "set",
+            &format!("{prefix}mb"),
+            "alias",
+            &absolute.display().to_string(),
+        ])?;
+    }
     let inventory = state.join(INVENTORY_FILE);
     let text = lab
         .inventory
@@ -74,10 +116,10 @@ pub fn lab_up(
     Ok(inventory)
 }
 
-/// What shows a `lab up` lab is up, if one is: its processes (from this
-/// state directory), or its bridge with a VM or a host namespace's process
-/// still on it (a lab made with another `--state`). A bridge with nothing
-/// alive is what a crash left, not a lab.
+/// What shows the lab of `state` is up, if it is: its processes, or its
+/// bridge with a VM or a host namespace's process still on it (a lab of
+/// another state directory whose name is the same: five digits of a path
+/// can meet). A bridge with nothing alive is what a crash left, not a lab.
 fn running_lab(state: &Path) -> Option<String> {
     let alive_pids: Vec<String> = std::fs::read_to_string(state.join(PIDS_FILE))
         .unwrap_or_default()
@@ -93,22 +135,58 @@ fn running_lab(state: &Path) -> Option<String> {
             state.display()
         ));
     }
-    let bridge = format!("{LAB_PREFIX}mb");
+    let prefix = lab_prefix(state);
+    let bridge = format!("{prefix}mb");
     if !Path::new("/sys/class/net").join(&bridge).exists() {
         return None;
     }
     let namespaces = ip(&["netns", "list"]).unwrap_or_default();
     let host_busy = namespaces
         .split_whitespace()
-        .filter(|name| name.starts_with(&format!("{LAB_PREFIX}h")))
+        .filter(|name| name.starts_with(&format!("{prefix}h")))
         .any(|name| {
             !ip(&["netns", "pids", name])
                 .unwrap_or_default()
                 .trim()
                 .is_empty()
         });
-    (host_busy || vm::lab_machines_running(LAB_PREFIX))
-        .then(|| format!("bridge {bridge} has live hosts on it (a lab made with another --state)"))
+    (host_busy || vm::lab_machines_running(&prefix)).then(|| {
+        format!(
+            "bridge {bridge} has live hosts on it, of the lab in {} (its names are this one's: choose another --state)",
+            bridge_alias(&bridge).unwrap_or_else(|| "another state directory".to_owned())
+        )
+    })
+}
+
+/// What a lab's bridge says of its state directory.
+fn bridge_alias(bridge: &str) -> Option<String> {
+    let alias =
+        std::fs::read_to_string(Path::new("/sys/class/net").join(bridge).join("ifalias")).ok()?;
+    let alias = alias.trim();
+    (!alias.is_empty()).then(|| alias.to_owned())
+}
+
+/// The `lab up` labs of this machine other than the one in `state`: each
+/// one's state directory (as its bridge says) and name prefix.
+pub fn other_labs(state: &Path) -> Vec<(String, String)> {
+    let ours = format!("{}mb", lab_prefix(state));
+    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut labs: Vec<(String, String)> = links
+        .filter_map(Result::ok)
+        .filter_map(|link| link.file_name().into_string().ok())
+        .filter(|name| name != &ours)
+        .filter_map(|name| {
+            let prefix = name.strip_suffix("mb")?.to_owned();
+            let digits = prefix.strip_prefix(LAB_PREFIX)?;
+            digits.chars().all(|c| c.is_ascii_digit()).then_some(())?;
+            let state = bridge_alias(&name).unwrap_or_else(|| "(state unknown)".to_owned());
+            Some((state, prefix))
+        })
+        .collect();
+    labs.sort();
+    labs
 }
 
 /// Stop the lab's agents (SIGTERM, so they reset their holders and lift
@@ -116,7 +194,8 @@ fn running_lab(state: &Path) -> Option<String> {
 /// of a `lab up` lab, also what a crashed one left. Returns what it removed.
 pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
     let mut removed = Vec::new();
-    super::outside::watchdog::disarm_lab(&[format!("{LAB_PREFIX}t"), state.display().to_string()]);
+    let prefix = lab_prefix(state);
+    super::outside::watchdog::disarm_lab(&[format!("{prefix}t"), state.display().to_string()]);
     let pids: Vec<u32> = std::fs::read_to_string(state.join(PIDS_FILE))
         .unwrap_or_default()
         .lines()
@@ -150,7 +229,7 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
     let hosts = namespaces
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| name.strip_prefix(&format!("{LAB_PREFIX}h")))
+        .filter_map(|name| name.strip_prefix(&format!("{prefix}h")))
         .filter_map(|index| index.parse::<usize>().ok())
         .map(|index| index + 1)
         .max()
@@ -158,7 +237,7 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
     if hosts > 0 {
         removed.push(format!("{hosts} namespaces"));
     }
-    remove_network(LAB_PREFIX, hosts);
+    remove_network(&prefix, hosts);
     for file in [INVENTORY_FILE, PIDS_FILE] {
         let _ = std::fs::remove_file(state.join(file));
     }
@@ -173,6 +252,8 @@ pub struct LabStatus {
     pub inventory: Inventory,
     /// Each agent process and whether it runs.
     pub pids: Vec<(u32, bool)>,
+    /// What its namespaces, links and VMs are named after.
+    pub prefix: String,
 }
 
 /// The lab's state; `None` when no lab is up.
@@ -189,6 +270,7 @@ pub fn lab_status(state: &Path) -> Option<LabStatus> {
         inventory_path: path,
         inventory,
         pids,
+        prefix: lab_prefix(state),
     })
 }
 
@@ -212,7 +294,7 @@ pub fn lab_namespace(state: &Path, host: usize) -> Result<Option<String>, LabErr
     if host == 0 || host > hosts {
         return Err(LabError::NoSuchHost { host, hosts });
     }
-    let namespace = format!("{LAB_PREFIX}h{}", host - 1);
+    let namespace = format!("{}h{}", lab_prefix(state), host - 1);
     let exists = Command::new("ip")
         .args(["netns", "list"])
         .output()

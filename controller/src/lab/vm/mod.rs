@@ -169,9 +169,11 @@ pub(super) fn run_prefix() -> String {
 }
 
 /// Where the guest image and the accelerator probe's answer are kept,
-/// shared by every VM lab of this machine.
+/// shared by every VM lab of this machine whatever its state directory:
+/// beside the Debian images ([`debian::cache_dir`]), so they also outlive
+/// a reboot.
 fn cache() -> PathBuf {
-    super::default_state_dir().join("vm-cache")
+    debian::cache_dir().join("vm-cache")
 }
 
 /// Make `count` VMs named after `prefix`, each with an agent; `dir` holds
