@@ -122,22 +122,22 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioErrors> {
         }
     }
     let header = typed::<Header>(&header, &(0..text.len()), "", &mut errors);
-    let parsed_steps: Vec<(Step, SpannedTable)> = step_tables(&steps, text, &mut errors)
-        .iter()
+    // Every step is read, and the whole timeline checked, whatever is wrong
+    // elsewhere: a file's mistakes are all told at once, not in rounds.
+    let steps: Vec<(Option<Step>, SpannedTable)> = step_tables(&steps, text, &mut errors)
+        .into_iter()
         .enumerate()
-        .filter_map(|(index, (span, table))| parse_step(index, table, span, &mut errors))
+        .map(|(index, (span, table))| (parse_step(index, &table, &span, &mut errors), table))
         .collect();
-    let Some(header) = header else {
-        return Err(ScenarioErrors(errors.found));
-    };
-    let scenario = header.into_scenario(file, &parsed_steps);
-    if errors.found.is_empty() {
-        references::check(&scenario, &parsed_steps, &document, &mut errors);
-    }
-    if errors.found.is_empty() {
-        Ok(scenario)
-    } else {
-        Err(ScenarioErrors(errors.found))
+    let scenario = header.map(|header| header.into_scenario(file, &steps));
+    references::check(scenario.as_ref(), &steps, &document, &mut errors);
+    match scenario {
+        Some(scenario) if errors.found.is_empty() => Ok(scenario),
+        _ => {
+            let mut found = errors.found;
+            found.sort_by_key(|error| (error.line, error.column));
+            Err(ScenarioErrors(found))
+        }
     }
 }
 
@@ -218,7 +218,7 @@ struct Header {
 }
 
 impl Header {
-    fn into_scenario(self, file: &str, steps: &[(Step, SpannedTable)]) -> Scenario {
+    fn into_scenario(self, file: &str, steps: &[(Option<Step>, SpannedTable)]) -> Scenario {
         Scenario {
             id: self.id,
             name: self.name,
@@ -228,7 +228,7 @@ impl Header {
             application: self.application,
             timeout_ms: self.timeout_ms.unwrap_or(DEFAULT_CASE_TIMEOUT_MS),
             roles: self.roles,
-            steps: steps.iter().map(|(step, _)| step.clone()).collect(),
+            steps: steps.iter().filter_map(|(step, _)| step.clone()).collect(),
             source: file.to_owned(),
         }
     }
@@ -297,7 +297,7 @@ fn parse_step(
     table: &SpannedTable,
     span: &Range<usize>,
     errors: &mut Errors<'_>,
-) -> Option<(Step, SpannedTable)> {
+) -> Option<Step> {
     let place = Place {
         span: span.clone(),
         path: format!("step[{}]", index + 1),
@@ -331,7 +331,7 @@ fn parse_step(
     if errors.found.len() > before {
         return None;
     }
-    let step = Step {
+    Some(Step {
         name: common
             .name
             .unwrap_or_else(|| format!("{}-{}", index + 1, action.keyword())),
@@ -345,8 +345,7 @@ fn parse_step(
             .map(|(os, spec)| (os, expectation(spec)))
             .collect(),
         line: errors.line_of(span.start),
-    };
-    Some((step, common_table))
+    })
 }
 
 fn expectation(spec: ExpectSpec) -> Expect {
@@ -649,6 +648,115 @@ deadline_ms = 1000
             "{errors:#?}"
         );
         assert!(errors.iter().all(|error| error.line > 1));
+    }
+
+    #[test]
+    fn every_mistake_of_a_file_is_told_in_one_pass() {
+        // A header field misspelt, a step with an unknown field, a number
+        // for a name, an error name mistyped, a role misspelt: once.
+        let text = GOOD
+            .replace("title = ", "titel = ")
+            .replace("as = \"s\"", "as = \"s\"\nbogus = 1")
+            .replace("name = \"second\"", "name = 2")
+            .replace("error = \"EPIPE\"", "error = \"EPIPF\"")
+            .replace(
+                "role = \"client\"\ndo = \"connect\"",
+                "role = \"cleint\"\ndo = \"connect\"",
+            );
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+        // The step whose name is a number cannot be read, yet its
+        // expectations are checked.
+        assert_eq!(
+            fields,
+            [
+                "titel",
+                "step[2].role",
+                "step[3].bogus",
+                "step[4].name",
+                "step[4].expect.linux.error"
+            ],
+            "{errors:#?}"
+        );
+        // A step that uses what an unread step defines is not blamed for it.
+        let used = format!(
+            "{text}\n[[step]]\nrole = \"server\"\ndo = \"send\"\nconn = \"s\"\ntext = \"x\"\n"
+        );
+        assert_eq!(errors_of(&used).len(), errors.len());
+    }
+
+    #[test]
+    fn calls_in_an_order_that_cannot_happen_are_refused() {
+        let step = |body: &str| format!("\n[[step]]\n{body}\n");
+        let listen = step("role = \"server\"\ndo = \"listen\"\nas = \"l\"");
+        let connect = step("role = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"");
+        let accept = step("role = \"server\"\ndo = \"accept\"\nlistener = \"l\"\nas = \"s\"");
+        let header =
+            "id = \"O1\"\nname = \"order\"\ntitle = \"t\"\nroles = [\"client\", \"server\"]\n";
+        let fields = |steps: &[&str]| -> Vec<String> {
+            match parse("o.toml", &format!("{header}{}", steps.concat())) {
+                Ok(_) => Vec::new(),
+                Err(ScenarioErrors(errors)) => errors
+                    .into_iter()
+                    .map(|error| format!("{} {}", error.field, error.message))
+                    .collect(),
+            }
+        };
+        // An accept before any connect waits for nothing.
+        let found = fields(&[&listen, &accept, &connect]);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0]
+                .starts_with("step[2].listener accept on listener \"l\" before any step connects"),
+            "{found:#?}"
+        );
+        // Connect then accept, or both released together, is right.
+        assert_eq!(fields(&[&listen, &connect, &accept]), Vec::<String>::new());
+        let together = step(
+            "role = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\nwith = \"2-accept\"",
+        );
+        assert_eq!(fields(&[&listen, &accept, &together]), Vec::<String>::new());
+        // Two accepts for one connect.
+        let again = step("role = \"server\"\ndo = \"accept\"\nlistener = \"l\"\nas = \"s2\"");
+        let found = fields(&[&listen, &connect, &accept, &again]);
+        assert!(
+            found.len() == 1 && found[0].contains("accept number 2"),
+            "{found:#?}"
+        );
+        // A connection used after its close; a half-close keeps it.
+        let close = step("role = \"client\"\ndo = \"close\"\nconn = \"c\"");
+        let send = step("role = \"client\"\ndo = \"send\"\nconn = \"c\"\ntext = \"x\"");
+        let found = fields(&[&listen, &connect, &accept, &close, &send]);
+        assert!(
+            found.len() == 1
+                && found[0]
+                    .starts_with("step[5].conn connection \"c\" was closed by step \"4-close\""),
+            "{found:#?}"
+        );
+        let half =
+            step("role = \"client\"\ndo = \"close\"\nconn = \"c\"\nmode = \"shutdown-write\"");
+        assert_eq!(
+            fields(&[&listen, &connect, &accept, &half, &send]),
+            Vec::<String>::new()
+        );
+        // An accept on a stopped listener; a wait-end with no watch.
+        let stop = step("role = \"server\"\ndo = \"stop-listening\"\nlistener = \"l\"");
+        let found = fields(&[&listen, &connect, &stop, &accept]);
+        assert!(
+            found.len() == 1 && found[0].contains("was stopped by step \"3-stop-listening\""),
+            "{found:#?}"
+        );
+        let wait = step("role = \"server\"\ndo = \"wait-end\"\nconn = \"s\"");
+        let found = fields(&[&listen, &connect, &accept, &wait]);
+        assert!(
+            found.len() == 1 && found[0].starts_with("step[4].conn wait-end on \"s\""),
+            "{found:#?}"
+        );
+        let watch = step("role = \"server\"\ndo = \"watch\"\nconn = \"s\"");
+        assert_eq!(
+            fields(&[&listen, &connect, &accept, &watch, &wait]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -1,43 +1,122 @@
 //! The checks across a scenario's whole timeline: roles declared, names
 //! used only after the step that defines them, capabilities declared,
 //! steps released together written right, expectations naming earlier
-//! steps and known OSes.
+//! steps and known OSes, and calls in an order that can happen (an accept
+//! needs a connect to its listener, a closed connection is used no more).
+//!
+//! It runs even when the header or some steps could not be read, so a
+//! file's mistakes come all at once: a step that could not be read still
+//! defines the names it writes (its `as`, its `name`), and nothing is
+//! blamed on it twice.
 
 use super::input::{Errors, SpannedTable, key_span};
-use crate::scenario::{Action, KNOWN_CAPABILITIES, KNOWN_OS, Reference, Scenario, Step};
+use crate::scenario::{
+    Action, Expect, KNOWN_CAPABILITIES, KNOWN_OS, Reference, Scenario, SocketCall, Step,
+};
 use faultlab_proto::errno::{self, OsFamily};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use toml::Spanned;
 
 /// One problem found in a step: where, which field, what.
 type Problem = (Range<usize>, String, String);
 
-/// Check the header and every step against the ones before it.
+/// Check the header and every step against the ones before it. `scenario`
+/// is `None` when the header could not be read (its roles and needs are
+/// then read from the document as far as they can be); a step is `None`
+/// when it could not be read.
 pub(super) fn check(
-    scenario: &Scenario,
-    steps: &[(Step, SpannedTable)],
+    scenario: Option<&Scenario>,
+    steps: &[(Option<Step>, SpannedTable)],
     document: &SpannedTable,
     errors: &mut Errors<'_>,
 ) {
-    check_header(scenario, document, errors);
+    if let Some(scenario) = scenario {
+        check_header(scenario, document, errors);
+    }
+    let declared = Declared::of(document);
     let mut timeline = Timeline {
-        roles: scenario.roles.iter().map(String::as_str).collect(),
+        roles: declared
+            .roles
+            .as_ref()
+            .map(|roles| roles.iter().map(String::as_str).collect()),
         ..Timeline::default()
     };
-    let mut previous: Option<&Step> = None;
+    // The step before: none (the first step), one that could not be
+    // read, or one.
+    let mut previous: Option<Option<&Step>> = None;
     for (index, (step, table)) in steps.iter().enumerate() {
+        let Some(step) = step else {
+            if !table.keys().any(|key| key.get_ref() == "with") {
+                timeline.end_group(errors);
+            }
+            // Its expectations are checked all the same, when they can be read.
+            if let Some(expectations) = unread_expectations(table) {
+                let at = StepAt::unread(index, table, errors);
+                let mut problems = Vec::new();
+                timeline.check_expectations(&expectations, &at, &mut problems);
+                for (span, field, message) in problems {
+                    errors.at(&span, field, message);
+                }
+            }
+            timeline.record_unread(table);
+            previous = Some(None);
+            continue;
+        };
         if step.with.is_none() {
-            timeline.end_group();
+            timeline.end_group(errors);
         }
         let at = StepAt::new(index, step, table, errors);
         let mut problems = Vec::new();
-        timeline.check_step(scenario, step, previous, &at, &mut problems);
+        timeline.check_step(&declared, step, previous, &at, &mut problems);
         for (span, field, message) in problems {
             errors.at(&span, field, message);
         }
-        timeline.record(step);
-        previous = Some(step);
+        timeline.record(step, &at);
+        previous = Some(Some(step));
+    }
+    timeline.end_group(errors);
+}
+
+/// The expectations of a step that could not be read, if they can be.
+fn unread_expectations(table: &SpannedTable) -> Option<BTreeMap<String, Expect>> {
+    let (_, value) = table.iter().find(|(key, _)| key.get_ref() == "expect")?;
+    let specs: BTreeMap<String, super::ExpectSpec> = value.get_ref().clone().try_into().ok()?;
+    Some(
+        specs
+            .into_iter()
+            .map(|(os, spec)| (os, super::expectation(spec)))
+            .collect(),
+    )
+}
+
+/// What the header declares, read from the document itself: the steps are
+/// checked against it even when the header has mistakes of its own.
+/// `None` where it could not be read (the header's error says why).
+struct Declared {
+    roles: Option<Vec<String>>,
+    needs: Option<Vec<String>>,
+}
+
+impl Declared {
+    fn of(document: &SpannedTable) -> Self {
+        let strings = |key: &str| -> Option<Option<Vec<String>>> {
+            let value = document.iter().find(|(name, _)| name.get_ref() == key);
+            match value {
+                None => Some(None),
+                Some((_, value)) => value
+                    .get_ref()
+                    .as_array()?
+                    .iter()
+                    .map(|item| item.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Some),
+            }
+        };
+        Self {
+            roles: strings("roles").flatten(),
+            needs: strings("needs").map(Option::unwrap_or_default),
+        }
     }
 }
 
@@ -98,6 +177,18 @@ impl StepAt {
         }
     }
 
+    /// Where a step that could not be read is.
+    fn unread(index: usize, table: &SpannedTable, errors: &Errors<'_>) -> Self {
+        let whole = 0..errors.text.len();
+        let step_span = table.keys().next().map_or(whole, Spanned::span);
+        Self {
+            path: format!("step[{}]", index + 1),
+            line_span: step_span.start..step_span.start,
+            step_span,
+            table: table.clone(),
+        }
+    }
+
     fn key(&self, key: &str) -> Range<usize> {
         key_span(&self.table, key, &self.step_span)
     }
@@ -115,8 +206,8 @@ impl StepAt {
 /// What the steps so far have defined.
 #[derive(Default)]
 struct Timeline<'s> {
-    /// The scenario's roles.
-    roles: HashSet<&'s str>,
+    /// The scenario's roles (`None`: unknown, not checked).
+    roles: Option<HashSet<&'s str>>,
     listeners: HashSet<&'s str>,
     conns: HashSet<&'s str>,
     names: HashSet<&'s str>,
@@ -125,19 +216,78 @@ struct Timeline<'s> {
     /// together) has ended: they are only known after it.
     defined_listeners: Vec<&'s str>,
     defined_conns: Vec<&'s str>,
+    /// Connections closed (the socket released), by the step that did it.
+    closed: HashMap<&'s str, String>,
+    /// Listeners stopped, by the step that did it.
+    stopped: HashMap<&'s str, String>,
+    /// Connects to each listener so far, and accepts on it.
+    connects: HashMap<&'s str, usize>,
+    accepts: HashMap<&'s str, usize>,
+    /// Accepts of the group under way, judged when it ends (a connect
+    /// released together with its accept is in time for it).
+    pending_accepts: Vec<(&'s str, Problem)>,
+    /// Connections watched (`watch`), for `wait-end`.
+    watched: HashSet<&'s str>,
+    /// Some step could not be read: what it connected is not known, so
+    /// accepts are not counted against connects.
+    unread: bool,
 }
 
 impl<'s> Timeline<'s> {
-    fn end_group(&mut self) {
+    fn end_group(&mut self, errors: &mut Errors<'_>) {
         self.listeners.extend(self.defined_listeners.drain(..));
         self.conns.extend(self.defined_conns.drain(..));
+        for (listener, (span, field, message)) in self.pending_accepts.drain(..) {
+            let accepts = self.accepts.entry(listener).or_default();
+            *accepts += 1;
+            let connects = self.connects.get(listener).copied().unwrap_or(0);
+            if *accepts > connects && !self.unread {
+                let message = match connects {
+                    0 => message,
+                    _ => format!(
+                        "accept number {accepts} on listener {listener:?}, but only {connects} earlier step(s) connect to it: it would wait for a connection that never comes"
+                    ),
+                };
+                errors.at(&span, field, message);
+            }
+        }
     }
 
-    fn record(&mut self, step: &'s Step) {
+    fn record(&mut self, step: &'s Step, at: &StepAt) {
         for reference in step.action.references() {
             match reference {
-                Reference::DefinesConn(name) => self.defined_conns.push(name),
-                Reference::DefinesListener(name) => self.defined_listeners.push(name),
+                Reference::DefinesConn(name) => {
+                    self.defined_conns.push(name);
+                    self.closed.remove(name);
+                }
+                Reference::DefinesListener(name) => {
+                    self.defined_listeners.push(name);
+                    self.stopped.remove(name);
+                }
+                _ => {}
+            }
+        }
+        if let Action::Socket(call) = &step.action {
+            match call {
+                SocketCall::Connect { to, .. } => *self.connects.entry(to).or_default() += 1,
+                SocketCall::Accept { listener, .. } => self.pending_accepts.push((
+                    listener,
+                    at.problem(
+                        "listener",
+                        format!(
+                            "accept on listener {listener:?} before any step connects to it: it would wait for a connection that never comes (connect first, or release both together with `with`)"
+                        ),
+                    ),
+                )),
+                SocketCall::Close { conn, mode } if mode.releases_socket() => {
+                    self.closed.insert(conn, step.name.clone());
+                }
+                SocketCall::StopListening { listener } => {
+                    self.stopped.insert(listener, step.name.clone());
+                }
+                SocketCall::Watch { conn } => {
+                    self.watched.insert(conn);
+                }
                 _ => {}
             }
         }
@@ -147,27 +297,59 @@ impl<'s> Timeline<'s> {
         }
     }
 
+    /// A step that could not be read: the names it writes are taken as
+    /// defined, so that later steps using them are not blamed for it.
+    fn record_unread(&mut self, table: &'s SpannedTable) {
+        self.unread = true;
+        let text = |key: &str| {
+            table
+                .iter()
+                .find(|(name, _)| name.get_ref() == key)
+                .and_then(|(_, value)| value.get_ref().as_str())
+        };
+        if let Some(name) = text("as") {
+            self.defined_conns.push(name);
+            self.defined_listeners.push(name);
+            self.watched.insert(name);
+        }
+        if let Some(name) = text("name") {
+            self.names.insert(name);
+            self.background.insert(name);
+        }
+        if let Some(conn) = text("conn") {
+            self.watched.insert(conn);
+        }
+    }
+
     fn check_step(
         &self,
-        scenario: &Scenario,
+        declared: &Declared,
         step: &Step,
-        previous: Option<&Step>,
+        previous: Option<Option<&Step>>,
         at: &StepAt,
         problems: &mut Vec<Problem>,
     ) {
         if self.names.contains(&step.name.as_str()) {
             problems.push(at.problem("name", format!("step name {:?} is used twice", step.name)));
         }
-        check_role(scenario, step, at, problems);
+        if let Some(roles) = &declared.roles {
+            check_role(roles, step, at, problems);
+        }
         if step.background && !step.action.may_run_in_background() {
             problems.push(at.problem(
                 "background",
                 "only send, recv, wait-end and sleep can run in the background".to_owned(),
             ));
         }
-        check_with(step, previous, at, problems);
+        match previous {
+            // After a step that could not be read, what it was is not known.
+            Some(None) => {}
+            Some(Some(before)) => check_with(step, Some(before), at, problems),
+            None => check_with(step, None, at, problems),
+        }
         if let Some(capability) = step.action.capability()
-            && !scenario.needs.iter().any(|need| need == capability)
+            && let Some(needs) = &declared.needs
+            && !needs.iter().any(|need| need == capability)
         {
             problems.push(at.problem(
                 "do",
@@ -178,7 +360,47 @@ impl<'s> Timeline<'s> {
             ));
         }
         self.check_names(&step.action, at, problems);
-        self.check_expectations(step, at, problems);
+        self.check_order(step, at, problems);
+        self.check_expectations(&step.expect, at, problems);
+    }
+
+    /// Calls that cannot happen in this order: a closed connection used
+    /// again, an accept on a listener stopped, a wait-end with no watch.
+    fn check_order(&self, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
+        let Action::Socket(call) = &step.action else {
+            return;
+        };
+        if let SocketCall::Accept { listener, .. } = call
+            && let Some(by) = self.stopped.get(listener.as_str())
+        {
+            problems.push(at.problem(
+                "listener",
+                format!("listener {listener:?} was stopped by step {by:?}: nothing can be accepted on it"),
+            ));
+        }
+        if let SocketCall::WaitEnd { conn, .. } = call
+            && self.conns.contains(conn.as_str())
+            && !self.watched.contains(conn.as_str())
+        {
+            problems.push(at.problem(
+                "conn",
+                format!(
+                    "wait-end on {conn:?}, which no earlier step watches (`do = \"watch\"` first)"
+                ),
+            ));
+        }
+        for reference in step.action.references() {
+            if let Reference::UsesConn { field, name } = reference
+                && let Some(by) = self.closed.get(name)
+            {
+                problems.push(at.problem(
+                    field,
+                    format!(
+                        "connection {name:?} was closed by step {by:?}: its socket is released, no later call can use it (a half-close is `mode = \"shutdown-write\"`)"
+                    ),
+                ));
+            }
+        }
     }
 
     /// Every name the action uses was defined by an earlier step.
@@ -200,10 +422,17 @@ impl<'s> Timeline<'s> {
                 Reference::UsesBackground { field, name } if !self.background.contains(&name) => {
                     Some((field, format!("{name:?} is not an earlier background step")))
                 }
-                Reference::UsesRole { field, name } if !self.roles.contains(name) => Some((
-                    field,
-                    format!("{name:?} is not one of the scenario's roles"),
-                )),
+                Reference::UsesRole { field, name }
+                    if self
+                        .roles
+                        .as_ref()
+                        .is_some_and(|roles| !roles.contains(name)) =>
+                {
+                    Some((
+                        field,
+                        format!("{name:?} is not one of the scenario's roles"),
+                    ))
+                }
                 _ => None,
             };
             if let Some((field, message)) = missing {
@@ -214,9 +443,14 @@ impl<'s> Timeline<'s> {
 
     /// Known OSes, `since`/`bytes_below`/`same_bytes_as` naming earlier
     /// steps, percentages that are percentages.
-    fn check_expectations(&self, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
+    fn check_expectations(
+        &self,
+        expectations: &BTreeMap<String, Expect>,
+        at: &StepAt,
+        problems: &mut Vec<Problem>,
+    ) {
         let span = at.key("expect");
-        for (os, expect) in &step.expect {
+        for (os, expect) in expectations {
             if !KNOWN_OS.contains(&os.as_str()) {
                 problems.push((
                     span.clone(),
@@ -282,7 +516,7 @@ impl<'s> Timeline<'s> {
 }
 
 /// A role where the action needs one, and one the scenario declares.
-fn check_role(scenario: &Scenario, step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
+fn check_role(roles: &[String], step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
     let keyword = step.action.keyword();
     match (&step.role, step.action.takes_role()) {
         (None, true) => problems.push((
@@ -291,10 +525,9 @@ fn check_role(scenario: &Scenario, step: &Step, at: &StepAt, problems: &mut Vec<
             format!("{keyword} needs a role"),
         )),
         (Some(_), false) => problems.push(at.problem("role", format!("{keyword} takes no role"))),
-        (Some(role), true) if !scenario.roles.contains(role) => problems.push(at.problem(
-            "role",
-            format!("role {role:?} is not in roles {:?}", scenario.roles),
-        )),
+        (Some(role), true) if !roles.contains(role) => {
+            problems.push(at.problem("role", format!("role {role:?} is not in roles {roles:?}")))
+        }
         _ => {}
     }
 }
