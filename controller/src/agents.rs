@@ -188,15 +188,8 @@ pub enum AgentsError {
 }
 
 /// An error with its causes, for messages ("transport error" alone says nothing).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    crate::error_chain(crate::causes_of(error))
 }
 
 /// Connect in plain text to the agent at `address` (see [`Connector`]).

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("faultlab: {error:#}");
+            eprintln!("faultlab: {}", faultlab::error_chain(error.chain()));
             ExitCode::from(2)
         }
     };

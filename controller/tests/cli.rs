@@ -239,6 +239,33 @@ fn an_unknown_case_is_refused_before_anything_starts() -> TestResult {
 }
 
 #[test]
+fn an_error_says_each_cause_once() -> TestResult {
+    let scratch = Scratch::new("causes")?;
+    let history = scratch.0.join("h.sqlite");
+    let missing = scratch.0.join("missing.toml").display().to_string();
+    let out = faultlab(
+        &["run", "--suite", "seed", "--inventory", &missing],
+        &history,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    // An agent nobody answers for (a closed port of loopback).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let out = faultlab(&["agents", &closed.to_string()], &history)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Connection refused") && stdout.matches("tcp connect error").count() == 1,
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_bad_target_is_named_before_anything_starts() -> TestResult {
     let scratch = Scratch::new("targets")?;
     let history = scratch.0.join("h.sqlite");

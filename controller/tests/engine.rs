@@ -243,6 +243,57 @@ async fn a_wrong_expectation_differs_and_says_how() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_with_no_expectation_names_the_steps_that_went_wrong_unjudged() -> TestResult {
+    let lab = local_lab(2)?;
+    // A read that waits for data no one sends, and nothing expected.
+    let text = r#"id = "N1"
+name = "nothing-expected"
+title = "A read that times out, and no expectation"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+name = "waits"
+role = "server"
+do = "recv"
+conn = "s"
+timeout_ms = 300
+"#;
+    let report = run(&lab, vec![scenario::parse("n1.toml", text)?]).await?;
+    let case = &report.cases[0];
+    assert_eq!(case.verdict, Verdict::Differs);
+    assert_eq!(case.differences.len(), 2, "{:?}", case.differences);
+    assert!(
+        case.differences[0].starts_with("no expectation is written for linux/linux"),
+        "{:?}",
+        case.differences
+    );
+    assert!(
+        case.differences[1].starts_with("waits (recv) ended timeout after ")
+            && case.differences[1].ends_with(" ms, unjudged"),
+        "{:?}",
+        case.differences
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
     let lab = local_lab(3)?;
     let s2 = vec![seed_case("S2")?];

@@ -38,7 +38,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<bool> {
             ),
             Err(error) => {
                 good = false;
-                eprintln!("{error:#}");
+                eprintln!("{}", faultlab::error_chain(error.chain()));
             }
         }
     }

@@ -57,7 +57,10 @@ pub async fn connections(args: ConnectionsArgs, tls: &TlsArgs) -> anyhow::Result
             }
             Err(error) => {
                 all_answered = false;
-                say!("{name:<14} UNREACHABLE: {error:#}");
+                say!(
+                    "{name:<14} UNREACHABLE: {}",
+                    faultlab::error_chain(faultlab::causes_of(&error))
+                );
             }
         }
     }

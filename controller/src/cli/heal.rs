@@ -71,7 +71,10 @@ pub async fn heal(args: HealArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
             }
             Err(error) => {
                 all_healed = false;
-                say!("{name:<14} {address:<22} NOT HEALED: {error:#}");
+                say!(
+                    "{name:<14} {address:<22} NOT HEALED: {}",
+                    faultlab::error_chain(faultlab::causes_of(&error))
+                );
             }
         }
     }

@@ -125,7 +125,7 @@ pub async fn run(args: RunArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
         Ok(report) => report,
         Err(error) => {
             if let Some((history, number)) = &kept
-                && let Err(not_kept) = history.fail(*number, &format!("{error:#}"))
+                && let Err(not_kept) = history.fail(*number, &faultlab::error_chain(error.chain()))
             {
                 eprintln!("the history could not keep why the run failed: {not_kept}");
             }
@@ -197,7 +197,7 @@ fn load_scenarios(
     for file in files {
         match read_scenario(file) {
             Ok(scenario) => scenarios.push(scenario),
-            Err(error) => errors.push(format!("{error:#}")),
+            Err(error) => errors.push(faultlab::error_chain(error.chain())),
         }
         label.push(file.display().to_string());
     }

@@ -12,7 +12,7 @@ use super::state::{CaseRun, Names, StepError};
 use super::timeline::play;
 use super::wire::collect_wire;
 use crate::report::{CaseReport, Verdict};
-use crate::scenario::{Action, Expect, NetworkFault, Scenario};
+use crate::scenario::{Action, Expect, ExpectedOutcome, NetworkFault, Scenario};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -440,6 +440,25 @@ fn give_verdict(report: &mut CaseReport, run: &CaseRun<'_>) {
         report
             .differences
             .push(format!("no expectation is written for {}", report.os_pair));
+        // What went wrong unjudged is the likelier reason to read on.
+        report.differences.extend(
+            run.results
+                .iter()
+                .filter(|(_, outcome)| outcome.outcome != ExpectedOutcome::Ok)
+                .map(|(step, outcome)| {
+                    let errno = match outcome.errno_name.is_empty() {
+                        true => String::new(),
+                        false => format!(" {}", outcome.errno_name),
+                    };
+                    format!(
+                        "{} ({}) ended {}{errno} after {} ms, unjudged",
+                        step.name,
+                        outcome.call,
+                        outcome.outcome.as_str(),
+                        (outcome.end_ns - outcome.start_ns).max(0) / 1_000_000
+                    )
+                }),
+        );
         Verdict::Differs
     } else {
         Verdict::Expected
