@@ -27,7 +27,7 @@ section.case { border-top: 2px solid #d6dae3; margin-top: 24px; }
 svg.ladder { background: #fcfcfe; border: 1px solid #e3e6ee; }
 svg .lane { stroke: #9aa3b5; stroke-width: 1.5; } svg .tick { fill: #667; font-size: 11px; }
 svg .title { font-weight: 600; font-size: 13px; } svg text { font-size: 12px; }
-svg .ok { fill: #2e7d32; } svg .eof { fill: #1565c0; } svg .error { fill: #c62828; }
+svg .ok { fill: #2e7d32; } svg .eof { fill: #1565c0; } svg .error { fill: #c62828; } svg .expected-error { fill: #6a1b9a; }
 svg line.rst, svg line.rst-stub { stroke: #d32f2f; stroke-width: 2; } svg text.rst { fill: #d32f2f; }
 svg line.fin { stroke: #1e63d6; stroke-width: 2; } svg text.fin { fill: #1e63d6; }
 svg line.skewed { stroke-dasharray: 5 3; }
@@ -76,24 +76,20 @@ fn hosts_of(report: &RunReport, case: &CaseReport) -> Vec<Host> {
 
 /// The decisive observation's result, for tables: "recv: error ECONNRESET, 1000 B".
 fn gist(case: &CaseReport) -> String {
-    case.observations
-        .iter()
-        .rev()
-        .find(|observation| observation.checked.is_some())
-        .map_or_else(
-            || case.reason.clone().unwrap_or_default(),
-            |observation| {
-                let errno = if observation.errno_name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", observation.errno_name)
-                };
-                format!(
-                    "{}: {}{errno}, {} B",
-                    observation.call, observation.outcome, observation.bytes
-                )
-            },
-        )
+    case.telling_observation().map_or_else(
+        || case.reason.clone().unwrap_or_default(),
+        |observation| {
+            let errno = if observation.errno_name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", observation.errno_name)
+            };
+            format!(
+                "{}: {}{errno}, {} B",
+                observation.call, observation.outcome, observation.bytes
+            )
+        },
+    )
 }
 
 fn svg(ladder: &Ladder) -> String {
@@ -210,7 +206,12 @@ fn svg_marks(svg: &mut String, ladder: &Ladder) {
 }
 
 fn case_section(report: &RunReport, index: usize, case: &CaseReport) -> Markup {
-    let ladder = ladder::layout(&hosts_of(report, case), &case.observations, &case.wire);
+    let ladder = ladder::layout(
+        &hosts_of(report, case),
+        &case.observations,
+        &case.wire,
+        &case.differences,
+    );
     let differing: BTreeSet<&str> = case
         .differences
         .iter()

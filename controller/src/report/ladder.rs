@@ -9,7 +9,7 @@
 //! time. Moments within [`SAME_MOMENT_NS`] share a row (two hosts at once).
 //! This is a pure function so tests can check it without a browser.
 
-use super::{ObservationReport, WireReport};
+use super::{ObservationReport, SAME_HOST_UNCERTAINTY_NS, WireReport};
 
 /// Events closer than this are drawn on one row.
 pub const SAME_MOMENT_NS: i64 = 50_000;
@@ -46,6 +46,10 @@ pub enum Kind {
     Rst,
     /// Data.
     Data,
+    /// An error or timeout the case expected: what it is about, not a
+    /// failure (drawn apart from [`Kind::Error`], which differed or was
+    /// not judged).
+    ExpectedError,
 }
 
 impl Kind {
@@ -59,6 +63,7 @@ impl Kind {
             Self::Fin => "fin",
             Self::Rst => "rst",
             Self::Data => "data",
+            Self::ExpectedError => "expected-error",
         }
     }
 }
@@ -174,8 +179,14 @@ fn ip_of(address: &str) -> &str {
         .trim_matches(['[', ']'])
 }
 
-/// Lay out a case: `hosts` in role order, its observations and wire segments.
-pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireReport]) -> Ladder {
+/// Lay out a case: `hosts` in role order, its observations and wire
+/// segments, and its differences (which steps' outcomes differed).
+pub fn layout(
+    hosts: &[Host],
+    observations: &[ObservationReport],
+    wire: &[WireReport],
+    differences: &[String],
+) -> Ladder {
     let lanes = Lanes::new(hosts);
     let mut flights = pair_flights(&lanes, wire);
     let notes = thin_data(&mut flights);
@@ -199,7 +210,7 @@ pub fn layout(hosts: &[Host], observations: &[ObservationReport], wire: &[WireRe
             })
             .collect(),
         ticks: rows.ticks(),
-        marks: marks(&lanes, &rows, observations),
+        marks: marks(&lanes, &rows, observations, differences),
         arrows,
         brackets: brackets(&lanes, &rows, observations, &flights),
         notes,
@@ -232,6 +243,16 @@ impl<'h> Lanes<'h> {
 
     fn of_host(&self, name: &str) -> Option<usize> {
         self.hosts.iter().position(|host| host.name == name)
+    }
+
+    /// The lane of the role an observation's step played, else of the host
+    /// that acted (an application's lane is named after the application,
+    /// while its SIGSTOP is done by the agent on its host).
+    fn of(&self, observation: &ObservationReport) -> Option<usize> {
+        self.hosts
+            .iter()
+            .position(|host| !observation.role.is_empty() && host.role == observation.role)
+            .or_else(|| self.of_host(&observation.host))
     }
 
     fn of_ip(&self, ip: &str) -> Option<usize> {
@@ -392,15 +413,25 @@ fn end_of(observation: &ObservationReport) -> i64 {
     observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(0)
 }
 
-/// Each call as a mark where it ended, on its host's lane.
-fn marks(lanes: &Lanes<'_>, rows: &Rows, observations: &[ObservationReport]) -> Vec<Mark> {
+/// Each call as a mark where it ended, on its role's lane. An error the
+/// case expected is not drawn as one that differed.
+fn marks(
+    lanes: &Lanes<'_>,
+    rows: &Rows,
+    observations: &[ObservationReport],
+    differences: &[String],
+) -> Vec<Mark> {
     observations
         .iter()
         .filter_map(|observation| {
-            let lane = lanes.of_host(&observation.host)?;
+            let lane = lanes.of(observation)?;
+            let differed = differences
+                .iter()
+                .any(|difference| difference.starts_with(&format!("{} (", observation.step)));
             let kind = match observation.outcome.as_str() {
                 "ok" => Kind::Ok,
                 "eof" => Kind::Eof,
+                _ if observation.checked.is_some() && !differed => Kind::ExpectedError,
                 _ => Kind::Error,
             };
             let errno = if observation.errno_name.is_empty() {
@@ -493,7 +524,7 @@ fn brackets(
             "error" if observation.errno_name == "ECONNRESET" => 'R',
             _ => continue,
         };
-        let Some(lane) = lanes.of_host(&observation.host) else {
+        let Some(lane) = lanes.of(observation) else {
             continue;
         };
         let end = end_of(observation);
@@ -527,12 +558,22 @@ fn brackets(
             })
             .map(|segment| segment.t_ns)
             .max();
-        if let Some(arrived) = arrival {
+        // Only a call that was waiting when the segment arrived detected
+        // it; one made later (after a sleep of the scenario's) found it
+        // waiting, and the time between is the scenario's, not the stack's.
+        if let Some(arrived) = arrival
+            && observation.t_ns <= arrived
+        {
             brackets.push(Bracket {
                 x: lanes.x(lane) - 14.0,
                 y1: rows.y(arrived),
                 y2: rows.y(end),
-                text: format!("+{:.3} ms", (end - arrived).max(0) as f64 / 1e6),
+                // The arrival is the reader's own host's capture: one clock.
+                text: format!(
+                    "+{} ±{}",
+                    short_duration((end - arrived).max(0)),
+                    short_duration(i64::try_from(SAME_HOST_UNCERTAINTY_NS).unwrap_or(i64::MAX))
+                ),
             });
         }
     }
@@ -619,11 +660,33 @@ mod tests {
                 1_000_000,
             ),
         ];
-        let ladder = layout(&two_hosts(), &[read], &wire);
+        let ladder = layout(&two_hosts(), &[read], &wire, &[]);
         assert_eq!(ladder.brackets.len(), 1);
         let bracket = &ladder.brackets[0];
         assert_eq!(bracket.text, "+52 µs ±1 µs");
         assert!(bracket.y2 > bracket.y1, "from the arrival down to the end");
+    }
+
+    #[test]
+    fn an_applications_process_faults_are_marked_on_its_lane() {
+        // The application plays the server; the agent on its host stops it.
+        let hosts = vec![
+            host("a", "client", "198.18.1.10"),
+            host("echo (tcp://198.18.1.11:7000)", "server", "198.18.1.11"),
+        ];
+        let mut stop = observation("b", "stop", "ok", "", 1_000_000);
+        stop.role = "server".to_owned();
+        let mut resume = observation("b", "continue", "ok", "", 2_000_000);
+        resume.role = "server".to_owned();
+        let ladder = layout(&hosts, &[stop, resume], &[], &[]);
+        let server_lane = ladder.lanes[1].x;
+        let marked: Vec<&str> = ladder
+            .marks
+            .iter()
+            .filter(|mark| mark.x == server_lane)
+            .map(|mark| mark.text.as_str())
+            .collect();
+        assert_eq!(marked, ["stop → ok", "continue → ok"]);
     }
 
     fn two_hosts() -> Vec<Host> {
@@ -635,10 +698,10 @@ mod tests {
 
     #[test]
     fn an_abort_is_a_red_arrow_from_the_server_and_a_bracket_to_the_read_that_saw_it() {
-        let observations = [
-            observation("b", "close", "ok", "", 1_000_000),
-            observation("a", "recv", "error", "ECONNRESET", 1_600_000),
-        ];
+        // The read waits from 0.9 ms; the RST arrives at 1.1 ms; it ends at 1.6 ms.
+        let mut read = observation("a", "recv", "error", "ECONNRESET", 900_000);
+        read.duration_ns = 700_000;
+        let observations = [observation("b", "close", "ok", "", 1_000_000), read];
         let wire = [
             segment(
                 "b",
@@ -655,7 +718,7 @@ mod tests {
                 1_100_000,
             ),
         ];
-        let ladder = layout(&two_hosts(), &observations, &wire);
+        let ladder = layout(&two_hosts(), &observations, &wire, &[]);
         assert_eq!(ladder.lanes.len(), 2);
         assert_eq!(ladder.arrows.len(), 1, "the two sightings are one flight");
         let reset = &ladder.arrows[0];
@@ -666,13 +729,33 @@ mod tests {
         );
         assert!(reset.y2 > reset.y1, "it arrives after it leaves");
         assert_eq!(ladder.brackets.len(), 1);
-        assert_eq!(ladder.brackets[0].text, "+0.500 ms");
+        assert_eq!(ladder.brackets[0].text, "+500 µs ±1 µs");
         assert!(
             ladder
                 .marks
                 .iter()
                 .any(|mark| mark.text == "recv → error ECONNRESET" && mark.kind == Kind::Error)
         );
+        // The same read judged and found as expected is no failure.
+        let mut judged = observations.clone();
+        judged[1].checked = Some("linux (measured)".to_owned());
+        let expected = layout(&two_hosts(), &judged, &wire, &[]);
+        assert!(
+            expected
+                .marks
+                .iter()
+                .any(|mark| mark.text == "recv → error ECONNRESET"
+                    && mark.kind == Kind::ExpectedError)
+        );
+        let differed = ["recv (recv on linux): error ECONNRESET, expected none".to_owned()];
+        let differs = layout(&two_hosts(), &judged, &wire, &differed);
+        assert!(differs.marks.iter().any(|mark| mark.kind == Kind::Error));
+        // A read made after the RST arrived (C3: the scenario sleeps first)
+        // did not detect it: no bracket.
+        let mut late = observations.clone();
+        late[1].t_ns = 1_600_000;
+        late[1].duration_ns = 0;
+        assert!(layout(&two_hosts(), &late, &wire, &[]).brackets.is_empty());
         // Rows are in time order and labelled from the first moment.
         assert_eq!(
             ladder.ticks.first().map(|tick| tick.text.as_str()),
@@ -687,7 +770,7 @@ mod tests {
             segment("b", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_000_000),
             segment("a", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_200_000),
         ];
-        let ladder = layout(&two_hosts(), &[], &wire);
+        let ladder = layout(&two_hosts(), &[], &wire, &[]);
         assert_eq!(ladder.arrows.len(), 1);
         assert!(
             ladder.arrows[0].x1 < ladder.arrows[0].x2,
@@ -703,7 +786,7 @@ mod tests {
             segment("a", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_200_000),
             segment("b", "198.18.1.10:40000", "198.18.1.11:7000", "S", 1_100_000),
         ];
-        let ladder = layout(&two_hosts(), &[], &wire);
+        let ladder = layout(&two_hosts(), &[], &wire, &[]);
         assert_eq!(ladder.arrows.len(), 1);
         let arrow = &ladder.arrows[0];
         assert!(arrow.y2 > arrow.y1, "{arrow:?}");
@@ -730,7 +813,7 @@ mod tests {
                 1_030_000,
             ),
         ];
-        let ladder = layout(&two_hosts(), &[], &wire);
+        let ladder = layout(&two_hosts(), &[], &wire, &[]);
         assert_eq!(ladder.arrows.len(), 2);
         let (syn, syn_ack) = (&ladder.arrows[0], &ladder.arrows[1]);
         assert!(syn.x1 < syn.x2 && syn_ack.x1 > syn_ack.x2);
@@ -748,7 +831,7 @@ mod tests {
             observation("b", "send", "ok", "", 5_020_000),
             observation("b", "recv", "eof", "", 9_000_000),
         ];
-        let ladder = layout(&two_hosts(), &observations, &[]);
+        let ladder = layout(&two_hosts(), &observations, &[], &[]);
         assert_eq!(ladder.ticks.len(), 2);
         assert_eq!(ladder.marks[0].y, ladder.marks[1].y);
         assert!(ladder.marks[2].y > ladder.marks[0].y);
@@ -757,7 +840,7 @@ mod tests {
     #[test]
     fn without_wire_evidence_there_are_marks_only() {
         let observations = [observation("a", "connect", "error", "ECONNREFUSED", 1)];
-        let ladder = layout(&two_hosts(), &observations, &[]);
+        let ladder = layout(&two_hosts(), &observations, &[], &[]);
         assert!(ladder.arrows.is_empty() && ladder.brackets.is_empty());
         assert_eq!(ladder.marks.len(), 1);
         assert!(ladder.height > 0.0 && ladder.width > ladder.lanes[1].x);
@@ -784,7 +867,7 @@ mod tests {
             "F.",
             50_000_000,
         ));
-        let ladder = layout(&two_hosts(), &[], &wire);
+        let ladder = layout(&two_hosts(), &[], &wire, &[]);
         assert_eq!(ladder.arrows.len(), 1);
         assert_eq!(ladder.arrows[0].kind, Kind::Fin);
         assert_eq!(ladder.notes, ["40 data segments (57920 B) not drawn"]);

@@ -182,6 +182,37 @@ pub struct CaseReport {
     pub unchecked: Vec<String>,
 }
 
+impl CaseReport {
+    /// The observation that carries the case's point, for one-line
+    /// summaries: of the checked steps, a socket call's (what the
+    /// application would see) before a fault's or a timer's (a `restore`
+    /// checked for its counters is not the point of D1, its connect is),
+    /// and of those the one that ended last (a read blocked since before a
+    /// close ends with the EOF the case is about, after that close).
+    pub fn telling_observation(&self) -> Option<&ObservationReport> {
+        let socket_call = |observation: &&ObservationReport| {
+            matches!(
+                observation.call.as_str(),
+                "connect" | "accept" | "send" | "recv" | "close" | "shutdown" | "watch"
+            )
+        };
+        let ended = |observation: &&ObservationReport| {
+            observation
+                .t_ns
+                .saturating_add(i64::try_from(observation.duration_ns).unwrap_or(i64::MAX))
+        };
+        let checked = || {
+            self.observations
+                .iter()
+                .filter(|observation| observation.checked.is_some())
+        };
+        checked()
+            .filter(socket_call)
+            .max_by_key(ended)
+            .or_else(|| checked().max_by_key(ended))
+    }
+}
+
 /// Whether an application survived a case and freed its connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeReport {

@@ -273,22 +273,18 @@ fn hosts_of(case: &CaseReport) -> String {
 
 /// What the decisive observation said, e.g. "recv: error ECONNRESET after 1000 B".
 fn summary_line(case: &CaseReport) -> String {
-    let decisive = case
-        .observations
-        .iter()
-        .rev()
-        .find(|observation| observation.checked.is_some());
-    decisive.map_or_else(String::new, |observation| {
-        let what = if observation.errno_name.is_empty() {
-            observation.outcome.clone()
-        } else {
-            format!("{} {}", observation.outcome, observation.errno_name)
-        };
-        format!(
-            "{} {}: {what}, {} B",
-            observation.role, observation.call, observation.bytes
-        )
-    })
+    case.telling_observation()
+        .map_or_else(String::new, |observation| {
+            let what = if observation.errno_name.is_empty() {
+                observation.outcome.clone()
+            } else {
+                format!("{} {}", observation.outcome, observation.errno_name)
+            };
+            format!(
+                "{} {}: {what}, {} B",
+                observation.role, observation.call, observation.bytes
+            )
+        })
 }
 
 /// The probes in a few words, e.g. "probe: server answered in 4 ms".
@@ -447,6 +443,37 @@ mod tests {
             trace_id: None,
             trace_url: None,
         }
+    }
+
+    #[test]
+    fn the_details_show_the_step_that_carries_the_cases_point() {
+        let observed = |role: &str, call: &str, outcome: &str, t_ns: i64, duration_ns: u64| {
+            super::super::ObservationReport {
+                step: format!("{role}-{call}"),
+                role: role.to_owned(),
+                call: call.to_owned(),
+                outcome: outcome.to_owned(),
+                t_ns,
+                duration_ns,
+                checked: Some("linux (measured)".to_owned()),
+                ..Default::default()
+            }
+        };
+        // A read blocked since 0 that ends with EOF at 5 ms, after a close
+        // checked later in the scenario; a restore checked last of all.
+        let mut reading = case("W1", "linux/linux", 0);
+        reading.observations = vec![
+            observed("server", "recv", "eof", 0, 5_000_000),
+            observed("client", "close", "ok", 1_000_000, 10_000),
+            observed("server", "restore", "ok", 6_000_000, 1_000),
+        ];
+        let table = render(&run(vec![reading]), false);
+        assert!(table.contains("server recv: eof, 0 B"), "{table}");
+        // With only a fault checked, it is the one shown.
+        let mut fault_only = case("W2", "linux/linux", 0);
+        fault_only.observations = vec![observed("server", "restore", "ok", 0, 1_000)];
+        let table = render(&run(vec![fault_only]), false);
+        assert!(table.contains("server restore: ok, 0 B"), "{table}");
     }
 
     #[test]
