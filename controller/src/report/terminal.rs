@@ -75,32 +75,47 @@ pub fn render_with(report: &RunReport, wire: WireView) -> String {
 
 /// The run's worst causality violation on the wire after clock-offset
 /// correction, against the offsets' stated error (None without segments
-/// seen on two hosts).
+/// seen on two hosts). Beyond it, what that means for the verdicts and
+/// what to do.
 fn clocks_line(report: &RunReport) -> Option<String> {
-    let checks: Vec<&crate::report::ClockCheck> = report
+    let checks: Vec<(&str, &crate::report::ClockCheck)> = report
         .cases
         .iter()
-        .filter_map(|case| case.clock_check.as_ref())
+        .filter_map(|case| Some((case.id.as_str(), case.clock_check.as_ref()?)))
         .collect();
-    let worst = checks.iter().max_by_key(|check| check.worst_violation_ns)?;
-    let segments: u64 = checks.iter().map(|check| check.segments).sum();
+    let (_, worst) = checks
+        .iter()
+        .max_by_key(|(_, check)| check.worst_violation_ns)?;
+    let segments: u64 = checks.iter().map(|(_, check)| check.segments).sum();
     let error = worst.uncertainty_ns as f64 / 1_000.0;
     let by = worst.worst_violation_ns as f64 / 1_000.0;
-    Some(if worst.worst_violation_ns <= 0 {
-        format!(
+    if worst.worst_violation_ns <= 0 {
+        return Some(format!(
             "clocks: {segments} segments seen on both ends all arrived after they left by the hosts' offsets (the closest by {:.1} µs; offsets' stated error ±{error:.1} µs)",
             -by
-        )
-    } else {
-        format!(
-            "clocks: {segments} segments seen on both ends; by the hosts' offsets the worst arrived {by:.1} µs before it left: {} their stated error ±{error:.1} µs",
-            if worst.within_uncertainty() {
-                "within"
-            } else {
-                "BEYOND"
-            }
-        )
-    })
+        ));
+    }
+    let mut line = format!(
+        "clocks: {segments} segments seen on both ends; by the hosts' offsets the worst arrived {by:.1} µs before it left: {} their stated error ±{error:.1} µs",
+        if worst.within_uncertainty() {
+            "within"
+        } else {
+            "BEYOND"
+        }
+    );
+    if !worst.within_uncertainty() {
+        let mut beyond: Vec<&str> = checks
+            .iter()
+            .filter(|(_, check)| !check.within_uncertainty())
+            .map(|(id, _)| *id)
+            .collect();
+        beyond.dedup();
+        line.push_str(&format!(
+            "\n  what it means: in {} the times compared across hosts (arrows between lanes, a detection timed by another host's capture, a `within_ms` counted from another host's step) can be off by {by:.1} µs, not ±{error:.1} µs; outcomes, errnos, byte counts and times on one host are not affected\n  what to do: a busy machine delayed one side of a clock sample more than the other; run those cases again with fewer at once (--parallel 1) or on quieter hosts",
+            beyond.join(", ")
+        ));
+    }
+    Some(line)
 }
 
 /// The run, its trace, and its agents.
@@ -443,6 +458,39 @@ mod tests {
             trace_id: None,
             trace_url: None,
         }
+    }
+
+    #[test]
+    fn clocks_beyond_their_error_say_what_it_means_and_what_to_do() {
+        let checked = |id: &str, violation_ns: i64| {
+            let mut case = case(id, "linux/linux", 0);
+            case.clock_check = Some(crate::report::ClockCheck {
+                segments: 10,
+                worst_violation_ns: violation_ns,
+                uncertainty_ns: 241_900,
+            });
+            case
+        };
+        let within = render(&run(vec![checked("S2", 100_000)]), false);
+        assert!(within.contains("within their stated error"), "{within}");
+        assert!(!within.contains("what to do"), "{within}");
+        let beyond = render(
+            &run(vec![
+                checked("S2", 100_000),
+                checked("C3", 1_009_800),
+                checked("A1", 300_000),
+            ]),
+            false,
+        );
+        assert!(
+            beyond.contains("1009.8 µs before it left: BEYOND their stated error ±241.9 µs"),
+            "{beyond}"
+        );
+        assert!(
+            beyond.contains("what it means: in C3, A1 the times compared across hosts"),
+            "{beyond}"
+        );
+        assert!(beyond.contains("what to do: "), "{beyond}");
     }
 
     #[test]
