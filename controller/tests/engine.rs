@@ -293,6 +293,103 @@ timeout_ms = 300
     Ok(())
 }
 
+/// A read blocked in the background, bounded from the close that comes
+/// after it started.
+const BOUNDED_FROM_LATER: &str = r#"id = "L1"
+name = "bounded-from-a-later-close"
+title = "A blocked read ends within 1 s of the peer's later close"
+roles = ["client", "server"]
+
+[[step]]
+role = "server"
+do = "listen"
+as = "l"
+
+[[step]]
+role = "client"
+do = "connect"
+to = "l"
+as = "c"
+
+[[step]]
+role = "server"
+do = "accept"
+listener = "l"
+as = "s"
+
+[[step]]
+name = "blocked-read"
+role = "server"
+do = "recv"
+conn = "s"
+background = true
+timeout_ms = 10000
+expect.linux = { outcome = "eof", within_ms = 1000, since = "client-closes" }
+
+[[step]]
+do = "sleep"
+ms = 300
+
+[[step]]
+name = "client-closes"
+role = "client"
+do = "close"
+conn = "c"
+
+[[step]]
+do = "join"
+step = "blocked-read"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_read_is_bounded_from_a_later_step() -> TestResult {
+    let lab = local_lab(2)?;
+    let case = scenario::parse("l1.toml", BOUNDED_FROM_LATER)?;
+    // The same bound from a step the case never reaches is not met.
+    let mut unreached = case.clone();
+    unreached.id = "L2".to_owned();
+    unreached.steps.retain(|step| step.name != "client-closes");
+    if let Some(read) = unreached
+        .steps
+        .iter_mut()
+        .find(|step| step.name == "blocked-read")
+    {
+        read.background = false;
+        if let Some(linux) = read.expect.get_mut("linux") {
+            linux.outcome = Some(faultlab::scenario::ExpectedOutcome::Timeout);
+        }
+        if let faultlab::scenario::Action::Socket(faultlab::scenario::SocketCall::Recv {
+            timeout_ms,
+            ..
+        }) = &mut read.action
+        {
+            *timeout_ms = 200;
+        }
+    }
+    unreached
+        .steps
+        .retain(|step| !matches!(step.action, faultlab::scenario::Action::Timing(_)));
+    let report = run(&lab, vec![case, unreached]).await?;
+    let bounded = &report.cases[0];
+    assert_eq!(
+        bounded.verdict,
+        Verdict::Expected,
+        "{:?}",
+        bounded.differences
+    );
+    let never = &report.cases[1];
+    assert_eq!(never.verdict, Verdict::Differs);
+    assert!(
+        never
+            .differences
+            .iter()
+            .any(|difference| difference.contains("step client-closes did not run")),
+        "{:?}",
+        never.differences
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_bindings_play_a_case_on_every_ordered_pair() -> TestResult {
     let lab = local_lab(3)?;

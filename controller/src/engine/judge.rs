@@ -304,6 +304,14 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
             outcome.unread_bytes
         ));
     }
+    if let (Some(_), Some(since)) = (expect.within_ms, &expect.since)
+        && !steps.contains_key(since.as_str())
+    {
+        // A later step the case never reached (it ended before).
+        found.push(format!(
+            "step {since} did not run, so the time since it cannot be judged"
+        ));
+    }
     if let (Some(within), Some(since)) = (expect.within_ms, &expect.since)
         && let Some(reference) = steps.get(since.as_str())
     {

@@ -686,6 +686,25 @@ deadline_ms = 1000
     }
 
     #[test]
+    fn since_may_name_a_later_step_but_not_its_own() {
+        // The blocked read of step 4 bounded from a close after it.
+        let later = GOOD.replace(
+            "error = \"EPIPE\", sigpipe = true",
+            "error = \"EPIPE\", within_ms = 500, since = \"closes\"",
+        ) + "\n[[step]]\nname = \"closes\"\nrole = \"server\"\ndo = \"close\"\nconn = \"s\"\n";
+        assert!(
+            parse("later.toml", &later).is_ok(),
+            "{:?}",
+            parse("later.toml", &later)
+        );
+        let own = later.replace("since = \"closes\"", "since = \"second\"");
+        let errors = errors_of(&own);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "step[4].expect.linux.since");
+        assert!(errors[0].message.contains("another step"), "{errors:#?}");
+    }
+
+    #[test]
     fn calls_in_an_order_that_cannot_happen_are_refused() {
         let step = |body: &str| format!("\n[[step]]\n{body}\n");
         let listen = step("role = \"server\"\ndo = \"listen\"\nas = \"l\"");

@@ -35,7 +35,20 @@ pub(super) fn check(
         check_header(scenario, document, errors);
     }
     let declared = Declared::of(document);
+    // `since` may name a later step too (a background read bounded from a
+    // re-plug that comes after it started).
+    let all_names = steps
+        .iter()
+        .filter_map(|(step, table)| match step {
+            Some(step) => Some(step.name.as_str()),
+            None => table
+                .iter()
+                .find(|(key, _)| key.get_ref() == "name")
+                .and_then(|(_, value)| value.get_ref().as_str()),
+        })
+        .collect();
     let mut timeline = Timeline {
+        all_names,
         roles: declared
             .roles
             .as_ref()
@@ -160,6 +173,8 @@ fn check_header(scenario: &Scenario, document: &SpannedTable, errors: &mut Error
 /// Where a step's keys are, for its errors.
 struct StepAt {
     path: String,
+    /// The step's name, when it is known.
+    name: Option<String>,
     step_span: Range<usize>,
     line_span: Range<usize>,
     table: SpannedTable,
@@ -171,6 +186,7 @@ impl StepAt {
         let start = errors.line_start(step.line);
         Self {
             path: format!("step[{}]", index + 1),
+            name: Some(step.name.clone()),
             step_span: table.keys().next().map_or(whole, Spanned::span),
             line_span: start..start,
             table: table.clone(),
@@ -183,6 +199,10 @@ impl StepAt {
         let step_span = table.keys().next().map_or(whole, Spanned::span);
         Self {
             path: format!("step[{}]", index + 1),
+            name: table
+                .iter()
+                .find(|(key, _)| key.get_ref() == "name")
+                .and_then(|(_, value)| value.get_ref().as_str().map(str::to_owned)),
             line_span: step_span.start..step_span.start,
             step_span,
             table: table.clone(),
@@ -206,6 +226,8 @@ impl StepAt {
 /// What the steps so far have defined.
 #[derive(Default)]
 struct Timeline<'s> {
+    /// Every step's name, earlier or later.
+    all_names: HashSet<&'s str>,
     /// The scenario's roles (`None`: unknown, not checked).
     roles: Option<HashSet<&'s str>>,
     listeners: HashSet<&'s str>,
@@ -458,8 +480,16 @@ impl<'s> Timeline<'s> {
                     format!("unknown OS {os:?}; one of {KNOWN_OS:?}"),
                 ));
             }
+            if let Some(since) = &expect.since
+                && (!self.all_names.contains(since.as_str()) || at.name.as_deref() == Some(since))
+            {
+                problems.push((
+                    span.clone(),
+                    at.field(&format!("expect.{os}.since")),
+                    format!("{since:?} is not the name of another step of this case"),
+                ));
+            }
             for (key, reference) in [
-                ("since", &expect.since),
                 ("bytes_below", &expect.bytes_below),
                 ("same_bytes_as", &expect.same_bytes_as),
                 ("counters_since", &expect.counters_since),
