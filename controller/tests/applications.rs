@@ -60,9 +60,24 @@ impl Apps {
         namespace: &str,
         args: &[&str],
     ) -> Result<String, Box<dyn std::error::Error>> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", namespace])
-            .args(args)
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace]).args(args);
+        self.spawn(command, args)
+    }
+
+    /// Start `args` on this host itself, as [`Self::start`].
+    fn start_here(&mut self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let mut command = Command::new(args[0]);
+        command.args(&args[1..]);
+        self.spawn(command, args)
+    }
+
+    fn spawn(
+        &mut self,
+        mut command: Command,
+        args: &[&str],
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let mut child = command
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -321,6 +336,66 @@ async fn the_seed_and_app_cases_run_against_a_real_echo_server() -> TestResult {
     };
     assert_eq!(heard("cut-hears"), Some(("timeout".to_owned(), 0)));
     assert_eq!(heard("other-hears"), Some(("ok".to_owned(), 7)));
+    Ok(())
+}
+
+#[test]
+fn run_grants_process_faults_to_its_local_lab_only_when_asked() -> TestResult {
+    if let Some(why) = faultlab::lab::netns_unavailable() {
+        return Err(format!(
+            "aborting another program's connection needs root: {why} (CI runs it as root)"
+        )
+        .into());
+    }
+    let mut apps = Apps::new("granted")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let script = apps.script.display().to_string();
+    apps.start_here(&["python3", &script, "--listen", &format!("127.0.0.1:{port}")])?;
+    let targets = apps.dir.join("app.toml");
+    std::fs::write(
+        &targets,
+        format!(
+            "[[target]]\nname = \"echo\"\naddress = \"tcp://127.0.0.1:{port}\"\npayload = \"PING {{seq}}\\n\"\nreply = \"^PING 0\\n\"\nprocess = {{ name = \"{}\" }}\n",
+            apps.script_name()
+        ),
+    )?;
+    let targets = targets.display().to_string();
+    let run = |extra: &[&str]| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let mut args = vec![
+            "run",
+            "--suite",
+            "app",
+            "--case",
+            "X1",
+            "--targets",
+            &targets,
+            "--target",
+            "server=echo",
+            "--no-history",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_faultlab"))
+            .args(&args)
+            .output()?;
+        Ok(serde_json::from_slice(&out.stdout)
+            .map_err(|error| format!("{error}: {}", String::from_utf8_lossy(&out.stderr)))?)
+    };
+    let refused = run(&[])?;
+    let granted = run(&["--allow-process"])?;
+    let x1 = &refused["cases"][0];
+    assert_eq!(x1["verdict"], "skipped", "{x1}");
+    assert!(
+        x1["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("`faultlab run --allow-process`")),
+        "the skip says how to allow it: {x1}"
+    );
+    let x1 = &granted["cases"][0];
+    assert_eq!(x1["verdict"], "expected", "{x1}");
     Ok(())
 }
 

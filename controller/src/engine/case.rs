@@ -278,14 +278,7 @@ fn playable(
                 .iter()
                 .find_map(|line| line.strip_prefix(&format!("{missing}: ")))
                 .map_or_else(
-                    || match missing {
-                        // Off unless allowed: say where it is allowed.
-                        "process" => " (it is off unless allowed: `faultlab run --allow-process` \
-                             on a local lab, `faultlab lab up --allow-process`, or the agent's \
-                             `--allow process`)"
-                            .to_owned(),
-                        _ => String::new(),
-                    },
+                    || how_to_allow(missing).to_owned(),
                     |why| format!(": {why}"),
                 );
             return Err(format!(
@@ -295,6 +288,17 @@ fn playable(
         }
     }
     Ok(())
+}
+
+/// For a capability that is off unless allowed, where it is allowed.
+fn how_to_allow(capability: &str) -> &'static str {
+    match capability {
+        "process" => {
+            " (it is off unless allowed: `faultlab run --allow-process` on a local lab, \
+             `faultlab lab up --allow-process`, or the agent's `--allow process`)"
+        }
+        _ => "",
+    }
 }
 
 /// Whether the application playing `role` can do that role's steps: its
@@ -338,8 +342,10 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
         };
         if !host.offers(capability) {
             return Err(format!(
-                "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer",
-                step.name, host.name
+                "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer{}",
+                step.name,
+                host.name,
+                how_to_allow(capability)
             ));
         }
         if on_the_process && target.target.process.is_none() {
