@@ -88,8 +88,9 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         let live = degradations_heal_on_a_live_kernel(&state, &inventory, &scratch, &history)?;
         let late = a_case_that_times_out(&inventory, &scratch, &history)?;
         let carrier = cable_across_a_reset(&state, &inventory, &scratch, &history)?;
+        let beside = a_namespace_lab_beside(&state, &scratch, &history)?;
         Ok((
-            agents, physical, degraded, control, on_control, bursty, live, late, carrier,
+            agents, physical, degraded, control, on_control, bursty, live, late, carrier, beside,
         ))
     };
     let (
@@ -102,6 +103,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         live,
         late,
         carrier,
+        (beside_run, vm_status),
     ) = match on_the_lab() {
         Ok(found) => found,
         Err(error) => {
@@ -116,6 +118,15 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     )?;
     let (run, down) = common::seed_suite_then_down(&state, &history)?;
     let _ = std::fs::remove_dir_all(&scratch);
+
+    // A namespace lab ran beside the VM lab, and its down left the VMs be.
+    common::succeeded(&beside_run)?;
+    assert_eq!(
+        vm_status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&vm_status.stdout)
+    );
 
     // A lab that is up is not replaced by another.
     let refused = String::from_utf8_lossy(&again.stderr);
@@ -777,6 +788,35 @@ fn run_text(
         history,
     )?;
     Ok(ran)
+}
+
+/// A namespace lab made beside the VM lab of `state` (another state
+/// directory), a case run on it, and it taken down: that run, and the VM
+/// lab's status after.
+fn a_namespace_lab_beside(
+    state: &str,
+    scratch: &std::path::Path,
+    history: &std::path::Path,
+) -> Result<(std::process::Output, std::process::Output), Box<dyn std::error::Error>> {
+    let beside = scratch.join("beside").display().to_string();
+    common::succeeded(&faultlab(&["lab", "up", "--state", &beside], history)?)?;
+    let inventory = format!("{beside}/inventory.toml");
+    let run = faultlab(
+        &[
+            "run",
+            "--suite",
+            "seed",
+            "--case",
+            "S2",
+            "--inventory",
+            &inventory,
+        ],
+        history,
+    );
+    let down = faultlab(&["lab", "down", "--state", &beside], history);
+    let status = faultlab(&["lab", "status", "--state", state], history)?;
+    common::succeeded(&down?)?;
+    Ok((run?, status))
 }
 
 /// A case that outlasts its timeout on the VM lab: its report.
