@@ -39,9 +39,7 @@ pub mod targets;
 /// file or directory") is not followed by them again, and of a cause that
 /// repeats the one before and adds to it ("tcp connect error", then "tcp
 /// connect error: Connection refused") only the longer stays.
-pub fn error_chain<'a>(
-    causes: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
-) -> String {
+pub fn error_chain(causes: impl IntoIterator<Item = impl std::fmt::Display>) -> String {
     let mut said: Vec<String> = Vec::new();
     for cause in causes {
         let text = cause.to_string();

@@ -32,11 +32,20 @@ impl StepError {
     pub(super) fn from_status(agent: &AgentHandle, status: &tonic::Status) -> Self {
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                // The transport's causes say which way it was lost ("http2
+                // error" alone does not: a keep-alive that timed out, a
+                // connection reset).
                 Self::AgentLost(format!(
                     "agent {} ({}) stopped answering: {}",
                     agent.name,
                     agent.address,
-                    status.message()
+                    crate::error_chain(
+                        std::iter::once(status.message().to_owned()).chain(
+                            crate::causes_of(status)
+                                .skip(1)
+                                .map(|cause| cause.to_string())
+                        )
+                    )
                 ))
             }
             code => Self::Failed(format!(
