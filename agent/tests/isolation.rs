@@ -467,3 +467,71 @@ async fn a_whole_host_cut_over_an_active_one_peer_cut_is_refused_as_a_clash() ->
     assert_eq!(elements_in_place(&lab, 1)?, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_answers_while_its_firewall_is_slow() -> TestResult {
+    // A slow host: once `slow` exists, its nft takes 3 s a call (the real
+    // nft, after a sleep), as nft does under emulation on a busy machine.
+    let dir = std::env::temp_dir().join(format!("faultlab-slow-nft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v nft"])
+            .output()?
+            .stdout,
+    )?;
+    let wrapper = dir.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ -e {slow} ] && sleep 3\nexec {real} \"$@\"\n",
+            slow = dir.join("slow").display(),
+            real = real.trim()
+        ),
+    )?;
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()?;
+    let lab = NetLab::new(1)?;
+    let host = lab
+        .agent_with_path(0, &["--allow", "isolate"], Some(&dir))
+        .await?;
+    std::fs::write(dir.join("slow"), "")?;
+    // Two isolations at once: as many as the agent has async workers.
+    let started = Instant::now();
+    let cut = |peer: &str| {
+        let mut rpc = host.rpc.clone();
+        let request = pb::IsolateRequest {
+            peer: peer.to_owned(),
+            ..isolate(&format!("slow-{peer}"), IsolationMode::Drop, 30_000)
+        };
+        tokio::spawn(async move {
+            let reply = rpc.isolate(request).await;
+            (reply.map(|_| ()), started.elapsed())
+        })
+    };
+    let isolations = [cut("198.18.254.1"), cut("198.18.254.2")];
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut rpc = host.rpc.clone();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        rpc.host_info(pb::HostInfoRequest::default()),
+    )
+    .await;
+    let answered_at = started.elapsed();
+    let mut isolated_at = Vec::new();
+    for isolation in isolations {
+        let (reply, at) = isolation.await?;
+        reply?;
+        isolated_at.push(at);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    answered??;
+    // The agent answered while both isolations were still in nft.
+    assert!(
+        isolated_at.iter().all(|&at| answered_at < at),
+        "answered after {answered_at:?}, isolations done after {isolated_at:?}"
+    );
+    Ok(())
+}

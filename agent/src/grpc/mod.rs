@@ -40,6 +40,22 @@ impl AgentService {
     pub fn new(agent: Arc<Agent>) -> Self {
         Self { agent }
     }
+
+    /// Run `work` on the agent off the async workers: it spawns `nft`,
+    /// `tc` or `ip` and waits for them, for seconds on a slow host (a VM
+    /// under emulation). A worker blocked that long holds the tasks queued
+    /// on it hostage, the caller's connection among them: its HTTP/2 pings
+    /// went unanswered and the controller counted a live agent lost (F2 on
+    /// the VM lab beside two busy loops: 5 runs of 12, measured).
+    async fn off_the_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Agent) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let agent = Arc::clone(&self.agent);
+        tokio::task::spawn_blocking(move || work(&agent))
+            .await
+            .map_err(|error| AgentError::Internal(error.to_string()))?
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -310,7 +326,8 @@ impl pb::agent_server::Agent for AgentService {
             let isolation = Isolation::try_from(request.into_inner())?;
             let id = isolation.id.clone();
             let deadline = isolation.deadline;
-            self.agent.isolate(isolation)?;
+            self.off_the_workers(move |agent| agent.isolate(isolation))
+                .await?;
             let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
             Ok(Response::new(pb::IsolateReply {
                 id,
@@ -327,7 +344,7 @@ impl pb::agent_server::Agent for AgentService {
             let request = request.into_inner();
             let reply = match (request.id.as_str(), request.all) {
                 ("", true) => {
-                    let lifted = self.agent.heal_all()?;
+                    let lifted = self.off_the_workers(Agent::heal_all).await?;
                     pb::HealReply {
                         healed: u32::try_from(lifted.isolations).unwrap_or(u32::MAX),
                         already_gone: Vec::new(),
@@ -340,7 +357,8 @@ impl pb::agent_server::Agent for AgentService {
                     );
                 }
                 (id, false) => {
-                    let lifted = self.agent.heal(id)?;
+                    let id = id.to_owned();
+                    let lifted = self.off_the_workers(move |agent| agent.heal(&id)).await?;
                     pb::HealReply {
                         healed: 1,
                         already_gone: lifted.already_gone,
@@ -367,15 +385,16 @@ impl pb::agent_server::Agent for AgentService {
                 .into());
             }
             let deadline = crate::platform::millis(request.deadline_ms);
-            let interface = self
-                .agent
-                .link_interface(&request.interface, &request.address)?;
-            self.agent.link_down(
-                &interface,
-                deadline,
-                control_address,
-                request.allow_control_interface,
-            )?;
+            self.off_the_workers(move |agent| {
+                let interface = agent.link_interface(&request.interface, &request.address)?;
+                agent.link_down(
+                    &interface,
+                    deadline,
+                    control_address,
+                    request.allow_control_interface,
+                )
+            })
+            .await?;
             let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
             Ok(Response::new(pb::LinkDownReply {
                 expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
@@ -387,10 +406,11 @@ impl pb::agent_server::Agent for AgentService {
     async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
         audited(request, "LinkUp", |request| async move {
             let request = request.into_inner();
-            let interface = self
-                .agent
-                .link_interface(&request.interface, &request.address)?;
-            self.agent.link_up(&interface)?;
+            self.off_the_workers(move |agent| {
+                let interface = agent.link_interface(&request.interface, &request.address)?;
+                agent.link_up(&interface)
+            })
+            .await?;
             Ok(Response::new(pb::LinkUpReply {}))
         })
         .await
@@ -425,13 +445,16 @@ impl pb::agent_server::Agent for AgentService {
                 .into());
             }
             let (impairment, selection) = degradation(&request)?;
-            let interface = self
-                .agent
-                .degrade_interface(&request.interface, &request.address)?;
             let deadline = crate::platform::millis(request.deadline_ms);
-            let applied = self
-                .agent
-                .degrade(&id, &interface, &impairment, &selection, deadline)?;
+            let (interface, applied) = self
+                .off_the_workers(move |agent| {
+                    let interface =
+                        agent.degrade_interface(&request.interface, &request.address)?;
+                    let applied =
+                        agent.degrade(&id, &interface, &impairment, &selection, deadline)?;
+                    Ok((interface, applied))
+                })
+                .await?;
             Ok(Response::new(pb::DegradeReply {
                 interface,
                 applied: applied.report,
@@ -459,7 +482,9 @@ impl pb::agent_server::Agent for AgentService {
     async fn restore(&self, request: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
         audited(request, "Restore", |request| async move {
             let id = isolation_id(&request.into_inner().id)?;
-            let healed = self.agent.restore(&id)?;
+            let healed = self
+                .off_the_workers(move |agent| agent.restore(&id))
+                .await?;
             Ok(Response::new(pb::RestoreReply {
                 counters: healed.report,
                 sent_packets: healed.sent,
@@ -576,7 +601,9 @@ impl pb::agent_server::Agent for AgentService {
                 return Err(invalid("filter: required".to_owned()).into());
             };
             let filter = connection_filter(Some(filter))?;
-            let aborted = self.agent.abort_connections(&filter)?;
+            let aborted = self
+                .off_the_workers(move |agent| agent.abort_connections(&filter))
+                .await?;
             Ok(Response::new(pb::AbortConnectionsReply {
                 aborted: aborted.into_iter().map(Into::into).collect(),
                 mono_ns: Current::monotonic_ns(),

@@ -175,9 +175,26 @@ impl NetLab {
 
     /// Start an agent inside host `index` with extra flags, and connect to it.
     pub async fn agent(&self, index: usize, flags: &[&str]) -> Result<Host, Error> {
+        self.agent_with_path(index, flags, None).await
+    }
+
+    /// [`Self::agent`], with `first_on_path` searched first for the tools
+    /// it runs (`nft`, `tc`, `ip`).
+    pub async fn agent_with_path(
+        &self,
+        index: usize,
+        flags: &[&str],
+        first_on_path: Option<&std::path::Path>,
+    ) -> Result<Host, Error> {
         let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.namespace(index)]);
+        if let Some(first) = first_on_path {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command
+                .arg("env")
+                .arg(format!("PATH={}:{path}", first.display()));
+        }
         command
-            .args(["netns", "exec", &self.namespace(index)])
             .arg(env!("CARGO_BIN_EXE_faultlab-agent"))
             .args(["--listen", &format!("{}:{CONTROL_PORT}", self.ip(index))])
             // The lab's bridge has no way out of this machine.
