@@ -56,8 +56,9 @@ mod sync;
 pub mod tls;
 pub mod tool;
 
-pub use agent::{Agent, AgentConfig, Allow};
+pub use agent::{Agent, AgentConfig};
 pub use error::AgentError;
+pub use settings::{Allow, Limits};
 
 use faultlab_proto::v1::agent_server::AgentServer;
 use std::future::Future;
@@ -68,13 +69,26 @@ use tonic::transport::server::TcpIncoming;
 /// this is closed.
 pub const CALLER_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why an agent stopped serving other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// The control socket no longer listens: nothing can reach the agent.
+    #[error(
+        "the control socket can no longer accept ({0}): something destroyed it (`ss -K` of every socket, say); the agent stops, so that its service manager starts it again"
+    )]
+    ListenerGone(String),
+}
+
 /// Serve the agent's gRPC API (and the standard gRPC health service) on
 /// `listener` until `shutdown` completes; then kill every holder.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let control_port = listener.local_addr().map_or(0, |address| address.port());
     serve_agent(
         listener,
@@ -91,14 +105,15 @@ pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serve an agent already made (its start-up clean-up done) on `listener`,
 /// over mutual TLS when `tls` is given, until `shutdown` (then calls still
-/// open get [`STOP_GRACE`]); its holders are killed and its faults undone
-/// on the way out.
+/// open get [`STOP_GRACE`]), or until `listener` can no longer accept (an
+/// error: accepting again would fail at once, forever, in a busy loop);
+/// its holders are killed and its faults undone on the way out.
 pub async fn serve_agent(
     listener: tokio::net::TcpListener,
     agent: Arc<Agent>,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AgentServer<grpc::AgentService>>()
@@ -106,7 +121,28 @@ pub async fn serve_agent(
     let server = listener
         .local_addr()
         .map_or_else(|_| String::new(), |address| address.to_string());
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Asked to stop, the server waits for calls in flight; a caller's
+    // Session or Events stream never ends by itself, so after a grace the
+    // agent stops anyway (systemd would otherwise wait its whole stop
+    // timeout, 90 s, and then SIGKILL the agent, leaving its holders).
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    // A listening socket destroyed under the agent (`ss -K`) answers every
+    // accept with EINVAL at once: the incoming connections end there, and
+    // the agent stops as if asked (no new caller could ever reach it).
+    let gone: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let (noted, told) = (Arc::clone(&gone), Arc::clone(&stopping));
+    let incoming = tokio_stream::StreamExt::take_while(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        move |accepted| match accepted {
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                tracing::error!(%error, "the control socket can no longer accept: stopping");
+                *sync::lock(&noted) = Some(error.to_string());
+                told.notify_one();
+                false
+            }
+            _ => true,
+        },
+    );
     // A caller whose host went silent (power lost, cable pulled) is found
     // dead by HTTP/2 pings, so its session ends and its holders go.
     let mut builder = tonic::transport::Server::builder()
@@ -115,11 +151,6 @@ pub async fn serve_agent(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    // Asked to stop, the server waits for calls in flight; a caller's
-    // Session or Events stream never ends by itself, so after a grace the
-    // agent stops anyway (systemd would otherwise wait its whole stop
-    // timeout, 90 s, and then SIGKILL the agent, leaving its holders).
-    let stopping = Arc::new(tokio::sync::Notify::new());
     let asked = Arc::clone(&stopping);
     let serving = builder
         .trace_fn(move |request| faultlab_telemetry::grpc_server_span(request, &server))
@@ -149,5 +180,10 @@ pub async fn serve_agent(
         not_undone = undone.not_undone.len(),
         "agent stopped"
     );
-    served
+    served?;
+    let gone = sync::lock(&gone).take();
+    match gone {
+        Some(why) => Err(ServeError::ListenerGone(why)),
+        None => Ok(()),
+    }
 }

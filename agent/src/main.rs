@@ -252,7 +252,7 @@ struct Serving {
     allow: Allow,
     max_isolation_ms: u32,
     restart_commands: std::collections::BTreeMap<String, String>,
-    limits: faultlab_agent::agent::Limits,
+    limits: faultlab_agent::Limits,
     tls: Option<TlsFiles>,
 }
 

@@ -29,11 +29,73 @@
 //! ca = "ca.pem"       # client certificates must chain to it
 //! ```
 
-use crate::agent::{Allow, Limits};
 use crate::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// What an agent may do: connections unless turned off, dangerous
+/// capabilities only when the configuration allows them.
+/// It is also the config file's `[allow]` table (missing keys: the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Allow {
+    /// Holders and their sockets (on by default).
+    pub connections: bool,
+    /// Cutting the host off the network (and simulated reboots).
+    pub isolate: bool,
+    /// Taking network interfaces down.
+    pub link: bool,
+    /// Really rebooting the host.
+    pub reboot: bool,
+    /// Making the network bad (delay, loss, ...) on an interface.
+    pub degrade: bool,
+    /// Acting on other programs of the host (the application under test):
+    /// kill, stop, continue, restart, and aborting their connections.
+    pub process: bool,
+}
+
+impl Default for Allow {
+    /// Connections only.
+    fn default() -> Self {
+        Self {
+            connections: true,
+            isolate: false,
+            link: false,
+            reboot: false,
+            degrade: false,
+            process: false,
+        }
+    }
+}
+
+/// How much an agent takes on at most, so that no caller (a runaway
+/// scenario, a hostile client) can exhaust its host. A request over a
+/// limit is refused with `RESOURCE_EXHAUSTED` naming it. Config file
+/// section `[limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Holder processes alive at once.
+    pub holders: usize,
+    /// Sockets (listeners and connections) held at once, over all holders.
+    pub connections: usize,
+    /// Bytes one Send may ask for (a flood).
+    pub send_bytes: u64,
+    /// Faults active at once: isolations, degradations, links down.
+    pub faults: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            holders: 256,
+            connections: 4096,
+            send_bytes: 64 << 30,
+            faults: 64,
+        }
+    }
+}
 
 /// The configuration file's contents.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]

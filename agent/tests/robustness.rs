@@ -576,3 +576,42 @@ async fn a_scheduled_send_acts_at_its_moment_and_bad_moments_are_refused() -> Te
     )?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_whose_listener_is_destroyed_stops_instead_of_spinning() -> TestResult {
+    if !std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| status.lines().any(|line| line.starts_with("Uid:\t0")))
+    {
+        return Err(
+            "destroying another program's socket (`ss -K`) needs root (CI runs as root)".into(),
+        );
+    }
+    let mut host = Host::start().await?;
+    let port = host
+        .process
+        .address
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_owned())
+        .ok_or("no port")?;
+    // What a lab's clean-up does to every socket of a namespace: the
+    // listener is destroyed under the agent.
+    let killed = std::process::Command::new("ss")
+        .args([
+            "-K",
+            "-t",
+            "state",
+            "listening",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()?;
+    assert!(killed.status.success(), "{killed:?}");
+    // It used to answer every accept with EINVAL in a busy loop, forever.
+    let ended = host.process.wait_exit(Duration::from_secs(10));
+    assert!(
+        ended.is_some_and(|status| !status.success()),
+        "the agent did not stop with an error: {ended:?}"
+    );
+    Ok(())
+}

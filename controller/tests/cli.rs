@@ -565,6 +565,33 @@ fn lab_down_cleans_up_after_a_crashed_lab() -> TestResult {
     );
     let namespaces = Command::new("ip").args(["netns", "list"]).output()?;
     assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("fll"));
+
+    // The state files lost while the agents live: `lab down` finds them in
+    // the lab's namespaces. (It used to delete the namespaces under them:
+    // each agent, its listener destroyed, then spun on accept for good.)
+    common::succeeded(&faultlab(
+        &["lab", "up", "--hosts", "2", "--state", &state_arg],
+        &history,
+    )?)?;
+    let pids: Vec<String> = std::fs::read_to_string(state.join("agents.pids"))?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::remove_dir_all(&state)?;
+    let down = faultlab(&["lab", "down", "--state", &state_arg], &history)?;
+    let said = String::from_utf8_lossy(&down.stdout).into_owned();
+    let alive: Vec<&String> = pids
+        .iter()
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "agents {alive:?} outlived lab down: {said}"
+    );
+    assert!(
+        said.contains("2 namespaces") && said.contains("agent "),
+        "{said}"
+    );
     Ok(())
 }
 

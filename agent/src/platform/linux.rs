@@ -41,79 +41,6 @@ const TCP_HEADERS_ONLY: [socket2::SockFilter; 10] = {
     ]
 };
 
-/// A timespec in ns (`None` for a negative or empty one).
-fn timespec_ns(time: &libc::timespec) -> Option<u64> {
-    let secs = u64::try_from(time.tv_sec).ok()?;
-    let nanos = u64::try_from(time.tv_nsec).ok()?;
-    let total = secs.checked_mul(1_000_000_000)?.checked_add(nanos)?;
-    (total > 0).then_some(total)
-}
-
-/// How far in the future a packet's stamp may seem and still be believed:
-/// a stamp taken on one CPU can be ahead of a clock read just after on
-/// another (their counters are not exactly in step, in a VM above all).
-/// Seen: a packet stamped and drained at once read as from the future, so
-/// it took the reader's later time, behind segments sent after it.
-const FUTURE_SKEW_NS: u64 = 1_000_000;
-
-/// How long ago a packet was stamped is the same on every clock: a
-/// `CLOCK_REALTIME` stamp (what the kernel gives packet sockets) as
-/// `CLOCK_MONOTONIC`. The two clocks are read back to back (tens of ns
-/// apart); a stamp further in the future than [`FUTURE_SKEW_NS`], or older
-/// than a minute, is not believed (a clock stepped in between, or not a
-/// real-time stamp).
-pub(super) fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
-    let read = |clock| {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid, writable timespec for the call.
-        let rc = unsafe { libc::clock_gettime(clock, &mut now) };
-        if rc == 0 { timespec_ns(&now) } else { None }
-    };
-    let real_now = read(libc::CLOCK_REALTIME)?;
-    let mono_now = read(libc::CLOCK_MONOTONIC)?;
-    let age = match real_now.checked_sub(stamp_real_ns) {
-        Some(age) => age,
-        None if stamp_real_ns - real_now <= FUTURE_SKEW_NS => 0,
-        None => return None,
-    };
-    if age > 60_000_000_000 {
-        return None;
-    }
-    mono_now.checked_sub(age)
-}
-
-/// Wait until `socket` or `wake` is readable, or `timeout` has passed;
-/// true when `socket` is. Precise to the millisecond (unlike a socket's
-/// read timeout, which the kernel counts in scheduler ticks: 1 ms waited
-/// 8 ms on a 250 Hz kernel).
-pub(super) fn wait_readable(
-    socket: &socket2::Socket,
-    wake: &socket2::Socket,
-    timeout: std::time::Duration,
-) -> io::Result<bool> {
-    let mut fds = [socket.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fds` is a valid array of two pollfd for the duration of
-    // the call, and its length is passed with it.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
-    if rc < 0 {
-        let error = io::Error::last_os_error();
-        return if error.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(error)
-        };
-    }
-    Ok(fds[0].revents & libc::POLLIN != 0)
-}
-
 fn duration_ms(duration: std::time::Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
@@ -396,28 +323,6 @@ mod tests {
         let first = Linux::monotonic_ns();
         let second = Linux::monotonic_ns();
         assert!(first > 0 && second >= first);
-    }
-
-    #[test]
-    fn a_stamp_a_hair_in_the_future_is_now_and_a_stepped_one_is_not_believed() {
-        let real_now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(0))
-        };
-        // Another CPU's counter a little ahead: believed, as about now.
-        let before = Linux::monotonic_ns();
-        let ahead = real_to_monotonic(real_now() + 200_000);
-        let after = Linux::monotonic_ns();
-        assert!(
-            ahead.is_some_and(|mono| mono >= before && mono <= after),
-            "{ahead:?} not within {before}..{after}"
-        );
-        // A second ahead: a clock stepped; not believed.
-        assert_eq!(real_to_monotonic(real_now() + 1_000_000_000), None);
-        // A millisecond ago: a millisecond ago.
-        let ago = real_to_monotonic(real_now() - 1_000_000).unwrap_or(0);
-        assert!(ago < Linux::monotonic_ns().saturating_sub(900_000), "{ago}");
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl PacketRing {
                 let stamp_real_ns =
                     u64::from(packet.tp_sec) * 1_000_000_000 + u64::from(packet.tp_nsec);
                 let bytes = std::slice::from_raw_parts(block.add(start), length);
-                each(bytes, super::linux::real_to_monotonic(stamp_real_ns));
+                each(bytes, super::clock::real_to_monotonic(stamp_real_ns));
                 if packet.tp_next_offset == 0 {
                     break;
                 }
@@ -172,7 +172,7 @@ impl PacketTap for PacketRing {
     }
 
     fn wait(&self, wake: &socket2::Socket, timeout: Duration) -> io::Result<()> {
-        super::linux::wait_readable(&self.socket, wake, timeout).map(drop)
+        wait_readable(&self.socket, wake, timeout).map(drop)
     }
 
     fn handed_over_within(&self) -> Duration {
@@ -214,4 +214,33 @@ impl Drop for PacketRing {
             libc::munmap(self.ring.as_ptr().cast(), BLOCK_BYTES * BLOCKS);
         }
     }
+}
+
+/// Wait until `socket` or `wake` is readable, or `timeout` has passed;
+/// true when `socket` is. Precise to the millisecond (unlike a socket's
+/// read timeout, which the kernel counts in scheduler ticks: 1 ms waited
+/// 8 ms on a 250 Hz kernel).
+fn wait_readable(
+    socket: &socket2::Socket,
+    wake: &socket2::Socket,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    let mut fds = [socket.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of
+    // the call, and its length is passed with it.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(error)
+        };
+    }
+    Ok(fds[0].revents & libc::POLLIN != 0)
 }

@@ -63,6 +63,18 @@ impl AgentProcess {
         self.child.id()
     }
 
+    /// Wait (at most `within`) for the agent to end by itself: how it ended.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kill the agent process (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -13,6 +13,7 @@
 //! Its rooms, from the outside in:
 //! - `handles`: the agents, the applications under test, the run clock;
 //! - `plan`: what to run where (bindings of roles to agents);
+//! - `placement`: which case runs on which hosts, in which turn;
 //! - `run`: the whole run, a few cases at a time, into a [`RunReport`];
 //! - `case`: one case on one binding, from checks to verdict;
 //! - `cleanup`: the undoing of what a case made, and what it could not confirm;
@@ -22,6 +23,7 @@
 //! - `state`: what a case builds up as it plays (names, faults to undo, outcomes);
 //! - `wire`: the captures of a case and the wire expectations;
 //! - `judge`: outcomes against expectations, observations for the report;
+//! - `detection`: how long after a FIN/RST arrived the call waiting for it ended;
 //! - `probe`: an application's health after a case.
 
 mod case;
@@ -43,8 +45,8 @@ mod wire;
 pub use case::{run_case, run_case_on};
 pub use handles::{AgentHandle, PlaceError, RunClock, TargetHandle};
 pub use placement::{Placement, inherent_wait_ms};
-pub use plan::{Plan, Progress, Quiet};
-pub use run::{new_run_id, run, run_span};
+pub use plan::Plan;
+pub use run::{Progress, Quiet, new_run_id, run, run_span};
 
 #[cfg(doc)]
 use crate::report::RunReport;

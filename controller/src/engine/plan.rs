@@ -3,25 +3,9 @@
 //! is bound to.
 
 use super::handles::{AgentHandle, TargetHandle};
-use crate::report::CaseReport;
 use crate::scenario::Scenario;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Told as cases start and finish (the terminal's progress bars).
-pub trait Progress: Send + Sync {
-    /// The cases were placed on their hosts, in turn order.
-    fn placed(&self, _placements: &[super::placement::Placement]) {}
-    /// A case began.
-    fn started(&self, _case: &Scenario, _agents: &[String]) {}
-    /// A case ended.
-    fn finished(&self, _report: &CaseReport) {}
-}
-
-/// No progress output.
-pub struct Quiet;
-
-impl Progress for Quiet {}
 
 /// What to run, where, how wide.
 pub struct Plan {

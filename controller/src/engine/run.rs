@@ -4,7 +4,7 @@
 use super::case::{empty_report, run_case_on};
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::placement::{Placement, place};
-use super::plan::{Plan, Progress};
+use super::plan::Plan;
 use crate::report::{CaseReport, RunReport, SCHEMA, Summary, Verdict};
 use crate::scenario::Scenario;
 use faultlab_proto::v1 as pb;
@@ -14,6 +14,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::{Id as TaskId, JoinSet};
 use tracing::{Instrument as _, Span};
+
+/// Told as cases start and finish (the terminal's progress bars).
+pub trait Progress: Send + Sync {
+    /// The cases were placed on their hosts, in turn order.
+    fn placed(&self, _placements: &[Placement]) {}
+    /// A case began.
+    fn started(&self, _case: &Scenario, _agents: &[String]) {}
+    /// A case ended.
+    fn finished(&self, _report: &CaseReport) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+
+impl Progress for Quiet {}
 
 /// How long resetting an agent after an interrupted run may take.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,11 +103,7 @@ pub async fn run(
 /// Whether every agent captures its host's packets (then every case needs
 /// its hosts to itself: see [`super::placement`]).
 fn capturing(plan: &Plan) -> bool {
-    !plan.agents.is_empty()
-        && plan
-            .agents
-            .iter()
-            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"))
+    !plan.agents.is_empty() && plan.agents.iter().all(|agent| agent.offers("capture"))
 }
 
 /// The run's cases: those waiting for their turn (in turn order), those

@@ -188,10 +188,11 @@ pub(crate) struct Conn {
     pub local: Option<SocketAddr>,
 }
 
-/// An isolation a case made and has not healed.
+/// A fault a case made on a role's host and has not undone, as the agent
+/// knows it: an isolation or a degradation, by its id.
 #[derive(Clone, Debug)]
-pub(crate) struct Isolation {
-    /// The role whose host is isolated.
+pub(crate) struct FaultById {
+    /// The role whose host has it.
     pub role: String,
     /// The agent's id for it.
     pub id: String,
@@ -208,11 +209,11 @@ pub(crate) struct Names {
     /// Connection name → the connection.
     pub conns: HashMap<String, Conn>,
     /// Isolations this case made and has not healed.
-    pub isolations: Vec<Isolation>,
+    pub isolations: Vec<FaultById>,
     /// Roles whose test link this case took down and has not brought up.
     pub links_down: Vec<String>,
     /// Degradations this case made and has not restored (role and id).
-    pub degradations: Vec<Isolation>,
+    pub degradations: Vec<FaultById>,
     /// Roles whose host's power is cut.
     pub powered_off: Vec<String>,
     /// Connection name → the listener address it connected to.

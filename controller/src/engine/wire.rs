@@ -15,11 +15,7 @@ use tracing::Span;
 /// Start a capture on every agent of the case, if all of them can capture.
 pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
     let agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
-    if agents.is_empty()
-        || !agents
-            .iter()
-            .all(|agent| agent.info.capabilities.iter().any(|c| c == "capture"))
-    {
+    if agents.is_empty() || !agents.iter().all(|agent| agent.offers("capture")) {
         return;
     }
     let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());

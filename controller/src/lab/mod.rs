@@ -9,11 +9,13 @@
 //!
 //! - this module: a lab's lifecycle, and which lab a run gets;
 //! - `agents`: the agent processes (finding, starting, stopping them);
+//! - `ip`: iproute2, which every kind of lab uses;
 //! - `loopback`, `netns`, `vm`: one room per kind of lab;
 //! - `outside`: what a lab does to a host from outside it (cable, power);
 //! - `state`: a lab that outlives the command, and its state directory.
 
 mod agents;
+mod ip;
 mod loopback;
 mod netns;
 pub mod outside;

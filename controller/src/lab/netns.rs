@@ -6,6 +6,7 @@
 //! swept away by the next.
 
 use super::agents::{AgentGrants, LocalAgent, detach, start_agent};
+use super::ip::ip;
 use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
@@ -247,22 +248,6 @@ pub(super) fn sweep_links(prefix: &str, alive: impl Fn(&str) -> bool) {
             !pid.is_empty() && !alive(&pid)
         })
     });
-}
-
-pub(super) fn ip(args: &[&str]) -> Result<String, LabError> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|error| LabError::Network(format!("cannot run ip: {error}")))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(LabError::Network(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
 }
 
 /// Why a network-namespace lab cannot be made here, if it cannot.

@@ -9,7 +9,8 @@
 //! by side, and `lab down` of one never touches the other.
 
 use super::agents::AgentGrants;
-use super::netns::{self, LAB_PREFIX, ip, netns_unavailable, remove_network};
+use super::ip::ip;
+use super::netns::{self, LAB_PREFIX, netns_unavailable, remove_network};
 use super::{LabError, LabKind, loopback, vm};
 use crate::inventory::Inventory;
 use std::path::{Path, PathBuf};
@@ -191,21 +192,48 @@ pub fn other_labs(state: &Path) -> Vec<(String, String)> {
 
 /// Stop the lab's agents (SIGTERM, so they reset their holders and lift
 /// their isolations; SIGKILL after 3 s) and remove every namespace and bridge
-/// of a `lab up` lab, also what a crashed one left. Returns what it removed.
+/// of a `lab up` lab, also what a crashed one left. The agents are those
+/// its state directory names and any process still in its namespaces, and
+/// its VMs those its names say (the state files may be lost: a namespace
+/// deleted under a live agent leaves that agent running with no network).
+/// Returns what it removed.
 pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
     let mut removed = Vec::new();
     let prefix = lab_prefix(state);
     super::outside::watchdog::disarm_lab(&[format!("{prefix}t"), state.display().to_string()]);
-    let pids: Vec<u32> = std::fs::read_to_string(state.join(PIDS_FILE))
+    let mut pids: Vec<u32> = std::fs::read_to_string(state.join(PIDS_FILE))
         .unwrap_or_default()
         .lines()
         .filter_map(|line| line.trim().parse().ok())
         .collect();
+    let namespaces: Vec<String> = ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| {
+            name.strip_prefix(&format!("{prefix}h"))
+                .is_some_and(|index| index.parse::<usize>().is_ok())
+        })
+        .map(str::to_owned)
+        .collect();
+    for namespace in &namespaces {
+        pids.extend(
+            ip(&["netns", "pids", namespace])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
     // A VM lab's pids are its keepers (each with its QEMU).
-    let (keepers, pids): (Vec<u32>, Vec<u32>) = pids
+    let (mut keepers, pids): (Vec<u32>, Vec<u32>) = pids
         .into_iter()
         .filter(|&pid| alive(pid))
         .partition(|&pid| vm::is_keeper(pid));
+    keepers.extend(vm::lab_keepers(&prefix));
+    keepers.sort_unstable();
+    keepers.dedup();
     if !keepers.is_empty() {
         vm::stop_groups(&keepers);
         removed.push(format!("{} VMs", keepers.len()));
@@ -225,10 +253,8 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
             .args(["-KILL", &pid.to_string()])
             .status();
     }
-    let namespaces = ip(&["netns", "list"]).unwrap_or_default();
     let hosts = namespaces
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
+        .iter()
         .filter_map(|name| name.strip_prefix(&format!("{prefix}h")))
         .filter_map(|index| index.parse::<usize>().ok())
         .map(|index| index + 1)

@@ -3,7 +3,7 @@
 
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
-use crate::engine::state::{Counted, Isolation, Names, StepError};
+use crate::engine::state::{Counted, FaultById, Names, StepError};
 use crate::lab::outside::{self, LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
@@ -159,7 +159,7 @@ impl Request {
     /// request fails half-way.
     pub(super) fn note(&self, role: &str, names: &mut Names) {
         match self {
-            Self::Isolate(request) => names.isolations.push(Isolation {
+            Self::Isolate(request) => names.isolations.push(FaultById {
                 role: role.to_owned(),
                 id: request.id.clone(),
             }),
@@ -180,7 +180,7 @@ impl Request {
                     cut.push(role.to_owned());
                 }
             }
-            Self::Degrade(request) => names.degradations.push(Isolation {
+            Self::Degrade(request) => names.degradations.push(FaultById {
                 role: role.to_owned(),
                 id: request.id.clone(),
             }),

@@ -210,7 +210,7 @@ impl LabSide {
             }
             (OutsideFault::Cable, None, Some(port)) => {
                 let state = if cut { "down" } else { "up" };
-                crate::lab::netns::ip(&["link", "set", port, state])
+                crate::lab::ip::ip(&["link", "set", port, state])
                     .map_err(|error| OutsideError::Failed(error.to_string()))?;
                 // Read back: `ip` answering is not the port being so.
                 if admin_up(port)? == cut {

@@ -15,7 +15,8 @@ pub mod keeper;
 pub mod shell;
 
 use super::agents::AgentGrants;
-use super::netns::{self, Network, ip};
+use super::ip::ip;
+use super::netns::{self, Network};
 use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
@@ -689,6 +690,23 @@ pub(super) fn lab_machines_running(prefix: &str) -> bool {
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('v'))
     })
+}
+
+/// The keepers of the VMs of the lab named `prefix` (each leads its
+/// QEMU's process group), found by their names: what a lab whose state
+/// files are lost left running.
+pub(super) fn lab_keepers(prefix: &str) -> Vec<u32> {
+    vm_processes()
+        .into_iter()
+        .filter(|vm| {
+            vm.keeper
+                && vm
+                    .name
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('v'))
+        })
+        .map(|vm| vm.pid)
+        .collect()
 }
 
 /// A QEMU process of a VM lab, or its keeper.

@@ -178,7 +178,7 @@ impl NetworkFault {
             }
             "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
             "counters" => input.typed::<NothingSpec>().map(|_| Self::Counters),
-            _ => input.typed::<RebootSpec>().and_then(|spec| {
+            "reboot" => input.typed::<RebootSpec>().and_then(|spec| {
                 if spec.orderly && spec.simulated == Some(true) {
                     input.error(
                         "orderly",
@@ -197,6 +197,8 @@ impl NetworkFault {
                     orderly: spec.orderly,
                 })
             }),
+            // Not this family's: the caller says the keyword is unknown.
+            _ => None,
         }
     }
 }
