@@ -545,11 +545,7 @@ fn gist(case: &CaseReport, agents: &[AgentReport]) -> String {
 /// roles name agents, the run's agents name their test addresses. Roles
 /// sharing a host are named together ("client+server").
 fn sender_role(case: &CaseReport, agents: &[AgentReport], source: &str) -> String {
-    let ip = source
-        .rsplit_once(':')
-        .map_or(source, |(ip, _)| ip)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let ip = crate::report::ladder::ip_of(source);
     let roles: Vec<&str> = case
         .roles
         .iter()

@@ -172,7 +172,8 @@ fn kind_of_flags(flags: &str) -> Kind {
     }
 }
 
-fn ip_of(address: &str) -> &str {
+/// The IP of an `ADDRESS:PORT` ("198.18.4.11:40112", "[fd00::1]:7000").
+pub(crate) fn ip_of(address: &str) -> &str {
     address
         .rsplit_once(':')
         .map_or(address, |(ip, _)| ip)
