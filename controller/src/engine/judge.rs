@@ -242,6 +242,29 @@ fn counted_differences(expect: &Expect, counted: Option<Counted>) -> Vec<String>
     found
 }
 
+/// What is wrong with `within_ms` of `since`, if anything. It counts from
+/// when that step's call returned: a fault is in force then, and its own
+/// latency (a kill asked of systemd, which asks polkit) is the lab's, not
+/// what the case measures.
+fn within_since(
+    expect: &Expect,
+    outcome: &Outcome,
+    steps: &BTreeMap<&str, &Outcome>,
+) -> Option<String> {
+    let (Some(within), Some(since)) = (expect.within_ms, &expect.since) else {
+        return None;
+    };
+    let Some(reference) = steps.get(since.as_str()) else {
+        // A later step the case never reached (it ended before).
+        return Some(format!(
+            "step {since} did not run, so the time since it cannot be judged"
+        ));
+    };
+    let elapsed_ms = (outcome.end_ns - reference.end_ns) / 1_000_000;
+    (elapsed_ms > i64::try_from(within).unwrap_or(i64::MAX))
+        .then(|| format!("ended {elapsed_ms} ms after {since}, expected within {within} ms"))
+}
+
 /// What differs between an expectation and an outcome, in words.
 fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>) -> Vec<String> {
     let mut found = Vec::new();
@@ -304,27 +327,7 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
             outcome.unread_bytes
         ));
     }
-    if let (Some(_), Some(since)) = (expect.within_ms, &expect.since)
-        && !steps.contains_key(since.as_str())
-    {
-        // A later step the case never reached (it ended before).
-        found.push(format!(
-            "step {since} did not run, so the time since it cannot be judged"
-        ));
-    }
-    if let (Some(within), Some(since)) = (expect.within_ms, &expect.since)
-        && let Some(reference) = steps.get(since.as_str())
-    {
-        // From when that step's call returned: a fault is in force then.
-        // Its own latency (a kill asked of systemd, which asks polkit) is
-        // the lab's, not what the case measures.
-        let elapsed_ms = (outcome.end_ns - reference.end_ns) / 1_000_000;
-        if elapsed_ms > i64::try_from(within).unwrap_or(i64::MAX) {
-            found.push(format!(
-                "ended {elapsed_ms} ms after {since}, expected within {within} ms"
-            ));
-        }
-    }
+    found.extend(within_since(expect, outcome, steps));
     if let Some(other) = &expect.same_bytes_as
         && let Some(other_outcome) = steps.get(other.as_str())
     {
