@@ -9,4 +9,7 @@ if ! [ -x "$venv/bin/ansible-playbook" ] || ! [ -x "$venv/bin/kubernetes-validat
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "ansible==11.*" "kubernetes-validate==1.37.0"
 fi
-"$venv/bin/ansible-playbook" --version | head -1
+# The whole output read before its first line is printed: `| head -1` under
+# pipefail failed whenever head closed the pipe before ansible had written.
+version=$("$venv/bin/ansible-playbook" --version)
+echo "${version%%$'\n'*}"

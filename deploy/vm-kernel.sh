@@ -18,9 +18,10 @@ if compgen -G "$dir/boot/vmlinuz-*" >/dev/null; then
   ls "$dir"/boot/vmlinuz-*
   exit 0
 fi
-# A meta-package depends on the versioned image package.
+# A meta-package depends on the versioned image package. awk reads to the
+# end: leaving early could kill apt-cache by SIGPIPE, failing under pipefail.
 image=$(apt-cache depends "$package" 2>/dev/null \
-  | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  | awk '/Depends: linux-image-[0-9]/ && !found { print $2; found = 1 }')
 image=${image:-$package}
 if ! apt-cache show "$image" >/dev/null 2>&1; then
   echo "vm-kernel.sh: no package $image (run apt-get update first?)" >&2

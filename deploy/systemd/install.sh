@@ -52,12 +52,13 @@ if [ "$prefix" = / ]; then
   systemctl enable --now faultlab-agent.service
   # Done once the agent listens (systemd says "started" as soon as the
   # process runs), like the Ansible role; a slow host gets 60 s.
-  port=$(sed -n 's/^listen *= *"[^"]*:\([0-9][0-9]*\)".*/\1/p' /etc/faultlab/agent.toml | head -n 1)
+  port=$(sed -n 's/^listen *= *"[^"]*:\([0-9][0-9]*\)".*/\1/p;T;q' /etc/faultlab/agent.toml)
+  listening() { [ -n "$port" ] && [ -n "$(ss -ltnH "sport = :$port")" ]; }
   for _ in $(seq 1 120); do
-    [ -n "$port" ] && ss -ltnH "sport = :$port" | grep -q . && break
+    listening && break
     sleep 0.5
   done
-  if [ -z "$port" ] || ! ss -ltnH "sport = :$port" | grep -q .; then
+  if ! listening; then
     echo "faultlab-agent did not start listening${port:+ on port $port} within 60 s: journalctl -u faultlab-agent" >&2
     exit 1
   fi
