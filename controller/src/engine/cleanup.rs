@@ -1,18 +1,19 @@
 //! The undoing of what a case did, and the truth about it.
 //!
-//! A case ends by thawing its frozen applications, plugging its cables
-//! back in, switching its hosts back on, restoring its degradations,
-//! lifting its isolations and killing its holders (their sockets and any
-//! flood go with them). Each undo counts only when its agent or lab said it
-//! was done (an agent reads its rules back before it says so). An undo that
+//! A case ends by playing its undo list backwards (hosts switched back on
+//! first): lifting its isolations, restoring its degradations, plugging its
+//! cables back in, thawing its frozen applications and killing its holders
+//! (their sockets and any flood go with them). Each undo counts only when
+//! its agent or lab said it was done (an agent reads its rules back before
+//! it says so). An undo that
 //! failed, got no answer, or could not be asked is a [`Leftover`]: the case
 //! does not end `expected` over a host that may still be cut off.
 
-use super::handles::AgentHandle;
+use super::handles::{AgentHandle, RunClock};
 use super::state::{CLEANUP_TIMEOUT, CaseRun, StepError, holder_gone};
-use super::steps::{PLUG_BACK_TIMEOUT, by_the_lab, process_target, wait_for_new_boot};
+use super::steps::{PLUG_BACK_TIMEOUT, by_the_lab, wait_for_new_boot};
+use super::undo::{AgentUndo, UndoBy};
 use crate::lab::outside::OutsideFault;
-use faultlab_proto::v1 as pb;
 use std::future::Future;
 use std::time::Duration;
 
@@ -102,122 +103,68 @@ impl Ledger {
     }
 }
 
-/// Undo everything the case made and has not undone itself; what could
-/// not be confirmed undone, in the order tried.
+/// Undo everything the case made and has not undone itself, playing its
+/// undo list (see [`UndoList::in_cleanup_order`]); what could not be
+/// confirmed undone, in the order tried.
+///
+/// [`UndoList::in_cleanup_order`]: super::undo::UndoList::in_cleanup_order
 pub(super) async fn cleanup(run: &CaseRun<'_>) -> Vec<Leftover> {
     let mut ledger = Ledger::default();
-    thaw(run, &mut ledger).await;
-    // A host switched back on first: a cable is confirmed back by its
-    // host's kernel, which must run.
-    power_on(run, &mut ledger).await;
-    plug_back(run, &mut ledger).await;
-    let names = &run.names;
-    for degradation in &names.degradations {
-        if let Some(agent) = run.agents.get(&degradation.role) {
-            let restore = pb::RestoreRequest {
-                id: degradation.id.clone(),
-            };
-            let done = undo(CLEANUP_TIMEOUT, agent.client.clone().restore(restore)).await;
-            ledger.note(agent, format!("degradation {:?}", degradation.id), done);
-        }
-    }
-    for isolation in &names.isolations {
-        if let Some(agent) = run.agents.get(&isolation.role) {
-            let heal = pb::HealRequest {
-                id: isolation.id.clone(),
-                all: false,
-            };
-            let done = undo(CLEANUP_TIMEOUT, agent.client.clone().heal(heal)).await;
-            ledger.note(agent, format!("isolation {:?}", isolation.id), done);
-        }
-    }
-    for (role, holder) in &names.holders {
-        if let Some(agent) = run.agents.get(role) {
-            let kill = pb::KillHolderRequest { holder_id: *holder };
-            let done = undo(CLEANUP_TIMEOUT, agent.client.clone().kill_holder(kill)).await;
-            ledger.note(
-                agent,
-                format!("holder {holder} (its connections, and any flood it sends)"),
-                done,
-            );
-        }
+    for undo in run.names.undo.in_cleanup_order() {
+        let Some(agent) = run.agents.get(&undo.role) else {
+            continue;
+        };
+        let done = match &undo.by {
+            UndoBy::Agent(call) => by_the_agent(agent, call.clone()).await,
+            UndoBy::Lab(fault) => by_its_lab(agent, *fault, &run.clock).await,
+        };
+        ledger.note(agent, undo.what.clone(), done);
     }
     ledger.leftovers
 }
 
-/// Thaw the case's frozen applications.
-async fn thaw(run: &CaseRun<'_>, ledger: &mut Ledger) {
-    for role in &run.names.frozen {
-        let process = run
-            .targets
-            .get(role)
-            .and_then(|target| target.target.process.as_ref());
-        if let (Some(agent), Some(process)) = (run.agents.get(role), process) {
-            let thaw = pb::ProcessFaultRequest {
-                target: Some(process_target(process)),
-                action: pb::ProcessAction::Continue as i32,
-            };
-            let done = undo(CLEANUP_TIMEOUT, agent.client.clone().process_fault(thaw)).await;
-            ledger.note(
-                agent,
-                format!("the stopped application of role {role}"),
-                done,
-            );
-        }
+/// Have `agent` undo a fault with `call`.
+async fn by_the_agent(agent: &AgentHandle, call: AgentUndo) -> Undo {
+    let mut client = agent.client.clone();
+    match call {
+        AgentUndo::KillHolder(kill) => undo(CLEANUP_TIMEOUT, client.kill_holder(kill)).await,
+        AgentUndo::Heal(heal) => undo(CLEANUP_TIMEOUT, client.heal(heal)).await,
+        AgentUndo::Restore(restore) => undo(CLEANUP_TIMEOUT, client.restore(restore)).await,
+        AgentUndo::LinkUp(up) => undo(CLEANUP_TIMEOUT, client.link_up(up)).await,
+        AgentUndo::Thaw(thaw) => undo(CLEANUP_TIMEOUT, client.process_fault(thaw)).await,
     }
 }
 
-/// Plug the case's cables back in: at the switch side by the lab, or by
-/// the agent on its host.
-async fn plug_back(run: &CaseRun<'_>, ledger: &mut Ledger) {
-    for role in &run.names.links_down {
-        let Some(agent) = run.agents.get(role) else {
-            continue;
-        };
-        let what = format!("the pulled cable of {}", agent.test_ip);
-        match agent.lab.clone().filter(|lab| lab.can(OutsideFault::Cable)) {
-            Some(lab) => {
-                let plugged = tokio::time::timeout(
-                    PLUG_BACK_TIMEOUT,
-                    by_the_lab(agent, lab, OutsideFault::Cable, None),
-                )
-                .await;
-                ledger.note(agent, what, lab_undo(plugged));
-                // A peer it failed to resolve while the cable was out can
-                // fail its next connect at once (EHOSTUNREACH, seen on the
-                // VM lab): the next case gets a host that settled.
-                tokio::time::sleep(CABLE_SETTLE).await;
-            }
-            None => {
-                let up = pb::LinkUpRequest {
-                    interface: String::new(),
-                    address: agent.test_ip.to_string(),
-                };
-                let done = undo(CLEANUP_TIMEOUT, agent.client.clone().link_up(up)).await;
-                ledger.note(agent, what, done);
-            }
+/// Have `agent`'s lab undo `fault` from outside its host: plug its cable
+/// back at the switch side, or switch it back on and wait for its agent.
+async fn by_its_lab(agent: &AgentHandle, fault: OutsideFault, clock: &RunClock) -> Undo {
+    let Some(lab) = agent.lab.clone() else {
+        return Undo::Failed(format!(
+            "agent {} has no lab to undo it from outside any more",
+            agent.name
+        ));
+    };
+    match fault {
+        OutsideFault::Cable => {
+            let plugged = tokio::time::timeout(
+                PLUG_BACK_TIMEOUT,
+                by_the_lab(agent, lab, OutsideFault::Cable, None),
+            )
+            .await;
+            // A peer it failed to resolve while the cable was out can
+            // fail its next connect at once (EHOSTUNREACH, seen on the
+            // VM lab): the next case gets a host that settled.
+            tokio::time::sleep(CABLE_SETTLE).await;
+            lab_undo(plugged)
         }
-    }
-}
-
-/// Switch back on the hosts the case left without power, and wait for
-/// their agents.
-async fn power_on(run: &CaseRun<'_>, ledger: &mut Ledger) {
-    for role in &run.names.powered_off {
-        let Some((agent, lab)) = run
-            .agents
-            .get(role)
-            .and_then(|agent| Some((agent, agent.lab.clone()?)))
-        else {
-            continue;
-        };
-        let booted = tokio::time::timeout(POWER_ON_TIMEOUT, async {
-            by_the_lab(agent, lab, OutsideFault::Power, None).await?;
-            wait_for_new_boot(agent, &run.clock).await;
-            Ok(())
-        })
-        .await;
-        ledger.note(agent, "the power cut".to_owned(), lab_undo(booted));
+        OutsideFault::Power => lab_undo(
+            tokio::time::timeout(POWER_ON_TIMEOUT, async {
+                by_the_lab(agent, lab, OutsideFault::Power, None).await?;
+                wait_for_new_boot(agent, clock).await;
+                Ok(())
+            })
+            .await,
+        ),
     }
 }
 

@@ -16,11 +16,12 @@
 //! - `placement`: which case runs on which hosts, in which turn;
 //! - `run`: the whole run, a few cases at a time, into a [`RunReport`];
 //! - `case`: one case on one binding, from checks to verdict;
-//! - `cleanup`: the undoing of what a case made, and what it could not confirm;
+//! - `undo`: a case's undo list, which each family of faults fills as it makes them;
+//! - `cleanup`: the playing of that list at a case's end, and what it could not confirm;
 //! - `timeline`: a case's steps in order, released together, in the background;
 //! - `steps`: one step as the agent call that performs it, one file per
 //!   family of actions;
-//! - `state`: what a case builds up as it plays (names, faults to undo, outcomes);
+//! - `state`: what a case builds up as it plays (names, its undo list, outcomes);
 //! - `wire`: the captures of a case and the wire expectations;
 //! - `judge`: outcomes against expectations, observations for the report;
 //! - `detection`: how long after a FIN/RST arrived the call waiting for it ended;
@@ -40,6 +41,7 @@ mod run;
 mod state;
 mod steps;
 mod timeline;
+mod undo;
 mod wire;
 
 pub use case::{run_case, run_case_on};

@@ -1,8 +1,9 @@
 //! What one case on one binding builds up while it plays: the names its
-//! steps gave to listeners and connections, the faults it has to undo, the
+//! steps gave to listeners and connections, the undo list of its faults, the
 //! outcomes of its steps, and why a step could not be carried out.
 
 use super::handles::{AgentHandle, RunClock, TargetHandle};
+use super::undo::UndoList;
 use crate::report::WireReport;
 use crate::scenario::{ExpectedOutcome, Step};
 use faultlab_proto::v1 as pb;
@@ -188,16 +189,6 @@ pub(crate) struct Conn {
     pub local: Option<SocketAddr>,
 }
 
-/// A fault a case made on a role's host and has not undone, as the agent
-/// knows it: an isolation or a degradation, by its id.
-#[derive(Clone, Debug)]
-pub(crate) struct FaultById {
-    /// The role whose host has it.
-    pub role: String,
-    /// The agent's id for it.
-    pub id: String,
-}
-
 /// Names a case's steps gave to listeners and connections, its holders,
 /// and the faults it has to undo.
 #[derive(Default)]
@@ -208,18 +199,10 @@ pub(crate) struct Names {
     pub listeners: HashMap<String, Listener>,
     /// Connection name → the connection.
     pub conns: HashMap<String, Conn>,
-    /// Isolations this case made and has not healed.
-    pub isolations: Vec<FaultById>,
-    /// Roles whose test link this case took down and has not brought up.
-    pub links_down: Vec<String>,
-    /// Degradations this case made and has not restored (role and id).
-    pub degradations: Vec<FaultById>,
-    /// Roles whose host's power is cut.
-    pub powered_off: Vec<String>,
+    /// How to undo what this case made and has not undone, in order.
+    pub undo: UndoList,
     /// Connection name → the listener address it connected to.
     pub dialed: HashMap<String, SocketAddr>,
-    /// Roles whose application this case froze and has not thawed.
-    pub frozen: Vec<String>,
     /// Sends whose payload became a target's messages: (bytes the scenario
     /// meant, bytes actually sent), so "all of it" expectations still hold.
     pub byte_rewrites: Vec<(u64, u64)>,

@@ -5,6 +5,7 @@
 
 use super::state::{CaseRun, StepError};
 use super::steps::{prepare, release_lead};
+use super::undo::{AgentUndo, Undo};
 use super::wire::start_wire;
 use crate::scenario::{Action, Scenario, SocketCall, Step, Timing};
 use faultlab_proto::v1 as pb;
@@ -81,6 +82,16 @@ async fn spawn_holders(case: &Scenario, run: &mut CaseRun<'_>) -> Result<(), Ste
             .map_err(|status| StepError::from_status(&agent, &status))?
             .into_inner();
         run.names.holders.insert(role.clone(), spawned.holder_id);
+        run.names.undo.book(Undo::by_agent(
+            role,
+            format!(
+                "holder {} (its connections, and any flood it sends)",
+                spawned.holder_id
+            ),
+            AgentUndo::KillHolder(pb::KillHolderRequest {
+                holder_id: spawned.holder_id,
+            }),
+        ));
     }
     Ok(())
 }

@@ -65,8 +65,8 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
     // A host without power has lost its capture with its memory.
     let dark: Vec<&str> = run
         .names
-        .powered_off
-        .iter()
+        .undo
+        .powered_off()
         .filter_map(|role| run.agents.get(role))
         .map(|agent| agent.name.as_str())
         .collect();

@@ -11,7 +11,6 @@ mod socket;
 mod timing;
 
 pub(super) use network::{PLUG_BACK_TIMEOUT, by_the_lab, wait_for_new_boot};
-pub(super) use process::process_target;
 
 use super::handles::{AgentHandle, RunClock, TargetHandle};
 use super::state::{CaseRun, Cause, Conn, Listener, Names, Outcome, StepError, holder_gone};

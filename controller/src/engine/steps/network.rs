@@ -3,7 +3,8 @@
 
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
-use crate::engine::state::{Counted, FaultById, Names, StepError};
+use crate::engine::state::{Counted, Names, StepError};
+use crate::engine::undo::{AgentUndo, Undo};
 use crate::lab::outside::{self, LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
 use faultlab_proto::v1 as pb;
@@ -74,14 +75,7 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
                 include_control_channel: false,
             })
         }
-        NetworkFault::Heal => Request::Heal(
-            at.names()
-                .isolations
-                .iter()
-                .filter(|isolation| isolation.role == at.role)
-                .map(|isolation| isolation.id.clone())
-                .collect(),
-        ),
+        NetworkFault::Heal => Request::Heal(at.names().undo.isolations_of(at.role)),
         // A cable is pulled at the switch side where the lab can, else by
         // the host's agent.
         NetworkFault::LinkDown { deadline_ms } => match outside(at, OutsideFault::Cable) {
@@ -122,14 +116,7 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             *inbound,
             *deadline_ms,
         )?),
-        NetworkFault::Restore => Request::Restore(
-            at.names()
-                .degradations
-                .iter()
-                .filter(|degradation| degradation.role == at.role)
-                .map(|degradation| degradation.id.clone())
-                .collect(),
-        ),
+        NetworkFault::Restore => Request::Restore(at.names().undo.degradations_of(at.role)),
         NetworkFault::Counters => Request::Counters,
         NetworkFault::PowerCut { deadline_ms } => Request::Outside {
             lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
@@ -155,38 +142,56 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
 }
 
 impl Request {
-    /// Book the fault before it is made: cleanup undoes it even if the
-    /// request fails half-way.
+    /// Book the undo of the fault before it is made (cleanup undoes it
+    /// even if the request fails half-way), or strike off what it undoes.
     pub(super) fn note(&self, role: &str, names: &mut Names) {
+        let undo = &mut names.undo;
         match self {
-            Self::Isolate(request) => names.isolations.push(FaultById {
-                role: role.to_owned(),
-                id: request.id.clone(),
-            }),
-            Self::Heal(ids) => names
-                .isolations
-                .retain(|isolation| !ids.contains(&isolation.id)),
-            Self::LinkDown(_) => names.links_down.push(role.to_owned()),
-            Self::LinkUp(_) => names.links_down.retain(|owner| owner != role),
+            Self::Isolate(request) => undo.book(Undo::by_agent(
+                role,
+                format!("isolation {:?}", request.id),
+                AgentUndo::Heal(pb::HealRequest {
+                    id: request.id.clone(),
+                    all: false,
+                }),
+            )),
+            Self::Heal(ids) => undo.healed(ids),
+            // A cable pulled twice is plugged back once.
+            Self::LinkDown(request) => undo.book_once(Undo::by_agent(
+                role,
+                format!("the pulled cable of {} (in the host)", request.address),
+                AgentUndo::LinkUp(pb::LinkUpRequest {
+                    interface: request.interface.clone(),
+                    address: request.address.clone(),
+                }),
+            )),
+            Self::LinkUp(_) => undo.plugged(role),
             Self::Outside {
                 fault, deadline, ..
-            } => {
-                let cut = match fault {
-                    OutsideFault::Cable => &mut names.links_down,
-                    OutsideFault::Power => &mut names.powered_off,
-                };
-                cut.retain(|owner| owner != role);
-                if deadline.is_some() {
-                    cut.push(role.to_owned());
+            } => match (fault, deadline) {
+                (OutsideFault::Cable, Some(_)) => undo.book_once(Undo::by_lab(
+                    role,
+                    format!("the pulled cable of role {role} (at the switch side)"),
+                    OutsideFault::Cable,
+                )),
+                (OutsideFault::Cable, None) => undo.plugged(role),
+                (OutsideFault::Power, Some(_)) => {
+                    undo.book_once(Undo::by_lab(
+                        role,
+                        "the power cut".to_owned(),
+                        OutsideFault::Power,
+                    ));
                 }
-            }
-            Self::Degrade(request) => names.degradations.push(FaultById {
-                role: role.to_owned(),
-                id: request.id.clone(),
-            }),
-            Self::Restore(ids) => names
-                .degradations
-                .retain(|degradation| !ids.contains(&degradation.id)),
+                (OutsideFault::Power, None) => undo.powered_on(role),
+            },
+            Self::Degrade(request) => undo.book(Undo::by_agent(
+                role,
+                format!("degradation {:?}", request.id),
+                AgentUndo::Restore(pb::RestoreRequest {
+                    id: request.id.clone(),
+                }),
+            )),
+            Self::Restore(ids) => undo.restored(ids),
             Self::Reboot(_) | Self::Counters => {}
         }
     }

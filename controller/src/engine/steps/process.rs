@@ -4,6 +4,7 @@
 
 use super::{Acting, Preparing, Ran};
 use crate::engine::state::{Names, StepError};
+use crate::engine::undo::{AgentUndo, Undo};
 use crate::scenario::ProcessFault;
 use crate::targets::ProcessSpec;
 use faultlab_proto::v1 as pb;
@@ -76,9 +77,16 @@ impl Request {
     /// process fault ends an earlier freeze.
     pub(super) fn note(&self, role: &str, names: &mut Names) {
         if let Self::Process(request) = self {
-            names.frozen.retain(|frozen| frozen != role);
+            names.undo.thawed(role);
             if request.action == pb::ProcessAction::Stop as i32 {
-                names.frozen.push(role.to_owned());
+                names.undo.book(Undo::by_agent(
+                    role,
+                    format!("the stopped application of role {role}"),
+                    AgentUndo::Thaw(pb::ProcessFaultRequest {
+                        target: request.target.clone(),
+                        action: pb::ProcessAction::Continue as i32,
+                    }),
+                ));
             }
         }
     }
@@ -132,9 +140,7 @@ impl Request {
 }
 
 /// An application's process as the contract names it.
-pub(in crate::engine) fn process_target(
-    process: &ProcessSpec,
-) -> pb::process_fault_request::Target {
+fn process_target(process: &ProcessSpec) -> pb::process_fault_request::Target {
     use pb::process_fault_request::Target;
     match process {
         ProcessSpec::Name(name) => Target::Name(name.clone()),
