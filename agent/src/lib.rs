@@ -18,6 +18,7 @@
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`link`]: link down/up with a watchdog that outlives the agent.
 //! - [`degrade`]: bad networks (netem) that always heal, back to the qdisc before.
+//! - [`timed`]: the one book of those three families' faults, each healing by itself at its deadline.
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`spans`]: trace spans of the socket calls holders make.
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
@@ -53,6 +54,7 @@ pub mod settings;
 pub mod sockets;
 pub mod spans;
 mod sync;
+pub mod timed;
 pub mod tls;
 pub mod tool;
 

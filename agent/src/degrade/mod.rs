@@ -27,11 +27,10 @@ pub mod nft;
 pub mod tc;
 
 pub use crate::isolate::Cidr;
-use crate::link::{REARM_AT_LEAST, Watchdog, valid_interface};
-use std::collections::HashMap;
+use crate::link::valid_interface;
+use crate::timed::{Timed, TimedBook, Watchdog, armed_first};
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What happens to the packets of a degraded interface.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -306,17 +305,16 @@ pub struct Earlier {
     pub id: Option<String>,
 }
 
-struct Active {
+/// A degradation in the book: where it is.
+struct Degraded {
     interface: String,
     inbound: bool,
-    watchdog: Box<dyn Watchdog>,
-    expires: Instant,
 }
 
 /// The book of degradations this agent made.
 pub struct Degradations {
     shapers: Shapers,
-    active: Mutex<HashMap<String, Active>>,
+    active: TimedBook<Degraded>,
 }
 
 impl Degradations {
@@ -324,7 +322,7 @@ impl Degradations {
     /// left degraded: each kept until its deadline under a new watchdog, or
     /// healed now when that has passed or is unknown.
     pub fn new(shapers: Shapers) -> Self {
-        let mut active = HashMap::new();
+        let active = TimedBook::default();
         for (shaper, inbound) in [(&shapers.outbound, false), (&shapers.inbound, true)] {
             let Ok(shaper) = shaper else { continue };
             for Earlier {
@@ -333,41 +331,14 @@ impl Degradations {
                 id,
             } in shaper.leftovers()
             {
-                if !left.is_zero() {
-                    match shaper.arm(&interface, left) {
-                        Ok(watchdog) => {
-                            let id = id.unwrap_or_else(|| format!("earlier-{interface}"));
-                            tracing::warn!(%interface, %id, left_ms = left.as_millis(), "took over a degradation an earlier agent made");
-                            active.insert(
-                                id,
-                                Active {
-                                    interface,
-                                    inbound,
-                                    watchdog,
-                                    expires: Instant::now() + left,
-                                },
-                            );
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::error!(%interface, %error, "cannot watch a degradation an earlier agent made: healing it now");
-                        }
-                    }
-                }
-                match shaper.heal(&interface) {
-                    Ok(_) => {
-                        tracing::warn!(%interface, "healed a degradation an earlier agent left")
-                    }
-                    Err(error) => {
-                        tracing::error!(%interface, %error, "cannot heal a degradation an earlier agent left")
-                    }
-                }
+                let id = id.unwrap_or_else(|| format!("earlier-{interface}"));
+                let arm = |degraded: &Degraded, left| shaper.arm(&degraded.interface, left);
+                let heal = |degraded: &Degraded| shaper.heal(&degraded.interface).map(|_| ());
+                let degraded = Degraded { interface, inbound };
+                active.take_over(id, degraded, left, "a degradation", arm, heal);
             }
         }
-        Self {
-            shapers,
-            active: Mutex::new(active),
-        }
+        Self { shapers, active }
     }
 
     /// The way of degrading packets that leave (`inbound`: arrive).
@@ -380,12 +351,6 @@ impl Degradations {
         shaper.as_deref().map_err(|why| {
             DegradeError::Unsupported(format!("this host cannot degrade {what}: {why}"))
         })
-    }
-
-    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
-        let mut active = crate::sync::lock(&self.active);
-        active.retain(|_, entry| !entry.watchdog.finished());
-        active
     }
 
     /// Degrade `interface` until `deadline` (a watchdog heals it even if the
@@ -410,37 +375,27 @@ impl Degradations {
         if let Some(missing) = shaper.cannot(impairment, selection) {
             return Err(DegradeError::Unsupported(missing));
         }
-        let mut active = self.active();
+        let mut active = self.active.open();
         if active.contains_key(id) {
             return Err(DegradeError::Invalid(format!(
                 "degradation id {id:?} is in use"
             )));
         }
-        if active
-            .values()
-            .any(|entry| entry.interface == interface && entry.inbound == selection.inbound)
-        {
+        if active.values().any(|entry| {
+            entry.fault.interface == interface && entry.fault.inbound == selection.inbound
+        }) {
             return Err(DegradeError::AlreadyDegraded(interface.to_owned()));
         }
-        // Arm first: once the interface is degraded, it must heal whatever happens.
-        let mut watchdog = shaper.arm(interface, deadline)?;
-        let report = match shaper.degrade(id, interface, impairment, selection, deadline) {
-            Ok(applied) => applied,
-            Err(error) => {
-                watchdog.disarm();
-                return Err(error);
-            }
-        };
+        let (report, watchdog) = armed_first(
+            || shaper.arm(interface, deadline),
+            || shaper.degrade(id, interface, impairment, selection, deadline),
+        )?;
         tracing::warn!(%interface, inbound = selection.inbound, deadline_ms = deadline.as_millis(), "degraded");
-        active.insert(
-            id.to_owned(),
-            Active {
-                interface: interface.to_owned(),
-                inbound: selection.inbound,
-                watchdog,
-                expires: Instant::now() + deadline,
-            },
-        );
+        let degraded = Degraded {
+            interface: interface.to_owned(),
+            inbound: selection.inbound,
+        };
+        active.insert(id.to_owned(), Timed::watched(degraded, deadline, watchdog));
         Ok(Applied {
             report,
             mechanism: shaper.mechanism(),
@@ -449,7 +404,7 @@ impl Degradations {
 
     /// How many degradations are active.
     pub fn count(&self) -> usize {
-        self.active().len()
+        self.active.count()
     }
 
     /// The interface named, or the one holding `address` when none is.
@@ -472,50 +427,27 @@ impl Degradations {
     /// the book only once the interface reads back as it was; until then a
     /// watchdog keeps its deadline.
     pub fn heal(&self, id: &str) -> Result<Healed, DegradeError> {
-        let mut active = self.active();
-        let entry = active
-            .get_mut(id)
+        let inbound = self
+            .active
+            .open()
+            .get(id)
+            .map(|entry| entry.fault.inbound)
             .ok_or_else(|| DegradeError::NotDegraded(id.to_owned()))?;
-        let shaper = self.shaper(entry.inbound)?;
-        entry.watchdog.disarm();
-        let counters = match shaper.heal(&entry.interface) {
-            Ok(counters) => counters,
-            Err(error) => {
-                let left = entry
-                    .expires
-                    .saturating_duration_since(Instant::now())
-                    .max(REARM_AT_LEAST);
-                return match shaper.arm(&entry.interface, left) {
-                    Ok(watchdog) => {
-                        entry.watchdog = watchdog;
-                        Err(error)
-                    }
-                    Err(arm_error) => Err(DegradeError::System(format!(
-                        "{error}; and its watchdog could not be armed again: {arm_error}"
-                    ))),
-                };
-            }
-        };
-        let interface = entry.interface.clone();
-        let expires = entry.expires;
-        active.remove(id);
-        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(expires).as_millis(), "restored");
-        Ok(counters)
+        let shaper = self.shaper(inbound)?;
+        self.active
+            .undo(
+                id,
+                |degraded| shaper.heal(&degraded.interface),
+                |degraded, left| shaper.arm(&degraded.interface, left),
+            )
+            .ok_or_else(|| DegradeError::NotDegraded(id.to_owned()))?
+            .map_err(|failed| failed.into_error(DegradeError::System))
     }
 
     /// Heal every degradation: how many were healed, and what was not,
     /// with why.
     pub fn heal_all(&self) -> (usize, Vec<String>) {
-        let ids: Vec<String> = self.active().keys().cloned().collect();
-        let mut failed = Vec::new();
-        let mut healed = 0;
-        for id in ids {
-            match self.heal(&id) {
-                Ok(_) => healed += 1,
-                Err(error) => failed.push(format!("degradation {id:?}: {error}")),
-            }
-        }
-        (healed, failed)
+        self.active.undo_all("degradation", |id| self.heal(id))
     }
 }
 

@@ -18,7 +18,8 @@
 use super::{DegradeError, Earlier, Healed, Impairment, Selection, Shaper};
 #[cfg(test)]
 use crate::isolate::Cidr;
-use crate::link::{Watchdog, valid_interface};
+use crate::link::valid_interface;
+use crate::timed::Watchdog;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

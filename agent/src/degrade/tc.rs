@@ -9,7 +9,8 @@
 
 use super::{Cidr, DegradeError, Earlier, Healed, Impairment, Selection, Shaper};
 use crate::link::iproute::Sleeper;
-use crate::link::{Watchdog, valid_interface};
+use crate::link::valid_interface;
+use crate::timed::Watchdog;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -14,10 +14,10 @@
 pub mod nftables;
 pub mod windows_firewall;
 
+use crate::timed::{Timed, TimedBook};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Drop (silence) or reject (RST / ICMP).
@@ -253,15 +253,11 @@ pub enum IsolateError {
     },
 }
 
-struct Active {
-    isolation: Isolation,
-    expires: Instant,
-}
-
 /// The book of active isolations.
 pub struct Isolations {
     firewall: Box<dyn Firewall>,
-    active: Mutex<HashMap<String, Active>>,
+    /// Their deadlines are kept by the kernel, with their entries.
+    active: TimedBook<Isolation>,
 }
 
 impl Isolations {
@@ -269,50 +265,48 @@ impl Isolations {
     pub fn new(firewall: Box<dyn Firewall>) -> Self {
         Self {
             firewall,
-            active: Mutex::new(HashMap::new()),
+            active: TimedBook::default(),
         }
     }
 
-    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
-        let mut active = crate::sync::lock(&self.active);
-        let now = Instant::now();
-        active.retain(|_, entry| entry.expires > now);
-        active
-    }
-
-    fn clash(active: &HashMap<String, Active>, isolation: &Isolation) -> Result<(), IsolateError> {
+    fn clash(
+        active: &HashMap<String, Timed<Isolation>>,
+        isolation: &Isolation,
+    ) -> Result<(), IsolateError> {
         if active.contains_key(&isolation.id) {
             return Err(IsolateError::IdInUse(isolation.id.clone()));
         }
         match active
             .values()
-            .find(|entry| entry.isolation.scope() == isolation.scope())
+            .find(|entry| entry.fault.scope() == isolation.scope())
         {
-            Some(other) => Err(IsolateError::SameScope(other.isolation.id.clone())),
+            Some(other) => Err(IsolateError::SameScope(other.fault.id.clone())),
             None => Ok(()),
         }
     }
 
     /// How many isolations are active.
     pub fn count(&self) -> usize {
-        self.active().len()
+        self.active.count()
     }
 
     /// Whether `isolation` could be applied now.
     pub fn check(&self, isolation: &Isolation) -> Result<(), IsolateError> {
-        Self::clash(&self.active(), isolation)
+        Self::clash(&self.active.open(), isolation)
     }
 
     /// Apply an isolation; returns when it will lift by itself.
     pub fn isolate(&self, isolation: Isolation) -> Result<Instant, IsolateError> {
-        let mut active = self.active();
+        let mut active = self.active.open();
         Self::clash(&active, &isolation)?;
-        let expires = Instant::now() + isolation.deadline;
         self.firewall.add(&isolation)?;
         tracing::warn!(id = %isolation.id, mode = ?isolation.mode, peer = ?isolation.peer,
             port = ?isolation.port, direction = ?isolation.direction,
             deadline_ms = isolation.deadline.as_millis(), "isolated");
-        active.insert(isolation.id.clone(), Active { isolation, expires });
+        let deadline = isolation.deadline;
+        let isolated = Timed::kept_by_the_kernel(isolation, deadline);
+        let expires = isolated.expires;
+        active.insert(isolated.fault.id.clone(), isolated);
         Ok(expires)
     }
 
@@ -320,14 +314,24 @@ impl Isolations {
     /// back, no longer holds any of its entries. Entries found gone already
     /// are said, not an error.
     pub fn heal(&self, id: &str) -> Result<Lifted, IsolateError> {
-        let mut active = self.active();
-        let isolation = active
-            .get(id)
-            .map(|entry| entry.isolation.clone())
-            .ok_or_else(|| IsolateError::Unknown(id.to_owned()))?;
-        let entries = self.firewall.entries(&isolation);
+        let lifted = self
+            .active
+            .undo_kept_by_the_kernel(id, |isolation| self.lift(isolation))
+            .ok_or_else(|| IsolateError::Unknown(id.to_owned()))??;
+        if lifted.already_gone.is_empty() {
+            tracing::warn!(%id, "healed");
+        } else {
+            tracing::warn!(%id, already_gone = ?lifted.already_gone, "healed; some entries were gone already");
+        }
+        Ok(lifted)
+    }
+
+    /// Remove `isolation`'s entries, and read the filter back before and after.
+    fn lift(&self, isolation: &Isolation) -> Result<Lifted, IsolateError> {
+        let id = &isolation.id;
+        let entries = self.firewall.entries(isolation);
         let before = self.firewall.in_place()?;
-        let tried = self.firewall.remove(&isolation);
+        let tried = self.firewall.remove(isolation);
         let after = self.firewall.in_place()?;
         let left: Vec<String> = entries
             .iter()
@@ -342,27 +346,20 @@ impl Isolations {
                 why: tried.err().map(|error| error.to_string()),
             });
         }
-        active.remove(id);
         let (removed, already_gone) = entries
             .into_iter()
             .partition(|entry| before.contains(entry));
-        let lifted = Lifted {
+        Ok(Lifted {
             removed,
             already_gone,
-        };
-        if lifted.already_gone.is_empty() {
-            tracing::warn!(%id, "healed");
-        } else {
-            tracing::warn!(%id, already_gone = ?lifted.already_gone, "healed; some entries were gone already");
-        }
-        Ok(lifted)
+        })
     }
 
     /// Lift every isolation, and every entry of faultlab's rules that no
     /// isolation accounts for; the book is emptied only once the filter,
     /// read back, holds nothing.
     pub fn heal_all(&self) -> Result<LiftedAll, IsolateError> {
-        let mut active = self.active();
+        let mut active = self.active.open();
         let before = self.firewall.in_place()?;
         let tried = self.firewall.remove_all();
         let after = self.firewall.in_place()?;
@@ -376,7 +373,7 @@ impl Isolations {
         }
         let booked: BTreeSet<String> = active
             .values()
-            .flat_map(|entry| self.firewall.entries(&entry.isolation))
+            .flat_map(|entry| self.firewall.entries(&entry.fault))
             .collect();
         let lifted = LiftedAll {
             isolations: active.len(),
@@ -394,6 +391,7 @@ impl Isolations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::sync::Arc;
 
     /// A filter in memory: entries named `ID-in` / `ID-out`; the ones in

@@ -9,7 +9,8 @@
 //! down (in a file, since the watchdog that may bring it up is another
 //! process), and whoever brings it up puts back what is missing.
 
-use super::{LinkControl, LinkError, LinkState, Watchdog, valid_interface};
+use super::{LinkControl, LinkError, LinkState, valid_interface};
+use crate::timed::Watchdog;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};

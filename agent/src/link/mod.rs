@@ -8,9 +8,8 @@
 #[cfg(unix)]
 pub mod iproute;
 
-use std::collections::HashMap;
+use crate::timed::{Timed, TimedBook, Watchdog, armed_first};
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Longest interface name (Linux IFNAMSIZ - 1).
@@ -23,14 +22,6 @@ pub fn valid_interface(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-}
-
-/// A watchdog that will bring a link back up.
-pub trait Watchdog: Send {
-    /// Stop it (the link is being brought up now).
-    fn disarm(&mut self);
-    /// Whether it has done its job and ended.
-    fn finished(&mut self) -> bool;
 }
 
 /// The privileged side: the host's interfaces.
@@ -89,19 +80,11 @@ pub enum LinkError {
     System(String),
 }
 
-/// A watchdog armed again after a failed undo waits at least this long, so
-/// that it does not race the undo that just failed.
-pub const REARM_AT_LEAST: Duration = Duration::from_millis(500);
-
-struct Down {
-    watchdog: Box<dyn Watchdog>,
-    expires: Instant,
-}
-
 /// The book of links this agent took down.
 pub struct Links {
     control: Box<dyn LinkControl>,
-    down: Mutex<HashMap<String, Down>>,
+    /// By interface name (its own id).
+    down: TimedBook<()>,
 }
 
 impl Links {
@@ -109,40 +92,13 @@ impl Links {
     /// agent left down: each kept down until its deadline under a new
     /// watchdog, or brought up now when that has passed.
     pub fn new(control: Box<dyn LinkControl>) -> Self {
-        let mut down = HashMap::new();
+        let down = TimedBook::default();
         for (interface, left) in control.leftovers() {
-            if !left.is_zero() {
-                match control.arm(&interface, left) {
-                    Ok(watchdog) => {
-                        tracing::warn!(%interface, left_ms = left.as_millis(), "took over a link an earlier agent took down");
-                        let expires = Instant::now() + left;
-                        down.insert(interface, Down { watchdog, expires });
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::error!(%interface, %error, "cannot watch a link an earlier agent took down: bringing it up now");
-                    }
-                }
-            }
-            match control.set_up(&interface) {
-                Ok(()) => {
-                    tracing::warn!(%interface, "brought up a link an earlier agent left down")
-                }
-                Err(error) => {
-                    tracing::error!(%interface, %error, "cannot bring up a link an earlier agent left down")
-                }
-            }
+            let arm = |(): &(), left| control.arm(&interface, left);
+            let set_up = |(): &()| control.set_up(&interface);
+            down.take_over(interface.clone(), (), left, "a link down", arm, set_up);
         }
-        Self {
-            control,
-            down: Mutex::new(down),
-        }
-    }
-
-    fn down(&self) -> MutexGuard<'_, HashMap<String, Down>> {
-        let mut down = crate::sync::lock(&self.down);
-        down.retain(|_, entry| !entry.watchdog.finished());
-        down
+        Self { control, down }
     }
 
     /// Take `interface` down until `deadline`, unless it carries the control
@@ -164,25 +120,24 @@ impl Links {
         {
             return Err(LinkError::ControlInterface(interface.to_owned()));
         }
-        let mut down = self.down();
+        let mut down = self.down.open();
         if down.contains_key(interface) {
             return Err(LinkError::AlreadyDown(interface.to_owned()));
         }
-        // Arm first: once the link is down, it must come back whatever happens.
-        let mut watchdog = self.control.arm(interface, deadline)?;
-        if let Err(error) = self.control.set_down(interface, deadline) {
-            watchdog.disarm();
-            return Err(error);
-        }
+        let ((), watchdog) = armed_first(
+            || self.control.arm(interface, deadline),
+            || self.control.set_down(interface, deadline),
+        )?;
         tracing::warn!(%interface, deadline_ms = deadline.as_millis(), "link down");
-        let expires = Instant::now() + deadline;
-        down.insert(interface.to_owned(), Down { watchdog, expires });
+        let down_now = Timed::watched((), deadline, watchdog);
+        let expires = down_now.expires;
+        down.insert(interface.to_owned(), down_now);
         Ok(expires)
     }
 
     /// How many links this agent holds down.
     pub fn count(&self) -> usize {
-        self.down().len()
+        self.down.count()
     }
 
     /// The interface that holds `address`.
@@ -204,44 +159,20 @@ impl Links {
     /// back up with its routes and addresses; until then a watchdog keeps
     /// its deadline.
     pub fn bring_up(&self, interface: &str) -> Result<(), LinkError> {
-        let mut down = self.down();
-        let entry = down
-            .get_mut(interface)
-            .ok_or_else(|| LinkError::NotDown(interface.to_owned()))?;
-        entry.watchdog.disarm();
-        if let Err(error) = self.control.set_up(interface) {
-            let left = entry
-                .expires
-                .saturating_duration_since(Instant::now())
-                .max(REARM_AT_LEAST);
-            return match self.control.arm(interface, left) {
-                Ok(watchdog) => {
-                    entry.watchdog = watchdog;
-                    Err(error)
-                }
-                Err(arm_error) => Err(LinkError::System(format!(
-                    "{error}; and its watchdog could not be armed again: {arm_error}"
-                ))),
-            };
-        }
-        let expires = entry.expires;
-        down.remove(interface);
-        tracing::warn!(%interface, late_by_ms = Instant::now().saturating_duration_since(expires).as_millis(), "link up");
-        Ok(())
+        self.down
+            .undo(
+                interface,
+                |()| self.control.set_up(interface),
+                |(), left| self.control.arm(interface, left),
+            )
+            .ok_or_else(|| LinkError::NotDown(interface.to_owned()))?
+            .map_err(|failed| failed.into_error(LinkError::System))
     }
 
     /// Bring every link this agent took down back up: how many came up,
     /// and what did not, with why.
     pub fn bring_all_up(&self) -> (usize, Vec<String>) {
-        let names: Vec<String> = self.down().keys().cloned().collect();
-        let mut failed = Vec::new();
-        let mut up = 0;
-        for name in names {
-            match self.bring_up(&name) {
-                Ok(()) => up += 1,
-                Err(error) => failed.push(format!("link {name}: {error}")),
-            }
-        }
-        (up, failed)
+        self.down
+            .undo_all("link", |interface| self.bring_up(interface))
     }
 }
