@@ -891,7 +891,38 @@ impl Agent {
     /// stop its captures, kill every holder (its sockets and floods go with
     /// it), forget all sockets, clear the event log. What could not be
     /// undone is in the report, never dropped.
-    pub async fn reset(&self) -> ResetReport {
+    pub async fn reset(self: &Arc<Self>) -> ResetReport {
+        // nft, ip and tc take seconds on a slow host: off the async workers.
+        let agent = Arc::clone(self);
+        let mut report = tokio::task::spawn_blocking(move || agent.undo_network_faults())
+            .await
+            .unwrap_or_else(|error| ResetReport {
+                not_undone: vec![format!("network faults: {error}")],
+                ..ResetReport::default()
+            });
+        let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
+            .drain()
+            .map(|(_, holder)| holder)
+            .collect();
+        for holder in holders {
+            match holder.kill().await {
+                Ok(_) => report.holders += 1,
+                // Ended by itself already: nothing left to undo.
+                Err(HolderError::Gone(_)) => {}
+                Err(error) => report.not_undone.push(format!("holder: {error}")),
+            }
+        }
+        lock(&self.owners).clear();
+        self.events.clear();
+        for what in &report.not_undone {
+            tracing::error!(%what, "reset could not undo");
+        }
+        report
+    }
+
+    /// Lift every isolation, bring every link up, heal every degradation,
+    /// stop every capture (blocking: it runs nft, ip and tc).
+    fn undo_network_faults(&self) -> ResetReport {
         let mut report = ResetReport::default();
         if let Ok(isolations) = &self.isolations {
             match isolations.heal_all() {
@@ -914,23 +945,6 @@ impl Agent {
         }
         if let Ok(captures) = &self.captures {
             captures.stop_all();
-        }
-        let holders: Vec<Arc<HolderProcess>> = lock(&self.holders)
-            .drain()
-            .map(|(_, holder)| holder)
-            .collect();
-        for holder in holders {
-            match holder.kill().await {
-                Ok(_) => report.holders += 1,
-                // Ended by itself already: nothing left to undo.
-                Err(HolderError::Gone(_)) => {}
-                Err(error) => report.not_undone.push(format!("holder: {error}")),
-            }
-        }
-        lock(&self.owners).clear();
-        self.events.clear();
-        for what in &report.not_undone {
-            tracing::error!(%what, "reset could not undo");
         }
         report
     }
