@@ -391,8 +391,8 @@ impl Isolations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
     use std::sync::Arc;
+    use std::sync::Mutex;
 
     /// A filter in memory: entries named `ID-in` / `ID-out`; the ones in
     /// `stuck` refuse to go; every call is recorded.

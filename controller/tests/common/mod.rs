@@ -32,6 +32,36 @@ pub fn faultlab(args: &[&str], history: &std::path::Path) -> std::io::Result<std
         .output()
 }
 
+/// [`faultlab`], and the process id it ran under (a local lab it makes
+/// names its namespaces `flr<pid>…`).
+pub fn faultlab_with_pid(
+    args: &[&str],
+    history: &std::path::Path,
+) -> std::io::Result<(u32, std::process::Output)> {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_faultlab"))
+        .args(args)
+        .env("FAULTLAB_HISTORY", history)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    Ok((pid, child.wait_with_output()?))
+}
+
+/// Whether `ip netns list` shows a namespace of the local lab that the
+/// process `pid` made (other tests' labs may run beside it).
+pub fn namespaces_of(pid: u32) -> std::io::Result<Vec<String>> {
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let ours = [format!("flr{pid}h"), format!("flr{pid}x")];
+    Ok(String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| ours.iter().any(|prefix| line.starts_with(prefix.as_str())))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// A run of the scenario file `case` on the lab of `inventory`, in the
 /// background (no history, its output discarded): for tests that do
 /// something to the lab, or to the controller, while it runs.

@@ -1,7 +1,7 @@
 //! Wire evidence: what the agents' captures saw, on two network-namespace
 //! hosts (needs root), for the cases whose proof is on the wire.
 
-mod common;
+use crate::common;
 
 use common::netns::NetLab;
 use common::{Host, TestResult};

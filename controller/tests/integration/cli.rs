@@ -1,7 +1,7 @@
 //! The `faultlab` binary as a user runs it: the README's main command, its
 //! JSON and JUnit outputs, the history, and `check` on a bad file.
 
-mod common;
+use crate::common;
 
 use common::{faultlab, lab_turn};
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
     let history = scratch.0.join("history.sqlite");
     let junit = scratch.0.join("junit.xml");
     let junit_arg = junit.display().to_string();
-    let out = faultlab(
+    let (pid, out) = common::faultlab_with_pid(
         &[
             "run", "--suite", "seed", "--format", "json", "--junit", &junit_arg,
         ],
@@ -79,11 +79,10 @@ fn the_main_command_runs_the_seed_suite_and_keeps_it() -> TestResult {
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("linux/linux"), "{listed}");
     if skipped == 0 {
-        let leftovers = Command::new("ip").args(["netns", "list"]).output()?;
-        let leftovers = String::from_utf8_lossy(&leftovers.stdout);
+        let leftovers = common::namespaces_of(pid)?;
         assert!(
-            !leftovers.contains("flr"),
-            "the lab left namespaces behind: {leftovers}"
+            leftovers.is_empty(),
+            "the lab left namespaces behind: {leftovers:?}"
         );
     }
     let shown = faultlab(&["runs", "show", "1", "--format", "json"], &history)?;

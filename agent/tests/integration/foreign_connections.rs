@@ -4,7 +4,7 @@
 //! the peer reads ECONNRESET, the owner ECONNABORTED. Destroying needs
 //! CAP_NET_ADMIN (CI runs as root).
 
-mod common;
+use crate::common;
 
 use common::{AgentProcess, Host, TestResult};
 use faultlab_proto::v1 as pb;

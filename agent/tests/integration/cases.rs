@@ -3,7 +3,7 @@
 //! gRPC API. Each test asserts what Linux really gives (measured on kernel
 //! 6.x); where the seed saw something else on Windows, a comment says so.
 
-mod common;
+use crate::common;
 
 use common::{MODE_ALL, Pair, TestResult, outcome};
 use faultlab_proto::v1 as pb;

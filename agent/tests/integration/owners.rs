@@ -4,7 +4,7 @@
 //! to its limits. Network namespaces (198.18.0.0/15 only, removed after),
 //! the bytes counted by the sending kernel (`ss`).
 
-mod common;
+use crate::common;
 
 use common::netns::NetLab;
 use common::{MODE_ALL, TestResult};

@@ -50,8 +50,19 @@ fn parse(line: &str) -> Option<Seen> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
+/// Its captures want a quiet machine: it takes its turn with the labs of
+/// the other tests in this binary (a std lock, held outside the runtime).
+#[test]
+fn the_agents_evidence_matches_tcpdump_on_the_bridge() -> TestResult {
+    let _turn = crate::common::lab_turn();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(evidence_matches_tcpdump())
+}
+
+async fn evidence_matches_tcpdump() -> TestResult {
     if let Some(why) = lab::netns_unavailable() {
         return Err(
             format!("this test needs a network-namespace lab: {why} (CI runs it as root)").into(),

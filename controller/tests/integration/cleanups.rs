@@ -11,9 +11,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Labs of namespaces want the machine's network to themselves.
-static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A two-host namespace lab, its inventory file, and a scratch directory.
 struct Lab {
     lab: LocalLab,
@@ -27,9 +24,7 @@ impl Lab {
         if let Some(why) = lab::netns_unavailable() {
             return Err(format!("this test needs network namespaces: {why}").into());
         }
-        let turn = ONE_LAB_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = crate::common::lab_turn();
         let exe =
             lab::find_agent().ok_or("faultlab-agent is not built: run cargo test --workspace")?;
         let lab = LocalLab::start_netns(&exe, 2)?;

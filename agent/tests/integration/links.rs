@@ -1,6 +1,6 @@
 //! Link down/up on real interfaces of network-namespace hosts (needs root).
 
-mod common;
+use crate::common;
 
 use common::netns::NetLab;
 use common::{TestResult, outcome};

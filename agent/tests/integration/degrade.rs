@@ -12,7 +12,7 @@
 //! namespace hosts, agent killed mid-fault.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use common::netns::{CONTROL_PORT, NetLab};
 use common::{Host, TestResult};

@@ -7,7 +7,7 @@
 //! Needs root, QEMU, debootstrap, qemu-img, Debian's cloud kernel with its
 //! initrd and ansible-playbook (CI installs them).
 
-mod common;
+use crate::common;
 
 use common::{case_of, faultlab, lab_turn, not_expected, scratch, suite_report};
 use faultlab_proto::v1 as pb;

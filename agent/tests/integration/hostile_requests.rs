@@ -3,7 +3,7 @@
 //! always get a clear gRPC error, never a panic, never `Internal`/`Unknown`,
 //! and the agent answers afterwards. Bounded for CI (PROPTEST_CASES for more).
 
-mod common;
+use crate::common;
 
 use common::Host;
 use faultlab_proto::v1 as pb;

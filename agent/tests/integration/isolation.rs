@@ -2,7 +2,7 @@
 //! only, removed after), agents inside them, nftables for real. Needs root;
 //! fails with a clear message otherwise.
 
-mod common;
+use crate::common;
 
 use common::netns::{CONTROL_PORT, NetLab};
 use common::{Host, TestResult};

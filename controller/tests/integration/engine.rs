@@ -2,7 +2,7 @@
 //! agent, a case out of time, a wrong expectation. The agents come from the
 //! workspace build (`cargo test --workspace` builds `faultlab-agent`).
 
-mod common;
+use crate::common;
 
 use common::local_lab;
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock};

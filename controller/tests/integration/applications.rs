@@ -4,7 +4,7 @@
 //! seed cases S2–S5 and the app suite X1–X4 run against it; a server that
 //! leaks CLOSE-WAIT is caught by the probe. Needs root (CI runs it so).
 
-mod common;
+use crate::common;
 
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock, TargetHandle};
 use faultlab::lab::{self, AgentGrants, LocalLab};

@@ -7,7 +7,7 @@
 //! the next. Needs root, qemu-system-x86, a kernel in /boot and
 //! busybox-static (CI installs them).
 
-mod common;
+use crate::common;
 
 use common::{case_of, faultlab, lab_turn, scratch, suite_report};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Bad requests get clear errors, crashed holders are reported, and the
 //! agent outlives them all. Real agent processes on loopback.
 
-mod common;
+use crate::common;
 
 use common::{Host, MODE_ONCE, Pair, TestResult};
 use faultlab_proto::v1 as pb;
