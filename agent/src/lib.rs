@@ -27,8 +27,9 @@
 //! - [`audit`]: one log line per call that changes something.
 //! - [`schedule`]: requests that name the moment they act (steps released together).
 //!
-//! The binary is thin: it parses flags and calls [`serve`], or runs
-//! [`holder::runner::run`] when started as a holder.
+//! The binary is thin: it parses flags into [`settings::Overrides`] and
+//! calls [`run`], or runs [`holder::runner::run`] when started as a holder,
+//! or a watchdog's `watchdog_main`.
 
 pub mod agent;
 pub mod audit;
@@ -82,6 +83,89 @@ pub enum ServeError {
         "the control socket can no longer accept ({0}): something destroyed it (`ss -K` of every socket, say); the agent stops, so that its service manager starts it again"
     )]
     ListenerGone(String),
+    /// The agent's address cannot be listened on.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// Something the agent needs to start is missing: its TLS files, its
+    /// own executable (for holders), a runtime, its stdout.
+    #[error("cannot start: {0}")]
+    Start(String),
+}
+
+/// Run the agent `serving` describes until `shutdown` completes, on a
+/// runtime of its own: it cleans up after an earlier life, then says
+/// `listening on ADDRESS` on stdout (port 0 picks a free port) and serves.
+pub fn run(
+    serving: settings::Serving,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use std::io::Write as _;
+    let start =
+        |what: &str, error: &dyn std::fmt::Display| ServeError::Start(format!("{what}: {error}"));
+    let tls = serving
+        .tls
+        .map(|files| files.server_config())
+        .transpose()
+        .map_err(|error| start("TLS", &error))?;
+    let holder_exe =
+        std::env::current_exe().map_err(|error| start("cannot find this executable", &error))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| start("no runtime", &error))?;
+    runtime.block_on(async {
+        let address = serving.address;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Listen { address, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Listen { address, source })?;
+        let config = AgentConfig {
+            holder_exe,
+            allow: serving.allow,
+            max_isolation_ms: serving.max_isolation_ms,
+            restart_commands: serving.restart_commands,
+            limits: serving.limits,
+        };
+        // Clean up after an earlier life before saying we are ready.
+        let agent = Arc::new(Agent::new(config, local.port()));
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {local}")
+            .and_then(|()| stdout.flush())
+            .map_err(|error| start("stdout", &error))?;
+        tracing::info!(%local, "agent serving");
+        serve_agent(listener, agent, tls, shutdown).await
+    })
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what systemd and `kill` send).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Serve the agent's gRPC API (and the standard gRPC health service) on

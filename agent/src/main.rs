@@ -2,10 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use faultlab_agent::settings::Settings;
+use faultlab_agent::Allow;
+use faultlab_agent::settings::{Overrides, Serving, Settings};
 use faultlab_agent::tls::TlsFiles;
-use faultlab_agent::{AgentConfig, Allow};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -39,8 +38,8 @@ struct ServeArgs {
     /// the network bad: delay, loss, ...), `process` (kill,
     /// stop, continue, restart other programs and abort their connections).
     /// Comma-separated; replaces the config's list.
-    #[arg(long, value_delimiter = ',', value_enum)]
-    allow: Option<Vec<Capability>>,
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(Allow::NAMES))]
+    allow: Option<Vec<String>>,
     /// How to start a program again after a restart fault, as NAME=COMMAND
     /// (repeatable; run through the shell); adds to the config's [restart].
     #[arg(long = "restart", value_name = "NAME=COMMAND", value_parser = restart_command)]
@@ -60,15 +59,6 @@ struct ServeArgs {
     /// Serve without TLS on an address other than loopback (a network you trust).
     #[arg(long)]
     insecure: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Capability {
-    Isolate,
-    Link,
-    Reboot,
-    Degrade,
-    Process,
 }
 
 fn restart_command(text: &str) -> Result<(String, String), String> {
@@ -204,7 +194,12 @@ fn main() -> anyhow::Result<()> {
         Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
         Some(Command::Service { action }) => service(action),
         Some(Command::BareAct { at_unix_ns }) => bare_act(at_unix_ns),
-        None => settings(&cli.serve).and_then(|serving| serve(serving, shutdown_signal())),
+        None => settings(&cli.serve).and_then(|serving| {
+            Ok(faultlab_agent::run(
+                serving,
+                faultlab_agent::shutdown_signal(),
+            )?)
+        }),
     };
     telemetry.shutdown();
     result
@@ -246,69 +241,28 @@ fn link_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
     anyhow::bail!("link control is not implemented on this OS yet")
 }
 
-/// What the agent is to be: the config file, then the flags over it.
-struct Serving {
-    address: SocketAddr,
-    allow: Allow,
-    max_isolation_ms: u32,
-    restart_commands: std::collections::BTreeMap<String, String>,
-    limits: faultlab_agent::Limits,
-    tls: Option<TlsFiles>,
-}
-
+/// The agent the config file and the flags over it describe.
 fn settings(cli: &ServeArgs) -> anyhow::Result<Serving> {
     let file = match &cli.config {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),
     };
-    let mut allow = file.allow;
-    if let Some(flags) = &cli.allow {
-        allow.isolate = flags.contains(&Capability::Isolate);
-        allow.link = flags.contains(&Capability::Link);
-        allow.reboot = flags.contains(&Capability::Reboot);
-        allow.degrade = flags.contains(&Capability::Degrade);
-        allow.process = flags.contains(&Capability::Process);
-    }
-    let mut restart_commands = file.restart.clone();
-    restart_commands.extend(cli.restart.iter().cloned());
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             ca: ca.clone(),
         }),
-        _ => file.tls,
+        _ => None,
     };
-    let address = cli
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7420)));
-    if faultlab_agent::settings::check_exposure(
-        address,
-        tls.is_some(),
-        cli.insecure || file.insecure,
-    )? {
-        tracing::warn!(
-            %address,
-            "INSECURE: serving without TLS off loopback; anyone who reaches {address} can make this host's connections fail{}",
-            if allow.isolate || allow.link || allow.reboot || allow.degrade || allow.process {
-                " and cut it off the network"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(Serving {
-        address,
-        allow,
-        max_isolation_ms: cli
-            .max_isolation_ms
-            .or(file.max_isolation_ms)
-            .unwrap_or(faultlab_agent::agent::DEFAULT_MAX_ISOLATION_MS),
-        restart_commands,
-        limits: file.limits,
+    Ok(file.resolve(Overrides {
+        listen: cli.listen,
+        allow: cli.allow.clone(),
+        restart: cli.restart.clone(),
+        max_isolation_ms: cli.max_isolation_ms,
         tls,
-    })
+        insecure: cli.insecure,
+    })?)
 }
 
 #[cfg(windows)]
@@ -323,8 +277,9 @@ fn service(action: ServiceAction) -> anyhow::Result<()> {
         }
         ServiceAction::Run { serve: args } => {
             let serving = settings(&args)?;
-            let runner: windows_service::Runner =
-                Box::new(move |stop| serve(serving, stop).map_err(|error| format!("{error:#}")));
+            let runner: windows_service::Runner = Box::new(move |stop| {
+                faultlab_agent::run(serving, stop).map_err(|error| error.to_string())
+            });
             windows_service::run(runner).context("cannot run as a service (only the Service Control Manager can start `service run`)")
         }
     }
@@ -333,68 +288,4 @@ fn service(action: ServiceAction) -> anyhow::Result<()> {
 #[cfg(not(windows))]
 fn service(_action: ServiceAction) -> anyhow::Result<()> {
     anyhow::bail!("Windows services exist only on Windows; on Linux see deploy/systemd")
-}
-
-fn serve(
-    serving: Serving,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let Serving {
-        address,
-        allow,
-        max_isolation_ms,
-        restart_commands,
-        limits,
-        tls,
-    } = serving;
-    let tls = tls.map(|files| files.server_config()).transpose()?;
-    let holder_exe = std::env::current_exe().context("cannot find this executable")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        let local = listener.local_addr()?;
-        let config = AgentConfig {
-            holder_exe,
-            allow,
-            max_isolation_ms,
-            restart_commands,
-            limits,
-        };
-        // Clean up after an earlier life before saying we are ready.
-        let agent = std::sync::Arc::new(faultlab_agent::Agent::new(config, local.port()));
-        let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {local}")?;
-        stdout.flush()?;
-        tracing::info!(%local, "agent serving");
-        faultlab_agent::serve_agent(listener, agent, tls, shutdown).await?;
-        Ok(())
-    })
-}
-
-/// Ctrl-C, or SIGTERM on Unix (what systemd and `kill` send).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = terminate.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

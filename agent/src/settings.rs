@@ -55,6 +55,36 @@ pub struct Allow {
     pub process: bool,
 }
 
+impl Allow {
+    /// The names of the dangerous capabilities, as `--allow` and the
+    /// agent's host info give them.
+    pub const NAMES: [&'static str; 5] = ["isolate", "link", "reboot", "degrade", "process"];
+
+    /// Connections and the dangerous capabilities `names`, no other.
+    pub fn only(names: &[String]) -> Result<Self, SettingsError> {
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| !Self::NAMES.contains(&name.as_str()))
+        {
+            return Err(SettingsError::UnknownCapability(unknown.clone()));
+        }
+        let named = |name: &str| names.iter().any(|given| given == name);
+        Ok(Self {
+            connections: true,
+            isolate: named("isolate"),
+            link: named("link"),
+            reboot: named("reboot"),
+            degrade: named("degrade"),
+            process: named("process"),
+        })
+    }
+
+    /// Whether any dangerous capability is allowed.
+    pub fn any_dangerous(&self) -> bool {
+        self.isolate || self.link || self.reboot || self.degrade || self.process
+    }
+}
+
 impl Default for Allow {
     /// Connections only.
     fn default() -> Self {
@@ -145,6 +175,9 @@ pub enum SettingsError {
         "refusing to serve on {0} without TLS: anyone who reaches it could cut this host off the network. Give [tls] in the config (or --tls-cert, --tls-key, --tls-ca; `faultlab certs` makes them), or --insecure for a network you trust"
     )]
     Exposed(SocketAddr),
+    /// `--allow` named a capability there is not.
+    #[error("unknown capability {0:?}: give some of isolate, link, reboot, degrade, process")]
+    UnknownCapability(String),
 }
 
 impl Settings {
@@ -170,6 +203,85 @@ impl Settings {
     }
 }
 
+/// What the command line says over the configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The gRPC address.
+    pub listen: Option<SocketAddr>,
+    /// The dangerous capabilities allowed, by name ([`Allow::NAMES`]):
+    /// replaces the file's list.
+    pub allow: Option<Vec<String>>,
+    /// How to start programs again after a restart fault: adds to the file's.
+    pub restart: Vec<(String, String)>,
+    /// The longest isolation.
+    pub max_isolation_ms: Option<u32>,
+    /// TLS files: replace the file's [tls].
+    pub tls: Option<TlsFiles>,
+    /// Serve without TLS off loopback.
+    pub insecure: bool,
+}
+
+/// What the agent is to be: the configuration file, then the flags over it.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    /// Where its gRPC API listens.
+    pub address: SocketAddr,
+    /// What it may do.
+    pub allow: Allow,
+    /// The longest isolation.
+    pub max_isolation_ms: u32,
+    /// Program name → how to start it again.
+    pub restart_commands: std::collections::BTreeMap<String, String>,
+    /// Its bounds.
+    pub limits: Limits,
+    /// Mutual TLS, unless it serves plain text.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Settings {
+    /// The agent these settings make with `overrides` over them: refused
+    /// when it would serve off loopback without TLS unless told to (then
+    /// it warns).
+    pub fn resolve(self, overrides: Overrides) -> Result<Serving, SettingsError> {
+        let mut allow = self.allow;
+        if let Some(names) = &overrides.allow {
+            allow = Allow {
+                connections: allow.connections,
+                ..Allow::only(names)?
+            };
+        }
+        let mut restart_commands = self.restart;
+        restart_commands.extend(overrides.restart);
+        let tls = overrides.tls.or(self.tls);
+        let address = overrides
+            .listen
+            .or(self.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7420)));
+        if check_exposure(address, tls.is_some(), overrides.insecure || self.insecure)? {
+            tracing::warn!(
+                %address,
+                "INSECURE: serving without TLS off loopback; anyone who reaches {address} can make this host's connections fail{}",
+                if allow.any_dangerous() {
+                    " and cut it off the network"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(Serving {
+            address,
+            allow,
+            max_isolation_ms: overrides
+                .max_isolation_ms
+                .or(self.max_isolation_ms)
+                .unwrap_or(crate::agent::DEFAULT_MAX_ISOLATION_MS),
+            restart_commands,
+            limits: self.limits,
+            tls,
+        })
+    }
+}
+
 /// Whether an agent may serve on `listen`: with TLS always; without, only
 /// on loopback, or anywhere when `insecure` (then `Ok(true)`: warn loudly).
 pub fn check_exposure(
@@ -187,6 +299,35 @@ pub fn check_exposure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_add_to_its_restarts() -> Result<(), SettingsError> {
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:7000\"\nmax_isolation_ms = 5000\n[allow]\nconnections = false\nisolate = true\n[restart]\nweb = \"systemctl restart web\"\n",
+        )
+        .map_err(|error| SettingsError::UnknownCapability(error.to_string()))?;
+        let serving = file.clone().resolve(Overrides::default())?;
+        assert_eq!(serving.address.port(), 7000);
+        assert_eq!(serving.max_isolation_ms, 5000);
+        assert!(serving.allow.isolate && !serving.allow.connections);
+        let serving = file.clone().resolve(Overrides {
+            allow: Some(vec!["link".to_owned()]),
+            restart: vec![("db".to_owned(), "systemctl restart db".to_owned())],
+            max_isolation_ms: Some(100),
+            ..Overrides::default()
+        })?;
+        assert!(serving.allow.link && !serving.allow.isolate && !serving.allow.connections);
+        assert_eq!(serving.restart_commands.len(), 2);
+        assert_eq!(serving.max_isolation_ms, 100);
+        let unknown = file.resolve(Overrides {
+            allow: Some(vec!["everything".to_owned()]),
+            ..Overrides::default()
+        });
+        assert!(
+            matches!(unknown, Err(SettingsError::UnknownCapability(name)) if name == "everything")
+        );
+        Ok(())
+    }
 
     #[test]
     fn only_loopback_or_tls_or_an_explicit_insecure_may_serve() {
