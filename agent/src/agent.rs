@@ -23,6 +23,7 @@ use crate::sessions::Sessions;
 use crate::settings::{Allow, Limits};
 use crate::sockets::{ConnectionFilter, Sockets, TcpConnection};
 use crate::sync::lock;
+use faultlab_proto::Capability;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -166,10 +167,10 @@ impl Agent {
         let isolations = prepare_isolation(&config, control_port);
         let mut capabilities = Vec::new();
         if config.allow.connections {
-            capabilities.push("connections".to_owned());
+            capabilities.push(Capability::Connections);
         }
         if isolations.is_ok() {
-            capabilities.push("isolate".to_owned());
+            capabilities.push(Capability::Isolate);
         }
         let links = match (config.allow.link, Current::links(&config.holder_exe)) {
             (false, _) => {
@@ -179,28 +180,30 @@ impl Agent {
             (true, Some(control)) => Ok(Links::new(control)),
         };
         if links.is_ok() {
-            capabilities.push("link".to_owned());
+            capabilities.push(Capability::Link);
         }
         let mut unavailable = Vec::new();
         if config.allow.reboot {
-            capabilities.push("reboot".to_owned());
+            capabilities.push(Capability::Reboot);
             if Current::reboots_orderly() {
-                capabilities.push("orderly-reboot".to_owned());
+                capabilities.push(Capability::OrderlyReboot);
             } else {
-                unavailable.push(
-                    "orderly-reboot: no service manager runs here (systemd) to shut down first"
-                        .to_owned(),
-                );
+                unavailable.push(format!(
+                    "{}: no service manager runs here (systemd) to shut down first",
+                    Capability::OrderlyReboot
+                ));
             }
         }
         let degradations = if config.allow.degrade {
             // `degrade`: what the host sends (netem); `loss`: what it
             // receives (a firewall).
             let shapers = Current::shapers(&config.holder_exe, control_port);
-            for (capability, shaper) in [("degrade", &shapers.outbound), ("loss", &shapers.inbound)]
-            {
+            for (capability, shaper) in [
+                (Capability::Degrade, &shapers.outbound),
+                (Capability::Loss, &shapers.inbound),
+            ] {
                 match shaper {
-                    Ok(_) => capabilities.push(capability.to_owned()),
+                    Ok(_) => capabilities.push(capability),
                     Err(why) => unavailable.push(format!("{capability}: {why}")),
                 }
             }
@@ -215,13 +218,13 @@ impl Agent {
         let captures = Captures::new()
             .map_err(|error| format!("packet capture is not possible here: {error}"));
         if captures.is_ok() {
-            capabilities.push("capture".to_owned());
+            capabilities.push(Capability::Capture);
         }
         if config.allow.process {
-            capabilities.push("process".to_owned());
+            capabilities.push(Capability::Process);
         }
         let processes = Processes::new(config.restart_commands.clone());
-        let mut host = HostInfo::gather(capabilities);
+        let mut host = HostInfo::gather(capabilities.iter().map(|c| c.name().to_owned()).collect());
         host.unavailable = unavailable;
         Self {
             config,

@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use faultlab_agent::Allow;
 use faultlab_agent::settings::{Overrides, Serving, Settings};
 use faultlab_agent::tls::TlsFiles;
+use faultlab_proto::Capability;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -38,7 +38,7 @@ struct ServeArgs {
     /// the network bad: delay, loss, ...), `process` (kill,
     /// stop, continue, restart other programs and abort their connections).
     /// Comma-separated; replaces the config's list.
-    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(Allow::NAMES))]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(Capability::ALLOWED_BY_NAME.map(Capability::name)))]
     allow: Option<Vec<String>>,
     /// How to start a program again after a restart fault, as NAME=COMMAND
     /// (repeatable; run through the shell); adds to the config's [restart].

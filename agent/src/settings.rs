@@ -30,6 +30,7 @@
 //! ```
 
 use crate::tls::TlsFiles;
+use faultlab_proto::Capability;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,7 +177,7 @@ pub enum SettingsError {
     )]
     Exposed(SocketAddr),
     /// `--allow` named a capability there is not.
-    #[error("unknown capability {0:?}: give some of isolate, link, reboot, degrade, process")]
+    #[error("unknown capability {0:?}: give some of {names}", names = Capability::names(&Capability::ALLOWED_BY_NAME))]
     UnknownCapability(String),
 }
 

@@ -315,10 +315,10 @@ pub async fn suite(
         .iter()
         .filter(|case| {
             case.roles.len() <= agents.len()
-                && case.needs.iter().all(|need| {
+                && case.needed().all(|need| {
                     agents[..case.roles.len()]
                         .iter()
-                        .all(|agent| agent.info.capabilities.contains(need))
+                        .all(|agent| agent.info.capabilities.iter().any(|c| c == need.name()))
                 })
         })
         .collect();

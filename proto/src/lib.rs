@@ -5,7 +5,7 @@
 //! tonic client, server and prost messages. Keep these types at the edges:
 //! the agent and the controller convert them into their own domain types.
 //! The few words both sides share beyond the messages (close modes, the
-//! framed message header) are defined once, in [`vocabulary`].
+//! framed message header, capabilities) are defined once, in `vocabulary`.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -16,7 +16,7 @@ pub const START_AT_METADATA: &str = "faultlab-start-at";
 pub mod errno;
 mod vocabulary;
 
-pub use vocabulary::{CloseMode, MESSAGE_HEADER_BYTES};
+pub use vocabulary::{Capability, CloseMode, MESSAGE_HEADER_BYTES};
 
 /// Version 1 of the contract (protobuf package `faultlab.v1`).
 pub mod v1 {

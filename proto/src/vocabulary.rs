@@ -1,5 +1,5 @@
 //! Words both sides of the contract use beyond the generated messages: how
-//! a connection is closed and the framed messages' header. Defined once
+//! a connection is closed, the framed messages' header, what a host can do. Defined once
 //! here, where the controller and the agent meet; the agent's domain, its
 //! holder pipe and the scenario language all speak these types.
 
@@ -92,5 +92,134 @@ mod tests {
         }
         assert_eq!(CloseMode::from_wire(0), None);
         assert_eq!(CloseMode::from_wire(99), None);
+    }
+}
+
+/// What a host can do for a scenario: what an agent reports it offers
+/// (`HostInfo.capabilities`), what a scenario needs (`needs = [...]`), what
+/// an agent's `--allow` grants (the dangerous ones, off unless allowed).
+/// On the wire and in files it is its name ([`Capability::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Holders and their sockets.
+    Connections,
+    /// Cutting the host (or one peer) off the network; simulated reboots.
+    Isolate,
+    /// Pulling the host's cable (by its agent, or its lab at the switch).
+    Link,
+    /// Really rebooting the host.
+    Reboot,
+    /// Rebooting it through its service manager (programs stopped first).
+    OrderlyReboot,
+    /// Making what the host sends bad (delay, loss, ...).
+    Degrade,
+    /// Losing what the host receives.
+    Loss,
+    /// Capturing the host's TCP segments (wire evidence).
+    Capture,
+    /// Acting on the host's other programs (kill, stop, restart, abort
+    /// their connections).
+    Process,
+    /// Cutting the host's power (only a VM lab can).
+    Power,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Self; 10] = [
+        Self::Connections,
+        Self::Isolate,
+        Self::Link,
+        Self::Reboot,
+        Self::OrderlyReboot,
+        Self::Degrade,
+        Self::Loss,
+        Self::Capture,
+        Self::Process,
+        Self::Power,
+    ];
+
+    /// Those an agent's `--allow` (its config's `[allow]`) grants.
+    pub const ALLOWED_BY_NAME: [Self; 5] = [
+        Self::Isolate,
+        Self::Link,
+        Self::Reboot,
+        Self::Degrade,
+        Self::Process,
+    ];
+
+    /// Those a scenario may need (every case has connections; capture is
+    /// used when all its hosts offer it, never needed).
+    pub const NEEDED_BY_SCENARIOS: [Self; 8] = [
+        Self::Isolate,
+        Self::Link,
+        Self::Reboot,
+        Self::OrderlyReboot,
+        Self::Process,
+        Self::Power,
+        Self::Degrade,
+        Self::Loss,
+    ];
+
+    /// Its name, on the wire and in files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::Isolate => "isolate",
+            Self::Link => "link",
+            Self::Reboot => "reboot",
+            Self::OrderlyReboot => "orderly-reboot",
+            Self::Degrade => "degrade",
+            Self::Loss => "loss",
+            Self::Capture => "capture",
+            Self::Process => "process",
+            Self::Power => "power",
+        }
+    }
+
+    /// The capability named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|capability| capability.name() == name)
+    }
+
+    /// Whether a case that needs it needs its hosts to itself whatever the
+    /// lab: it cuts them off, pulls their cables, cuts their power, reboots
+    /// them or degrades their network.
+    pub fn disrupts_hosts(self) -> bool {
+        !matches!(self, Self::Connections | Self::Capture | Self::Process)
+    }
+
+    /// Names, comma-separated (as `--allow` takes them).
+    pub fn names(capabilities: &[Self]) -> String {
+        capabilities
+            .iter()
+            .map(|capability| capability.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::Capability;
+
+    #[test]
+    fn every_capability_is_found_by_its_name_and_names_are_distinct() {
+        for capability in Capability::ALL {
+            assert_eq!(Capability::from_name(capability.name()), Some(capability));
+        }
+        let mut names: Vec<_> = Capability::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Capability::ALL.len());
+        assert_eq!(Capability::from_name("everything"), None);
     }
 }

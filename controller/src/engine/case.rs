@@ -13,6 +13,7 @@ use super::timeline::play;
 use super::wire::collect_wire;
 use crate::report::{CaseReport, Verdict};
 use crate::scenario::{Action, Expect, ExpectedOutcome, NetworkFault, Scenario};
+use faultlab_proto::Capability;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,7 +269,7 @@ fn playable(
             .iter()
             .filter(|step| step.role.as_ref() == Some(role))
             .filter_map(|step| step.action.capability())
-            .find(|need| !agent.offers(need));
+            .find(|need| !agent.offers(*need));
         if let Some(missing) = missing {
             // The agent's own word on why, when it gave one (a kernel
             // without sch_netem).
@@ -282,7 +283,7 @@ fn playable(
                     |why| format!(": {why}"),
                 );
             return Err(format!(
-                "needs capability {missing:?}, which agent {} does not offer{why}",
+                "needs capability \"{missing}\", which agent {} does not offer{why}",
                 agent.name
             ));
         }
@@ -291,9 +292,9 @@ fn playable(
 }
 
 /// For a capability that is off unless allowed, where it is allowed.
-fn how_to_allow(capability: &str) -> &'static str {
+fn how_to_allow(capability: Capability) -> &'static str {
     match capability {
-        "process" => {
+        Capability::Process => {
             " (it is off unless allowed: `faultlab run --allow-process` on a local lab, \
              `faultlab lab up --allow-process`, or the agent's `--allow process`)"
         }
@@ -315,7 +316,7 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
         let host_reboots = target
             .host
             .as_ref()
-            .is_some_and(|host| host.offers("reboot"));
+            .is_some_and(|host| host.offers(Capability::Reboot));
         if let Action::Network(NetworkFault::Reboot { simulated, .. }) = step.action
             && simulated.unwrap_or(!host_reboots)
         {
@@ -325,7 +326,7 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
             ));
         }
         let capability = if on_the_process {
-            Some("process")
+            Some(Capability::Process)
         } else {
             step.action.capability()
         };
@@ -342,7 +343,7 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
         };
         if !host.offers(capability) {
             return Err(format!(
-                "step {} needs capability {capability:?}, which agent {} (on the application's host) does not offer{}",
+                "step {} needs capability \"{capability}\", which agent {} (on the application's host) does not offer{}",
                 step.name,
                 host.name,
                 how_to_allow(capability)

@@ -7,6 +7,7 @@ use crate::inventory::Inventory;
 use crate::lab::outside::LabSide;
 use crate::report::AgentReport;
 use crate::targets::{Target, TargetHost};
+use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -173,8 +174,11 @@ impl AgentHandle {
 
     /// Whether `capability` can be had on its host: from its agent, or
     /// from its lab (`link`: a cable to pull; `power`).
-    pub(super) fn offers(&self, capability: &str) -> bool {
-        self.info.capabilities.iter().any(|c| c == capability)
+    pub(super) fn offers(&self, capability: Capability) -> bool {
+        self.info
+            .capabilities
+            .iter()
+            .any(|c| c == capability.name())
             || self
                 .lab
                 .as_ref()

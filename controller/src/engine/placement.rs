@@ -21,6 +21,7 @@
 use super::handles::{AgentHandle, TargetHandle};
 use super::plan::Plan;
 use crate::scenario::{Action, ExpectedOutcome, NetworkFault, Scenario, SocketCall, Timing};
+use faultlab_proto::Capability;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -75,18 +76,7 @@ pub fn host_of(agent: &AgentHandle) -> String {
 /// off, pulls their cables, cuts their power, reboots them or degrades
 /// their network.
 pub fn disrupts_hosts(case: &Scenario) -> bool {
-    case.needs.iter().any(|need| {
-        [
-            "isolate",
-            "reboot",
-            "orderly-reboot",
-            "link",
-            "power",
-            "degrade",
-            "loss",
-        ]
-        .contains(&need.as_str())
-    })
+    case.needed().any(Capability::disrupts_hosts)
 }
 
 /// The waits a scenario asks for, in ms: sleeps, and the timeouts of steps
@@ -215,8 +205,7 @@ fn soonest_free(
         .iter()
         .filter(|role| !plan.targets.contains_key(*role))
         .count();
-    let offers_all =
-        |agent: &AgentHandle| case.needs.iter().all(|need| agent.offers(need.as_str()));
+    let offers_all = |agent: &AgentHandle| case.needed().all(|need| agent.offers(need));
     let candidates: Vec<&Arc<AgentHandle>> = plan
         .agents
         .iter()

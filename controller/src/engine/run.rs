@@ -7,6 +7,7 @@ use super::placement::{Placement, place};
 use super::plan::Plan;
 use crate::report::{CaseReport, RunReport, SCHEMA, Summary, Verdict};
 use crate::scenario::Scenario;
+use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -103,7 +104,11 @@ pub async fn run(
 /// Whether every agent captures its host's packets (then every case needs
 /// its hosts to itself: see [`super::placement`]).
 fn capturing(plan: &Plan) -> bool {
-    !plan.agents.is_empty() && plan.agents.iter().all(|agent| agent.offers("capture"))
+    !plan.agents.is_empty()
+        && plan
+            .agents
+            .iter()
+            .all(|agent| agent.offers(Capability::Capture))
 }
 
 /// The run's cases: those waiting for their turn (in turn order), those

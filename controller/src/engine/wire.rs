@@ -6,6 +6,7 @@ use super::handles::AgentHandle;
 use super::state::{CLEANUP_TIMEOUT, CaseRun};
 use crate::report::WireReport;
 use crate::scenario::Expect;
+use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tracing::Span;
 /// Start a capture on every agent of the case, if all of them can capture.
 pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
     let agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
-    if agents.is_empty() || !agents.iter().all(|agent| agent.offers("capture")) {
+    if agents.is_empty() || !agents.iter().all(|agent| agent.offers(Capability::Capture)) {
         return;
     }
     let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());

@@ -3,6 +3,7 @@
 //! process, and stopping them all.
 
 use super::LabError;
+use faultlab_proto::Capability;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -65,14 +66,14 @@ pub struct AgentGrants {
 }
 
 impl AgentGrants {
-    pub(super) fn arguments(&self, mut allow: Vec<&str>) -> Vec<String> {
+    pub(super) fn arguments(&self, mut allow: Vec<Capability>) -> Vec<String> {
         if self.process {
-            allow.push("process");
+            allow.push(Capability::Process);
         }
         let mut arguments = Vec::new();
         if !allow.is_empty() {
             arguments.push("--allow".to_owned());
-            arguments.push(allow.join(","));
+            arguments.push(Capability::names(&allow));
         }
         for (name, command) in &self.restart {
             arguments.push("--restart".to_owned());

@@ -10,6 +10,7 @@ use super::ip::ip;
 use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
+use faultlab_proto::Capability;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
@@ -177,7 +178,11 @@ fn add_host(
         "--insecure",
     ]);
     // `degrade` is offered only where the kernel has sch_netem (the agent tries).
-    command.args(grants.arguments(vec!["isolate", "link", "degrade"]));
+    command.args(grants.arguments(vec![
+        Capability::Isolate,
+        Capability::Link,
+        Capability::Degrade,
+    ]));
     if let Some(logs) = logs {
         detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;
     }

@@ -23,19 +23,8 @@ pub use actions::{
 };
 pub use parse::{ScenarioError, ScenarioErrors, parse};
 
+use faultlab_proto::Capability;
 use std::collections::BTreeMap;
-
-/// Capabilities a scenario may need from its agents beyond connections.
-pub const KNOWN_CAPABILITIES: &[&str] = &[
-    "isolate",
-    "link",
-    "reboot",
-    "orderly-reboot",
-    "process",
-    "power",
-    "degrade",
-    "loss",
-];
 
 /// OS families an expectation can be written for (as agents report them).
 pub const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
@@ -65,6 +54,16 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// Where it came from (file name).
     pub source: String,
+}
+
+impl Scenario {
+    /// The capabilities it needs (`needs`, checked when it was read: every
+    /// name is one of [`Capability::NEEDED_BY_SCENARIOS`]).
+    pub fn needed(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.needs
+            .iter()
+            .filter_map(|need| Capability::from_name(need))
+    }
 }
 
 /// One step of the timeline.

@@ -7,6 +7,7 @@ use crate::engine::state::{Counted, Names, StepError};
 use crate::engine::undo::{AgentUndo, Undo};
 use crate::lab::outside::{self, LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
+use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -134,7 +135,7 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             orderly,
         } => Request::Reboot(pb::RebootRequest {
             // The best way the host allows: real where its agent may.
-            simulated: simulated.unwrap_or_else(|| !at.agent.offers("reboot")),
+            simulated: simulated.unwrap_or_else(|| !at.agent.offers(Capability::Reboot)),
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
             orderly: *orderly,
         }),

@@ -14,6 +14,7 @@
 mod qmp;
 pub mod watchdog;
 
+use faultlab_proto::Capability;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -126,10 +127,10 @@ impl LabSide {
 
     /// The capabilities it gives a host's agent in a scenario's eyes:
     /// `link` (a cable to pull) and `power`.
-    pub fn capabilities(&self) -> Vec<&'static str> {
+    pub fn capabilities(&self) -> Vec<Capability> {
         [
-            (OutsideFault::Cable, "link"),
-            (OutsideFault::Power, "power"),
+            (OutsideFault::Cable, Capability::Link),
+            (OutsideFault::Power, Capability::Power),
         ]
         .into_iter()
         .filter(|(fault, _)| self.can(*fault))
@@ -356,8 +357,8 @@ mod tests {
             qmp: Some("/run/faultlab-lab/vm-1.qmp".into()),
             ..LabSide::default()
         };
-        assert_eq!(netns.capabilities(), ["link"]);
-        assert_eq!(vm.capabilities(), ["link", "power"]);
+        assert_eq!(netns.capabilities(), [Capability::Link]);
+        assert_eq!(vm.capabilities(), [Capability::Link, Capability::Power]);
         assert!(LabSide::default().capabilities().is_empty());
         assert!(matches!(
             netns.make(OutsideFault::Power, Duration::from_secs(1)),

@@ -20,6 +20,7 @@ use super::netns::{self, Network};
 use super::outside::LabSide;
 use super::{LabError, LocalLab};
 use crate::inventory::{AgentEntry, Inventory};
+use faultlab_proto::Capability;
 use guest::Kernel;
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -219,10 +220,16 @@ pub(super) fn start(
         Some(network) => network.make_bridges()?,
         None => return Err(LabError::Network("lost the network".to_owned())),
     };
-    let mut allow = vec!["isolate", "link", "reboot", "degrade"];
+    let mut allowed = vec![
+        Capability::Isolate,
+        Capability::Link,
+        Capability::Reboot,
+        Capability::Degrade,
+    ];
     if grants.process {
-        allow.push("process");
+        allowed.push(Capability::Process);
     }
+    let allow: Vec<&str> = allowed.iter().map(|capability| capability.name()).collect();
     let booting = std::time::Instant::now();
     for index in 0..count {
         let vm = Vm {

@@ -108,7 +108,7 @@ impl Action {
     }
 
     /// The capability an agent needs for this action, if beyond connections.
-    pub fn capability(&self) -> Option<&'static str> {
+    pub fn capability(&self) -> Option<faultlab_proto::Capability> {
         match self {
             Self::Network(fault) => fault.capability(),
             Self::Process(fault) => fault.capability(),

@@ -5,6 +5,7 @@
 
 use super::Reference;
 use crate::scenario::parse::input::StepInput;
+use faultlab_proto::Capability;
 use serde::Deserialize;
 
 /// Default down time of a simulated reboot.
@@ -90,25 +91,25 @@ pub enum IsolationMode {
 
 impl NetworkFault {
     /// The capability an agent needs for it (none to undo what this case did).
-    pub fn capability(&self) -> Option<&'static str> {
+    pub fn capability(&self) -> Option<Capability> {
         Some(match self {
             Self::Isolate { .. }
             | Self::Heal
             | Self::Reboot {
                 simulated: Some(true) | None,
                 ..
-            } => "isolate",
-            Self::Reboot { orderly: true, .. } => "orderly-reboot",
+            } => Capability::Isolate,
+            Self::Reboot { orderly: true, .. } => Capability::OrderlyReboot,
             Self::Reboot {
                 simulated: Some(false),
                 ..
-            } => "reboot",
-            Self::LinkDown { .. } | Self::LinkUp => "link",
-            Self::PowerCut { .. } | Self::PowerOn => "power",
+            } => Capability::Reboot,
+            Self::LinkDown { .. } | Self::LinkUp => Capability::Link,
+            Self::PowerCut { .. } | Self::PowerOn => Capability::Power,
             // What a host receives is lost by its firewall; what it sends
             // is degraded by its queueing (netem).
-            Self::Degrade { inbound: true, .. } => "loss",
-            Self::Degrade { .. } => "degrade",
+            Self::Degrade { inbound: true, .. } => Capability::Loss,
+            Self::Degrade { .. } => Capability::Degrade,
             Self::Restore | Self::Counters => return None,
         })
     }

@@ -7,6 +7,7 @@
 
 use super::Reference;
 use crate::scenario::parse::input::StepInput;
+use faultlab_proto::Capability;
 use serde::Deserialize;
 
 /// A fault done to the program playing a role.
@@ -38,11 +39,11 @@ pub enum ProcessFault {
 
 impl ProcessFault {
     /// The capability an agent needs for it, if beyond its own holders.
-    pub fn capability(&self) -> Option<&'static str> {
+    pub fn capability(&self) -> Option<Capability> {
         match self {
             Self::Exit { .. } | Self::Kill => None,
             Self::AbortConnections { .. } | Self::Stop | Self::Continue | Self::Restart => {
-                Some("process")
+                Some(Capability::Process)
             }
         }
     }

@@ -524,7 +524,10 @@ deadline_ms = 1000
         let step = "\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\ndirection = \"in\"\nloss = 10.0\ndeadline_ms = 1000\n";
         let scenario = parse("ok.toml", &(with_needs("\"loss\"") + step));
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
-        assert_eq!(scenario.steps[4].action.capability(), Some("loss"));
+        assert_eq!(
+            scenario.steps[4].action.capability(),
+            Some(faultlab_proto::Capability::Loss)
+        );
         // A delay on what arrives, a direction that is none, a need left out.
         let errors =
             errors_of(&(with_needs("\"loss\"") + &step.replace("loss = 10.0", "delay_ms = 50")));
@@ -553,7 +556,10 @@ deadline_ms = 1000
                 + "\n[[step]]\nrole = \"client\"\ndo = \"restore\"\n"),
         );
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
-        assert_eq!(scenario.steps[4].action.capability(), Some("degrade"));
+        assert_eq!(
+            scenario.steps[4].action.capability(),
+            Some(faultlab_proto::Capability::Degrade)
+        );
         assert_eq!(scenario.steps[5].action.capability(), None);
     }
 

@@ -10,9 +10,8 @@
 //! blamed on it twice.
 
 use super::input::{Errors, SpannedTable, key_span};
-use crate::scenario::{
-    Action, Expect, KNOWN_CAPABILITIES, KNOWN_OS, Reference, Scenario, SocketCall, Step,
-};
+use crate::scenario::{Action, Expect, KNOWN_OS, Reference, Scenario, SocketCall, Step};
+use faultlab_proto::Capability;
 use faultlab_proto::errno::{self, OsFamily};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -160,11 +159,16 @@ fn check_header(scenario: &Scenario, document: &SpannedTable, errors: &mut Error
         );
     }
     for need in &scenario.needs {
-        if !KNOWN_CAPABILITIES.contains(&need.as_str()) {
+        let known = Capability::from_name(need)
+            .is_some_and(|capability| Capability::NEEDED_BY_SCENARIOS.contains(&capability));
+        if !known {
             errors.at(
                 &key_span(document, "needs", &whole),
                 "needs",
-                format!("unknown capability {need:?}; one of {KNOWN_CAPABILITIES:?}"),
+                format!(
+                    "unknown capability {need:?}; one of {:?}",
+                    Capability::NEEDED_BY_SCENARIOS.map(Capability::name)
+                ),
             );
         }
     }
@@ -371,12 +375,12 @@ impl<'s> Timeline<'s> {
         }
         if let Some(capability) = step.action.capability()
             && let Some(needs) = &declared.needs
-            && !needs.iter().any(|need| need == capability)
+            && !needs.iter().any(|need| need == capability.name())
         {
             problems.push(at.problem(
                 "do",
                 format!(
-                    "{} needs the {capability:?} capability: add it to `needs`",
+                    "{} needs the \"{capability}\" capability: add it to `needs`",
                     step.action.keyword()
                 ),
             ));
