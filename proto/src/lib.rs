@@ -5,7 +5,8 @@
 //! tonic client, server and prost messages. Keep these types at the edges:
 //! the agent and the controller convert them into their own domain types.
 //! The few words both sides share beyond the messages (close modes, the
-//! framed message header, capabilities) are defined once, in `vocabulary`.
+//! framed message header, capabilities) are defined once, in `vocabulary`;
+//! the rules an impairment keeps, in [`impairment`].
 
 #![allow(missing_docs, clippy::all)]
 
@@ -14,6 +15,7 @@
 pub const START_AT_METADATA: &str = "faultlab-start-at";
 
 pub mod errno;
+pub mod impairment;
 mod vocabulary;
 
 pub use vocabulary::{Capability, CloseMode, MESSAGE_HEADER_BYTES};

@@ -29,177 +29,57 @@ pub mod tc;
 pub use crate::isolate::Cidr;
 use crate::link::valid_interface;
 use crate::timed::{Timed, TimedBook, Watchdog, armed_first};
+pub use faultlab_proto::impairment::{DISTRIBUTIONS, Impairment};
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// What happens to the packets of a degraded interface.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Impairment {
-    /// Added to every packet's departure.
-    pub delay: Duration,
-    /// Spread around the delay.
-    pub jitter: Duration,
-    /// Shape of that spread (`normal`, `pareto`, `paretonormal`); uniform when unsaid.
-    pub distribution: Option<String>,
-    /// Packets dropped, in percent.
-    pub loss_percent: f64,
-    /// How much a loss depends on the one before, in percent (netem's
-    /// correlation).
-    pub loss_correlation_percent: f64,
-    /// Losses come in runs of this many packets on average (a Gilbert
-    /// model: a good state that loses nothing, a bad one that loses all);
-    /// 0: each packet on its own.
-    pub loss_burst_packets: f64,
-    /// Packets sent twice, in percent.
-    pub duplicate_percent: f64,
-    /// Packets sent at once instead of delayed (so out of order), in percent.
-    pub reorder_percent: f64,
-    /// Packets with one bit flipped, in percent.
-    pub corrupt_percent: f64,
-    /// At most this many bits per second (0: no limit).
-    pub rate_bits_per_second: u64,
-}
-
-/// Jitter distributions netem knows (tables shipped with iproute2).
-pub const DISTRIBUTIONS: &[&str] = &["normal", "pareto", "paretonormal"];
-
-impl Impairment {
-    /// Why it cannot be applied, if it cannot: every percentage within
-    /// 0–100, jitter and reordering only with a delay, a known distribution,
-    /// and something to do at all.
-    pub fn problem(&self) -> Option<String> {
-        let percentages = [
-            ("loss", self.loss_percent),
-            ("loss_correlation", self.loss_correlation_percent),
-            ("duplicate", self.duplicate_percent),
-            ("reorder", self.reorder_percent),
-            ("corrupt", self.corrupt_percent),
-        ];
-        for (name, value) in percentages {
-            if !(0.0..=100.0).contains(&value) {
-                return Some(format!("{name}: {value} is not a percentage (0 to 100)"));
+/// Its netem arguments.
+pub fn netem_arguments(impairment: &Impairment) -> Vec<String> {
+    let mut args = Vec::new();
+    let us = |duration: Duration| format!("{}us", duration.as_micros());
+    if !impairment.delay.is_zero() {
+        args.extend(["delay".to_owned(), us(impairment.delay)]);
+        if !impairment.jitter.is_zero() {
+            args.push(us(impairment.jitter));
+            if let Some(distribution) = &impairment.distribution {
+                args.extend(["distribution".to_owned(), distribution.clone()]);
             }
         }
-        if self.loss_burst_packets != 0.0
-            && let Some(problem) = self.burst_problem()
-        {
-            return Some(problem);
-        }
-        if self.delay.is_zero() && !self.jitter.is_zero() {
-            return Some("jitter: needs a delay to spread".to_owned());
-        }
-        if self.delay.is_zero() && self.reorder_percent > 0.0 {
-            return Some(
-                "reorder: needs a delay (packets are reordered by skipping it)".to_owned(),
-            );
-        }
-        if let Some(distribution) = &self.distribution {
-            if !DISTRIBUTIONS.contains(&distribution.as_str()) {
-                return Some(format!(
-                    "distribution: {distribution:?} is not one of {DISTRIBUTIONS:?}"
-                ));
-            }
-            if self.jitter.is_zero() {
-                return Some("distribution: needs a jitter to shape".to_owned());
-            }
-        }
-        if *self == Self::default() {
-            return Some(
-                "nothing to do: give a delay, loss, duplicate, reorder, corrupt or rate".to_owned(),
-            );
-        }
-        None
     }
-
-    fn burst_problem(&self) -> Option<String> {
-        let burst = self.loss_burst_packets;
-        if !(1.0..=1_000_000.0).contains(&burst) {
-            return Some(format!(
-                "loss_burst: {burst} is not a mean run of lost packets (1 or more)"
-            ));
+    let percent = |value: f64| format!("{value}%");
+    if impairment.loss_percent > 0.0 && impairment.loss_burst_packets >= 1.0 {
+        let (good_to_bad, bad_to_good) = impairment.gilbert();
+        // netem's four-parameter model with its defaults for the rest:
+        // all lost in the bad state, none in the good.
+        let rounded = |value: f64| format!("{:.4}%", value);
+        args.extend([
+            "loss".to_owned(),
+            "gemodel".to_owned(),
+            rounded(good_to_bad),
+            rounded(bad_to_good),
+        ]);
+    } else if impairment.loss_percent > 0.0 {
+        args.extend(["loss".to_owned(), percent(impairment.loss_percent)]);
+        if impairment.loss_correlation_percent > 0.0 {
+            args.push(percent(impairment.loss_correlation_percent));
         }
-        if self.loss_percent <= 0.0 || self.loss_percent >= 100.0 {
-            return Some("loss_burst: needs a loss between 0 and 100 %".to_owned());
-        }
-        if self.loss_correlation_percent > 0.0 {
-            return Some("loss_burst: bursts or a correlation, not both".to_owned());
-        }
-        let (good_to_bad, _) = self.gilbert();
-        (good_to_bad > 100.0).then(|| {
-            format!(
-                "loss_burst: {} % lost in runs of {burst} would need more than every packet to start a run",
-                self.loss_percent
-            )
-        })
     }
-
-    /// The Gilbert model's transition chances, in percent: good to bad (a
-    /// run starts) and bad to good (a run ends), such that the bad state's
-    /// share is the loss and a run lasts `loss_burst_packets` on average.
-    fn gilbert(&self) -> (f64, f64) {
-        let bad_to_good = 100.0 / self.loss_burst_packets;
-        let loss = self.loss_percent;
-        (bad_to_good * loss / (100.0 - loss), bad_to_good)
+    for (name, value) in [
+        ("duplicate", impairment.duplicate_percent),
+        ("reorder", impairment.reorder_percent),
+        ("corrupt", impairment.corrupt_percent),
+    ] {
+        if value > 0.0 {
+            args.extend([name.to_owned(), percent(value)]);
+        }
     }
-
-    /// Whether it only drops packets, independently of each other (what
-    /// a firewall can do without netem).
-    pub fn is_plain_loss(&self) -> bool {
-        *self
-            == Self {
-                loss_percent: self.loss_percent,
-                ..Self::default()
-            }
+    if impairment.rate_bits_per_second > 0 {
+        args.extend([
+            "rate".to_owned(),
+            format!("{}bit", impairment.rate_bits_per_second),
+        ]);
     }
-
-    /// Its netem arguments.
-    pub fn netem_arguments(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let us = |duration: Duration| format!("{}us", duration.as_micros());
-        if !self.delay.is_zero() {
-            args.extend(["delay".to_owned(), us(self.delay)]);
-            if !self.jitter.is_zero() {
-                args.push(us(self.jitter));
-                if let Some(distribution) = &self.distribution {
-                    args.extend(["distribution".to_owned(), distribution.clone()]);
-                }
-            }
-        }
-        let percent = |value: f64| format!("{value}%");
-        if self.loss_percent > 0.0 && self.loss_burst_packets >= 1.0 {
-            let (good_to_bad, bad_to_good) = self.gilbert();
-            // netem's four-parameter model with its defaults for the rest:
-            // all lost in the bad state, none in the good.
-            let rounded = |value: f64| format!("{:.4}%", value);
-            args.extend([
-                "loss".to_owned(),
-                "gemodel".to_owned(),
-                rounded(good_to_bad),
-                rounded(bad_to_good),
-            ]);
-        } else if self.loss_percent > 0.0 {
-            args.extend(["loss".to_owned(), percent(self.loss_percent)]);
-            if self.loss_correlation_percent > 0.0 {
-                args.push(percent(self.loss_correlation_percent));
-            }
-        }
-        for (name, value) in [
-            ("duplicate", self.duplicate_percent),
-            ("reorder", self.reorder_percent),
-            ("corrupt", self.corrupt_percent),
-        ] {
-            if value > 0.0 {
-                args.extend([name.to_owned(), percent(value)]);
-            }
-        }
-        if self.rate_bits_per_second > 0 {
-            args.extend([
-                "rate".to_owned(),
-                format!("{}bit", self.rate_bits_per_second),
-            ]);
-        }
-        args
-    }
+    args
 }
 
 /// Which packets of the interface it touches (all when nothing is said).
@@ -369,7 +249,7 @@ impl Degradations {
             )));
         }
         if let Some(problem) = impairment.problem() {
-            return Err(DegradeError::Invalid(problem));
+            return Err(DegradeError::Invalid(problem.to_string()));
         }
         let shaper = self.shaper(selection.inbound)?;
         if let Some(missing) = shaper.cannot(impairment, selection) {
@@ -473,10 +353,10 @@ mod tests {
             ..delay(200)
         };
         assert_eq!(
-            impairment.netem_arguments().join(" "),
+            netem_arguments(&impairment).join(" "),
             "delay 200000us 20000us distribution normal loss 10% 25% rate 1000000bit"
         );
-        assert_eq!(delay(5).netem_arguments().join(" "), "delay 5000us");
+        assert_eq!(netem_arguments(&delay(5)).join(" "), "delay 5000us");
         // 10 % in runs of 4: a run ends with 25 % per packet, and starts
         // with 25 × 10/90 = 2.7778 %.
         let bursts = Impairment {
@@ -486,105 +366,9 @@ mod tests {
         };
         assert_eq!(bursts.problem(), None);
         assert_eq!(
-            bursts.netem_arguments().join(" "),
+            netem_arguments(&bursts).join(" "),
             "loss gemodel 2.7778% 25.0000%"
         );
         assert!(!bursts.is_plain_loss());
-    }
-
-    #[test]
-    fn impossible_bursts_are_refused() {
-        let bursts = |loss_percent: f64, loss_burst_packets: f64| Impairment {
-            loss_percent,
-            loss_burst_packets,
-            ..Impairment::default()
-        };
-        for (impairment, said) in [
-            (bursts(10.0, 0.5), "loss_burst: 0.5 is not"),
-            (bursts(0.0, 4.0), "loss_burst: needs a loss"),
-            (bursts(90.0, 1.0), "loss_burst: 90 % lost in runs of 1"),
-            (
-                Impairment {
-                    loss_correlation_percent: 25.0,
-                    ..bursts(10.0, 4.0)
-                },
-                "loss_burst: bursts or a correlation",
-            ),
-        ] {
-            let problem = impairment.problem().unwrap_or_default();
-            assert!(problem.starts_with(said), "{impairment:?}: {problem}");
-        }
-    }
-
-    #[test]
-    fn impossible_impairments_are_refused_with_the_field_named() {
-        let problems = [
-            (
-                Impairment {
-                    loss_percent: 101.0,
-                    ..delay(1)
-                },
-                "loss: 101",
-            ),
-            (
-                Impairment {
-                    corrupt_percent: -1.0,
-                    ..delay(1)
-                },
-                "corrupt: -1",
-            ),
-            (
-                Impairment {
-                    loss_percent: f64::NAN,
-                    ..delay(1)
-                },
-                "loss: NaN",
-            ),
-            (
-                Impairment {
-                    jitter: Duration::from_millis(1),
-                    ..Impairment::default()
-                },
-                "jitter: needs a delay",
-            ),
-            (
-                Impairment {
-                    reorder_percent: 5.0,
-                    ..Impairment::default()
-                },
-                "reorder: needs a delay",
-            ),
-            (
-                Impairment {
-                    jitter: Duration::from_millis(1),
-                    distribution: Some("gauss".to_owned()),
-                    ..delay(1)
-                },
-                "distribution: \"gauss\"",
-            ),
-            (Impairment::default(), "nothing to do"),
-        ];
-        for (impairment, said) in problems {
-            let problem = impairment.problem().unwrap_or_default();
-            assert!(problem.starts_with(said), "{impairment:?}: {problem}");
-        }
-        assert_eq!(delay(200).problem(), None);
-    }
-
-    #[test]
-    fn plain_loss_is_loss_and_nothing_else() {
-        let loss = Impairment {
-            loss_percent: 10.0,
-            ..Impairment::default()
-        };
-        assert!(loss.is_plain_loss());
-        assert!(
-            !Impairment {
-                loss_correlation_percent: 25.0,
-                ..loss.clone()
-            }
-            .is_plain_loss()
-        );
-        assert!(!Impairment { ..delay(1) }.is_plain_loss());
     }
 }

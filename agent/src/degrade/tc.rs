@@ -191,7 +191,7 @@ impl Tc {
         ];
         root.extend(priomap);
         tc(&root)?;
-        let netem = impairment.netem_arguments();
+        let netem = super::netem_arguments(impairment);
         let mut damage = vec![
             "qdisc", "add", "dev", interface, "parent", "1:1", "handle", "10:", "netem", "limit",
             "100000",

@@ -512,7 +512,7 @@ pub(super) fn degradation(
         rate_bits_per_second: request.rate_bits_per_second,
     };
     if let Some(problem) = impairment.problem() {
-        return Err(invalid(problem));
+        return Err(invalid(problem.to_string()));
     }
     let peer = match request.peer.as_str() {
         "" => None,

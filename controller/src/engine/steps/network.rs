@@ -363,15 +363,15 @@ fn degrade_request(
         // A connection is one flow: its peer's port too.
         peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
         deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
-        delay_us: u32::try_from(impairment.delay_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
-        jitter_us: u32::try_from(impairment.jitter_ms.saturating_mul(1_000)).unwrap_or(u32::MAX),
+        delay_us: u32::try_from(impairment.delay.as_micros()).unwrap_or(u32::MAX),
+        jitter_us: u32::try_from(impairment.jitter.as_micros()).unwrap_or(u32::MAX),
         distribution: impairment.distribution.clone().unwrap_or_default(),
-        loss_percent: impairment.loss,
-        loss_correlation_percent: impairment.loss_correlation,
-        loss_burst_packets: impairment.loss_burst,
-        duplicate_percent: impairment.duplicate,
-        reorder_percent: impairment.reorder,
-        corrupt_percent: impairment.corrupt,
+        loss_percent: impairment.loss_percent,
+        loss_correlation_percent: impairment.loss_correlation_percent,
+        loss_burst_packets: impairment.loss_burst_packets,
+        duplicate_percent: impairment.duplicate_percent,
+        reorder_percent: impairment.reorder_percent,
+        corrupt_percent: impairment.corrupt_percent,
         rate_bits_per_second: impairment.rate_bits_per_second,
         direction: if inbound {
             pb::Direction::In

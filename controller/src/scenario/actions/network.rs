@@ -6,7 +6,9 @@
 use super::Reference;
 use crate::scenario::parse::input::StepInput;
 use faultlab_proto::Capability;
+pub use faultlab_proto::impairment::Impairment;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// Default down time of a simulated reboot.
 const DEFAULT_DOWN_MS: u64 = 3_000;
@@ -241,47 +243,6 @@ fn drop_mode() -> IsolationMode {
     IsolationMode::Drop
 }
 
-/// What a degraded network does to the packets (see `degrade` in
-/// docs/scenarios.md); percentages are of packets.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Impairment {
-    /// Added delay.
-    pub delay_ms: u64,
-    /// Spread around it.
-    pub jitter_ms: u64,
-    /// The spread's shape: `normal`, `pareto`, `paretonormal` (uniform when unsaid).
-    pub distribution: Option<String>,
-    /// Dropped.
-    pub loss: f64,
-    /// How much a loss depends on the one before (netem's correlation).
-    pub loss_correlation: f64,
-    /// Losses in runs of this many packets on average (a Gilbert model); 0:
-    /// each on its own.
-    pub loss_burst: f64,
-    /// Sent twice.
-    pub duplicate: f64,
-    /// Sent without the delay, so ahead of others.
-    pub reorder: f64,
-    /// With one bit flipped.
-    pub corrupt: f64,
-    /// At most this many bits per second (0: no limit).
-    pub rate_bits_per_second: u64,
-}
-
-impl Impairment {
-    /// Whether it only drops packets, independently of each other.
-    pub fn is_plain_loss(&self) -> bool {
-        *self
-            == Self {
-                loss: self.loss,
-                ..Self::default()
-            }
-    }
-}
-
-/// netem's jitter distributions.
-const DISTRIBUTIONS: &[&str] = &["normal", "pareto", "paretonormal"];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DegradeSpec {
@@ -324,63 +285,6 @@ impl DegradeSpec {
     /// field by field.
     fn impairment(&self, input: &mut StepInput<'_, '_, '_>) -> Option<Impairment> {
         let mut fine = true;
-        for (field, value) in [
-            ("loss", self.loss),
-            ("loss_correlation", self.loss_correlation),
-            ("duplicate", self.duplicate),
-            ("reorder", self.reorder),
-            ("corrupt", self.corrupt),
-        ] {
-            if !(0.0..=100.0).contains(&value) {
-                input.error(field, format!("{value} is not a percentage (0 to 100)"));
-                fine = false;
-            }
-        }
-        if self.loss_burst != 0.0 {
-            let problem = if !(1.0..=1_000_000.0).contains(&self.loss_burst) {
-                Some(format!(
-                    "{} is not a mean run of lost packets (1 or more)",
-                    self.loss_burst
-                ))
-            } else if self.loss <= 0.0 || self.loss >= 100.0 {
-                Some("needs a loss between 0 and 100".to_owned())
-            } else if self.loss_correlation > 0.0 {
-                Some("bursts or a loss_correlation, not both".to_owned())
-            } else if self.loss / (100.0 - self.loss) > self.loss_burst {
-                // A run starts with chance (100 / burst) × loss / (100 − loss)
-                // per packet, which cannot be above 100 %.
-                Some(format!(
-                    "{} % lost in runs of {} would need more than every packet to start a run",
-                    self.loss, self.loss_burst
-                ))
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                input.error("loss_burst", problem);
-                fine = false;
-            }
-        }
-        if self.jitter_ms > 0 && self.delay_ms == 0 {
-            input.error("jitter_ms", "needs a delay_ms to spread");
-            fine = false;
-        }
-        if self.reorder > 0.0 && self.delay_ms == 0 {
-            input.error(
-                "reorder",
-                "needs a delay_ms (packets are reordered by skipping it)",
-            );
-            fine = false;
-        }
-        if let Some(distribution) = &self.distribution
-            && (!DISTRIBUTIONS.contains(&distribution.as_str()) || self.jitter_ms == 0)
-        {
-            input.error(
-                "distribution",
-                format!("{distribution:?}: one of {DISTRIBUTIONS:?}, with a jitter_ms"),
-            );
-            fine = false;
-        }
         let rate_bits_per_second = match self.rate.as_deref().map(bits_per_second) {
             None => 0,
             Some(Ok(rate)) => rate,
@@ -391,22 +295,25 @@ impl DegradeSpec {
             }
         };
         let impairment = Impairment {
-            delay_ms: self.delay_ms,
-            jitter_ms: self.jitter_ms,
+            delay: Duration::from_millis(self.delay_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
             distribution: self.distribution.clone(),
-            loss: self.loss,
-            loss_correlation: self.loss_correlation,
-            loss_burst: self.loss_burst,
-            duplicate: self.duplicate,
-            reorder: self.reorder,
-            corrupt: self.corrupt,
+            loss_percent: self.loss,
+            loss_correlation_percent: self.loss_correlation,
+            loss_burst_packets: self.loss_burst,
+            duplicate_percent: self.duplicate,
+            reorder_percent: self.reorder,
+            corrupt_percent: self.corrupt,
             rate_bits_per_second,
         };
-        if fine && impairment == Impairment::default() {
-            input.error(
-                "",
-                "nothing to do: give delay_ms, loss, duplicate, reorder, corrupt or rate",
-            );
+        // The agent's own rules, field by field, under the file's keys.
+        for problem in impairment.problems() {
+            let field = match problem.field {
+                "delay" => "delay_ms",
+                "jitter" => "jitter_ms",
+                field => field,
+            };
+            input.error(field, problem.message);
             fine = false;
         }
         fine.then_some(impairment)
