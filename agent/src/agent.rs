@@ -138,6 +138,35 @@ fn unavailable(allowed: bool, why: &str) -> AgentError {
     }
 }
 
+/// The agent's degradations, when allowed and the host can degrade what it
+/// sends (`degrade`: netem) or what it receives (`loss`: a firewall); each
+/// way it can is added to `capabilities`, each it cannot to `unavailable`
+/// with why.
+fn prepare_degradation(
+    config: &AgentConfig,
+    control_port: u16,
+    capabilities: &mut Vec<Capability>,
+    unavailable: &mut Vec<String>,
+) -> Result<Degradations, String> {
+    if !config.allow.degrade {
+        return Err("degrading the network is off on this agent: set allow.degrade = true in its config, or start it with --allow degrade".to_owned());
+    }
+    let shapers = Current::shapers(&config.holder_exe, control_port);
+    for (capability, shaper) in [
+        (Capability::Degrade, &shapers.outbound),
+        (Capability::Loss, &shapers.inbound),
+    ] {
+        match shaper {
+            Ok(_) => capabilities.push(capability),
+            Err(why) => unavailable.push(format!("{capability}: {why}")),
+        }
+    }
+    match (&shapers.outbound, &shapers.inbound) {
+        (Err(out), Err(_)) => Err(out.clone()),
+        _ => Ok(Degradations::new(shapers)),
+    }
+}
+
 /// Clean up after an earlier life; then, if allowed, set up the firewall.
 fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isolations>, String> {
     let Some(firewall) = Current::firewall(&config.holder_exe) else {
@@ -194,26 +223,8 @@ impl Agent {
                 ));
             }
         }
-        let degradations = if config.allow.degrade {
-            // `degrade`: what the host sends (netem); `loss`: what it
-            // receives (a firewall).
-            let shapers = Current::shapers(&config.holder_exe, control_port);
-            for (capability, shaper) in [
-                (Capability::Degrade, &shapers.outbound),
-                (Capability::Loss, &shapers.inbound),
-            ] {
-                match shaper {
-                    Ok(_) => capabilities.push(capability),
-                    Err(why) => unavailable.push(format!("{capability}: {why}")),
-                }
-            }
-            match (&shapers.outbound, &shapers.inbound) {
-                (Err(out), Err(_)) => Err(out.clone()),
-                _ => Ok(Degradations::new(shapers)),
-            }
-        } else {
-            Err("degrading the network is off on this agent: set allow.degrade = true in its config, or start it with --allow degrade".to_owned())
-        };
+        let degradations =
+            prepare_degradation(&config, control_port, &mut capabilities, &mut unavailable);
         // Capturing only reads; it is offered wherever the OS allows it.
         let captures = Captures::new()
             .map_err(|error| format!("packet capture is not possible here: {error}"));

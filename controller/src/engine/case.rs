@@ -142,6 +142,16 @@ async fn play_case(
     report.probes = probes(binding, targets, &baselines).await;
     report.unchecked = unchecked(&run);
     report.observations = observations(&run, case);
+    wire_evidence(&mut report, &run);
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    conclude(&mut report, played, &run, &leftovers, case.timeout_ms);
+    report
+}
+
+/// What the captures saw, and what it says of the observations: when a
+/// FIN or RST arrived before each call that waited for one, and whether the
+/// hosts' clocks agree with the wire.
+fn wire_evidence(report: &mut CaseReport, run: &CaseRun<'_>) {
     report.wire_evidence = run.capture.is_some();
     report.wire = run.wire.clone();
     report.wire_missed = run.wire_missed.clone();
@@ -164,9 +174,6 @@ async fn play_case(
         &run.wire_lost,
     );
     report.clock_check = detection::clock_check(&report.wire, &hosts);
-    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    conclude(&mut report, played, &run, &leftovers, case.timeout_ms);
-    report
 }
 
 /// The verdict of a case from how its timeline ended (`played`: within

@@ -267,6 +267,18 @@ fn within_since(
 
 /// What differs between an expectation and an outcome, in words.
 fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>) -> Vec<String> {
+    let mut found = how_it_ended(expect, outcome);
+    found.extend(bytes_moved(expect, outcome, steps));
+    found.extend(within_since(expect, outcome, steps));
+    found.extend(same_bytes(expect, outcome, steps));
+    found.extend(counted_differences(expect, outcome.counted));
+    found.extend(counter_differences(expect, outcome, steps));
+    found.extend(how_long_it_took(expect, outcome));
+    found
+}
+
+/// The call's outcome, error and SIGPIPE against the expected ones.
+fn how_it_ended(expect: &Expect, outcome: &Outcome) -> Vec<String> {
     let mut found = Vec::new();
     if let Some(wanted) = expect.outcome
         && wanted != outcome.outcome
@@ -297,6 +309,16 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
     {
         found.push(format!("sigpipe {}, expected {wanted}", outcome.sigpipe));
     }
+    found
+}
+
+/// The bytes the call moved (and left unread) against the expected counts.
+fn bytes_moved(
+    expect: &Expect,
+    outcome: &Outcome,
+    steps: &BTreeMap<&str, &Outcome>,
+) -> Vec<String> {
+    let mut found = Vec::new();
     if let Some(wanted) = expect.bytes
         && wanted != outcome.bytes
     {
@@ -327,26 +349,38 @@ fn compare(expect: &Expect, outcome: &Outcome, steps: &BTreeMap<&str, &Outcome>)
             outcome.unread_bytes
         ));
     }
-    found.extend(within_since(expect, outcome, steps));
-    if let Some(other) = &expect.same_bytes_as
-        && let Some(other_outcome) = steps.get(other.as_str())
-    {
-        let (mine, theirs) = (outcome.content_crc32, other_outcome.content_crc32);
-        if outcome.bytes != other_outcome.bytes {
-            found.push(format!(
-                "{} bytes, expected the {} of step {other}",
-                outcome.bytes, other_outcome.bytes
-            ));
-        } else if mine.is_none() || mine != theirs {
-            found.push(format!(
-                "other bytes than step {other}'s (CRC-32 {}, expected {})",
-                crc_words(mine),
-                crc_words(theirs)
-            ));
-        }
+    found
+}
+
+/// Whether the call moved the very bytes another step did (same count,
+/// same CRC-32).
+fn same_bytes(
+    expect: &Expect,
+    outcome: &Outcome,
+    steps: &BTreeMap<&str, &Outcome>,
+) -> Option<String> {
+    let other = expect.same_bytes_as.as_ref()?;
+    let other_outcome = steps.get(other.as_str())?;
+    let (mine, theirs) = (outcome.content_crc32, other_outcome.content_crc32);
+    if outcome.bytes != other_outcome.bytes {
+        Some(format!(
+            "{} bytes, expected the {} of step {other}",
+            outcome.bytes, other_outcome.bytes
+        ))
+    } else if mine.is_none() || mine != theirs {
+        Some(format!(
+            "other bytes than step {other}'s (CRC-32 {}, expected {})",
+            crc_words(mine),
+            crc_words(theirs)
+        ))
+    } else {
+        None
     }
-    found.extend(counted_differences(expect, outcome.counted));
-    found.extend(counter_differences(expect, outcome, steps));
+}
+
+/// How long the call took against the expected bounds.
+fn how_long_it_took(expect: &Expect, outcome: &Outcome) -> Vec<String> {
+    let mut found = Vec::new();
     let took_ms = u64::try_from((outcome.end_ns - outcome.start_ns) / 1_000_000).unwrap_or(0);
     if let Some(min) = expect.took_ms_min
         && took_ms < min

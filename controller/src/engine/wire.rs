@@ -54,12 +54,6 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
         .values()
         .map(|listener| listener.address.port())
         .collect();
-    let port_of = |address: &str| {
-        address
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse::<u16>().ok())
-    };
-    let mut seen = Vec::new();
     let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     agents.dedup_by(|a, b| a.name == b.name);
@@ -75,10 +69,35 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
         .into_iter()
         .partition(|agent| dark.contains(&agent.name.as_str()));
     run.wire_lost = dark.iter().map(|agent| agent.name.clone()).collect();
-    // Every host stops at once: each stop waits for its capture to drain.
+    let mut seen = Vec::new();
+    for (agent, stopped) in stop_captures(&id, agents).await {
+        // A host that rebooted or was power cycled forgot the capture.
+        let Some(reply) = stopped else {
+            run.wire_lost.push(agent.name.clone());
+            continue;
+        };
+        let missed = reply.dropped + reply.lost;
+        if missed > 0 {
+            tracing::warn!(host = %agent.name, missed, "the capture missed packets");
+            run.wire_missed.insert(agent.name.clone(), missed);
+        }
+        seen.extend(segments_of_ports(&agent, reply.segments, &ports));
+    }
+    seen.sort_by_key(|segment| segment.t_ns);
+    trace_wire(run, &seen);
+    run.wire = seen;
+}
+
+/// Stop the capture `id` on every one of `agents` at once (each stop
+/// waits for its capture to drain); each agent's reply, none when it did
+/// not answer.
+async fn stop_captures(
+    id: &str,
+    agents: Vec<Arc<AgentHandle>>,
+) -> Vec<(Arc<AgentHandle>, Option<pb::StopCaptureReply>)> {
     let mut stopping = JoinSet::new();
     for agent in agents {
-        let id = id.clone();
+        let id = id.to_owned();
         stopping.spawn(async move {
             let mut client = agent.client.clone();
             let stopped = tokio::time::timeout(
@@ -86,45 +105,51 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
                 client.stop_capture(pb::StopCaptureRequest { id }),
             )
             .await;
-            (agent, stopped)
+            let reply = match stopped {
+                Ok(Ok(reply)) => Some(reply.into_inner()),
+                _ => None,
+            };
+            (agent, reply)
         });
     }
+    let mut stopped = Vec::new();
     while let Some(joined) = stopping.join_next().await {
-        let Ok((agent, stopped)) = joined else {
-            continue;
-        };
-        // A host that rebooted or was power cycled forgot the capture.
-        let Ok(Ok(reply)) = stopped else {
-            run.wire_lost.push(agent.name.clone());
-            continue;
-        };
-        let reply = reply.into_inner();
-        let missed = reply.dropped + reply.lost;
-        if missed > 0 {
-            tracing::warn!(host = %agent.name, missed, "the capture missed packets");
-            run.wire_missed.insert(agent.name.clone(), missed);
-        }
-        for segment in reply.segments {
-            let ours = [&segment.source, &segment.destination]
-                .iter()
-                .any(|address| port_of(address).is_some_and(|port| ports.contains(&port)));
-            if ours {
-                seen.push(WireReport {
-                    host: agent.name.clone(),
-                    t_ns: agent.run_ns(segment.mono_ns),
-                    source: segment.source,
-                    destination: segment.destination,
-                    flags: segment.flags,
-                    seq: segment.seq,
-                    ack: segment.ack,
-                    payload: segment.payload,
-                });
-            }
+        if let Ok(one) = joined {
+            stopped.push(one);
         }
     }
-    seen.sort_by_key(|segment| segment.t_ns);
-    trace_wire(run, &seen);
-    run.wire = seen;
+    stopped
+}
+
+/// The segments `agent` captured to or from one of `ports`, on the run clock.
+fn segments_of_ports(
+    agent: &AgentHandle,
+    segments: Vec<pb::WireSegment>,
+    ports: &[u16],
+) -> Vec<WireReport> {
+    let port_of = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    segments
+        .into_iter()
+        .filter(|segment| {
+            [&segment.source, &segment.destination]
+                .iter()
+                .any(|address| port_of(address).is_some_and(|port| ports.contains(&port)))
+        })
+        .map(|segment| WireReport {
+            host: agent.name.clone(),
+            t_ns: agent.run_ns(segment.mono_ns),
+            source: segment.source,
+            destination: segment.destination,
+            flags: segment.flags,
+            seq: segment.seq,
+            ack: segment.ack,
+            payload: segment.payload,
+        })
+        .collect()
 }
 
 /// Put each FIN and RST the captures saw on the case's span (the current

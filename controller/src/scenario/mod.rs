@@ -173,6 +173,16 @@ pub struct Expect {
     pub source: Option<String>,
 }
 
+/// A range in words: "2–5", "≥ 2", "≤ 5"; none when unbounded.
+fn bounds<T: std::fmt::Display>(min: Option<T>, max: Option<T>) -> Option<String> {
+    match (min, max) {
+        (Some(min), Some(max)) => Some(format!("{min}–{max}")),
+        (Some(min), None) => Some(format!("≥ {min}")),
+        (None, Some(max)) => Some(format!("≤ {max}")),
+        (None, None) => None,
+    }
+}
+
 impl Expect {
     /// The expectation in a few words, e.g. "error ECONNRESET, 1000 B, no FIN".
     pub fn summary(&self) -> String {
@@ -205,21 +215,24 @@ impl Expect {
             let since = self.counters_since.as_deref().unwrap_or("?");
             parts.push(format!("{name} +≥ {increase} since {since}"));
         }
-        match (self.dropped_min, self.dropped_max) {
-            (Some(min), Some(max)) => parts.push(format!("{min}–{max} packets dropped")),
-            (Some(min), None) => parts.push(format!("≥ {min} packets dropped")),
-            (None, Some(max)) => parts.push(format!("≤ {max} packets dropped")),
-            (None, None) => {}
-        }
-        match (self.dropped_percent_min, self.dropped_percent_max) {
-            (Some(min), Some(max)) => parts.push(format!("{min}–{max} % dropped")),
-            (Some(min), None) => parts.push(format!("≥ {min} % dropped")),
-            (None, Some(max)) => parts.push(format!("≤ {max} % dropped")),
-            (None, None) => {}
-        }
+        parts.extend(
+            bounds(self.dropped_min, self.dropped_max).map(|b| format!("{b} packets dropped")),
+        );
+        parts.extend(
+            bounds(self.dropped_percent_min, self.dropped_percent_max)
+                .map(|b| format!("{b} % dropped")),
+        );
         if let (Some(within), Some(since)) = (self.within_ms, &self.since) {
             parts.push(format!("within {within} ms of {since}"));
         }
+        parts.extend(bounds(self.took_ms_min, self.took_ms_max).map(|b| format!("took {b} ms")));
+        parts.extend(self.wire_words());
+        parts.join(", ")
+    }
+
+    /// What it says of the wire, in a few words each.
+    fn wire_words(&self) -> Vec<String> {
+        let mut parts = Vec::new();
         for (wanted, name) in [(self.wire_rst, "RST"), (self.wire_fin, "FIN")] {
             if let Some(wanted) = wanted {
                 parts.push(format!(
@@ -230,12 +243,6 @@ impl Expect {
         }
         if let Some(bytes) = self.wire_bytes_before_fin {
             parts.push(format!("FIN after {bytes} B"));
-        }
-        match (self.took_ms_min, self.took_ms_max) {
-            (Some(min), Some(max)) => parts.push(format!("took {min}–{max} ms")),
-            (Some(min), None) => parts.push(format!("took ≥ {min} ms")),
-            (None, Some(max)) => parts.push(format!("took ≤ {max} ms")),
-            (None, None) => {}
         }
         if let Some(silent) = self.wire_silent {
             parts.push(
@@ -257,7 +264,7 @@ impl Expect {
                 .to_owned(),
             );
         }
-        parts.join(", ")
+        parts
     }
 
     /// Whether it says anything about the wire.

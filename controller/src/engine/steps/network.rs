@@ -3,7 +3,7 @@
 
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::{AgentHandle, RunClock};
-use crate::engine::state::{Counted, Names, StepError};
+use crate::engine::state::{Counted, Names, Outcome, StepError};
 use crate::engine::undo::{AgentUndo, Undo};
 use crate::lab::outside::{self, LabSide, OutsideFault};
 use crate::scenario::{Impairment, IsolationMode, NetworkFault};
@@ -46,63 +46,15 @@ pub(super) enum Request {
 }
 
 pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Request, StepError> {
-    let test_address = at.agent.test_ip.to_string();
     Ok(match fault {
         NetworkFault::Isolate {
             mode,
             deadline_ms,
             conn,
-        } => {
-            let flow = conn
-                .as_ref()
-                .map(|conn| at.names().flow(at.step, at.role, conn))
-                .transpose()?;
-            Request::Isolate(pb::IsolateRequest {
-                id: format!(
-                    "{}-{}-{:x}",
-                    at.run.case_id,
-                    at.step.name,
-                    at.run.clock.now_ns()
-                ),
-                mode: match mode {
-                    IsolationMode::Reject => pb::IsolationMode::Reject,
-                    IsolationMode::Drop => pb::IsolationMode::Drop,
-                } as i32,
-                peer: flow.map_or_else(String::new, |(_, remote)| remote.ip().to_string()),
-                port: flow.map_or(0, |(local, _)| u32::from(local.port())),
-                peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
-                direction: pb::Direction::Both as i32,
-                deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
-                include_control_channel: false,
-            })
-        }
+        } => Request::Isolate(isolate_request(at, *mode, *deadline_ms, conn.as_deref())?),
         NetworkFault::Heal => Request::Heal(at.names().undo.isolations_of(at.role)),
-        // A cable is pulled at the switch side where the lab can, else by
-        // the host's agent.
-        NetworkFault::LinkDown { deadline_ms } => match outside(at, OutsideFault::Cable) {
-            Some(lab) => Request::Outside {
-                lab,
-                fault: OutsideFault::Cable,
-                deadline: Some(Duration::from_millis(*deadline_ms)),
-            },
-            None => Request::LinkDown(pb::LinkDownRequest {
-                interface: String::new(),
-                address: test_address,
-                deadline_ms: u32::try_from(*deadline_ms).unwrap_or(u32::MAX),
-                allow_control_interface: false,
-            }),
-        },
-        NetworkFault::LinkUp => match outside(at, OutsideFault::Cable) {
-            Some(lab) => Request::Outside {
-                lab,
-                fault: OutsideFault::Cable,
-                deadline: None,
-            },
-            None => Request::LinkUp(pb::LinkUpRequest {
-                interface: String::new(),
-                address: test_address,
-            }),
-        },
+        NetworkFault::LinkDown { deadline_ms } => cable(at, Some(*deadline_ms)),
+        NetworkFault::LinkUp => cable(at, None),
         NetworkFault::Degrade {
             impairment,
             towards,
@@ -119,16 +71,8 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
         )?),
         NetworkFault::Restore => Request::Restore(at.names().undo.degradations_of(at.role)),
         NetworkFault::Counters => Request::Counters,
-        NetworkFault::PowerCut { deadline_ms } => Request::Outside {
-            lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
-            fault: OutsideFault::Power,
-            deadline: Some(Duration::from_millis(*deadline_ms)),
-        },
-        NetworkFault::PowerOn => Request::Outside {
-            lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
-            fault: OutsideFault::Power,
-            deadline: None,
-        },
+        NetworkFault::PowerCut { deadline_ms } => power(at, Some(*deadline_ms))?,
+        NetworkFault::PowerOn => power(at, None)?,
         NetworkFault::Reboot {
             simulated,
             down_ms,
@@ -139,6 +83,77 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             down_ms: u32::try_from(*down_ms).unwrap_or(u32::MAX),
             orderly: *orderly,
         }),
+    })
+}
+
+/// The agent's id for a fault this step makes: unique in the run.
+fn fault_id(at: &Preparing<'_, '_>) -> String {
+    format!(
+        "{}-{}-{:x}",
+        at.run.case_id,
+        at.step.name,
+        at.run.clock.now_ns()
+    )
+}
+
+/// An isolate step as its request: the whole host cut off, or one
+/// connection's flow.
+fn isolate_request(
+    at: &Preparing<'_, '_>,
+    mode: IsolationMode,
+    deadline_ms: u64,
+    conn: Option<&str>,
+) -> Result<pb::IsolateRequest, StepError> {
+    let flow = conn
+        .map(|conn| at.names().flow(at.step, at.role, conn))
+        .transpose()?;
+    Ok(pb::IsolateRequest {
+        id: fault_id(at),
+        mode: match mode {
+            IsolationMode::Reject => pb::IsolationMode::Reject,
+            IsolationMode::Drop => pb::IsolationMode::Drop,
+        } as i32,
+        peer: flow.map_or_else(String::new, |(_, remote)| remote.ip().to_string()),
+        port: flow.map_or(0, |(local, _)| u32::from(local.port())),
+        peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
+        direction: pb::Direction::Both as i32,
+        deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
+        include_control_channel: false,
+    })
+}
+
+/// Pull the host's cable until `deadline_ms` (or plug it back): at the
+/// switch side where the lab can, else by the host's agent.
+fn cable(at: &Preparing<'_, '_>, deadline_ms: Option<u64>) -> Request {
+    if let Some(lab) = outside(at, OutsideFault::Cable) {
+        return Request::Outside {
+            lab,
+            fault: OutsideFault::Cable,
+            deadline: deadline_ms.map(Duration::from_millis),
+        };
+    }
+    let address = at.agent.test_ip.to_string();
+    match deadline_ms {
+        Some(deadline_ms) => Request::LinkDown(pb::LinkDownRequest {
+            interface: String::new(),
+            address,
+            deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
+            allow_control_interface: false,
+        }),
+        None => Request::LinkUp(pb::LinkUpRequest {
+            interface: String::new(),
+            address,
+        }),
+    }
+}
+
+/// Cut the host's power until `deadline_ms` (or switch it back on): only
+/// its lab can.
+fn power(at: &Preparing<'_, '_>, deadline_ms: Option<u64>) -> Result<Request, StepError> {
+    Ok(Request::Outside {
+        lab: outside(at, OutsideFault::Power).ok_or_else(no_power)?,
+        fault: OutsideFault::Power,
+        deadline: deadline_ms.map(Duration::from_millis),
     })
 }
 
@@ -200,129 +215,151 @@ impl Request {
     pub(super) async fn perform(self, acting: &Acting) -> Result<Ran, StepError> {
         let mut client = acting.client();
         let failed = |status| acting.failed(status);
-        let call = match self {
+        let outcome = match self {
             Self::Isolate(request) => {
                 client
                     .isolate(acting.request(request))
                     .await
                     .map_err(failed)?;
-                "isolate"
+                acting.ok("isolate")
             }
             Self::Heal(ids) => {
                 for id in ids {
                     let request = pb::HealRequest { id, all: false };
                     client.heal(acting.request(request)).await.map_err(failed)?;
                 }
-                "heal"
+                acting.ok("heal")
             }
-            Self::Degrade(request) => {
-                let reply = client
-                    .degrade(acting.request(request))
-                    .await
-                    .map_err(failed)?;
-                let reply = reply.into_inner();
-                let mut outcome = acting.ok(&format!("degrade ({})", reply.mechanism));
-                // What the kernel reports it applied, read back after.
-                outcome.detail = Some(format!("{}: {}", reply.interface, reply.applied.trim()));
-                return Ok(outcome.into());
-            }
-            Self::Restore(ids) => {
-                let mut counters = Vec::new();
-                let mut counted = Counted::default();
-                for id in ids {
-                    let request = pb::RestoreRequest { id };
-                    let reply = client
-                        .restore(acting.request(request))
-                        .await
-                        .map_err(failed)?
-                        .into_inner();
-                    counters.push(reply.counters.trim().to_owned());
-                    counted.sent += reply.sent_packets;
-                    counted.dropped += reply.dropped_packets;
-                }
-                let mut outcome = acting.ok("restore");
-                // The counters just before it went: what it did.
-                outcome.detail = (!counters.is_empty()).then(|| counters.join("\n"));
-                outcome.counted = (!counters.is_empty()).then_some(counted);
-                return Ok(outcome.into());
-            }
-            Self::Counters => {
-                let counters = client
-                    .tcp_counters(acting.request(pb::TcpCountersRequest {}))
-                    .await
-                    .map_err(failed)?
-                    .into_inner()
-                    .counters;
-                let mut outcome = acting.ok("counters");
-                let counters: BTreeMap<String, u64> = counters.into_iter().collect();
-                // The few that say most, for people; all of them for the judge.
-                outcome.detail = Some(
-                    SHOWN_COUNTERS
-                        .iter()
-                        .filter_map(|name| {
-                            counters.get(*name).map(|value| format!("{name} {value}"))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                );
-                outcome.tcp_counters = Some(counters);
-                return Ok(outcome.into());
-            }
+            Self::Degrade(request) => degrade(acting, request).await?,
+            Self::Restore(ids) => restore(acting, ids).await?,
+            Self::Counters => counters(acting).await?,
             Self::LinkDown(request) => {
                 client
                     .link_down(acting.request(request))
                     .await
                     .map_err(failed)?;
-                "link-down (in-host admin down)"
+                acting.ok("link-down (in-host admin down)")
             }
             Self::LinkUp(request) => {
                 client
                     .link_up(acting.request(request))
                     .await
                     .map_err(failed)?;
-                "link-up (in-host admin up)"
+                acting.ok("link-up (in-host admin up)")
             }
-            Self::Reboot(request) => {
-                let simulated = request.simulated;
-                let reply = client
-                    .reboot(acting.request(request))
-                    .await
-                    .map_err(failed)?;
-                if !simulated {
-                    wait_for_new_boot(&acting.agent, &acting.clock).await;
-                }
-                // Reports say how: "reboot (simulated)", "reboot (reboot(2))".
-                let call = format!("reboot ({})", reply.get_ref().method);
-                return Ok(acting.ok(&call).into());
-            }
+            Self::Reboot(request) => reboot(acting, request).await?,
             Self::Outside {
                 lab,
                 fault,
                 deadline,
-            } => {
-                // Released with other steps: the lab acts at the moment
-                // itself (an agent would hold its request until then).
-                if let Some(at) = acting.at {
-                    let early_ns = at.run_ns.saturating_sub(acting.clock.now_ns());
-                    if let Ok(early_ns) = u64::try_from(early_ns) {
-                        tokio::time::sleep(Duration::from_nanos(early_ns)).await;
-                    }
-                }
-                let how = by_the_lab(&acting.agent, lab, fault, deadline).await?;
-                if fault == OutsideFault::Power && deadline.is_none() {
-                    wait_for_new_boot(&acting.agent, &acting.clock).await;
-                }
-                let call = match (fault, deadline) {
-                    (OutsideFault::Cable, Some(_)) => "link-down",
-                    (OutsideFault::Cable, None) => "link-up",
-                    (OutsideFault::Power, Some(_)) => "power-cut",
-                    (OutsideFault::Power, None) => "power-on",
-                };
-                return Ok(acting.ok(&format!("{call} ({how})")).into());
-            }
+            } => outside_fault(acting, lab, fault, deadline).await?,
         };
-        Ok(acting.ok(call).into())
+        Ok(outcome.into())
     }
+}
+
+/// Degrade; the outcome says what the kernel reports it applied, read
+/// back after.
+async fn degrade(acting: &Acting, request: pb::DegradeRequest) -> Result<Outcome, StepError> {
+    let reply = acting
+        .client()
+        .degrade(acting.request(request))
+        .await
+        .map_err(|status| acting.failed(status))?
+        .into_inner();
+    let mut outcome = acting.ok(&format!("degrade ({})", reply.mechanism));
+    outcome.detail = Some(format!("{}: {}", reply.interface, reply.applied.trim()));
+    Ok(outcome)
+}
+
+/// Restore the degradations `ids`; the outcome has their counters just
+/// before they went: what they did.
+async fn restore(acting: &Acting, ids: Vec<String>) -> Result<Outcome, StepError> {
+    let mut client = acting.client();
+    let mut counters = Vec::new();
+    let mut counted = Counted::default();
+    for id in ids {
+        let request = pb::RestoreRequest { id };
+        let reply = client
+            .restore(acting.request(request))
+            .await
+            .map_err(|status| acting.failed(status))?
+            .into_inner();
+        counters.push(reply.counters.trim().to_owned());
+        counted.sent += reply.sent_packets;
+        counted.dropped += reply.dropped_packets;
+    }
+    let mut outcome = acting.ok("restore");
+    outcome.detail = (!counters.is_empty()).then(|| counters.join("\n"));
+    outcome.counted = (!counters.is_empty()).then_some(counted);
+    Ok(outcome)
+}
+
+/// The host's TCP counters: the few that say most for people, all of them
+/// for the judge.
+async fn counters(acting: &Acting) -> Result<Outcome, StepError> {
+    let counters: BTreeMap<String, u64> = acting
+        .client()
+        .tcp_counters(acting.request(pb::TcpCountersRequest {}))
+        .await
+        .map_err(|status| acting.failed(status))?
+        .into_inner()
+        .counters
+        .into_iter()
+        .collect();
+    let mut outcome = acting.ok("counters");
+    outcome.detail = Some(
+        SHOWN_COUNTERS
+            .iter()
+            .filter_map(|name| counters.get(*name).map(|value| format!("{name} {value}")))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    outcome.tcp_counters = Some(counters);
+    Ok(outcome)
+}
+
+/// Reboot, and after a real one wait for the new boot; reports say how:
+/// "reboot (simulated)", "reboot (reboot(2))".
+async fn reboot(acting: &Acting, request: pb::RebootRequest) -> Result<Outcome, StepError> {
+    let simulated = request.simulated;
+    let reply = acting
+        .client()
+        .reboot(acting.request(request))
+        .await
+        .map_err(|status| acting.failed(status))?;
+    if !simulated {
+        wait_for_new_boot(&acting.agent, &acting.clock).await;
+    }
+    Ok(acting.ok(&format!("reboot ({})", reply.get_ref().method)))
+}
+
+/// A fault the host's lab makes (`deadline` set) or undoes from outside.
+async fn outside_fault(
+    acting: &Acting,
+    lab: LabSide,
+    fault: OutsideFault,
+    deadline: Option<Duration>,
+) -> Result<Outcome, StepError> {
+    // Released with other steps: the lab acts at the moment itself (an
+    // agent would hold its request until then).
+    if let Some(at) = acting.at {
+        let early_ns = at.run_ns.saturating_sub(acting.clock.now_ns());
+        if let Ok(early_ns) = u64::try_from(early_ns) {
+            tokio::time::sleep(Duration::from_nanos(early_ns)).await;
+        }
+    }
+    let how = by_the_lab(&acting.agent, lab, fault, deadline).await?;
+    if fault == OutsideFault::Power && deadline.is_none() {
+        wait_for_new_boot(&acting.agent, &acting.clock).await;
+    }
+    let call = match (fault, deadline) {
+        (OutsideFault::Cable, Some(_)) => "link-down",
+        (OutsideFault::Cable, None) => "link-up",
+        (OutsideFault::Power, Some(_)) => "power-cut",
+        (OutsideFault::Power, None) => "power-on",
+    };
+    Ok(acting.ok(&format!("{call} ({how})")))
 }
 
 /// A degrade step as its request: packets towards a role's host, or one
@@ -350,12 +387,7 @@ fn degrade_request(
         (None, None) => None,
     };
     Ok(pb::DegradeRequest {
-        id: format!(
-            "{}-{}-{:x}",
-            at.run.case_id,
-            at.step.name,
-            at.run.clock.now_ns()
-        ),
+        id: fault_id(at),
         interface: String::new(),
         address: at.agent.test_ip.to_string(),
         peer: peer.map_or_else(String::new, |peer| peer.to_string()),

@@ -140,15 +140,18 @@ fn sweep_builds(name: &str) {
     }
 }
 
+/// What went wrong building the image in `dir`.
+fn build_failed(dir: &Path, what: &str, error: &dyn std::fmt::Display) -> VmError {
+    VmError::Guest(format!(
+        "building the Debian image in {}: {what}: {error}",
+        dir.display()
+    ))
+}
+
 /// Build the image in `dir`: debootstrap, the kernel's modules, the glue,
 /// the administrator and its key, then one ext4 disk of it all.
 fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
-    let failed = |what: &str, error: &dyn std::fmt::Display| {
-        VmError::Guest(format!(
-            "building the Debian image in {}: {what}: {error}",
-            dir.display()
-        ))
-    };
+    let failed = |what: &str, error: &dyn std::fmt::Display| build_failed(dir, what, error);
     let root = dir.join("root");
     std::fs::create_dir_all(&root).map_err(|error| failed("mkdir", &error))?;
     let log = dir.join("build.log");
@@ -159,28 +162,57 @@ fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
             .arg(mirror()),
         &log,
     )?;
+    add_modules(dir, &root, kernel, &log)?;
+    add_glue(dir, &root)?;
+    let public = admin_key(dir, &log)?;
+    configure(&root, &public, &log)?;
+    let disk = dir.join("disk.raw");
+    let file = std::fs::File::create(&disk).map_err(|error| failed("the disk", &error))?;
+    file.set_len(DISK_BYTES)
+        .map_err(|error| failed("the disk", &error))?;
+    run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "faultlab-root", "-d"])
+            .arg(&root)
+            .arg(&disk),
+        &log,
+    )?;
+    std::fs::remove_dir_all(&root).map_err(|error| failed("removing the tree", &error))
+}
+
+/// The kernel's modules into the tree at `root`, indexed.
+fn add_modules(dir: &Path, root: &Path, kernel: &Kernel, log: &Path) -> Result<(), VmError> {
     let release = kernel.release()?;
     let modules = root.join("lib/modules");
-    std::fs::create_dir_all(&modules).map_err(|error| failed("mkdir", &error))?;
+    std::fs::create_dir_all(&modules).map_err(|error| build_failed(dir, "mkdir", &error))?;
     run(
         Command::new("cp")
             .arg("-a")
             .arg(&kernel.modules)
             .arg(modules.join(&release)),
-        &log,
+        log,
     )?;
     run(
-        Command::new("depmod").arg("-b").arg(&root).arg(&release),
-        &log,
-    )?;
+        Command::new("depmod").arg("-b").arg(root).arg(&release),
+        log,
+    )
+}
+
+/// The lab's glue (its units and scripts) into the tree at `root`.
+fn add_glue(dir: &Path, root: &Path) -> Result<(), VmError> {
     for (path, contents, mode) in GLUE {
         let file = root.join(path.trim_start_matches('/'));
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|error| failed("mkdir", &error))?;
+            std::fs::create_dir_all(parent).map_err(|error| build_failed(dir, "mkdir", &error))?;
         }
-        std::fs::write(&file, contents).map_err(|error| failed(path, &error))?;
-        set_mode(&file, *mode).map_err(|error| failed(path, &error))?;
+        std::fs::write(&file, contents).map_err(|error| build_failed(dir, path, &error))?;
+        set_mode(&file, *mode).map_err(|error| build_failed(dir, path, &error))?;
     }
+    Ok(())
+}
+
+/// A key pair for the lab's administrator in `dir`; its public half.
+fn admin_key(dir: &Path, log: &Path) -> Result<String, VmError> {
     let key = dir.join("admin_key");
     run(
         Command::new("ssh-keygen")
@@ -195,10 +227,17 @@ fn build(dir: &Path, kernel: &Kernel) -> Result<(), VmError> {
                 "-f",
             ])
             .arg(&key),
-        &log,
+        log,
     )?;
-    let public = std::fs::read_to_string(key.with_extension("pub"))
-        .map_err(|error| failed("the key", &error))?;
+    std::fs::read_to_string(key.with_extension("pub"))
+        .map_err(|error| build_failed(dir, "the key", &error))
+}
+
+/// Inside the tree at `root`: the later packages, the administrator who
+/// logs in with `public`, no root password, no host keys or machine id
+/// (each host makes its own), the lab's units on, timers that would wake
+/// during a case off.
+fn configure(root: &Path, public: &str, log: &Path) -> Result<(), VmError> {
     let script = format!(
         "set -e
 mount -t proc proc /proc
@@ -223,22 +262,10 @@ apt-get clean
     );
     run(
         Command::new("chroot")
-            .arg(&root)
+            .arg(root)
             .args(["/bin/sh", "-c", &script]),
-        &log,
-    )?;
-    let disk = dir.join("disk.raw");
-    let file = std::fs::File::create(&disk).map_err(|error| failed("the disk", &error))?;
-    file.set_len(DISK_BYTES)
-        .map_err(|error| failed("the disk", &error))?;
-    run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "faultlab-root", "-d"])
-            .arg(&root)
-            .arg(&disk),
-        &log,
-    )?;
-    std::fs::remove_dir_all(&root).map_err(|error| failed("removing the tree", &error))
+        log,
+    )
 }
 
 #[cfg(unix)]

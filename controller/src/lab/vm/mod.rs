@@ -220,16 +220,7 @@ pub(super) fn start(
         Some(network) => network.make_bridges()?,
         None => return Err(LabError::Network("lost the network".to_owned())),
     };
-    let mut allowed = vec![
-        Capability::Isolate,
-        Capability::Link,
-        Capability::Reboot,
-        Capability::Degrade,
-    ];
-    if grants.process {
-        allowed.push(Capability::Process);
-    }
-    let allow: Vec<&str> = allowed.iter().map(|capability| capability.name()).collect();
+    let allow = allowed(grants);
     let booting = std::time::Instant::now();
     for index in 0..count {
         let vm = Vm {
@@ -252,18 +243,7 @@ pub(super) fn start(
             machines.keepers.push(child);
             machines.taps.extend(taps);
         }
-        lab.inventory.agents.push(AgentEntry {
-            name: vm.name.clone(),
-            address: SocketAddr::from((vm.management, VM_CONTROL_PORT)).to_string(),
-            test_ip: Some(vm.test.into()),
-            lab: Some(LabSide {
-                switch_port: None,
-                qmp: Some(files.qmp),
-                shell: Some(files.shell),
-                console: Some(files.console),
-                agent_log: Some(files.agent_log),
-            }),
-        });
+        lab.inventory.agents.push(vm.entry(files));
     }
     if let Boot::Debian(image) = &boot {
         install_on_debian(&mut lab, image, exe, &allow, grants, dir, booting)?;
@@ -274,6 +254,21 @@ pub(super) fn start(
         "every agent answers"
     );
     Ok(lab)
+}
+
+/// What a VM's agent may do: everything a VM can survive, and process
+/// faults when granted.
+fn allowed(grants: &AgentGrants) -> Vec<&'static str> {
+    let mut allowed = vec![
+        Capability::Isolate,
+        Capability::Link,
+        Capability::Reboot,
+        Capability::Degrade,
+    ];
+    if grants.process {
+        allowed.push(Capability::Process);
+    }
+    allowed.iter().map(|capability| capability.name()).collect()
 }
 
 /// Once every Debian host of `lab` (booting since `booting`) lets SSH in,
@@ -370,6 +365,23 @@ struct Vm<'a> {
 }
 
 impl Vm<'_> {
+    /// Its line of the lab's inventory: where its agent answers, its test
+    /// address, and what its lab can do to it from outside (through `files`).
+    fn entry(&self, files: VmFiles) -> AgentEntry {
+        AgentEntry {
+            name: self.name.clone(),
+            address: SocketAddr::from((self.management, VM_CONTROL_PORT)).to_string(),
+            test_ip: Some(self.test.into()),
+            lab: Some(LabSide {
+                switch_port: None,
+                qmp: Some(files.qmp),
+                shell: Some(files.shell),
+                console: Some(files.console),
+                agent_log: Some(files.agent_log),
+            }),
+        }
+    }
+
     /// Its taps on the bridges, and its keeper running QEMU, which boots
     /// the guest.
     fn launch(
