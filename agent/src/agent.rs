@@ -53,7 +53,7 @@ impl AgentConfig {
         Self {
             holder_exe,
             allow: Allow::default(),
-            max_isolation_ms: DEFAULT_MAX_ISOLATION_MS,
+            max_isolation_ms: crate::settings::DEFAULT_MAX_ISOLATION_MS,
             restart_commands: std::collections::BTreeMap::new(),
             limits: Limits::default(),
         }
@@ -62,8 +62,7 @@ impl AgentConfig {
 
 /// Ended holders remembered (so a late request learns how one ended).
 pub const ENDED_HOLDERS_KEPT: usize = 64;
-/// Default ceiling of an isolation's deadline: 10 minutes.
-pub const DEFAULT_MAX_ISOLATION_MS: u32 = 600_000;
+
 /// An isolation that cuts the control channel starts this long after the
 /// agent has answered the request, so that the answer can leave.
 pub const CONTROL_CHANNEL_GRACE: Duration = Duration::from_millis(100);

@@ -35,6 +35,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Default ceiling of an isolation's deadline: 10 minutes.
+pub const DEFAULT_MAX_ISOLATION_MS: u32 = 600_000;
+
 /// What an agent may do: connections unless turned off, dangerous
 /// capabilities only when the configuration allows them.
 /// It is also the config file's `[allow]` table (missing keys: the defaults).
@@ -275,7 +278,7 @@ impl Settings {
             max_isolation_ms: overrides
                 .max_isolation_ms
                 .or(self.max_isolation_ms)
-                .unwrap_or(crate::agent::DEFAULT_MAX_ISOLATION_MS),
+                .unwrap_or(DEFAULT_MAX_ISOLATION_MS),
             restart_commands,
             limits: self.limits,
             tls,

@@ -17,11 +17,11 @@
 //! ```
 
 use crate::agents::ClientTls;
-use crate::lab::outside::LabSide;
 use crate::targets::{Target, TargetEntry, TargetError};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::Path;
+use std::path::PathBuf;
 
 /// One agent of the lab.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -200,6 +200,32 @@ impl Inventory {
             .map(|entry| Target::from_entry(entry, &self.base))
             .collect()
     }
+}
+
+/// What a host's lab can reach from outside the host (its switch port,
+/// its VM's sockets, where it keeps the host's logs); what the lab does
+/// with it is `lab::outside`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSide {
+    /// The switch end of the host's test link (a bridge port): taken down,
+    /// the host's own end loses its carrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_port: Option<String>,
+    /// The QMP socket of the host's virtual machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qmp: Option<PathBuf>,
+    /// A root shell on the virtual machine's second serial port (what
+    /// `faultlab lab exec` talks to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<PathBuf>,
+    /// Where the lab keeps the host's serial console (a VM's kernel and
+    /// init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<PathBuf>,
+    /// Where the lab keeps the log of the host's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_log: Option<PathBuf>,
 }
 
 #[cfg(test)]

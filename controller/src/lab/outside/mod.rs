@@ -15,34 +15,12 @@ mod qmp;
 pub mod watchdog;
 
 use faultlab_proto::Capability;
-use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// What a host's lab can reach from outside the host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabSide {
-    /// The switch end of the host's test link (a bridge port): taken down,
-    /// the host's own end loses its carrier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub switch_port: Option<String>,
-    /// The QMP socket of the host's virtual machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qmp: Option<PathBuf>,
-    /// A root shell on the virtual machine's second serial port (what
-    /// `faultlab lab exec` talks to).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shell: Option<PathBuf>,
-    /// Where the lab keeps the host's serial console (a VM's kernel and
-    /// init).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub console: Option<PathBuf>,
-    /// Where the lab keeps the log of the host's agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_log: Option<PathBuf>,
-}
+/// What a host's lab can reach from outside it: inventory data (each
+/// entry may carry it), acted on here.
+pub use crate::inventory::LabSide;
 
 /// A fault a lab makes from outside a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, strum::IntoStaticStr)]
