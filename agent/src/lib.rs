@@ -28,7 +28,7 @@
 //! - [`schedule`]: requests that name the moment they act (steps released together).
 //!
 //! The binary is thin: it parses flags into [`settings::Overrides`] and
-//! calls [`run`], or runs [`holder::runner::run`] when started as a holder,
+//! calls [`run`], or runs [`conn::runner::run`] when started as a holder,
 //! or a watchdog's `watchdog_main`.
 
 pub mod agent;

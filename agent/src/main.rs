@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
         .with(telemetry.layer())
         .init();
     let result = match cli.command {
-        Some(Command::Holder) => faultlab_agent::holder::runner::run().context("holder failed"),
+        Some(Command::Holder) => faultlab_agent::conn::runner::run().context("holder failed"),
         Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
         Some(Command::DegradeWatchdog { interface, millis }) => {
             degrade_watchdog(&interface, millis)

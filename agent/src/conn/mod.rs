@@ -4,10 +4,13 @@
 //! Sockets are non-blocking and driven by tokio, but every call is one real
 //! socket call (or a loop of them) whose OS result is kept as it came: the
 //! raw error code, bytes moved before it, EOF as EOF. Nothing retries or
-//! hides an error. Each call answers with an [`Observation`].
+//! hides an error. Each call answers with an [`Observation`]. [`runner`] is
+//! the holder process's loop around it: requests in over the pipe, replies
+//! and events out.
 
 mod observe;
 mod options;
+pub mod runner;
 
 pub use observe::{CallTimer, End};
 

@@ -6,11 +6,11 @@
 //! is then a real process death: the kernel closes its sockets as it would
 //! for a crashed application, and the agent lives on to report it.
 //!
-//! - [`runner`]: the holder process's own loop.
+//! - `conn::runner`: the holder process's own loop (beside the connection
+//!   engine it drives, so that this module only starts and talks to holders).
 //! - [`process`]: the agent's handle on one holder.
 
 pub mod process;
 pub mod protocol;
-pub mod runner;
 
 pub use process::{HolderError, HolderProcess};

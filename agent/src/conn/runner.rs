@@ -3,8 +3,8 @@
 //!
 //! It exits when its stdin closes, so a holder never outlives its agent.
 
-use super::protocol::{Envelope, HolderMessage, HolderRequest};
-use crate::conn::Connections;
+use super::Connections;
+use crate::holder::protocol::{Envelope, HolderMessage, HolderRequest};
 use crate::platform::{Current, Platform, StdioPipes};
 use crate::schedule::at_moment;
 use crate::sync::lock;
