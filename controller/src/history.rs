@@ -601,13 +601,9 @@ mod tests {
         let case = CaseReport {
             id: "C2".to_owned(),
             name: "send-close-then-client-sends".to_owned(),
-            title: String::new(),
-            seed: None,
             roles: BTreeMap::from([("client".to_owned(), "a".to_owned())]),
             os_pair: "linux/linux".to_owned(),
             verdict,
-            reason: None,
-            differences: Vec::new(),
             observations: vec![ObservationReport {
                 step: "client-reads".to_owned(),
                 host: "a".to_owned(),
@@ -620,34 +616,13 @@ mod tests {
                     "error"
                 }
                 .to_owned(),
-                errno: 0,
                 errno_name: errno_name.to_owned(),
-                sigpipe: false,
-                unread_bytes: 0,
-                t_ns: 0,
-                duration_ns: 0,
                 checked: Some("linux (measured)".to_owned()),
                 expected: Some("eof".to_owned()),
-                released_ns: None,
-                detail: None,
-                content_crc32: None,
-                fault_sent_packets: None,
-                fault_dropped_packets: None,
-                detection: None,
-                clock_uncertainty_ns: None,
+                ..Default::default()
             }],
-            wire_evidence: false,
-            wire: Vec::new(),
-            wire_missed: BTreeMap::new(),
-            host_logs: BTreeMap::new(),
-            left_in_place: Vec::new(),
-            started_ms: 0,
-            clock_check: None,
             duration_ms: 1,
-            span_id: None,
-            trace_url: None,
-            probes: Vec::new(),
-            unchecked: Vec::new(),
+            ..CaseReport::default()
         };
         let cases = vec![case];
         RunReport {

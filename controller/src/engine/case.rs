@@ -523,20 +523,6 @@ pub(super) fn empty_report(
             .collect::<Vec<_>>()
             .join("/"),
         verdict: Verdict::Skipped,
-        reason: None,
-        differences: Vec::new(),
-        observations: Vec::new(),
-        wire_evidence: false,
-        wire: Vec::new(),
-        wire_missed: BTreeMap::new(),
-        host_logs: BTreeMap::new(),
-        left_in_place: Vec::new(),
-        started_ms: 0,
-        clock_check: None,
-        duration_ms: 0,
-        span_id: None,
-        trace_url: None,
-        probes: Vec::new(),
-        unchecked: Vec::new(),
+        ..CaseReport::default()
     }
 }

@@ -425,25 +425,12 @@ mod tests {
             id: id.to_owned(),
             name: "case".to_owned(),
             title: "a case".to_owned(),
-            seed: None,
             roles: BTreeMap::from([("client".to_owned(), "a".to_owned())]),
             os_pair: os_pair.to_owned(),
             verdict,
-            reason: None,
             differences: differences.iter().map(|d| (*d).to_owned()).collect(),
-            observations: Vec::new(),
-            wire_evidence: false,
-            wire: Vec::new(),
-            wire_missed: BTreeMap::new(),
-            host_logs: BTreeMap::new(),
-            left_in_place: Vec::new(),
-            started_ms: 0,
-            clock_check: None,
             duration_ms: 3,
-            span_id: None,
-            trace_url: None,
-            probes: Vec::new(),
-            unchecked: Vec::new(),
+            ..CaseReport::default()
         }
     }
 
@@ -491,21 +478,10 @@ mod tests {
                 call: "send".to_owned(),
                 bytes: 6,
                 outcome: "ok".to_owned(),
-                errno: 0,
-                errno_name: String::new(),
-                sigpipe: false,
-                unread_bytes: 0,
                 t_ns: 5_003_000,
                 duration_ns: 1_000,
-                checked: None,
-                expected: None,
                 released_ns: Some(5_000_000),
-                detail: None,
-                content_crc32: None,
-                fault_sent_packets: None,
-                fault_dropped_packets: None,
-                detection: None,
-                clock_uncertainty_ns: None,
+                ..Default::default()
             });
         assert!(render(&run).contains("released together, +3 µs"));
     }

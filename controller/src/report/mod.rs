@@ -82,7 +82,9 @@ pub struct AgentReport {
 }
 
 /// The verdict on one case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Everything matched the expectations for the hosts' OSes.
@@ -92,6 +94,7 @@ pub enum Verdict {
     /// The case could not be carried out (a request failed).
     Error,
     /// Not run: its needs are not met (`reason`).
+    #[default]
     Skipped,
     /// An agent stopped answering during the case.
     AgentLost,
@@ -113,8 +116,9 @@ impl Verdict {
     }
 }
 
-/// One case run on one binding of roles to agents.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One case run on one binding of roles to agents (by default: skipped,
+/// with nothing seen).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaseReport {
     /// Case id, e.g. "S2".
     pub id: String,

@@ -423,25 +423,13 @@ mod tests {
             id: id.to_owned(),
             name: "flood".to_owned(),
             title: "A flood".to_owned(),
-            seed: None,
             roles: [("client".to_owned(), "host-1".to_owned())].into(),
             os_pair: os_pair.to_owned(),
             verdict: Verdict::Expected,
-            reason: None,
-            differences: Vec::new(),
-            observations: Vec::new(),
             wire_evidence: true,
             wire,
-            wire_missed: BTreeMap::new(),
-            host_logs: BTreeMap::new(),
-            left_in_place: Vec::new(),
-            started_ms: 0,
-            clock_check: None,
             duration_ms: 1,
-            span_id: None,
-            trace_url: None,
-            probes: Vec::new(),
-            unchecked: Vec::new(),
+            ..CaseReport::default()
         }
     }
 
