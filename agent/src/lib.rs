@@ -18,6 +18,7 @@
 //! - [`isolate`]: network isolation with kernel-enforced deadlines (nftables).
 //! - [`link`]: link down/up with a watchdog that outlives the agent.
 //! - [`degrade`]: bad networks (netem) that always heal, back to the qdisc before.
+//! - [`watchdogs`]: the watchdog processes' entry points (a fault undone at its deadline).
 //! - [`timed`]: the one book of those three families' faults, each healing by itself at its deadline.
 //! - [`platform`]: everything OS-specific, behind one trait.
 //! - [`spans`]: trace spans of the socket calls holders make.
@@ -29,7 +30,7 @@
 //!
 //! The binary is thin: it parses flags into [`settings::Overrides`] and
 //! calls [`run`], or runs [`conn::runner::run`] when started as a holder,
-//! or a watchdog's `watchdog_main`.
+//! or one of [`watchdogs`].
 
 pub mod agent;
 pub mod audit;
@@ -58,6 +59,7 @@ mod sync;
 pub mod timed;
 pub mod tls;
 pub mod tool;
+pub mod watchdogs;
 
 pub use agent::{Agent, AgentConfig};
 pub use error::AgentError;

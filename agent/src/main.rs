@@ -4,9 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use faultlab_agent::settings::{Overrides, Serving, Settings};
 use faultlab_agent::tls::TlsFiles;
+use faultlab_agent::watchdogs;
 use faultlab_proto::Capability;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A faultlab agent: opens, closes, aborts and breaks TCP connections on
 /// this host on a controller's request, and reports what the OS said.
@@ -187,11 +189,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let result = match cli.command {
         Some(Command::Holder) => faultlab_agent::conn::runner::run().context("holder failed"),
-        Some(Command::LinkWatchdog { interface, millis }) => link_watchdog(&interface, millis),
-        Some(Command::DegradeWatchdog { interface, millis }) => {
-            degrade_watchdog(&interface, millis)
+        Some(Command::LinkWatchdog { interface, millis }) => {
+            watchdogs::link(&interface, Duration::from_millis(millis)).map_err(anyhow::Error::msg)
         }
-        Some(Command::IsolationWatchdog { id, millis }) => isolation_watchdog(&id, millis),
+        Some(Command::DegradeWatchdog { interface, millis }) => {
+            watchdogs::degradation(&interface, Duration::from_millis(millis))
+                .map_err(anyhow::Error::msg)
+        }
+        Some(Command::IsolationWatchdog { id, millis }) => {
+            watchdogs::isolation(&id, Duration::from_millis(millis)).map_err(anyhow::Error::msg)
+        }
         Some(Command::Service { action }) => service(action),
         Some(Command::BareAct { at_unix_ns }) => bare_act(at_unix_ns),
         None => settings(&cli.serve).and_then(|serving| {
@@ -203,42 +210,6 @@ fn main() -> anyhow::Result<()> {
     };
     telemetry.shutdown();
     result
-}
-
-#[cfg(windows)]
-fn isolation_watchdog(id: &str, millis: u64) -> anyhow::Result<()> {
-    let after = std::time::Duration::from_millis(millis);
-    faultlab_agent::isolate::windows_firewall::watchdog_main(id, after)
-        .with_context(|| format!("cannot lift isolation {id}"))
-}
-
-#[cfg(not(windows))]
-fn isolation_watchdog(_id: &str, _millis: u64) -> anyhow::Result<()> {
-    anyhow::bail!("isolations lift by themselves here (the kernel holds the deadline)")
-}
-
-#[cfg(unix)]
-fn link_watchdog(interface: &str, millis: u64) -> anyhow::Result<()> {
-    let after = std::time::Duration::from_millis(millis);
-    faultlab_agent::link::iproute::watchdog_main(interface, after)
-        .with_context(|| format!("cannot bring {interface} back up"))
-}
-
-#[cfg(unix)]
-fn degrade_watchdog(interface: &str, millis: u64) -> anyhow::Result<()> {
-    let after = std::time::Duration::from_millis(millis);
-    faultlab_agent::degrade::tc::watchdog_main(interface, after)
-        .with_context(|| format!("cannot heal {interface}'s degradation"))
-}
-
-#[cfg(not(unix))]
-fn degrade_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
-    anyhow::bail!("degrading the network is not implemented on this OS")
-}
-
-#[cfg(not(unix))]
-fn link_watchdog(_interface: &str, _millis: u64) -> anyhow::Result<()> {
-    anyhow::bail!("link control is not implemented on this OS yet")
 }
 
 /// The agent the config file and the flags over it describe.
