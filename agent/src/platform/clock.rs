@@ -39,24 +39,60 @@ fn timespec_ns(time: &libc::timespec) -> Option<u64> {
 /// it took the reader's later time, behind segments sent after it.
 const FUTURE_SKEW_NS: u64 = 1_000_000;
 
+/// How many times [`real_and_monotonic_now`] tries for a narrow bracket.
+const BRACKET_TRIES: usize = 5;
+/// A bracket this narrow is kept at once (a preemption takes microseconds
+/// at the very least).
+const NARROW_BRACKET_NS: u64 = 2_000;
+
+/// Read `clock` (`None` if it cannot be read).
+fn read(clock: libc::clockid_t) -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut now) };
+    if rc == 0 { timespec_ns(&now) } else { None }
+}
+
+/// The same moment on `CLOCK_REALTIME` and on `CLOCK_MONOTONIC`, in ns. The
+/// real-time clock is read between two monotonic reads and the moment is
+/// their middle: a thread preempted between two plain reads (milliseconds
+/// on a loaded host) would pair one clock's now with the other's later
+/// now, and every packet converted with it would be that much late. Of a
+/// few tries the narrowest bracket is kept; its error is at most half its
+/// width.
+pub fn real_and_monotonic_now() -> Option<(u64, u64)> {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for _ in 0..BRACKET_TRIES {
+        let before = read(libc::CLOCK_MONOTONIC)?;
+        let real = read(libc::CLOCK_REALTIME)?;
+        let after = read(libc::CLOCK_MONOTONIC)?;
+        let width = after.saturating_sub(before);
+        if best.is_none_or(|(_, _, narrowest)| width < narrowest) {
+            best = Some((real, before + width / 2, width));
+        }
+        if width <= NARROW_BRACKET_NS {
+            break;
+        }
+    }
+    best.map(|(real, mono, _)| (real, mono))
+}
+
 /// How long ago a packet was stamped is the same on every clock: a
 /// `CLOCK_REALTIME` stamp (what the kernel gives packet sockets) as
-/// `CLOCK_MONOTONIC`. The two clocks are read back to back (tens of ns
-/// apart); a stamp further in the future than [`FUTURE_SKEW_NS`], or older
-/// than a minute, is not believed (a clock stepped in between, or not a
-/// real-time stamp).
+/// `CLOCK_MONOTONIC`, through [`real_and_monotonic_now`]. A stamp further
+/// in the future than [`FUTURE_SKEW_NS`], or older than a minute, is not
+/// believed (a clock stepped in between, or not a real-time stamp).
 pub fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
-    let read = |clock| {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid, writable timespec for the call.
-        let rc = unsafe { libc::clock_gettime(clock, &mut now) };
-        if rc == 0 { timespec_ns(&now) } else { None }
-    };
-    let real_now = read(libc::CLOCK_REALTIME)?;
-    let mono_now = read(libc::CLOCK_MONOTONIC)?;
+    real_to_monotonic_at(stamp_real_ns, real_and_monotonic_now()?)
+}
+
+/// [`real_to_monotonic`] with `now` read already (a batch of stamps
+/// converted with one reading).
+pub fn real_to_monotonic_at(stamp_real_ns: u64, now: (u64, u64)) -> Option<u64> {
+    let (real_now, mono_now) = now;
     let age = match real_now.checked_sub(stamp_real_ns) {
         Some(age) => age,
         None if stamp_real_ns - real_now <= FUTURE_SKEW_NS => 0,
@@ -92,5 +128,14 @@ mod tests {
         // A millisecond ago: a millisecond ago.
         let ago = real_to_monotonic(real_now() - 1_000_000).unwrap_or(0);
         assert!(ago < monotonic_ns().saturating_sub(900_000), "{ago}");
+    }
+
+    #[test]
+    fn the_two_clocks_are_read_as_one_moment() {
+        let before = monotonic_ns();
+        let (real, mono) = real_and_monotonic_now().unwrap_or_default();
+        let after = monotonic_ns();
+        assert!(before <= mono && mono <= after, "{before} {mono} {after}");
+        assert!(real > 1_600_000_000_000_000_000, "{real}");
     }
 }

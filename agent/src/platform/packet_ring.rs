@@ -135,6 +135,8 @@ impl PacketRing {
             fence(Ordering::Acquire);
             let header = std::ptr::read_volatile(&raw const (*descriptor).hdr.bh1);
             let mut offset = header.offset_to_first_pkt as usize;
+            // One reading of the clocks for the whole block.
+            let now = super::clock::real_and_monotonic_now();
             for _ in 0..header.num_pkts {
                 if offset + std::mem::size_of::<libc::tpacket3_hdr>() > BLOCK_BYTES {
                     break;
@@ -148,7 +150,9 @@ impl PacketRing {
                 let stamp_real_ns =
                     u64::from(packet.tp_sec) * 1_000_000_000 + u64::from(packet.tp_nsec);
                 let bytes = std::slice::from_raw_parts(block.add(start), length);
-                each(bytes, super::clock::real_to_monotonic(stamp_real_ns));
+                let stamp =
+                    now.and_then(|now| super::clock::real_to_monotonic_at(stamp_real_ns, now));
+                each(bytes, stamp);
                 if packet.tp_next_offset == 0 {
                     break;
                 }

@@ -4,6 +4,11 @@
 //! seed cases S2–S5 and the app suite X1–X4 run against it; a server that
 //! leaks CLOSE-WAIT is caught by the probe. Needs root (CI runs it so).
 
+// Tests that run a lab take turns through a std mutex held across awaits:
+// each test has a runtime of its own, so no task of another test can be
+// blocked by it.
+#![allow(clippy::await_holding_lock)]
+
 use crate::common;
 
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock, TargetHandle};
@@ -201,6 +206,7 @@ fn netns_lab(grants: &AgentGrants) -> Result<LocalLab, Box<dyn std::error::Error
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_and_app_cases_run_against_a_real_echo_server() -> TestResult {
+    let _turn = crate::common::lab_turn();
     let mut apps = Apps::new("good")?;
     let script = apps.script.display().to_string();
     let grants = AgentGrants {
@@ -341,6 +347,7 @@ async fn the_seed_and_app_cases_run_against_a_real_echo_server() -> TestResult {
 
 #[test]
 fn run_grants_process_faults_to_its_local_lab_only_when_asked() -> TestResult {
+    let _turn = crate::common::lab_turn();
     if let Some(why) = faultlab::lab::netns_unavailable() {
         return Err(format!(
             "aborting another program's connection needs root: {why} (CI runs it as root)"
@@ -401,6 +408,7 @@ fn run_grants_process_faults_to_its_local_lab_only_when_asked() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaky_server_is_caught_and_a_third_party_server_passes() -> TestResult {
+    let _turn = crate::common::lab_turn();
     let mut apps = Apps::new("leaky")?;
     let script = apps.script.display().to_string();
     let lab = netns_lab(&AgentGrants::default())?;

@@ -2,6 +2,11 @@
 //! (Debian's, installed by CI): the DOM has the matrix and one SVG ladder per
 //! case, nothing fails to load, and a screenshot is kept under target/.
 
+// Tests that run a lab take turns through a std mutex held across awaits:
+// each test has a runtime of its own, so no task of another test can be
+// blocked by it.
+#![allow(clippy::await_holding_lock)]
+
 use faultlab::engine::{self, AgentHandle, Plan, Quiet, RunClock};
 use faultlab::lab::{self, LocalLab};
 use faultlab::report::html;
@@ -37,6 +42,7 @@ fn chromium(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_html_report_renders_in_a_real_browser() -> TestResult {
+    let _turn = crate::common::lab_turn();
     if !Path::new(CHROMIUM).exists() {
         return Err(
             "this test needs Debian's chromium (apt-get install chromium); CI installs it".into(),

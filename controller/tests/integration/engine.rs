@@ -2,6 +2,11 @@
 //! agent, a case out of time, a wrong expectation. The agents come from the
 //! workspace build (`cargo test --workspace` builds `faultlab-agent`).
 
+// Tests that run a lab take turns through a std mutex held across awaits:
+// each test has a runtime of its own, so no task of another test can be
+// blocked by it.
+#![allow(clippy::await_holding_lock)]
+
 use crate::common;
 
 use common::local_lab;
@@ -460,6 +465,7 @@ async fn a_pinned_role_always_gets_its_agent() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_expectations_are_judged_from_the_captures() -> TestResult {
+    let _turn = crate::common::lab_turn();
     if let Some(why) = lab::netns_unavailable() {
         return Err(
             format!("this test needs a network-namespace lab: {why} (CI runs it as root)").into(),

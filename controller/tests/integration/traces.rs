@@ -197,6 +197,7 @@ fn text<'a>(span: &'a Value, key: &str) -> &'a str {
 
 #[test]
 fn a_run_is_one_trace_across_the_controller_and_both_agents() -> TestResult {
+    let _turn = crate::common::lab_turn();
     let phoenix = Phoenix::start()?;
     let project = format!("faultlab-e2e-{}", std::process::id());
     let resource = format!("openinference.project.name={project}");
@@ -465,6 +466,7 @@ fn interrupted_run(
 
 #[test]
 fn an_unreachable_backend_is_said_once_and_changes_nothing_else() -> TestResult {
+    let _turn = crate::common::lab_turn();
     // Port 9 on loopback: nobody listens; every export is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_faultlab"))
         .args(["run", "--suite", "seed", "--case", "S2", "--no-history"])
