@@ -82,15 +82,11 @@ pub fn real_and_monotonic_now() -> Option<(u64, u64)> {
 
 /// How long ago a packet was stamped is the same on every clock: a
 /// `CLOCK_REALTIME` stamp (what the kernel gives packet sockets) as
-/// `CLOCK_MONOTONIC`, through [`real_and_monotonic_now`]. A stamp further
-/// in the future than [`FUTURE_SKEW_NS`], or older than a minute, is not
-/// believed (a clock stepped in between, or not a real-time stamp).
-pub fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
-    real_to_monotonic_at(stamp_real_ns, real_and_monotonic_now()?)
-}
-
-/// [`real_to_monotonic`] with `now` read already (a batch of stamps
-/// converted with one reading).
+/// `CLOCK_MONOTONIC`, given `now` on both clocks from
+/// [`real_and_monotonic_now`] (one reading serves a batch of stamps). A
+/// stamp further in the future than [`FUTURE_SKEW_NS`], or older than a
+/// minute, is not believed (a clock stepped in between, or not a real-time
+/// stamp).
 pub fn real_to_monotonic_at(stamp_real_ns: u64, now: (u64, u64)) -> Option<u64> {
     let (real_now, mono_now) = now;
     let age = match real_now.checked_sub(stamp_real_ns) {
@@ -107,6 +103,10 @@ pub fn real_to_monotonic_at(stamp_real_ns: u64, now: (u64, u64)) -> Option<u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn real_to_monotonic(stamp_real_ns: u64) -> Option<u64> {
+        real_to_monotonic_at(stamp_real_ns, real_and_monotonic_now()?)
+    }
 
     #[test]
     fn a_stamp_a_hair_in_the_future_is_now_and_a_stepped_one_is_not_believed() {

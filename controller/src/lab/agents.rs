@@ -66,10 +66,17 @@ pub struct AgentGrants {
 }
 
 impl AgentGrants {
-    pub(super) fn arguments(&self, mut allow: Vec<Capability>) -> Vec<String> {
+    /// The capabilities an agent of a lab may have: `base`, and process
+    /// faults when granted.
+    pub(super) fn allowed(&self, mut base: Vec<Capability>) -> Vec<Capability> {
         if self.process {
-            allow.push(Capability::Process);
+            base.push(Capability::Process);
         }
+        base
+    }
+
+    pub(super) fn arguments(&self, allow: Vec<Capability>) -> Vec<String> {
+        let allow = self.allowed(allow);
         let mut arguments = Vec::new();
         if !allow.is_empty() {
             arguments.push("--allow".to_owned());

@@ -259,16 +259,16 @@ pub(super) fn start(
 /// What a VM's agent may do: everything a VM can survive, and process
 /// faults when granted.
 fn allowed(grants: &AgentGrants) -> Vec<&'static str> {
-    let mut allowed = vec![
-        Capability::Isolate,
-        Capability::Link,
-        Capability::Reboot,
-        Capability::Degrade,
-    ];
-    if grants.process {
-        allowed.push(Capability::Process);
-    }
-    allowed.iter().map(|capability| capability.name()).collect()
+    grants
+        .allowed(vec![
+            Capability::Isolate,
+            Capability::Link,
+            Capability::Reboot,
+            Capability::Degrade,
+        ])
+        .into_iter()
+        .map(Capability::name)
+        .collect()
 }
 
 /// Once every Debian host of `lab` (booting since `booting`) lets SSH in,
