@@ -417,6 +417,7 @@ impl Agent {
     ) -> Result<(ListenerId, SocketAddr), AgentError> {
         let holder = self.holder(holder)?;
         let listener = ListenerId(self.new_id());
+        self.own_port(address.port());
         let request = HolderRequest::Listen {
             listener,
             address,
@@ -425,6 +426,7 @@ impl Agent {
         };
         match Self::call(&holder, request).await? {
             HolderReply::Listening { local_address } => {
+                self.own_port(local_address.port());
                 lock(&self.owners).insert(listener.0, holder.id());
                 Ok((listener, local_address))
             }
@@ -472,6 +474,8 @@ impl Agent {
         let holder = self.holder(holder)?;
         self.room_for_a_socket()?;
         let conn = ConnId(self.new_id());
+        // Before the SYN: every segment of the connection carries it.
+        self.own_port(address.port());
         let request = HolderRequest::Connect {
             conn,
             address,
@@ -479,6 +483,15 @@ impl Agent {
             timeout_ms,
         };
         self.connection(&holder, conn, request).await
+    }
+
+    /// Captures asked for no particular port keep this port's segments.
+    fn own_port(&self, port: u16) {
+        if let Ok(captures) = &self.captures
+            && port != 0
+        {
+            captures.own_port(port);
+        }
     }
 
     /// Whether one more socket stays within `limits.connections` (the
@@ -818,7 +831,9 @@ impl Agent {
             .map_err(|why| AgentError::FailedPrecondition(why.clone()))
     }
 
-    /// Start capturing TCP segments on `ports` (all when empty), never the control port.
+    /// Start capturing TCP segments on `ports` (when empty, this agent's
+    /// own: its listeners' and those its connections go to), never the
+    /// control port.
     pub fn start_capture(&self, id: &str, ports: Vec<u16>) -> Result<(), AgentError> {
         let filter = Filter {
             ports,

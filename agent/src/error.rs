@@ -90,6 +90,7 @@ impl From<AgentError> for Status {
             }
             AgentError::Link(LinkError::BadName(_)) => Status::invalid_argument(message),
             AgentError::Capture(CaptureError::Unknown(_)) => Status::not_found(message),
+            AgentError::Capture(CaptureError::TooMany) => Status::resource_exhausted(message),
             AgentError::Capture(CaptureError::IdInUse(_) | CaptureError::Unavailable(_)) => {
                 Status::failed_precondition(message)
             }

@@ -2,35 +2,48 @@
 //! case ran, so a verdict can rest on the packets (a RST and no FIN, a FIN
 //! after all data), as the seed's author proved each claim with a capture.
 //!
-//! A capture is a thread reading a [`PacketTap`] (every interface of the
-//! host, both directions), keeping the TCP segments whose ports match, each
-//! stamped by the kernel as it reached or left the host's stack (converted
-//! to the host's monotonic clock, the same clock as observations), not when
-//! the thread got to it: on a busy host the reader lags by up to
-//! milliseconds, and an arrival stamped late made readers look as if they
-//! saw a FIN before it came. The kernel hands packets over in batches, so
-//! the capture is not woken by each one (a wake-up per packet delayed the
-//! very readers whose FIN it was timing).
-//! It is bounded in events and in lifetime, and needs CAP_NET_RAW.
+//! One reader thread per agent reads the host's [`PacketTap`] (every
+//! interface, both directions) and each capture is a window on what it
+//! reads ([`windows`]): from its start to the marker its stop puts on the
+//! wire ([`marker`]). Packets keep the kernel's stamp of when they reached
+//! or left the host's stack (converted to the host's monotonic clock, the
+//! same clock as observations), not when the thread got to them: on a busy
+//! host the reader lags by up to milliseconds, and an arrival stamped late
+//! made readers look as if they saw a FIN before it came. The kernel hands
+//! packets over in batches, so the reader is not woken by each one (a
+//! wake-up per packet delayed the very readers whose FIN it was timing).
+//!
+//! Why one tap kept open across captures, not one per capture: opening a
+//! ring and closing it each wait for the kernel's RCU grace period (8 ms and
+//! 24 ms measured here), paid by every case on every host. The tap closes
+//! once no capture has run for [`LINGER`]. Captures are bounded in number,
+//! events and lifetime, and need CAP_NET_RAW.
 
+mod marker;
+mod ports;
 pub mod segment;
+mod windows;
 
 use crate::platform::{Current, PacketTap, Platform};
+use marker::Marker;
+pub use ports::OwnPorts;
 pub use segment::Segment;
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use windows::{Window, Windows};
 
 /// At most this many segments are kept per capture (the rest are counted).
 pub const MAX_EVENTS: usize = 100_000;
-/// A capture nobody stops ends by itself after this.
+/// A capture nobody stops keeps nothing more after this.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// How often an idle reader looks at its lifetime (a stop wakes it at once).
+/// At most this many captures run at once on an agent.
+pub const MAX_RUNNING: usize = 64;
+/// The tap stays open this long after the last capture stopped, for the
+/// next case's.
+pub const LINGER: Duration = Duration::from_secs(10);
+/// How often an idle reader looks at the time (a stop wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// The same segment seen again this soon is the loopback echo of itself.
-const ECHO_WINDOW_NS: u64 = 1_000_000;
 
 /// One segment and when this host saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,17 +57,22 @@ pub struct WireEvent {
 /// Which segments a capture keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// Keep segments with one of these ports (either end); empty = all.
+    /// Keep segments with one of these ports (either end); empty = the
+    /// ports of this agent's own sockets ([`OwnPorts`]).
     pub ports: Vec<u16>,
     /// Never keep segments with one of these ports (the control channel).
     pub exclude_ports: Vec<u16>,
 }
 
 impl Filter {
-    fn keeps(&self, segment: &Segment) -> bool {
+    fn keeps(&self, segment: &Segment, own: &OwnPorts) -> bool {
         let ports = [segment.source.port(), segment.destination.port()];
         let excluded = ports.iter().any(|port| self.exclude_ports.contains(port));
-        let wanted = self.ports.is_empty() || ports.iter().any(|port| self.ports.contains(port));
+        let wanted = if self.ports.is_empty() {
+            ports.iter().any(|&port| own.has(port))
+        } else {
+            ports.iter().any(|port| self.ports.contains(port))
+        };
         wanted && !excluded
     }
 }
@@ -83,180 +101,187 @@ pub enum CaptureError {
     /// No such capture.
     #[error("no capture {0:?}")]
     Unknown(String),
+    /// Too many at once.
+    #[error("{MAX_RUNNING} captures are running on this agent already: stop some first")]
+    TooMany,
     /// The packet socket could not be opened.
     #[error("cannot capture here: {0}")]
     Unavailable(String),
 }
 
-struct Running {
-    stop: Arc<AtomicBool>,
-    /// A byte written here wakes the reader at once.
-    wake: socket2::Socket,
-    /// What the reader saw, sent when it stops. Not the thread's join:
-    /// closing a packet socket waits for an RCU grace period (10–20 ms
-    /// measured here), which the reader spends after handing over.
-    handed_over: std::sync::mpsc::Receiver<Captured>,
+/// The captures and whether a reader runs: what requests and the reader share.
+#[derive(Default)]
+struct Shared {
+    windows: Windows,
+    /// A byte written here wakes the running reader; none runs without it.
+    reader: Option<socket2::Socket>,
 }
 
 /// The captures running on this agent.
 pub struct Captures {
-    running: Mutex<HashMap<String, Running>>,
+    shared: Arc<Mutex<Shared>>,
+    marker: Arc<Marker>,
+    own: Arc<OwnPorts>,
 }
 
 impl Captures {
     /// Captures on this host, if it can capture (tried for real).
     pub fn new() -> Result<Self, CaptureError> {
-        drop(Current::packet_tap().map_err(|error| CaptureError::Unavailable(error.to_string()))?);
+        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
+        drop(Current::packet_tap().map_err(unavailable)?);
         Ok(Self {
-            running: Mutex::default(),
+            shared: Arc::default(),
+            marker: Arc::new(Marker::new().map_err(unavailable)?),
+            own: Arc::default(),
         })
     }
 
-    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
-        crate::sync::lock(&self.running)
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        crate::sync::lock(&self.shared)
     }
 
-    /// Start capturing segments that `filter` keeps.
+    /// This agent's sockets use `port` (see [`OwnPorts`]).
+    pub fn own_port(&self, port: u16) {
+        self.own.mark(port);
+    }
+
+    /// Start capturing segments that `filter` keeps, from now.
     pub fn start(&self, id: &str, filter: Filter) -> Result<(), CaptureError> {
-        let mut running = self.running();
-        if running.contains_key(id) {
+        let mut shared = self.shared();
+        if shared.windows.contains(id) {
             return Err(CaptureError::IdInUse(id.to_owned()));
         }
-        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
-        let mut tap = Current::packet_tap().map_err(unavailable)?;
-        let (wake, woken) = Current::wake_pair().map_err(unavailable)?;
-        woken.set_nonblocking(true).map_err(unavailable)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let (hand_over, handed_over) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(format!("capture-{id}"))
-            .spawn(move || {
-                let _ = hand_over.send(read(tap.as_mut(), &woken, &filter, &stopped));
-                // The tap closes here, after the hand-over.
-            })
-            .map_err(unavailable)?;
-        running.insert(
-            id.to_owned(),
-            Running {
-                stop,
-                wake,
-                handed_over,
-            },
-        );
+        if shared.windows.running() >= MAX_RUNNING {
+            return Err(CaptureError::TooMany);
+        }
+        if shared.reader.is_none() {
+            shared.reader = Some(self.spawn_reader()?);
+        }
+        shared
+            .windows
+            .open(id, Window::new(filter, Current::monotonic_ns()));
         Ok(())
     }
 
-    /// Stop a capture and hand over what it saw.
+    /// The reader thread, on a freshly opened tap; the way to wake it.
+    fn spawn_reader(&self) -> Result<socket2::Socket, CaptureError> {
+        let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
+        let tap = Current::packet_tap().map_err(unavailable)?;
+        let (wake, woken) = Current::wake_pair().map_err(unavailable)?;
+        woken.set_nonblocking(true).map_err(unavailable)?;
+        let reader = Reader {
+            tap,
+            woken,
+            shared: Arc::clone(&self.shared),
+            marker: Arc::clone(&self.marker),
+            own: Arc::clone(&self.own),
+        };
+        std::thread::Builder::new()
+            .name("capture".to_owned())
+            .spawn(move || reader.run())
+            .map_err(unavailable)?;
+        Ok(wake)
+    }
+
+    /// Stop a capture and hand over what it saw: everything up to the
+    /// marker this stop puts on the wire.
     pub fn stop(&self, id: &str) -> Result<Captured, CaptureError> {
-        let capture = self
-            .running()
-            .remove(id)
-            .ok_or_else(|| CaptureError::Unknown(id.to_owned()))?;
-        capture.stop.store(true, Ordering::Relaxed);
-        // If the byte cannot be written the reader still ends, within IDLE_WAIT.
-        let _ = (&capture.wake).write(&[1]);
-        capture
-            .handed_over
+        let (hand_over, handed_over) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut shared = self.shared();
+            let stopped_ns = Current::monotonic_ns();
+            shared
+                .windows
+                .close(id, stopped_ns, hand_over)
+                .ok_or_else(|| CaptureError::Unknown(id.to_owned()))?;
+            match &shared.reader {
+                // Wakes the reader to wait for the marker, not its idle wait.
+                Some(wake) => drop((&*wake).write(&[1])),
+                // The reader failed: nothing more will come.
+                None => shared.windows.hand_over_all(),
+            }
+        }
+        if let Err(error) = self.marker.send() {
+            tracing::warn!(%error, "capture: cannot send the stop marker; waiting the kernel's longest hold");
+        }
+        handed_over
             .recv()
             .map_err(|_| CaptureError::Unavailable("the capture thread failed".to_owned()))
     }
 
-    /// Stop every capture (a reset), dropping what they saw.
+    /// Stop every capture and forget this agent's ports (a reset), dropping
+    /// what the captures saw.
     pub fn stop_all(&self) {
-        let ids: Vec<String> = self.running().keys().cloned().collect();
-        for id in ids {
-            let _ = self.stop(&id);
-        }
+        self.shared().windows.clear();
+        self.own.clear();
     }
 }
 
-/// The reader thread: each batch is read as the kernel hands it over; a
-/// stop wakes it, and it goes on reading until everything from before the
-/// stop has been handed over, then hands what it kept over. Traffic after
-/// the stop (the control channel carrying other hosts' captures) does not
-/// keep it reading.
-fn read(
-    tap: &mut dyn PacketTap,
-    woken: &socket2::Socket,
-    filter: &Filter,
-    stop: &AtomicBool,
-) -> Captured {
-    let started = Instant::now();
-    let mut captured = Captured::default();
-    let mut stopped_at: Option<Instant> = None;
-    loop {
-        if let Err(error) = tap.drain(&mut |packet, kernel_ns| {
-            keep(packet, kernel_ns, filter, &mut captured);
-        }) {
-            tracing::error!(%error, "capture stopped reading");
-            break;
-        }
-        let now = Instant::now();
-        let wait = match stopped_at {
-            None if stop.load(Ordering::Relaxed) => {
-                stopped_at = Some(now);
-                // The wake-up byte: read it, or every wait would end at once.
-                let _ = (&*woken).read(&mut [0u8; 8]);
-                tap.handed_over_within()
+/// The reader thread and what it owns.
+struct Reader {
+    tap: Box<dyn PacketTap>,
+    /// Readable when a request wants the reader to look again.
+    woken: socket2::Socket,
+    shared: Arc<Mutex<Shared>>,
+    marker: Arc<Marker>,
+    own: Arc<OwnPorts>,
+}
+
+impl Reader {
+    /// Read each batch as the kernel hands it over into the windows, hand
+    /// stopped ones over, and end after [`LINGER`] with nothing to do (or
+    /// when the tap fails: then everything waiting is handed over as is).
+    fn run(mut self) {
+        let mut lost_so_far = 0;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            // The wake-up bytes: read them first, or every wait would end
+            // at once (a byte written from here on ends the next one).
+            let _ = (&self.woken).read(&mut [0u8; 64]);
+            let wait = {
+                let mut shared = crate::sync::lock(&self.shared);
+                let Shared { windows, reader } = &mut *shared;
+                let drained = self.tap.drain(&mut |packet, kernel_ns| {
+                    windows.see(packet, kernel_ns, &self.marker, &self.own);
+                });
+                if let Err(error) = drained {
+                    tracing::error!(%error, "capture stopped reading");
+                    *reader = None;
+                    windows.hand_over_all();
+                    return;
+                }
+                match self.tap.lost() {
+                    Ok(lost) => {
+                        windows.lost(lost.saturating_sub(lost_so_far));
+                        lost_so_far = lost;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "capture: cannot read the kernel's drop count")
+                    }
+                }
+                let now = Instant::now();
+                let give_up = self.tap.handed_over_within();
+                let waiting = windows.hand_over(now, give_up);
+                if windows.idle(now) {
+                    let since = *idle_since.get_or_insert(now);
+                    if now.duration_since(since) >= LINGER {
+                        // Under the lock: a start from now on opens a new tap.
+                        *reader = None;
+                        return;
+                    }
+                } else {
+                    idle_since = None;
+                }
+                waiting.unwrap_or(IDLE_WAIT)
+            };
+            if let Err(error) = self.tap.wait(&self.woken, wait) {
+                tracing::error!(%error, "capture stopped waiting");
+                let mut shared = crate::sync::lock(&self.shared);
+                shared.reader = None;
+                shared.windows.hand_over_all();
+                return;
             }
-            None if now.duration_since(started) >= MAX_LIFETIME => break,
-            None => IDLE_WAIT,
-            Some(at) => match (at + tap.handed_over_within()).checked_duration_since(now) {
-                Some(left) if !left.is_zero() => left,
-                // Everything from before the stop was handed over, and read above.
-                _ => break,
-            },
-        };
-        if let Err(error) = tap.wait(woken, wait) {
-            tracing::error!(%error, "capture stopped waiting");
-            break;
         }
-    }
-    match tap.lost() {
-        Ok(lost) => captured.lost = lost,
-        Err(error) => tracing::warn!(%error, "capture: cannot read the kernel's drop count"),
-    }
-    if captured.lost > 0 {
-        tracing::warn!(
-            lost = captured.lost,
-            "capture: the kernel had no room for packets"
-        );
-    }
-    if captured.reader_stamped > 0 {
-        tracing::warn!(
-            packets = captured.reader_stamped,
-            "capture: kernel stamps not believed (the clock stepped?); stamped when read"
-        );
-    }
-    captured
-}
-
-/// Keep one packet if it is a segment `filter` keeps (not the loopback echo
-/// of one just kept), stamped with the kernel's time of it.
-fn keep(packet: &[u8], kernel_ns: Option<u64>, filter: &Filter, captured: &mut Captured) {
-    let Some(segment) = segment::parse(packet) else {
-        return;
-    };
-    if !filter.keeps(&segment) {
-        return;
-    }
-    // The reader's time only where the kernel's cannot be believed
-    // (counted: those times are late by the reader's lag).
-    let mono_ns = kernel_ns.unwrap_or_else(|| {
-        captured.reader_stamped += 1;
-        Current::monotonic_ns()
-    });
-    let echo = captured.events.iter().rev().take(4).any(|seen| {
-        seen.segment == segment && mono_ns.saturating_sub(seen.mono_ns) < ECHO_WINDOW_NS
-    });
-    if echo {
-        return;
-    }
-    if captured.events.len() < MAX_EVENTS {
-        captured.events.push(WireEvent { mono_ns, segment });
-    } else {
-        captured.dropped += 1;
     }
 }
 
@@ -294,23 +319,24 @@ mod tests {
         // The reader comes late, on purpose (a busy host): well after the
         // kernel handed the packets over.
         std::thread::sleep(tap.handed_over_within() + Duration::from_millis(50));
-        let mut captured = Captured::default();
-        let filter = Filter {
-            ports: vec![port],
-            exclude_ports: Vec::new(),
-        };
-        tap.drain(&mut |packet, kernel_ns| keep(packet, kernel_ns, &filter, &mut captured))?;
-        assert_eq!(
-            captured.reader_stamped, 0,
-            "the kernel stamped every packet"
-        );
-        let handshake: Vec<u8> = captured
-            .events
-            .iter()
-            .map(|event| event.segment.flags)
-            .collect();
-        assert!(captured.events.len() >= 3, "{handshake:?}");
-        for event in &captured.events {
+        let mut events = Vec::new();
+        let mut unstamped = 0;
+        tap.drain(&mut |packet, kernel_ns| {
+            let Some(segment) = segment::parse(packet) else {
+                return;
+            };
+            if [segment.source.port(), segment.destination.port()].contains(&port) {
+                unstamped += u32::from(kernel_ns.is_none());
+                events.push(WireEvent {
+                    mono_ns: kernel_ns.unwrap_or(0),
+                    segment,
+                });
+            }
+        })?;
+        assert_eq!(unstamped, 0, "the kernel stamped every packet");
+        let handshake: Vec<u8> = events.iter().map(|event| event.segment.flags).collect();
+        assert!(events.len() >= 3, "{handshake:?}");
+        for event in &events {
             // Within 100 µs of when it really happened, not 50 ms later.
             assert!(
                 event.mono_ns >= before && event.mono_ns <= after + 100_000,
@@ -356,20 +382,85 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn captures_share_one_tap_and_each_keeps_its_own_window()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let captures = Captures::new()?;
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let only = |port| Filter {
+            ports: vec![port],
+            exclude_ports: Vec::new(),
+        };
+        captures.start("early", only(port))?;
+        let _first = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let _accepted_first = listener.accept()?;
+        captures.start("late", only(port))?;
+        assert!(matches!(
+            captures.start("late", only(port)),
+            Err(CaptureError::IdInUse(_))
+        ));
+        let _second = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let _accepted_second = listener.accept()?;
+        let syns = |captured: &Captured| {
+            captured
+                .events
+                .iter()
+                .filter(|event| event.segment.flags == segment::SYN)
+                .count()
+        };
+        // Each stop hands over everything before it (its marker came by).
+        let late = captures.stop("late")?;
+        let early = captures.stop("early")?;
+        assert_eq!(syns(&early), 2, "{early:?}");
+        assert_eq!(
+            syns(&late),
+            1,
+            "the late one started after the first SYN: {late:?}"
+        );
+        assert!(
+            late.events
+                .iter()
+                .all(|event| event.segment.destination.port() == port
+                    || event.segment.source.port() == port)
+        );
+        assert!(matches!(
+            captures.stop("late"),
+            Err(CaptureError::Unknown(_))
+        ));
+        // The tap is still open for the next one, which sees only its own time.
+        captures.start("next", only(port))?;
+        let next = captures.stop("next")?;
+        assert_eq!(next.events, Vec::new());
+        Ok(())
+    }
+
     #[test]
     fn the_filter_keeps_the_case_and_never_the_control_channel() {
+        let own = OwnPorts::default();
+        own.mark(2);
+        own.mark(7420);
         let filter = Filter {
             ports: vec![7000],
             exclude_ports: vec![7420],
         };
-        assert!(filter.keeps(&segment(40_000, 7000)));
-        assert!(filter.keeps(&segment(7000, 40_000)));
-        assert!(!filter.keeps(&segment(40_000, 8000)));
-        let everything_but_control = Filter {
+        assert!(filter.keeps(&segment(40_000, 7000), &own));
+        assert!(filter.keeps(&segment(7000, 40_000), &own));
+        assert!(!filter.keeps(&segment(40_000, 8000), &own));
+        assert!(
+            !filter.keeps(&segment(2, 8000), &own),
+            "asked for 7000 alone"
+        );
+        let own_but_control = Filter {
             ports: Vec::new(),
             exclude_ports: vec![7420],
         };
-        assert!(everything_but_control.keeps(&segment(1, 2)));
-        assert!(!everything_but_control.keeps(&segment(7420, 2)));
+        assert!(own_but_control.keeps(&segment(1, 2), &own));
+        assert!(
+            !own_but_control.keeps(&segment(1, 3), &own),
+            "not this agent's"
+        );
+        assert!(!own_but_control.keeps(&segment(7420, 2), &own));
     }
 }

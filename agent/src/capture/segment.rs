@@ -126,25 +126,43 @@ pub fn parse(packet: &[u8]) -> Option<Segment> {
     })
 }
 
+/// The IP and TCP headers of an IPv4 segment with `flags`, no payload (tests
+/// feed them to what reads the tap).
+#[cfg(test)]
+pub(crate) fn ipv4_packet(
+    source: std::net::SocketAddrV4,
+    destination: std::net::SocketAddrV4,
+    flags: u8,
+) -> Vec<u8> {
+    let mut packet = vec![0u8; 40];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&40u16.to_be_bytes());
+    packet[9] = TCP;
+    packet[12..16].copy_from_slice(&source.ip().octets());
+    packet[16..20].copy_from_slice(&destination.ip().octets());
+    packet[20..22].copy_from_slice(&source.port().to_be_bytes());
+    packet[22..24].copy_from_slice(&destination.port().to_be_bytes());
+    packet[32] = 5 << 4;
+    packet[33] = flags;
+    packet
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// An IPv4 TCP packet 198.18.0.10:40000 -> 198.18.0.11:7000 with `flags` and `payload` bytes.
     fn ipv4(flags: u8, payload: usize) -> Vec<u8> {
-        let total = 20 + 20 + payload;
-        let mut packet = vec![0u8; total];
-        packet[0] = 0x45;
-        packet[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(0).to_be_bytes());
-        packet[9] = TCP;
-        packet[12..16].copy_from_slice(&[198, 18, 0, 10]);
-        packet[16..20].copy_from_slice(&[198, 18, 0, 11]);
-        packet[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        packet[22..24].copy_from_slice(&7000u16.to_be_bytes());
+        let mut packet = ipv4_packet(
+            std::net::SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40000),
+            std::net::SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 7000),
+            flags,
+        );
+        packet.resize(packet.len() + payload, 0);
+        let total = u16::try_from(packet.len()).unwrap_or(0);
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
         packet[24..28].copy_from_slice(&1000u32.to_be_bytes());
         packet[28..32].copy_from_slice(&2000u32.to_be_bytes());
-        packet[32] = 5 << 4;
-        packet[33] = flags;
         packet
     }
 

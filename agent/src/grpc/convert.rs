@@ -3,6 +3,7 @@
 //! own. A field out of range becomes `InvalidArgument` naming the field.
 
 use crate::agent::Connection;
+use crate::capture::Captured;
 use crate::degrade::{Impairment, Selection};
 use crate::error::AgentError;
 use crate::hostinfo::HostInfo;
@@ -15,6 +16,7 @@ use crate::platform::{Current, Platform, wall_unix_ns};
 use crate::process::{ProcessAction, ProcessTarget};
 use crate::sockets::{ConnectionFilter, Remote, TcpConnection};
 use faultlab_proto::v1 as pb;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// A timeout of 0 in a request means this.
@@ -548,6 +550,35 @@ pub(super) fn degradation(
             peer_port,
         },
     ))
+}
+
+/// What a capture saw, as its reply. A flood is tens of thousands of
+/// segments between a few addresses: each address is written out once.
+pub(super) fn stop_capture_reply(captured: Captured) -> pb::StopCaptureReply {
+    let mut written: HashMap<SocketAddr, String> = HashMap::new();
+    let mut text = |address: SocketAddr| {
+        written
+            .entry(address)
+            .or_insert_with(|| address.to_string())
+            .clone()
+    };
+    pb::StopCaptureReply {
+        segments: captured
+            .events
+            .into_iter()
+            .map(|event| pb::WireSegment {
+                mono_ns: event.mono_ns,
+                source: text(event.segment.source),
+                destination: text(event.segment.destination),
+                flags: event.segment.flag_letters(),
+                seq: event.segment.seq,
+                ack: event.segment.ack,
+                payload: event.segment.payload,
+            })
+            .collect(),
+        dropped: captured.dropped,
+        lost: captured.lost,
+    }
 }
 
 pub(super) fn host_info(host: &HostInfo) -> pb::HostInfoReply {

@@ -528,23 +528,7 @@ impl pb::agent_server::Agent for AgentService {
             let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
                 .await
                 .map_err(|error| Status::internal(format!("capture: {error}")))??;
-            Ok(Response::new(pb::StopCaptureReply {
-                segments: captured
-                    .events
-                    .into_iter()
-                    .map(|event| pb::WireSegment {
-                        mono_ns: event.mono_ns,
-                        source: event.segment.source.to_string(),
-                        destination: event.segment.destination.to_string(),
-                        flags: event.segment.flag_letters(),
-                        seq: event.segment.seq,
-                        ack: event.segment.ack,
-                        payload: event.segment.payload,
-                    })
-                    .collect(),
-                dropped: captured.dropped,
-                lost: captured.lost,
-            }))
+            Ok(Response::new(convert::stop_capture_reply(captured)))
         })
         .await
     }

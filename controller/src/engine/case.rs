@@ -145,6 +145,8 @@ async fn play_case(
     wire_evidence(&mut report, &run);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     conclude(&mut report, played, &run, &leftovers, case.timeout_ms);
+    // Judged: the segments are the report's now (tens of thousands in a flood).
+    report.wire = std::mem::take(&mut run.wire);
     report
 }
 
@@ -153,7 +155,6 @@ async fn play_case(
 /// hosts' clocks agree with the wire.
 fn wire_evidence(report: &mut CaseReport, run: &CaseRun<'_>) {
     report.wire_evidence = run.capture.is_some();
-    report.wire = run.wire.clone();
     report.wire_missed = run.wire_missed.clone();
     // Each host's test address and clock error (by the case's end), by agent name.
     let ended_ns = run.clock.now_ns();
@@ -167,13 +168,8 @@ fn wire_evidence(report: &mut CaseReport, run: &CaseRun<'_>) {
             )
         })
         .collect();
-    detection::annotate(
-        &mut report.observations,
-        &report.wire,
-        &hosts,
-        &run.wire_lost,
-    );
-    report.clock_check = detection::clock_check(&report.wire, &hosts);
+    detection::annotate(&mut report.observations, &run.wire, &hosts, &run.wire_lost);
+    report.clock_check = detection::clock_check(&run.wire, &hosts);
 }
 
 /// The verdict of a case from how its timeline ended (`played`: within

@@ -15,6 +15,7 @@ use super::steps::{PLUG_BACK_TIMEOUT, by_the_lab, wait_for_new_boot};
 use super::undo::{AgentUndo, UndoBy};
 use crate::lab::outside::OutsideFault;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a host switched back on by cleanup may take to boot until
@@ -110,15 +111,52 @@ impl Ledger {
 /// [`UndoList::in_cleanup_order`]: super::undo::UndoList::in_cleanup_order
 pub(super) async fn cleanup(run: &CaseRun<'_>) -> Vec<Leftover> {
     let mut ledger = Ledger::default();
+    let mut killing = Vec::new();
     for undo in run.names.undo.in_cleanup_order() {
         let Some(agent) = run.agents.get(&undo.role) else {
             continue;
         };
-        let done = match &undo.by {
-            UndoBy::Agent(call) => by_the_agent(agent, call.clone()).await,
-            UndoBy::Lab(fault) => by_its_lab(agent, *fault, &run.clock).await,
+        match &undo.by {
+            // The holders go last, on every host at once.
+            UndoBy::Agent(AgentUndo::KillHolder(kill)) => {
+                killing.push((Arc::clone(agent), undo.what.clone(), *kill));
+            }
+            UndoBy::Agent(call) => {
+                let done = by_the_agent(agent, call.clone()).await;
+                ledger.note(agent, undo.what.clone(), done);
+            }
+            UndoBy::Lab(fault) => {
+                let done = by_its_lab(agent, *fault, &run.clock).await;
+                ledger.note(agent, undo.what.clone(), done);
+            }
+        }
+    }
+    // Noted in the order booked, whichever answered first; a kill whose
+    // task failed is noted as unanswered, never dropped.
+    let mut kills = tokio::task::JoinSet::new();
+    let mut tasks = std::collections::HashMap::new();
+    for (order, (agent, what, kill)) in killing.into_iter().enumerate() {
+        let killer = Arc::clone(&agent);
+        let task =
+            kills.spawn(async move { by_the_agent(&killer, AgentUndo::KillHolder(kill)).await });
+        tasks.insert(task.id(), (order, agent, what));
+    }
+    let mut killed = Vec::with_capacity(tasks.len());
+    while let Some(joined) = kills.join_next_with_id().await {
+        let (id, done) = match joined {
+            Ok((id, done)) => (id, done),
+            Err(error) => (
+                error.id(),
+                Undo::Unanswered(format!("the kill failed: {error}")),
+            ),
         };
-        ledger.note(agent, undo.what.clone(), done);
+        if let Some((order, agent, what)) = tasks.remove(&id) {
+            killed.push((order, agent, what, done));
+        }
+    }
+    killed.sort_by_key(|(order, ..)| *order);
+    for (_, agent, what, done) in killed {
+        ledger.note(&agent, what, done);
     }
     ledger.leftovers
 }

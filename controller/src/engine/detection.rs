@@ -94,13 +94,21 @@ pub(super) fn clock_check(
     wire: &[WireReport],
     hosts: &HashMap<String, (IpAddr, u64)>,
 ) -> Option<ClockCheck> {
-    let host_at = |address: &str| {
-        let ip = address.parse::<std::net::SocketAddr>().ok()?.ip();
-        hosts
-            .iter()
-            .find(|(_, (test_ip, _))| *test_ip == ip)
-            .map(|(name, (_, error))| (name.as_str(), *error))
-    };
+    // A few addresses, tens of thousands of segments in a flood: each
+    // address is read once.
+    let mut hosts_at: HashMap<&str, Option<(&str, u64)>> = HashMap::new();
+    for segment in wire {
+        for address in [segment.source.as_str(), segment.destination.as_str()] {
+            hosts_at.entry(address).or_insert_with(|| {
+                let ip = address.parse::<std::net::SocketAddr>().ok()?.ip();
+                hosts
+                    .iter()
+                    .find(|(_, (test_ip, _))| *test_ip == ip)
+                    .map(|(name, (_, error))| (name.as_str(), *error))
+            });
+        }
+    }
+    let host_at = |address: &str| hosts_at.get(address).copied().flatten();
     // Each segment's first sighting by its sender's capture.
     let mut sent: HashMap<SegmentKey<'_>, (i64, u64)> = HashMap::new();
     for segment in wire {

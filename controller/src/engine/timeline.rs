@@ -61,9 +61,11 @@ pub(super) async fn play<'a>(case: &'a Scenario, run: &mut CaseRun<'a>) -> Resul
     Ok(())
 }
 
-/// A holder process for every role an agent plays.
+/// A holder process for every role an agent plays, spawned on all hosts at
+/// once (a spawn is a process start: milliseconds each, in every case).
 async fn spawn_holders(case: &Scenario, run: &mut CaseRun<'_>) -> Result<(), StepError> {
-    for role in &case.roles {
+    let mut spawning = tokio::task::JoinSet::new();
+    for (index, role) in case.roles.iter().enumerate() {
         if run.targets.contains_key(role) {
             continue;
         }
@@ -74,26 +76,35 @@ async fn spawn_holders(case: &Scenario, run: &mut CaseRun<'_>) -> Result<(), Ste
             label: format!("{}/{role}", case.id),
             session: super::handles::session_id().to_owned(),
         };
-        let spawned = agent
-            .client
-            .clone()
-            .spawn_holder(request)
-            .await
-            .map_err(|status| StepError::from_status(&agent, &status))?
-            .into_inner();
-        run.names.holders.insert(role.clone(), spawned.holder_id);
+        spawning.spawn(async move {
+            let spawned = agent.client.clone().spawn_holder(request).await;
+            (index, agent, spawned)
+        });
+    }
+    let mut spawned = Vec::with_capacity(spawning.len());
+    while let Some(joined) = spawning.join_next().await {
+        spawned.push(joined.map_err(|error| StepError::Failed(format!("spawn: {error}")))?);
+    }
+    // Booked in role order, whichever answered first: cleanup is the same every time.
+    spawned.sort_by_key(|(index, _, _)| *index);
+    let mut failed = None;
+    for (index, agent, reply) in spawned {
+        let holder_id = match reply {
+            Ok(reply) => reply.into_inner().holder_id,
+            Err(status) => {
+                failed.get_or_insert_with(|| StepError::from_status(&agent, &status));
+                continue;
+            }
+        };
+        let role = &case.roles[index];
+        run.names.holders.insert(role.clone(), holder_id);
         run.names.undo.book(Undo::by_agent(
             role,
-            format!(
-                "holder {} (its connections, and any flood it sends)",
-                spawned.holder_id
-            ),
-            AgentUndo::KillHolder(pb::KillHolderRequest {
-                holder_id: spawned.holder_id,
-            }),
+            format!("holder {holder_id} (its connections, and any flood it sends)"),
+            AgentUndo::KillHolder(pb::KillHolderRequest { holder_id }),
         ));
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Wait for the background step `name`; its outcome is its own.

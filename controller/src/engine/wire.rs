@@ -13,33 +13,43 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tracing::Span;
 
-/// Start a capture on every agent of the case, if all of them can capture.
+/// Start a capture on every agent of the case, if all of them can capture,
+/// on all of them at once.
 pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
-    let agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
     if agents.is_empty() || !agents.iter().all(|agent| agent.offers(Capability::Capture)) {
         return;
     }
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    agents.dedup_by(|a, b| a.name == b.name);
     let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());
-    let mut started: Vec<Arc<AgentHandle>> = Vec::new();
-    for agent in &agents {
-        let mut client = agent.client.clone();
+    let mut starting = JoinSet::new();
+    for agent in agents {
         let request = pb::StartCaptureRequest {
             id: id.clone(),
+            // The agent's own ports: the case's connections, known to it
+            // before their first segment, and not yet to us.
             ports: Vec::new(),
         };
-        if client.start_capture(request).await.is_err() {
-            // No partial evidence: stop what started and go without.
-            for agent in started {
-                let mut client = agent.client.clone();
-                let _ = client
-                    .stop_capture(pb::StopCaptureRequest { id: id.clone() })
-                    .await;
-            }
-            return;
-        }
-        started.push(Arc::clone(agent));
+        starting.spawn(async move {
+            let started = agent.client.clone().start_capture(request).await.is_ok();
+            (agent, started)
+        });
     }
-    run.capture = Some(id);
+    let mut started = Vec::new();
+    let mut all = true;
+    while let Some(joined) = starting.join_next().await {
+        match joined {
+            Ok((agent, true)) => started.push(agent),
+            _ => all = false,
+        }
+    }
+    if all {
+        run.capture = Some(id);
+    } else {
+        // No partial evidence: stop what started and go without.
+        stop_captures(&id, started).await;
+    }
 }
 
 /// Stop the captures and keep the segments of the case's own connections
@@ -132,6 +142,8 @@ fn segments_of_ports(
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse::<u16>().ok())
     };
+    // The offset read once, not per segment (a flood is tens of thousands).
+    let run_ns = agent.to_run_clock();
     segments
         .into_iter()
         .filter(|segment| {
@@ -141,7 +153,7 @@ fn segments_of_ports(
         })
         .map(|segment| WireReport {
             host: agent.name.clone(),
-            t_ns: agent.run_ns(segment.mono_ns),
+            t_ns: run_ns(segment.mono_ns),
             source: segment.source,
             destination: segment.destination,
             flags: segment.flags,
