@@ -101,6 +101,8 @@ pub struct Agent {
     config: AgentConfig,
     host: HostInfo,
     holders: Mutex<HashMap<HolderId, Arc<HolderProcess>>>,
+    /// A holder started ahead, for the next spawn.
+    spare: Mutex<Option<HolderProcess>>,
     /// Owner of every listener and connection, by raw id.
     owners: Mutex<HashMap<u64, HolderId>>,
     /// Callers' sessions and the holders spawned in them.
@@ -240,6 +242,7 @@ impl Agent {
             config,
             host,
             holders: Mutex::new(HashMap::new()),
+            spare: Mutex::new(None),
             owners: Mutex::new(HashMap::new()),
             sessions: Sessions::default(),
             next_id: AtomicU64::new(1),
@@ -303,7 +306,7 @@ impl Agent {
 
     /// Start a holder process, in the caller's `session` if it names one.
     pub fn spawn_holder(
-        &self,
+        self: &Arc<Self>,
         label: String,
         session: Option<String>,
     ) -> Result<(HolderId, u32), AgentError> {
@@ -323,19 +326,60 @@ impl Agent {
                 self.config.limits.holders
             )));
         }
-        let id = HolderId(self.new_id());
-        let holder =
-            HolderProcess::spawn(&self.config.holder_exe, id, label, Arc::clone(&self.events))?;
+        let holder = match self.take_spare() {
+            Some(spare) => spare.labelled(label),
+            None => self.start_holder(label)?,
+        };
+        let id = holder.id();
         let pid = holder.pid();
         tracing::info!(%id, label = holder.label(), pid, "holder started");
         self.forget_old_holders();
-        // A new case begins: what the last one's capture held is free now.
-        Current::return_free_memory();
         lock(&self.holders).insert(id, Arc::new(holder));
+        // After the reply: the next holder starts while this case runs, and
+        // what the last case held goes back to the system (malloc_trim
+        // takes milliseconds).
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            agent.keep_a_spare();
+            let _ = tokio::task::spawn_blocking(Current::return_free_memory).await;
+        });
         if let Some(session) = session {
             self.sessions.spawned(id, session);
         }
         Ok((id, pid))
+    }
+
+    fn start_holder(&self, label: String) -> Result<HolderProcess, AgentError> {
+        let id = HolderId(self.new_id());
+        Ok(HolderProcess::spawn(
+            &self.config.holder_exe,
+            id,
+            label,
+            Arc::clone(&self.events),
+        )?)
+    }
+
+    /// The holder started ahead, if it is still alive.
+    fn take_spare(&self) -> Option<HolderProcess> {
+        lock(&self.spare)
+            .take()
+            .filter(|spare| spare.exited().is_none())
+    }
+
+    /// Start a holder ahead if none waits: a holder process takes its time
+    /// to start (150 ms in an emulated guest, a few ms here), and a case
+    /// starts with one on each of its hosts. It holds nothing, is not one
+    /// of the agent's holders until taken, and ends with the agent (its
+    /// stdin closes).
+    fn keep_a_spare(&self) {
+        let mut spare = lock(&self.spare);
+        if spare.as_ref().is_some_and(|spare| spare.exited().is_none()) {
+            return;
+        }
+        match self.start_holder("started ahead".to_owned()) {
+            Ok(started) => *spare = Some(started),
+            Err(error) => tracing::warn!(%error, "cannot start a holder ahead"),
+        }
     }
 
     /// Keep the newest [`ENDED_HOLDERS_KEPT`] ended holders (a late request

@@ -10,12 +10,12 @@
 //!   far apart the agents really act (the barrier skew), next to
 //!   the machine's own floor: as many bare processes woken at one moment.
 //! - **suite**: the wall time of a suite run one case at a time, against
-//!   the waits its scenarios ask for (sleeps, and sends or waits meant to
-//!   time out): what the engine adds on top.
+//!   the waits its cases cannot go without (see [`inherent_waits_ms`]):
+//!   what the engine adds on top, on a local lab or any inventory's.
 
 use crate::engine::{AgentHandle, RunClock, inherent_wait_ms, run_case};
 use crate::report::CaseReport;
-use crate::scenario::Scenario;
+use crate::scenario::{Action, NetworkFault, Scenario};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -303,6 +303,9 @@ pub struct SuiteTiming {
     pub inherent_ms: u64,
     /// Wall time, one case after the other.
     pub wall_ms: f64,
+    /// The cases with the most time beyond their inherent waits, most first
+    /// (id, ms over).
+    pub most_over: Vec<(String, u64)>,
 }
 
 /// Run `cases` one at a time on the first agents.
@@ -318,24 +321,76 @@ pub async fn suite(
                 && case.needed().all(|need| {
                     agents[..case.roles.len()]
                         .iter()
-                        .all(|agent| agent.info.capabilities.iter().any(|c| c == need.name()))
+                        .all(|agent| agent.offers(need))
                 })
         })
         .collect();
     let started = Instant::now();
     let mut expected = 0;
+    let mut inherent_ms = 0;
+    let mut over = Vec::with_capacity(runnable.len());
     for case in &runnable {
+        let case_started = Instant::now();
         let report = run_case(case, &agents[..case.roles.len()], clock).await;
+        let took_ms = u64::try_from(case_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if report.verdict == crate::report::Verdict::Expected {
             expected += 1;
         }
+        let waits = inherent_waits_ms(case, &report);
+        inherent_ms += waits;
+        over.push((case.id.clone(), took_ms.saturating_sub(waits)));
     }
+    over.sort_by_key(|(_, ms)| std::cmp::Reverse(*ms));
+    over.truncate(3);
     SuiteTiming {
         cases: runnable.len(),
         expected,
-        inherent_ms: runnable.iter().map(|case| inherent_wait_ms(case)).sum(),
+        inherent_ms,
         wall_ms: started.elapsed().as_secs_f64() * 1_000.0,
+        most_over: over,
     }
+}
+
+/// The waits a case cannot go without, on any lab: the sleeps and the
+/// timeouts it asks for (from the scenario), the waits it provokes the
+/// kernel into as measured (from the end of each `since` step to the end
+/// of the step whose `within_ms` it bounds: a keepalive's or a user
+/// timeout's end, a killed peer's FIN), and its reboots as measured (until
+/// the host answered again). A sleep between a `since` step and the step
+/// it bounds would be counted twice; the built-in suites have none.
+pub fn inherent_waits_ms(case: &Scenario, report: &CaseReport) -> u64 {
+    let ended = |step: &str| {
+        report
+            .observations
+            .iter()
+            .filter(|observation| observation.step == step)
+            .map(|observation| {
+                observation.t_ns + i64::try_from(observation.duration_ns).unwrap_or(i64::MAX)
+            })
+            .max()
+    };
+    let provoked: i64 = case
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let since = step.expect.get("linux")?.since.as_deref()?;
+            step.expect.get("linux")?.within_ms?;
+            Some((ended(&step.name)? - ended(since)?).max(0))
+        })
+        .sum();
+    let reboots: u64 = case
+        .steps
+        .iter()
+        .filter(|step| matches!(step.action, Action::Network(NetworkFault::Reboot { .. })))
+        .filter_map(|step| {
+            report
+                .observations
+                .iter()
+                .find(|observation| observation.step == step.name)
+                .map(|observation| observation.duration_ns / 1_000_000)
+        })
+        .sum();
+    inherent_wait_ms(case) + u64::try_from(provoked / 1_000_000).unwrap_or(0) + reboots
 }
 
 #[cfg(test)]
@@ -357,6 +412,36 @@ mod tests {
         assert_eq!(released.len(), 255);
         let distinct: std::collections::HashSet<&str> = released.iter().copied().collect();
         assert_eq!(distinct.len(), 255);
+        Ok(())
+    }
+
+    #[test]
+    fn inherent_waits_are_the_asked_ones_and_the_provoked_ones_as_measured()
+    -> Result<(), crate::scenario::ScenarioErrors> {
+        let case = crate::scenario::parse(
+            "waits.toml",
+            "id = \"W1\"\nname = \"waits\"\ntitle = \"waits\"\nroles = [\"client\", \"server\"]\nneeds = [\"isolate\"]\n\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"l\"\n\n[[step]]\ndo = \"sleep\"\nms = 200\n\n[[step]]\nname = \"cut\"\nrole = \"server\"\ndo = \"isolate\"\ndeadline_ms = 10000\n\n[[step]]\nname = \"ends\"\nrole = \"server\"\ndo = \"reboot\"\ndown_ms = 2000\n\n[[step]]\nname = \"seen\"\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\ntimeout_ms = 3000\nexpect.linux = { outcome = \"timeout\", within_ms = 6000, since = \"cut\" }\n",
+        )?;
+        let observed = |step: &str, t_ms: i64, took_ms: u64| crate::report::ObservationReport {
+            step: step.to_owned(),
+            t_ns: t_ms * 1_000_000,
+            duration_ns: took_ms * 1_000_000,
+            ..crate::report::ObservationReport::default()
+        };
+        let report = CaseReport {
+            observations: vec![
+                observed("cut", 200, 5),
+                observed("ends", 205, 2_100),
+                observed("seen", 2_305, 3_001),
+            ],
+            ..CaseReport::default()
+        };
+        // 200 asked + 3 000 expected to time out + 2 100 rebooting, measured
+        // + 5 101 from the cut's end to the connect's end.
+        assert_eq!(
+            inherent_waits_ms(&case, &report),
+            200 + 3_000 + 2_100 + 5_101
+        );
         Ok(())
     }
 

@@ -108,9 +108,17 @@ impl HolderProcess {
         self.id
     }
 
-    /// The label given at spawn.
+    /// The label given at spawn, or when a holder started ahead was taken.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// This holder, labelled `label` (a holder started ahead is labelled
+    /// when it is taken).
+    #[must_use]
+    pub fn labelled(mut self, label: String) -> Self {
+        self.label = label;
+        self
     }
 
     /// The holder's process id.

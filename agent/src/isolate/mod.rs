@@ -202,6 +202,13 @@ pub trait Firewall: Send + Sync {
     /// Try to remove each entry of `isolation`; one already gone is no error
     /// (the caller reads back what is left).
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError>;
+    /// Remove every entry of `isolation` in one transaction, which the
+    /// filter refuses whole unless each was in place: true when done (so
+    /// each was), false when nothing was removed. A filter without such
+    /// transactions says false.
+    fn remove_at_once(&self, _isolation: &Isolation) -> bool {
+        false
+    }
     /// Remove every entry faultlab holds, booked or not.
     fn remove_all(&self) -> Result<(), FirewallError>;
 }
@@ -326,12 +333,18 @@ impl Isolations {
         Ok(lifted)
     }
 
-    /// Remove `isolation`'s entries, and read the filter back before and after.
+    /// Remove `isolation`'s entries, and read the filter back after (and
+    /// before, unless one transaction removed them all: then each was in
+    /// place).
     fn lift(&self, isolation: &Isolation) -> Result<Lifted, IsolateError> {
         let id = &isolation.id;
         let entries = self.firewall.entries(isolation);
-        let before = self.firewall.in_place()?;
-        let tried = self.firewall.remove(isolation);
+        let (before, tried) = if self.firewall.remove_at_once(isolation) {
+            (entries.iter().cloned().collect(), Ok(()))
+        } else {
+            let before = self.firewall.in_place()?;
+            (before, self.firewall.remove(isolation))
+        };
         let after = self.firewall.in_place()?;
         let left: Vec<String> = entries
             .iter()
@@ -463,6 +476,23 @@ mod tests {
             }
             Ok(())
         }
+        fn remove_at_once(&self, isolation: &Isolation) -> bool {
+            self.record(format!("remove at once {}", isolation.id));
+            let entries = self.entries(isolation);
+            let mut held = crate::sync::lock(&self.held);
+            let stuck = crate::sync::lock(&self.stuck);
+            // As nftables: refused whole unless each is there (and goes).
+            if !entries
+                .iter()
+                .all(|entry| held.contains(entry) && !stuck.contains(entry))
+            {
+                return false;
+            }
+            for entry in &entries {
+                held.remove(entry);
+            }
+            true
+        }
         fn remove_all(&self) -> Result<(), FirewallError> {
             self.record("remove all".to_owned());
             let held = crate::sync::lock(&self.held).clone();
@@ -522,7 +552,13 @@ mod tests {
         assert_eq!(book.heal_all()?.isolations, 1);
         assert_eq!(
             filter.calls(),
-            ["add a", "remove a", "add short", "add again", "remove all"]
+            [
+                "add a",
+                "remove at once a",
+                "add short",
+                "add again",
+                "remove all"
+            ]
         );
         Ok(())
     }

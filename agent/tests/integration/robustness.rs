@@ -374,31 +374,100 @@ fn process_exists(pid: u32) -> bool {
     })
 }
 
+/// The live holder processes whose parent is `agent_pid`.
+fn holders_of(agent_pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let mut fields = after.split_whitespace();
+            let alive = fields.next() != Some("Z");
+            let parent = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            alive
+                && parent == Some(agent_pid)
+                && cmdline
+                    .split(|&byte| byte == 0)
+                    .any(|word| word == b"holder")
+        })
+        .collect()
+}
+
+/// The holders of `agent_pid`, once there are `count` of them (the one
+/// started ahead starts just after a spawn's reply), within 5 s.
+async fn holders_once(agent_pid: u32, count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut holders = holders_of(agent_pid);
+    while holders.len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        holders = holders_of(agent_pid);
+    }
+    holders
+}
+
+async fn spawn(host: &mut Host, label: &str) -> Result<pb::SpawnHolderReply, tonic::Status> {
+    host.rpc
+        .spawn_holder(pb::SpawnHolderRequest {
+            label: label.to_owned(),
+            session: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_holder_started_ahead_is_the_next_one_taken() -> TestResult {
+    if !Path::new("/proc/self/stat").exists() {
+        return Err("this test reads /proc; run it on Linux".into());
+    }
+    let mut host = Host::start().await?;
+    let agent_pid = host.process.pid();
+    let first = spawn(&mut host, "first").await?;
+    // The first spawn started the next holder ahead, beside its own.
+    let ahead: Vec<u32> = holders_once(agent_pid, 2)
+        .await
+        .into_iter()
+        .filter(|&pid| pid != first.pid)
+        .collect();
+    assert_eq!(ahead.len(), 1, "holders besides the first: {ahead:?}");
+    let second = spawn(&mut host, "second").await?;
+    assert_eq!(
+        second.pid, ahead[0],
+        "the second spawn took the holder started ahead"
+    );
+    // And it works like any.
+    let (listener, address) = host.listen(second.holder_id, None).await?;
+    assert!(listener > 0 && !address.is_empty(), "{listener} {address}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn holders_do_not_outlive_a_killed_agent() -> TestResult {
     if !Path::new("/proc/self/stat").exists() {
         return Err("this test reads /proc; run it on Linux".into());
     }
     let mut host = Host::start().await?;
-    let spawned = host
-        .rpc
-        .spawn_holder(pb::SpawnHolderRequest {
-            label: "orphan?".to_owned(),
-            session: String::new(),
-        })
-        .await?
-        .into_inner();
+    let agent_pid = host.process.pid();
+    let spawned = spawn(&mut host, "orphan?").await?;
     assert!(process_exists(spawned.pid));
+    // The one it took, and the one started ahead for the next spawn.
+    let holders = holders_once(agent_pid, 2).await;
+    assert_eq!(holders.len(), 2, "{holders:?}");
     host.process.kill();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while process_exists(spawned.pid) && Instant::now() < deadline {
+    while holders.iter().any(|&pid| process_exists(pid)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        !process_exists(spawned.pid),
-        "holder {} outlived its agent",
-        spawned.pid
-    );
+    let left: Vec<u32> = holders
+        .into_iter()
+        .filter(|&pid| process_exists(pid))
+        .collect();
+    assert!(left.is_empty(), "holders {left:?} outlived their agent");
     Ok(())
 }
 

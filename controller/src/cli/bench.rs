@@ -1,12 +1,15 @@
 //! `faultlab bench`: the engine's numbers on a local lab (fan-out skew,
 //! release skew against the machine's floor, idle or under a load made on
-//! purpose, memory, suite overhead).
+//! purpose, memory, suite overhead), or the suite's overhead alone on any
+//! inventory's lab.
 
+use super::TlsArgs;
 use super::say;
 use anyhow::bail;
 use faultlab::agents::Connector;
 use faultlab::bench::{self, Spread};
 use faultlab::engine::{AgentHandle, RunClock};
+use faultlab::inventory::Inventory;
 use faultlab::lab::{self, LabError, LocalLab};
 use faultlab::scenario::Scenario;
 use faultlab::suites;
@@ -32,11 +35,27 @@ pub struct BenchArgs {
     /// and the releases are measured (a busy host, reproducibly).
     #[arg(long, default_value_t = 0)]
     load: usize,
+    /// Measure the seed suite's overhead on this inventory's agents (the
+    /// first two, e.g. a lab made by `faultlab lab up`) rather than on a
+    /// local loopback lab: only the suite rounds run (the fan-out and the
+    /// release measure this machine against its own floor).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["agents", "load"])]
+    inventory: Option<std::path::PathBuf>,
 }
 
 /// Run every measurement and print it; whether every case came out expected.
-pub async fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
+pub async fn bench(args: &BenchArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
     let seed = suites::load("seed").unwrap_or(Ok(Vec::new()))?;
+    if let Some(path) = &args.inventory {
+        let inventory = Inventory::load(path)?;
+        let connector = tls.connector(Some(&inventory))?;
+        let clock = RunClock::start();
+        let handles = AgentHandle::connect_all(&connector, &inventory, &clock).await?;
+        if handles.len() < 2 {
+            bail!("{}: the suite needs two agents", path.display());
+        }
+        return suite_rounds(&seed, &handles[..2], args.rounds, clock).await;
+    }
     let Some(fanned) = seed.iter().find(|scenario| scenario.id == args.case) else {
         bail!("no seed case {:?}", args.case);
     };
@@ -59,18 +78,38 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
             peak as f64 / 1024.0
         );
     }
-    for round in 1..=args.rounds {
-        let timing = bench::suite(&seed, &handles[..2], clock).await;
+    let suite_expected = suite_rounds(&seed, &handles[..2], args.rounds, clock).await?;
+    Ok(fanned_out && released && suite_expected)
+}
+
+/// The seed suite `rounds` times, one case at a time on `agents`: its wall
+/// time against its inherent waits; whether every case came out expected.
+async fn suite_rounds(
+    seed: &[Scenario],
+    agents: &[Arc<AgentHandle>],
+    rounds: usize,
+    clock: RunClock,
+) -> anyhow::Result<bool> {
+    let mut all_expected = true;
+    for round in 1..=rounds {
+        let timing = bench::suite(seed, agents, clock).await;
+        all_expected &= timing.expected == timing.cases;
+        let most_over: Vec<String> = timing
+            .most_over
+            .iter()
+            .map(|(case, ms)| format!("{case} +{ms} ms"))
+            .collect();
         say!(
-            "suite round {round}: {} cases one at a time ({} expected): {:.0} ms wall, {} ms inherent waits: {:.2}x",
+            "suite round {round}: {} cases one at a time ({} expected): {:.0} ms wall, {} ms inherent waits: {:.2}x (most over: {})",
             timing.cases,
             timing.expected,
             timing.wall_ms,
             timing.inherent_ms,
-            timing.wall_ms / timing.inherent_ms.max(1) as f64
+            timing.wall_ms / timing.inherent_ms.max(1) as f64,
+            most_over.join(", ")
         );
     }
-    Ok(fanned_out && released)
+    Ok(all_expected)
 }
 
 /// The case on every pair at once; whether all came out expected.

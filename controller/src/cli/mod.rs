@@ -64,7 +64,8 @@ pub enum Command {
     Connections(connections::ConnectionsArgs),
     /// Benchmarks on a local lab: fan-out skew over many agents, release
     /// skew against the machine's floor (idle or under --load), and the
-    /// seed suite's wall time against its inherent waits.
+    /// seed suite's wall time against its inherent waits (also on any
+    /// lab's agents, with --inventory).
     Bench(bench::BenchArgs),
     /// A lab of network-namespace hosts on this machine that outlives the
     /// command (needs root): up, down, status.
@@ -89,7 +90,7 @@ pub async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
         Command::Cases => cases::cases(),
         Command::Agents(args) => agents::agents(args, &tls).await,
         Command::Connections(args) => connections::connections(args, &tls).await,
-        Command::Bench(args) => bench::bench(&args).await,
+        Command::Bench(args) => bench::bench(&args, &tls).await,
         Command::Lab(args) => lab::lab(args).await,
         Command::Heal(args) => heal::heal(args, &tls).await,
         Command::Report(args) => report::report(&args),

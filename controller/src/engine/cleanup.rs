@@ -21,10 +21,12 @@ use std::time::Duration;
 /// How long a host switched back on by cleanup may take to boot until
 /// its agent answers (a VM under TCG takes 5 to 10 s).
 const POWER_ON_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a host whose cable cleanup plugged back at the switch side is
-/// left to settle: its neighbour entries that failed meanwhile are tried
-/// again (three ARP probes a second apart).
-const CABLE_SETTLE: Duration = Duration::from_secs(3);
+/// How long a host whose cable cleanup plugged back may take until it
+/// reaches its peers again (a peer it failed to resolve while the cable was
+/// out is tried again by ARP a second apart).
+const PATH_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// One try of that, and the pause between tries.
+const PATH_TRY: Duration = Duration::from_millis(100);
 
 /// Something a case made that its cleanup could not confirm undone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +128,10 @@ pub(super) async fn cleanup(run: &CaseRun<'_>) -> Vec<Leftover> {
                 ledger.note(agent, undo.what.clone(), done);
             }
             UndoBy::Lab(fault) => {
-                let done = by_its_lab(agent, *fault, &run.clock).await;
+                let mut done = by_its_lab(agent, *fault, &run.clock).await;
+                if *fault == OutsideFault::Cable && matches!(done, Undo::Done) {
+                    done = reaches_its_peers(run, &undo.role, agent).await;
+                }
                 ledger.note(agent, undo.what.clone(), done);
             }
         }
@@ -189,10 +194,6 @@ async fn by_its_lab(agent: &AgentHandle, fault: OutsideFault, clock: &RunClock) 
                 by_the_lab(agent, lab, OutsideFault::Cable, None),
             )
             .await;
-            // A peer it failed to resolve while the cable was out can
-            // fail its next connect at once (EHOSTUNREACH, seen on the
-            // VM lab): the next case gets a host that settled.
-            tokio::time::sleep(CABLE_SETTLE).await;
             lab_undo(plugged)
         }
         OutsideFault::Power => lab_undo(
@@ -263,4 +264,96 @@ mod tests {
             "isolation \"cut\" may still be in place on local-2 (198.18.4.12:7420): the agent did not answer within 5s; run `faultlab heal --all 198.18.4.12:7420`"
         );
     }
+}
+
+/// Whether the host whose cable cleanup plugged back reaches each of the
+/// case's other hosts again: a holder of its own (the case's may have been
+/// killed by a step) connects to each one's test address, on a port nobody
+/// listens on, until the peer answers (its RST, or a connection). A
+/// plugged cable is not at once a working path: a peer the host failed to
+/// resolve while the cable was out can fail its next connect at once
+/// (EHOSTUNREACH, measured on the VM lab: 2 runs in 4), and the next case
+/// must not start on such a host. No blind sleep: the wait ends when the
+/// path answers (at once on a namespace lab).
+async fn reaches_its_peers(run: &CaseRun<'_>, role: &str, agent: &AgentHandle) -> Undo {
+    let mut peers: Vec<&AgentHandle> = run
+        .agents
+        .values()
+        .map(AsRef::as_ref)
+        .filter(|peer| peer.name != agent.name)
+        .collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers.dedup_by(|a, b| a.name == b.name);
+    if peers.is_empty() {
+        return Undo::Done;
+    }
+    let mut client = agent.client.clone();
+    let spawn = faultlab_proto::v1::SpawnHolderRequest {
+        label: format!("{}/{role}/path-probe", run.case_id),
+        session: super::handles::session_id().to_owned(),
+    };
+    let holder_id = match undo_reply(client.spawn_holder(spawn)).await {
+        Ok(spawned) => spawned.holder_id,
+        Err(why) => return Undo::Failed(format!("the cable is back, but {why}")),
+    };
+    let mut done = Undo::Done;
+    for peer in peers {
+        let target = std::net::SocketAddr::new(peer.test_ip, crate::lab::outside::DISCARD_PORT);
+        if let Err(why) = path_answers(agent, holder_id, target).await {
+            done = Undo::Failed(format!(
+                "the cable is back, but {} does not reach {} ({target}) through it within {PATH_READY_TIMEOUT:?}: {why}",
+                agent.name, peer.name
+            ));
+            break;
+        }
+    }
+    let kill = faultlab_proto::v1::KillHolderRequest { holder_id };
+    if let Err(why) = undo_reply(client.kill_holder(kill)).await {
+        tracing::warn!(agent = %agent.name, %why, "the path probe's holder was not killed; the run's end kills it");
+    }
+    done
+}
+
+/// One call of the cleanup's own, bounded by [`CLEANUP_TIMEOUT`]; its
+/// reply, or why there is none.
+async fn undo_reply<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(format!("its agent said {}", status.message())),
+        Err(_) => Err(format!(
+            "its agent did not answer within {CLEANUP_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Connect from `holder_id` on `agent` to `target` until it answers;
+/// what the last try said, if it never did.
+async fn path_answers(
+    agent: &AgentHandle,
+    holder_id: u64,
+    target: std::net::SocketAddr,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + PATH_READY_TIMEOUT;
+    let mut client = agent.client.clone();
+    let try_ms = u32::try_from(PATH_TRY.as_millis()).unwrap_or(u32::MAX);
+    let mut last = String::from("no try");
+    while tokio::time::Instant::now() < deadline {
+        let request = faultlab_proto::v1::ConnectRequest {
+            holder_id,
+            address: target.to_string(),
+            options: None,
+            timeout_ms: try_ms,
+        };
+        let reply = undo_reply(client.dial(request)).await?;
+        let said = reply.observation.unwrap_or_default();
+        // A connection (something listens there after all) or its RST.
+        if reply.conn_id != 0 || said.error_name == "ECONNREFUSED" {
+            return Ok(());
+        }
+        last = format!("{} ({})", said.error_name, said.error_message);
+        tokio::time::sleep(PATH_TRY).await;
+    }
+    Err(last)
 }

@@ -174,7 +174,7 @@ impl AgentHandle {
 
     /// Whether `capability` can be had on its host: from its agent, or
     /// from its lab (`link`: a cable to pull; `power`).
-    pub(super) fn offers(&self, capability: Capability) -> bool {
+    pub(crate) fn offers(&self, capability: Capability) -> bool {
         self.info
             .capabilities
             .iter()

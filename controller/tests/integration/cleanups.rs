@@ -245,7 +245,20 @@ fn a_cable_plugged_back_whose_host_sees_no_carrier_is_not_called_healed() -> Tes
     Ok(())
 }
 
-/// Holder processes of the agent `agent_pid` (its children running `holder`).
+/// Whether process `pid` holds a socket beyond its standard streams (a
+/// holder started ahead for the next case holds none).
+fn holds_a_socket(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter(|fd| fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) > Some(2))
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().starts_with("socket:"))
+}
+
+/// Holder processes of the agent `agent_pid` that hold sockets (its
+/// children running `holder`).
 fn holders_of(agent_pid: u32) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -266,6 +279,7 @@ fn holders_of(agent_pid: u32) -> usize {
                 && cmdline
                     .split(|&byte| byte == 0)
                     .any(|word| word == b"holder")
+                && holds_a_socket(*pid)
         })
         .count()
 }

@@ -88,9 +88,11 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         let live = degradations_heal_on_a_live_kernel(&state, &inventory, &scratch, &history)?;
         let late = a_case_that_times_out(&inventory, &scratch, &history)?;
         let carrier = cable_across_a_reset(&state, &inventory, &scratch, &history)?;
+        let replugged = replugged_then_connected(&inventory, &scratch, &history)?;
         let beside = a_namespace_lab_beside(&state, &scratch, &history)?;
         Ok((
-            agents, physical, degraded, control, on_control, bursty, live, late, carrier, beside,
+            agents, physical, degraded, control, on_control, bursty, live, late, carrier,
+            replugged, beside,
         ))
     };
     let (
@@ -103,6 +105,7 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
         live,
         late,
         carrier,
+        replugged,
         (beside_run, vm_status),
     ) = match on_the_lab() {
         Ok(found) => found,
@@ -290,6 +293,25 @@ fn vms_with_their_own_kernels_play_the_seed_suite_and_leave_nothing() -> TestRes
     assert!(new_boot, "the guest did not boot again: {said}");
     assert_eq!(during.trim(), "0", "eth1's carrier after the reset: {said}");
     assert_eq!(after.trim(), "1", "eth1's carrier after the case: {said}");
+
+    // A host whose cable cleanup plugged back reaches its peer before the
+    // next case starts: that case's first connect goes through.
+    let cases = replugged["cases"].as_array().ok_or("no cases")?;
+    let unplugged = case_of(cases, "V6")?;
+    assert_ne!(unplugged["verdict"], "not-healed", "{unplugged}");
+    let unplugged_connect = unplugged["observations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|observation| observation["step"] == "unplugged-connect")
+        .ok_or("V6's connect was not made")?;
+    assert_ne!(unplugged_connect["outcome"], "ok", "{unplugged_connect}");
+    eprintln!(
+        "V6: connect while unplugged: {} {}; case {} ms",
+        unplugged_connect["outcome"], unplugged_connect["errno_name"], unplugged["duration_ms"]
+    );
+    let next = case_of(cases, "V7")?;
+    assert_eq!(next["verdict"], "expected", "{next}");
 
     // The physical suite: cables and power, each case as measured, with
     // wire evidence (a power-cut host's from what its peer saw).
@@ -834,6 +856,46 @@ fn a_case_that_times_out(
     )?;
     let report: serde_json::Value = serde_json::from_slice(&ran.stdout)?;
     Ok(report["cases"][0].clone())
+}
+
+/// vm-1's cable pulled while it tries to reach vm-2 (its neighbour entry
+/// for vm-2 fails), then, in the very next case, vm-1 connects to vm-2:
+/// both reports. Right after a plug-back that connect failed at once with
+/// EHOSTUNREACH in 2 runs of 4; the cleanup now ends only once vm-1
+/// reaches vm-2 again, so the next case starts on a working path.
+fn replugged_then_connected(
+    inventory: &str,
+    scratch: &std::path::Path,
+    history: &std::path::Path,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let unplugged = scratch.join("v6.toml");
+    std::fs::write(
+        &unplugged,
+        "id = \"V6\"\nname = \"unreachable-unplugged\"\ntitle = \"unreachable-unplugged\"\nroles = [\"client\", \"server\"]\nneeds = [\"link\"]\ntimeout_ms = 30000\n\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"l\"\n\n[[step]]\nrole = \"client\"\ndo = \"link-down\"\ndeadline_ms = 20000\n\n[[step]]\nname = \"unplugged-connect\"\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\ntimeout_ms = 5000\n",
+    )?;
+    let next = scratch.join("v7.toml");
+    std::fs::write(
+        &next,
+        "id = \"V7\"\nname = \"connect-after-replug\"\ntitle = \"connect-after-replug\"\nroles = [\"client\", \"server\"]\ntimeout_ms = 30000\n\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"l\"\n\n[[step]]\nname = \"first-connect\"\nrole = \"client\"\ndo = \"connect\"\nto = \"l\"\nas = \"c\"\ntimeout_ms = 3000\nexpect.linux = { outcome = \"ok\" }\n",
+    )?;
+    let ran = faultlab(
+        &[
+            "run",
+            "--inventory",
+            inventory,
+            "--no-history",
+            "--format",
+            "json",
+            "--bind",
+            "client=vm-1",
+            "--bind",
+            "server=vm-2",
+            &unplugged.display().to_string(),
+            &next.display().to_string(),
+        ],
+        history,
+    )?;
+    Ok(serde_json::from_slice(&ran.stdout)?)
 }
 
 /// Pull vm-2's cable, then reboot vm-2 and read its test NIC's carrier

@@ -61,7 +61,7 @@ const QMP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of that.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A port nobody listens on in a lab host (discard): its RST is the answer.
-const DISCARD_PORT: u16 = 9;
+pub(crate) const DISCARD_PORT: u16 = 9;
 
 /// Whether `name` can be a Linux interface name (1 to 15 characters, no
 /// slash or space, not `.` or `..`): it is used in a /sys path.
