@@ -216,56 +216,6 @@ fn lab_undo<T>(done: Result<Result<T, StepError>, tokio::time::error::Elapsed>) 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn ends(status: Result<(), tonic::Status>) -> Undo {
-        undo(Duration::from_secs(1), async move {
-            status.map(tonic::Response::new)
-        })
-        .await
-    }
-
-    #[tokio::test]
-    async fn an_undo_counts_only_when_the_agent_says_it_is_done() {
-        assert!(matches!(ends(Ok(())).await, Undo::Done));
-        assert!(matches!(
-            ends(Err(tonic::Status::not_found("no active isolation"))).await,
-            Undo::NothingThere
-        ));
-        assert!(matches!(
-            ends(Err(tonic::Status::internal("still in place: drop_out_v4"))).await,
-            Undo::Failed(why) if why.contains("drop_out_v4")
-        ));
-        assert!(matches!(
-            ends(Err(tonic::Status::unavailable("tcp connect error"))).await,
-            Undo::Unanswered(_)
-        ));
-        let never = undo(
-            Duration::from_millis(20),
-            std::future::pending::<Result<tonic::Response<()>, tonic::Status>>(),
-        )
-        .await;
-        assert!(matches!(never, Undo::Unanswered(why) if why.contains("did not answer")));
-    }
-
-    #[test]
-    fn a_leftover_names_the_host_and_the_command_that_heals_it() {
-        let leftover = Leftover {
-            agent: "local-2".to_owned(),
-            address: "198.18.4.12:7420".to_owned(),
-            what: "isolation \"cut\"".to_owned(),
-            why: "the agent did not answer within 5s".to_owned(),
-            agent_lost: true,
-        };
-        assert_eq!(
-            leftover.describe(),
-            "isolation \"cut\" may still be in place on local-2 (198.18.4.12:7420): the agent did not answer within 5s; run `faultlab heal --all 198.18.4.12:7420`"
-        );
-    }
-}
-
 /// Whether the host whose cable cleanup plugged back reaches each of the
 /// case's other hosts again: a holder of its own (the case's may have been
 /// killed by a step) connects to each one's test address, on a port nobody
@@ -356,4 +306,54 @@ async fn path_answers(
         tokio::time::sleep(PATH_TRY).await;
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ends(status: Result<(), tonic::Status>) -> Undo {
+        undo(Duration::from_secs(1), async move {
+            status.map(tonic::Response::new)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_undo_counts_only_when_the_agent_says_it_is_done() {
+        assert!(matches!(ends(Ok(())).await, Undo::Done));
+        assert!(matches!(
+            ends(Err(tonic::Status::not_found("no active isolation"))).await,
+            Undo::NothingThere
+        ));
+        assert!(matches!(
+            ends(Err(tonic::Status::internal("still in place: drop_out_v4"))).await,
+            Undo::Failed(why) if why.contains("drop_out_v4")
+        ));
+        assert!(matches!(
+            ends(Err(tonic::Status::unavailable("tcp connect error"))).await,
+            Undo::Unanswered(_)
+        ));
+        let never = undo(
+            Duration::from_millis(20),
+            std::future::pending::<Result<tonic::Response<()>, tonic::Status>>(),
+        )
+        .await;
+        assert!(matches!(never, Undo::Unanswered(why) if why.contains("did not answer")));
+    }
+
+    #[test]
+    fn a_leftover_names_the_host_and_the_command_that_heals_it() {
+        let leftover = Leftover {
+            agent: "local-2".to_owned(),
+            address: "198.18.4.12:7420".to_owned(),
+            what: "isolation \"cut\"".to_owned(),
+            why: "the agent did not answer within 5s".to_owned(),
+            agent_lost: true,
+        };
+        assert_eq!(
+            leftover.describe(),
+            "isolation \"cut\" may still be in place on local-2 (198.18.4.12:7420): the agent did not answer within 5s; run `faultlab heal --all 198.18.4.12:7420`"
+        );
+    }
 }
