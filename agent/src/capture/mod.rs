@@ -44,6 +44,8 @@ pub const MAX_RUNNING: usize = 64;
 pub const LINGER: Duration = Duration::from_secs(10);
 /// How often an idle reader looks at the time (a stop wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// The longest a stop waits for its reader to hand over.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One segment and when this host saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,12 +115,26 @@ pub enum CaptureError {
 #[derive(Default)]
 struct Shared {
     windows: Windows,
-    /// A byte written here wakes the running reader; none runs without it.
-    reader: Option<socket2::Socket>,
+    /// The running reader, if one runs.
+    reader: Option<Running>,
+    /// Readers started so far (each knows its number).
+    readers_started: u64,
 }
+
+/// The running reader.
+struct Running {
+    /// Its number: one that ended must not take a later one's place.
+    number: u64,
+    /// A byte written here wakes it.
+    wake: socket2::Socket,
+}
+
+/// Opens the host's packet tap.
+type OpenTap = fn() -> std::io::Result<Box<dyn PacketTap>>;
 
 /// The captures running on this agent.
 pub struct Captures {
+    open_tap: OpenTap,
     shared: Arc<Mutex<Shared>>,
     marker: Arc<Marker>,
     own: Arc<OwnPorts>,
@@ -127,9 +143,15 @@ pub struct Captures {
 impl Captures {
     /// Captures on this host, if it can capture (tried for real).
     pub fn new() -> Result<Self, CaptureError> {
+        Self::on(Current::packet_tap)
+    }
+
+    /// Captures on the taps `open_tap` opens, if it opens one.
+    fn on(open_tap: OpenTap) -> Result<Self, CaptureError> {
         let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
-        drop(Current::packet_tap().map_err(unavailable)?);
+        drop(open_tap().map_err(unavailable)?);
         Ok(Self {
+            open_tap,
             shared: Arc::default(),
             marker: Arc::new(Marker::new().map_err(unavailable)?),
             own: Arc::default(),
@@ -155,7 +177,10 @@ impl Captures {
             return Err(CaptureError::TooMany);
         }
         if shared.reader.is_none() {
-            shared.reader = Some(self.spawn_reader()?);
+            shared.readers_started += 1;
+            let number = shared.readers_started;
+            let wake = self.spawn_reader(number)?;
+            shared.reader = Some(Running { number, wake });
         }
         shared
             .windows
@@ -163,13 +188,14 @@ impl Captures {
         Ok(())
     }
 
-    /// The reader thread, on a freshly opened tap; the way to wake it.
-    fn spawn_reader(&self) -> Result<socket2::Socket, CaptureError> {
+    /// Reader `number`, on a freshly opened tap; the way to wake it.
+    fn spawn_reader(&self, number: u64) -> Result<socket2::Socket, CaptureError> {
         let unavailable = |error: std::io::Error| CaptureError::Unavailable(error.to_string());
-        let tap = Current::packet_tap().map_err(unavailable)?;
+        let tap = (self.open_tap)().map_err(unavailable)?;
         let (wake, woken) = Current::wake_pair().map_err(unavailable)?;
         woken.set_nonblocking(true).map_err(unavailable)?;
         let reader = Reader {
+            number,
             tap,
             woken,
             shared: Arc::clone(&self.shared),
@@ -196,7 +222,7 @@ impl Captures {
                 .ok_or_else(|| CaptureError::Unknown(id.to_owned()))?;
             match &shared.reader {
                 // Wakes the reader to wait for the marker, not its idle wait.
-                Some(wake) => drop((&*wake).write(&[1])),
+                Some(running) => drop((&running.wake).write(&[1])),
                 // The reader failed: nothing more will come.
                 None => shared.windows.hand_over_all(),
             }
@@ -204,9 +230,12 @@ impl Captures {
         if let Err(error) = self.marker.send() {
             tracing::warn!(%error, "capture: cannot send the stop marker; waiting the kernel's longest hold");
         }
-        handed_over
-            .recv()
-            .map_err(|_| CaptureError::Unavailable("the capture thread failed".to_owned()))
+        // A reader hands over within the kernel's longest hold, and one that
+        // ends hands everything over (see `Reader`'s drop): this bound is a
+        // last resort.
+        handed_over.recv_timeout(HAND_OVER_TIMEOUT).map_err(|_| {
+            CaptureError::Unavailable("the capture thread did not hand over".to_owned())
+        })
     }
 
     /// Stop every capture and forget this agent's ports (a reset), dropping
@@ -217,8 +246,11 @@ impl Captures {
     }
 }
 
-/// The reader thread and what it owns.
+/// The reader thread and what it owns. However it ends (its tap failed,
+/// nothing to do for [`LINGER`], a panic), it leaves its place and hands
+/// every stopped capture over as it is (its drop).
 struct Reader {
+    number: u64,
     tap: Box<dyn PacketTap>,
     /// Readable when a request wants the reader to look again.
     woken: socket2::Socket,
@@ -230,7 +262,7 @@ struct Reader {
 impl Reader {
     /// Read each batch as the kernel hands it over into the windows, hand
     /// stopped ones over, and end after [`LINGER`] with nothing to do (or
-    /// when the tap fails: then everything waiting is handed over as is).
+    /// when the tap fails).
     fn run(mut self) {
         let mut lost_so_far = 0;
         let mut idle_since: Option<Instant> = None;
@@ -240,14 +272,14 @@ impl Reader {
             let _ = (&self.woken).read(&mut [0u8; 64]);
             let wait = {
                 let mut shared = crate::sync::lock(&self.shared);
-                let Shared { windows, reader } = &mut *shared;
+                let Shared {
+                    windows, reader, ..
+                } = &mut *shared;
                 let drained = self.tap.drain(&mut |packet, kernel_ns| {
                     windows.see(packet, kernel_ns, &self.marker, &self.own);
                 });
                 if let Err(error) = drained {
                     tracing::error!(%error, "capture stopped reading");
-                    *reader = None;
-                    windows.hand_over_all();
                     return;
                 }
                 match self.tap.lost() {
@@ -276,11 +308,23 @@ impl Reader {
             };
             if let Err(error) = self.tap.wait(&self.woken, wait) {
                 tracing::error!(%error, "capture stopped waiting");
-                let mut shared = crate::sync::lock(&self.shared);
-                shared.reader = None;
-                shared.windows.hand_over_all();
                 return;
             }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut shared = crate::sync::lock(&self.shared);
+        let still_ours = shared
+            .reader
+            .as_ref()
+            .is_some_and(|running| running.number == self.number);
+        if still_ours {
+            // A start from now on opens a new tap; every stop is answered.
+            shared.reader = None;
+            shared.windows.hand_over_all();
         }
     }
 }
@@ -433,6 +477,57 @@ mod tests {
         captures.start("next", only(port))?;
         let next = captures.stop("next")?;
         assert_eq!(next.events, Vec::new());
+        Ok(())
+    }
+
+    /// A tap that hands nothing over and fails at its second drain.
+    struct FailingTap {
+        drains: usize,
+    }
+
+    impl PacketTap for FailingTap {
+        fn drain(&mut self, _: &mut dyn FnMut(&[u8], Option<u64>)) -> std::io::Result<usize> {
+            self.drains += 1;
+            if self.drains > 1 {
+                return Err(std::io::Error::other("the tap broke"));
+            }
+            Ok(0)
+        }
+        fn wait(&self, _: &socket2::Socket, timeout: Duration) -> std::io::Result<()> {
+            std::thread::sleep(timeout.min(Duration::from_millis(5)));
+            Ok(())
+        }
+        fn handed_over_within(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+        fn lost(&mut self) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    fn failing_tap() -> std::io::Result<Box<dyn PacketTap>> {
+        Ok(Box::new(FailingTap { drains: 0 }))
+    }
+
+    #[test]
+    fn a_reader_that_fails_answers_every_stop_and_the_next_start_opens_a_new_one()
+    -> Result<(), CaptureError> {
+        let captures = Captures::on(failing_tap)?;
+        captures.start("first", Filter::default())?;
+        // Its reader fails at once; the stop is answered (with nothing), not
+        // left waiting for a marker nobody reads.
+        let started = Instant::now();
+        let first = captures.stop("first")?;
+        assert_eq!(first, Captured::default());
+        assert!(
+            started.elapsed() < HAND_OVER_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        // A new reader for the next capture.
+        captures.start("second", Filter::default())?;
+        assert!(captures.shared().reader.is_some());
+        assert_eq!(captures.stop("second")?, Captured::default());
         Ok(())
     }
 
