@@ -21,7 +21,7 @@ use crate::platform::{Current, Platform};
 use crate::process::{ProcessAction, ProcessOutcome, ProcessTarget, Processes};
 use crate::sessions::Sessions;
 use crate::settings::{Allow, Limits};
-use crate::sockets::{ConnectionFilter, Sockets, TcpConnection};
+use crate::sockets::{ConnectionFilter, Remote, Sockets, TcpConnection};
 use crate::sync::lock;
 use faultlab_proto::Capability;
 use std::collections::HashMap;
@@ -875,8 +875,8 @@ impl Agent {
             .map_err(|why| AgentError::FailedPrecondition(why.clone()))
     }
 
-    /// Start capturing TCP segments on `ports` (when empty, this agent's
-    /// own: its listeners' and those its connections go to), never the
+    /// Start capturing TCP segments on `ports` and on this agent's own (its
+    /// listeners', those its connections go to, those it aborts), never the
     /// control port.
     pub fn start_capture(&self, id: &str, ports: Vec<u16>) -> Result<(), AgentError> {
         let filter = Filter {
@@ -920,7 +920,23 @@ impl Agent {
                 "filter: give a local port, a local address or a remote; faultlab does not abort every connection of a host".to_owned(),
             ));
         }
+        // The connections it destroys are this agent's doing: their RSTs
+        // are its captures' evidence (ports marked before the abort).
+        let ports = [
+            filter.local_port,
+            filter.local.map(|local| local.port()),
+            match filter.remote {
+                Some(Remote::Socket(remote)) => Some(remote.port()),
+                _ => None,
+            },
+        ];
+        for port in ports.into_iter().flatten() {
+            self.own_port(port);
+        }
         let aborted = self.sockets.abort(filter)?;
+        for connection in &aborted {
+            self.own_port(connection.local.port());
+        }
         tracing::warn!(
             count = aborted.len(),
             "aborted connections of other programs"

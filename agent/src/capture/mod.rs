@@ -59,8 +59,8 @@ pub struct WireEvent {
 /// Which segments a capture keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// Keep segments with one of these ports (either end); empty = the
-    /// ports of this agent's own sockets ([`OwnPorts`]).
+    /// Keep segments with one of these ports (either end), besides those
+    /// of this agent's own sockets ([`OwnPorts`]): an application's, say.
     pub ports: Vec<u16>,
     /// Never keep segments with one of these ports (the control channel).
     pub exclude_ports: Vec<u16>,
@@ -70,11 +70,9 @@ impl Filter {
     fn keeps(&self, segment: &Segment, own: &OwnPorts) -> bool {
         let ports = [segment.source.port(), segment.destination.port()];
         let excluded = ports.iter().any(|port| self.exclude_ports.contains(port));
-        let wanted = if self.ports.is_empty() {
-            ports.iter().any(|&port| own.has(port))
-        } else {
-            ports.iter().any(|port| self.ports.contains(port))
-        };
+        let wanted = ports
+            .iter()
+            .any(|&port| own.has(port) || self.ports.contains(&port));
         wanted && !excluded
     }
 }
@@ -540,22 +538,20 @@ mod tests {
             ports: vec![7000],
             exclude_ports: vec![7420],
         };
+        // Asked for (an application's port), or this agent's own.
         assert!(filter.keeps(&segment(40_000, 7000), &own));
         assert!(filter.keeps(&segment(7000, 40_000), &own));
-        assert!(!filter.keeps(&segment(40_000, 8000), &own));
+        assert!(filter.keeps(&segment(2, 8000), &own));
+        assert!(!filter.keeps(&segment(40_000, 8000), &own), "nobody's");
         assert!(
-            !filter.keeps(&segment(2, 8000), &own),
-            "asked for 7000 alone"
+            !filter.keeps(&segment(7420, 2), &own),
+            "the control channel"
         );
-        let own_but_control = Filter {
+        let own_only = Filter {
             ports: Vec::new(),
             exclude_ports: vec![7420],
         };
-        assert!(own_but_control.keeps(&segment(1, 2), &own));
-        assert!(
-            !own_but_control.keeps(&segment(1, 3), &own),
-            "not this agent's"
-        );
-        assert!(!own_but_control.keeps(&segment(7420, 2), &own));
+        assert!(own_only.keeps(&segment(1, 2), &own));
+        assert!(!own_only.keeps(&segment(1, 7000), &own), "not this agent's");
     }
 }

@@ -1,10 +1,11 @@
-//! The ports of this agent's own sockets: what its listeners listen on and
-//! what its connections connect to. A capture asked for no particular port
-//! keeps the segments of these alone, so that agents sharing a host (many
-//! on one loopback) each keep their own pairs' traffic, as a real host's
-//! capture would. Every segment of a connection the agent made or accepted
-//! carries one of them, and each is marked before the first such segment
-//! (before the connect; when the listener is bound).
+//! The ports of this agent's own sockets: what its listeners listen on,
+//! what its connections connect to, and those of the connections it
+//! aborts. A capture keeps the segments of these (and of the ports it was
+//! asked for), so that agents sharing a host (many on one loopback) each
+//! keep their own pairs' traffic, as a real host's capture would. Every
+//! segment of a connection the agent made or accepted carries one of them,
+//! and each is marked before the first such segment (before the connect;
+//! when the listener is bound; before the abort).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

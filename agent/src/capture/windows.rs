@@ -292,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn with_no_ports_asked_a_window_keeps_only_this_agents_own_traffic() -> std::io::Result<()> {
+    fn a_window_keeps_this_agents_own_traffic_and_not_another_agents() -> std::io::Result<()> {
         let marker = Marker::new()?;
         let own = OwnPorts::default();
         own.mark(7000);

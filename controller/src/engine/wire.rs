@@ -23,13 +23,19 @@ pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     agents.dedup_by(|a, b| a.name == b.name);
     let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());
+    // Each agent keeps its own sockets' segments (the case's connections,
+    // known to it before their first segment, and not yet to us), and the
+    // applications' (whose sockets are no agent's).
+    let ports: Vec<u32> = run
+        .targets
+        .values()
+        .map(|target| u32::from(target.address.port()))
+        .collect();
     let mut starting = JoinSet::new();
     for agent in agents {
         let request = pb::StartCaptureRequest {
             id: id.clone(),
-            // The agent's own ports: the case's connections, known to it
-            // before their first segment, and not yet to us.
-            ports: Vec::new(),
+            ports: ports.clone(),
         };
         starting.spawn(async move {
             let started = agent.client.clone().start_capture(request).await.is_ok();

@@ -245,19 +245,38 @@ fn a_cable_plugged_back_whose_host_sees_no_carrier_is_not_called_healed() -> Tes
     Ok(())
 }
 
-/// Whether process `pid` holds a socket beyond its standard streams (a
-/// holder started ahead for the next case holds none).
-fn holds_a_socket(pid: u32) -> bool {
+/// Whether process `pid` holds a TCP socket (a holder started ahead for
+/// the next case holds none: only its runtime's own Unix sockets).
+fn holds_a_tcp_socket(pid: u32) -> bool {
+    let tcp_inodes: Vec<String> = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| line.split_whitespace().nth(9).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
     fds.filter_map(Result::ok)
-        .filter(|fd| fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) > Some(2))
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| target.to_string_lossy().starts_with("socket:"))
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .any(|inode| tcp_inodes.contains(&inode))
 }
 
-/// Holder processes of the agent `agent_pid` that hold sockets (its
+/// Holder processes of the agent `agent_pid` that hold TCP sockets (its
 /// children running `holder`).
 fn holders_of(agent_pid: u32) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -279,7 +298,7 @@ fn holders_of(agent_pid: u32) -> usize {
                 && cmdline
                     .split(|&byte| byte == 0)
                     .any(|word| word == b"holder")
-                && holds_a_socket(*pid)
+                && holds_a_tcp_socket(*pid)
         })
         .count()
 }
