@@ -167,7 +167,17 @@ async fn two_hundred_cases_in_a_row_leak_nothing() -> TestResult {
         .collect::<Result<_, _>>()?;
     eprintln!("{count} cases in {took:?}; agents before {before:?}, after {after:?}");
     for (before, after) in before.iter().zip(&after) {
-        assert_eq!(after.children, 0, "holder processes left behind");
+        // The one holder each agent keeps started ahead for the next case
+        // (it holds nothing); a leak is one per case.
+        assert!(
+            after.children <= 1,
+            "holder processes left behind: {}",
+            after.children
+        );
+        assert_eq!(
+            after.children, before.children,
+            "holder processes left behind"
+        );
         // A leak is one per case (200 here); a descriptor or two come and
         // go with the controller's connections and the capture sockets.
         assert!(
