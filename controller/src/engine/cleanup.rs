@@ -226,14 +226,8 @@ fn lab_undo<T>(done: Result<Result<T, StepError>, tokio::time::error::Elapsed>) 
 /// must not start on such a host. No blind sleep: the wait ends when the
 /// path answers (at once on a namespace lab).
 async fn reaches_its_peers(run: &CaseRun<'_>, role: &str, agent: &AgentHandle) -> Undo {
-    let mut peers: Vec<&AgentHandle> = run
-        .agents
-        .values()
-        .map(AsRef::as_ref)
-        .filter(|peer| peer.name != agent.name)
-        .collect();
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-    peers.dedup_by(|a, b| a.name == b.name);
+    let mut peers = run.hosts();
+    peers.retain(|peer| peer.name != agent.name);
     if peers.is_empty() {
         return Undo::Done;
     }

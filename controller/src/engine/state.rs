@@ -326,3 +326,13 @@ pub(crate) struct CaseRun<'a> {
     /// Background steps still running.
     pub background: HashMap<String, tokio::task::JoinHandle<Result<Outcome, StepError>>>,
 }
+
+impl CaseRun<'_> {
+    /// The case's hosts: each agent once (two roles may share one), by name.
+    pub fn hosts(&self) -> Vec<Arc<AgentHandle>> {
+        let mut hosts: Vec<Arc<AgentHandle>> = self.agents.values().cloned().collect();
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        hosts.dedup_by(|a, b| a.name == b.name);
+        hosts
+    }
+}

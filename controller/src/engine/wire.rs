@@ -16,12 +16,10 @@ use tracing::Span;
 /// Start a capture on every agent of the case, if all of them can capture,
 /// on all of them at once.
 pub(super) async fn start_wire(run: &mut CaseRun<'_>) {
-    let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
+    let agents = run.hosts();
     if agents.is_empty() || !agents.iter().all(|agent| agent.offers(Capability::Capture)) {
         return;
     }
-    agents.sort_by(|a, b| a.name.cmp(&b.name));
-    agents.dedup_by(|a, b| a.name == b.name);
     let id = format!("{}-{:x}", run.case_id, run.clock.now_ns());
     // Each agent keeps its own sockets' segments (the case's connections,
     // known to it before their first segment, and not yet to us), and the
@@ -70,9 +68,7 @@ pub(super) async fn collect_wire(run: &mut CaseRun<'_>) {
         .values()
         .map(|listener| listener.address.port())
         .collect();
-    let mut agents: Vec<Arc<AgentHandle>> = run.agents.values().cloned().collect();
-    agents.sort_by(|a, b| a.name.cmp(&b.name));
-    agents.dedup_by(|a, b| a.name == b.name);
+    let agents = run.hosts();
     // A host without power has lost its capture with its memory.
     let dark: Vec<&str> = run
         .names
