@@ -245,6 +245,38 @@ fn a_cable_plugged_back_whose_host_sees_no_carrier_is_not_called_healed() -> Tes
     Ok(())
 }
 
+#[test]
+fn a_cable_plugged_back_over_which_its_host_reaches_no_peer_is_not_called_healed() -> TestResult {
+    // The lab pulls host a's cable at the switch side; meanwhile a route
+    // that drops everything to host b is put in host a by hand, so the
+    // cable comes back with its carrier and the lab's bridge answered,
+    // but host a does not reach its peer through it.
+    let (lab, run) = cut_off("path", "link", "do = \"link-down\"")?;
+    let peer = lab
+        .lab
+        .inventory
+        .agents
+        .get(1)
+        .and_then(|agent| agent.test_ip)
+        .ok_or("the lab's second host has no test address")?
+        .to_string();
+    let blackhole = format!("{peer}/32");
+    let added = lab.in_first_host(&["ip", "route", "add", "blackhole", &blackhole])?;
+    assert!(added.status.success(), "{added:?}");
+    let finished = finish(run);
+    let removed = lab.in_first_host(&["ip", "route", "del", "blackhole", &blackhole])?;
+    let (code, case) = finished?;
+    assert!(removed.status.success(), "{removed:?}");
+    assert_eq!(case["verdict"], "error", "{case}");
+    let left = left_in_place(&case);
+    assert!(
+        left.contains("pulled cable") && left.contains("does not reach") && left.contains(&peer),
+        "{left}"
+    );
+    assert_ne!(code, Some(0));
+    Ok(())
+}
+
 /// Whether process `pid` holds a TCP socket (a holder started ahead for
 /// the next case holds none: only its runtime's own Unix sockets).
 fn holds_a_tcp_socket(pid: u32) -> bool {
