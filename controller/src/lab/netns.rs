@@ -279,7 +279,7 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
-/// Remove namespaces and bridges of earlier runs whose process is gone.
+/// Remove namespaces, bridges and links of earlier runs whose process is gone.
 fn sweep_stale() {
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
     let names = ip(&["netns", "list"]).unwrap_or_default();
@@ -295,11 +295,11 @@ fn sweep_stale() {
             && !alive(pid)
         {
             let _ = ip(&["netns", "del", name]);
-            for bridge in ["mb", "tb"] {
-                let _ = ip(&["link", "del", &format!("{NETNS_PREFIX}{lab}{bridge}")]);
-            }
         }
     }
+    // Then their bridges and links, also those of a run killed while it
+    // took its lab down (its namespaces gone, a bridge left).
+    sweep_links(NETNS_PREFIX, alive);
 }
 
 /// Candidate /24s of 198.18.0.0/15 for a lab (their third byte), starting

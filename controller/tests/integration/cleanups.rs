@@ -392,6 +392,29 @@ fn a_controller_killed_mid_flood_leaves_no_holder_and_no_traffic() -> TestResult
 }
 
 #[test]
+fn a_bridge_left_by_a_run_that_is_gone_is_swept_by_the_next_lab() -> TestResult {
+    // A run killed while it took its lab down: its namespaces gone, its
+    // management bridge left. Named after a pid no process can have.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
+        .trim()
+        .parse()?;
+    let bridge = format!("flr{}mb", pid_max + 1);
+    let made = Command::new("ip")
+        .args(["link", "add", &bridge, "type", "bridge"])
+        .output()?;
+    assert!(made.status.success(), "{made:?}");
+    let _lab = Lab::start("swept")?;
+    let shown = Command::new("ip")
+        .args(["link", "show", &bridge])
+        .output()?;
+    if shown.status.success() {
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+    }
+    assert!(!shown.status.success(), "{bridge} is still there");
+    Ok(())
+}
+
+#[test]
 fn a_lab_acts_only_on_the_switch_ports_and_vms_it_made() -> TestResult {
     use faultlab::lab::outside::{LabSide, OutsideError, OutsideFault};
     let lab = Lab::start("ours")?;
