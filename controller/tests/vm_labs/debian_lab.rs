@@ -364,6 +364,22 @@ payload = \"PING {seq}\\n\"\nreply = \"^PING 0\\n\"\nprocess = { unit = \"faultl
 [[target]]\nname = \"echo-by-name\"\naddress = \"tcp://vm-1:7000\"\n\
 payload = \"PING {seq}\\n\"\nreply = \"^PING 0\\n\"\nprocess = { name = \"echo_server.py\" }\n";
 
+/// Once the echo service listens on host 1 (30 s at most).
+fn echo_listening(state: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    loop {
+        let listening = on_host(state, "1", "ss -Hltn 'sport = :7000'")?;
+        if !listening.trim().is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let journal = on_host(state, "1", &format!("journalctl -u {ECHO_UNIT} -n 20"))?;
+            return Err(format!("the echo service is not listening after 30 s:\n{journal}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The app suite's process faults against that service: X1 (its
 /// connection aborted), X2 (frozen, by name) and X3 (killed, restarted by
 /// systemd); then who runs the server.
@@ -393,6 +409,10 @@ fn application_cases(
     let targets = targets.display().to_string();
     let mut cases = Vec::new();
     for (target, ids) in [("echo", &["X1", "X3"][..]), ("echo-by-name", &["X2"][..])] {
+        // systemd calls a simple service started once its process is:
+        // Python binds its port a second later in an emulated guest, and
+        // X3 ends with the server restarted.
+        echo_listening(state)?;
         let mut args = vec![
             "run",
             "--suite",
