@@ -359,6 +359,15 @@ impl Agent {
         )?)
     }
 
+    /// Start the first holder ahead, so that even a fresh agent's first
+    /// case finds one (a host just rebooted is given its next case at once).
+    pub fn start_a_holder_ahead(self: &Arc<Self>) {
+        if self.config.allow.connections {
+            let agent = Arc::clone(self);
+            tokio::spawn(async move { agent.keep_a_spare() });
+        }
+    }
+
     /// The holder started ahead, if it is still alive.
     fn take_spare(&self) -> Option<HolderProcess> {
         lock(&self.spare)

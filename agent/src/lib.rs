@@ -202,6 +202,7 @@ pub async fn serve_agent(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    agent.start_a_holder_ahead();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AgentServer<grpc::AgentService>>()

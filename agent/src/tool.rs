@@ -1,6 +1,9 @@
 //! Running the host's own tools (`ip`, `tc`, `nft`): what they printed, or
 //! what they said went wrong. One place, so that every fault's error names
 //! the command and the tool's own words the same way.
+//!
+//! `nft` is run inside the agent through libnftables where the host has it
+//! (see [`nft`]): the same commands and words, without starting a process.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -59,6 +62,40 @@ pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, 
     }
 }
 
+/// Run `nft` with `args` (`-j` for JSON, `-f -` to read `input`, then a
+/// command's words), inside the agent when the platform can
+/// ([`Platform::nft_in_process`]), else by starting the tool; the same
+/// output and errors either way.
+///
+/// [`Platform::nft_in_process`]: crate::platform::Platform::nft_in_process
+pub fn nft(args: &[&str], input: Option<&str>) -> Result<String, ToolError> {
+    use crate::platform::{Current, Platform as _};
+    let in_process = nft_commands(args, input)
+        .and_then(|(commands, json)| Current::nft_in_process(&commands, json));
+    match in_process {
+        None => run("nft", args, input),
+        Some(Ok(output)) => Ok(output),
+        Some(Err(said)) => Err(ToolError::Failed {
+            command: format!("nft {}", args.join(" ")),
+            said: said.trim().to_owned(),
+        }),
+    }
+}
+
+/// What `nft args` (with `input` on its stdin) asks libnftables to run, and
+/// whether as JSON; `None` for options only the tool reads.
+fn nft_commands(args: &[&str], input: Option<&str>) -> Option<(String, bool)> {
+    let (json, words) = match args.split_first() {
+        Some((&"-j", words)) => (true, words),
+        _ => (false, args),
+    };
+    match (words, input) {
+        (["-f", "-"], Some(input)) => Some((input.to_owned(), json)),
+        ([first, ..], None) if !first.starts_with('-') => Some((words.join(" "), json)),
+        _ => None,
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -70,5 +107,26 @@ mod tests {
         assert_eq!(failed, Err("sh -c echo said >&2; exit 3: said".to_owned()));
         let missing = run("faultlab-no-such-tool", &[], None).expect_err("no such tool");
         assert!(matches!(missing, ToolError::CannotRun(_)), "{missing}");
+    }
+
+    #[test]
+    fn nft_arguments_become_the_commands_libnftables_runs() {
+        let script = "add table inet t\n";
+        assert_eq!(
+            nft_commands(&["-f", "-"], Some(script)),
+            Some((script.to_owned(), false))
+        );
+        assert_eq!(
+            nft_commands(&["-j", "list", "table", "inet", "faultlab"], None),
+            Some(("list table inet faultlab".to_owned(), true))
+        );
+        assert_eq!(
+            nft_commands(&["delete", "table", "inet", "faultlab"], None),
+            Some(("delete table inet faultlab".to_owned(), false))
+        );
+        // Anything else is left to the tool.
+        assert_eq!(nft_commands(&["-f", "/etc/nftables.conf"], None), None);
+        assert_eq!(nft_commands(&["-a", "list", "ruleset"], None), None);
+        assert_eq!(nft_commands(&[], None), None);
     }
 }

@@ -156,8 +156,25 @@ const DEGRADED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Partitions: a host cut off one way only, or only from some hosts
+/// (`isolate` with `direction` and `from`).
+const PARTITIONS: &[(&str, &str)] = &[
+    (
+        "partitions/n1-one-way-in.toml",
+        include_str!("../suites/partitions/n1-one-way-in.toml"),
+    ),
+    (
+        "partitions/n2-one-way-out.toml",
+        include_str!("../suites/partitions/n2-one-way-out.toml"),
+    ),
+    (
+        "partitions/n3-two-cut-third-reaches-both.toml",
+        include_str!("../suites/partitions/n3-two-cut-third-reaches-both.toml"),
+    ),
+];
+
 /// Names of the built-in suites.
-pub const NAMES: &[&str] = &["seed", "app", "physical", "degraded"];
+pub const NAMES: &[&str] = &["seed", "app", "physical", "degraded", "partitions"];
 
 /// The scenarios of a built-in suite, or `None` if there is no such suite.
 pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
@@ -166,6 +183,7 @@ pub fn load(name: &str) -> Option<Result<Vec<Scenario>, ScenarioErrors>> {
         "app" => APP,
         "physical" => PHYSICAL,
         "degraded" => DEGRADED,
+        "partitions" => PARTITIONS,
         _ => return None,
     };
     let mut scenarios = Vec::new();

@@ -56,13 +56,13 @@ pub fn probe() -> Result<(), String> {
 }
 
 fn nft(script: &str) -> Result<String, String> {
-    Ok(crate::tool::run("nft", &["-f", "-"], Some(script))?)
+    Ok(crate::tool::nft(&["-f", "-"], Some(script))?)
 }
 
 fn list(what: &str) -> Result<String, String> {
     let mut args = vec!["list"];
     args.extend(what.split_whitespace());
-    Ok(crate::tool::run("nft", &args, None)?)
+    Ok(crate::tool::nft(&args, None)?)
 }
 
 fn chain_of(interface: &str) -> String {

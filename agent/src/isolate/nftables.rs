@@ -9,7 +9,7 @@
 //! killed mid-fault still heals. The rules that exempt the agent's gRPC port
 //! come after the "control channel included" sets and before the others.
 //!
-//! Scripts are text fed to `nft -f -` in one transaction; every value in
+//! Scripts are text fed to nftables (`nft -f -`) in one transaction; every value in
 //! them comes from validated types (addresses, numbers), never from raw
 //! request strings. The ruleset is a pure function, tested without root.
 
@@ -333,22 +333,13 @@ pub fn flush_script() -> String {
         .collect()
 }
 
-/// nftables through the `nft` command.
-pub struct Nftables {
-    program: String,
-}
-
-impl Default for Nftables {
-    fn default() -> Self {
-        Self {
-            program: "nft".to_owned(),
-        }
-    }
-}
+/// nftables, through libnftables or the `nft` command ([`crate::tool::nft`]).
+#[derive(Default)]
+pub struct Nftables;
 
 impl Nftables {
     fn run(&self, args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
-        crate::tool::run(&self.program, args, script).map_err(|error| match error {
+        crate::tool::nft(args, script).map_err(|error| match error {
             ToolError::CannotRun(why) => FirewallError::Unavailable(why),
             ToolError::Failed { said, .. } if said.contains("Operation not permitted") => {
                 FirewallError::Unavailable(format!("nft needs CAP_NET_ADMIN (root): {said}"))
@@ -519,7 +510,7 @@ mod tests {
     fn what_nftables_reads_back_is_named_as_the_isolations_name_their_entries()
     -> Result<(), FirewallError> {
         let listed = listed_entries(LISTED)?;
-        let firewall = Nftables::default();
+        let firewall = Nftables;
         let mut isolations = vec![
             isolation(Direction::In, Some("198.18.1.77/24"), None),
             isolation(Direction::In, Some("198.18.0.3"), Some(7000)),

@@ -125,7 +125,7 @@ impl Platform for Linux {
     }
 
     fn firewall(_exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
-        Some(Box::new(crate::isolate::nftables::Nftables::default()))
+        Some(Box::new(crate::isolate::nftables::Nftables))
     }
 
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {
@@ -152,6 +152,11 @@ impl Platform for Linux {
         // TcpExt: retransmission and loss-recovery details; absent on some kernels.
         text.push_str(&std::fs::read_to_string("/proc/net/netstat").unwrap_or_default());
         Ok(crate::counters::parse_mib(&text))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn nft_in_process(commands: &str, json: bool) -> Option<Result<String, String>> {
+        super::libnftables::run(commands, json)
     }
 
     #[cfg(target_os = "linux")]

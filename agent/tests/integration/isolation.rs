@@ -368,9 +368,27 @@ fn elements_in_place(lab: &NetLab, index: usize) -> Result<usize, Box<dyn std::e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heal_that_finds_part_of_its_isolation_gone_lifts_the_rest_and_says_so() -> TestResult {
+    part_of_an_isolation_gone(false).await
+}
+
+/// The same through the `nft` tool, as on a host without libnftables: the
+/// same refusal (the one transaction fails), the same words read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_nft_tool_a_heal_that_finds_part_gone_says_the_same() -> TestResult {
+    part_of_an_isolation_gone(true).await
+}
+
+async fn part_of_an_isolation_gone(by_the_tool: bool) -> TestResult {
     let lab = NetLab::new(2)?;
     let mut client = lab.agent(0, &[]).await?;
-    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    // No such directory first on the path: the tools are the host's.
+    let tools = std::path::Path::new("/nonexistent/faultlab-tools");
+    let flags = ["--allow", "isolate"];
+    let mut server = if by_the_tool {
+        lab.agent_with_path(1, &flags, Some(tools)).await?
+    } else {
+        lab.agent(1, &flags).await?
+    };
     let holder = client.holder("client").await?;
     let server_holder = server.holder("server").await?;
     let address = format!("{}:7003", lab.ip(1));

@@ -25,7 +25,7 @@ const POWER_ON_TIMEOUT: Duration = Duration::from_secs(120);
 /// reaches its peers again (a peer it failed to resolve while the cable was
 /// out is tried again by ARP a second apart).
 const PATH_READY_TIMEOUT: Duration = Duration::from_secs(5);
-/// One try of that, and the pause between tries.
+/// One try of that, and the pause after a try refused at once.
 const PATH_TRY: Duration = Duration::from_millis(100);
 
 /// Something a case made that its cleanup could not confirm undone.
@@ -296,8 +296,17 @@ async fn path_answers(
         if reply.conn_id != 0 || said.error_name == "ECONNREFUSED" {
             return Ok(());
         }
-        last = format!("{} ({})", said.error_name, said.error_message);
-        tokio::time::sleep(PATH_TRY).await;
+        if said.error_name.is_empty() {
+            // No answer within the try: its SYN waits for the peer's
+            // address to be resolved (ARP tries a second apart); try again
+            // at once, to see the path the moment it works.
+            last = format!("no answer within {PATH_TRY:?}");
+        } else {
+            // Refused at once (EHOSTUNREACH): pause before the next try.
+            last = format!("{} ({})", said.error_name, said.error_message);
+            tokio::time::sleep(PATH_TRY).await;
+        }
+        tracing::debug!(agent = %agent.name, %target, said = %last, "the path does not answer yet");
     }
     Err(last)
 }

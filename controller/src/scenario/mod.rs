@@ -18,8 +18,8 @@ mod actions;
 pub(crate) mod parse;
 
 pub use actions::{
-    Action, CloseMode, Impairment, IsolationMode, NetworkFault, Options, Payload, ProcessFault,
-    Reference, SocketCall, Timing, keywords,
+    Action, CloseMode, Impairment, IsolationDirection, IsolationMode, NetworkFault, Options,
+    Payload, ProcessFault, Reference, SocketCall, Timing, keywords,
 };
 pub use parse::{ScenarioError, ScenarioErrors, parse};
 

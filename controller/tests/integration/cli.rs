@@ -990,6 +990,36 @@ fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_else
 }
 
 #[test]
+fn partitions_cut_only_the_way_and_the_hosts_asked_and_the_wire_shows_it() -> TestResult {
+    let _turn = netns_lab_turn()?;
+    let scratch = Scratch::new("partitions")?;
+    let history = scratch.0.join("h.sqlite");
+    let run = faultlab(
+        &[
+            "run",
+            "--suite",
+            "partitions",
+            "--format",
+            "json",
+            "--no-history",
+        ],
+        &history,
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let wrong = common::not_expected(&report);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let cases = report["cases"].as_array().ok_or("no cases")?;
+    assert_eq!(cases.len(), 3, "the local lab has the three hosts N3 needs");
+    // Judged on the wire too: each one-way case's client retransmitted,
+    // seen by its own capture.
+    for id in ["N1", "N2", "N3"] {
+        let case = common::case_of(cases, id)?;
+        assert_eq!(case["wire_evidence"], true, "{id}");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_lab_of_more_hosts_than_its_address_plan_holds_or_of_none_is_refused() -> TestResult {
     let scratch = Scratch::new("hosts")?;
     let history = scratch.0.join("h.sqlite");

@@ -179,7 +179,8 @@ impl NetLab {
     }
 
     /// [`Self::agent`], with `first_on_path` searched first for the tools
-    /// it runs (`nft`, `tc`, `ip`).
+    /// it runs (`nft`, `tc`, `ip`); nftables commands then run the `nft`
+    /// tool, not the library in process (`FAULTLAB_NFT=exec`).
     pub async fn agent_with_path(
         &self,
         index: usize,
@@ -192,7 +193,8 @@ impl NetLab {
             let path = std::env::var("PATH").unwrap_or_default();
             command
                 .arg("env")
-                .arg(format!("PATH={}:{path}", first.display()));
+                .arg(format!("PATH={}:{path}", first.display()))
+                .arg("FAULTLAB_NFT=exec");
         }
         command
             .arg(env!("CARGO_BIN_EXE_faultlab-agent"))

@@ -6,7 +6,7 @@ use crate::engine::handles::{AgentHandle, RunClock};
 use crate::engine::state::{Counted, Names, Outcome, StepError};
 use crate::engine::undo::{AgentUndo, Undo};
 use crate::lab::outside::{self, LabSide, OutsideFault};
-use crate::scenario::{Impairment, IsolationMode, NetworkFault};
+use crate::scenario::{Impairment, IsolationDirection, IsolationMode, NetworkFault};
 use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -51,7 +51,18 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             mode,
             deadline_ms,
             conn,
-        } => Request::Isolate(isolate_request(at, *mode, *deadline_ms, conn.as_deref())?),
+            from,
+            direction,
+        } => Request::Isolate(isolate_request(
+            at,
+            *mode,
+            *deadline_ms,
+            Cut {
+                conn: conn.as_deref(),
+                from: from.as_deref(),
+                direction: *direction,
+            },
+        )?),
         NetworkFault::Heal => Request::Heal(at.names().undo.isolations_of(at.role)),
         NetworkFault::LinkDown { deadline_ms } => cable(at, Some(*deadline_ms)),
         NetworkFault::LinkUp => cable(at, None),
@@ -96,30 +107,69 @@ fn fault_id(at: &Preparing<'_, '_>) -> String {
     )
 }
 
-/// An isolate step as its request: the whole host cut off, or one
-/// connection's flow.
+/// What an isolate step cuts: one connection's flow, or the traffic with
+/// one role's host, or everything; one way or both.
+struct Cut<'a> {
+    conn: Option<&'a str>,
+    from: Option<&'a str>,
+    direction: IsolationDirection,
+}
+
+/// An isolate step as its request: the whole host cut off, or from one
+/// role's host, or one connection's flow; in one direction or both.
 fn isolate_request(
     at: &Preparing<'_, '_>,
     mode: IsolationMode,
     deadline_ms: u64,
-    conn: Option<&str>,
+    cut: Cut<'_>,
 ) -> Result<pb::IsolateRequest, StepError> {
-    let flow = conn
+    let flow = cut
+        .conn
         .map(|conn| at.names().flow(at.step, at.role, conn))
         .transpose()?;
+    let peer = match (cut.from, flow) {
+        (Some(role), _) => Some(peer_host(at, "from", role)?),
+        (None, Some((_, remote))) => Some(remote.ip()),
+        (None, None) => None,
+    };
     Ok(pb::IsolateRequest {
         id: fault_id(at),
         mode: match mode {
             IsolationMode::Reject => pb::IsolationMode::Reject,
             IsolationMode::Drop => pb::IsolationMode::Drop,
         } as i32,
-        peer: flow.map_or_else(String::new, |(_, remote)| remote.ip().to_string()),
+        peer: peer.map_or_else(String::new, |peer| peer.to_string()),
         port: flow.map_or(0, |(local, _)| u32::from(local.port())),
         peer_port: flow.map_or(0, |(_, remote)| u32::from(remote.port())),
-        direction: pb::Direction::Both as i32,
+        direction: match cut.direction {
+            IsolationDirection::In => pb::Direction::In,
+            IsolationDirection::Out => pb::Direction::Out,
+            IsolationDirection::Both => pb::Direction::Both,
+        } as i32,
         deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
         include_control_channel: false,
     })
+}
+
+/// The test address of `role`'s host, named by the step's `field`: another
+/// host than the step's own.
+fn peer_host(
+    at: &Preparing<'_, '_>,
+    field: &str,
+    role: &str,
+) -> Result<std::net::IpAddr, StepError> {
+    let agent = at
+        .run
+        .agents
+        .get(role)
+        .ok_or_else(|| StepError::Failed(format!("{field}: no agent plays role {role:?}")))?;
+    if agent.name == at.agent.name {
+        return Err(StepError::Failed(format!(
+            "{field}: role {role:?} plays on the step's own host ({}): a host is not cut off from itself",
+            agent.name
+        )));
+    }
+    Ok(agent.test_ip)
 }
 
 /// Pull the host's cable until `deadline_ms` (or plug it back): at the
@@ -376,13 +426,7 @@ fn degrade_request(
         .map(|conn| at.names().flow(at.step, at.role, conn))
         .transpose()?;
     let peer = match (towards, flow) {
-        (Some(role), _) => Some(
-            at.run
-                .agents
-                .get(role)
-                .ok_or_else(|| StepError::Failed(format!("towards: no agent plays role {role:?}")))?
-                .test_ip,
-        ),
+        (Some(role), _) => Some(peer_host(at, "towards", role)?),
         (None, Some((_, remote))) => Some(remote.ip()),
         (None, None) => None,
     };

@@ -459,6 +459,17 @@ impl Vm<'_> {
         ]
         .map(OsString::from)
         .into();
+        // Randomness from the host (see `guest::MODULES_IF_ANY`); /dev/urandom
+        // never blocks.
+        args.extend(
+            [
+                "-object",
+                "rng-random,id=rng,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-pci,rng=rng",
+            ]
+            .map(OsString::from),
+        );
         let taps = self.nics(&mut args)?;
         args.extend(serial_ports(files));
         args.extend(

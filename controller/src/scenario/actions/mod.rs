@@ -17,7 +17,7 @@ mod socket;
 mod timing;
 
 pub use faultlab_proto::CloseMode;
-pub use network::{Impairment, IsolationMode, NetworkFault};
+pub use network::{Impairment, IsolationDirection, IsolationMode, NetworkFault};
 pub use process::ProcessFault;
 pub use socket::{Options, Payload, SocketCall};
 pub use timing::Timing;

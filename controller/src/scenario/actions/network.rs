@@ -26,6 +26,10 @@ pub enum NetworkFault {
         deadline_ms: u64,
         /// Only this connection's flow (its 4-tuple), seen from the role's host.
         conn: Option<String>,
+        /// Only traffic with this role's host.
+        from: Option<String>,
+        /// What the host no longer receives, sends, or both.
+        direction: IsolationDirection,
     },
     /// Lift the role's isolation (needs `isolate`).
     Heal,
@@ -81,6 +85,20 @@ pub enum NetworkFault {
     },
 }
 
+/// Which way an isolation cuts, seen from the isolated host: a one-way
+/// partition still lets the other way through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationDirection {
+    /// What it receives: it still sends, nothing reaches it.
+    In,
+    /// What it sends: it still receives, nothing leaves it.
+    Out,
+    /// Both (the default).
+    #[default]
+    Both,
+}
+
 /// What an isolated host does with the packets it no longer lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -119,9 +137,14 @@ impl NetworkFault {
     /// The names it uses.
     pub(super) fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Self::Isolate {
-                conn: Some(conn), ..
-            } => vec![Reference::conn(conn)],
+            Self::Isolate { conn, from, .. } => conn
+                .iter()
+                .map(|conn| Reference::conn(conn))
+                .chain(from.iter().map(|role| Reference::UsesRole {
+                    field: "from",
+                    name: role,
+                }))
+                .collect(),
             Self::Degrade { conn, towards, .. } => conn
                 .iter()
                 .map(|conn| Reference::conn(conn))
@@ -139,10 +162,19 @@ impl NetworkFault {
         match keyword {
             "isolate" => {
                 let spec = input.typed::<IsolateSpec>()?;
+                if spec.conn.is_some() && spec.from.is_some() {
+                    input.error(
+                        "from",
+                        "a connection already names its peer: give conn or from, not both",
+                    );
+                    return None;
+                }
                 Some(Self::Isolate {
                     mode: spec.mode,
                     deadline_ms: capped(input, spec.deadline_ms)?,
                     conn: spec.conn,
+                    from: spec.from,
+                    direction: spec.direction,
                 })
             }
             "heal" => input.typed::<NothingSpec>().map(|_| Self::Heal),
@@ -237,6 +269,9 @@ struct IsolateSpec {
     mode: IsolationMode,
     deadline_ms: u64,
     conn: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    direction: IsolationDirection,
 }
 
 fn drop_mode() -> IsolationMode {

@@ -386,6 +386,7 @@ fn expectation(spec: ExpectSpec) -> Expect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{IsolationDirection, NetworkFault};
 
     const GOOD: &str = r#"
 id = "C1"
@@ -511,6 +512,40 @@ deadline_ms = 1000
         let errors = errors_of(&fine.replace("towards = \"server\"", "towards = \"nobody\""));
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(errors[0].field, "step[5].towards");
+    }
+
+    #[test]
+    fn a_partition_names_a_way_and_a_role_and_not_a_connection_too() {
+        let with_isolate = GOOD.replace(
+            "roles = [\"client\", \"server\"]",
+            "roles = [\"client\", \"server\"]\nneeds = [\"isolate\"]",
+        );
+        let step = "\n[[step]]\nrole = \"server\"\ndo = \"isolate\"\ndirection = \"in\"\nfrom = \"client\"\ndeadline_ms = 1000\n";
+        let scenario = parse("ok.toml", &(with_isolate.clone() + step));
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert!(matches!(
+            &scenario.steps[4].action,
+            Action::Network(NetworkFault::Isolate { from: Some(role), direction: IsolationDirection::In, .. }) if role == "client"
+        ));
+        for (wrong, field, says) in [
+            (
+                "from = \"client\"",
+                "from = \"nobody\"",
+                "not one of the scenario's roles",
+            ),
+            ("direction = \"in\"", "direction = \"sideways\"", "sideways"),
+            (
+                "from = \"client\"",
+                "from = \"client\"\nconn = \"c\"",
+                "conn or from",
+            ),
+        ] {
+            let errors = errors_of(&(with_isolate.clone() + &step.replace(wrong, field)));
+            assert_eq!(errors.len(), 1, "{field}: {errors:#?}");
+            assert!(errors[0].message.contains(says), "{field}: {errors:#?}");
+            assert!(errors[0].field.starts_with("step[5]"), "{errors:#?}");
+            assert!(errors[0].line >= 25, "{errors:#?}");
+        }
     }
 
     #[test]

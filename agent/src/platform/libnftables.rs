@@ -1,0 +1,162 @@
+//! nftables commands run inside the agent, through the library the `nft`
+//! tool is built on (`libnftables.so.1`), when the host has it.
+//!
+//! Why: every isolation and heal ran `nft`, and starting it is most of
+//! their cost: 90–130 ms a run in an emulated guest (a heal is two runs),
+//! a few ms on a real host. The library takes the same scripts and prints
+//! the same words (it is what `nft` calls), over one context kept for the
+//! agent's life. It is loaded at run time, never linked: a host without
+//! nftables still runs the agent, and the callers fall back to `nft`.
+
+#![allow(unsafe_code)]
+
+use libloading::Library;
+use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::sync::{Mutex, OnceLock};
+
+/// `NFT_CTX_OUTPUT_JSON` of `libnftables.h`: what `nft -j` sets.
+const OUTPUT_JSON: c_uint = 1 << 4;
+
+type CtxNew = unsafe extern "C" fn(flags: u32) -> *mut c_void;
+type CtxFree = unsafe extern "C" fn(ctx: *mut c_void);
+type CtxBuffer = unsafe extern "C" fn(ctx: *mut c_void) -> c_int;
+type CtxGetBuffer = unsafe extern "C" fn(ctx: *mut c_void) -> *const c_char;
+type CtxSetFlags = unsafe extern "C" fn(ctx: *mut c_void, flags: c_uint);
+type RunCmd = unsafe extern "C" fn(ctx: *mut c_void, buf: *const c_char) -> c_int;
+
+/// One libnftables context and the library it came from.
+struct Context {
+    ctx: *mut c_void,
+    free: CtxFree,
+    output: CtxGetBuffer,
+    error: CtxGetBuffer,
+    set_flags: CtxSetFlags,
+    run: RunCmd,
+    // Last: dropped after `ctx` was freed (see `Drop`).
+    _library: Library,
+}
+
+// SAFETY: the context is only ever used under the `Mutex` of `CONTEXT`, by
+// one thread at a time; libnftables keeps no thread-local state.
+unsafe impl Send for Context {}
+
+impl Context {
+    fn open() -> Result<Self, String> {
+        // SAFETY: loading libnftables runs its initialisers, which only set
+        // up its own tables (no global state of ours is touched).
+        let library = unsafe { Library::new("libnftables.so.1") }.map_err(|e| e.to_string())?;
+        // SAFETY: each symbol is looked up with the signature that
+        // `libnftables.h` (nftables 0.9 and later) declares for it.
+        unsafe {
+            let new = *library
+                .get::<CtxNew>(b"nft_ctx_new\0")
+                .map_err(|e| e.to_string())?;
+            let symbol = |name: &[u8]| {
+                library
+                    .get::<CtxGetBuffer>(name)
+                    .map(|found| *found)
+                    .map_err(|e| e.to_string())
+            };
+            let output = symbol(b"nft_ctx_get_output_buffer\0")?;
+            let error = symbol(b"nft_ctx_get_error_buffer\0")?;
+            let buffer_output = *library
+                .get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
+                .map_err(|e| e.to_string())?;
+            let buffer_error = *library
+                .get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
+                .map_err(|e| e.to_string())?;
+            let free = *library
+                .get::<CtxFree>(b"nft_ctx_free\0")
+                .map_err(|e| e.to_string())?;
+            let set_flags = *library
+                .get::<CtxSetFlags>(b"nft_ctx_output_set_flags\0")
+                .map_err(|e| e.to_string())?;
+            let run = *library
+                .get::<RunCmd>(b"nft_run_cmd_from_buffer\0")
+                .map_err(|e| e.to_string())?;
+            // NFT_CTX_DEFAULT (0): the same as the `nft` tool's.
+            let ctx = new(0);
+            if ctx.is_null() {
+                return Err("nft_ctx_new failed".to_owned());
+            }
+            let context = Self {
+                ctx,
+                free,
+                output,
+                error,
+                set_flags,
+                run,
+                _library: library,
+            };
+            if buffer_output(ctx) != 0 || buffer_error(ctx) != 0 {
+                return Err("libnftables cannot buffer its output".to_owned());
+            }
+            Ok(context)
+        }
+    }
+
+    /// Run `commands` (what `nft -f -` reads); what it printed, or what it
+    /// said went wrong.
+    fn run(&mut self, commands: &str, json: bool) -> Result<String, String> {
+        let commands = CString::new(commands).map_err(|_| "a command holds a NUL".to_owned())?;
+        // SAFETY: `ctx` is live until `Drop`; the buffers it returns are
+        // NUL-terminated and stay valid until its next command, so they are
+        // copied out at once.
+        unsafe {
+            (self.set_flags)(self.ctx, if json { OUTPUT_JSON } else { 0 });
+            let failed = (self.run)(self.ctx, commands.as_ptr()) != 0;
+            let output = Self::text((self.output)(self.ctx));
+            let error = Self::text((self.error)(self.ctx));
+            if failed { Err(error) } else { Ok(output) }
+        }
+    }
+
+    /// # Safety
+    /// `text` is null or NUL-terminated and valid.
+    unsafe fn text(text: *const c_char) -> String {
+        if text.is_null() {
+            return String::new();
+        }
+        // SAFETY: as the caller promised.
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` came from `nft_ctx_new` and is freed once, before
+        // the library is unloaded (fields drop after this).
+        unsafe { (self.free)(self.ctx) }
+    }
+}
+
+/// The agent's one context: opened at first use, `None` when this host has
+/// no libnftables (or `FAULTLAB_NFT=exec` asks for the `nft` tool).
+static CONTEXT: OnceLock<Option<Mutex<Context>>> = OnceLock::new();
+
+/// Run `commands` through libnftables, `json` as `nft -j` does: `None`
+/// when the library is not in use (run the `nft` tool instead).
+pub fn run(commands: &str, json: bool) -> Option<Result<String, String>> {
+    let context = CONTEXT.get_or_init(|| {
+        if std::env::var_os("FAULTLAB_NFT").is_some_and(|how| how == "exec") {
+            return None;
+        }
+        match Context::open() {
+            Ok(context) => {
+                tracing::info!("nftables commands run in process (libnftables)");
+                Some(Mutex::new(context))
+            }
+            Err(why) => {
+                tracing::info!(%why, "libnftables not loaded: nftables commands run the nft tool");
+                None
+            }
+        }
+    });
+    let mut context = context
+        .as_ref()?
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(context.run(commands, json))
+}
