@@ -30,7 +30,7 @@ mod references;
 
 use input::{Errors, Place, SpannedTable, StepInput, key_span, typed};
 
-use super::{Action, Expect, ExpectedOutcome, Scenario, Step};
+use super::{Action, Expect, ExpectedOutcome, Reference, Scenario, Step};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -328,6 +328,18 @@ fn parse_step(
         );
     }
     let action = action?;
+    // A fault "from" or "towards" another host names another role.
+    for reference in action.references() {
+        if let Reference::UsesRole { field, name } = reference
+            && common.role.as_deref() == Some(name)
+        {
+            errors.at(
+                &key_span(&own_table, field, span),
+                place.field(field),
+                format!("{name:?} is the step's own role: name another role's host"),
+            );
+        }
+    }
     if errors.found.len() > before {
         return None;
     }
@@ -538,6 +550,11 @@ deadline_ms = 1000
                 "from = \"client\"",
                 "from = \"client\"\nconn = \"c\"",
                 "conn or from",
+            ),
+            (
+                "from = \"client\"",
+                "from = \"server\"",
+                "the step's own role",
             ),
         ] {
             let errors = errors_of(&(with_isolate.clone() + &step.replace(wrong, field)));
