@@ -13,6 +13,7 @@
 use libloading::Library;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// `NFT_CTX_OUTPUT_JSON` of `libnftables.h`: what `nft -j` sets.
 const OUTPUT_JSON: c_uint = 1 << 4;
@@ -132,31 +133,86 @@ impl Drop for Context {
     }
 }
 
-/// The agent's one context: opened at first use, `None` when this host has
-/// no libnftables (or `FAULTLAB_NFT=exec` asks for the `nft` tool).
-static CONTEXT: OnceLock<Option<Mutex<Context>>> = OnceLock::new();
+/// How long the library stays loaded after its last command: through a
+/// run's cases, not while the agent idles (it costs 3 MB of memory).
+const LINGER: Duration = Duration::from_secs(10);
+
+/// The agent's one context while in use, and when it was last used.
+struct Loaded {
+    context: Context,
+    used: Instant,
+}
+
+/// Whether this host has the library (`FAULTLAB_NFT=exec` says to run the
+/// `nft` tool instead): found out once.
+static AVAILABLE: OnceLock<bool> = OnceLock::new();
+
+/// The context, loaded at first use and unloaded [`LINGER`] after the last.
+static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 
 /// Run `commands` through libnftables, `json` as `nft -j` does: `None`
 /// when the library is not in use (run the `nft` tool instead).
 pub fn run(commands: &str, json: bool) -> Option<Result<String, String>> {
-    let context = CONTEXT.get_or_init(|| {
+    let available = AVAILABLE.get_or_init(|| {
         if std::env::var_os("FAULTLAB_NFT").is_some_and(|how| how == "exec") {
-            return None;
+            return false;
         }
         match Context::open() {
-            Ok(context) => {
+            Ok(_) => {
                 tracing::info!("nftables commands run in process (libnftables)");
-                Some(Mutex::new(context))
+                true
             }
             Err(why) => {
                 tracing::info!(%why, "libnftables not loaded: nftables commands run the nft tool");
-                None
+                false
             }
         }
     });
-    let mut context = context
-        .as_ref()?
+    if !available {
+        return None;
+    }
+    let mut loaded = lock(&LOADED);
+    if loaded.is_none() {
+        match Context::open() {
+            Ok(context) => {
+                *loaded = Some(Loaded {
+                    context,
+                    used: Instant::now(),
+                });
+                std::thread::spawn(unload_when_idle);
+            }
+            Err(why) => return Some(Err(format!("libnftables: {why}"))),
+        }
+    }
+    let in_use = loaded.as_mut()?;
+    in_use.used = Instant::now();
+    Some(in_use.context.run(commands, json))
+}
+
+/// Unload the context once it has not been used for [`LINGER`].
+fn unload_when_idle() {
+    loop {
+        let idle_until = {
+            let mut loaded = lock(&LOADED);
+            let Some(in_use) = loaded.as_ref() else {
+                return;
+            };
+            let until = in_use.used + LINGER;
+            if Instant::now() >= until {
+                *loaded = None;
+                drop(loaded);
+                // What its context allocated goes back to the system too.
+                <super::Current as super::Platform>::return_free_memory();
+                return;
+            }
+            until
+        };
+        std::thread::sleep(idle_until.saturating_duration_since(Instant::now()));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Some(context.run(commands, json))
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

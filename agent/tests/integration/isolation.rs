@@ -118,6 +118,61 @@ async fn a_dropping_host_times_connects_out_keeps_its_control_channel_and_heals_
     Ok(())
 }
 
+/// Whether the process `pid` has libnftables mapped.
+fn has_libnftables(pid: u32) -> Result<bool, std::io::Error> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/maps"))?.contains("libnftables"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libnftables_is_loaded_for_a_run_unloaded_when_idle_and_loaded_again() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut client = lab.agent(0, &[]).await?;
+    let mut server = lab.agent(1, &["--allow", "isolate"]).await?;
+    let pid = server.process.pid();
+    let holder = client.holder("client").await?;
+    let server_holder = server.holder("server").await?;
+    let address = format!("{}:7009", lab.ip(1));
+    server.listen_on(server_holder, address.clone()).await?;
+    // Where the host has no library the agent runs nft: nothing to see.
+    let known = std::process::Command::new("ldconfig").arg("-p").output()?;
+    if !String::from_utf8_lossy(&known.stdout).contains("libnftables.so.1") {
+        eprintln!("skipped: this host has no libnftables");
+        return Ok(());
+    }
+    for round in ["first", "after-unload"] {
+        server
+            .rpc
+            .isolate(isolate(round, IsolationMode::Reject, 60_000))
+            .await?;
+        assert!(has_libnftables(pid)?, "{round}: in use, loaded");
+        let refused = dial(&mut client, holder, &address, 2_000).await?;
+        assert_eq!(refused.0, Outcome::Error, "{round}");
+        server
+            .rpc
+            .heal(pb::HealRequest {
+                id: round.to_owned(),
+                all: false,
+            })
+            .await?;
+        assert_eq!(elements_in_place(&lab, 1)?, 0, "{round}");
+        // Ten seconds after its last command it goes (bounded wait).
+        let idle = Instant::now();
+        while has_libnftables(pid)? && idle.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            !has_libnftables(pid)?,
+            "{round}: still loaded after {:?}",
+            idle.elapsed()
+        );
+    }
+    assert_eq!(
+        dial(&mut client, holder, &address, 1_000).await?.0,
+        Outcome::Ok
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejecting_host_refuses_at_once_and_heal_lifts_it_early() -> TestResult {
     let lab = NetLab::new(2)?;
