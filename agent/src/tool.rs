@@ -3,7 +3,7 @@
 //! the command and the tool's own words the same way.
 //!
 //! `nft` is run inside the agent through libnftables where the host has it
-//! (see [`nft`]): the same commands and words, without starting a process.
+//! (see [`Nft`]): the same commands and words, without starting a process.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -62,23 +62,45 @@ pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, 
     }
 }
 
-/// Run `nft` with `args` (`-j` for JSON, `-f -` to read `input`, then a
-/// command's words), inside the agent when the platform can
-/// ([`Platform::nft_in_process`]), else by starting the tool; the same
-/// output and errors either way.
-///
-/// [`Platform::nft_in_process`]: crate::platform::Platform::nft_in_process
-pub fn nft(args: &[&str], input: Option<&str>) -> Result<String, ToolError> {
-    use crate::platform::{Current, Platform as _};
-    let in_process = nft_commands(args, input)
-        .and_then(|(commands, json)| Current::nft_in_process(&commands, json));
-    match in_process {
-        None => run("nft", args, input),
-        Some(Ok(output)) => Ok(output),
-        Some(Err(said)) => Err(ToolError::Failed {
-            command: format!("nft {}", args.join(" ")),
-            said: said.trim().to_owned(),
-        }),
+/// nftables commands run in process: what they printed, or what went
+/// wrong in nft's own words; `None` when they cannot be (run the tool).
+pub type InProcess = fn(commands: &str, json: bool) -> Option<Result<String, String>>;
+
+/// How nftables commands are run: handed to the platform's library in
+/// process where it has one (the platform chooses: libnftables on Linux),
+/// else by starting the `nft` tool; the same output and errors either way.
+#[derive(Clone, Copy, Default)]
+pub struct Nft {
+    in_process: Option<InProcess>,
+}
+
+impl Nft {
+    /// Always by the `nft` tool.
+    pub fn tool() -> Self {
+        Self { in_process: None }
+    }
+
+    /// Through `in_process` when it can, else by the tool.
+    pub fn in_process(run: InProcess) -> Self {
+        Self {
+            in_process: Some(run),
+        }
+    }
+
+    /// Run `nft` with `args` (`-j` for JSON, `-f -` to read `input`, then
+    /// a command's words).
+    pub fn run(&self, args: &[&str], input: Option<&str>) -> Result<String, ToolError> {
+        let in_process = self.in_process.and_then(|run_in_process| {
+            nft_commands(args, input).and_then(|(commands, json)| run_in_process(&commands, json))
+        });
+        match in_process {
+            None => run("nft", args, input),
+            Some(Ok(output)) => Ok(output),
+            Some(Err(said)) => Err(ToolError::Failed {
+                command: format!("nft {}", args.join(" ")),
+                said: said.trim().to_owned(),
+            }),
+        }
     }
 }
 
@@ -107,6 +129,28 @@ mod tests {
         assert_eq!(failed, Err("sh -c echo said >&2; exit 3: said".to_owned()));
         let missing = run("faultlab-no-such-tool", &[], None).expect_err("no such tool");
         assert!(matches!(missing, ToolError::CannotRun(_)), "{missing}");
+    }
+
+    #[test]
+    fn nft_in_process_answers_as_the_tool_would() {
+        fn fake(commands: &str, json: bool) -> Option<Result<String, String>> {
+            match commands {
+                "list table inet faultlab" if json => Some(Ok("{\"nftables\": []}".to_owned())),
+                _ => Some(Err("Error: No such file or directory\n".to_owned())),
+            }
+        }
+        let nft = Nft::in_process(fake);
+        assert_eq!(
+            nft.run(&["-j", "list", "table", "inet", "faultlab"], None),
+            Ok("{\"nftables\": []}".to_owned())
+        );
+        assert_eq!(
+            nft.run(&["-f", "-"], Some("delete table inet faultlab\n")),
+            Err(ToolError::Failed {
+                command: "nft -f -".to_owned(),
+                said: "Error: No such file or directory".to_owned(),
+            })
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{DegradeError, Earlier, Healed, Impairment, Selection, Shaper};
 use crate::isolate::Cidr;
 use crate::link::valid_interface;
 use crate::timed::Watchdog;
+use crate::tool::Nft;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -38,11 +39,13 @@ const ONE_IN: u32 = 1_000_000;
 pub struct NftLoss {
     /// The agent's gRPC port, never dropped.
     pub control_port: u16,
+    /// How its commands run.
+    pub nft: Nft,
 }
 
 /// Whether nftables can drop a random share of packets here, tried in a
 /// table made and deleted in one transaction.
-pub fn probe() -> Result<(), String> {
+pub fn probe(nft: Nft) -> Result<(), String> {
     let probe = "inet faultlab_degrade_probe";
     let script = format!(
         "add table {probe}\nadd set {probe} lossy {{ type ifname; flags timeout; }}\n\
@@ -50,19 +53,19 @@ pub fn probe() -> Result<(), String> {
          add rule {probe} in iifname @lossy numgen random mod 100 < 1 counter drop\n\
          delete table {probe}\n"
     );
-    nft(&script)
+    run(nft, &script)
         .map(drop)
         .map_err(|error| format!("nftables cannot drop at random here: {error}"))
 }
 
-fn nft(script: &str) -> Result<String, String> {
-    Ok(crate::tool::nft(&["-f", "-"], Some(script))?)
+fn run(nft: Nft, script: &str) -> Result<String, String> {
+    Ok(nft.run(&["-f", "-"], Some(script))?)
 }
 
-fn list(what: &str) -> Result<String, String> {
+fn list(nft: Nft, what: &str) -> Result<String, String> {
     let mut args = vec!["list"];
     args.extend(what.split_whitespace());
-    Ok(crate::tool::nft(&args, None)?)
+    Ok(nft.run(&args, None)?)
 }
 
 fn chain_of(interface: &str) -> String {
@@ -210,23 +213,24 @@ impl Shaper for NftLoss {
             self.control_port,
             deadline,
         );
-        nft(&script).map_err(DegradeError::System)?;
-        list(&format!("chain {TABLE} {}", chain_of(interface))).map_err(DegradeError::System)
+        run(self.nft, &script).map_err(DegradeError::System)?;
+        list(self.nft, &format!("chain {TABLE} {}", chain_of(interface)))
+            .map_err(DegradeError::System)
     }
 
     fn heal(&self, interface: &str) -> Result<Healed, DegradeError> {
         let chain = chain_of(interface);
-        let listed = list(&format!("chain {TABLE} {chain}"))
+        let listed = list(self.nft, &format!("chain {TABLE} {chain}"))
             .map_err(|_| DegradeError::NotDegraded(interface.to_owned()))?;
         let (sent, dropped) = counters(&listed);
         // The element may have timed out already: delete it only if there.
-        let live = list(&format!("set {TABLE} lossy"))
+        let live = list(self.nft, &format!("set {TABLE} lossy"))
             .is_ok_and(|set| set.contains(&format!("\"{interface}\"")));
         let mut script = format!("flush chain {TABLE} {chain}\ndelete chain {TABLE} {chain}\n");
         if live {
             let _ = writeln!(script, "delete element {TABLE} lossy {{ \"{interface}\" }}");
         }
-        nft(&script).map_err(DegradeError::System)?;
+        run(self.nft, &script).map_err(DegradeError::System)?;
         let left = self.leftovers();
         if left.iter().any(|left| left.interface == interface) {
             return Err(DegradeError::System(format!(
@@ -235,7 +239,7 @@ impl Shaper for NftLoss {
         }
         if left.is_empty() {
             // The last one: no empty table stays behind.
-            let _ = nft(&format!("delete table {TABLE}\n"));
+            let _ = run(self.nft, &format!("delete table {TABLE}\n"));
         }
         // What TCP learned of the lossy path goes with it.
         crate::link::iproute::forget_paths_via(interface)
@@ -255,7 +259,7 @@ impl Shaper for NftLoss {
     /// Its deadline is the kernel's (the set element's timeout): what is
     /// left of a chain is healed at once.
     fn leftovers(&self) -> Vec<Earlier> {
-        list(&format!("table {TABLE}"))
+        list(self.nft, &format!("table {TABLE}"))
             .unwrap_or_default()
             .lines()
             .filter_map(|line| {

@@ -14,7 +14,7 @@
 //! request strings. The ruleset is a pure function, tested without root.
 
 use super::{Cidr, Firewall, FirewallError, Isolation, Mode};
-use crate::tool::ToolError;
+use crate::tool::{Nft, ToolError};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -333,13 +333,19 @@ pub fn flush_script() -> String {
         .collect()
 }
 
-/// nftables, through libnftables or the `nft` command ([`crate::tool::nft`]).
-#[derive(Default)]
-pub struct Nftables;
+/// nftables, through libnftables or the `nft` command ([`Nft`]).
+pub struct Nftables {
+    nft: Nft,
+}
 
 impl Nftables {
+    /// Faultlab's table, its commands run by `nft`.
+    pub fn new(nft: Nft) -> Self {
+        Self { nft }
+    }
+
     fn run(&self, args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
-        crate::tool::nft(args, script).map_err(|error| match error {
+        self.nft.run(args, script).map_err(|error| match error {
             ToolError::CannotRun(why) => FirewallError::Unavailable(why),
             ToolError::Failed { said, .. } if said.contains("Operation not permitted") => {
                 FirewallError::Unavailable(format!("nft needs CAP_NET_ADMIN (root): {said}"))
@@ -510,7 +516,7 @@ mod tests {
     fn what_nftables_reads_back_is_named_as_the_isolations_name_their_entries()
     -> Result<(), FirewallError> {
         let listed = listed_entries(LISTED)?;
-        let firewall = Nftables;
+        let firewall = Nftables::new(Nft::tool());
         let mut isolations = vec![
             isolation(Direction::In, Some("198.18.1.77/24"), None),
             isolation(Direction::In, Some("198.18.0.3"), Some(7000)),

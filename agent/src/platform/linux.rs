@@ -45,6 +45,17 @@ fn duration_ms(duration: std::time::Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
+impl Linux {
+    /// nftables commands through libnftables in process where the host has
+    /// it (see `libnftables`), else by the `nft` tool.
+    fn nftables() -> crate::tool::Nft {
+        #[cfg(target_os = "linux")]
+        return crate::tool::Nft::in_process(super::libnftables::run);
+        #[cfg(not(target_os = "linux"))]
+        return crate::tool::Nft::tool();
+    }
+}
+
 impl Platform for Linux {
     fn monotonic_ns() -> u64 {
         super::clock::monotonic_ns()
@@ -125,7 +136,9 @@ impl Platform for Linux {
     }
 
     fn firewall(_exe: &std::path::Path) -> Option<Box<dyn crate::isolate::Firewall>> {
-        Some(Box::new(crate::isolate::nftables::Nftables))
+        Some(Box::new(crate::isolate::nftables::Nftables::new(
+            Self::nftables(),
+        )))
     }
 
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>> {
@@ -142,8 +155,12 @@ impl Platform for Linux {
                 control_port,
             }) as Box<dyn Shaper>
         });
-        let inbound =
-            nft::probe().map(|()| Box::new(nft::NftLoss { control_port }) as Box<dyn Shaper>);
+        let inbound = nft::probe(Self::nftables()).map(|()| {
+            Box::new(nft::NftLoss {
+                control_port,
+                nft: Self::nftables(),
+            }) as Box<dyn Shaper>
+        });
         Shapers { outbound, inbound }
     }
 
@@ -152,11 +169,6 @@ impl Platform for Linux {
         // TcpExt: retransmission and loss-recovery details; absent on some kernels.
         text.push_str(&std::fs::read_to_string("/proc/net/netstat").unwrap_or_default());
         Ok(crate::counters::parse_mib(&text))
-    }
-
-    #[cfg(target_os = "linux")]
-    fn nft_in_process(commands: &str, json: bool) -> Option<Result<String, String>> {
-        super::libnftables::run(commands, json)
     }
 
     #[cfg(target_os = "linux")]

@@ -119,14 +119,6 @@ pub trait Platform {
     /// only, each with the kernel's time of it (needs CAP_NET_RAW).
     fn packet_tap() -> io::Result<Box<dyn PacketTap>>;
 
-    /// Run nftables `commands` (what `nft -f -` reads) inside the agent,
-    /// printing JSON as `nft -j` does when `json`: what they printed, or
-    /// what went wrong in nft's own words. `None` when this host cannot
-    /// (no libnftables): then run the `nft` tool.
-    fn nft_in_process(_commands: &str, _json: bool) -> Option<Result<String, String>> {
-        None
-    }
-
     /// The host's TCP counters by `Section.Name` (see [`crate::counters`]).
     fn tcp_counters() -> io::Result<std::collections::BTreeMap<String, u64>>;
 
