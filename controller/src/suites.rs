@@ -171,6 +171,10 @@ const PARTITIONS: &[(&str, &str)] = &[
         "partitions/n3-two-cut-third-reaches-both.toml",
         include_str!("../suites/partitions/n3-two-cut-third-reaches-both.toml"),
     ),
+    (
+        "partitions/n4-ring-of-five.toml",
+        include_str!("../suites/partitions/n4-ring-of-five.toml"),
+    ),
 ];
 
 /// Names of the built-in suites.
