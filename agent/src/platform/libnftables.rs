@@ -4,9 +4,11 @@
 //! Why: every isolation and heal ran `nft`, and starting it is most of
 //! their cost: 90–130 ms a run in an emulated guest (a heal is two runs),
 //! a few ms on a real host. The library takes the same scripts and prints
-//! the same words (it is what `nft` calls), over one context kept for the
-//! agent's life. It is loaded at run time, never linked: a host without
-//! nftables still runs the agent, and the callers fall back to `nft`.
+//! the same words (it is what `nft` calls), over one context kept while
+//! commands come (a run's cases) and unloaded 10 s after the last, its
+//! memory given back. It is loaded at run time, never linked: a host
+//! without nftables still runs the agent, and the callers fall back to
+//! `nft`.
 
 #![allow(unsafe_code)]
 
@@ -179,9 +181,15 @@ pub fn run(commands: &str, json: bool) -> Option<Result<String, String>> {
                     context,
                     used: Instant::now(),
                 });
-                std::thread::spawn(unload_when_idle);
+                // Without that thread the library just stays loaded.
+                let _ = std::thread::Builder::new()
+                    .name("nft-unload".to_owned())
+                    .spawn(unload_when_idle);
             }
-            Err(why) => return Some(Err(format!("libnftables: {why}"))),
+            Err(why) => {
+                tracing::warn!(%why, "libnftables did not load again: this command runs the nft tool");
+                return None;
+            }
         }
     }
     let in_use = loaded.as_mut()?;
