@@ -39,63 +39,67 @@ struct Context {
     _library: Library,
 }
 
-// SAFETY: the context is only ever used under the `Mutex` of `CONTEXT`, by
+// SAFETY: the context is only ever used under the `Mutex` of `LOADED`, by
 // one thread at a time; libnftables keeps no thread-local state.
 unsafe impl Send for Context {}
+
+/// The function `name` of `library`, as a `T`.
+///
+/// # Safety
+/// `T` is the function type that `libnftables.h` declares for `name`.
+unsafe fn symbol<T: Copy>(library: &Library, name: &[u8]) -> Result<T, String> {
+    // SAFETY: as the caller promised.
+    unsafe { library.get::<T>(name) }
+        .map(|found| *found)
+        .map_err(|error| error.to_string())
+}
 
 impl Context {
     fn open() -> Result<Self, String> {
         // SAFETY: loading libnftables runs its initialisers, which only set
         // up its own tables (no global state of ours is touched).
-        let library = unsafe { Library::new("libnftables.so.1") }.map_err(|e| e.to_string())?;
+        let library =
+            unsafe { Library::new("libnftables.so.1") }.map_err(|error| error.to_string())?;
         // SAFETY: each symbol is looked up with the signature that
         // `libnftables.h` (nftables 0.9 and later) declares for it.
-        unsafe {
-            let new = *library
-                .get::<CtxNew>(b"nft_ctx_new\0")
-                .map_err(|e| e.to_string())?;
-            let symbol = |name: &[u8]| {
-                library
-                    .get::<CtxGetBuffer>(name)
-                    .map(|found| *found)
-                    .map_err(|e| e.to_string())
-            };
-            let output = symbol(b"nft_ctx_get_output_buffer\0")?;
-            let error = symbol(b"nft_ctx_get_error_buffer\0")?;
-            let buffer_output = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
-                .map_err(|e| e.to_string())?;
-            let buffer_error = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
-                .map_err(|e| e.to_string())?;
-            let free = *library
-                .get::<CtxFree>(b"nft_ctx_free\0")
-                .map_err(|e| e.to_string())?;
-            let set_flags = *library
-                .get::<CtxSetFlags>(b"nft_ctx_output_set_flags\0")
-                .map_err(|e| e.to_string())?;
-            let run = *library
-                .get::<RunCmd>(b"nft_run_cmd_from_buffer\0")
-                .map_err(|e| e.to_string())?;
-            // NFT_CTX_DEFAULT (0): the same as the `nft` tool's.
-            let ctx = new(0);
-            if ctx.is_null() {
-                return Err("nft_ctx_new failed".to_owned());
-            }
-            let context = Self {
-                ctx,
-                free,
-                output,
-                error,
-                set_flags,
-                run,
-                _library: library,
-            };
-            if buffer_output(ctx) != 0 || buffer_error(ctx) != 0 {
-                return Err("libnftables cannot buffer its output".to_owned());
-            }
-            Ok(context)
+        let (new, buffer_output, buffer_error) = unsafe {
+            (
+                symbol::<CtxNew>(&library, b"nft_ctx_new\0")?,
+                symbol::<CtxBuffer>(&library, b"nft_ctx_buffer_output\0")?,
+                symbol::<CtxBuffer>(&library, b"nft_ctx_buffer_error\0")?,
+            )
+        };
+        // SAFETY: as above.
+        let (free, output, error, set_flags, run) = unsafe {
+            (
+                symbol::<CtxFree>(&library, b"nft_ctx_free\0")?,
+                symbol::<CtxGetBuffer>(&library, b"nft_ctx_get_output_buffer\0")?,
+                symbol::<CtxGetBuffer>(&library, b"nft_ctx_get_error_buffer\0")?,
+                symbol::<CtxSetFlags>(&library, b"nft_ctx_output_set_flags\0")?,
+                symbol::<RunCmd>(&library, b"nft_run_cmd_from_buffer\0")?,
+            )
+        };
+        // SAFETY: NFT_CTX_DEFAULT (0), the `nft` tool's own flags; the
+        // context is freed by `Drop` once it is ours.
+        let ctx = unsafe { new(0) };
+        if ctx.is_null() {
+            return Err("nft_ctx_new failed".to_owned());
         }
+        let context = Self {
+            ctx,
+            free,
+            output,
+            error,
+            set_flags,
+            run,
+            _library: library,
+        };
+        // SAFETY: `ctx` is live (owned by `context`).
+        let buffered = unsafe { buffer_output(ctx) == 0 && buffer_error(ctx) == 0 };
+        if !buffered {
+            return Err("libnftables cannot buffer its output".to_owned());
+        }
+        Ok(context)
     }
 
     /// Run `commands` (what `nft -f -` reads); what it printed, or what it
@@ -145,8 +149,8 @@ struct Loaded {
     used: Instant,
 }
 
-/// Whether this host has the library (`FAULTLAB_NFT=exec` says to run the
-/// `nft` tool instead): found out once.
+/// Whether this host has the library, found out at its first load
+/// (`FAULTLAB_NFT=exec` says to run the `nft` tool instead).
 static AVAILABLE: OnceLock<bool> = OnceLock::new();
 
 /// The context, loaded at first use and unloaded [`LINGER`] after the last.
@@ -155,28 +159,20 @@ static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 /// Run `commands` through libnftables, `json` as `nft -j` does: `None`
 /// when the library is not in use (run the `nft` tool instead).
 pub fn run(commands: &str, json: bool) -> Option<Result<String, String>> {
-    let available = AVAILABLE.get_or_init(|| {
-        if std::env::var_os("FAULTLAB_NFT").is_some_and(|how| how == "exec") {
-            return false;
-        }
-        match Context::open() {
-            Ok(_) => {
-                tracing::info!("nftables commands run in process (libnftables)");
-                true
-            }
-            Err(why) => {
-                tracing::info!(%why, "libnftables not loaded: nftables commands run the nft tool");
-                false
-            }
-        }
-    });
-    if !available {
+    if AVAILABLE.get() == Some(&false) {
+        return None;
+    }
+    if std::env::var_os("FAULTLAB_NFT").is_some_and(|how| how == "exec") {
+        let _ = AVAILABLE.set(false);
         return None;
     }
     let mut loaded = lock(&LOADED);
     if loaded.is_none() {
         match Context::open() {
             Ok(context) => {
+                if AVAILABLE.set(true).is_ok() {
+                    tracing::info!("nftables commands run in process (libnftables)");
+                }
                 *loaded = Some(Loaded {
                     context,
                     used: Instant::now(),
@@ -187,7 +183,11 @@ pub fn run(commands: &str, json: bool) -> Option<Result<String, String>> {
                     .spawn(unload_when_idle);
             }
             Err(why) => {
-                tracing::warn!(%why, "libnftables did not load again: this command runs the nft tool");
+                if AVAILABLE.set(false).is_ok() {
+                    tracing::info!(%why, "libnftables not loaded: nftables commands run the nft tool");
+                } else {
+                    tracing::warn!(%why, "libnftables did not load again: this command runs the nft tool");
+                }
                 return None;
             }
         }

@@ -943,24 +943,22 @@ fn watchdogs(prefix: &str) -> usize {
         .count()
 }
 
+/// The JSON report of `faultlab run --suite SUITE` on the default local lab.
+fn suite_on_the_local_lab(suite: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let scratch = Scratch::new(suite)?;
+    let history = scratch.0.join("h.sqlite");
+    let run = faultlab(
+        &["run", "--suite", suite, "--format", "json", "--no-history"],
+        &history,
+    )?;
+    Ok(serde_json::from_slice(&run.stdout)?)
+}
+
 #[test]
 fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_elsewhere() -> TestResult
 {
     let _turn = netns_lab_turn()?;
-    let scratch = Scratch::new("degraded")?;
-    let history = scratch.0.join("h.sqlite");
-    let run = faultlab(
-        &[
-            "run",
-            "--suite",
-            "degraded",
-            "--format",
-            "json",
-            "--no-history",
-        ],
-        &history,
-    )?;
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let report = suite_on_the_local_lab("degraded")?;
     let cases = report["cases"].as_array().ok_or("no cases")?;
     assert_eq!(cases.len(), 9);
     for case in cases {
@@ -992,20 +990,7 @@ fn degraded_cases_run_where_the_kernel_has_netem_and_are_skipped_saying_why_else
 #[test]
 fn partitions_cut_only_the_way_and_the_hosts_asked_and_the_wire_shows_it() -> TestResult {
     let _turn = netns_lab_turn()?;
-    let scratch = Scratch::new("partitions")?;
-    let history = scratch.0.join("h.sqlite");
-    let run = faultlab(
-        &[
-            "run",
-            "--suite",
-            "partitions",
-            "--format",
-            "json",
-            "--no-history",
-        ],
-        &history,
-    )?;
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let report = suite_on_the_local_lab("partitions")?;
     let wrong = common::not_expected(&report);
     assert!(wrong.is_empty(), "{wrong:#?}");
     let cases = report["cases"].as_array().ok_or("no cases")?;

@@ -137,22 +137,8 @@ impl NetworkFault {
     /// The names it uses.
     pub(super) fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Self::Isolate { conn, from, .. } => conn
-                .iter()
-                .map(|conn| Reference::conn(conn))
-                .chain(from.iter().map(|role| Reference::UsesRole {
-                    field: "from",
-                    name: role,
-                }))
-                .collect(),
-            Self::Degrade { conn, towards, .. } => conn
-                .iter()
-                .map(|conn| Reference::conn(conn))
-                .chain(towards.iter().map(|role| Reference::UsesRole {
-                    field: "towards",
-                    name: role,
-                }))
-                .collect(),
+            Self::Isolate { conn, from, .. } => conn_and_role(conn, "from", from),
+            Self::Degrade { conn, towards, .. } => conn_and_role(conn, "towards", towards),
             _ => Vec::new(),
         }
     }
@@ -236,6 +222,21 @@ impl NetworkFault {
             _ => None,
         }
     }
+}
+
+/// The names a fault with a `conn` and a role's host (in `field`) uses.
+fn conn_and_role<'a>(
+    conn: &'a Option<String>,
+    field: &'static str,
+    role: &'a Option<String>,
+) -> Vec<Reference<'a>> {
+    conn.iter()
+        .map(|conn| Reference::conn(conn))
+        .chain(
+            role.iter()
+                .map(|role| Reference::UsesRole { field, name: role }),
+        )
+        .collect()
 }
 
 /// A fault's `deadline_ms`, if it is within the cap every fault has
