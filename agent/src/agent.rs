@@ -11,7 +11,7 @@ use crate::events::{DEFAULT_CAPACITY, EventLog};
 use crate::holder::protocol::{HolderReply, HolderRequest, RefusalKind, SocketTarget};
 use crate::holder::{HolderError, HolderProcess};
 use crate::hostinfo::HostInfo;
-use crate::isolate::{Direction, Isolation, Isolations, Lifted, LiftedAll, Mode};
+use crate::isolate::{Connections, Direction, Isolation, Isolations, Lifted, LiftedAll, Mode};
 use crate::link::Links;
 use crate::model::{
     CloseMode, ConnId, HolderExit, HolderId, ListenerId, Observation, Payload, RecvMode,
@@ -23,6 +23,7 @@ use crate::sessions::Sessions;
 use crate::settings::{Allow, Limits};
 use crate::sockets::{ConnectionFilter, Remote, Sockets, TcpConnection};
 use crate::sync::lock;
+use crate::tune::{Change, Settings, TcpSetting};
 use faultlab_proto::Capability;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -115,6 +116,8 @@ pub struct Agent {
     links: Result<Links, String>,
     /// Degradations, when allowed and the kernel can; else why not.
     degradations: Result<Degradations, String>,
+    /// TCP settings changed for a case, when allowed and supported; else why not.
+    settings: Result<Settings, String>,
     /// Running captures, when this host lets us capture; else why not.
     captures: Result<Captures, String>,
     /// The gRPC port, never captured.
@@ -235,6 +238,14 @@ impl Agent {
         if config.allow.process {
             capabilities.push(Capability::Process);
         }
+        let settings = match (config.allow.tune, Current::tcp_settings(&config.holder_exe)) {
+            (false, _) => Err("changing TCP settings is off on this agent: set allow.tune = true in its config, or start it with --allow tune".to_owned()),
+            (true, None) => Err("this OS has no TCP settings faultlab changes (tcp_abort_on_overflow is Linux's)".to_owned()),
+            (true, Some(control)) => Ok(Settings::new(control)),
+        };
+        if settings.is_ok() {
+            capabilities.push(Capability::Tune);
+        }
         let processes = Processes::new(config.restart_commands.clone());
         let mut host = HostInfo::gather(capabilities.iter().map(|c| c.name().to_owned()).collect());
         host.unavailable = unavailable;
@@ -250,6 +261,7 @@ impl Agent {
             isolations,
             links,
             degradations,
+            settings,
             captures,
             control_port,
             sockets: Sockets::new(Current::socket_table()),
@@ -715,7 +727,8 @@ impl Agent {
         }
         let active = self.isolations.as_ref().map_or(0, |book| book.count())
             + self.links.as_ref().map_or(0, Links::count)
-            + self.degradations.as_ref().map_or(0, Degradations::count);
+            + self.degradations.as_ref().map_or(0, Degradations::count)
+            + self.settings.as_ref().map_or(0, Settings::count);
         if active >= self.config.limits.faults {
             return Err(AgentError::Exhausted(format!(
                 "{active} faults are active, this agent's limit (limits.faults = {}): heal some, or raise the limit",
@@ -770,6 +783,7 @@ impl Agent {
             port: None,
             peer_port: None,
             direction: Direction::Both,
+            connections: Connections::All,
             deadline: down + REBOOT_MARGIN,
             include_control_channel: false,
         })?;
@@ -876,6 +890,30 @@ impl Agent {
     /// Heal a degradation now; its counters just before.
     pub fn restore(&self, id: &str) -> Result<Healed, AgentError> {
         Ok(self.degradations()?.heal(id)?)
+    }
+
+    fn settings(&self) -> Result<&Settings, AgentError> {
+        self.settings
+            .as_ref()
+            .map_err(|why| unavailable(self.config.allow.tune, why))
+    }
+
+    /// Change a TCP setting until `deadline` (bounded like isolations');
+    /// the change, with the value from before, and when it ends by itself.
+    pub fn change_tcp_setting(
+        &self,
+        id: &str,
+        setting: TcpSetting,
+        value: u32,
+        deadline: Duration,
+    ) -> Result<(Change, Instant), AgentError> {
+        self.within_limit(deadline)?;
+        Ok(self.settings()?.change(id, setting, value, deadline)?)
+    }
+
+    /// Put a TCP setting back now (read back).
+    pub fn put_back_tcp_setting(&self, id: &str) -> Result<Change, AgentError> {
+        Ok(self.settings()?.put_back(id)?)
     }
 
     fn captures(&self) -> Result<&Captures, AgentError> {
@@ -1040,6 +1078,11 @@ impl Agent {
             report.degradations = healed;
             report.not_undone.extend(failed);
         }
+        if let Ok(settings) = &self.settings {
+            let (put_back, failed) = settings.put_all_back();
+            report.settings = put_back;
+            report.not_undone.extend(failed);
+        }
         if let Ok(captures) = &self.captures {
             captures.stop_all();
         }
@@ -1058,6 +1101,8 @@ pub struct ResetReport {
     pub links: usize,
     /// Degradations healed.
     pub degradations: usize,
+    /// TCP settings put back.
+    pub settings: usize,
     /// Holder processes killed.
     pub holders: usize,
     /// What is still in place, each with why; empty when all was undone.

@@ -10,6 +10,7 @@ use crate::isolate::{FirewallError, IsolateError};
 use crate::link::LinkError;
 use crate::process::ProcessError;
 use crate::sockets::SocketsError;
+use crate::tune::TuneError;
 use tonic::Status;
 
 /// gRPC metadata key that tells a controller, without parsing the message,
@@ -48,6 +49,9 @@ pub enum AgentError {
     /// A capture request failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// Changing or putting back a TCP setting failed.
+    #[error(transparent)]
+    Tune(#[from] TuneError),
     /// Reading or changing the host's connection table failed.
     #[error(transparent)]
     Sockets(#[from] SocketsError),
@@ -119,6 +123,16 @@ impl From<AgentError> for Status {
             AgentError::Isolate(
                 IsolateError::Firewall(FirewallError::Refused(_)) | IsolateError::NotLifted { .. },
             ) => Status::internal(message),
+            AgentError::Tune(TuneError::BadValue { .. }) => Status::invalid_argument(message),
+            AgentError::Tune(TuneError::Unknown(_)) => Status::not_found(message),
+            AgentError::Tune(TuneError::IdInUse(_) | TuneError::AlreadyChanged { .. }) => {
+                Status::failed_precondition(message)
+            }
+            // The setting does not read what was written: the host is not
+            // as asked (or not put back), and the change stays booked.
+            AgentError::Tune(TuneError::ReadsOther { .. } | TuneError::System(_)) => {
+                Status::internal(message)
+            }
             AgentError::Holder(HolderError::Pipe { .. }) => Status::unavailable(message),
             AgentError::Holder(HolderError::Spawn { .. }) | AgentError::Internal(_) => {
                 Status::internal(message)

@@ -59,6 +59,7 @@ mod sync;
 pub mod timed;
 pub mod tls;
 pub mod tool;
+pub mod tune;
 pub mod watchdogs;
 
 pub use agent::{Agent, AgentConfig};

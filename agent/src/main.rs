@@ -133,6 +133,14 @@ enum Command {
         /// When.
         millis: u64,
     },
+    /// Internal: put a TCP setting back after MILLIS (started by a change).
+    #[command(hide = true)]
+    TuneWatchdog {
+        /// The setting (e.g. net.ipv4.tcp_abort_on_overflow).
+        setting: String,
+        /// When.
+        millis: u64,
+    },
 }
 
 /// One process of `faultlab bench`'s floor: act at `at`, say when, and
@@ -194,6 +202,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::DegradeWatchdog { interface, millis }) => {
             watchdogs::degradation(&interface, Duration::from_millis(millis))
+                .map_err(anyhow::Error::msg)
+        }
+        Some(Command::TuneWatchdog { setting, millis }) => {
+            watchdogs::tcp_setting(&setting, Duration::from_millis(millis))
                 .map_err(anyhow::Error::msg)
         }
         Some(Command::IsolationWatchdog { id, millis }) => {

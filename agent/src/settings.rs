@@ -13,6 +13,7 @@
 //! degrade = false     # make the network bad (delay, loss, ...; Linux with sch_netem)
 //! reboot = false      # really reboot the host
 //! process = false     # kill/stop/continue/restart other programs, abort their connections
+//! tune = false        # change TCP settings for a case (tcp_abort_on_overflow; Linux)
 //!
 //! [restart]           # how a restart fault starts a program again, by process name
 //! "echo_server.py" = "python3 /opt/echo_server.py --port 7000"
@@ -57,12 +58,15 @@ pub struct Allow {
     /// Acting on other programs of the host (the application under test):
     /// kill, stop, continue, restart, and aborting their connections.
     pub process: bool,
+    /// Changing the host's TCP settings for a case, put back after.
+    pub tune: bool,
 }
 
 impl Allow {
     /// The names of the dangerous capabilities, as `--allow` and the
     /// agent's host info give them.
-    pub const NAMES: [&'static str; 5] = ["isolate", "link", "reboot", "degrade", "process"];
+    pub const NAMES: [&'static str; 6] =
+        ["isolate", "link", "reboot", "degrade", "process", "tune"];
 
     /// Connections and the dangerous capabilities `names`, no other.
     pub fn only(names: &[String]) -> Result<Self, SettingsError> {
@@ -80,12 +84,13 @@ impl Allow {
             reboot: named("reboot"),
             degrade: named("degrade"),
             process: named("process"),
+            tune: named("tune"),
         })
     }
 
     /// Whether any dangerous capability is allowed.
     pub fn any_dangerous(&self) -> bool {
-        self.isolate || self.link || self.reboot || self.degrade || self.process
+        self.isolate || self.link || self.reboot || self.degrade || self.process || self.tune
     }
 }
 
@@ -99,6 +104,7 @@ impl Default for Allow {
             reboot: false,
             degrade: false,
             process: false,
+            tune: false,
         }
     }
 }

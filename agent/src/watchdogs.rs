@@ -1,5 +1,5 @@
 //! The watchdog processes' entry points: `faultlab-agent link-watchdog`,
-//! `degrade-watchdog` and `isolation-watchdog` are the same executable,
+//! `degrade-watchdog`, `tune-watchdog` and `isolation-watchdog` are the same executable,
 //! started detached by the agent when it makes a fault, so that the fault
 //! heals at its deadline even if the agent dies. Each sleeps, then undoes
 //! one fault; where this OS keeps the deadline another way (the kernel's
@@ -31,6 +31,19 @@ pub fn degradation(interface: &str, after: Duration) -> Result<(), String> {
 #[cfg(not(unix))]
 pub fn degradation(_interface: &str, _after: Duration) -> Result<(), String> {
     Err("degrading the network is not implemented on this OS".to_owned())
+}
+
+/// Put the TCP setting named `setting` back `after` from now.
+#[cfg(target_os = "linux")]
+pub fn tcp_setting(setting: &str, after: Duration) -> Result<(), String> {
+    crate::tune::sysctl::watchdog_main(setting, after)
+        .map_err(|error| format!("cannot put {setting} back: {error}"))
+}
+
+/// Put the TCP setting named `setting` back `after` from now.
+#[cfg(not(target_os = "linux"))]
+pub fn tcp_setting(_setting: &str, _after: Duration) -> Result<(), String> {
+    Err("TCP settings are not changed on this OS".to_owned())
 }
 
 /// Lift isolation `id` `after` from now.

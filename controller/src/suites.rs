@@ -175,6 +175,38 @@ const PARTITIONS: &[(&str, &str)] = &[
         "partitions/n4-ring-of-five.toml",
         include_str!("../suites/partitions/n4-ring-of-five.toml"),
     ),
+    (
+        "partitions/n5-new-refused-open-streams.toml",
+        include_str!("../suites/partitions/n5-new-refused-open-streams.toml"),
+    ),
+    (
+        "partitions/n6-open-cut-new-half-open.toml",
+        include_str!("../suites/partitions/n6-open-cut-new-half-open.toml"),
+    ),
+    (
+        "partitions/n7-slow-connection-open.toml",
+        include_str!("../suites/partitions/n7-slow-connection-open.toml"),
+    ),
+    (
+        "partitions/n8-full-accept-queue-drops-syn.toml",
+        include_str!("../suites/partitions/n8-full-accept-queue-drops-syn.toml"),
+    ),
+    (
+        "partitions/n9-accept-overflow-reset.toml",
+        include_str!("../suites/partitions/n9-accept-overflow-reset.toml"),
+    ),
+    (
+        "partitions/n10-accept-overflow-drop.toml",
+        include_str!("../suites/partitions/n10-accept-overflow-drop.toml"),
+    ),
+    (
+        "partitions/n11-late-accept.toml",
+        include_str!("../suites/partitions/n11-late-accept.toml"),
+    ),
+    (
+        "partitions/n12-split-in-two.toml",
+        include_str!("../suites/partitions/n12-split-in-two.toml"),
+    ),
 ];
 
 /// Names of the built-in suites.

@@ -122,11 +122,14 @@ pub enum Capability {
     Process,
     /// Cutting the host's power (only a VM lab can).
     Power,
+    /// Changing the host's TCP settings for a case (what a full accept
+    /// queue does with a handshake's last ACK).
+    Tune,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Connections,
         Self::Isolate,
         Self::Link,
@@ -137,20 +140,22 @@ impl Capability {
         Self::Capture,
         Self::Process,
         Self::Power,
+        Self::Tune,
     ];
 
     /// Those an agent's `--allow` (its config's `[allow]`) grants.
-    pub const ALLOWED_BY_NAME: [Self; 5] = [
+    pub const ALLOWED_BY_NAME: [Self; 6] = [
         Self::Isolate,
         Self::Link,
         Self::Reboot,
         Self::Degrade,
         Self::Process,
+        Self::Tune,
     ];
 
     /// Those a scenario may need (every case has connections; capture is
     /// used when all its hosts offer it, never needed).
-    pub const NEEDED_BY_SCENARIOS: [Self; 8] = [
+    pub const NEEDED_BY_SCENARIOS: [Self; 9] = [
         Self::Isolate,
         Self::Link,
         Self::Reboot,
@@ -159,6 +164,7 @@ impl Capability {
         Self::Power,
         Self::Degrade,
         Self::Loss,
+        Self::Tune,
     ];
 
     /// Its name, on the wire and in files.
@@ -174,6 +180,7 @@ impl Capability {
             Self::Capture => "capture",
             Self::Process => "process",
             Self::Power => "power",
+            Self::Tune => "tune",
         }
     }
 

@@ -29,7 +29,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
@@ -234,10 +234,13 @@ impl Connections {
                     timer.finish(Call::Accept, conn, 0, End::Ok),
                 )
             }
-            Ok(Err(error)) => {
-                failed_connection(timer.finish(Call::Accept, ConnId(0), 0, End::Error(error)))
+            Ok(Err(error)) => failed_connection(
+                None,
+                timer.finish(Call::Accept, ConnId(0), 0, End::Error(error)),
+            ),
+            Err(_) => {
+                failed_connection(None, timer.finish(Call::Accept, ConnId(0), 0, End::Timeout))
             }
-            Err(_) => failed_connection(timer.finish(Call::Accept, ConnId(0), 0, End::Timeout)),
         })
     }
 
@@ -262,21 +265,45 @@ impl Connections {
         .map_err(cannot)?;
         options::apply(&SockRef::from(&socket), options).map_err(cannot)?;
         socket.set_nonblocking(true).map_err(cannot)?;
-        let socket = TcpSocket::from_std_stream(socket.into());
         let timer = CallTimer::start();
-        let connecting = tokio::time::timeout(deadline(timeout_ms), socket.connect(address)).await;
-        Ok(match connecting {
-            Ok(Ok(stream)) => {
-                let local = stream.local_addr().ok();
-                let peer = stream.peer_addr().ok();
-                self.register(conn, stream);
-                connected(local, peer, timer.finish(Call::Connect, conn, 0, End::Ok))
+        // Started by hand (as tokio's connect does it), so that the address
+        // the kernel bound is known even when the connection fails: the
+        // SYNs a timed-out connect sent are told apart on the wire by it.
+        let started = match socket.connect(&address.into()) {
+            Err(error) if !in_progress(&error) => Err(error),
+            _ => Ok(()),
+        };
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|bound| bound.as_socket())
+            .filter(|bound| bound.port() != 0);
+        let connecting = async {
+            started?;
+            let stream = TcpStream::from_std(socket.into())?;
+            stream.writable().await?;
+            match stream.take_error()? {
+                Some(error) => Err(error),
+                None => Ok(stream),
             }
-            Ok(Err(error)) => {
-                failed_connection(timer.finish(Call::Connect, ConnId(0), 0, End::Error(error)))
-            }
-            Err(_) => failed_connection(timer.finish(Call::Connect, ConnId(0), 0, End::Timeout)),
-        })
+        };
+        Ok(
+            match tokio::time::timeout(deadline(timeout_ms), connecting).await {
+                Ok(Ok(stream)) => {
+                    let peer = stream.peer_addr().ok();
+                    self.register(conn, stream);
+                    connected(local, peer, timer.finish(Call::Connect, conn, 0, End::Ok))
+                }
+                Ok(Err(error)) => failed_connection(
+                    local,
+                    timer.finish(Call::Connect, ConnId(0), 0, End::Error(error)),
+                ),
+                Err(_) => failed_connection(
+                    local,
+                    timer.finish(Call::Connect, ConnId(0), 0, End::Timeout),
+                ),
+            },
+        )
     }
 
     async fn send(&self, id: ConnId, payload: &Payload, timeout_ms: u32) -> Handled {
@@ -460,8 +487,19 @@ fn connected(
     }
 }
 
-fn failed_connection(observation: Observation) -> HolderReply {
-    connected(None, None, observation)
+/// A connection that did not open; `local_address` is where its SYNs came
+/// from, when the kernel got as far as binding it.
+fn failed_connection(local_address: Option<SocketAddr>, observation: Observation) -> HolderReply {
+    connected(local_address, None, observation)
+}
+
+/// Whether a non-blocking connect's error only says it is under way.
+fn in_progress(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    let started = error.raw_os_error() == Some(libc::EINPROGRESS);
+    #[cfg(windows)]
+    let started = error.kind() == io::ErrorKind::WouldBlock;
+    started
 }
 
 fn shutdown_direction(mode: CloseMode) -> Option<Shutdown> {

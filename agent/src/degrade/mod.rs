@@ -94,6 +94,9 @@ pub struct Selection {
     /// Only those going to (arriving from) this port of the peer: with
     /// the rest, one flow.
     pub peer_port: Option<u16>,
+    /// Only connection attempts: TCP segments with SYN and without ACK (a
+    /// slow or lossy connection open; what is open is left alone).
+    pub connection_attempts: bool,
 }
 
 /// What a degradation did to the interface as soon as it was made.

@@ -120,6 +120,9 @@ fn degrade_script(
             let _ = write!(matched, " th {field} {port}");
         }
     }
+    if selection.connection_attempts {
+        matched.push_str(" tcp flags & (syn | ack) == syn");
+    }
     let mut script = format!(
         "add table {TABLE}\nadd set {TABLE} lossy {{ type ifname; flags timeout; }}\n\
          add chain {TABLE} {chain} {{ type filter hook prerouting priority 0; policy accept; }}\n\
@@ -297,6 +300,7 @@ mod tests {
             peer: Cidr::parse("198.18.1.11"),
             local_port: Some(7000),
             peer_port: None,
+            connection_attempts: false,
         };
         let flow = Selection {
             peer: Cidr::parse("198.18.1.0/24"),
@@ -308,6 +312,15 @@ mod tests {
             script.contains(
                 "ip saddr 198.18.1.0/24 meta l4proto { tcp, udp } th dport 7000 th sport 40000 counter"
             ),
+            "{script}"
+        );
+        let attempts = Selection {
+            connection_attempts: true,
+            ..selection.clone()
+        };
+        let script = degrade_script("eth1", 10.0, &attempts, 0, Duration::from_secs(1));
+        assert!(
+            script.contains("th dport 7000 tcp flags & (syn | ack) == syn counter"),
             "{script}"
         );
         let script = degrade_script("eth1", 12.5, &selection, 7420, Duration::from_millis(3000));

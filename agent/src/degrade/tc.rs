@@ -171,6 +171,24 @@ fn matches(selection: &Selection) -> (&'static str, Vec<String>) {
             found.extend(["match", family, field, &port.to_string(), "0xffff"].map(String::from));
         }
     }
+    if selection.connection_attempts {
+        // TCP, flags SYN without ACK. The flags' offset assumes an IPv4
+        // header without options (checked: IHL 5, as every SYN Linux and
+        // Windows send) or an IPv6 header followed directly by TCP.
+        let (protocol_match, flags_at): (&[&str], &str) = if family == "ip6" {
+            (&["match", "ip6", "protocol", "6", "0xff"], "53")
+        } else {
+            (
+                &[
+                    "match", "ip", "protocol", "6", "0xff", "match", "u8", "0x05", "0x0f", "at",
+                    "0",
+                ],
+                "33",
+            )
+        };
+        found.extend(protocol_match.iter().map(|word| (*word).to_owned()));
+        found.extend(["match", "u8", "0x02", "0x12", "at", flags_at].map(String::from));
+    }
     if found.is_empty() {
         found.extend(["match", "u32", "0", "0"].map(String::from));
     }
@@ -406,6 +424,7 @@ qdisc netem 10: parent 1:1 limit 100000 loss 10%
             peer: Cidr::parse("198.18.1.11"),
             local_port: Some(7000),
             peer_port: None,
+            connection_attempts: false,
         };
         let (protocol, some) = matches(&selection);
         assert_eq!(
@@ -432,6 +451,22 @@ qdisc netem 10: parent 1:1 limit 100000 loss 10%
         assert_eq!(
             (matches(&v6).0, matches(&v6).1.join(" ")),
             ("ipv6", "match ip6 dst 2001:db8::/64".to_owned())
+        );
+        let attempts = Selection {
+            connection_attempts: true,
+            ..Selection::default()
+        };
+        assert_eq!(
+            matches(&attempts).1.join(" "),
+            "match ip protocol 6 0xff match u8 0x05 0x0f at 0 match u8 0x02 0x12 at 33"
+        );
+        let attempts_v6 = Selection {
+            peer: Cidr::parse("2001:db8::1"),
+            ..attempts
+        };
+        assert_eq!(
+            matches(&attempts_v6).1.join(" "),
+            "match ip6 dst 2001:db8::1/128 match ip6 protocol 6 0xff match u8 0x02 0x12 at 53"
         );
     }
 }

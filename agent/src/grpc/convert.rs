@@ -7,7 +7,7 @@ use crate::capture::Captured;
 use crate::degrade::{Impairment, Selection};
 use crate::error::AgentError;
 use crate::hostinfo::HostInfo;
-use crate::isolate::{Cidr, Direction, Isolation, Mode};
+use crate::isolate::{Cidr, Connections, Direction, Isolation, Mode};
 use crate::model::{
     Call, CloseMode, Event, EventKind, HolderExit, Keepalive, Linger, MESSAGE_HEADER_BYTES,
     Observation, Outcome, Payload, RecvMode, SocketOptions,
@@ -15,6 +15,7 @@ use crate::model::{
 use crate::platform::{Current, Platform, wall_unix_ns};
 use crate::process::{ProcessAction, ProcessTarget};
 use crate::sockets::{ConnectionFilter, Remote, TcpConnection};
+use crate::tune::TcpSetting;
 use faultlab_proto::v1 as pb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,6 +145,22 @@ impl TryFrom<pb::IsolateRequest> for Isolation {
                 "peer_port: give the local port too (a flow is peer address, peer port and local port)".to_owned(),
             ));
         }
+        let connections = match pb::Connections::try_from(request.connections) {
+            Ok(pb::Connections::All | pb::Connections::Unspecified) => Connections::All,
+            Ok(pb::Connections::New) => Connections::New,
+            Ok(pb::Connections::Established) => Connections::Established,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "connections: {} is not CONNECTIONS_ALL (1), CONNECTIONS_NEW (2) or CONNECTIONS_ESTABLISHED (3)",
+                    request.connections
+                )));
+            }
+        };
+        if connections != Connections::All && request.include_control_channel {
+            return Err(invalid(
+                "include_control_channel: only with every connection (CONNECTIONS_ALL); the control channel is cut whole or not at all".to_owned(),
+            ));
+        }
         if request.deadline_ms == 0 {
             return Err(invalid(
                 "deadline_ms: every isolation needs a deadline (the kernel lifts it then)"
@@ -157,6 +174,7 @@ impl TryFrom<pb::IsolateRequest> for Isolation {
             port,
             peer_port,
             direction,
+            connections,
             deadline: crate::platform::millis(request.deadline_ms),
             include_control_channel: request.include_control_channel,
         })
@@ -497,6 +515,16 @@ pub(super) fn process_request(
     Ok((target, action))
 }
 
+/// A TCP setting named by its number.
+pub(super) fn tcp_setting(setting: i32) -> Result<TcpSetting, AgentError> {
+    match pb::TcpSetting::try_from(setting) {
+        Ok(pb::TcpSetting::AbortOnOverflow) => Ok(TcpSetting::AbortOnOverflow),
+        _ => Err(invalid(format!(
+            "setting: {setting} is not TCP_SETTING_ABORT_ON_OVERFLOW (1)"
+        ))),
+    }
+}
+
 /// A degrade request's impairment and selection, checked.
 pub(super) fn degradation(
     request: &pb::DegradeRequest,
@@ -541,6 +569,21 @@ pub(super) fn degradation(
             ));
         }
     };
+    let connection_attempts = match pb::Connections::try_from(request.connections) {
+        Ok(pb::Connections::Unspecified | pb::Connections::All) => false,
+        Ok(pb::Connections::New) => true,
+        Ok(pb::Connections::Established) => {
+            return Err(invalid(
+                "connections: a degradation touches every packet (CONNECTIONS_ALL) or only connection attempts (CONNECTIONS_NEW); for an open connection give its ports".to_owned(),
+            ));
+        }
+        Err(_) => {
+            return Err(invalid(format!(
+                "connections: {} is not CONNECTIONS_ALL (1) or CONNECTIONS_NEW (2)",
+                request.connections
+            )));
+        }
+    };
     Ok((
         impairment,
         Selection {
@@ -548,6 +591,7 @@ pub(super) fn degradation(
             peer,
             local_port,
             peer_port,
+            connection_attempts,
         },
     ))
 }
@@ -681,5 +725,35 @@ mod tests {
         assert!(recv_mode(0).is_err() && recv_mode(9).is_err());
         assert!(close_mode(0).is_err() && close_mode(-1).is_err());
         assert_eq!(close_mode(2).ok(), Some(CloseMode::Abort));
+    }
+
+    #[test]
+    fn a_cut_of_some_connections_is_named_and_never_takes_the_control_channel() {
+        let request = |connections: i32, include_control_channel: bool| pb::IsolateRequest {
+            id: "cut".to_owned(),
+            mode: pb::IsolationMode::Drop as i32,
+            deadline_ms: 1_000,
+            connections,
+            include_control_channel,
+            ..pb::IsolateRequest::default()
+        };
+        let connections = |request| Isolation::try_from(request).map(|cut| cut.connections);
+        assert_eq!(connections(request(0, true)).ok(), Some(Connections::All));
+        assert_eq!(
+            connections(request(pb::Connections::New as i32, false)).ok(),
+            Some(Connections::New)
+        );
+        for (wrong, says) in [
+            (
+                request(pb::Connections::Established as i32, true),
+                "include_control_channel",
+            ),
+            (request(7, false), "connections: 7"),
+        ] {
+            let Err(AgentError::InvalidArgument(message)) = Isolation::try_from(wrong) else {
+                panic!("{says}: accepted");
+            };
+            assert!(message.contains(says), "{message}");
+        }
     }
 }

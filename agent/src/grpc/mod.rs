@@ -19,7 +19,7 @@ use crate::model::{ConnId, HolderId, ListenerId};
 use crate::platform::{Current, Platform, wall_unix_ns};
 use convert::{
     DEFAULT_DOWN_MS, address, close_mode, connection_filter, degradation, host_info, invalid,
-    isolation_id, payload, process_request, recv_mode, timeout,
+    isolation_id, payload, process_request, recv_mode, tcp_setting, timeout,
 };
 use faultlab_proto::v1 as pb;
 use std::fmt::Debug;
@@ -349,6 +349,7 @@ impl pb::agent_server::Agent for AgentService {
                         healed: u32::try_from(lifted.isolations).unwrap_or(u32::MAX),
                         already_gone: Vec::new(),
                         unbooked: lifted.unbooked,
+                        cut: None,
                     }
                 }
                 ("", false) => {
@@ -363,6 +364,12 @@ impl pb::agent_server::Agent for AgentService {
                         healed: 1,
                         already_gone: lifted.already_gone,
                         unbooked: Vec::new(),
+                        cut: lifted.cut.map(|(arriving, leaving)| pb::CutCounts {
+                            arriving_packets: arriving.packets,
+                            arriving_bytes: arriving.bytes,
+                            leaving_packets: leaving.packets,
+                            leaving_bytes: leaving.bytes,
+                        }),
                     }
                 }
                 (_, true) => {
@@ -474,6 +481,52 @@ impl pb::agent_server::Agent for AgentService {
             })?;
             Ok(Response::new(pb::TcpCountersReply {
                 counters: counters.into_iter().collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn change_tcp_setting(
+        &self,
+        request: Request<pb::ChangeTcpSettingRequest>,
+    ) -> Reply<pb::ChangeTcpSettingReply> {
+        audited(request, "ChangeTcpSetting", |request| async move {
+            let request = request.into_inner();
+            let id = isolation_id(&request.id)?;
+            let setting = tcp_setting(request.setting)?;
+            if request.deadline_ms == 0 {
+                return Err(invalid(
+                    "deadline_ms: every setting change needs a deadline (a watchdog puts the value back then)"
+                        .to_owned(),
+                )
+                .into());
+            }
+            let deadline = crate::platform::millis(request.deadline_ms);
+            let (change, _) = self
+                .off_the_workers(move |agent| {
+                    agent.change_tcp_setting(&id, setting, request.value, deadline)
+                })
+                .await?;
+            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+            Ok(Response::new(pb::ChangeTcpSettingReply {
+                before: change.before,
+                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+            }))
+        })
+        .await
+    }
+
+    async fn put_back_tcp_setting(
+        &self,
+        request: Request<pb::PutBackTcpSettingRequest>,
+    ) -> Reply<pb::PutBackTcpSettingReply> {
+        audited(request, "PutBackTcpSetting", |request| async move {
+            let id = isolation_id(&request.into_inner().id)?;
+            let change = self
+                .off_the_workers(move |agent| agent.put_back_tcp_setting(&id))
+                .await?;
+            Ok(Response::new(pb::PutBackTcpSettingReply {
+                value: change.before,
             }))
         })
         .await
@@ -628,6 +681,7 @@ impl pb::agent_server::Agent for AgentService {
                 links_up: count(undone.links),
                 degradations_healed: count(undone.degradations),
                 not_undone: undone.not_undone,
+                settings_put_back: count(undone.settings),
             }))
         })
         .await

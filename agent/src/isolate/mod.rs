@@ -15,7 +15,7 @@ pub mod nftables;
 pub mod windows_firewall;
 
 use crate::timed::{Timed, TimedBook};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -50,6 +50,27 @@ impl Direction {
     pub fn outbound(self) -> bool {
         matches!(self, Self::Out | Self::Both)
     }
+}
+
+/// Which TCP connections of the traffic: all of them, only those being
+/// opened, or only those already open.
+///
+/// Told apart by TCP flags, not by connection tracking: a SYN without ACK
+/// opens a connection, every other TCP segment belongs to one. Conntrack
+/// would need to be on before the connections it spares were opened (a
+/// flow it meets mid-stream counts as `new`: measured, an open connection
+/// stalled when a `ct state new drop` rule appeared in its namespace), and
+/// turning it on for the cut would track every connection of a lab host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Connections {
+    /// Every packet, TCP or not.
+    #[default]
+    All,
+    /// Connection attempts: TCP segments with SYN and without ACK.
+    New,
+    /// Open connections: every TCP segment but those of [`Connections::New`]
+    /// (a new connection's SYN passes, its SYN-ACK does not).
+    Established,
 }
 
 /// An address with a prefix length (a CIDR block).
@@ -136,6 +157,8 @@ pub struct Isolation {
     pub peer_port: Option<u16>,
     /// In, out or both.
     pub direction: Direction,
+    /// All traffic, or only TCP connections being opened or already open.
+    pub connections: Connections,
     /// Lifts by itself after this.
     pub deadline: Duration,
     /// Cut the agent's gRPC port too.
@@ -153,6 +176,7 @@ impl Isolation {
         Option<u16>,
         Option<u16>,
         Direction,
+        Connections,
         bool,
     ) {
         (
@@ -161,6 +185,7 @@ impl Isolation {
             self.port,
             self.peer_port,
             self.direction,
+            self.connections,
             self.include_control_channel,
         )
     }
@@ -199,6 +224,27 @@ pub trait Firewall: Send + Sync {
     fn entries(&self, isolation: &Isolation) -> Vec<String>;
     /// Every entry faultlab's rules hold now, read back from the filter.
     fn in_place(&self) -> Result<BTreeSet<String>, FirewallError>;
+    /// [`Firewall::in_place`], each entry with what it matched (and
+    /// dropped or rejected) while in place; `None` where the filter does
+    /// not count.
+    fn in_place_counted(&self) -> Result<BTreeMap<String, Option<Matched>>, FirewallError> {
+        Ok(self
+            .in_place()?
+            .into_iter()
+            .map(|entry| (entry, None))
+            .collect())
+    }
+    /// [`Firewall::in_place_counted`], of the parts of the filter that
+    /// could hold `isolation`'s entries (all of it, unless the filter can
+    /// read a part alone): a heal reads less than the whole filter.
+    fn in_place_of(
+        &self,
+        _isolation: &Isolation,
+    ) -> Result<BTreeMap<String, Option<Matched>>, FirewallError> {
+        self.in_place_counted()
+    }
+    /// Whether `entry` (one of [`Firewall::entries`]) cuts what arrives.
+    fn cuts_arriving(&self, entry: &str) -> bool;
     /// Try to remove each entry of `isolation`; one already gone is no error
     /// (the caller reads back what is left).
     fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError>;
@@ -213,6 +259,26 @@ pub trait Firewall: Send + Sync {
     fn remove_all(&self) -> Result<(), FirewallError>;
 }
 
+/// Packets an isolation's entries matched: each one dropped or rejected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Matched {
+    /// Packets.
+    pub packets: u64,
+    /// Their bytes (IP headers included).
+    pub bytes: u64,
+}
+
+impl std::ops::Add for Matched {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.saturating_add(other.packets),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
 /// What lifting one isolation found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lifted {
@@ -220,6 +286,10 @@ pub struct Lifted {
     pub removed: Vec<String>,
     /// Its entries that were gone already (expired, or removed by hand).
     pub already_gone: Vec<String>,
+    /// What it cut of the traffic arriving, and of the traffic leaving, as
+    /// the filter counted it (read just before the heal); `None` where the
+    /// filter does not count.
+    pub cut: Option<(Matched, Matched)>,
 }
 
 /// What lifting every isolation found and did.
@@ -308,7 +378,7 @@ impl Isolations {
         Self::clash(&active, &isolation)?;
         self.firewall.add(&isolation)?;
         tracing::warn!(id = %isolation.id, mode = ?isolation.mode, peer = ?isolation.peer,
-            port = ?isolation.port, direction = ?isolation.direction,
+            port = ?isolation.port, direction = ?isolation.direction, connections = ?isolation.connections,
             deadline_ms = isolation.deadline.as_millis(), "isolated");
         let deadline = isolation.deadline;
         let isolated = Timed::kept_by_the_kernel(isolation, deadline);
@@ -333,22 +403,22 @@ impl Isolations {
         Ok(lifted)
     }
 
-    /// Remove `isolation`'s entries, and read the filter back after (and
-    /// before, unless one transaction removed them all: then each was in
-    /// place).
+    /// Read what `isolation`'s entries matched, remove them, and read the
+    /// filter back after.
     fn lift(&self, isolation: &Isolation) -> Result<Lifted, IsolateError> {
         let id = &isolation.id;
         let entries = self.firewall.entries(isolation);
-        let (before, tried) = if self.firewall.remove_at_once(isolation) {
-            (entries.iter().cloned().collect(), Ok(()))
+        let before = self.firewall.in_place_of(isolation)?;
+        // One transaction where the filter has them, each on its own else.
+        let tried = if self.firewall.remove_at_once(isolation) {
+            Ok(())
         } else {
-            let before = self.firewall.in_place()?;
-            (before, self.firewall.remove(isolation))
+            self.firewall.remove(isolation)
         };
-        let after = self.firewall.in_place()?;
+        let after = self.firewall.in_place_of(isolation)?;
         let left: Vec<String> = entries
             .iter()
-            .filter(|entry| after.contains(*entry))
+            .filter(|entry| after.contains_key(*entry))
             .cloned()
             .collect();
         if !left.is_empty() {
@@ -359,12 +429,24 @@ impl Isolations {
                 why: tried.err().map(|error| error.to_string()),
             });
         }
+        let mut cut: Option<(Matched, Matched)> = None;
+        for entry in &entries {
+            if let Some(Some(matched)) = before.get(entry) {
+                let (arriving, leaving) = cut.get_or_insert_default();
+                if self.firewall.cuts_arriving(entry) {
+                    *arriving = *arriving + *matched;
+                } else {
+                    *leaving = *leaving + *matched;
+                }
+            }
+        }
         let (removed, already_gone) = entries
             .into_iter()
-            .partition(|entry| before.contains(entry));
+            .partition(|entry| before.contains_key(entry));
         Ok(Lifted {
             removed,
             already_gone,
+            cut,
         })
     }
 
@@ -414,6 +496,8 @@ mod tests {
         held: Mutex<BTreeSet<String>>,
         stuck: Mutex<BTreeSet<String>>,
         calls: Mutex<Vec<String>>,
+        /// What entries matched; none: this filter does not count.
+        hits: Mutex<Option<BTreeMap<String, Matched>>>,
     }
 
     impl Filter {
@@ -469,6 +553,21 @@ mod tests {
         fn in_place(&self) -> Result<BTreeSet<String>, FirewallError> {
             Ok(crate::sync::lock(&self.held).clone())
         }
+        fn in_place_counted(&self) -> Result<BTreeMap<String, Option<Matched>>, FirewallError> {
+            let hits = crate::sync::lock(&self.hits);
+            Ok(crate::sync::lock(&self.held)
+                .iter()
+                .map(|entry| {
+                    let matched = hits
+                        .as_ref()
+                        .map(|hits| hits.get(entry).copied().unwrap_or_default());
+                    (entry.clone(), matched)
+                })
+                .collect())
+        }
+        fn cuts_arriving(&self, entry: &str) -> bool {
+            entry.ends_with("-in")
+        }
         fn remove(&self, isolation: &Isolation) -> Result<(), FirewallError> {
             self.record(format!("remove {}", isolation.id));
             for entry in self.entries(isolation) {
@@ -511,6 +610,7 @@ mod tests {
             port: None,
             peer_port: None,
             direction: Direction::Both,
+            connections: Connections::All,
             deadline: Duration::from_millis(deadline_ms),
             include_control_channel: false,
         }
@@ -572,6 +672,10 @@ mod tests {
         let lifted = book.heal("cut")?;
         assert_eq!(lifted.removed, ["cut-out"]);
         assert_eq!(lifted.already_gone, ["cut-in"]);
+        assert_eq!(
+            lifted.cut, None,
+            "a filter that does not count says nothing"
+        );
         assert!(filter.in_place()?.is_empty());
         assert!(matches!(book.heal("cut"), Err(IsolateError::Unknown(_))));
         Ok(())
@@ -621,6 +725,27 @@ mod tests {
         assert_eq!(lifted.entries, 1);
         assert_eq!(lifted.unbooked, ["stray-in"]);
         assert_eq!(book.heal_all()?, LiftedAll::default());
+        Ok(())
+    }
+
+    #[test]
+    fn a_heal_says_what_the_isolation_cut_each_way_as_counted() -> Result<(), IsolateError> {
+        let filter = Arc::new(Filter::default());
+        let hit = |packets, bytes| Matched { packets, bytes };
+        *crate::sync::lock(&filter.hits) = Some(BTreeMap::from([
+            ("cut-in".to_owned(), hit(5, 300)),
+            ("cut-out".to_owned(), hit(2, 120)),
+            ("other-in".to_owned(), hit(9, 900)),
+        ]));
+        let book = Isolations::new(Box::new(Arc::clone(&filter)));
+        book.isolate(isolation("cut", 60_000))?;
+        book.isolate(Isolation {
+            direction: Direction::In,
+            port: Some(7000),
+            ..isolation("other", 60_000)
+        })?;
+        assert_eq!(book.heal("cut")?.cut, Some((hit(5, 300), hit(2, 120))));
+        assert_eq!(book.heal("other")?.cut, Some((hit(9, 900), hit(0, 0))));
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! Differences from Linux, said plainly:
 //! - Windows Firewall drops; it cannot answer with RST, so `reject` is refused.
+//! - It matches no TCP flags, so a cut of only new or only open connections
+//!   is refused.
 //! - Block rules win over allow rules, so the control port is exempted by
 //!   leaving it out of the blocked TCP port ranges.
 //! - No kernel deadline: each isolation arms a detached watchdog process
@@ -13,7 +15,7 @@
 //! Every value in a script comes from validated types (ids of a safe
 //! alphabet, addresses, numbers), never from raw request strings.
 
-use super::{Firewall, FirewallError, Isolation, Mode};
+use super::{Connections, Firewall, FirewallError, Isolation, Mode};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -174,6 +176,12 @@ impl Firewall for WindowsFirewall {
                     .to_owned(),
             ));
         }
+        if isolation.connections != Connections::All {
+            return Err(FirewallError::Refused(
+                "Windows Firewall does not match TCP flags or connection state; only every connection (connections = all) can be cut on Windows"
+                    .to_owned(),
+            ));
+        }
         let control_port = *crate::sync::lock(&self.control_port);
         // Arm first: once the rules exist, they must go whatever happens.
         let watchdog = Command::new(&self.exe)
@@ -199,6 +207,11 @@ impl Firewall for WindowsFirewall {
             .into_iter()
             .map(|(name, _)| name)
             .collect()
+    }
+
+    fn cuts_arriving(&self, entry: &str) -> bool {
+        // Rules are named faultlab-ID-in-PROTOCOL / faultlab-ID-out-PROTOCOL.
+        entry.contains("-in-")
     }
 
     fn in_place(&self) -> Result<BTreeSet<String>, FirewallError> {
@@ -261,6 +274,7 @@ mod tests {
             port,
             peer_port: None,
             direction: Direction::Both,
+            connections: Connections::All,
             deadline: Duration::from_secs(2),
             include_control_channel,
         }
@@ -290,5 +304,16 @@ mod tests {
         assert!(one_port.contains("-Protocol TCP -LocalPort 7000"));
         let everything = add_script(&isolation(None, true), 7420);
         assert!(everything.contains("-Protocol TCP -LocalPort Any"));
+    }
+
+    #[test]
+    fn a_cut_of_only_new_or_only_open_connections_is_refused_with_the_reason() {
+        let firewall = WindowsFirewall::new(PathBuf::from("faultlab-agent.exe"));
+        let mut cut = isolation(None, false);
+        cut.connections = Connections::New;
+        let Err(FirewallError::Refused(why)) = firewall.add(&cut) else {
+            panic!("a cut by TCP flags was not refused");
+        };
+        assert!(why.contains("TCP flags"), "{why}");
     }
 }

@@ -147,6 +147,12 @@ impl Platform for Linux {
         }))
     }
 
+    fn tcp_settings(exe: &std::path::Path) -> Option<Box<dyn crate::tune::SettingControl>> {
+        Some(Box::new(crate::tune::sysctl::Sysctl {
+            exe: exe.to_path_buf(),
+        }))
+    }
+
     fn shapers(exe: &std::path::Path, control_port: u16) -> crate::degrade::Shapers {
         use crate::degrade::{Shaper, Shapers, nft, tc};
         let outbound = tc::probe().map(|()| {

@@ -110,6 +110,10 @@ pub trait Platform {
     /// `exe` is the agent executable (its watchdog).
     fn links(exe: &std::path::Path) -> Option<Box<dyn crate::link::LinkControl>>;
 
+    /// The host's TCP settings, where faultlab changes them; `exe` is the
+    /// agent executable (its watchdog).
+    fn tcp_settings(exe: &std::path::Path) -> Option<Box<dyn crate::tune::SettingControl>>;
+
     /// Ways of degrading the network (delay, loss, ...), run as `exe
     /// degrade-watchdog` for deadlines, never touching `control_port`; or
     /// why this host cannot (found by really trying).

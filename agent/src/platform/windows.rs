@@ -131,6 +131,12 @@ impl Platform for Windows {
         None
     }
 
+    fn tcp_settings(_exe: &std::path::Path) -> Option<Box<dyn crate::tune::SettingControl>> {
+        // Windows has no tcp_abort_on_overflow: a full backlog is its own
+        // (it answers the SYN with RST).
+        None
+    }
+
     fn shapers(_exe: &std::path::Path, _control_port: u16) -> crate::degrade::Shapers {
         let missing = "degrading the network is not implemented on Windows (it would need a WFP callout or a NDIS filter driver; netem is Linux's)";
         crate::degrade::Shapers {

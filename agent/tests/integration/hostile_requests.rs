@@ -26,6 +26,7 @@ enum Hostile {
     Connections(pb::ListConnectionsRequest),
     Abort(pb::AbortConnectionsRequest),
     Process(pb::ProcessFaultRequest),
+    Tune(pb::ChangeTcpSettingRequest),
 }
 
 fn filter() -> impl Strategy<Value = Option<pb::ConnectionFilter>> {
@@ -160,10 +161,20 @@ fn hostile() -> impl Strategy<Value = Hostile> {
             any::<u32>(),
             any::<i32>(),
             any::<u32>(),
-            any::<bool>()
+            any::<bool>(),
+            any::<i32>()
         )
             .prop_map(
-                |(id, mode, peer, port, direction, deadline_ms, include_control_channel)| {
+                |(
+                    id,
+                    mode,
+                    peer,
+                    port,
+                    direction,
+                    deadline_ms,
+                    include_control_channel,
+                    connections,
+                )| {
                     Hostile::Isolate(pb::IsolateRequest {
                         id,
                         mode,
@@ -173,6 +184,7 @@ fn hostile() -> impl Strategy<Value = Hostile> {
                         direction,
                         deadline_ms,
                         include_control_channel,
+                        connections,
                     })
                 }
             ),
@@ -201,6 +213,16 @@ fn hostile() -> impl Strategy<Value = Hostile> {
             };
             Hostile::Process(pb::ProcessFaultRequest { target, action })
         }),
+        (text, any::<i32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(id, setting, value, deadline_ms)| {
+                Hostile::Tune(pb::ChangeTcpSettingRequest {
+                    id,
+                    setting,
+                    value,
+                    deadline_ms,
+                })
+            }
+        ),
     ]
 }
 
@@ -274,6 +296,10 @@ fn random_requests_get_clear_errors_and_the_agent_lives_on()
                     .map(drop),
                 Hostile::Process(request) => rpc
                     .process_fault(scheduled(request, &start_at))
+                    .await
+                    .map(drop),
+                Hostile::Tune(request) => rpc
+                    .change_tcp_setting(scheduled(request, &start_at))
                     .await
                     .map(drop),
             }

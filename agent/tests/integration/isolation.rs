@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::netns::{CONTROL_PORT, NetLab};
-use common::{Host, TestResult};
+use common::{Host, TestResult, outcome};
 use faultlab_proto::v1 as pb;
 use pb::{IsolationMode, Outcome};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ fn isolate(id: &str, mode: IsolationMode, deadline_ms: u32) -> pb::IsolateReques
         deadline_ms,
         peer_port: 0,
         include_control_channel: false,
+        connections: pb::Connections::All as i32,
     }
 }
 
@@ -412,6 +413,87 @@ async fn one_peer_or_one_port_can_be_cut_while_the_rest_flows() -> TestResult {
         same.err().map(|status| status.code()),
         Some(tonic::Code::FailedPrecondition)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_new_or_only_open_connections_can_be_cut() -> TestResult {
+    let lab = NetLab::new(2)?;
+    let mut server = lab.agent(0, &["--allow", "isolate"]).await?;
+    let mut client = lab.agent(1, &[]).await?;
+    let server_holder = server.holder("server").await?;
+    let listener = server
+        .listen_on(server_holder, format!("{}:7007", lab.ip(0)))
+        .await?
+        .listener_id;
+    let address = format!("{}:7007", lab.ip(0));
+    let client_holder = client.holder("client").await?;
+    let open = client.dial(client_holder, &address, None).await?.conn_id;
+    let accepted = server.accept(listener).await?.conn_id;
+    let heal = |id: &str| pb::HealRequest {
+        id: id.to_owned(),
+        all: false,
+    };
+
+    // New connections refused (their SYN answered by RST); the open one
+    // still carries data.
+    server
+        .rpc
+        .isolate(pb::IsolateRequest {
+            connections: pb::Connections::New as i32,
+            ..isolate("new", IsolationMode::Reject, 30_000)
+        })
+        .await?;
+    assert_eq!(
+        dial(&mut client, client_holder, &address, 500).await?,
+        (Outcome::Error, "ECONNREFUSED".to_owned())
+    );
+    assert_eq!(client.send_data(open, b"still").await?.bytes, 5);
+    let read = server.recv(accepted, common::MODE_ALL, 5, 1_000).await?;
+    assert_eq!((outcome(&Some(read.clone())), read.bytes), (Outcome::Ok, 5));
+    // The firewall counted what it cut: the one SYN it answered.
+    let healed = server.rpc.heal(heal("new")).await?.into_inner();
+    let cut = healed.cut.ok_or("no counts from nftables")?;
+    assert_eq!(
+        (cut.arriving_packets, cut.leaving_packets),
+        (1, 0),
+        "{cut:?}"
+    );
+
+    // Open connections cut on the way in: the open one's data waits; a new
+    // connection's SYN passes and its SYN-ACK leaves, so the client is
+    // connected, but its ACK is dropped and the server never accepts it.
+    server
+        .rpc
+        .isolate(pb::IsolateRequest {
+            connections: pb::Connections::Established as i32,
+            direction: pb::Direction::In as i32,
+            ..isolate("open", IsolationMode::Drop, 30_000)
+        })
+        .await?;
+    assert_eq!(client.send_data(open, b"waits").await?.bytes, 5);
+    let read = server.recv(accepted, common::MODE_ALL, 5, 500).await?;
+    assert_eq!(
+        (outcome(&Some(read.clone())), read.bytes),
+        (Outcome::Timeout, 0)
+    );
+    assert_eq!(
+        dial(&mut client, client_holder, &address, 500).await?.0,
+        Outcome::Ok
+    );
+    let waiting = server
+        .rpc
+        .accept(pb::AcceptRequest {
+            listener_id: listener,
+            timeout_ms: 500,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(outcome(&waiting.observation), Outcome::Timeout);
+    server.rpc.heal(heal("open")).await?;
+    // The client's retransmission delivers what waited.
+    let read = server.recv(accepted, common::MODE_ALL, 5, 5_000).await?;
+    assert_eq!((outcome(&Some(read.clone())), read.bytes), (Outcome::Ok, 5));
     Ok(())
 }
 

@@ -14,4 +14,5 @@ mod isolation;
 mod links;
 mod owners;
 mod robustness;
+mod tcp_settings;
 mod wire;

@@ -108,6 +108,7 @@ async fn play_case(
     }
     let mut run = CaseRun {
         case_id: case.id.clone(),
+        timeout_ms: case.timeout_ms,
         capture: None,
         wire: Vec::new(),
         wire_missed: BTreeMap::new(),
@@ -273,6 +274,19 @@ fn playable(
             .filter(|step| step.role.as_ref() == Some(role))
             .filter_map(|step| step.action.capability())
             .find(|need| !agent.offers(*need));
+        let by_flags = case
+            .steps
+            .iter()
+            .filter(|step| step.role.as_ref() == Some(role))
+            .find(|step| step.action.cuts_by_tcp_flags());
+        if let Some(step) = by_flags
+            && agent.info.os_family == "windows"
+        {
+            return Err(format!(
+                "step {} cuts only new or only open connections, told apart by TCP flags, which Windows Firewall (agent {}) cannot match",
+                step.name, agent.name
+            ));
+        }
         if let Some(missing) = missing {
             // The agent's own word on why, when it gave one (a kernel
             // without sch_netem).
@@ -520,5 +534,40 @@ pub(super) fn empty_report(
             .join("/"),
         verdict: Verdict::Skipped,
         ..CaseReport::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RunClock;
+    use super::super::fake_agent::{self, Faults};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cut_by_tcp_flags_is_not_played_on_windows_and_says_why()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let partitions = crate::suites::load("partitions").ok_or("no partitions suite")??;
+        let n5 = partitions
+            .iter()
+            .find(|case| case.id == "N5")
+            .ok_or("no N5")?;
+        let clock = RunClock::start();
+        let mut binding = Vec::new();
+        for (mut agent, _) in fake_agent::handles(2, Faults::default(), &clock).await? {
+            let handle = Arc::get_mut(&mut agent).ok_or("the handle is shared")?;
+            handle.info.capabilities.push("isolate".to_owned());
+            binding.push(agent);
+        }
+        assert_eq!(playable(n5, &binding, &BTreeMap::new()), Ok(()));
+        let server = Arc::get_mut(&mut binding[1]).ok_or("the handle is shared")?;
+        server.info.os_family = "windows".to_owned();
+        let why = playable(n5, &binding, &BTreeMap::new())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            why.contains("step cut-new") && why.contains("TCP flags"),
+            "{why}"
+        );
+        Ok(())
     }
 }

@@ -175,6 +175,9 @@ async fn by_the_agent(agent: &AgentHandle, call: AgentUndo) -> Undo {
         AgentUndo::Restore(restore) => undo(CLEANUP_TIMEOUT, client.restore(restore)).await,
         AgentUndo::LinkUp(up) => undo(CLEANUP_TIMEOUT, client.link_up(up)).await,
         AgentUndo::Thaw(thaw) => undo(CLEANUP_TIMEOUT, client.process_fault(thaw)).await,
+        AgentUndo::PutBackTcpSetting(setting) => {
+            undo(CLEANUP_TIMEOUT, client.put_back_tcp_setting(setting)).await
+        }
     }
 }
 

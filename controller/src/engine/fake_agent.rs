@@ -308,6 +308,20 @@ impl Agent for Fake {
         not_faked("Restore")
     }
 
+    async fn change_tcp_setting(
+        &self,
+        _: Request<pb::ChangeTcpSettingRequest>,
+    ) -> Reply<pb::ChangeTcpSettingReply> {
+        not_faked("ChangeTcpSetting")
+    }
+
+    async fn put_back_tcp_setting(
+        &self,
+        _: Request<pb::PutBackTcpSettingRequest>,
+    ) -> Reply<pb::PutBackTcpSettingReply> {
+        not_faked("PutBackTcpSetting")
+    }
+
     async fn start_capture(
         &self,
         _: Request<pb::StartCaptureRequest>,

@@ -208,7 +208,10 @@ fn counted_differences(expect: &Expect, counted: Option<Counted>) -> Vec<String>
         return Vec::new();
     }
     let Some(counted) = counted else {
-        return vec!["no degradation counts to check (only a restore has them)".to_owned()];
+        return vec![
+            "no counts to check (only a restore, or a heal where the firewall counts, has them)"
+                .to_owned(),
+        ];
     };
     let mut found = Vec::new();
     let (dropped, percent) = (counted.dropped, counted.dropped_percent());
@@ -489,7 +492,7 @@ mod tests {
         let mut restore = outcome(ExpectedOutcome::Ok, "", 0);
         assert_eq!(
             compare(&expect, &restore, &BTreeMap::new()),
-            ["no degradation counts to check (only a restore has them)"]
+            ["no counts to check (only a restore, or a heal where the firewall counts, has them)"]
         );
         restore.counted = Some(Counted {
             sent: 900,

@@ -209,6 +209,9 @@ pub(crate) struct Names {
     /// Names a step should have opened and did not, with why: the first
     /// cause of a later step's failure.
     pub unopened: HashMap<String, Cause>,
+    /// Role → local addresses of its connects that failed: the SYNs they
+    /// sent are that role's on the wire.
+    pub tried_from: Vec<(String, SocketAddr)>,
     /// When the case started (run clock), for the times in causes.
     pub started_ns: i64,
 }
@@ -295,6 +298,12 @@ impl Names {
                     .filter(|conn| conn.role == role)
                     .filter_map(|conn| conn.local.map(|address| address.to_string())),
             )
+            .chain(
+                self.tried_from
+                    .iter()
+                    .filter(|(tried_by, _)| tried_by == role)
+                    .map(|(_, address)| address.to_string()),
+            )
             .collect()
     }
 }
@@ -302,6 +311,9 @@ impl Names {
 /// One case on one binding: what the steps share.
 pub(crate) struct CaseRun<'a> {
     pub case_id: String,
+    /// The case's own time limit: a change a step makes with no deadline
+    /// of its own (a TCP setting) is put back by then at the latest.
+    pub timeout_ms: u64,
     /// The capture running on every agent of the case, when they all can.
     pub capture: Option<String>,
     /// What the captures saw on the case's connections.

@@ -45,6 +45,8 @@ pub(crate) enum AgentUndo {
     LinkUp(pb::LinkUpRequest),
     /// Thaw a frozen application.
     Thaw(pb::ProcessFaultRequest),
+    /// Put a TCP setting back.
+    PutBackTcpSetting(pb::PutBackTcpSettingRequest),
 }
 
 impl Undo {

@@ -264,35 +264,45 @@ pub(super) fn compare_wire(
         let again = retransmits(&since);
         if again != wanted {
             found.push(if again {
-                "wire: this host sent some bytes again, expected no retransmission".to_owned()
+                "wire: this host sent a segment again (its bytes, SYN or FIN), expected no retransmission".to_owned()
             } else {
-                "wire: this host sent no byte twice, expected a retransmission".to_owned()
+                "wire: this host sent no segment twice (bytes, SYN or FIN), expected a retransmission".to_owned()
             });
         }
     }
     found
 }
 
-/// Whether some payload byte of `segments` (in time order) was sent
+/// Whether some of `segments`' sequence space (in time order) was sent
 /// again: a segment of a flow starts below the highest sequence number
-/// that flow has already covered. A segment lost before the capture saw it
-/// (a degradation drops it in the sender's own kernel) shows as the hole
-/// its retransmission fills, late.
+/// that flow has already covered. Payload bytes count, and so do SYN and
+/// FIN (one number each): a SYN sent again is a connection attempt that
+/// got no answer. A segment lost before the capture saw it (a degradation
+/// drops it in the sender's own kernel) shows as the hole its
+/// retransmission fills, late.
 fn retransmits(segments: &[&WireReport]) -> bool {
     let mut covered: HashMap<(&str, &str), (u32, i64)> = HashMap::new();
     segments
         .iter()
-        .filter(|segment| segment.payload > 0)
-        .any(|segment| {
+        .map(|segment| (segment, sequence_length(segment)))
+        .filter(|(_, length)| *length > 0)
+        .any(|(segment, length)| {
             let flow = (segment.source.as_str(), segment.destination.as_str());
             let (first, end) = covered.entry(flow).or_insert((segment.seq, i64::MIN));
-            // Offsets from the flow's first data segment seen, modulo 2^32:
+            // Offsets from the flow's first segment seen, modulo 2^32:
             // negative for one that fills a hole before it.
             let start = i64::from(segment.seq.wrapping_sub(*first) as i32);
             let again = start < *end;
-            *end = (*end).max(start + i64::from(segment.payload));
+            *end = (*end).max(start + length);
             again
         })
+}
+
+/// How much sequence space a segment takes: its payload, plus one for a
+/// SYN and one for a FIN.
+fn sequence_length(segment: &WireReport) -> i64 {
+    let flag = |name: char| i64::from(segment.flags.contains(name));
+    i64::from(segment.payload) + flag('S') + flag('F')
 }
 
 /// How many distinct payload bytes `segments` (one sender's, in time
@@ -361,6 +371,24 @@ mod tests {
             &data(u32::MAX - 50, 100)
         ]));
         assert!(!retransmits(&[&data(u32::MAX - 50, 100), &data(49, 100)]));
+    }
+
+    #[test]
+    fn a_syn_or_fin_sent_again_is_a_retransmission() {
+        let flagged = |flags: &str, seq: u32, payload: u32| WireReport {
+            flags: flags.to_owned(),
+            ..data(seq, payload)
+        };
+        let syn = flagged("S", 999, 0);
+        // The SYN takes one number: the first data byte is the next.
+        assert!(!retransmits(&[&syn, &data(1_000, 100)]));
+        assert!(retransmits(&[&syn, &syn]));
+        let fin = flagged("F.", 1_100, 0);
+        assert!(!retransmits(&[&data(1_000, 100), &fin]));
+        assert!(retransmits(&[&data(1_000, 100), &fin, &fin]));
+        // A FIN carrying the last bytes, sent again.
+        let last = flagged("FP.", 1_000, 100);
+        assert!(retransmits(&[&last, &last]));
     }
 
     #[test]

@@ -177,11 +177,13 @@ fn add_host(
         // The management bridge has no way out of this machine.
         "--insecure",
     ]);
-    // `degrade` is offered only where the kernel has sch_netem (the agent tries).
+    // `degrade` is offered only where the kernel has sch_netem (the agent
+    // tries); `tune` changes only the namespace's own settings.
     command.args(grants.arguments(vec![
         Capability::Isolate,
         Capability::Link,
         Capability::Degrade,
+        Capability::Tune,
     ]));
     if let Some(logs) = logs {
         detach(&mut command, &logs.join(format!("host-{}.log", index + 1)))?;

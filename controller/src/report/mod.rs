@@ -291,10 +291,11 @@ pub struct ObservationReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_crc32: Option<u32>,
     /// A restore: packets its degradations sent on (duplicates included),
-    /// as the kernel counted them.
+    /// as the kernel counted them (a heal: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_sent_packets: Option<u64>,
-    /// ... and packets they dropped.
+    /// ... and packets they dropped; a heal: packets its isolations
+    /// dropped or rejected, both ways, by the firewall's own counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_dropped_packets: Option<u64>,
     /// A call that was waiting when the FIN (EOF) or RST (ECONNRESET) that

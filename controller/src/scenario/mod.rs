@@ -12,14 +12,18 @@
 //!
 //! - this module: the model of a case, its steps and expectations;
 //! - `actions`: what a step can do, one file per family of actions;
-//! - `parse`: files in, a checked [`Scenario`] or every error out.
+//! - `parse`: files in, a checked [`Scenario`] or every error out;
+//! - `lower`: steps on many hosts at once (a partition) written as the
+//!   one-host steps the engine plays.
 
 mod actions;
+mod lower;
 pub(crate) mod parse;
 
 pub use actions::{
-    Action, CloseMode, Impairment, IsolationDirection, IsolationMode, NetworkFault, Options,
-    Payload, ProcessFault, Reference, SocketCall, Timing, keywords,
+    AcceptQueueOverflow, Action, CloseMode, Impairment, IsolatedConnections, IsolationDirection,
+    IsolationMode, NetworkFault, Options, PartitionShape, Payload, ProcessFault, Reference,
+    SocketCall, Timing, keywords,
 };
 pub use parse::{ScenarioError, ScenarioErrors, parse};
 

@@ -84,6 +84,17 @@ impl Preparing<'_, '_> {
     fn names(&self) -> &Names {
         &self.run.names
     }
+
+    /// An id for a fault the step makes: the case, the step, and when
+    /// (unique across a run, told apart in the agents' logs).
+    fn fault_id(&self) -> String {
+        format!(
+            "{}-{}-{:x}",
+            self.run.case_id,
+            self.step.name,
+            self.run.clock.now_ns()
+        )
+    }
 }
 
 /// What a family's request runs with: its agent, the run clock, and the
@@ -376,6 +387,9 @@ impl Naming {
                 name.clone(),
                 Cause::of(&self.step, &ran.outcome, names.started_ns),
             );
+            if let Some(local) = ran.address {
+                names.tried_from.push((self.role.clone(), local));
+            }
         }
         match (self.defines, ran.new_id, ran.address) {
             (Some((Defines::Listener, name)), Some(id), Some(address)) => {

@@ -6,7 +6,9 @@ use crate::engine::handles::{AgentHandle, RunClock};
 use crate::engine::state::{Counted, Names, Outcome, StepError};
 use crate::engine::undo::{AgentUndo, Undo};
 use crate::lab::outside::{self, LabSide, OutsideFault};
-use crate::scenario::{Impairment, IsolationDirection, IsolationMode, NetworkFault};
+use crate::scenario::{
+    Impairment, IsolatedConnections, IsolationDirection, IsolationMode, NetworkFault,
+};
 use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -53,6 +55,7 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             conn,
             from,
             direction,
+            connections,
         } => Request::Isolate(isolate_request(
             at,
             *mode,
@@ -61,9 +64,16 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
                 conn: conn.as_deref(),
                 from: from.as_deref(),
                 direction: *direction,
+                connections: *connections,
             },
         )?),
         NetworkFault::Heal => Request::Heal(at.names().undo.isolations_of(at.role)),
+        // Read as the isolate steps it stands for (`scenario::lower`).
+        NetworkFault::Partition { .. } => {
+            return Err(StepError::Failed(
+                "a partition is played as one isolate step per host it cuts".to_owned(),
+            ));
+        }
         NetworkFault::LinkDown { deadline_ms } => cable(at, Some(*deadline_ms)),
         NetworkFault::LinkUp => cable(at, None),
         NetworkFault::Degrade {
@@ -71,13 +81,17 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
             towards,
             conn,
             inbound,
+            connection_attempts,
             deadline_ms,
         } => Request::Degrade(degrade_request(
             at,
             impairment,
-            towards.as_deref(),
-            conn.as_deref(),
-            *inbound,
+            Aim {
+                towards: towards.as_deref(),
+                conn: conn.as_deref(),
+                inbound: *inbound,
+                connection_attempts: *connection_attempts,
+            },
             *deadline_ms,
         )?),
         NetworkFault::Restore => Request::Restore(at.names().undo.degradations_of(at.role)),
@@ -97,22 +111,13 @@ pub(super) fn prepare(fault: &NetworkFault, at: &Preparing<'_, '_>) -> Result<Re
     })
 }
 
-/// The agent's id for a fault this step makes: unique in the run.
-fn fault_id(at: &Preparing<'_, '_>) -> String {
-    format!(
-        "{}-{}-{:x}",
-        at.run.case_id,
-        at.step.name,
-        at.run.clock.now_ns()
-    )
-}
-
 /// What an isolate step cuts: one connection's flow, or the traffic with
 /// one role's host, or everything; one way or both.
 struct Cut<'a> {
     conn: Option<&'a str>,
     from: Option<&'a str>,
     direction: IsolationDirection,
+    connections: IsolatedConnections,
 }
 
 /// An isolate step as its request: the whole host cut off, or from one
@@ -133,7 +138,7 @@ fn isolate_request(
         (None, None) => None,
     };
     Ok(pb::IsolateRequest {
-        id: fault_id(at),
+        id: at.fault_id(),
         mode: match mode {
             IsolationMode::Reject => pb::IsolationMode::Reject,
             IsolationMode::Drop => pb::IsolationMode::Drop,
@@ -148,6 +153,11 @@ fn isolate_request(
         } as i32,
         deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
         include_control_channel: false,
+        connections: match cut.connections {
+            IsolatedConnections::All => pb::Connections::All,
+            IsolatedConnections::New => pb::Connections::New,
+            IsolatedConnections::Established => pb::Connections::Established,
+        } as i32,
     })
 }
 
@@ -273,13 +283,7 @@ impl Request {
                     .map_err(failed)?;
                 acting.ok("isolate")
             }
-            Self::Heal(ids) => {
-                for id in ids {
-                    let request = pb::HealRequest { id, all: false };
-                    client.heal(acting.request(request)).await.map_err(failed)?;
-                }
-                acting.ok("heal")
-            }
+            Self::Heal(ids) => heal(acting, ids).await?,
             Self::Degrade(request) => degrade(acting, request).await?,
             Self::Restore(ids) => restore(acting, ids).await?,
             Self::Counters => counters(acting).await?,
@@ -319,6 +323,37 @@ async fn degrade(acting: &Acting, request: pb::DegradeRequest) -> Result<Outcome
         .into_inner();
     let mut outcome = acting.ok(&format!("degrade ({})", reply.mechanism));
     outcome.detail = Some(format!("{}: {}", reply.interface, reply.applied.trim()));
+    Ok(outcome)
+}
+
+/// Lift the isolations `ids`; the outcome has what the filter counted of
+/// them just before (packets dropped or rejected, each way), where it
+/// counts.
+async fn heal(acting: &Acting, ids: Vec<String>) -> Result<Outcome, StepError> {
+    let mut client = acting.client();
+    let mut said = Vec::new();
+    let mut counted = Counted::default();
+    for id in ids {
+        let request = pb::HealRequest {
+            id: id.clone(),
+            all: false,
+        };
+        let reply = client
+            .heal(acting.request(request))
+            .await
+            .map_err(|status| acting.failed(status))?
+            .into_inner();
+        if let Some(cut) = reply.cut {
+            counted.dropped += cut.arriving_packets + cut.leaving_packets;
+            said.push(format!(
+                "isolation {id}: cut {} packets arriving ({} B), {} leaving ({} B)",
+                cut.arriving_packets, cut.arriving_bytes, cut.leaving_packets, cut.leaving_bytes
+            ));
+        }
+    }
+    let mut outcome = acting.ok("heal");
+    outcome.detail = (!said.is_empty()).then(|| said.join("\n"));
+    outcome.counted = (!said.is_empty()).then_some(counted);
     Ok(outcome)
 }
 
@@ -414,24 +449,31 @@ async fn outside_fault(
 
 /// A degrade step as its request: packets towards a role's host, or one
 /// connection's (from its local port to its peer), or all of them.
+/// Which packets a degradation touches, as a step says it.
+struct Aim<'a> {
+    towards: Option<&'a str>,
+    conn: Option<&'a str>,
+    inbound: bool,
+    connection_attempts: bool,
+}
+
 fn degrade_request(
     at: &Preparing<'_, '_>,
     impairment: &Impairment,
-    towards: Option<&str>,
-    conn: Option<&str>,
-    inbound: bool,
+    aim: Aim<'_>,
     deadline_ms: u64,
 ) -> Result<pb::DegradeRequest, StepError> {
-    let flow = conn
+    let flow = aim
+        .conn
         .map(|conn| at.names().flow(at.step, at.role, conn))
         .transpose()?;
-    let peer = match (towards, flow) {
+    let peer = match (aim.towards, flow) {
         (Some(role), _) => Some(peer_host(at, "towards", role)?),
         (None, Some((_, remote))) => Some(remote.ip()),
         (None, None) => None,
     };
     Ok(pb::DegradeRequest {
-        id: fault_id(at),
+        id: at.fault_id(),
         interface: String::new(),
         address: at.agent.test_ip.to_string(),
         peer: peer.map_or_else(String::new, |peer| peer.to_string()),
@@ -449,10 +491,15 @@ fn degrade_request(
         reorder_percent: impairment.reorder_percent,
         corrupt_percent: impairment.corrupt_percent,
         rate_bits_per_second: impairment.rate_bits_per_second,
-        direction: if inbound {
+        direction: if aim.inbound {
             pb::Direction::In
         } else {
             pb::Direction::Out
+        } as i32,
+        connections: if aim.connection_attempts {
+            pb::Connections::New
+        } else {
+            pb::Connections::All
         } as i32,
     })
 }

@@ -4,7 +4,8 @@
 use super::{Acting, Preparing, Ran};
 use crate::engine::handles::AgentHandle;
 use crate::engine::state::{Names, Outcome, StepError};
-use crate::scenario::{ExpectedOutcome, Options, Payload, SocketCall};
+use crate::engine::undo::{AgentUndo, Undo};
+use crate::scenario::{AcceptQueueOverflow, ExpectedOutcome, Options, Payload, SocketCall};
 use faultlab_proto::v1 as pb;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,9 @@ pub(super) enum Request {
     Listen {
         holder: u64,
         options: Option<pb::SocketOptions>,
+        backlog: u32,
+        /// What a full accept queue does, set first for the case.
+        overflow: Option<pb::ChangeTcpSettingRequest>,
     },
     StopListening(u64),
     Connect {
@@ -46,9 +50,26 @@ pub(super) fn prepare(
 ) -> Result<(Request, Option<(u64, u64)>), StepError> {
     let names = at.names();
     let request = match call {
-        SocketCall::Listen { options, .. } => Request::Listen {
+        SocketCall::Listen {
+            options,
+            backlog,
+            overflow,
+            ..
+        } => Request::Listen {
             holder: at.holder(),
             options: socket_options(options),
+            backlog: *backlog,
+            overflow: overflow.map(|overflow| pb::ChangeTcpSettingRequest {
+                id: at.fault_id(),
+                setting: pb::TcpSetting::AbortOnOverflow as i32,
+                value: match overflow {
+                    AcceptQueueOverflow::Drop => 0,
+                    AcceptQueueOverflow::Reset => 1,
+                },
+                // Put back by the case's cleanup, or by the agent's
+                // watchdog once the case's time is up.
+                deadline_ms: u32::try_from(at.run.timeout_ms).unwrap_or(u32::MAX),
+            }),
         },
         SocketCall::StopListening { listener } => {
             Request::StopListening(names.listener(at.step, listener)?.id)
@@ -160,9 +181,25 @@ fn on_connection(
 
 impl Request {
     /// A connect books the listener it dials (the flow of the connection).
-    pub(super) fn note(&self, _role: &str, names: &mut Names) {
-        if let Self::Connect { name, address, .. } = self {
-            names.dialed.insert(name.clone(), *address);
+    pub(super) fn note(&self, role: &str, names: &mut Names) {
+        match self {
+            Self::Connect { name, address, .. } => {
+                names.dialed.insert(name.clone(), *address);
+            }
+            Self::Listen {
+                overflow: Some(change),
+                ..
+            } => names.undo.book(Undo::by_agent(
+                role,
+                format!(
+                    "TCP setting change {:?} (tcp_abort_on_overflow = {})",
+                    change.id, change.value
+                ),
+                AgentUndo::PutBackTcpSetting(pb::PutBackTcpSettingRequest {
+                    id: change.id.clone(),
+                }),
+            )),
+            _ => {}
         }
     }
 
@@ -171,7 +208,20 @@ impl Request {
         let failed = |status| acting.failed(status);
         let agent = &acting.agent;
         Ok(match self {
-            Self::Listen { holder, options } => listen(acting, holder, options).await?,
+            Self::Listen {
+                holder,
+                options,
+                backlog,
+                overflow,
+            } => {
+                if let Some(change) = overflow {
+                    client
+                        .change_tcp_setting(acting.request(change))
+                        .await
+                        .map_err(failed)?;
+                }
+                listen(acting, holder, options, backlog).await?
+            }
             Self::StopListening(listener_id) => {
                 let request = pb::StopListeningRequest { listener_id };
                 client
@@ -237,12 +287,13 @@ async fn listen(
     acting: &Acting,
     holder: u64,
     options: Option<pb::SocketOptions>,
+    backlog: u32,
 ) -> Result<Ran, StepError> {
     let agent = &acting.agent;
     let request = pb::ListenRequest {
         holder_id: holder,
         address: SocketAddr::new(agent.test_ip, 0).to_string(),
-        backlog: 128,
+        backlog,
         options,
     };
     let reply = acting

@@ -265,6 +265,7 @@ fn allowed(grants: &AgentGrants) -> Vec<&'static str> {
             Capability::Link,
             Capability::Reboot,
             Capability::Degrade,
+            Capability::Tune,
         ])
         .into_iter()
         .map(Capability::name)

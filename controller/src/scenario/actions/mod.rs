@@ -17,9 +17,12 @@ mod socket;
 mod timing;
 
 pub use faultlab_proto::CloseMode;
-pub use network::{Impairment, IsolationDirection, IsolationMode, NetworkFault};
+pub use network::{
+    Impairment, IsolatedConnections, IsolationDirection, IsolationMode, NetworkFault,
+    PartitionShape,
+};
 pub use process::ProcessFault;
-pub use socket::{Options, Payload, SocketCall};
+pub use socket::{AcceptQueueOverflow, Options, Payload, SocketCall};
 pub use timing::Timing;
 
 use super::parse::input::StepInput;
@@ -112,8 +115,26 @@ impl Action {
         match self {
             Self::Network(fault) => fault.capability(),
             Self::Process(fault) => fault.capability(),
-            Self::Socket(_) | Self::Timing(_) => None,
+            Self::Socket(call) => call.capability(),
+            Self::Timing(_) => None,
         }
+    }
+
+    /// Whether it tells connection attempts from open connections by TCP
+    /// flags (a host firewall that matches none cannot make it).
+    pub fn cuts_by_tcp_flags(&self) -> bool {
+        matches!(
+            self,
+            Self::Network(
+                NetworkFault::Isolate {
+                    connections: IsolatedConnections::New | IsolatedConnections::Established,
+                    ..
+                } | NetworkFault::Degrade {
+                    connection_attempts: true,
+                    ..
+                }
+            )
+        )
     }
 
     /// The names it uses and defines.
@@ -128,7 +149,16 @@ impl Action {
 
     /// Whether a role does it (every action but the timeline's own).
     pub fn takes_role(&self) -> bool {
-        !matches!(self, Self::Timing(_))
+        !matches!(
+            self,
+            Self::Timing(_) | Self::Network(NetworkFault::Partition { .. })
+        )
+    }
+
+    /// Whether it may go without its role: a heal with none lifts every
+    /// isolation of the case.
+    pub fn role_is_optional(&self) -> bool {
+        matches!(self, Self::Network(NetworkFault::Heal))
     }
 
     /// Whether it can run on while later steps go on.

@@ -30,8 +30,23 @@ pub enum NetworkFault {
         from: Option<String>,
         /// What the host no longer receives, sends, or both.
         direction: IsolationDirection,
+        /// Every packet, or only TCP connections being opened or already open.
+        connections: IsolatedConnections,
     },
-    /// Lift the role's isolation (needs `isolate`).
+    /// Split the scenario's hosts (takes no role: every host involved
+    /// cuts itself off from the hosts it may no longer reach, both ways,
+    /// at one released moment, with one deadline). Played as the isolate
+    /// steps it stands for (see [`crate::scenario::lower`]).
+    Partition {
+        /// Who still reaches whom.
+        shape: PartitionShape,
+        /// Drop packets silently, or answer them with RST / unreachable.
+        mode: IsolationMode,
+        /// Every cut lifts by itself after this.
+        deadline_ms: u64,
+    },
+    /// Lift the role's isolations; with no role, every isolation the case
+    /// made, on every host, at one released moment (needs `isolate`).
     Heal,
     /// Pull the cable of the role's test interface (the one holding its test
     /// address) until a deadline (needs `link`): at the switch side where
@@ -63,6 +78,9 @@ pub enum NetworkFault {
         /// What the host receives instead of what it sends (loss only; then
         /// `towards` and `conn` select by source and local destination).
         inbound: bool,
+        /// Only connection attempts (TCP SYNs without ACK): a slow or lossy
+        /// connection open.
+        connection_attempts: bool,
         /// It heals by itself after this.
         deadline_ms: u64,
     },
@@ -99,6 +117,72 @@ pub enum IsolationDirection {
     Both,
 }
 
+/// Which TCP connections an isolation cuts, told apart by TCP flags: a SYN
+/// without ACK opens one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolatedConnections {
+    /// Every packet, TCP or not (the default).
+    #[default]
+    All,
+    /// Connection attempts only: open connections go on.
+    New,
+    /// Open connections only (a new one's SYN passes, its SYN-ACK does
+    /// not); other protocols pass.
+    Established,
+}
+
+/// Who still reaches whom in a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionShape {
+    /// Hosts reach the hosts of their own group only; roles in no group
+    /// are left alone.
+    Groups(Vec<Vec<String>>),
+    /// The scenario's roles in a ring, in their order: each host reaches
+    /// only its two neighbours (Jepsen's majorities-ring with five).
+    Ring,
+}
+
+impl PartitionShape {
+    /// Each (host, peer) to cut, in order: `host` drops everything with
+    /// `peer`'s host. Both of a pair cut each other.
+    pub fn cuts(&self, roles: &[String]) -> Vec<(String, String)> {
+        let mut cuts = Vec::new();
+        match self {
+            Self::Groups(groups) => {
+                for (index, group) in groups.iter().enumerate() {
+                    for host in group {
+                        let others = groups
+                            .iter()
+                            .enumerate()
+                            .filter(|(other, _)| *other != index)
+                            .flat_map(|(_, other)| other);
+                        cuts.extend(others.map(|peer| (host.clone(), peer.clone())));
+                    }
+                }
+            }
+            Self::Ring => {
+                let count = roles.len();
+                for (index, host) in roles.iter().enumerate() {
+                    let neighbour = |other: usize| {
+                        other == index
+                            || other == (index + 1) % count
+                            || (other + 1) % count == index
+                    };
+                    cuts.extend(
+                        roles
+                            .iter()
+                            .enumerate()
+                            .filter(|(other, _)| !neighbour(*other))
+                            .map(|(_, peer)| (host.clone(), peer.clone())),
+                    );
+                }
+            }
+        }
+        cuts
+    }
+}
+
 /// What an isolated host does with the packets it no longer lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -114,6 +198,7 @@ impl NetworkFault {
     pub fn capability(&self) -> Option<Capability> {
         Some(match self {
             Self::Isolate { .. }
+            | Self::Partition { .. }
             | Self::Heal
             | Self::Reboot {
                 simulated: Some(true) | None,
@@ -139,6 +224,17 @@ impl NetworkFault {
         match self {
             Self::Isolate { conn, from, .. } => conn_and_role(conn, "from", from),
             Self::Degrade { conn, towards, .. } => conn_and_role(conn, "towards", towards),
+            Self::Partition {
+                shape: PartitionShape::Groups(groups),
+                ..
+            } => groups
+                .iter()
+                .flatten()
+                .map(|role| Reference::UsesRole {
+                    field: "groups",
+                    name: role,
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -161,6 +257,54 @@ impl NetworkFault {
                     conn: spec.conn,
                     from: spec.from,
                     direction: spec.direction,
+                    connections: spec.connections,
+                })
+            }
+            "partition" => {
+                let spec = input.typed::<PartitionSpec>()?;
+                let shape = match (spec.groups, spec.shape.as_deref()) {
+                    (Some(groups), None) => {
+                        let roles: Vec<&String> = groups.iter().flatten().collect();
+                        let twice = roles
+                            .iter()
+                            .enumerate()
+                            .find(|(at, role)| roles[..*at].contains(role));
+                        if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
+                            input.error(
+                                "groups",
+                                "a partition splits hosts into two groups or more, none empty",
+                            );
+                            return None;
+                        }
+                        if let Some((_, role)) = twice {
+                            input.error(
+                                "groups",
+                                format!("role {role:?} is in two groups: a host is on one side"),
+                            );
+                            return None;
+                        }
+                        PartitionShape::Groups(groups)
+                    }
+                    (None, Some("ring")) => PartitionShape::Ring,
+                    (None, Some(other)) => {
+                        input.error(
+                            "shape",
+                            format!("{other:?} is not a shape faultlab knows: \"ring\""),
+                        );
+                        return None;
+                    }
+                    _ => {
+                        input.error(
+                            "groups",
+                            "give groups (groups = [[\"a\", \"b\"], [\"c\"]]) or a shape (shape = \"ring\"), one of them",
+                        );
+                        return None;
+                    }
+                };
+                Some(Self::Partition {
+                    shape,
+                    mode: spec.mode,
+                    deadline_ms: capped(input, spec.deadline_ms)?,
                 })
             }
             "heal" => input.typed::<NothingSpec>().map(|_| Self::Heal),
@@ -189,11 +333,23 @@ impl NetworkFault {
                     );
                     return None;
                 }
+                let connection_attempts = match spec.connections {
+                    IsolatedConnections::All => false,
+                    IsolatedConnections::New => true,
+                    IsolatedConnections::Established => {
+                        input.error(
+                            "connections",
+                            "a degradation touches every packet (\"all\") or only connection attempts (\"new\"); for an open connection give conn",
+                        );
+                        return None;
+                    }
+                };
                 Some(Self::Degrade {
                     impairment,
                     towards: spec.towards,
                     conn: spec.conn,
                     inbound,
+                    connection_attempts,
                     deadline_ms: capped(input, spec.deadline_ms)?,
                 })
             }
@@ -273,6 +429,18 @@ struct IsolateSpec {
     from: Option<String>,
     #[serde(default)]
     direction: IsolationDirection,
+    #[serde(default)]
+    connections: IsolatedConnections,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionSpec {
+    groups: Option<Vec<Vec<String>>>,
+    shape: Option<String>,
+    #[serde(default = "drop_mode")]
+    mode: IsolationMode,
+    deadline_ms: u64,
 }
 
 fn drop_mode() -> IsolationMode {
@@ -304,6 +472,8 @@ struct DegradeSpec {
     conn: Option<String>,
     direction: Option<DegradeDirection>,
     deadline_ms: u64,
+    #[serde(default)]
+    connections: IsolatedConnections,
 }
 
 /// Which of a host's packets a degradation touches.

@@ -8,6 +8,25 @@ use crate::scenario::parse::input::StepInput;
 use faultlab_proto::{CloseMode, MESSAGE_HEADER_BYTES};
 use serde::Deserialize;
 
+/// What a host does with a connection whose handshake ends while its
+/// listener's accept queue is full (Linux's `tcp_abort_on_overflow`, of
+/// the host's network namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptQueueOverflow {
+    /// Forget the handshake's last ACK: the client believes it is
+    /// connected; the server answers its retransmissions later (0).
+    Drop,
+    /// Answer it with RST (1).
+    Reset,
+}
+
+/// The backlog a listen asks for unless the step says.
+pub const DEFAULT_BACKLOG: u32 = 128;
+
+/// The longest backlog a step may ask (Linux's default `somaxconn`).
+pub const MAX_BACKLOG: u32 = 4096;
+
 /// A socket call of a role's holder.
 #[derive(Clone, Debug, PartialEq, strum::IntoStaticStr, strum::VariantNames)]
 #[strum(serialize_all = "kebab-case")]
@@ -18,6 +37,12 @@ pub enum SocketCall {
         listener: String,
         /// Applied before bind.
         options: Options,
+        /// The accept queue's length asked of listen() (the kernel holds
+        /// one more on Linux).
+        backlog: u32,
+        /// What the host does with a handshake that ends on a full accept
+        /// queue, set for the case (needs `tune`); unsaid: as the host is.
+        overflow: Option<AcceptQueueOverflow>,
     },
     /// Close a listener: its port then refuses connections.
     StopListening {
@@ -159,6 +184,19 @@ impl SocketCall {
         }
     }
 
+    /// The capability it needs beyond connections: a listen that sets
+    /// what a full accept queue does changes a TCP setting of the host.
+    pub(super) fn capability(&self) -> Option<faultlab_proto::Capability> {
+        matches!(
+            self,
+            Self::Listen {
+                overflow: Some(_),
+                ..
+            }
+        )
+        .then_some(faultlab_proto::Capability::Tune)
+    }
+
     /// Facing an application, whether the call is one the application
     /// decides to make (send, close, ...) rather than one that just
     /// happens to it (listen, accept, recv): see `Action::by_application`.
@@ -178,9 +216,19 @@ impl SocketCall {
         match keyword {
             "listen" => {
                 let spec = input.typed::<ListenSpec>()?;
+                let backlog = spec.backlog.unwrap_or(DEFAULT_BACKLOG);
+                if backlog > MAX_BACKLOG {
+                    input.error(
+                        "backlog",
+                        format!("{backlog} is over {MAX_BACKLOG} (Linux's somaxconn caps it)"),
+                    );
+                    return None;
+                }
                 Some(Self::Listen {
                     listener: spec.listener,
                     options: spec.options.into_options(input)?,
+                    backlog,
+                    overflow: spec.accept_queue_overflow,
                 })
             }
             "stop-listening" => input
@@ -238,6 +286,8 @@ struct ListenSpec {
     listener: String,
     #[serde(default)]
     options: OptionsSpec,
+    backlog: Option<u32>,
+    accept_queue_overflow: Option<AcceptQueueOverflow>,
 }
 
 #[derive(Deserialize)]

@@ -219,6 +219,10 @@ struct Header {
 
 impl Header {
     fn into_scenario(self, file: &str, steps: &[(Option<Step>, SpannedTable)]) -> Scenario {
+        let steps = super::lower::lower(
+            steps.iter().filter_map(|(step, _)| step.clone()).collect(),
+            &self.roles,
+        );
         Scenario {
             id: self.id,
             name: self.name,
@@ -228,7 +232,7 @@ impl Header {
             application: self.application,
             timeout_ms: self.timeout_ms.unwrap_or(DEFAULT_CASE_TIMEOUT_MS),
             roles: self.roles,
-            steps: steps.iter().filter_map(|(step, _)| step.clone()).collect(),
+            steps,
             source: file.to_owned(),
         }
     }
@@ -398,7 +402,9 @@ fn expectation(spec: ExpectSpec) -> Expect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{IsolationDirection, NetworkFault};
+    use crate::scenario::{
+        AcceptQueueOverflow, IsolatedConnections, IsolationDirection, NetworkFault, SocketCall,
+    };
 
     const GOOD: &str = r#"
 id = "C1"
@@ -532,12 +538,17 @@ deadline_ms = 1000
             "roles = [\"client\", \"server\"]",
             "roles = [\"client\", \"server\"]\nneeds = [\"isolate\"]",
         );
-        let step = "\n[[step]]\nrole = \"server\"\ndo = \"isolate\"\ndirection = \"in\"\nfrom = \"client\"\ndeadline_ms = 1000\n";
+        let step = "\n[[step]]\nrole = \"server\"\ndo = \"isolate\"\ndirection = \"in\"\nfrom = \"client\"\nconnections = \"new\"\ndeadline_ms = 1000\n";
         let scenario = parse("ok.toml", &(with_isolate.clone() + step));
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
         assert!(matches!(
             &scenario.steps[4].action,
-            Action::Network(NetworkFault::Isolate { from: Some(role), direction: IsolationDirection::In, .. }) if role == "client"
+            Action::Network(NetworkFault::Isolate {
+                from: Some(role),
+                direction: IsolationDirection::In,
+                connections: IsolatedConnections::New,
+                ..
+            }) if role == "client"
         ));
         for (wrong, field, says) in [
             (
@@ -546,6 +557,11 @@ deadline_ms = 1000
                 "not one of the scenario's roles",
             ),
             ("direction = \"in\"", "direction = \"sideways\"", "sideways"),
+            (
+                "connections = \"new\"",
+                "connections = \"half-open\"",
+                "half-open",
+            ),
             (
                 "from = \"client\"",
                 "from = \"client\"\nconn = \"c\"",
@@ -613,6 +629,66 @@ deadline_ms = 1000
             Some(faultlab_proto::Capability::Degrade)
         );
         assert_eq!(scenario.steps[5].action.capability(), None);
+    }
+
+    #[test]
+    fn a_listen_sets_its_backlog_and_what_a_full_queue_does_and_needs_tune() {
+        let with_needs = |needs: &str| {
+            GOOD.replace(
+                "roles = [\"client\", \"server\"]",
+                &format!("roles = [\"client\", \"server\"]\nneeds = [{needs}]"),
+            )
+        };
+        let step = "\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"q\"\nbacklog = 1\naccept_queue_overflow = \"reset\"\n";
+        let scenario = parse("ok.toml", &(with_needs("\"tune\"") + step));
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert!(matches!(
+            &scenario.steps[4].action,
+            Action::Socket(SocketCall::Listen {
+                backlog: 1,
+                overflow: Some(AcceptQueueOverflow::Reset),
+                ..
+            })
+        ));
+        assert_eq!(
+            scenario.steps[4].action.capability(),
+            Some(faultlab_proto::Capability::Tune)
+        );
+        for (wrong, right, field, says) in [
+            ("backlog = 1", "backlog = 5000", "backlog", "somaxconn"),
+            (
+                "\"reset\"",
+                "\"sometimes\"",
+                "accept_queue_overflow",
+                "sometimes",
+            ),
+        ] {
+            let errors = errors_of(&(with_needs("\"tune\"") + &step.replace(wrong, right)));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert!(errors[0].message.contains(says), "{errors:#?}");
+            assert!(
+                errors[0].field.starts_with("step[5]"),
+                "{field}: {errors:#?}"
+            );
+        }
+        let errors = errors_of(&(with_needs("") + step));
+        assert!(
+            errors[0].message.contains("\"tune\" capability"),
+            "{errors:#?}"
+        );
+        // A plain listen needs nothing; a degradation of connection
+        // attempts only is known, of open connections only is not.
+        let plain = "\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"q\"\n";
+        let scenario = parse("ok.toml", &(with_needs("") + plain));
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert_eq!(scenario.steps[4].action.capability(), None);
+        let slow = "\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\ndelay_ms = 1000\nconnections = \"new\"\ndeadline_ms = 1000\n";
+        let scenario = parse("ok.toml", &(with_needs("\"degrade\"") + slow));
+        let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert!(scenario.steps[4].action.cuts_by_tcp_flags());
+        let errors =
+            errors_of(&(with_needs("\"degrade\"") + &slow.replace("\"new\"", "\"established\"")));
+        assert_eq!(errors[0].field, "step[5].connections", "{errors:#?}");
     }
 
     #[test]

@@ -553,7 +553,7 @@ impl<'s> Timeline<'s> {
 fn check_role(roles: &[String], step: &Step, at: &StepAt, problems: &mut Vec<Problem>) {
     let keyword = step.action.keyword();
     match (&step.role, step.action.takes_role()) {
-        (None, true) => problems.push((
+        (None, true) if !step.action.role_is_optional() => problems.push((
             at.line_span.clone(),
             at.field("role"),
             format!("{keyword} needs a role"),
