@@ -29,8 +29,8 @@ if [ -n "$said" ]; then
 fi
 echo "-- systemd: install.sh under a prefix"
 "$bin/faultlab" certs init --dir "$work/certs" >/dev/null
-"$bin/faultlab" certs issue localhost --san 127.0.0.1 --dir "$work/certs" >/dev/null
-"$bin/faultlab" certs issue controller --dir "$work/certs" >/dev/null
+"$bin/faultlab" certs issue localhost --role agent --san 127.0.0.1 --dir "$work/certs" >/dev/null
+"$bin/faultlab" certs issue controller --role client --dir "$work/certs" >/dev/null
 bash "$repo/deploy/systemd/install.sh" "$bin/faultlab-agent" "$work/certs" localhost \
   --prefix "$work/sd" --allow-reboot --allow-process
 for file in usr/local/bin/faultlab-agent etc/systemd/system/faultlab-agent.service \

@@ -146,14 +146,28 @@ impl Validity {
     }
 }
 
-/// Issue `NAME.pem` and `NAME.key` in `dir`, signed by the CA there. The
-/// certificate serves both ends (server and client authentication); `sans`
-/// are the addresses and DNS names it is valid for (default: `name`).
+/// What a certificate is for: one role each, so that an agent's
+/// certificate cannot act as a client of other agents, nor a client's
+/// serve as an agent (each end's TLS checks the other's extended key
+/// usage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertRole {
+    /// An agent: it serves (server authentication only).
+    Agent,
+    /// A controller, a person or a CI job: it calls agents (client
+    /// authentication only).
+    Client,
+}
+
+/// Issue `NAME.pem` and `NAME.key` in `dir`, signed by the CA there, for
+/// `role`; `sans` are the addresses and DNS names it is valid for
+/// (default: `name`).
 pub fn issue(
     dir: &Path,
     name: &str,
     sans: &[String],
     validity: Validity,
+    role: CertRole,
 ) -> Result<(PathBuf, PathBuf), CertsError> {
     let usable = !name.is_empty()
         && name
@@ -184,10 +198,10 @@ pub fn issue(
         CertificateParams::new(sans).map_err(rcgen_error("a subject alternative name"))?;
     params.distinguished_name = named(name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![match role {
+        CertRole::Agent => ExtendedKeyUsagePurpose::ServerAuth,
+        CertRole::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
     params.use_authority_key_identifier_extension = true;
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
@@ -224,6 +238,7 @@ mod tests {
             "host-1",
             &["198.18.0.2".to_owned(), "host-1.lab".to_owned()],
             Validity::days(1),
+            CertRole::Agent,
         )?;
         assert!(std::fs::read_to_string(cert)?.starts_with("-----BEGIN CERTIFICATE-----"));
         #[cfg(unix)]
@@ -232,11 +247,11 @@ mod tests {
             assert_eq!(std::fs::metadata(key)?.permissions().mode() & 0o777, 0o600);
         }
         assert!(matches!(
-            issue(&dir, "host-1", &[], Validity::days(1)),
+            issue(&dir, "host-1", &[], Validity::days(1), CertRole::Agent),
             Err(CertsError::Exists(_))
         ));
         assert!(matches!(
-            issue(&dir, "../escape", &[], Validity::days(1)),
+            issue(&dir, "../escape", &[], Validity::days(1), CertRole::Client),
             Err(CertsError::BadName(_))
         ));
         std::fs::remove_dir_all(&dir)?;

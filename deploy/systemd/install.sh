@@ -4,7 +4,7 @@
 #   deploy/systemd/install.sh AGENT_BINARY [CERT_DIR HOSTNAME] [--prefix DIR] [--allow-reboot] [--allow-process]
 #
 # CERT_DIR holds ca.pem and HOSTNAME.pem/.key (`faultlab certs issue
-# HOSTNAME --san ADDRESS`). With --prefix, files go under DIR and nothing
+# HOSTNAME --role agent --san ADDRESS`). With --prefix, files go under DIR and nothing
 # is started (no user, no systemctl): for packaging and for the tests.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -29,10 +29,16 @@ enum CertsAction {
         #[arg(long, default_value = "faultlab lab CA")]
         name: String,
     },
-    /// Make NAME.pem and NAME.key, signed by the CA, good as server and client.
+    /// Make NAME.pem and NAME.key, signed by the CA, for one role.
     Issue {
-        /// Certificate name: an agent (audit logs show it) or "controller".
+        /// Certificate name: an agent, or a client (a controller, a person,
+        /// a CI job; agents' audit lines name it).
         name: String,
+        /// What it is for: `agent` (it serves; give its address with
+        /// --san) or `client` (it calls agents). Each end refuses a
+        /// certificate of the other role.
+        #[arg(long, value_enum)]
+        role: certs::CertRole,
         /// Addresses and DNS names the certificate is valid for (repeatable;
         /// default NAME): an agent's must include the address the controller dials.
         #[arg(long = "san", value_name = "ADDRESS|NAME")]
@@ -56,8 +62,13 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<bool> {
                 dir.join(certs::CA_KEY).display()
             );
         }
-        CertsAction::Issue { name, sans, days } => {
-            let (cert, key) = certs::issue(&dir, &name, &sans, certs::Validity::days(days))?;
+        CertsAction::Issue {
+            name,
+            role,
+            sans,
+            days,
+        } => {
+            let (cert, key) = certs::issue(&dir, &name, &sans, certs::Validity::days(days), role)?;
             say!("issued {} and {}", cert.display(), key.display());
         }
     }

@@ -6,7 +6,7 @@
 //! `faultlab::certs` (what `faultlab certs` runs).
 
 use faultlab::agents::{ClientTls, Connector};
-use faultlab::certs::{self, Validity};
+use faultlab::certs::{self, CertRole, Validity};
 use faultlab_proto::v1 as pb;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -83,8 +83,14 @@ fn start_agent(dir: &Path, args: &[&str]) -> Result<Agent, Box<dyn std::error::E
 /// A lab CA with an agent certificate for 127.0.0.1 and a controller one.
 fn lab(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     certs::init(dir, "test lab")?;
-    certs::issue(dir, "agent-1", &["127.0.0.1".to_owned()], Validity::days(1))?;
-    certs::issue(dir, "controller", &[], Validity::days(1))?;
+    certs::issue(
+        dir,
+        "agent-1",
+        &["127.0.0.1".to_owned()],
+        Validity::days(1),
+        CertRole::Agent,
+    )?;
+    certs::issue(dir, "controller", &[], Validity::days(1), CertRole::Client)?;
     Ok(())
 }
 
@@ -143,7 +149,15 @@ async fn only_clients_with_a_certificate_of_the_lab_ca_get_in() -> TestResult {
     // Another CA, and an expired certificate of the right one.
     let other = dir.join("other");
     certs::init(&other, "someone else")?;
-    certs::issue(&other, "intruder", &[], Validity::days(1))?;
+    certs::issue(&other, "intruder", &[], Validity::days(1), CertRole::Client)?;
+    // Another agent of the same lab: its certificate serves, it calls no one.
+    certs::issue(
+        dir,
+        "agent-2",
+        &["127.0.0.1".to_owned()],
+        Validity::days(1),
+        CertRole::Agent,
+    )?;
     let now = time::OffsetDateTime::now_utc();
     certs::issue(
         dir,
@@ -153,6 +167,7 @@ async fn only_clients_with_a_certificate_of_the_lab_ca_get_in() -> TestResult {
             not_before: now - time::Duration::days(3),
             not_after: now - time::Duration::days(1),
         },
+        CertRole::Client,
     )?;
     let agent = tls_agent(dir, &[])?;
     let ca = dir.join("ca.pem");
@@ -175,6 +190,10 @@ async fn only_clients_with_a_certificate_of_the_lab_ca_get_in() -> TestResult {
             "an expired certificate",
             Some((dir.join("expired.pem"), dir.join("expired.key"))),
         ),
+        (
+            "another agent's (server) certificate",
+            Some((dir.join("agent-2.pem"), dir.join("agent-2.key"))),
+        ),
     ] {
         let refused = host_info(
             &agent.address,
@@ -196,6 +215,46 @@ async fn only_clients_with_a_certificate_of_the_lab_ca_get_in() -> TestResult {
     })?;
     let info = connector.host_info(&agent.address).await?;
     assert!(info.capabilities.contains(&"connections".to_owned()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_cannot_serve_as_an_agent() -> TestResult {
+    let scratch = Scratch::new("mtls-roles")?;
+    let dir = &scratch.0;
+    lab(dir)?;
+    certs::issue(
+        dir,
+        "client-as-agent",
+        &["127.0.0.1".to_owned()],
+        Validity::days(1),
+        CertRole::Client,
+    )?;
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (
+        file("client-as-agent.pem"),
+        file("client-as-agent.key"),
+        file("ca.pem"),
+    );
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-ca",
+        &ca,
+    ];
+    let agent = start_agent(dir, &args)?;
+    let connector = Connector::with_tls(&ClientTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("controller.pem"),
+        key: dir.join("controller.key"),
+    })?;
+    let refused = connector.host_info(&agent.address).await;
+    let said = format!("{refused:?}");
+    assert!(refused.is_err(), "a client certificate served: {said}");
     Ok(())
 }
 
@@ -332,7 +391,9 @@ fn certs_take_any_days_value_without_a_panic() -> TestResult {
     assert!(init.status.success(), "{init:?}");
     for days in ["99999999", "0", "-5", "9223372036854775807", "x"] {
         let asked = format!("--days={days}");
-        let issued = faultlab(&["certs", "issue", "x", "--dir", &dir, &asked])?;
+        let issued = faultlab(&[
+            "certs", "issue", "x", "--role", "agent", "--dir", &dir, &asked,
+        ])?;
         // A clear refusal from the argument parser, never a panic (101).
         assert_eq!(issued.status.code(), Some(2), "--days {days}: {issued:?}");
         assert!(
@@ -340,7 +401,16 @@ fn certs_take_any_days_value_without_a_panic() -> TestResult {
             "--days {days}: {issued:?}"
         );
     }
-    let issued = faultlab(&["certs", "issue", "x", "--dir", &dir, "--days", "36500"])?;
+    // The role is said: no certificate serves both ends.
+    let unsaid = faultlab(&["certs", "issue", "x", "--dir", &dir])?;
+    assert_eq!(unsaid.status.code(), Some(2), "{unsaid:?}");
+    assert!(
+        String::from_utf8_lossy(&unsaid.stderr).contains("--role"),
+        "{unsaid:?}"
+    );
+    let issued = faultlab(&[
+        "certs", "issue", "x", "--role", "client", "--dir", &dir, "--days", "36500",
+    ])?;
     assert!(issued.status.success(), "{issued:?}");
     Ok(())
 }

@@ -95,11 +95,23 @@ pub fn agents(
     crate::certs::init(&certs, "faultlab lab CA").map_err(|error| failed("certs init", &error))?;
     let validity = crate::certs::Validity::days(30);
     for host in hosts {
-        crate::certs::issue(&certs, &host.name, &[host.management.to_string()], validity)
-            .map_err(|error| failed("certs issue", &error))?;
-    }
-    crate::certs::issue(&certs, "controller", &[], validity)
+        crate::certs::issue(
+            &certs,
+            &host.name,
+            &[host.management.to_string()],
+            validity,
+            crate::certs::CertRole::Agent,
+        )
         .map_err(|error| failed("certs issue", &error))?;
+    }
+    crate::certs::issue(
+        &certs,
+        "controller",
+        &[],
+        validity,
+        crate::certs::CertRole::Client,
+    )
+    .map_err(|error| failed("certs issue", &error))?;
     let deploy = dir.join("deploy");
     for (path, contents) in DEPLOY {
         let file = deploy.join(path);
