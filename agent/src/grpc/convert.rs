@@ -127,35 +127,14 @@ impl TryFrom<pb::IsolateRequest> for Isolation {
                 ))
             })?),
         };
-        let port = match request.port {
-            0 => None,
-            port => Some(
-                u16::try_from(port).map_err(|_| invalid(format!("port: {port} is over 65535")))?,
-            ),
-        };
-        let peer_port = match request.peer_port {
-            0 => None,
-            port => Some(
-                u16::try_from(port)
-                    .map_err(|_| invalid(format!("peer_port: {port} is over 65535")))?,
-            ),
-        };
+        let port = optional_port("port", request.port)?;
+        let peer_port = optional_port("peer_port", request.peer_port)?;
         if peer_port.is_some() && port.is_none() {
             return Err(invalid(
                 "peer_port: give the local port too (a flow is peer address, peer port and local port)".to_owned(),
             ));
         }
-        let connections = match pb::Connections::try_from(request.connections) {
-            Ok(pb::Connections::All | pb::Connections::Unspecified) => Connections::All,
-            Ok(pb::Connections::New) => Connections::New,
-            Ok(pb::Connections::Established) => Connections::Established,
-            Err(_) => {
-                return Err(invalid(format!(
-                    "connections: {} is not CONNECTIONS_ALL (1), CONNECTIONS_NEW (2) or CONNECTIONS_ESTABLISHED (3)",
-                    request.connections
-                )));
-            }
-        };
+        let connections = connections(request.connections)?;
         if connections != Connections::All && request.include_control_channel {
             return Err(invalid(
                 "include_control_channel: only with every connection (CONNECTIONS_ALL); the control channel is cut whole or not at all".to_owned(),
@@ -515,6 +494,28 @@ pub(super) fn process_request(
     Ok((target, action))
 }
 
+/// A port of a request: 0 is none.
+fn optional_port(field: &str, port: u32) -> Result<Option<u16>, AgentError> {
+    match port {
+        0 => Ok(None),
+        port => u16::try_from(port)
+            .map(Some)
+            .map_err(|_| invalid(format!("{field}: {port} is not a port (1 to 65535)"))),
+    }
+}
+
+/// Which TCP connections a request's fault is for (unspecified: all).
+fn connections(connections: i32) -> Result<Connections, AgentError> {
+    match pb::Connections::try_from(connections) {
+        Ok(pb::Connections::All | pb::Connections::Unspecified) => Ok(Connections::All),
+        Ok(pb::Connections::New) => Ok(Connections::New),
+        Ok(pb::Connections::Established) => Ok(Connections::Established),
+        Err(_) => Err(invalid(format!(
+            "connections: {connections} is not CONNECTIONS_ALL (1), CONNECTIONS_NEW (2) or CONNECTIONS_ESTABLISHED (3)"
+        ))),
+    }
+}
+
 /// A TCP setting named by its number.
 pub(super) fn tcp_setting(setting: i32) -> Result<TcpSetting, AgentError> {
     match pb::TcpSetting::try_from(setting) {
@@ -552,14 +553,8 @@ pub(super) fn degradation(
             ))
         })?),
     };
-    let port = |field: &str, port: u32| match port {
-        0 => Ok(None),
-        port => u16::try_from(port)
-            .map(Some)
-            .map_err(|_| invalid(format!("{field}: {port} is not a port (1 to 65535)"))),
-    };
-    let local_port = port("local_port", request.local_port)?;
-    let peer_port = port("peer_port", request.peer_port)?;
+    let local_port = optional_port("local_port", request.local_port)?;
+    let peer_port = optional_port("peer_port", request.peer_port)?;
     let inbound = match request.direction() {
         pb::Direction::Unspecified | pb::Direction::Out => false,
         pb::Direction::In => true,
@@ -569,19 +564,13 @@ pub(super) fn degradation(
             ));
         }
     };
-    let connection_attempts = match pb::Connections::try_from(request.connections) {
-        Ok(pb::Connections::Unspecified | pb::Connections::All) => false,
-        Ok(pb::Connections::New) => true,
-        Ok(pb::Connections::Established) => {
+    let connection_attempts = match connections(request.connections)? {
+        Connections::All => false,
+        Connections::New => true,
+        Connections::Established => {
             return Err(invalid(
                 "connections: a degradation touches every packet (CONNECTIONS_ALL) or only connection attempts (CONNECTIONS_NEW); for an open connection give its ports".to_owned(),
             ));
-        }
-        Err(_) => {
-            return Err(invalid(format!(
-                "connections: {} is not CONNECTIONS_ALL (1) or CONNECTIONS_NEW (2)",
-                request.connections
-            )));
         }
     };
     Ok((

@@ -31,18 +31,7 @@ pub fn watchdog_main(setting: &str, after: Duration) -> Result<(), TuneError> {
     let control = Sysctl {
         exe: PathBuf::new(),
     };
-    control.write(setting, change.before)?;
-    let now = control.read(setting)?;
-    if now == change.before {
-        control.forget(setting)
-    } else {
-        Err(TuneError::ReadsOther {
-            setting: setting.name(),
-            now,
-            wanted: change.before,
-            putting_back: true,
-        })
-    }
+    super::Settings::put_back_checked(&control, change)
 }
 
 /// The file of `setting`: its name with `/` for `.`, under /proc/sys.

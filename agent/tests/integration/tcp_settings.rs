@@ -26,7 +26,7 @@ fn value_in(lab: &NetLab, index: usize) -> Result<String, Box<dyn std::error::Er
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_setting_changes_in_its_namespace_only_and_comes_back_even_with_no_agent() -> TestResult {
+async fn a_setting_changes_in_its_namespace_only_is_read_back_and_put_back() -> TestResult {
     let lab = NetLab::new(1)?;
     let outside = std::fs::read_to_string(SETTING)?;
     let before = value_in(&lab, 0)?;
@@ -82,6 +82,21 @@ async fn a_setting_changes_in_its_namespace_only_and_comes_back_even_with_no_age
     assert_eq!(put_back.value.to_string(), before);
     assert_eq!(value_in(&lab, 0)?, before);
 
+    // Without `tune`, an agent refuses, naming the flag.
+    agent.process.kill();
+    let mut plain = lab.agent(0, &[]).await?;
+    let refused = plain.rpc.change_tcp_setting(change("x", 1, 1_000)).await;
+    let status = refused.err().ok_or("accepted without --allow tune")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("--allow tune"), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_setting_comes_back_at_its_deadline_with_no_agent() -> TestResult {
+    let lab = NetLab::new(1)?;
+    let before = value_in(&lab, 0)?;
+    let mut agent = lab.agent(0, &["--allow", "tune"]).await?;
     // The agent dies; its watchdog puts the value back at the deadline.
     agent
         .rpc
@@ -103,11 +118,5 @@ async fn a_setting_changes_in_its_namespace_only_and_comes_back_even_with_no_age
         "agent killed; the value came back {} ms later (deadline 1500 ms)",
         back_after.as_millis()
     );
-    // Without `tune`, an agent refuses, naming the flag.
-    let mut plain = lab.agent(0, &[]).await?;
-    let refused = plain.rpc.change_tcp_setting(change("x", 1, 1_000)).await;
-    let status = refused.err().ok_or("accepted without --allow tune")?;
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("--allow tune"), "{status:?}");
     Ok(())
 }

@@ -95,8 +95,21 @@ fn lab(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn tls_agent(dir: &Path, extra: &[&str]) -> Result<Agent, Box<dyn std::error::Error>> {
-    let file = |name: &str| dir.join(name).display().to_string();
-    let (cert, key, ca) = (file("agent-1.pem"), file("agent-1.key"), file("ca.pem"));
+    tls_agent_serving(dir, "agent-1", extra)
+}
+
+/// An agent on 127.0.0.1 serving certificate `name` of the lab in `dir`.
+fn tls_agent_serving(
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<Agent, Box<dyn std::error::Error>> {
+    let file = |file: &str| dir.join(file).display().to_string();
+    let (cert, key, ca) = (
+        file(&format!("{name}.pem")),
+        file(&format!("{name}.key")),
+        file("ca.pem"),
+    );
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -230,23 +243,7 @@ async fn a_client_certificate_cannot_serve_as_an_agent() -> TestResult {
         Validity::days(1),
         CertRole::Client,
     )?;
-    let file = |name: &str| dir.join(name).display().to_string();
-    let (cert, key, ca) = (
-        file("client-as-agent.pem"),
-        file("client-as-agent.key"),
-        file("ca.pem"),
-    );
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-ca",
-        &ca,
-    ];
-    let agent = start_agent(dir, &args)?;
+    let agent = tls_agent_serving(dir, "client-as-agent", &[])?;
     let connector = Connector::with_tls(&ClientTls {
         ca: dir.join("ca.pem"),
         cert: dir.join("controller.pem"),

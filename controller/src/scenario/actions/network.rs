@@ -239,6 +239,88 @@ impl NetworkFault {
         }
     }
 
+    /// A `degrade` step's own fields: what it does to which packets.
+    fn degrade(input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
+        let spec = input.typed::<DegradeSpec>()?;
+        let impairment = spec.impairment(input)?;
+        let inbound = spec.direction == Some(DegradeDirection::In);
+        if inbound && !impairment.is_plain_loss() {
+            input.error(
+                "direction",
+                "what a host receives can only be lost (loss, without loss_correlation or loss_burst); delay, duplicate, reorder, corrupt and rate are made on what it sends (direction = \"out\")",
+            );
+            return None;
+        }
+        let connection_attempts = match spec.connections {
+            IsolatedConnections::All => false,
+            IsolatedConnections::New => true,
+            IsolatedConnections::Established => {
+                input.error(
+                    "connections",
+                    "a degradation touches every packet (\"all\") or only connection attempts (\"new\"); for an open connection give conn",
+                );
+                return None;
+            }
+        };
+        Some(Self::Degrade {
+            impairment,
+            towards: spec.towards,
+            conn: spec.conn,
+            inbound,
+            connection_attempts,
+            deadline_ms: capped(input, spec.deadline_ms)?,
+        })
+    }
+
+    /// A `partition` step's own fields: groups or a shape, one of them.
+    fn partition(input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
+        let spec = input.typed::<PartitionSpec>()?;
+        let shape = match (spec.groups, spec.shape.as_deref()) {
+            (Some(groups), None) => {
+                let roles: Vec<&String> = groups.iter().flatten().collect();
+                let twice = roles
+                    .iter()
+                    .enumerate()
+                    .find(|(at, role)| roles[..*at].contains(role));
+                if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
+                    input.error(
+                        "groups",
+                        "a partition splits hosts into two groups or more, none empty",
+                    );
+                    return None;
+                }
+                if let Some((_, role)) = twice {
+                    input.error(
+                        "groups",
+                        format!("role {role:?} is in two groups: a host is on one side"),
+                    );
+                    return None;
+                }
+                PartitionShape::Groups(groups)
+            }
+            (None, Some("ring")) => PartitionShape::Ring,
+            (None, Some(other)) => {
+                input.error(
+                    "shape",
+                    format!("{other:?} is not a shape faultlab knows: \"ring\""),
+                );
+                return None;
+            }
+            _ => {
+                input.error(
+                    "groups",
+                    "give groups (groups = [[\"a\", \"b\"], [\"c\"]]) or a shape (shape = \"ring\"), one of them",
+                );
+                return None;
+            }
+        };
+        Some(Self::Partition {
+            shape,
+            mode: spec.mode,
+            deadline_ms: capped(input, spec.deadline_ms)?,
+        })
+    }
+
     /// Read the step's own fields for `keyword` (one of its variants' names).
     pub(super) fn parse(keyword: &str, input: &mut StepInput<'_, '_, '_>) -> Option<Self> {
         match keyword {
@@ -260,53 +342,7 @@ impl NetworkFault {
                     connections: spec.connections,
                 })
             }
-            "partition" => {
-                let spec = input.typed::<PartitionSpec>()?;
-                let shape = match (spec.groups, spec.shape.as_deref()) {
-                    (Some(groups), None) => {
-                        let roles: Vec<&String> = groups.iter().flatten().collect();
-                        let twice = roles
-                            .iter()
-                            .enumerate()
-                            .find(|(at, role)| roles[..*at].contains(role));
-                        if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
-                            input.error(
-                                "groups",
-                                "a partition splits hosts into two groups or more, none empty",
-                            );
-                            return None;
-                        }
-                        if let Some((_, role)) = twice {
-                            input.error(
-                                "groups",
-                                format!("role {role:?} is in two groups: a host is on one side"),
-                            );
-                            return None;
-                        }
-                        PartitionShape::Groups(groups)
-                    }
-                    (None, Some("ring")) => PartitionShape::Ring,
-                    (None, Some(other)) => {
-                        input.error(
-                            "shape",
-                            format!("{other:?} is not a shape faultlab knows: \"ring\""),
-                        );
-                        return None;
-                    }
-                    _ => {
-                        input.error(
-                            "groups",
-                            "give groups (groups = [[\"a\", \"b\"], [\"c\"]]) or a shape (shape = \"ring\"), one of them",
-                        );
-                        return None;
-                    }
-                };
-                Some(Self::Partition {
-                    shape,
-                    mode: spec.mode,
-                    deadline_ms: capped(input, spec.deadline_ms)?,
-                })
-            }
+            "partition" => Self::partition(input),
             "heal" => input.typed::<NothingSpec>().map(|_| Self::Heal),
             "link-down" => {
                 let spec = input.typed::<DeadlineSpec>()?;
@@ -322,37 +358,7 @@ impl NetworkFault {
                 })
             }
             "power-on" => input.typed::<NothingSpec>().map(|_| Self::PowerOn),
-            "degrade" => {
-                let spec = input.typed::<DegradeSpec>()?;
-                let impairment = spec.impairment(input)?;
-                let inbound = spec.direction == Some(DegradeDirection::In);
-                if inbound && !impairment.is_plain_loss() {
-                    input.error(
-                        "direction",
-                        "what a host receives can only be lost (loss, without loss_correlation or loss_burst); delay, duplicate, reorder, corrupt and rate are made on what it sends (direction = \"out\")",
-                    );
-                    return None;
-                }
-                let connection_attempts = match spec.connections {
-                    IsolatedConnections::All => false,
-                    IsolatedConnections::New => true,
-                    IsolatedConnections::Established => {
-                        input.error(
-                            "connections",
-                            "a degradation touches every packet (\"all\") or only connection attempts (\"new\"); for an open connection give conn",
-                        );
-                        return None;
-                    }
-                };
-                Some(Self::Degrade {
-                    impairment,
-                    towards: spec.towards,
-                    conn: spec.conn,
-                    inbound,
-                    connection_attempts,
-                    deadline_ms: capped(input, spec.deadline_ms)?,
-                })
-            }
+            "degrade" => Self::degrade(input),
             "restore" => input.typed::<NothingSpec>().map(|_| Self::Restore),
             "counters" => input.typed::<NothingSpec>().map(|_| Self::Counters),
             "reboot" => input.typed::<RebootSpec>().and_then(|spec| {

@@ -534,10 +534,7 @@ deadline_ms = 1000
 
     #[test]
     fn a_partition_names_a_way_and_a_role_and_not_a_connection_too() {
-        let with_isolate = GOOD.replace(
-            "roles = [\"client\", \"server\"]",
-            "roles = [\"client\", \"server\"]\nneeds = [\"isolate\"]",
-        );
+        let with_isolate = with_needs("\"isolate\"");
         let step = "\n[[step]]\nrole = \"server\"\ndo = \"isolate\"\ndirection = \"in\"\nfrom = \"client\"\nconnections = \"new\"\ndeadline_ms = 1000\n";
         let scenario = parse("ok.toml", &(with_isolate.clone() + step));
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
@@ -581,14 +578,16 @@ deadline_ms = 1000
         }
     }
 
+    /// The good scenario, needing `needs` (names in quotes, comma-separated).
+    fn with_needs(needs: &str) -> String {
+        GOOD.replace(
+            "roles = [\"client\", \"server\"]",
+            &format!("roles = [\"client\", \"server\"]\nneeds = [{needs}]"),
+        )
+    }
+
     #[test]
     fn what_a_host_receives_can_only_be_lost_and_needs_loss() {
-        let with_needs = |needs: &str| {
-            GOOD.replace(
-                "roles = [\"client\", \"server\"]",
-                &format!("roles = [\"client\", \"server\"]\nneeds = [{needs}]"),
-            )
-        };
         let step = "\n[[step]]\nrole = \"client\"\ndo = \"degrade\"\ndirection = \"in\"\nloss = 10.0\ndeadline_ms = 1000\n";
         let scenario = parse("ok.toml", &(with_needs("\"loss\"") + step));
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
@@ -633,12 +632,6 @@ deadline_ms = 1000
 
     #[test]
     fn a_listen_sets_its_backlog_and_what_a_full_queue_does_and_needs_tune() {
-        let with_needs = |needs: &str| {
-            GOOD.replace(
-                "roles = [\"client\", \"server\"]",
-                &format!("roles = [\"client\", \"server\"]\nneeds = [{needs}]"),
-            )
-        };
         let step = "\n[[step]]\nrole = \"server\"\ndo = \"listen\"\nas = \"q\"\nbacklog = 1\naccept_queue_overflow = \"reset\"\n";
         let scenario = parse("ok.toml", &(with_needs("\"tune\"") + step));
         let scenario = scenario.unwrap_or_else(|errors| panic!("{errors:#?}"));
