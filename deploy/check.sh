@@ -31,6 +31,7 @@ echo "-- systemd: install.sh under a prefix"
 "$bin/faultlab" certs init --dir "$work/certs" >/dev/null
 "$bin/faultlab" certs issue localhost --role agent --san 127.0.0.1 --dir "$work/certs" >/dev/null
 "$bin/faultlab" certs issue controller --role client --dir "$work/certs" >/dev/null
+"$bin/faultlab" certs issue intern --role client --dir "$work/certs" >/dev/null
 bash "$repo/deploy/systemd/install.sh" "$bin/faultlab-agent" "$work/certs" localhost \
   --prefix "$work/sd" --allow-reboot --allow-process
 for file in usr/local/bin/faultlab-agent etc/systemd/system/faultlab-agent.service \
@@ -57,7 +58,10 @@ echo "-- ansible: apply to localhost under a prefix"
   -e "faultlab_agent_binary=$bin/faultlab-agent" -e "faultlab_certs_dir=$work/certs" \
   -e faultlab_cert_name=localhost -e faultlab_allow_isolate=true \
   -e '{"faultlab_allow_process": true, "faultlab_process_units": ["echo.service"],
-       "faultlab_restart": {"echo_server.py": "python3 /opt/echo_server.py --listen \"0.0.0.0:7000\""}}'
+       "faultlab_restart": {"echo_server.py": "python3 /opt/echo_server.py --listen \"0.0.0.0:7000\""},
+       "faultlab_access": {"default": ["connections"],
+                           "rules": [{"group": "ci", "may": ["connections", "isolate"]},
+                                     {"caller": "controller", "may": ["all"]}]}}'
 root=$work/ansible
 grep -q '^isolate = true' "$root/etc/faultlab/agent.toml"
 grep -q '^"echo_server.py" = "python3 /opt/echo_server.py --listen \\"0.0.0.0:7000\\""$' "$root/etc/faultlab/agent.toml"
@@ -76,6 +80,14 @@ address=$(sed -n 's/^listening on //p' "$work/agent.out")
 "$bin/faultlab" agents "$address" --tls-ca "$work/certs/ca.pem" \
   --tls-cert "$work/certs/controller.pem" --tls-key "$work/certs/controller.key" | tee "$work/agents.txt"
 grep -q ' ok ' "$work/agents.txt"
+if grep -q 'not for you' "$work/agents.txt"; then
+  echo "the access rules deny the lab owner's controller something"
+  exit 1
+fi
+echo "-- the installed agent's access rules keep isolation from a caller no rule names"
+"$bin/faultlab" agents "$address" --tls-ca "$work/certs/ca.pem" \
+  --tls-cert "$work/certs/intern.pem" --tls-key "$work/certs/intern.key" | tee "$work/intern.txt"
+grep -q 'not for you (intern), by its access rules: isolate,' "$work/intern.txt"
 if "$bin/faultlab" agents "$address" >/dev/null 2>&1; then
   echo "the installed agent answered a client without a certificate"
   exit 1

@@ -4,6 +4,8 @@
 //! Everything a client can ask of an agent is a method here, with validated
 //! domain types in and out; `grpc/` only translates.
 
+use crate::access::{Access, Caller, Denied};
+use crate::audit::{Entry, Trail};
 use crate::capture::{Captured, Captures, Filter};
 use crate::degrade::{Applied, Degradations, Healed, Impairment, Selection};
 use crate::error::AgentError;
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub restart_commands: std::collections::BTreeMap<String, String>,
     /// How much it takes on at most.
     pub limits: Limits,
+    /// Who may use what.
+    pub access: Access,
 }
 
 impl AgentConfig {
@@ -57,6 +61,7 @@ impl AgentConfig {
             max_isolation_ms: crate::settings::DEFAULT_MAX_ISOLATION_MS,
             restart_commands: std::collections::BTreeMap::new(),
             limits: Limits::default(),
+            access: Access::default(),
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct Agent {
     sockets: Sockets,
     /// The host's other programs.
     processes: Processes,
+    /// What was done here, and by whom: the last entries.
+    trail: Trail,
 }
 
 fn unexpected(reply: &HolderReply) -> AgentError {
@@ -266,12 +273,47 @@ impl Agent {
             control_port,
             sockets: Sockets::new(Current::socket_table()),
             processes,
+            trail: Trail::default(),
         }
     }
 
     /// The host this agent runs on.
     pub fn host_info(&self) -> &HostInfo {
         &self.host
+    }
+
+    /// The host as `caller` sees it: among the capabilities only those it
+    /// may use; those the access rules deny it (also the lab's, `power`),
+    /// each with why among `unavailable`.
+    pub fn host_info_for(&self, caller: &Caller) -> HostInfo {
+        let mut host = self.host.clone();
+        host.caller.clone_from(&caller.name);
+        let denied = self.config.access.denied_of(caller, &crate::access::RULED);
+        let refused = |name: &str| {
+            denied.iter().any(|denied| {
+                denied.capability.name() == name
+                    || (name == Capability::OrderlyReboot.name()
+                        && denied.capability == Capability::Reboot)
+            })
+        };
+        host.capabilities.retain(|name| !refused(name));
+        for denied in denied {
+            host.denied.push(denied.capability.name().to_owned());
+            host.unavailable
+                .push(format!("{}: {denied}", denied.capability.name()));
+        }
+        host
+    }
+
+    /// Whether `caller` may use one of `needs` here (the access rules;
+    /// what the host allows is checked where each is used).
+    pub fn may(&self, caller: &Caller, needs: &[Capability]) -> Result<Capability, Denied> {
+        self.config.access.check(caller, needs)
+    }
+
+    /// What was done here, and by whom: the last entries.
+    pub fn trail(&self) -> &Trail {
+        &self.trail
     }
 
     /// The event log.
@@ -312,6 +354,14 @@ impl Agent {
         }
         if killed > 0 {
             tracing::warn!(session = %id, killed, "session ended: killed the holders it left");
+            self.trail.record(Entry {
+                caller: "agent".to_owned(),
+                rpc: "SessionEnded".to_owned(),
+                capability: Capability::Connections.name().to_owned(),
+                fault: id.to_owned(),
+                result: format!("ok: killed the {killed} holder(s) it left"),
+                ..Entry::default()
+            });
         }
         killed
     }

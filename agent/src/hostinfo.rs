@@ -32,6 +32,10 @@ pub struct HostInfo {
     pub pid: u32,
     /// Capabilities it may not offer, and why ("degrade: ...").
     pub unavailable: Vec<String>,
+    /// Who asks (its certificate's name): set for one caller's view.
+    pub caller: String,
+    /// Capabilities the access rules deny that caller.
+    pub denied: Vec<String>,
 }
 
 impl HostInfo {
@@ -55,6 +59,8 @@ impl HostInfo {
             capabilities,
             pid: std::process::id(),
             unavailable: Vec::new(),
+            caller: String::new(),
+            denied: Vec::new(),
         }
     }
 }

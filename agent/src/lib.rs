@@ -25,13 +25,15 @@
 //! - [`error`]: request errors and their one mapping to `tonic::Status`.
 //! - [`tls`]: mutual TLS, and who the caller is.
 //! - [`settings`]: the configuration file, and who may reach the agent.
-//! - [`audit`]: one log line per call that changes something.
+//! - [`access`]: who may do what: per-caller rules.
+//! - [`audit`]: one log line per call that changes something, and the last ones kept.
 //! - [`schedule`]: requests that name the moment they act (steps released together).
 //!
 //! The binary is thin: it parses flags into [`settings::Overrides`] and
 //! calls [`run`], or runs [`conn::runner::run`] when started as a holder,
 //! or one of [`watchdogs`].
 
+pub mod access;
 pub mod agent;
 pub mod audit;
 pub mod capture;
@@ -136,6 +138,7 @@ pub fn run(
             max_isolation_ms: serving.max_isolation_ms,
             restart_commands: serving.restart_commands,
             limits: serving.limits,
+            access: serving.access,
         };
         // Clean up after an earlier life before saying we are ready.
         let agent = Arc::new(Agent::new(config, local.port()));

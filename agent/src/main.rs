@@ -197,20 +197,30 @@ fn main() -> anyhow::Result<()> {
         .init();
     let result = match cli.command {
         Some(Command::Holder) => faultlab_agent::conn::runner::run().context("holder failed"),
-        Some(Command::LinkWatchdog { interface, millis }) => {
-            watchdogs::link(&interface, Duration::from_millis(millis)).map_err(anyhow::Error::msg)
-        }
-        Some(Command::DegradeWatchdog { interface, millis }) => {
-            watchdogs::degradation(&interface, Duration::from_millis(millis))
-                .map_err(anyhow::Error::msg)
-        }
-        Some(Command::TuneWatchdog { setting, millis }) => {
-            watchdogs::tcp_setting(&setting, Duration::from_millis(millis))
-                .map_err(anyhow::Error::msg)
-        }
-        Some(Command::IsolationWatchdog { id, millis }) => {
-            watchdogs::isolation(&id, Duration::from_millis(millis)).map_err(anyhow::Error::msg)
-        }
+        Some(Command::LinkWatchdog { interface, millis }) => watched(
+            "link-watchdog",
+            &interface,
+            millis,
+            watchdogs::link(&interface, Duration::from_millis(millis)),
+        ),
+        Some(Command::DegradeWatchdog { interface, millis }) => watched(
+            "degrade-watchdog",
+            &interface,
+            millis,
+            watchdogs::degradation(&interface, Duration::from_millis(millis)),
+        ),
+        Some(Command::TuneWatchdog { setting, millis }) => watched(
+            "tune-watchdog",
+            &setting,
+            millis,
+            watchdogs::tcp_setting(&setting, Duration::from_millis(millis)),
+        ),
+        Some(Command::IsolationWatchdog { id, millis }) => watched(
+            "isolation-watchdog",
+            &id,
+            millis,
+            watchdogs::isolation(&id, Duration::from_millis(millis)),
+        ),
         Some(Command::Service { action }) => service(action),
         Some(Command::BareAct { at_unix_ns }) => bare_act(at_unix_ns),
         None => settings(&cli.serve).and_then(|serving| {
@@ -222,6 +232,13 @@ fn main() -> anyhow::Result<()> {
     };
     telemetry.shutdown();
     result
+}
+
+/// A watchdog's end: its audit entry (it healed `fault`, or could not),
+/// then its exit status.
+fn watched(kind: &str, fault: &str, millis: u64, result: Result<(), String>) -> anyhow::Result<()> {
+    faultlab_agent::audit::watchdog(kind, fault, millis, &result);
+    result.map_err(anyhow::Error::msg)
 }
 
 /// The agent the config file and the flags over it describe.

@@ -24,12 +24,19 @@
 //! send_bytes = 68719476736  # bytes one Send may ask for (64 GiB)
 //! faults = 64         # isolations, degradations and links down at once
 //!
+//! [access]            # who may use which of those (see `access`): without
+//! default = ["connections"]  # it, every caller of the lab's CA may use all
+//! [[access.rules]]
+//! group = "ci"        # an OU of the caller's certificate (or caller = "NAME")
+//! may = ["connections", "isolate", "degrade", "loss", "capture"]
+//!
 //! [tls]               # mutual TLS: required off loopback unless insecure = true
 //! cert = "agent.pem"  # paths relative to this file
 //! key = "agent.key"
 //! ca = "ca.pem"       # client certificates must chain to it
 //! ```
 
+use crate::access::{Access, Rules};
 use crate::tls::TlsFiles;
 use faultlab_proto::Capability;
 use serde::Deserialize;
@@ -159,6 +166,8 @@ pub struct Settings {
     /// How much the agent takes on at most.
     #[serde(default)]
     pub limits: Limits,
+    /// Who may use what: per-caller rules.
+    pub access: Option<Rules>,
 }
 
 /// Why the configuration cannot be used.
@@ -246,6 +255,8 @@ pub struct Serving {
     pub limits: Limits,
     /// Mutual TLS, unless it serves plain text.
     pub tls: Option<TlsFiles>,
+    /// Who may use what.
+    pub access: Access,
 }
 
 impl Settings {
@@ -288,6 +299,7 @@ impl Settings {
             restart_commands,
             limits: self.limits,
             tls,
+            access: Access::new(self.access),
         })
     }
 }
@@ -373,19 +385,31 @@ mod tests {
         let tls = settings.tls.ok_or("no tls")?;
         assert_eq!(tls.cert, dir.join("a.pem"));
         assert_eq!(tls.ca, absolute);
-        std::fs::write(
-            &file,
+        // Each refused with the file, the line and what is wrong.
+        let refused =
+            |text: &str, line: &str, what: &str| -> Result<(), Box<dyn std::error::Error>> {
+                std::fs::write(&file, text)?;
+                let error = Settings::load(&file).map_err(|error| error.to_string());
+                assert!(
+                    error
+                        .as_ref()
+                        .is_err_and(|message| message.contains("agent.toml")
+                            && message.contains(line)
+                            && message.contains(what)),
+                    "{error:?}"
+                );
+                Ok(())
+            };
+        refused(
             "listen = \"198.18.0.2:7420\"\n[allow]\nisolat = true\n",
+            "line 3",
+            "isolat",
         )?;
-        let error = Settings::load(&file).map_err(|error| error.to_string());
-        assert!(
-            error
-                .as_ref()
-                .is_err_and(|message| message.contains("agent.toml")
-                    && message.contains("line 3")
-                    && message.contains("isolat")),
-            "{error:?}"
-        );
+        refused(
+            "[access]\ndefault = [\"connections\"]\n[[access.rules]]\ngroup = \"ci\"\nmay = [\"isolate\", \"everything\"]\n",
+            "line 5",
+            "unknown capability \"everything\"",
+        )?;
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -3,8 +3,10 @@
 //! An agent can cut its host off the network or reboot it, so off loopback
 //! it answers only clients whose certificate chains to the lab's CA (made
 //! by `faultlab certs`, or your own). The caller's certificate name is what
-//! the audit log records for every call that changes something.
+//! the audit log records for every call that changes something, and what
+//! [`crate::access`] decides by.
 
+use crate::access::Caller;
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -51,28 +53,46 @@ impl TlsFiles {
     }
 }
 
-/// Who made `request`: the common name of its client certificate, or,
+/// Who made `request`: its client certificate's names and groups, or,
 /// without TLS, its address.
-pub fn caller<T>(request: &tonic::Request<T>) -> String {
-    let name = request
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    let named = request
         .peer_certs()
-        .and_then(|chain| chain.first().and_then(|leaf| common_name(leaf)));
-    match (name, request.remote_addr()) {
-        (Some(name), _) => name,
-        (None, Some(address)) => format!("{address} (no certificate)"),
-        (None, None) => "unknown (no certificate)".to_owned(),
+        .and_then(|chain| chain.first().and_then(|leaf| identity(leaf)));
+    match (named, request.remote_addr()) {
+        (Some(caller), _) => caller,
+        (None, Some(address)) => Caller::anonymous(format!("{address} (no certificate)")),
+        (None, None) => Caller::anonymous("unknown (no certificate)".to_owned()),
     }
 }
 
-/// The subject's common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
+/// The caller a DER certificate names: its subject's common name, its
+/// subject alternative names, its organizational units.
+fn identity(der: &[u8]) -> Option<Caller> {
+    use x509_parser::extensions::GeneralName;
     let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let name = certificate
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(name)
+    let subject = certificate.subject();
+    let text =
+        |value: &x509_parser::x509::AttributeTypeAndValue| value.as_str().ok().map(str::to_owned);
+    let common_name = subject.iter_common_name().find_map(text);
+    let mut names: Vec<String> = common_name.iter().cloned().collect();
+    if let Ok(Some(alternatives)) = certificate.subject_alternative_name() {
+        for name in &alternatives.value.general_names {
+            match name {
+                GeneralName::DNSName(name)
+                | GeneralName::RFC822Name(name)
+                | GeneralName::URI(name) => names.push((*name).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let groups = subject
+        .iter_organizational_unit()
+        .filter_map(text)
+        .collect();
+    Some(Caller {
+        name: common_name.or_else(|| names.first().cloned())?,
+        names,
+        groups,
+    })
 }

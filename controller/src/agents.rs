@@ -120,6 +120,24 @@ impl Connector {
             })
     }
 
+    /// The newest `last` entries of the audit trail of the agent at
+    /// `address` (0: all it keeps), oldest first.
+    pub async fn audit_trail(
+        &self,
+        address: &str,
+        last: u32,
+    ) -> Result<Vec<pb::AuditEntry>, AgentsError> {
+        let mut client = self.connect(address).await?;
+        client
+            .audit_trail(pb::AuditTrailRequest { last })
+            .await
+            .map(|reply| reply.into_inner().entries)
+            .map_err(|status| AgentsError::Call {
+                address: address.to_owned(),
+                status,
+            })
+    }
+
     /// The TCP connections of every program on the host of the agent at
     /// `address` that `filter` lets through.
     pub async fn connections(

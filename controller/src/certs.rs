@@ -37,7 +37,9 @@ pub enum CertsError {
     #[error("{} exists already; remove it first (nothing was changed)", .0.display())]
     Exists(PathBuf),
     /// The name cannot go into a certificate.
-    #[error("{0:?} is not usable as a certificate name: letters, digits, '-', '_' and '.' only")]
+    #[error(
+        "{0:?} is not usable as a certificate name or group: letters, digits, '-', '_' and '.' only"
+    )]
     BadName(String),
     /// rcgen refused (bad SAN, unreadable CA...).
     #[error("{context}: {source}")]
@@ -169,12 +171,30 @@ pub fn issue(
     validity: Validity,
     role: CertRole,
 ) -> Result<(PathBuf, PathBuf), CertsError> {
-    let usable = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !usable {
+    issue_in_groups(dir, name, sans, validity, role, &[])
+}
+
+/// [`issue`], the certificate carrying `groups` (organizational units of
+/// its subject), which agents' access rules may name (`group = "ci"`).
+pub fn issue_in_groups(
+    dir: &Path,
+    name: &str,
+    sans: &[String],
+    validity: Validity,
+    role: CertRole,
+    groups: &[String],
+) -> Result<(PathBuf, PathBuf), CertsError> {
+    let usable = |text: &str| {
+        !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !usable(name) {
         return Err(CertsError::BadName(name.to_owned()));
+    }
+    if let Some(group) = groups.iter().find(|group| !usable(group)) {
+        return Err(CertsError::BadName(group.clone()));
     }
     let (cert_path, key_path) = (
         dir.join(format!("{name}.pem")),
@@ -197,6 +217,11 @@ pub fn issue(
     let mut params =
         CertificateParams::new(sans).map_err(rcgen_error("a subject alternative name"))?;
     params.distinguished_name = named(name);
+    for group in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, group.as_str());
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![match role {
         CertRole::Agent => ExtendedKeyUsagePurpose::ServerAuth,

@@ -614,22 +614,37 @@ pub(super) fn stop_capture_reply(captured: Captured) -> pb::StopCaptureReply {
     }
 }
 
-pub(super) fn host_info(host: &HostInfo) -> pb::HostInfoReply {
+pub(super) fn host_info(host: HostInfo) -> pb::HostInfoReply {
     pb::HostInfoReply {
-        hostname: host.hostname.clone(),
-        os_family: host.os_family.clone(),
-        os_version: host.os_version.clone(),
-        kernel_version: host.kernel_version.clone(),
-        arch: host.arch.clone(),
+        hostname: host.hostname,
+        os_family: host.os_family,
+        os_version: host.os_version,
+        kernel_version: host.kernel_version,
+        arch: host.arch,
         cpus: host.cpus,
         memory_bytes: host.memory_bytes,
-        agent_version: host.agent_version.clone(),
-        boot_id: host.boot_id.clone(),
-        capabilities: host.capabilities.clone(),
+        agent_version: host.agent_version,
+        boot_id: host.boot_id,
+        capabilities: host.capabilities,
         mono_ns: Current::monotonic_ns(),
         wall_unix_ns: wall_unix_ns(),
         pid: host.pid,
-        unavailable: host.unavailable.clone(),
+        unavailable: host.unavailable,
+        caller: host.caller,
+        denied: host.denied,
+    }
+}
+
+pub(super) fn audit_entry(entry: crate::audit::Entry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        at_unix_ns: entry.at_unix_ns,
+        caller: entry.caller,
+        rpc: entry.rpc,
+        capability: entry.capability,
+        fault: entry.fault,
+        deadline_ms: entry.deadline_ms,
+        result: entry.result,
+        request: entry.request,
     }
 }
 

@@ -1,8 +1,10 @@
 //! The gRPC edge: thin handlers that validate each request into domain
 //! types ([`convert`]), call [`Agent`], and translate the answer back. No
 //! socket or process logic lives here. Every call that changes something on
-//! the host goes through [`audited`], which leaves its audit line.
+//! the host goes through `AgentService::audited`, which asks the access
+//! rules whether its caller may, and leaves its audit entry.
 
+mod audited;
 mod convert;
 
 pub use convert::{
@@ -11,18 +13,19 @@ pub use convert::{
 };
 
 use crate::agent::Agent;
-use crate::audit::Audit;
 use crate::error::AgentError;
 use crate::holder::protocol::SocketTarget;
 use crate::isolate::Isolation;
 use crate::model::{ConnId, HolderId, ListenerId};
 use crate::platform::{Current, Platform, wall_unix_ns};
+use crate::tls;
+use audited::{CONNECTIONS, degrade_needs, reboot_needs};
 use convert::{
     DEFAULT_DOWN_MS, address, close_mode, connection_filter, degradation, host_info, invalid,
     isolation_id, payload, process_request, recv_mode, tcp_setting, timeout,
 };
+use faultlab_proto::Capability;
 use faultlab_proto::v1 as pb;
-use std::fmt::Debug;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -60,33 +63,32 @@ impl AgentService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Run one call that changes the host, leaving its audit line: who asked
-/// for `rpc`, what, and how it ended.
-async fn audited<T: Debug, R, F>(
-    request: Request<T>,
-    rpc: &'static str,
-    call: impl FnOnce(Request<T>) -> F,
-) -> Reply<R>
-where
-    F: Future<Output = Reply<R>>,
-{
-    let audit = Audit::of(&request, rpc);
-    let result = call(request).await;
-    audit.record(&result);
-    result
-}
-
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
-    async fn host_info(&self, _: Request<pb::HostInfoRequest>) -> Reply<pb::HostInfoReply> {
-        Ok(Response::new(host_info(self.agent.host_info())))
+    async fn host_info(&self, request: Request<pb::HostInfoRequest>) -> Reply<pb::HostInfoReply> {
+        let caller = tls::caller(&request);
+        Ok(Response::new(host_info(self.agent.host_info_for(&caller))))
+    }
+
+    async fn audit_trail(
+        &self,
+        request: Request<pb::AuditTrailRequest>,
+    ) -> Reply<pb::AuditTrailReply> {
+        let last = match request.into_inner().last {
+            0 => usize::MAX,
+            last => usize::try_from(last).unwrap_or(usize::MAX),
+        };
+        let entries = self.agent.trail().last(last);
+        Ok(Response::new(pb::AuditTrailReply {
+            entries: entries.into_iter().map(convert::audit_entry).collect(),
+        }))
     }
 
     async fn spawn_holder(
         &self,
         request: Request<pb::SpawnHolderRequest>,
     ) -> Reply<pb::SpawnHolderReply> {
-        audited(request, "SpawnHolder", |request| async move {
+        self.audited(request, "SpawnHolder", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let session = match request.session.as_str() {
                 "" => None,
@@ -102,7 +104,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn exit_holder(&self, request: Request<pb::ExitHolderRequest>) -> Reply<pb::HolderExit> {
-        audited(request, "ExitHolder", |request| async move {
+        self.audited(request, "ExitHolder", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let exit = self
                 .agent
@@ -114,7 +116,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn kill_holder(&self, request: Request<pb::KillHolderRequest>) -> Reply<pb::HolderExit> {
-        audited(request, "KillHolder", |request| async move {
+        self.audited(request, "KillHolder", CONNECTIONS, |request| async move {
             let exit = self
                 .agent
                 .kill_holder(HolderId(request.into_inner().holder_id))
@@ -125,7 +127,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn listen(&self, request: Request<pb::ListenRequest>) -> Reply<pb::ListenReply> {
-        audited(request, "Listen", |request| async move {
+        self.audited(request, "Listen", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let (listener, local) = self
                 .agent
@@ -152,17 +154,22 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StopListeningRequest>,
     ) -> Reply<pb::StopListeningReply> {
-        audited(request, "StopListening", |request| async move {
-            self.agent
-                .stop_listening(ListenerId(request.into_inner().listener_id))
-                .await?;
-            Ok(Response::new(pb::StopListeningReply {}))
-        })
+        self.audited(
+            request,
+            "StopListening",
+            CONNECTIONS,
+            |request| async move {
+                self.agent
+                    .stop_listening(ListenerId(request.into_inner().listener_id))
+                    .await?;
+                Ok(Response::new(pb::StopListeningReply {}))
+            },
+        )
         .await
     }
 
     async fn accept(&self, request: Request<pb::AcceptRequest>) -> Reply<pb::ConnectReply> {
-        audited(request, "Accept", |request| async move {
+        self.audited(request, "Accept", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let connection = self
                 .agent
@@ -177,7 +184,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn dial(&self, request: Request<pb::ConnectRequest>) -> Reply<pb::ConnectReply> {
-        audited(request, "Dial", |request| async move {
+        self.audited(request, "Dial", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let connection = self
                 .agent
@@ -194,7 +201,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::Observation> {
-        audited(request, "Send", |request| async move {
+        self.audited(request, "Send", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let observation = self
                 .agent
@@ -210,7 +217,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn recv(&self, request: Request<pb::RecvRequest>) -> Reply<pb::Observation> {
-        audited(request, "Recv", |request| async move {
+        self.audited(request, "Recv", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let observation = self
                 .agent
@@ -228,7 +235,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Reply<pb::Observation> {
-        audited(request, "Close", |request| async move {
+        self.audited(request, "Close", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let observation = self
                 .agent
@@ -247,7 +254,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::SetOptionsRequest>,
     ) -> Reply<pb::SocketOptions> {
-        audited(request, "SetOptions", |request| async move {
+        self.audited(request, "SetOptions", CONNECTIONS, |request| async move {
             let request = request.into_inner();
             let target = match request.target {
                 Some(pb::set_options_request::Target::ConnId(id)) => SocketTarget::Conn(ConnId(id)),
@@ -270,7 +277,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Reply<pb::WatchReply> {
-        audited(request, "Watch", |request| async move {
+        self.audited(request, "Watch", CONNECTIONS, |request| async move {
             self.agent
                 .watch(ConnId(request.into_inner().conn_id))
                 .await?;
@@ -322,67 +329,78 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn isolate(&self, request: Request<pb::IsolateRequest>) -> Reply<pb::IsolateReply> {
-        audited(request, "Isolate", |request| async move {
-            let isolation = Isolation::try_from(request.into_inner())?;
-            let id = isolation.id.clone();
-            let deadline = isolation.deadline;
-            self.off_the_workers(move |agent| agent.isolate(isolation))
-                .await?;
-            let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
-            Ok(Response::new(pb::IsolateReply {
-                id,
-                expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
-                expires_wall_unix_ns: wall_unix_ns()
-                    .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
-            }))
-        })
+        self.audited(
+            request,
+            "Isolate",
+            &[Capability::Isolate],
+            |request| async move {
+                let isolation = Isolation::try_from(request.into_inner())?;
+                let id = isolation.id.clone();
+                let deadline = isolation.deadline;
+                self.off_the_workers(move |agent| agent.isolate(isolation))
+                    .await?;
+                let deadline_ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+                Ok(Response::new(pb::IsolateReply {
+                    id,
+                    expires_mono_ns: Current::monotonic_ns().saturating_add(deadline_ns),
+                    expires_wall_unix_ns: wall_unix_ns()
+                        .saturating_add(i64::try_from(deadline_ns).unwrap_or(i64::MAX)),
+                }))
+            },
+        )
         .await
     }
 
     async fn heal(&self, request: Request<pb::HealRequest>) -> Reply<pb::HealReply> {
-        audited(request, "Heal", |request| async move {
-            let request = request.into_inner();
-            let reply = match (request.id.as_str(), request.all) {
-                ("", true) => {
-                    let lifted = self.off_the_workers(Agent::heal_all).await?;
-                    pb::HealReply {
-                        healed: u32::try_from(lifted.isolations).unwrap_or(u32::MAX),
-                        already_gone: Vec::new(),
-                        unbooked: lifted.unbooked,
-                        cut: None,
+        self.audited(
+            request,
+            "Heal",
+            &[Capability::Isolate],
+            |request| async move {
+                let request = request.into_inner();
+                let reply = match (request.id.as_str(), request.all) {
+                    ("", true) => {
+                        let lifted = self.off_the_workers(Agent::heal_all).await?;
+                        pb::HealReply {
+                            healed: u32::try_from(lifted.isolations).unwrap_or(u32::MAX),
+                            already_gone: Vec::new(),
+                            unbooked: lifted.unbooked,
+                            cut: None,
+                        }
                     }
-                }
-                ("", false) => {
-                    return Err(
-                        invalid("id: name the isolation to heal, or set all".to_owned()).into(),
-                    );
-                }
-                (id, false) => {
-                    let id = id.to_owned();
-                    let lifted = self.off_the_workers(move |agent| agent.heal(&id)).await?;
-                    pb::HealReply {
-                        healed: 1,
-                        already_gone: lifted.already_gone,
-                        unbooked: Vec::new(),
-                        cut: lifted.cut.map(|(arriving, leaving)| pb::CutCounts {
-                            arriving_packets: arriving.packets,
-                            arriving_bytes: arriving.bytes,
-                            leaving_packets: leaving.packets,
-                            leaving_bytes: leaving.bytes,
-                        }),
+                    ("", false) => {
+                        return Err(invalid(
+                            "id: name the isolation to heal, or set all".to_owned(),
+                        )
+                        .into());
                     }
-                }
-                (_, true) => {
-                    return Err(invalid("give either id or all, not both".to_owned()).into());
-                }
-            };
-            Ok(Response::new(reply))
-        })
+                    (id, false) => {
+                        let id = id.to_owned();
+                        let lifted = self.off_the_workers(move |agent| agent.heal(&id)).await?;
+                        pb::HealReply {
+                            healed: 1,
+                            already_gone: lifted.already_gone,
+                            unbooked: Vec::new(),
+                            cut: lifted.cut.map(|(arriving, leaving)| pb::CutCounts {
+                                arriving_packets: arriving.packets,
+                                arriving_bytes: arriving.bytes,
+                                leaving_packets: leaving.packets,
+                                leaving_bytes: leaving.bytes,
+                            }),
+                        }
+                    }
+                    (_, true) => {
+                        return Err(invalid("give either id or all, not both".to_owned()).into());
+                    }
+                };
+                Ok(Response::new(reply))
+            },
+        )
         .await
     }
 
     async fn link_down(&self, request: Request<pb::LinkDownRequest>) -> Reply<pb::LinkDownReply> {
-        audited(request, "LinkDown", |request| async move {
+        self.audited(request, "LinkDown", &[Capability::Link], |request| async move {
             let control_address = request.local_addr().map(|address| address.ip());
             let request = request.into_inner();
             if request.deadline_ms == 0 {
@@ -411,15 +429,20 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn link_up(&self, request: Request<pb::LinkUpRequest>) -> Reply<pb::LinkUpReply> {
-        audited(request, "LinkUp", |request| async move {
-            let request = request.into_inner();
-            self.off_the_workers(move |agent| {
-                let interface = agent.link_interface(&request.interface, &request.address)?;
-                agent.link_up(&interface)
-            })
-            .await?;
-            Ok(Response::new(pb::LinkUpReply {}))
-        })
+        self.audited(
+            request,
+            "LinkUp",
+            &[Capability::Link],
+            |request| async move {
+                let request = request.into_inner();
+                self.off_the_workers(move |agent| {
+                    let interface = agent.link_interface(&request.interface, &request.address)?;
+                    agent.link_up(&interface)
+                })
+                .await?;
+                Ok(Response::new(pb::LinkUpReply {}))
+            },
+        )
         .await
     }
 
@@ -441,7 +464,8 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn degrade(&self, request: Request<pb::DegradeRequest>) -> Reply<pb::DegradeReply> {
-        audited(request, "Degrade", |request| async move {
+        let needs = degrade_needs(request.get_ref());
+        self.audited(request, "Degrade", needs, |request| async move {
             let request = request.into_inner();
             let id = isolation_id(&request.id)?;
             if request.deadline_ms == 0 {
@@ -475,22 +499,20 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::TcpCountersRequest>,
     ) -> Reply<pb::TcpCountersReply> {
-        audited(request, "TcpCounters", |_| async move {
-            let counters = Current::tcp_counters().map_err(|error| {
-                AgentError::FailedPrecondition(format!("cannot read the TCP counters: {error}"))
-            })?;
-            Ok(Response::new(pb::TcpCountersReply {
-                counters: counters.into_iter().collect(),
-            }))
-        })
-        .await
+        let _ = request;
+        let counters = Current::tcp_counters().map_err(|error| {
+            AgentError::FailedPrecondition(format!("cannot read the TCP counters: {error}"))
+        })?;
+        Ok(Response::new(pb::TcpCountersReply {
+            counters: counters.into_iter().collect(),
+        }))
     }
 
     async fn change_tcp_setting(
         &self,
         request: Request<pb::ChangeTcpSettingRequest>,
     ) -> Reply<pb::ChangeTcpSettingReply> {
-        audited(request, "ChangeTcpSetting", |request| async move {
+        self.audited(request, "ChangeTcpSetting", &[Capability::Tune], |request| async move {
             let request = request.into_inner();
             let id = isolation_id(&request.id)?;
             let setting = tcp_setting(request.setting)?;
@@ -520,30 +542,40 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::PutBackTcpSettingRequest>,
     ) -> Reply<pb::PutBackTcpSettingReply> {
-        audited(request, "PutBackTcpSetting", |request| async move {
-            let id = isolation_id(&request.into_inner().id)?;
-            let change = self
-                .off_the_workers(move |agent| agent.put_back_tcp_setting(&id))
-                .await?;
-            Ok(Response::new(pb::PutBackTcpSettingReply {
-                value: change.before,
-            }))
-        })
+        self.audited(
+            request,
+            "PutBackTcpSetting",
+            &[Capability::Tune],
+            |request| async move {
+                let id = isolation_id(&request.into_inner().id)?;
+                let change = self
+                    .off_the_workers(move |agent| agent.put_back_tcp_setting(&id))
+                    .await?;
+                Ok(Response::new(pb::PutBackTcpSettingReply {
+                    value: change.before,
+                }))
+            },
+        )
         .await
     }
 
     async fn restore(&self, request: Request<pb::RestoreRequest>) -> Reply<pb::RestoreReply> {
-        audited(request, "Restore", |request| async move {
-            let id = isolation_id(&request.into_inner().id)?;
-            let healed = self
-                .off_the_workers(move |agent| agent.restore(&id))
-                .await?;
-            Ok(Response::new(pb::RestoreReply {
-                counters: healed.report,
-                sent_packets: healed.sent,
-                dropped_packets: healed.dropped,
-            }))
-        })
+        self.audited(
+            request,
+            "Restore",
+            &[Capability::Degrade, Capability::Loss],
+            |request| async move {
+                let id = isolation_id(&request.into_inner().id)?;
+                let healed = self
+                    .off_the_workers(move |agent| agent.restore(&id))
+                    .await?;
+                Ok(Response::new(pb::RestoreReply {
+                    counters: healed.report,
+                    sent_packets: healed.sent,
+                    dropped_packets: healed.dropped,
+                }))
+            },
+        )
         .await
     }
 
@@ -551,22 +583,29 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StartCaptureRequest>,
     ) -> Reply<pb::StartCaptureReply> {
-        audited(request, "StartCapture", |request| async move {
-            let request = request.into_inner();
-            let id = isolation_id(&request.id)?;
-            let ports = request
-                .ports
-                .iter()
-                .map(|&port| {
-                    u16::try_from(port)
-                        .ok()
-                        .filter(|&port| port > 0)
-                        .ok_or_else(|| invalid(format!("ports: {port} is not a port (1 to 65535)")))
-                })
-                .collect::<Result<Vec<u16>, AgentError>>()?;
-            self.agent.start_capture(&id, ports)?;
-            Ok(Response::new(pb::StartCaptureReply {}))
-        })
+        self.audited(
+            request,
+            "StartCapture",
+            &[Capability::Capture],
+            |request| async move {
+                let request = request.into_inner();
+                let id = isolation_id(&request.id)?;
+                let ports = request
+                    .ports
+                    .iter()
+                    .map(|&port| {
+                        u16::try_from(port)
+                            .ok()
+                            .filter(|&port| port > 0)
+                            .ok_or_else(|| {
+                                invalid(format!("ports: {port} is not a port (1 to 65535)"))
+                            })
+                    })
+                    .collect::<Result<Vec<u16>, AgentError>>()?;
+                self.agent.start_capture(&id, ports)?;
+                Ok(Response::new(pb::StartCaptureReply {}))
+            },
+        )
         .await
     }
 
@@ -574,20 +613,26 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StopCaptureRequest>,
     ) -> Reply<pb::StopCaptureReply> {
-        audited(request, "StopCapture", |request| async move {
-            // Waiting for the capture thread to hand over blocks: off the reactor.
-            let agent = Arc::clone(&self.agent);
-            let id = request.into_inner().id;
-            let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
-                .await
-                .map_err(|error| Status::internal(format!("capture: {error}")))??;
-            Ok(Response::new(convert::stop_capture_reply(captured)))
-        })
+        self.audited(
+            request,
+            "StopCapture",
+            &[Capability::Capture],
+            |request| async move {
+                // Waiting for the capture thread to hand over blocks: off the reactor.
+                let agent = Arc::clone(&self.agent);
+                let id = request.into_inner().id;
+                let captured = tokio::task::spawn_blocking(move || agent.stop_capture(&id))
+                    .await
+                    .map_err(|error| Status::internal(format!("capture: {error}")))??;
+                Ok(Response::new(convert::stop_capture_reply(captured)))
+            },
+        )
         .await
     }
 
     async fn reboot(&self, request: Request<pb::RebootRequest>) -> Reply<pb::RebootReply> {
-        audited(request, "Reboot", |request| async move {
+        let needs = reboot_needs(request.get_ref());
+        self.audited(request, "Reboot", needs, |request| async move {
             let request = request.into_inner();
             if !request.simulated {
                 let method = self.agent.reboot(request.orderly)?;
@@ -632,20 +677,25 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::AbortConnectionsRequest>,
     ) -> Reply<pb::AbortConnectionsReply> {
-        audited(request, "AbortConnections", |request| async move {
-            let request = request.into_inner();
-            let Some(filter) = request.filter.as_ref() else {
-                return Err(invalid("filter: required".to_owned()).into());
-            };
-            let filter = connection_filter(Some(filter))?;
-            let aborted = self
-                .off_the_workers(move |agent| agent.abort_connections(&filter))
-                .await?;
-            Ok(Response::new(pb::AbortConnectionsReply {
-                aborted: aborted.into_iter().map(Into::into).collect(),
-                mono_ns: Current::monotonic_ns(),
-            }))
-        })
+        self.audited(
+            request,
+            "AbortConnections",
+            &[Capability::Process],
+            |request| async move {
+                let request = request.into_inner();
+                let Some(filter) = request.filter.as_ref() else {
+                    return Err(invalid("filter: required".to_owned()).into());
+                };
+                let filter = connection_filter(Some(filter))?;
+                let aborted = self
+                    .off_the_workers(move |agent| agent.abort_connections(&filter))
+                    .await?;
+                Ok(Response::new(pb::AbortConnectionsReply {
+                    aborted: aborted.into_iter().map(Into::into).collect(),
+                    mono_ns: Current::monotonic_ns(),
+                }))
+            },
+        )
         .await
     }
 
@@ -653,25 +703,31 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::ProcessFaultRequest>,
     ) -> Reply<pb::ProcessFaultReply> {
-        audited(request, "ProcessFault", |request| async move {
-            let request = request.into_inner();
-            let (target, action) = process_request(&request)?;
-            let agent = std::sync::Arc::clone(&self.agent);
-            // A restart waits for the old process to go: off the reactor.
-            let outcome = tokio::task::spawn_blocking(move || agent.process_fault(&target, action))
-                .await
-                .map_err(|error| AgentError::Internal(error.to_string()))??;
-            Ok(Response::new(pb::ProcessFaultReply {
-                pids: outcome.pids,
-                new_pid: outcome.new_pid.unwrap_or(0),
-                mono_ns: Current::monotonic_ns(),
-            }))
-        })
+        self.audited(
+            request,
+            "ProcessFault",
+            &[Capability::Process],
+            |request| async move {
+                let request = request.into_inner();
+                let (target, action) = process_request(&request)?;
+                let agent = std::sync::Arc::clone(&self.agent);
+                // A restart waits for the old process to go: off the reactor.
+                let outcome =
+                    tokio::task::spawn_blocking(move || agent.process_fault(&target, action))
+                        .await
+                        .map_err(|error| AgentError::Internal(error.to_string()))??;
+                Ok(Response::new(pb::ProcessFaultReply {
+                    pids: outcome.pids,
+                    new_pid: outcome.new_pid.unwrap_or(0),
+                    mono_ns: Current::monotonic_ns(),
+                }))
+            },
+        )
         .await
     }
 
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Reply<pb::ResetReply> {
-        audited(request, "Reset", |_| async move {
+        self.audited(request, "Reset", CONNECTIONS, |_| async move {
             let undone = self.agent.reset().await;
             let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             Ok(Response::new(pb::ResetReply {

@@ -192,7 +192,8 @@ impl Firewall for WindowsFirewall {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // The agent's log: its audit entry when it heals.
+            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|error| {
                 FirewallError::Unavailable(format!("cannot start the watchdog: {error}"))

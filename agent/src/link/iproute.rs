@@ -73,13 +73,15 @@ pub struct Sleeper {
 
 impl Sleeper {
     /// Start `exe ARGS...` detached, in its own process group (a Ctrl-C or
-    /// SIGTERM to the agent's group spares it).
+    /// SIGTERM to the agent's group spares it). It writes to the agent's
+    /// log (its stderr: the journal under systemd): its audit entry when it
+    /// heals, and why, when it cannot.
     pub fn start(exe: &std::path::Path, args: &[&str]) -> std::io::Result<Self> {
         let child = Command::new(exe)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()?;
         Ok(Self { child })

@@ -1,4 +1,5 @@
-//! `faultlab agents`: each agent's host, OS, kernel, boot id and health.
+//! `faultlab agents`: each agent's host, OS, kernel, boot id and health,
+//! and what *you* may do there (its access rules decide by your certificate).
 
 use super::{AgentsGiven, TlsArgs, say};
 use std::io::Write;
@@ -53,8 +54,23 @@ pub async fn agents(args: AgentsArgs, tls: &TlsArgs) -> anyhow::Result<bool> {
                     info.capabilities.join(",")
                 );
                 // What it may not offer, and why (e.g. no sch_netem).
-                for why in &info.unavailable {
+                for why in info.unavailable.iter().filter(|why| {
+                    !info
+                        .denied
+                        .iter()
+                        .any(|denied| why.starts_with(&format!("{denied}: ")))
+                }) {
                     say!("{:<14} not offered: {why}", "");
+                }
+                // What its access rules keep from us: CAPABILITIES above is
+                // what we may use.
+                if !info.denied.is_empty() {
+                    say!(
+                        "{:<14} not for you ({}), by its access rules: {}",
+                        "",
+                        info.caller,
+                        info.denied.join(",")
+                    );
                 }
             }
             Err(error) => {

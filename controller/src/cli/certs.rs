@@ -47,6 +47,10 @@ enum CertsAction {
         #[arg(long, default_value_t = certs::DEFAULT_DAYS,
               value_parser = clap::value_parser!(i64).range(1..=certs::MAX_DAYS))]
         days: i64,
+        /// A group the certificate carries (an organizational unit), which
+        /// agents' access rules may name (`group = "ci"`); repeatable.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
     },
 }
 
@@ -67,8 +71,16 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<bool> {
             role,
             sans,
             days,
+            groups,
         } => {
-            let (cert, key) = certs::issue(&dir, &name, &sans, certs::Validity::days(days), role)?;
+            let (cert, key) = certs::issue_in_groups(
+                &dir,
+                &name,
+                &sans,
+                certs::Validity::days(days),
+                role,
+                &groups,
+            )?;
             say!("issued {} and {}", cert.display(), key.display());
         }
     }

@@ -1,7 +1,7 @@
 //! `faultlab connections`: every program's TCP connections on the agents'
 //! hosts, with their states.
 
-use super::{AgentsGiven, TlsArgs, say};
+use super::{AgentsGiven, TlsArgs, say, say_unreachable};
 use faultlab_proto::v1 as pb;
 use std::io::Write;
 
@@ -57,10 +57,7 @@ pub async fn connections(args: ConnectionsArgs, tls: &TlsArgs) -> anyhow::Result
             }
             Err(error) => {
                 all_answered = false;
-                say!(
-                    "{name:<14} UNREACHABLE: {}",
-                    faultlab::error_chain(faultlab::causes_of(&error))
-                );
+                say_unreachable(&name, &error)?;
             }
         }
     }

@@ -4,6 +4,7 @@
 //! format) and the agents named on the command line live here.
 
 pub mod agents;
+pub mod audit;
 pub mod bench;
 pub mod cases;
 pub mod certs;
@@ -33,6 +34,16 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// Say that agent `name` could not be asked, and why (each cause once).
+fn say_unreachable(name: &str, error: &faultlab::agents::AgentsError) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(
+        std::io::stdout(),
+        "{name:<14} UNREACHABLE: {}",
+        faultlab::error_chain(faultlab::causes_of(error))
+    )
+}
+
 /// faultlab: run TCP fault scenarios across lab hosts and see what each
 /// side's socket API really said.
 #[derive(Parser)]
@@ -57,8 +68,12 @@ pub enum Command {
     Check(check::CheckArgs),
     /// List the cases of the built-in suites.
     Cases,
-    /// Show each agent's host, OS, kernel, boot id, version and health.
+    /// Show each agent's host, OS, kernel, boot id, version and health, and
+    /// what you may do there (its access rules decide by your certificate).
     Agents(agents::AgentsArgs),
+    /// The last entries of each agent's audit trail: who changed what on
+    /// its host, allowed or denied, and what came of it.
+    Audit(audit::AuditArgs),
     /// Each agent's host's TCP connections (every program's) with their
     /// states: what an application left behind, e.g. in CLOSE-WAIT.
     Connections(connections::ConnectionsArgs),
@@ -89,6 +104,7 @@ pub async fn dispatch(command: Command, tls: TlsArgs) -> anyhow::Result<bool> {
         Command::Check(args) => check::check(&args),
         Command::Cases => cases::cases(),
         Command::Agents(args) => agents::agents(args, &tls).await,
+        Command::Audit(args) => audit::audit(args, &tls).await,
         Command::Connections(args) => connections::connections(args, &tls).await,
         Command::Bench(args) => bench::bench(&args, &tls).await,
         Command::Lab(args) => lab::lab(args).await,

@@ -287,6 +287,14 @@ fn playable(
                 step.name, agent.name
             ));
         }
+        if let Some(missing) = missing
+            && agent.denies(missing)
+        {
+            return Err(format!(
+                "needs capability \"{missing}\", which the access rules of agent {} do not give you ({}); its owner can (docs/security.md)",
+                agent.name, agent.info.caller
+            ));
+        }
         if let Some(missing) = missing {
             // The agent's own word on why, when it gave one (a kernel
             // without sch_netem).
@@ -358,6 +366,12 @@ fn application_can_play(case: &Scenario, role: &str, target: &TargetHandle) -> R
                 target.target.name
             ));
         };
+        if host.denies(capability) {
+            return Err(format!(
+                "step {} needs capability \"{capability}\", which the access rules of agent {} (on the application's host) do not give you ({})",
+                step.name, host.name, host.info.caller
+            ));
+        }
         if !host.offers(capability) {
             return Err(format!(
                 "step {} needs capability \"{capability}\", which agent {} (on the application's host) does not offer{}",

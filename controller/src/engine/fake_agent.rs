@@ -375,6 +375,14 @@ impl Agent for Fake {
         self.note("Reset", &request)?;
         Ok(Response::new(pb::ResetReply::default()))
     }
+
+    async fn audit_trail(
+        &self,
+        request: Request<pb::AuditTrailRequest>,
+    ) -> Reply<pb::AuditTrailReply> {
+        self.note("AuditTrail", &request)?;
+        Ok(Response::new(pb::AuditTrailReply::default()))
+    }
 }
 
 /// `count` fake agents on one wire, connected, named `fake-1`..., each

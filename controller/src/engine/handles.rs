@@ -172,17 +172,29 @@ impl AgentHandle {
         Ok(handles)
     }
 
-    /// Whether `capability` can be had on its host: from its agent, or
-    /// from its lab (`link`: a cable to pull; `power`).
+    /// Whether `capability` can be had on its host, by us: from its agent,
+    /// or from its lab (`link`: a cable to pull; `power`), unless the
+    /// agent's access rules deny it to our certificate.
     pub(crate) fn offers(&self, capability: Capability) -> bool {
-        self.info
-            .capabilities
-            .iter()
-            .any(|c| c == capability.name())
-            || self
-                .lab
-                .as_ref()
-                .is_some_and(|lab| lab.capabilities().contains(&capability))
+        !self.denies(capability)
+            && (self
+                .info
+                .capabilities
+                .iter()
+                .any(|c| c == capability.name())
+                || self
+                    .lab
+                    .as_ref()
+                    .is_some_and(|lab| lab.capabilities().contains(&capability)))
+    }
+
+    /// Whether its agent's access rules deny `capability` to us.
+    pub(crate) fn denies(&self, capability: Capability) -> bool {
+        let ruled = match capability {
+            Capability::OrderlyReboot => Capability::Reboot,
+            other => other,
+        };
+        self.info.denied.iter().any(|c| c == ruled.name())
     }
 
     /// An agent's monotonic time on the run clock.

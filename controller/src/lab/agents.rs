@@ -90,12 +90,21 @@ impl AgentGrants {
     }
 }
 
+/// The agent's audit log target (`faultlab_agent::audit`).
+const AUDIT_TARGET: &str = "faultlab_agent::audit";
+
 /// Let an agent outlive this process: its own process group (spared by the
 /// terminal's Ctrl-C), its log in a file.
 pub(super) fn detach(command: &mut Command, log: &Path) -> Result<(), LabError> {
     let log = std::fs::File::create(log)
         .map_err(|error| LabError::Network(format!("cannot write {}: {error}", log.display())))?;
     command.stderr(log);
+    // The host's log keeps its audit trail (who changed what, and its
+    // watchdogs' heals); everything else only when it goes wrong.
+    command.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| format!("error,{AUDIT_TARGET}=info")),
+    );
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -115,11 +124,16 @@ pub(super) fn start_agent(
         exe: exe.display().to_string(),
         reason,
     };
-    let mut child = command
-        .env(
+    // An agent writing to this terminal says only what goes wrong (its
+    // audit trail is still kept: `faultlab audit`); one with a log file of
+    // its own says what `detach` set.
+    if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+        command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_owned()),
-        )
+        );
+    }
+    let mut child = command
         .envs(faultlab_telemetry::child_environment(gateway))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

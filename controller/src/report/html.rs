@@ -37,7 +37,7 @@ svg .bracket { fill: none; stroke: #e65100; stroke-width: 1.5; } svg text.bracke
 "#;
 
 /// Civil date and time (UTC) of a Unix time in ms.
-fn utc(unix_ms: i64) -> String {
+pub fn utc(unix_ms: i64) -> String {
     let seconds = unix_ms.div_euclid(1000);
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil.

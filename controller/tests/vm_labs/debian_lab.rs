@@ -583,7 +583,7 @@ fn on_the_lab(
     let journal = on_host(
         state,
         "2",
-        "journalctl -u faultlab-agent --no-pager -o cat | grep -c 'caller=controller'",
+        "journalctl -u faultlab-agent --no-pager -o cat | grep -c 'caller=\"controller\"'",
     )?;
     let upgrade_started = Instant::now();
     let upgrade = rolling_upgrade(state, scratch)?;
