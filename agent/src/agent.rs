@@ -184,7 +184,10 @@ fn prepare_isolation(config: &AgentConfig, control_port: u16) -> Result<Arc<Isol
         return Err("isolation is not implemented on this OS yet".to_owned());
     };
     match firewall.clean_up() {
-        Ok(Some(removed)) => tracing::warn!(%removed, "removed what an earlier agent left"),
+        Ok(Some(removed)) => {
+            tracing::warn!(%removed, "removed what an earlier agent left");
+            crate::audit::earlier_life("UndoLeft", "isolations", 0, &Ok(()));
+        }
         Ok(None) => {}
         Err(error) => tracing::debug!(%error, "no firewall to clean up"),
     }

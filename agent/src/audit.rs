@@ -5,7 +5,8 @@
 //! `HostInfo`, `Events`, `LinkState`, `ListConnections`, `TcpCounters`,
 //! `AuditTrail`), allowed or denied, leaves one entry; so does each heal
 //! a watchdog process makes at a fault's deadline, and each cleanup the
-//! agent makes on its own (a session's holders when its caller is gone).
+//! agent makes on its own (a session's holders when its caller is gone; at
+//! its start, the faults an earlier life of it left: taken over, undone).
 //! An entry is one log line at `info`, target `faultlab_agent::audit`, its
 //! fields always in this order (docs/security.md documents the form):
 //!
@@ -131,13 +132,25 @@ impl Trail {
 /// The entry of a watchdog process that undid `fault` at its deadline
 /// (`after` from its start), logged by that process: the agent may be gone.
 pub fn watchdog(kind: &str, fault: &str, after_ms: u64, result: &Result<(), String>) {
+    done_alone("watchdog", kind, fault, after_ms, result);
+}
+
+/// The entry of what an agent did at its start to a fault an earlier life
+/// of it left (`what`: `TakeOver`, watched until its deadline `left_ms`
+/// away, or `UndoLeft`, undone at once), logged as it starts.
+pub fn earlier_life(what: &str, fault: &str, left_ms: u64, result: &Result<(), String>) {
+    done_alone("agent", what, fault, left_ms, result);
+}
+
+/// Log an entry no caller asked for.
+fn done_alone(who: &str, what: &str, fault: &str, deadline_ms: u64, result: &Result<(), String>) {
     Entry {
         at_unix_ns: crate::platform::wall_unix_ns(),
-        caller: "watchdog".to_owned(),
-        rpc: kind.to_owned(),
+        caller: who.to_owned(),
+        rpc: what.to_owned(),
         capability: String::new(),
         fault: fault.to_owned(),
-        deadline_ms: u32::try_from(after_ms).unwrap_or(u32::MAX),
+        deadline_ms: u32::try_from(deadline_ms).unwrap_or(u32::MAX),
         result: match result {
             Ok(()) => "ok".to_owned(),
             Err(error) => format!("failed: {error}"),

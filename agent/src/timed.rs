@@ -159,10 +159,12 @@ impl<T> TimedBook<T> {
         arm: impl FnOnce(&T, Duration) -> Result<Box<dyn Watchdog>, E>,
         undo: impl FnOnce(&T) -> Result<(), E>,
     ) {
+        let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
         if !left.is_zero() {
             match arm(&fault, left) {
                 Ok(watchdog) => {
-                    tracing::warn!(%id, left_ms = left.as_millis(), "took over {what} an earlier agent left");
+                    tracing::warn!(%id, left_ms, "took over {what} an earlier agent left");
+                    crate::audit::earlier_life("TakeOver", &id, left_ms, &Ok(()));
                     crate::sync::lock(&self.entries)
                         .insert(id, Timed::watched(fault, left, watchdog));
                     return;
@@ -172,10 +174,12 @@ impl<T> TimedBook<T> {
                 }
             }
         }
-        match undo(&fault) {
+        let undone = undo(&fault).map_err(|error| error.to_string());
+        match &undone {
             Ok(()) => tracing::warn!(%id, "undid {what} an earlier agent left"),
             Err(error) => tracing::error!(%id, %error, "cannot undo {what} an earlier agent left"),
         }
+        crate::audit::earlier_life("UndoLeft", &id, left_ms, &undone);
     }
 
     /// Undo the fault `id` with `undo` (`None` when there is none): its

@@ -327,7 +327,8 @@ async fn an_agent_killed_with_its_watchdog_is_replaced_by_one_that_brings_the_li
             .args(["-KILL", pid])
             .status()?;
     }
-    let _again = lab.agent(1, &["--allow", "link"]).await?;
+    let log = std::env::temp_dir().join(format!("faultlab-takeover-{}.log", std::process::id()));
+    let _again = lab.agent_auditing_to(1, &["--allow", "link"], &log).await?;
     assert!(
         !lab.link_is_up(1, "test0")?,
         "the new agent keeps the link down until its deadline"
@@ -343,5 +344,14 @@ async fn an_agent_killed_with_its_watchdog_is_replaced_by_one_that_brings_the_li
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(routes(&lab, 1)?, before, "its routes are back");
+    // The take-over is in the audit trail, with the time that was left.
+    let audit = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        audit.lines().any(|line| line.contains(
+            "audit caller=\"agent\" rpc=TakeOver capability=- fault=\"test0\" deadline_ms="
+        ) && line.contains("result=\"ok\"")),
+        "{audit}"
+    );
     Ok(())
 }

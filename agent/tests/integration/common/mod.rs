@@ -29,12 +29,13 @@ impl AgentProcess {
         Self::start_with(command)
     }
 
-    /// Start an agent with a prepared command (e.g. inside a network namespace).
+    /// Start an agent with a prepared command (e.g. inside a network
+    /// namespace); it logs only errors unless the command says otherwise.
     pub fn start_with(mut command: Command) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut child = command
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()?;
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "error");
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().ok_or("agent stdout missing")?;
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {

@@ -178,6 +178,20 @@ impl NetLab {
         self.agent_with_path(index, flags, None).await
     }
 
+    /// [`Self::agent`], its audit trail (and errors) written to `log`.
+    pub async fn agent_auditing_to(
+        &self,
+        index: usize,
+        flags: &[&str],
+        log: &std::path::Path,
+    ) -> Result<Host, Error> {
+        let mut command = self.agent_command(index, flags, None);
+        command
+            .env("RUST_LOG", "error,faultlab_agent::audit=info")
+            .stderr(std::fs::File::create(log)?);
+        Host::attach(AgentProcess::start_with(command)?).await
+    }
+
     /// [`Self::agent`], with `first_on_path` searched first for the tools
     /// it runs (`nft`, `tc`, `ip`); nftables commands then run the `nft`
     /// tool, not the library in process (`FAULTLAB_NFT=exec`).
@@ -187,6 +201,17 @@ impl NetLab {
         flags: &[&str],
         first_on_path: Option<&std::path::Path>,
     ) -> Result<Host, Error> {
+        let command = self.agent_command(index, flags, first_on_path);
+        Host::attach(AgentProcess::start_with(command)?).await
+    }
+
+    /// The command that starts host `index`'s agent with `flags`.
+    fn agent_command(
+        &self,
+        index: usize,
+        flags: &[&str],
+        first_on_path: Option<&std::path::Path>,
+    ) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.namespace(index)]);
         if let Some(first) = first_on_path {
@@ -202,7 +227,7 @@ impl NetLab {
             // The lab's bridge has no way out of this machine.
             .arg("--insecure")
             .args(flags);
-        Host::attach(AgentProcess::start_with(command)?).await
+        command
     }
 }
 
