@@ -90,8 +90,11 @@ fn identity(der: &[u8]) -> Option<Caller> {
         .iter_organizational_unit()
         .filter_map(text)
         .collect();
+    let name = common_name.or_else(|| names.first().cloned())?;
+    names.sort_unstable();
+    names.dedup();
     Some(Caller {
-        name: common_name.or_else(|| names.first().cloned())?,
+        name,
         names,
         groups,
     })

@@ -459,6 +459,14 @@ fn team_lab(dir: &Path, agent_address: &str) -> Result<PathBuf, Box<dyn std::err
     ] {
         certs::issue_in_groups(dir, name, &[], Validity::days(1), CertRole::Client, &groups)?;
     }
+    // A release bot the rules know by its certificate's alternative name.
+    certs::issue(
+        dir,
+        "release-bot",
+        &["release.bot.lab.example".to_owned()],
+        Validity::days(1),
+        CertRole::Client,
+    )?;
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
@@ -467,6 +475,7 @@ fn team_lab(dir: &Path, agent_address: &str) -> Result<PathBuf, Box<dyn std::err
              [access]\ndefault = [\"connections\"]\n\
              [[access.rules]]\ngroup = \"ci\"\nmay = [\"connections\", \"isolate\", \"link\", \"degrade\", \"loss\", \"capture\"]\n\
              [[access.rules]]\ncaller = \"owner\"\nmay = [\"all\"]\n\
+             [[access.rules]]\ncaller = \"release.bot.lab.example\"\nmay = [\"connections\", \"process\"]\n\
              [tls]\ncert = \"agent-1.pem\"\nkey = \"agent-1.key\"\nca = \"ca.pem\"\n"
         ),
     )?;
@@ -693,29 +702,36 @@ async fn access_rules_deny_each_kind_of_fault_to_whom_they_do_not_give_it() -> T
         ),
         "{reboot:?}"
     );
-    // The owner may do all: only the host's own settings stop it.
-    let mut owner = client_as(dir, "owner", &agent.address).await?;
-    let process = owner
-        .process_fault(pb::ProcessFaultRequest {
-            target: Some(pb::process_fault_request::Target::Name(
-                "nothing-here".to_owned(),
-            )),
-            action: pb::ProcessAction::Stop as i32,
-        })
-        .await
-        .err()
-        .ok_or("a process fault on a host that does not allow them")?;
-    assert!(process.message().contains("allow.process"), "{process:?}");
+    // The owner may do all, and the bot (named by its alternative name)
+    // process faults: only the host's own settings stop them.
+    for caller in ["owner", "release-bot"] {
+        let mut client = client_as(dir, caller, &agent.address).await?;
+        let process = client
+            .process_fault(pb::ProcessFaultRequest {
+                target: Some(pb::process_fault_request::Target::Name(
+                    "nothing-here".to_owned(),
+                )),
+                action: pb::ProcessAction::Stop as i32,
+            })
+            .await
+            .err()
+            .ok_or("a process fault on a host that does not allow them")?;
+        assert!(
+            process.message().contains("allow.process"),
+            "{caller}: {process:?}"
+        );
+    }
     Ok(())
 }
 
-#[tokio::test]
-async fn the_audit_trail_keeps_allowed_and_denied_calls_over_grpc_in_the_log_and_for_the_cli()
--> TestResult {
-    let scratch = Scratch::new("audit-trail")?;
-    let dir = &scratch.0;
-    let agent = team_agent_on_loopback(dir)?;
-    let mut intern = client_as(dir, "intern", &agent.address).await?;
+/// Calls for the trail: the intern's isolation (denied by the rules) and
+/// holder (allowed), the CI job's isolation (let through by the rules,
+/// refused by the host). The intern's client and its holder's id.
+async fn calls_to_audit(
+    dir: &Path,
+    address: &str,
+) -> Result<(faultlab::agents::Client, u64), Box<dyn std::error::Error>> {
+    let mut intern = client_as(dir, "intern", address).await?;
     let denied = intern
         .isolate(pb::IsolateRequest {
             id: "cut".to_owned(),
@@ -731,8 +747,9 @@ async fn the_audit_trail_keeps_allowed_and_denied_calls_over_grpc_in_the_log_and
             session: String::new(),
         })
         .await?
-        .into_inner();
-    let mut ci = client_as(dir, "ci-job", &agent.address).await?;
+        .into_inner()
+        .holder_id;
+    let mut ci = client_as(dir, "ci-job", address).await?;
     let refused = ci
         .isolate(pb::IsolateRequest {
             id: "ci-cut".to_owned(),
@@ -742,6 +759,17 @@ async fn the_audit_trail_keeps_allowed_and_denied_calls_over_grpc_in_the_log_and
         })
         .await;
     assert!(refused.is_err(), "{refused:?}");
+
+    Ok((intern, holder))
+}
+
+#[tokio::test]
+async fn the_audit_trail_keeps_allowed_and_denied_calls_over_grpc_in_the_log_and_for_the_cli()
+-> TestResult {
+    let scratch = Scratch::new("audit-trail")?;
+    let dir = &scratch.0;
+    let agent = team_agent_on_loopback(dir)?;
+    let (mut intern, holder) = calls_to_audit(dir, &agent.address).await?;
 
     // The trail, over gRPC: allowed and denied calls, with caller, fault
     // and deadline.
@@ -802,7 +830,7 @@ async fn the_audit_trail_keeps_allowed_and_denied_calls_over_grpc_in_the_log_and
     );
     intern
         .exit_holder(pb::ExitHolderRequest {
-            holder_id: holder.holder_id,
+            holder_id: holder,
             exit_code: 0,
         })
         .await?;
