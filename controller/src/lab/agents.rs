@@ -193,3 +193,28 @@ pub(super) fn stop_all(agents: &mut [LocalAgent]) {
         let _ = agent.child.wait();
     }
 }
+
+/// Whether process `pid` is alive.
+pub(super) fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Stop processes that are not our children (agents of a standing lab, or
+/// of a run that was killed): SIGTERM first, SIGKILL for any still alive
+/// after the grace time.
+pub(super) fn stop_pids(pids: &[u32]) {
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + AGENT_STOP_GRACE;
+    while pids.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids.iter().copied().filter(|&pid| alive(pid)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}

@@ -5,7 +5,7 @@
 //! physical lab has. Needs root, `ip` and `nft`. What a crashed run left is
 //! swept away by the next.
 
-use super::agents::{AgentGrants, LocalAgent, detach, start_agent};
+use super::agents::{AgentGrants, LocalAgent, detach, start_agent, stop_pids};
 use super::ip::ip;
 use super::outside::LabSide;
 use super::{LabError, LocalLab};
@@ -281,23 +281,37 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
-/// Remove namespaces, bridges and links of earlier runs whose process is gone.
+/// Remove namespaces, bridges and links of earlier runs whose process is
+/// gone, and stop the agents still in those namespaces first: a run killed
+/// with its lab up leaves them running, and a namespace deleted under them
+/// would leave them running for good, with no network.
 fn sweep_stale() {
     let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
     let names = ip(&["netns", "list"]).unwrap_or_default();
-    for name in names
+    let stale: Vec<&str> = names
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-    {
-        // "flr<pid>h<index>", or "flr<pid>x<n>h<index>" for a process's later labs.
-        if let Some(lab) = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|rest| rest.split('h').next())
-            && let Some(pid) = lab.split('x').next()
-            && !alive(pid)
-        {
-            let _ = ip(&["netns", "del", name]);
-        }
+        .filter(|name| {
+            // "flr<pid>h<index>", or "flr<pid>x<n>h<index>" for a process's later labs.
+            name.strip_prefix(NETNS_PREFIX)
+                .and_then(|rest| rest.split('h').next())
+                .and_then(|lab| lab.split('x').next())
+                .is_some_and(|pid| !alive(pid))
+        })
+        .collect();
+    let left_running: Vec<u32> = stale
+        .iter()
+        .flat_map(|name| {
+            ip(&["netns", "pids", name])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    stop_pids(&left_running);
+    for name in stale {
+        let _ = ip(&["netns", "del", name]);
     }
     // Then their bridges and links, also those of a run killed while it
     // took its lab down (its namespaces gone, a bridge left).

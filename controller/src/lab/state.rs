@@ -8,14 +8,13 @@
 //! the processes it started. Two labs (two people, two CI jobs) run side
 //! by side, and `lab down` of one never touches the other.
 
-use super::agents::AgentGrants;
+use super::agents::{AgentGrants, alive, stop_pids};
 use super::ip::ip;
 use super::netns::{self, LAB_PREFIX, netns_unavailable, remove_network};
 use super::{LabError, LabKind, loopback, vm};
 use crate::inventory::Inventory;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 /// Where `faultlab lab up` keeps its state (inventory, agent pids, logs):
 /// `/run/faultlab-lab` as root, else `$XDG_RUNTIME_DIR/faultlab-lab` (or the
@@ -54,10 +53,6 @@ pub fn lab_prefix(state: &Path) -> String {
 
 const INVENTORY_FILE: &str = "inventory.toml";
 const PIDS_FILE: &str = "agents.pids";
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
 
 /// Make a lab of `hosts` hosts that outlives this process: VMs for
 /// [`LabKind::Vm`], else network namespaces (loopback agents without
@@ -238,21 +233,8 @@ pub fn lab_down(state: &Path) -> Result<Vec<String>, LabError> {
         vm::stop_groups(&keepers);
         removed.push(format!("{} VMs", keepers.len()));
     }
-    for pid in &pids {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        removed.push(format!("agent {pid}"));
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while pids.iter().any(|&pid| alive(pid)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for pid in pids.iter().copied().filter(|&pid| alive(pid)) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
+    stop_pids(&pids);
+    removed.extend(pids.iter().map(|pid| format!("agent {pid}")));
     let hosts = namespaces
         .iter()
         .filter_map(|name| name.strip_prefix(&format!("{prefix}h")))

@@ -62,6 +62,27 @@ pub fn namespaces_of(pid: u32) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
+/// The processes (agents, holders) running in the local-lab namespaces
+/// that the process `pid` made.
+pub fn processes_in_namespaces_of(pid: u32) -> Vec<u32> {
+    namespaces_of(pid)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|line| line.split_whitespace().next())
+        .flat_map(|namespace| {
+            let listed = std::process::Command::new("ip")
+                .args(["netns", "pids", namespace])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            listed
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// A run of the scenario file `case` on the lab of `inventory`, in the
 /// background (no history, its output discarded): for tests that do
 /// something to the lab, or to the controller, while it runs.

@@ -1081,6 +1081,13 @@ fn a_run_is_in_the_history_from_its_start_and_a_killed_one_is_found_interrupted(
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = child.id();
+    // Its lab is up, agents running in its namespaces (bounded: 30 s).
+    while common::processes_in_namespaces_of(pid).len() < 2
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = common::processes_in_namespaces_of(pid);
     child.kill()?;
     child.wait()?;
     let listed = faultlab(&["runs"], &history)?;
@@ -1093,5 +1100,21 @@ fn a_run_is_in_the_history_from_its_start_and_a_killed_one_is_found_interrupted(
         said.contains("INTERRUPTED: its controller ended before the run did"),
         "{said}"
     );
+    // The next lab sweeps the killed run's: its namespaces, and first the
+    // agents it left running in them (no work outlives its owner).
+    assert!(left.len() >= 2, "the killed run's agents: {left:?}");
+    drop(faultlab::lab::LocalLab::start_netns(
+        &faultlab::lab::find_agent().ok_or("no agent")?,
+        1,
+    )?);
+    let still: Vec<&u32> = left
+        .iter()
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(
+        still.is_empty(),
+        "agents of the killed run left running: {still:?}"
+    );
+    assert!(common::namespaces_of(pid)?.is_empty());
     Ok(())
 }
