@@ -111,7 +111,7 @@ impl Trail {
     /// Log `entry` and keep it (the oldest goes beyond [`KEPT`]).
     pub fn record(&self, mut entry: Entry) {
         if entry.at_unix_ns == 0 {
-            entry.at_unix_ns = crate::platform::wall_unix_ns();
+            entry.at_unix_ns = crate::platform::wall::wall_unix_ns();
         }
         entry.log();
         let mut entries = crate::sync::lock(&self.entries);
@@ -145,7 +145,7 @@ pub fn earlier_life(what: &str, fault: &str, left_ms: u64, result: &Result<(), S
 /// Log an entry no caller asked for.
 fn done_alone(who: &str, what: &str, fault: &str, deadline_ms: u64, result: &Result<(), String>) {
     Entry {
-        at_unix_ns: crate::platform::wall_unix_ns(),
+        at_unix_ns: crate::platform::wall::wall_unix_ns(),
         caller: who.to_owned(),
         rpc: what.to_owned(),
         capability: String::new(),

@@ -11,6 +11,8 @@ use std::process::ExitStatus;
 
 #[cfg(unix)]
 pub mod clock;
+pub mod wall;
+pub use wall::wall_unix_ns;
 #[cfg(target_os = "linux")]
 mod libnftables;
 #[cfg(unix)]
@@ -195,15 +197,6 @@ impl StdioPipes {
             output: Box::new(tokio::io::stdout()),
         }
     }
-}
-
-/// Wall clock in nanoseconds since the Unix epoch (0 if the clock is before it).
-pub fn wall_unix_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Convert milliseconds from a request into a `Duration`.
