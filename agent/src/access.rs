@@ -74,11 +74,7 @@ pub struct Grant(Vec<Capability>);
 impl Grant {
     /// Whether it holds `capability` (`orderly-reboot` with `reboot`).
     pub fn holds(&self, capability: Capability) -> bool {
-        let wanted = match capability {
-            Capability::OrderlyReboot => Capability::Reboot,
-            other => other,
-        };
-        self.0.contains(&wanted)
+        self.0.contains(&capability.ruled_as())
     }
 
     /// Its capabilities, comma-separated ("nothing" for none).

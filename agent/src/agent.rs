@@ -293,10 +293,10 @@ impl Agent {
         host.caller.clone_from(&caller.name);
         let denied = self.config.access.denied_of(caller, &crate::access::RULED);
         let refused = |name: &str| {
-            denied.iter().any(|denied| {
-                denied.capability.name() == name
-                    || (name == Capability::OrderlyReboot.name()
-                        && denied.capability == Capability::Reboot)
+            Capability::from_name(name).is_some_and(|offered| {
+                denied
+                    .iter()
+                    .any(|denied| denied.capability == offered.ruled_as())
             })
         };
         host.capabilities.retain(|name| !refused(name));

@@ -198,6 +198,15 @@ impl Capability {
         !matches!(self, Self::Connections | Self::Capture | Self::Process)
     }
 
+    /// The capability access rules name it by: `orderly-reboot` goes with
+    /// `reboot`, every other is its own.
+    pub const fn ruled_as(self) -> Self {
+        match self {
+            Self::OrderlyReboot => Self::Reboot,
+            other => other,
+        }
+    }
+
     /// Names, comma-separated (as `--allow` takes them).
     pub fn names(capabilities: &[Self]) -> String {
         capabilities

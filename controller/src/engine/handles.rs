@@ -190,11 +190,8 @@ impl AgentHandle {
 
     /// Whether its agent's access rules deny `capability` to us.
     pub(crate) fn denies(&self, capability: Capability) -> bool {
-        let ruled = match capability {
-            Capability::OrderlyReboot => Capability::Reboot,
-            other => other,
-        };
-        self.info.denied.iter().any(|c| c == ruled.name())
+        let ruled = capability.ruled_as().name();
+        self.info.denied.iter().any(|c| c == ruled)
     }
 
     /// An agent's monotonic time on the run clock.
